@@ -1,0 +1,24 @@
+//! flashgate: a flash-sale gatekeeper in front of Redis.
+//!
+//! # Layout
+//! A request's path: HTTP (`http::router`: one match on method and path; JSON
+//! parsed into `domain` types at the edge) → `inventory` (shard choice, the
+//! walk over shards, transfers) → one Lua script per atomic step
+//! (`lua/*.lua`, run by `inventory::scripts`) → a typed outcome → the
+//! response (errors mapped to HTTP in `error` and `http::body`).
+//!
+//! Background tasks, owned by `app::App` and stopped by one shutdown signal:
+//! the expiry sweeper (`inventory::expiry`), which returns expired holds to
+//! stock, completes interrupted transfers and refreshes the per-SKU gauges.
+//!
+//! Ground floor every module may use: `config`, `error`, `domain`, `metrics`.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod inventory;
+pub mod metrics;
+pub mod shutdown;

@@ -1,0 +1,35 @@
+-- expire: the sweeper's step for one shard. Returns due holds to stock, each
+-- exactly once: only a record still 'held' and past its deadline is ended, in
+-- the same step that takes it off the work list. Running it twice, or from two
+-- flashgate instances at once, changes nothing the second time.
+--
+-- Why a sorted set and not key TTLs: keyspace notifications for expired keys
+-- are fire-and-forget (lost while no subscriber listens, delayed under load),
+-- so a hold could be lost for ever. The sorted set is the durable work list.
+--
+-- KEYS[1] fg:{SKU#s}:holds   KEYS[2] fg:{SKU#s}:stock   KEYS[3] fg:{SKU#s}:books
+-- KEYS[4] fg:{SKU#s}:events
+-- ARGV[1] record key prefix fg:{SKU#s}:r:   ARGV[2] batch limit
+-- Returns {expired_count, lateness_ms_of_oldest, units_returned}
+local holds, stock, books, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local prefix, limit = ARGV[1], tonumber(ARGV[2])
+local ts = now_ms()
+local due = redis.call('ZRANGEBYSCORE', holds, '-inf', ts, 'WITHSCORES', 'LIMIT', 0, limit)
+local count, units, lateness = 0, 0, 0
+for i = 1, #due, 2 do
+  local rid = due[i]
+  if i == 1 then lateness = ts - tonumber(due[i + 1]) end
+  local rkey = prefix .. rid
+  local r = redis.call('HMGET', rkey, 'status', 'qty', 'user', 'exp')
+  local status, qty, exp = r[1], tonumber(r[2]), tonumber(r[4])
+  if status == 'held' and exp and ts >= exp then
+    end_hold(rkey, stock, books, holds, events, rid, qty, r[3], 'expired', ts)
+    count = count + 1
+    units = units + qty
+  elseif status == 'held' and exp then
+    redis.call('ZADD', holds, exp, rid)   -- stale score: put it back at its deadline
+  else
+    redis.call('ZREM', holds, rid)        -- ended elsewhere (or record gone)
+  end
+end
+return {count, lateness, units}

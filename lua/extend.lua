@@ -1,0 +1,27 @@
+-- extend: the storefront starts payment, so the hold must not expire under it.
+-- The deadline moves to max(deadline, now + grace), never past created + max_total.
+--
+-- KEYS[1] fg:{SKU#s}:r:<rid>   KEYS[2] fg:{SKU#s}:holds
+-- ARGV[1] rid   ARGV[2] grace_ms   ARGV[3] max_total_ms
+-- Returns {code, status, qty, user, expires_at_ms}; code is
+--   'ok'        still held; expires_at is the (possibly unchanged) new deadline
+--   'conflict'  not held any more (or past its deadline: the sweeper or the next
+--               confirm/release ends it; extend never revives a dead hold)
+--   'missing'   no such reservation
+local rkey, holds = KEYS[1], KEYS[2]
+local rid, grace, max_total = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local r = redis.call('HMGET', rkey, 'status', 'qty', 'user', 'exp', 'created')
+local status, qty, user, exp, created = r[1], r[2], r[3], tonumber(r[4]), tonumber(r[5])
+if not status then return {'missing'} end
+if status ~= 'held' then return {'conflict', status, qty, user, exp} end
+local ts = now_ms()
+if ts >= exp then return {'conflict', 'expired', qty, user, exp} end
+local new_exp = math.min(math.max(exp, ts + grace), created + max_total)
+if new_exp > exp then
+  redis.call('HSET', rkey, 'exp', new_exp)
+  redis.call('ZADD', holds, 'XX', new_exp, rid)
+  -- keep the record alive at least as long past its new deadline as before
+  local ttl = redis.call('PTTL', rkey)
+  if ttl > 0 then redis.call('PEXPIRE', rkey, ttl + (new_exp - exp)) end
+end
+return {'ok', 'held', qty, user, new_exp}

@@ -1,0 +1,208 @@
+//! Configuration in layers, validated once: built-in defaults, then the TOML
+//! file (`config/flashgate.toml` or `--config`), then `FLASHGATE_*`
+//! environment variables, then command-line flags (clap merges the last two,
+//! flags win). Units are in the key names.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// `redis://host:port[/db]`, or `redis-cluster://host:port?node=host:port` for a cluster.
+    pub redis_url: String,
+    /// Connections to Redis (commands are pipelined on each).
+    pub redis_pool_size: usize,
+    /// Every Redis command fails after this long: the request answers 503
+    /// instead of hanging while Redis is down or slow.
+    pub redis_timeout_ms: u64,
+    /// How long a hold lasts before it expires and its units return to stock.
+    pub hold_seconds: u64,
+    /// `extend` moves the deadline to at least now + this.
+    pub extend_seconds: u64,
+    /// No hold lasts longer than this from its creation, however often extended.
+    pub max_hold_seconds: u64,
+    /// How long an idempotency key is remembered (at least 24 h is the norm).
+    pub idempotency_ttl_seconds: u64,
+    /// Largest `qty` one reservation may ask for.
+    pub max_qty_per_request: u32,
+    /// Request bodies larger than this are refused with 422.
+    pub body_limit_bytes: usize,
+    /// A request that takes longer than this answers 503 `timeout`.
+    pub request_timeout_ms: u64,
+    /// How often the expiry sweeper visits every shard.
+    pub sweep_interval_ms: u64,
+    /// Holds returned per shard per sweeper step (bounds one script's run time).
+    pub sweep_batch: u32,
+    /// On SIGTERM, in-flight requests get this long to finish.
+    pub drain_seconds: u64,
+    /// `text` (human) or `json` logs.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_pool_size: 4,
+            redis_timeout_ms: 500,
+            hold_seconds: 600,
+            extend_seconds: 300,
+            max_hold_seconds: 1800,
+            idempotency_ttl_seconds: 86_400,
+            max_qty_per_request: 10,
+            body_limit_bytes: 8 * 1024,
+            request_timeout_ms: 5_000,
+            sweep_interval_ms: 200,
+            sweep_batch: 200,
+            drain_seconds: 10,
+            log_format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults overlaid with a TOML file. An explicitly named file must
+    /// exist; the default path is optional.
+    pub fn from_file(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from("config/flashgate.toml"), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source }),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self.hold_seconds == 0 {
+            return bad("hold_seconds must be > 0");
+        }
+        if self.max_hold_seconds < self.hold_seconds {
+            return bad("max_hold_seconds must be >= hold_seconds");
+        }
+        if self.idempotency_ttl_seconds < self.max_hold_seconds {
+            return bad("idempotency_ttl_seconds must be >= max_hold_seconds");
+        }
+        if self.max_qty_per_request == 0 {
+            return bad("max_qty_per_request must be >= 1");
+        }
+        if self.redis_pool_size == 0 || self.redis_pool_size > 64 {
+            return bad("redis_pool_size must be within 1..=64");
+        }
+        if self.redis_timeout_ms == 0 || self.request_timeout_ms == 0 {
+            return bad("timeouts must be > 0");
+        }
+        if self.sweep_interval_ms == 0 || self.sweep_batch == 0 {
+            return bad("sweep_interval_ms and sweep_batch must be > 0");
+        }
+        if self.body_limit_bytes < 64 {
+            return bad("body_limit_bytes must be >= 64");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad("log_format must be text or json");
+        }
+        Ok(())
+    }
+
+    pub fn hold(&self) -> Duration {
+        Duration::from_secs(self.hold_seconds)
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// The effective configuration as TOML, with the password in the Redis
+    /// URL redacted.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        c.redis_url = redact_url(&c.redis_url);
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    // scheme://user:password@host → scheme://user:***@host
+    if let (Some(scheme_end), Some(at)) = (url.find("://"), url.rfind('@')) {
+        let creds = &url[scheme_end + 3..at];
+        if let Some(colon) = creds.find(':') {
+            return format!(
+                "{}{}:***{}",
+                &url[..scheme_end + 3],
+                &creds[..colon],
+                &url[at..]
+            );
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_file_parses_and_validates() {
+        let c = Config::from_file(Some(Path::new("config/flashgate.toml"))).unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("hold_secs = 3").is_err());
+    }
+
+    #[test]
+    fn validation_catches_nonsense() {
+        let c = Config {
+            hold_seconds: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            max_hold_seconds: 10,
+            hold_seconds: 20,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn password_is_redacted() {
+        assert_eq!(redact_url("redis://u:secret@h:1"), "redis://u:***@h:1");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        let c = Config {
+            redis_url: "redis://:pw@localhost:6379".into(),
+            ..Config::default()
+        };
+        assert!(!c.redacted_toml().contains("pw"));
+    }
+}

@@ -1,0 +1,92 @@
+//! JSON in and out: body limits, content type, the error body shape.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::ApiError;
+
+pub type Body = Full<Bytes>;
+
+/// Read a JSON body of at most `limit` bytes into `T`. Wrong content type,
+/// an oversized body, malformed JSON, missing or unknown fields are all the
+/// client's mistake: 422 `invalid_request` with what was wrong.
+pub async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let is_json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::InvalidRequest(
+            "Content-Type must be application/json".into(),
+        ));
+    }
+    let bytes = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::InvalidRequest(format!("request body is larger than {limit} bytes"))
+            } else {
+                ApiError::InvalidRequest(format!("cannot read request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+}
+
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => with_type(status, Bytes::from(bytes), "application/json"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode response");
+            with_type(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Bytes::from_static(br#"{"error":{"code":"internal","message":"internal error"}}"#),
+                "application/json",
+            )
+        }
+    }
+}
+
+pub fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+}
+
+/// `{"error":{"code":"...","message":"..."}}` with the error's status.
+pub fn error(e: &ApiError) -> Response<Body> {
+    json(
+        e.status(),
+        &ErrorBody {
+            error: ErrorDetail {
+                code: e.code(),
+                message: e.message(),
+            },
+        },
+    )
+}

@@ -1,0 +1,210 @@
+//! One `match` on (method, path). Each endpoint has the same shape: parse the
+//! request into domain types, apply it, render the outcome. Errors become
+//! responses in exactly one place ([`body::error`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use super::body::{self, Body};
+use crate::app::AppState;
+use crate::domain::{IdempotencyKey, Qty, ReservationId, Sku, UserId};
+use crate::error::ApiError;
+use crate::inventory::{ReserveOutcome, ReserveRequest};
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Handle one request: route it, time it, count it, tag it with a request id.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
+    let timeout = Duration::from_millis(state.config.request_timeout_ms);
+    let (route, result) = async {
+        let route = route_name(req.method(), req.uri().path());
+        match tokio::time::timeout(timeout, dispatch(&state, req)).await {
+            Ok(result) => (route, result),
+            Err(_) => (route, Err(ApiError::Timeout)),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            let _enter = span.enter();
+            match &e {
+                ApiError::Internal(cause) => tracing::error!(error = %cause, "internal error"),
+                ApiError::RedisUnavailable(cause) => {
+                    tracing::warn!(error = %cause, "redis unavailable")
+                }
+                _ => tracing::debug!(code = e.code(), "request refused"),
+            }
+            body::error(&e)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID.clone(), v);
+    }
+    state
+        .metrics
+        .observe_http(route, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+/// The route label for metrics: a fixed set, never the raw path.
+fn route_name(method: &Method, path: &str) -> &'static str {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, segs.as_slice()) {
+        (_, ["v1", "reservations"]) => "reserve",
+        (_, ["v1", "reservations", _]) => "get_reservation",
+        (_, ["v1", "reservations", _, "confirm"]) => "confirm",
+        (_, ["v1", "reservations", _, "release"]) => "release",
+        (_, ["v1", "reservations", _, "extend"]) => "extend",
+        (_, ["v1", "skus", _]) => "sku",
+        (_, ["healthz"]) => "healthz",
+        (_, ["readyz"]) => "readyz",
+        (_, ["metrics"]) => "metrics",
+        _ => "not_found",
+    }
+}
+
+async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_owned();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match (&method, segs.as_slice()) {
+        (&Method::POST, ["v1", "reservations"]) => reserve(state, req).await,
+        (&Method::GET, ["v1", "reservations", id]) => {
+            let rid = parse_rid(id)?;
+            Ok(body::json(
+                StatusCode::OK,
+                &state.inventory.get(&rid).await?,
+            ))
+        }
+        (
+            &Method::POST,
+            ["v1", "reservations", id, action @ ("confirm" | "release" | "extend")],
+        ) => {
+            let rid = parse_rid(id)?;
+            let r = match *action {
+                "confirm" => state.inventory.confirm(&rid).await,
+                "release" => state.inventory.release(&rid).await,
+                _ => state.inventory.extend(&rid).await,
+            }
+            .map_err(ApiError::from)?;
+            match *action {
+                "confirm" => state.metrics.outcome("confirmed"),
+                "release" => state.metrics.outcome("released"),
+                _ => {}
+            }
+            Ok(body::json(StatusCode::OK, &r))
+        }
+        (&Method::GET, ["v1", "skus", sku]) => {
+            let sku = Sku::parse(sku).map_err(|_| ApiError::UnknownSku((*sku).to_string()))?;
+            let st = state.inventory.status(&sku).await?;
+            Ok(body::json(
+                StatusCode::OK,
+                &SkuView {
+                    sku: &st.sku,
+                    available: st.available,
+                    held: st.held,
+                    sold: st.sold,
+                    shards: st.shards,
+                },
+            ))
+        }
+        (&Method::GET, ["healthz"]) => Ok(body::json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok"}),
+        )),
+        (&Method::GET, ["readyz"]) => match state.inventory.ready().await {
+            Ok(()) => Ok(body::json(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ready"}),
+            )),
+            Err(e) => Err(ApiError::RedisUnavailable(e)),
+        },
+        (&Method::GET, ["metrics"]) => Ok(body::with_type(
+            StatusCode::OK,
+            Bytes::from(state.metrics.render()),
+            "text/plain; version=0.0.4",
+        )),
+        _ if route_name(&method, &path) != "not_found" => Err(ApiError::MethodNotAllowed),
+        _ => Err(ApiError::RouteNotFound(path.clone())),
+    }
+}
+
+fn parse_rid(id: &str) -> Result<ReservationId, ApiError> {
+    // A malformed id cannot name a reservation: not found, like any unknown id.
+    ReservationId::parse(id).map_err(|_| ApiError::ReservationNotFound)
+}
+
+#[derive(Serialize)]
+struct SkuView<'a> {
+    sku: &'a str,
+    available: i64,
+    held: i64,
+    sold: i64,
+    shards: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReserveBody {
+    sku: String,
+    qty: i64,
+    user_id: String,
+}
+
+async fn reserve(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let key = match req.headers().get("idempotency-key") {
+        None => {
+            return Err(ApiError::InvalidRequest(
+                "the Idempotency-Key header is required".into(),
+            ))
+        }
+        Some(v) => {
+            let v = v.to_str().map_err(|_| {
+                ApiError::InvalidRequest("Idempotency-Key must be visible ASCII".into())
+            })?;
+            IdempotencyKey::parse(v).map_err(ApiError::InvalidRequest)?
+        }
+    };
+    let b: ReserveBody = body::read_json(req, state.config.body_limit_bytes).await?;
+    let request = ReserveRequest {
+        sku: Sku::parse(&b.sku).map_err(ApiError::InvalidRequest)?,
+        qty: Qty::parse(b.qty, state.config.max_qty_per_request)
+            .map_err(ApiError::InvalidRequest)?,
+        user: UserId::parse(&b.user_id).map_err(ApiError::InvalidRequest)?,
+        key,
+    };
+    let outcome = state.inventory.reserve(&request).await?;
+    tracing::debug!(sku = %request.sku, key = %request.key.redacted(), ?outcome, "reserve");
+    match outcome {
+        ReserveOutcome::Held(r) => {
+            state.metrics.outcome("held");
+            Ok(body::json(StatusCode::CREATED, &r))
+        }
+        ReserveOutcome::Replayed(r) => {
+            state.metrics.outcome("replayed");
+            Ok(body::json(StatusCode::OK, &r))
+        }
+        ReserveOutcome::SoldOut => {
+            state.metrics.outcome("sold_out");
+            Err(ApiError::SoldOut)
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The expiry sweeper: a background task that visits every shard of every
+//! preloaded SKU and returns due holds to stock (`lua/expire.lua`). Every
+//! flashgate instance runs one; the script makes a second visit a no-op, so
+//! instances need no coordination. It also completes transfers between shards
+//! whose mover died half-way, and refreshes the per-SKU gauges.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::Inventory;
+use crate::metrics::Metrics;
+
+/// A transfer pending this long is taken to be abandoned by its mover.
+const TRANSFER_GRACE_MS: i64 = 5_000;
+/// How often the slower chores (transfer recovery, gauges) run.
+const CHORE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Run until `shutdown` turns true, one sweep every `interval`.
+pub async fn run(
+    inventory: Arc<Inventory>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_chores = Instant::now() - CHORE_INTERVAL;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let chores = last_chores.elapsed() >= CHORE_INTERVAL;
+        if chores {
+            last_chores = Instant::now();
+        }
+        if let Err(e) = sweep(&inventory, &metrics, chores).await {
+            tracing::warn!(error = %e, "expiry sweep failed; retrying next tick");
+        }
+    }
+}
+
+/// One pass over every shard. Returns the number of holds expired.
+pub async fn sweep(
+    inventory: &Inventory,
+    metrics: &Metrics,
+    chores: bool,
+) -> Result<i64, crate::error::InventoryError> {
+    let mut expired = 0;
+    let mut lateness_ms = 0;
+    for sku in inventory.skus().await? {
+        let Some(k) = inventory.shard_count(&sku).await? else {
+            continue;
+        };
+        for s in 0..k {
+            loop {
+                let (n, late) = inventory.expire_shard(&sku, s).await?;
+                expired += n;
+                lateness_ms = lateness_ms.max(late);
+                if n < inventory.sweep_batch() {
+                    break;
+                }
+            }
+            if chores {
+                inventory
+                    .recover_transfers(&sku, s, TRANSFER_GRACE_MS)
+                    .await?;
+            }
+        }
+        if chores {
+            let st = inventory.status(&sku).await?;
+            metrics.set_sku(sku.as_str(), st.available, st.held, st.sold, st.drift());
+        }
+    }
+    metrics.sweeper_runs.inc();
+    metrics.sweeper_expired.inc_by(expired as u64);
+    metrics
+        .outcomes
+        .with_label_values(&["expired"])
+        .inc_by(expired as u64);
+    metrics.sweeper_lag.set(lateness_ms as f64 / 1000.0);
+    Ok(expired)
+}

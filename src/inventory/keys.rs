@@ -1,0 +1,100 @@
+//! Redis key layout. Pure functions, no I/O.
+//!
+//! Every key one script touches carries the shard's hash tag `{SKU#s}`, so a
+//! script never crosses slots (no `CROSSSLOT` on Redis Cluster) and the shards
+//! of one SKU hash to different slots, so they can live on different masters.
+//!
+//! | key                       | type   | what                                              |
+//! |---------------------------|--------|---------------------------------------------------|
+//! | `fg:{SKU}:meta`           | hash   | shard count, created_at (read at start, cached)   |
+//! | `fg:skus`                 | set    | every preloaded SKU (the sweeper's list)           |
+//! | `fg:{SKU#s}:stock`        | string | units available on shard s (never negative)       |
+//! | `fg:{SKU#s}:books`        | hash   | initial, held, sold, xin, xout                     |
+//! | `fg:{SKU#s}:holds`        | zset   | reservation id → deadline (ms): the expiry list   |
+//! | `fg:{SKU#s}:r:<rid>`      | hash   | the reservation                                   |
+//! | `fg:{SKU#s}:idem:<key>`   | string | `R|<rid>|<fp>` or the tombstone `M|<fp>`          |
+//! | `fg:{SKU#s}:events`       | stream | outbox of every stock change (for the ledger)     |
+//! | `fg:{SKU#s}:xfers`        | hash   | transfers out of this shard not yet applied       |
+//! | `fg:{SKU#s}:xin`          | zset   | transfer ids applied to this shard (a day)        |
+//! | `fg:{idem:<key>}`         | string | `<sku>\n<fingerprint>`: the key's first request   |
+
+use crate::domain::{IdempotencyKey, ReservationId, Sku};
+
+/// The keys of one shard of one SKU.
+#[derive(Clone, Debug)]
+pub struct ShardKeys {
+    prefix: String,
+}
+
+impl ShardKeys {
+    pub fn new(sku: &Sku, shard: u16) -> ShardKeys {
+        ShardKeys {
+            prefix: format!("fg:{{{sku}#{shard}}}:"),
+        }
+    }
+
+    pub fn stock(&self) -> String {
+        format!("{}stock", self.prefix)
+    }
+    pub fn books(&self) -> String {
+        format!("{}books", self.prefix)
+    }
+    pub fn holds(&self) -> String {
+        format!("{}holds", self.prefix)
+    }
+    pub fn events(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+    pub fn xfers(&self) -> String {
+        format!("{}xfers", self.prefix)
+    }
+    pub fn xin(&self) -> String {
+        format!("{}xin", self.prefix)
+    }
+    pub fn idem(&self, key: &IdempotencyKey) -> String {
+        format!("{}idem:{}", self.prefix, key.as_str())
+    }
+    /// Prefix of reservation records; the expiry script appends the id.
+    pub fn record_prefix(&self) -> String {
+        format!("{}r:", self.prefix)
+    }
+    pub fn record(&self, rid: &ReservationId) -> String {
+        format!("{}r:{}", self.prefix, rid)
+    }
+}
+
+pub fn meta(sku: &Sku) -> String {
+    format!("fg:{{{sku}}}:meta")
+}
+
+pub const SKUS: &str = "fg:skus";
+
+/// The cross-SKU idempotency record: one slot of its own per key.
+pub fn idem_global(key: &IdempotencyKey) -> String {
+    format!("fg:{{idem:{}}}", key.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shard_key_shares_one_hash_tag() {
+        let sku = Sku::parse("hot-1").unwrap();
+        let k = ShardKeys::new(&sku, 2);
+        for key in [
+            k.stock(),
+            k.books(),
+            k.holds(),
+            k.events(),
+            k.xfers(),
+            k.xin(),
+        ] {
+            assert!(key.starts_with("fg:{hot-1#2}:"), "{key}");
+        }
+        assert_ne!(
+            ShardKeys::new(&sku, 1).stock(),
+            ShardKeys::new(&sku, 2).stock()
+        );
+    }
+}

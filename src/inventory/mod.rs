@@ -1,0 +1,900 @@
+//! The stock of a sale, as Redis keeps it: reserve, confirm, release, extend,
+//! expire, preload. Every change is one atomic Lua script on one shard
+//! (`lua/`); this module picks the shard, walks on when a shard is dry, moves
+//! units between shards so that no request meets a false "sold out", and turns
+//! script replies into typed outcomes.
+//!
+//! **Idempotency across shards.** A key's first shard is a stable hash of the
+//! key; after that the walk goes round the shards in one fixed order. A shard
+//! that cannot serve a key writes the `moved` tombstone for it in the same step
+//! that refuses it; a shard that serves it records the reservation. Those
+//! verdicts are sticky, so every request carrying the key — a retry, a
+//! duplicate in flight, a request replayed after stock came back — sees the
+//! same verdicts in the same order, and at most one reservation exists per key.
+//! The last shard of the walk is the exception that keeps "no false sold out":
+//! it refuses without a tombstone first, pulls units from the shards that
+//! reported some (see `lua/transfer_out.lua`), and then decides for good.
+
+pub mod expiry;
+pub mod keys;
+pub mod scripts;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fred::clients::Pool;
+use fred::interfaces::{
+    ClientLike, HashesInterface, KeysInterface, LuaInterface, SetsInterface, SortedSetsInterface,
+};
+use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy};
+use fred::types::{Expiration, SetOptions, Value};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::domain::{IdempotencyKey, Qty, ReservationId, Sku, UserId};
+use crate::error::{ApiError, InventoryError};
+use crate::metrics::Metrics;
+use keys::ShardKeys;
+use scripts::{array, at, int, text, Scripts};
+
+/// Largest shard count one SKU may have.
+pub const MAX_SHARDS: u16 = 256;
+/// How long SKU metadata (shard count) is cached before it is read again.
+const META_TTL: Duration = Duration::from_secs(2);
+
+/// A reservation as the API shows it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Reservation {
+    pub reservation_id: String,
+    pub sku: String,
+    pub qty: u32,
+    pub user_id: String,
+    pub status: &'static str,
+    pub expires_at: String,
+}
+
+/// What a reserve request came to. Outcomes, not errors: each is a normal
+/// answer of a sale.
+#[derive(Debug)]
+pub enum ReserveOutcome {
+    /// A new hold (201).
+    Held(Reservation),
+    /// The key already holds this reservation; the first answer again (200).
+    Replayed(Reservation),
+    /// Every shard is empty (409).
+    SoldOut,
+}
+
+/// A parsed, validated reserve request.
+#[derive(Clone, Debug)]
+pub struct ReserveRequest {
+    pub sku: Sku,
+    pub qty: Qty,
+    pub user: UserId,
+    pub key: IdempotencyKey,
+}
+
+impl ReserveRequest {
+    /// What makes two requests with one key "the same request".
+    fn fingerprint(&self) -> String {
+        format!("{}:{}", self.qty.get(), self.user.as_str())
+    }
+}
+
+/// Per-shard books.
+#[derive(Clone, Debug, Serialize, Default, PartialEq)]
+pub struct ShardStatus {
+    pub shard: u16,
+    pub available: i64,
+    pub held: i64,
+    pub sold: i64,
+    pub initial: i64,
+    pub transferred_in: i64,
+    pub transferred_out: i64,
+    /// Holds waiting in the shard's expiry list.
+    pub outstanding_holds: i64,
+    /// Units taken out of this shard by a transfer not yet applied elsewhere.
+    pub in_transit: i64,
+}
+
+impl ShardStatus {
+    /// `initial + xin - xout - (available + held + sold)`: 0 when the books add up.
+    pub fn drift(&self) -> i64 {
+        self.initial + self.transferred_in
+            - self.transferred_out
+            - (self.available + self.held + self.sold)
+    }
+}
+
+/// A SKU's books, summed over its shards.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SkuStatus {
+    pub sku: String,
+    pub available: i64,
+    pub held: i64,
+    pub sold: i64,
+    pub shards: u16,
+    pub initial: i64,
+    pub in_transit: i64,
+    pub per_shard: Vec<ShardStatus>,
+}
+
+impl SkuStatus {
+    /// Units unaccounted for, summed over the shards (0 when the books add up;
+    /// units in transit between shards are accounted on both sides).
+    pub fn drift(&self) -> i64 {
+        self.per_shard.iter().map(ShardStatus::drift).sum()
+    }
+}
+
+/// What `preload` did.
+#[derive(Debug, PartialEq)]
+pub enum PreloadOutcome {
+    Loaded {
+        per_shard: Vec<i64>,
+    },
+    /// The SKU already has counters; nothing changed (use force to overwrite).
+    AlreadyLoaded,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SkuMeta {
+    shards: u16,
+}
+
+struct Settings {
+    hold_ms: u64,
+    extend_ms: u64,
+    max_hold_ms: u64,
+    idem_ttl_ms: u64,
+    record_ttl_ms: u64,
+    sweep_batch: u32,
+}
+
+/// The stock store: a Redis connection pool, the scripts, and the settings.
+pub struct Inventory {
+    pool: Pool,
+    scripts: Scripts,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    meta: RwLock<HashMap<Sku, (SkuMeta, Instant)>>,
+}
+
+/// One shard's verdict on a reserve.
+enum Step {
+    Held(Reservation),
+    Replay(Reservation),
+    Moved(i64),
+    Mismatch,
+    Dry(i64),
+    Unloaded,
+}
+
+pub fn ms_to_rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Connect a fred pool that fails fast: every command times out after
+/// `redis_timeout_ms` (so a request answers 503 instead of hanging while Redis
+/// is down), the command queue is bounded, dead connections are detected, and
+/// a command is attempted at most twice (scripts are idempotent, so a resend
+/// of an in-flight script is harmless).
+pub async fn connect(config: &Config) -> Result<Pool, InventoryError> {
+    let redis_config = RedisConfig::from_url(&config.redis_url)
+        .map_err(|e| InventoryError::Unavailable(format!("bad redis_url: {e}")))?;
+    let timeout = config.redis_timeout();
+    let pool = Builder::from_config(redis_config)
+        .with_performance_config(|p| {
+            p.default_command_timeout = timeout;
+        })
+        .with_connection_config(|c| {
+            c.connection_timeout = timeout.max(Duration::from_millis(200));
+            c.internal_command_timeout = timeout.max(Duration::from_secs(1));
+            c.max_command_attempts = 2;
+            c.max_command_buffer_len = 50_000;
+            c.unresponsive.max_timeout = Some(timeout.max(Duration::from_secs(1)));
+            c.unresponsive.interval = Duration::from_millis(250);
+            c.tcp.nodelay = Some(true);
+        })
+        .set_policy(ReconnectPolicy::new_constant(0, 100))
+        .build_pool(config.redis_pool_size)
+        .map_err(|e| InventoryError::Unavailable(e.to_string()))?;
+    pool.init().await?;
+    Ok(pool)
+}
+
+impl Inventory {
+    /// Connect to Redis and load every script; fails if either fails.
+    pub async fn connect(
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Inventory, InventoryError> {
+        let pool = connect(config).await?;
+        let scripts = Scripts::new();
+        scripts.load_all(&pool).await?;
+        let hold_ms = config.hold_seconds * 1000;
+        let max_hold_ms = config.max_hold_seconds * 1000;
+        let idem_ttl_ms = config.idempotency_ttl_seconds * 1000;
+        Ok(Inventory {
+            pool,
+            scripts,
+            metrics,
+            settings: Settings {
+                hold_ms,
+                extend_ms: config.extend_seconds * 1000,
+                max_hold_ms,
+                idem_ttl_ms,
+                // the record outlives its longest possible hold by the key retention
+                record_ttl_ms: max_hold_ms + idem_ttl_ms,
+                sweep_batch: config.sweep_batch,
+            },
+            meta: RwLock::new(HashMap::new()),
+        })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn scripts(&self) -> &Scripts {
+        &self.scripts
+    }
+
+    pub async fn close(&self) {
+        let _ = self.pool.quit().await;
+    }
+
+    async fn run(
+        &self,
+        script: &scripts::Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, InventoryError> {
+        scripts::run(&self.pool, &self.metrics, script, keys, args).await
+    }
+
+    fn err(&self, e: fred::error::Error) -> InventoryError {
+        scripts::classify(&self.metrics, e)
+    }
+
+    /// Ready to serve: Redis answers and every script is in its cache.
+    pub async fn ready(&self) -> Result<(), InventoryError> {
+        let shas: Vec<String> = self.scripts.all().iter().map(|s| s.sha.clone()).collect();
+        let loaded: Vec<bool> = self
+            .pool
+            .next()
+            .script_exists(shas)
+            .await
+            .map_err(|e| self.err(e))?;
+        if loaded.iter().all(|l| *l) {
+            return Ok(());
+        }
+        // After a restart the cache is empty: load now rather than report unready.
+        self.scripts.load_all(&self.pool).await
+    }
+
+    async fn sku_meta(&self, sku: &Sku) -> Result<Option<SkuMeta>, InventoryError> {
+        if let Ok(cache) = self.meta.read() {
+            if let Some((m, at)) = cache.get(sku) {
+                if at.elapsed() < META_TTL {
+                    return Ok(Some(*m));
+                }
+            }
+        }
+        let shards: Option<String> = self
+            .pool
+            .next()
+            .hget(keys::meta(sku), "shards")
+            .await
+            .map_err(|e| self.err(e))?;
+        let Some(shards) = shards else {
+            return Ok(None);
+        };
+        let shards: u16 = shards
+            .parse()
+            .ok()
+            .filter(|k| (1..=MAX_SHARDS).contains(k))
+            .ok_or_else(|| {
+                InventoryError::Protocol(format!("bad shard count {shards:?} for {sku}"))
+            })?;
+        let m = SkuMeta { shards };
+        if let Ok(mut cache) = self.meta.write() {
+            cache.insert(sku.clone(), (m, Instant::now()));
+        }
+        Ok(Some(m))
+    }
+
+    /// The SKU's shard count, or `unknown_sku`.
+    async fn shards_of(&self, sku: &Sku) -> Result<u16, InventoryError> {
+        match self.sku_meta(sku).await? {
+            Some(m) => Ok(m.shards),
+            None => Err(ApiError::UnknownSku(sku.to_string()).into()),
+        }
+    }
+
+    /// Every SKU that was preloaded.
+    pub async fn skus(&self) -> Result<Vec<Sku>, InventoryError> {
+        let names: Vec<String> = self
+            .pool
+            .next()
+            .smembers(keys::SKUS)
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut skus: Vec<Sku> = names.iter().filter_map(|n| Sku::parse(n).ok()).collect();
+        skus.sort();
+        Ok(skus)
+    }
+
+    // ------------------------------------------------------------------ reserve
+
+    pub async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, InventoryError> {
+        let k = self.shards_of(&req.sku).await?;
+        let fp = req.fingerprint();
+
+        // The key's first request fixes its body, across SKUs too: SET NX GET
+        // answers the earlier body if there was one.
+        let mine = format!("{}\n{}", req.sku, fp);
+        let earlier: Option<String> = self
+            .pool
+            .next()
+            .set(
+                keys::idem_global(&req.key),
+                mine.as_str(),
+                Some(Expiration::PX(self.settings.idem_ttl_ms as i64)),
+                Some(SetOptions::NX),
+                true,
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        if earlier.is_some_and(|e| e != mine) {
+            return Err(ApiError::IdempotencyKeyReused.into());
+        }
+
+        let token = uuid::Uuid::new_v4();
+        let start = (req.key.stable_hash() % u64::from(k)) as u16;
+        // shards seen during this walk with some (but too few) units: donors
+        let mut donors: Vec<(u16, i64)> = Vec::new();
+        let mut all_unloaded = true;
+        for i in 0..k {
+            let s = (start + i) % k;
+            let last = i + 1 == k;
+            let mark = !last || donors.is_empty();
+            let mut step = self.reserve_on(req, &fp, s, &token, mark).await?;
+            if last && !mark {
+                if let Step::Dry(have) = step {
+                    let need = i64::from(req.qty.get()) - have;
+                    self.pull(&req.sku, s, need, &donors).await?;
+                    step = self.reserve_on(req, &fp, s, &token, true).await?;
+                }
+            }
+            match step {
+                Step::Held(r) => return Ok(ReserveOutcome::Held(r)),
+                Step::Replay(r) => return Ok(ReserveOutcome::Replayed(r)),
+                Step::Mismatch => return Err(ApiError::IdempotencyKeyReused.into()),
+                Step::Moved(avail) | Step::Dry(avail) => {
+                    all_unloaded = false;
+                    if avail > 0 {
+                        donors.push((s, avail));
+                    }
+                }
+                Step::Unloaded => {}
+            }
+        }
+        if all_unloaded {
+            return Err(ApiError::UnknownSku(req.sku.to_string()).into());
+        }
+        Ok(ReserveOutcome::SoldOut)
+    }
+
+    async fn reserve_on(
+        &self,
+        req: &ReserveRequest,
+        fp: &str,
+        shard: u16,
+        token: &uuid::Uuid,
+        mark_moved: bool,
+    ) -> Result<Step, InventoryError> {
+        let sk = ShardKeys::new(&req.sku, shard);
+        let rid = ReservationId::new(&req.sku, shard, token);
+        let rid_s = rid.to_string();
+        let reply = self
+            .run(
+                &self.scripts.reserve,
+                vec![
+                    sk.stock(),
+                    sk.books(),
+                    sk.holds(),
+                    sk.idem(&req.key),
+                    sk.events(),
+                    sk.record(&rid),
+                ],
+                vec![
+                    rid_s.clone(),
+                    req.qty.get().to_string(),
+                    req.user.as_str().to_string(),
+                    fp.to_string(),
+                    self.settings.hold_ms.to_string(),
+                    self.settings.idem_ttl_ms.to_string(),
+                    if mark_moved { "1" } else { "0" }.to_string(),
+                    self.settings.record_ttl_ms.to_string(),
+                    req.sku.to_string(),
+                    req.key.as_str().to_string(),
+                ],
+            )
+            .await?;
+        let items = array(reply)?;
+        let kind = text(at(&items, 0)?)?;
+        let view = |id: String, exp: i64| Reservation {
+            reservation_id: id,
+            sku: req.sku.to_string(),
+            qty: req.qty.get(),
+            user_id: req.user.as_str().to_string(),
+            status: "held",
+            expires_at: ms_to_rfc3339(exp),
+        };
+        Ok(match kind.as_str() {
+            "held" => Step::Held(view(text(at(&items, 1)?)?, int(at(&items, 2)?)?)),
+            "replay" => {
+                let id = text(at(&items, 1)?)?;
+                let exp = int(at(&items, 4)?).unwrap_or(0);
+                // our own attempt, resent by the client library after a lost reply
+                if id == rid_s {
+                    Step::Held(view(id, exp))
+                } else {
+                    Step::Replay(view(id, exp))
+                }
+            }
+            "moved" => Step::Moved(int(at(&items, 1)?)?),
+            "mismatch" => Step::Mismatch,
+            "dry" => Step::Dry(int(at(&items, 1)?)?),
+            "unloaded" => Step::Unloaded,
+            other => {
+                return Err(InventoryError::Protocol(format!(
+                    "reserve replied {other:?}"
+                )))
+            }
+        })
+    }
+
+    /// Move up to `need` units from `donors` into shard `to`.
+    async fn pull(
+        &self,
+        sku: &Sku,
+        to: u16,
+        mut need: i64,
+        donors: &[(u16, i64)],
+    ) -> Result<(), InventoryError> {
+        for &(from, _) in donors {
+            if need <= 0 {
+                break;
+            }
+            need -= self.transfer(sku, from, to, need).await?;
+        }
+        Ok(())
+    }
+
+    /// Move up to `want` units from shard `from` to shard `to`; returns the
+    /// units moved. Crash-safe: see `lua/transfer_out.lua`.
+    pub async fn transfer(
+        &self,
+        sku: &Sku,
+        from: u16,
+        to: u16,
+        want: i64,
+    ) -> Result<i64, InventoryError> {
+        let xid = uuid::Uuid::new_v4().simple().to_string();
+        let donor = ShardKeys::new(sku, from);
+        let taken = int(&self
+            .run(
+                &self.scripts.transfer_out,
+                vec![donor.stock(), donor.books(), donor.xfers(), donor.events()],
+                vec![xid.clone(), to.to_string(), want.to_string()],
+            )
+            .await?)?;
+        if taken > 0 {
+            self.transfer_in(sku, from, to, &xid, taken).await?;
+        }
+        Ok(taken)
+    }
+
+    async fn transfer_in(
+        &self,
+        sku: &Sku,
+        from: u16,
+        to: u16,
+        xid: &str,
+        units: i64,
+    ) -> Result<(), InventoryError> {
+        let rec = ShardKeys::new(sku, to);
+        self.run(
+            &self.scripts.transfer_in,
+            vec![rec.stock(), rec.books(), rec.xin(), rec.events()],
+            vec![xid.to_string(), units.to_string(), from.to_string()],
+        )
+        .await?;
+        let _: i64 = self
+            .pool
+            .next()
+            .hdel(ShardKeys::new(sku, from).xfers(), xid)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    // -------------------------------------------------- confirm, release, extend
+
+    pub async fn confirm(&self, rid: &ReservationId) -> Result<Reservation, InventoryError> {
+        self.end(&self.scripts.confirm, rid).await
+    }
+
+    pub async fn release(&self, rid: &ReservationId) -> Result<Reservation, InventoryError> {
+        self.end(&self.scripts.release, rid).await
+    }
+
+    async fn end(
+        &self,
+        script: &scripts::Script,
+        rid: &ReservationId,
+    ) -> Result<Reservation, InventoryError> {
+        let sk = self.shard_keys_of(rid).await?;
+        let reply = self
+            .run(
+                script,
+                vec![
+                    sk.record(rid),
+                    sk.stock(),
+                    sk.books(),
+                    sk.holds(),
+                    sk.events(),
+                ],
+                vec![rid.to_string()],
+            )
+            .await?;
+        hold_reply(rid, reply)
+    }
+
+    pub async fn extend(&self, rid: &ReservationId) -> Result<Reservation, InventoryError> {
+        let sk = self.shard_keys_of(rid).await?;
+        let reply = self
+            .run(
+                &self.scripts.extend,
+                vec![sk.record(rid), sk.holds()],
+                vec![
+                    rid.to_string(),
+                    self.settings.extend_ms.to_string(),
+                    self.settings.max_hold_ms.to_string(),
+                ],
+            )
+            .await?;
+        hold_reply(rid, reply)
+    }
+
+    /// The keys of the reservation's shard. An id naming a shard the SKU does
+    /// not have is simply not found: ids are opaque to clients.
+    async fn shard_keys_of(&self, rid: &ReservationId) -> Result<ShardKeys, InventoryError> {
+        let k = match self.sku_meta(rid.sku()).await? {
+            Some(m) => m.shards,
+            None => return Err(ApiError::ReservationNotFound.into()),
+        };
+        if rid.shard() >= k {
+            // a shard dropped by a forced re-preload can still hold records
+            let exists: bool = self
+                .pool
+                .next()
+                .exists(ShardKeys::new(rid.sku(), rid.shard()).record(rid))
+                .await
+                .map_err(|e| self.err(e))?;
+            if !exists {
+                return Err(ApiError::ReservationNotFound.into());
+            }
+        }
+        Ok(ShardKeys::new(rid.sku(), rid.shard()))
+    }
+
+    pub async fn get(&self, rid: &ReservationId) -> Result<Reservation, InventoryError> {
+        let key = ShardKeys::new(rid.sku(), rid.shard()).record(rid);
+        let fields: HashMap<String, String> = self
+            .pool
+            .next()
+            .hgetall(key)
+            .await
+            .map_err(|e| self.err(e))?;
+        let (Some(status), Some(qty), Some(exp)) =
+            (fields.get("status"), fields.get("qty"), fields.get("exp"))
+        else {
+            return Err(ApiError::ReservationNotFound.into());
+        };
+        let exp: i64 = exp
+            .parse()
+            .map_err(|_| InventoryError::Protocol("bad exp".into()))?;
+        let mut status = status_name(status)?;
+        // Past its deadline a hold is expired, whether or not the sweeper has
+        // returned its units yet: confirm would refuse it.
+        if status == "held" && now_ms() >= exp {
+            status = "expired";
+        }
+        Ok(Reservation {
+            reservation_id: rid.to_string(),
+            sku: rid.sku().to_string(),
+            qty: qty
+                .parse()
+                .map_err(|_| InventoryError::Protocol("bad qty".into()))?,
+            user_id: fields.get("user").cloned().unwrap_or_default(),
+            status,
+            expires_at: ms_to_rfc3339(exp),
+        })
+    }
+
+    // -------------------------------------------------------- status, preload
+
+    pub async fn status(&self, sku: &Sku) -> Result<SkuStatus, InventoryError> {
+        let k = self.shards_of(sku).await?;
+        let client = self.pool.next();
+        let mut per_shard = Vec::with_capacity(usize::from(k));
+        for s in 0..k {
+            let sk = ShardKeys::new(sku, s);
+            let pipe = client.pipeline();
+            let _: () = pipe.get(sk.stock()).await.map_err(|e| self.err(e))?;
+            let _: () = pipe.hgetall(sk.books()).await.map_err(|e| self.err(e))?;
+            let _: () = pipe.zcard(sk.holds()).await.map_err(|e| self.err(e))?;
+            let _: () = pipe.hvals(sk.xfers()).await.map_err(|e| self.err(e))?;
+            let (stock, books, holds, xfers): (
+                Option<i64>,
+                HashMap<String, i64>,
+                i64,
+                Vec<String>,
+            ) = pipe.all().await.map_err(|e| self.err(e))?;
+            let f = |name: &str| books.get(name).copied().unwrap_or(0);
+            let in_transit = xfers
+                .iter()
+                .filter_map(|v| v.split('|').nth(1).and_then(|n| n.parse::<i64>().ok()))
+                .sum();
+            per_shard.push(ShardStatus {
+                shard: s,
+                available: stock.unwrap_or(0),
+                held: f("held"),
+                sold: f("sold"),
+                initial: f("initial"),
+                transferred_in: f("xin"),
+                transferred_out: f("xout"),
+                outstanding_holds: holds,
+                in_transit,
+            });
+        }
+        let sum = |f: fn(&ShardStatus) -> i64| per_shard.iter().map(f).sum::<i64>();
+        Ok(SkuStatus {
+            sku: sku.to_string(),
+            available: sum(|s| s.available),
+            held: sum(|s| s.held),
+            sold: sum(|s| s.sold),
+            initial: sum(|s| s.initial),
+            in_transit: sum(|s| s.in_transit),
+            shards: k,
+            per_shard,
+        })
+    }
+
+    /// Load `stock` units for `sku`, split evenly over `shards` shards.
+    /// Refuses (AlreadyLoaded) when the SKU already has counters, unless
+    /// `force`: then each shard's available units are set anew and holds and
+    /// sales already made stay on the books.
+    pub async fn preload(
+        &self,
+        sku: &Sku,
+        stock: i64,
+        shards: u16,
+        force: bool,
+    ) -> Result<PreloadOutcome, InventoryError> {
+        if !(1..=MAX_SHARDS).contains(&shards) {
+            return Err(ApiError::InvalidRequest(format!(
+                "shards must be within 1..={MAX_SHARDS}"
+            ))
+            .into());
+        }
+        if stock < 0 {
+            return Err(ApiError::InvalidRequest("stock must be >= 0".into()).into());
+        }
+        let client = self.pool.next();
+        let old: Option<String> = client
+            .hget(keys::meta(sku), "shards")
+            .await
+            .map_err(|e| self.err(e))?;
+        let old: Option<u16> = old.and_then(|o| o.parse().ok());
+        if old.is_some() && !force {
+            return Ok(PreloadOutcome::AlreadyLoaded);
+        }
+        if let Some(old) = old.filter(|o| *o > shards) {
+            // shards being dropped must not strand held units
+            for s in shards..old {
+                let held: Option<i64> = client
+                    .hget(ShardKeys::new(sku, s).books(), "held")
+                    .await
+                    .map_err(|e| self.err(e))?;
+                if held.unwrap_or(0) > 0 {
+                    return Err(ApiError::InvalidRequest(format!(
+                        "shard {s} still has held units; cannot shrink {sku} to {shards} shards until they end"
+                    ))
+                    .into());
+                }
+            }
+            for s in shards..old {
+                self.preload_shard(sku, s, 0, true).await?;
+            }
+        }
+        let per_shard = split(stock, shards);
+        for (s, units) in per_shard.iter().enumerate() {
+            // s < shards <= MAX_SHARDS
+            if !self.preload_shard(sku, s as u16, *units, force).await? {
+                return Ok(PreloadOutcome::AlreadyLoaded);
+            }
+        }
+        let now = now_ms().to_string();
+        let _: () = client
+            .hset(
+                keys::meta(sku),
+                [("shards", shards.to_string()), ("loaded_at", now)],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let _: () = client
+            .sadd(keys::SKUS, sku.as_str())
+            .await
+            .map_err(|e| self.err(e))?;
+        if let Ok(mut cache) = self.meta.write() {
+            cache.remove(sku);
+        }
+        Ok(PreloadOutcome::Loaded { per_shard })
+    }
+
+    async fn preload_shard(
+        &self,
+        sku: &Sku,
+        shard: u16,
+        units: i64,
+        force: bool,
+    ) -> Result<bool, InventoryError> {
+        let sk = ShardKeys::new(sku, shard);
+        let reply = array(
+            self.run(
+                &self.scripts.preload,
+                vec![sk.stock(), sk.books(), sk.events()],
+                vec![units.to_string(), if force { "1" } else { "0" }.to_string()],
+            )
+            .await?,
+        )?;
+        Ok(text(at(&reply, 0)?)? == "ok")
+    }
+
+    // ------------------------------------------------------------------ expiry
+
+    /// One sweeper step on one shard; returns (holds expired, lateness ms of the oldest).
+    pub async fn expire_shard(&self, sku: &Sku, shard: u16) -> Result<(i64, i64), InventoryError> {
+        let sk = ShardKeys::new(sku, shard);
+        let reply = array(
+            self.run(
+                &self.scripts.expire,
+                vec![sk.holds(), sk.stock(), sk.books(), sk.events()],
+                vec![sk.record_prefix(), self.settings.sweep_batch.to_string()],
+            )
+            .await?,
+        )?;
+        Ok((int(at(&reply, 0)?)?, int(at(&reply, 1)?)?))
+    }
+
+    pub fn sweep_batch(&self) -> i64 {
+        i64::from(self.settings.sweep_batch)
+    }
+
+    /// Complete transfers that left shard `shard` more than `older_than_ms`
+    /// ago and were never applied (their mover died between the halves).
+    pub async fn recover_transfers(
+        &self,
+        sku: &Sku,
+        shard: u16,
+        older_than_ms: i64,
+    ) -> Result<i64, InventoryError> {
+        let pending: HashMap<String, String> = self
+            .pool
+            .next()
+            .hgetall(ShardKeys::new(sku, shard).xfers())
+            .await
+            .map_err(|e| self.err(e))?;
+        let now = now_ms();
+        let mut recovered = 0;
+        for (xid, v) in pending {
+            let mut parts = v.split('|');
+            let (Some(to), Some(n), Some(ts)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let (Ok(to), Ok(n), Ok(ts)) = (to.parse::<u16>(), n.parse::<i64>(), ts.parse::<i64>())
+            else {
+                continue;
+            };
+            if now - ts < older_than_ms {
+                continue;
+            }
+            tracing::warn!(sku = %sku, from = shard, to, units = n, "completing an interrupted transfer");
+            self.transfer_in(sku, shard, to, &xid, n).await?;
+            recovered += n;
+        }
+        Ok(recovered)
+    }
+
+    pub async fn shard_count(&self, sku: &Sku) -> Result<Option<u16>, InventoryError> {
+        Ok(self.sku_meta(sku).await?.map(|m| m.shards))
+    }
+}
+
+fn status_name(s: &str) -> Result<&'static str, InventoryError> {
+    Ok(match s {
+        "held" => "held",
+        "confirmed" => "confirmed",
+        "released" => "released",
+        "expired" => "expired",
+        other => {
+            return Err(InventoryError::Protocol(format!(
+                "unknown status {other:?}"
+            )))
+        }
+    })
+}
+
+/// Parse the `{code, status, qty, user, exp}` reply of confirm/release/extend.
+fn hold_reply(rid: &ReservationId, reply: Value) -> Result<Reservation, InventoryError> {
+    let items = array(reply)?;
+    let code = text(at(&items, 0)?)?;
+    if code == "missing" {
+        return Err(ApiError::ReservationNotFound.into());
+    }
+    let status = status_name(&text(at(&items, 1)?)?)?;
+    if code == "conflict" {
+        return Err(ApiError::ReservationState(status).into());
+    }
+    Ok(Reservation {
+        reservation_id: rid.to_string(),
+        sku: rid.sku().to_string(),
+        qty: u32::try_from(int(at(&items, 2)?)?)
+            .map_err(|_| InventoryError::Protocol("bad qty".into()))?,
+        user_id: text(at(&items, 3)?)?,
+        status,
+        expires_at: ms_to_rfc3339(int(at(&items, 4)?)?),
+    })
+}
+
+/// Split `stock` over `shards` as evenly as possible (the first shards get
+/// the remainder).
+pub fn split(stock: i64, shards: u16) -> Vec<i64> {
+    let k = i64::from(shards);
+    (0..k)
+        .map(|s| stock / k + i64::from(s < stock % k))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_is_even_and_complete() {
+        assert_eq!(split(10, 4), vec![3, 3, 2, 2]);
+        assert_eq!(split(3, 4), vec![1, 1, 1, 0]);
+        assert_eq!(split(0, 2), vec![0, 0]);
+        for (n, k) in [(100, 4), (7, 3), (1, 1), (999, 16)] {
+            assert_eq!(split(n, k).iter().sum::<i64>(), n);
+        }
+    }
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(ms_to_rfc3339(0), "1970-01-01T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,179 @@
+//! The Lua scripts of `lua/`, embedded at compile time. Each script is the
+//! shared prelude `lua/lib.lua` followed by the script's own file. They are
+//! loaded at start (start fails if a load fails) and called by SHA; after a
+//! Redis restart, failover or `SCRIPT FLUSH` the server answers `NOSCRIPT`,
+//! and the call reloads the script and retries once, transparently.
+
+use std::time::Instant;
+
+use fred::clients::Pool;
+use fred::interfaces::LuaInterface;
+use fred::types::Value;
+use fred::util::sha1_hash;
+
+use crate::error::InventoryError;
+use crate::metrics::Metrics;
+
+const PRELUDE: &str = include_str!("../../lua/lib.lua");
+
+/// One script: its name (for metrics), full source and SHA-1.
+pub struct Script {
+    pub name: &'static str,
+    pub source: String,
+    pub sha: String,
+}
+
+impl Script {
+    fn new(name: &'static str, body: &str) -> Script {
+        let source = format!("{PRELUDE}\n{body}");
+        let sha = sha1_hash(&source);
+        Script { name, source, sha }
+    }
+}
+
+/// Every script flashgate runs.
+pub struct Scripts {
+    pub reserve: Script,
+    pub confirm: Script,
+    pub release: Script,
+    pub extend: Script,
+    pub expire: Script,
+    pub preload: Script,
+    pub transfer_out: Script,
+    pub transfer_in: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        Scripts {
+            reserve: Script::new("reserve", include_str!("../../lua/reserve.lua")),
+            confirm: Script::new("confirm", include_str!("../../lua/confirm.lua")),
+            release: Script::new("release", include_str!("../../lua/release.lua")),
+            extend: Script::new("extend", include_str!("../../lua/extend.lua")),
+            expire: Script::new("expire", include_str!("../../lua/expire.lua")),
+            preload: Script::new("preload", include_str!("../../lua/preload.lua")),
+            transfer_out: Script::new("transfer_out", include_str!("../../lua/transfer_out.lua")),
+            transfer_in: Script::new("transfer_in", include_str!("../../lua/transfer_in.lua")),
+        }
+    }
+
+    pub fn all(&self) -> [&Script; 8] {
+        [
+            &self.reserve,
+            &self.confirm,
+            &self.release,
+            &self.extend,
+            &self.expire,
+            &self.preload,
+            &self.transfer_out,
+            &self.transfer_in,
+        ]
+    }
+
+    /// `SCRIPT LOAD` every script (on every primary of a cluster).
+    pub async fn load_all(&self, pool: &Pool) -> Result<(), InventoryError> {
+        for s in self.all() {
+            let sha: String = pool.next().script_load_cluster(s.source.as_str()).await?;
+            if sha != s.sha {
+                return Err(InventoryError::Protocol(format!(
+                    "script {} loaded with sha {sha}, expected {}",
+                    s.name, s.sha
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Run `script` by SHA; on `NOSCRIPT`, load it and retry once.
+pub async fn run(
+    pool: &Pool,
+    metrics: &Metrics,
+    script: &Script,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<Value, InventoryError> {
+    let started = Instant::now();
+    let client = pool.next();
+    let first = client
+        .evalsha::<Value, _, _, _>(script.sha.as_str(), keys.clone(), args.clone())
+        .await;
+    let result = match first {
+        Err(e) if e.details().starts_with("NOSCRIPT") => {
+            metrics.redis_error("noscript");
+            tracing::info!(script = script.name, "NOSCRIPT: reloading the script");
+            client
+                .script_load_cluster::<String, _>(script.source.as_str())
+                .await
+                .map_err(|e| classify(metrics, e))?;
+            client
+                .evalsha::<Value, _, _, _>(script.sha.as_str(), keys, args)
+                .await
+        }
+        other => other,
+    };
+    metrics.observe_script(script.name, started.elapsed());
+    result.map_err(|e| classify(metrics, e))
+}
+
+/// Count a Redis error by kind and turn it into an [`InventoryError`].
+pub fn classify(metrics: &Metrics, e: fred::error::Error) -> InventoryError {
+    let kind = match e.kind() {
+        fred::error::ErrorKind::Timeout => "timeout",
+        fred::error::ErrorKind::IO | fred::error::ErrorKind::Canceled => "connection",
+        _ => "other",
+    };
+    metrics.redis_error(kind);
+    InventoryError::from(e)
+}
+
+// ---- reply parsing: Redis answers arrays of strings and integers ----
+
+pub fn array(v: Value) -> Result<Vec<Value>, InventoryError> {
+    match v {
+        Value::Array(items) => Ok(items),
+        other => Err(InventoryError::Protocol(format!(
+            "expected an array, got {other:?}"
+        ))),
+    }
+}
+
+pub fn text(v: &Value) -> Result<String, InventoryError> {
+    match v {
+        Value::String(s) => Ok(s.to_string()),
+        Value::Bytes(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+        Value::Integer(i) => Ok(i.to_string()),
+        Value::Null => Ok(String::new()),
+        other => Err(InventoryError::Protocol(format!(
+            "expected a string, got {other:?}"
+        ))),
+    }
+}
+
+pub fn int(v: &Value) -> Result<i64, InventoryError> {
+    match v {
+        Value::Integer(i) => Ok(*i),
+        Value::String(s) => s
+            .parse()
+            .map_err(|_| InventoryError::Protocol(format!("expected an integer, got {s:?}"))),
+        Value::Bytes(b) => String::from_utf8_lossy(b)
+            .parse()
+            .map_err(|_| InventoryError::Protocol("expected an integer".into())),
+        other => Err(InventoryError::Protocol(format!(
+            "expected an integer, got {other:?}"
+        ))),
+    }
+}
+
+/// Item `i` of a reply array, or a protocol error.
+pub fn at(items: &[Value], i: usize) -> Result<&Value, InventoryError> {
+    items
+        .get(i)
+        .ok_or_else(|| InventoryError::Protocol(format!("reply has no item {i}")))
+}
