@@ -1,0 +1,307 @@
+//! Every Lua script run directly on a real Redis, edge cases included. The
+//! books invariant (initial + xin - xout = stock + held + sold) is checked
+//! after every step.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use flashgate::domain::{IdempotencyKey, ReservationId, Sku};
+use flashgate::inventory::keys::ShardKeys;
+use flashgate::inventory::scripts::{self, Script, Scripts};
+use flashgate::metrics::Metrics;
+use fred::clients::Pool;
+use fred::interfaces::{HashesInterface, KeysInterface, SortedSetsInterface};
+use fred::types::Value;
+use support::{test_config, RedisServer};
+
+struct Fixture {
+    _redis: RedisServer,
+    pool: Pool,
+    scripts: Scripts,
+    metrics: Metrics,
+    sku: Sku,
+    k: ShardKeys,
+}
+
+async fn fixture() -> Fixture {
+    let redis = RedisServer::start();
+    let pool = flashgate::inventory::connect(&test_config(&redis)).await.expect("connect");
+    let sku = Sku::parse("lua-sku").unwrap();
+    let k = ShardKeys::new(&sku, 0);
+    // scripts are deliberately not loaded: the first call of each goes through
+    // the NOSCRIPT reload path
+    Fixture { _redis: redis, pool, scripts: Scripts::new(), metrics: Metrics::new(10), sku, k }
+}
+
+fn strs(v: Value) -> Vec<String> {
+    scripts::array(v).unwrap().iter().map(|x| scripts::text(x).unwrap()).collect()
+}
+
+impl Fixture {
+    async fn run(&self, s: &Script, keys: Vec<String>, args: Vec<String>) -> Value {
+        scripts::run(&self.pool, &self.metrics, s, keys, args).await.expect("script runs")
+    }
+
+    async fn preload(&self, units: i64, force: bool) -> Vec<String> {
+        strs(
+            self.run(
+                &self.scripts.preload,
+                vec![self.k.stock(), self.k.books(), self.k.events()],
+                vec![units.to_string(), if force { "1" } else { "0" }.into()],
+            )
+            .await,
+        )
+    }
+
+    fn rid(&self) -> ReservationId {
+        ReservationId::new(&self.sku, 0, &uuid::Uuid::new_v4())
+    }
+
+    async fn reserve_with(&self, rid: &ReservationId, key: &str, qty: u32, fp: &str, hold_ms: u64, mark: bool) -> Vec<String> {
+        let key = IdempotencyKey::parse(key).unwrap();
+        strs(
+            self.run(
+                &self.scripts.reserve,
+                vec![self.k.stock(), self.k.books(), self.k.holds(), self.k.idem(&key), self.k.events(), self.k.record(rid)],
+                vec![
+                    rid.to_string(),
+                    qty.to_string(),
+                    "user-1".into(),
+                    fp.into(),
+                    hold_ms.to_string(),
+                    "86400000".into(),
+                    if mark { "1" } else { "0" }.into(),
+                    "90000000".into(),
+                    self.sku.to_string(),
+                    key.as_str().into(),
+                ],
+            )
+            .await,
+        )
+    }
+
+    async fn reserve(&self, key: &str, qty: u32, hold_ms: u64) -> Vec<String> {
+        self.reserve_with(&self.rid(), key, qty, &format!("{qty}:user-1"), hold_ms, true).await
+    }
+
+    async fn end(&self, s: &Script, rid: &str) -> Vec<String> {
+        let rid = ReservationId::parse(rid).unwrap();
+        strs(
+            self.run(
+                s,
+                vec![self.k.record(&rid), self.k.stock(), self.k.books(), self.k.holds(), self.k.events()],
+                vec![rid.to_string()],
+            )
+            .await,
+        )
+    }
+
+    async fn extend(&self, rid: &str, grace: u64, max_total: u64) -> Vec<String> {
+        let rid = ReservationId::parse(rid).unwrap();
+        strs(
+            self.run(
+                &self.scripts.extend,
+                vec![self.k.record(&rid), self.k.holds()],
+                vec![rid.to_string(), grace.to_string(), max_total.to_string()],
+            )
+            .await,
+        )
+    }
+
+    async fn expire(&self) -> Vec<String> {
+        strs(
+            self.run(
+                &self.scripts.expire,
+                vec![self.k.holds(), self.k.stock(), self.k.books(), self.k.events()],
+                vec![self.k.record_prefix(), "100".into()],
+            )
+            .await,
+        )
+    }
+
+    /// (stock, held, sold), after checking the invariant.
+    async fn books(&self) -> (i64, i64, i64) {
+        books_of(&self.pool, &self.k).await
+    }
+
+    async fn events(&self) -> i64 {
+        self.pool.next().xlen(self.k.events()).await.unwrap()
+    }
+}
+
+async fn books_of(pool: &Pool, k: &ShardKeys) -> (i64, i64, i64) {
+    let stock: i64 = pool.next().get(k.stock()).await.unwrap();
+    let b: HashMap<String, i64> = pool.next().hgetall(k.books()).await.unwrap();
+    let f = |n: &str| b.get(n).copied().unwrap_or(0);
+    assert_eq!(f("initial") + f("xin") - f("xout"), stock + f("held") + f("sold"), "books: {b:?} stock {stock}");
+    assert!(stock >= 0 && f("held") >= 0 && f("sold") >= 0);
+    (stock, f("held"), f("sold"))
+}
+
+use fred::interfaces::StreamsInterface;
+
+#[tokio::test]
+async fn preload_refuses_a_live_shard_unless_forced() {
+    let f = fixture().await;
+    assert_eq!(f.preload(10, false).await, vec!["ok", "10"]);
+    assert_eq!(f.preload(99, false).await, vec!["exists", "10"]);
+    assert_eq!(f.books().await, (10, 0, 0));
+    let r = f.reserve("k1", 3, 60_000).await;
+    assert_eq!(r[0], "held");
+    // force: available becomes 5, the 3 held units stay on the books
+    assert_eq!(f.preload(5, true).await, vec!["ok", "5"]);
+    assert_eq!(f.books().await, (5, 3, 0));
+    let initial: i64 = f.pool.next().hget(f.k.books(), "initial").await.unwrap();
+    assert_eq!(initial, 8);
+}
+
+#[tokio::test]
+async fn reserve_checks_and_decrements_atomically() {
+    let f = fixture().await;
+    // unknown / unloaded shard
+    assert_eq!(f.reserve("k0", 1, 60_000).await, vec!["unloaded"]);
+    f.preload(3, false).await;
+    // more than the stock: refused, nothing taken, tombstone written
+    assert_eq!(f.reserve("big", 4, 60_000).await, vec!["dry", "3"]);
+    assert_eq!(f.books().await, (3, 0, 0));
+    assert_eq!(f.reserve("big", 4, 60_000).await, vec!["moved", "3"]);
+    let r = f.reserve("k1", 2, 60_000).await;
+    assert_eq!(r[0], "held");
+    assert_eq!(f.books().await, (1, 2, 0));
+    let events_after_hold = f.events().await;
+    // replay: the same reservation, nothing taken
+    let again = f.reserve("k1", 2, 60_000).await;
+    assert_eq!(again[0], "replay");
+    assert_eq!(again[1], r[1]);
+    assert_eq!(again[2], "2");
+    assert_eq!(again[4], r[2], "replay answers the first deadline");
+    assert_eq!(f.books().await, (1, 2, 0));
+    assert_eq!(f.events().await, events_after_hold, "a replay changes nothing");
+    // same key, other body
+    assert_eq!(f.reserve_with(&f.rid(), "k1", 1, "1:user-1", 60_000, true).await, vec!["mismatch"]);
+    assert_eq!(f.reserve_with(&f.rid(), "big", 1, "1:user-1", 60_000, true).await, vec!["mismatch"]);
+    // dry without the tombstone leaves no trace: the key can still reserve here later
+    assert_eq!(f.reserve_with(&f.rid(), "k2", 2, "2:user-1", 60_000, false).await, vec!["dry", "1"]);
+    assert_eq!(f.reserve("k2", 1, 60_000).await[0], "held");
+}
+
+#[tokio::test]
+async fn a_resent_reserve_returns_the_first_result() {
+    // The client library may resend an in-flight script after a dropped
+    // connection: the second run must not reserve again.
+    let f = fixture().await;
+    f.preload(5, false).await;
+    let rid = f.rid();
+    let first = f.reserve_with(&rid, "k", 1, "1:user-1", 60_000, true).await;
+    let second = f.reserve_with(&rid, "k", 1, "1:user-1", 60_000, true).await;
+    assert_eq!(first[0], "held");
+    assert_eq!(second[0], "replay");
+    assert_eq!(second[1], rid.to_string());
+    assert_eq!(f.books().await, (4, 1, 0));
+}
+
+#[tokio::test]
+async fn confirm_release_are_idempotent_and_exclusive() {
+    let f = fixture().await;
+    f.preload(5, false).await;
+    let a = f.reserve("a", 2, 60_000).await[1].clone();
+    let b = f.reserve("b", 1, 60_000).await[1].clone();
+    assert_eq!(f.end(&f.scripts.confirm, &a).await[..2], ["ok", "confirmed"]);
+    assert_eq!(f.end(&f.scripts.confirm, &a).await[..2], ["ok", "confirmed"]);
+    assert_eq!(f.end(&f.scripts.release, &a).await[..2], ["conflict", "confirmed"]);
+    assert_eq!(f.books().await, (2, 1, 2));
+    assert_eq!(f.end(&f.scripts.release, &b).await[..2], ["ok", "released"]);
+    assert_eq!(f.end(&f.scripts.release, &b).await[..2], ["ok", "released"]);
+    assert_eq!(f.end(&f.scripts.confirm, &b).await[..2], ["conflict", "released"]);
+    assert_eq!(f.books().await, (3, 0, 2));
+    let missing = f.rid().to_string();
+    assert_eq!(f.end(&f.scripts.confirm, &missing).await, vec!["missing"]);
+    assert_eq!(f.end(&f.scripts.release, &missing).await, vec!["missing"]);
+    let holds: i64 = f.pool.next().zcard(f.k.holds()).await.unwrap();
+    assert_eq!(holds, 0, "ended holds leave the expiry list");
+}
+
+#[tokio::test]
+async fn confirm_after_the_deadline_loses_to_expiry_even_before_the_sweeper() {
+    let f = fixture().await;
+    f.preload(2, false).await;
+    let a = f.reserve("a", 1, 30).await[1].clone();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(f.end(&f.scripts.confirm, &a).await[..2], ["conflict", "expired"]);
+    assert_eq!(f.books().await, (2, 0, 0), "the expired unit is back in stock");
+    // the sweeper finds nothing left to do: no second restock
+    assert_eq!(f.expire().await[0], "0");
+    assert_eq!(f.books().await, (2, 0, 0));
+    let b = f.reserve("b", 1, 30).await[1].clone();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(f.end(&f.scripts.release, &b).await[..2], ["conflict", "expired"]);
+    assert_eq!(f.books().await, (2, 0, 0));
+}
+
+#[tokio::test]
+async fn expire_returns_each_due_hold_exactly_once() {
+    let f = fixture().await;
+    f.preload(10, false).await;
+    for i in 0..4 {
+        f.reserve(&format!("short-{i}"), 1, 20).await;
+    }
+    let long = f.reserve("long", 2, 600_000).await[1].clone();
+    assert_eq!(f.books().await, (4, 6, 0));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let first = f.expire().await;
+    assert_eq!(first[0], "4");
+    assert_eq!(first[2], "4");
+    assert_eq!(f.books().await, (8, 2, 0));
+    assert_eq!(f.expire().await[0], "0", "a second sweep changes nothing");
+    assert_eq!(f.books().await, (8, 2, 0));
+    assert_eq!(f.end(&f.scripts.confirm, &long).await[..2], ["ok", "confirmed"]);
+    assert_eq!(f.books().await, (8, 0, 2));
+}
+
+#[tokio::test]
+async fn extend_moves_the_deadline_within_the_maximum() {
+    let f = fixture().await;
+    f.preload(3, false).await;
+    let r = f.reserve("a", 1, 1_000).await;
+    let (rid, exp0): (String, i64) = (r[1].clone(), r[2].parse().unwrap());
+    let e = f.extend(&rid, 5_000, 3_000).await;
+    assert_eq!(e[..2], ["ok", "held"]);
+    let exp1: i64 = e[4].parse().unwrap();
+    let created: i64 = f.pool.next().hget(f.k.record(&ReservationId::parse(&rid).unwrap()), "created").await.unwrap();
+    assert_eq!(exp1, created + 3_000, "bounded by the maximum total hold");
+    assert!(exp1 > exp0);
+    let score: f64 = f.pool.next().zscore(f.k.holds(), rid.as_str()).await.unwrap();
+    assert_eq!(score as i64, exp1, "the expiry list follows the deadline");
+    // ended holds cannot be extended
+    f.end(&f.scripts.release, &rid).await;
+    assert_eq!(f.extend(&rid, 5_000, 3_000).await[..2], ["conflict", "released"]);
+    assert_eq!(f.extend(&f.rid().to_string(), 5_000, 3_000).await, vec!["missing"]);
+}
+
+#[tokio::test]
+async fn transfers_move_units_once_and_keep_the_books() {
+    let f = fixture().await;
+    let to = ShardKeys::new(&f.sku, 1);
+    f.preload(5, false).await;
+    f.run(&f.scripts.preload, vec![to.stock(), to.books(), to.events()], vec!["0".into(), "0".into()]).await;
+    let out = |xid: &str, want: i64| {
+        f.run(
+            &f.scripts.transfer_out,
+            vec![f.k.stock(), f.k.books(), f.k.xfers(), f.k.events()],
+            vec![xid.into(), "1".into(), want.to_string()],
+        )
+    };
+    // takes at most what the donor has, and a resent call takes nothing more
+    assert_eq!(scripts::int(&out("x1", 8).await).unwrap(), 5);
+    assert_eq!(scripts::int(&out("x1", 8).await).unwrap(), 5);
+    assert_eq!(f.books().await, (0, 0, 0));
+    assert_eq!(scripts::int(&out("x2", 1).await).unwrap(), 0, "an empty donor gives nothing");
+    let into = || {
+        f.run(&f.scripts.transfer_in, vec![to.stock(), to.books(), to.xin(), to.events()], vec!["x1".into(), "5".into(), "0".into()])
+    };
+    assert_eq!(scripts::int(&into().await).unwrap(), 5);
+    assert_eq!(scripts::int(&into().await).unwrap(), 0, "applied once per transfer id");
+    assert_eq!(books_of(&f.pool, &to).await, (5, 0, 0));
+}
