@@ -402,7 +402,8 @@ async fn bad_input_gets_a_clear_error() {
         }
     };
     let ok_body = r#"{"sku":"bad","qty":1,"user_id":"u"}"#.to_string();
-    let cases: Vec<(Vec<(&str, &str)>, String, StatusCode, &str)> = vec![
+    type Case = (Vec<(&'static str, &'static str)>, String, StatusCode, &'static str);
+    let cases: Vec<Case> = vec![
         (
             vec![json],
             ok_body.clone(),

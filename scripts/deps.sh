@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what flashgate's commands need, from Debian's packages, when it is
+# missing and we are root. Sourced by scripts/run.sh and scripts/test.sh.
+set -euo pipefail
+
+_apt_updated=0
+apt_install() {
+  # apt_install <command-to-check> <package>...
+  local cmd=$1; shift
+  if command -v "$cmd" >/dev/null 2>&1; then return 0; fi
+  if [ "$(id -u)" != "0" ]; then
+    echo "flashgate: '$cmd' is missing; install the Debian package(s) $* (or run this as root)" >&2
+    return 1
+  fi
+  if [ "$_apt_updated" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    _apt_updated=1
+  fi
+  echo "flashgate: installing $* with apt-get" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+ensure_redis() {
+  apt_install redis-server redis-server
+  apt_install redis-cli redis-tools
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "flashgate: cargo (Rust >= 1.89) is required" >&2
+    return 1
+  fi
+}
