@@ -27,21 +27,36 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let redis = RedisServer::start();
-    let pool = flashgate::inventory::connect(&test_config(&redis)).await.expect("connect");
+    let pool = flashgate::inventory::connect(&test_config(&redis))
+        .await
+        .expect("connect");
     let sku = Sku::parse("lua-sku").unwrap();
     let k = ShardKeys::new(&sku, 0);
     // scripts are deliberately not loaded: the first call of each goes through
     // the NOSCRIPT reload path
-    Fixture { _redis: redis, pool, scripts: Scripts::new(), metrics: Metrics::new(10), sku, k }
+    Fixture {
+        _redis: redis,
+        pool,
+        scripts: Scripts::new(),
+        metrics: Metrics::new(10),
+        sku,
+        k,
+    }
 }
 
 fn strs(v: Value) -> Vec<String> {
-    scripts::array(v).unwrap().iter().map(|x| scripts::text(x).unwrap()).collect()
+    scripts::array(v)
+        .unwrap()
+        .iter()
+        .map(|x| scripts::text(x).unwrap())
+        .collect()
 }
 
 impl Fixture {
     async fn run(&self, s: &Script, keys: Vec<String>, args: Vec<String>) -> Value {
-        scripts::run(&self.pool, &self.metrics, s, keys, args).await.expect("script runs")
+        scripts::run(&self.pool, &self.metrics, s, keys, args)
+            .await
+            .expect("script runs")
     }
 
     async fn preload(&self, units: i64, force: bool) -> Vec<String> {
@@ -59,12 +74,27 @@ impl Fixture {
         ReservationId::new(&self.sku, 0, &uuid::Uuid::new_v4())
     }
 
-    async fn reserve_with(&self, rid: &ReservationId, key: &str, qty: u32, fp: &str, hold_ms: u64, mark: bool) -> Vec<String> {
+    async fn reserve_with(
+        &self,
+        rid: &ReservationId,
+        key: &str,
+        qty: u32,
+        fp: &str,
+        hold_ms: u64,
+        mark: bool,
+    ) -> Vec<String> {
         let key = IdempotencyKey::parse(key).unwrap();
         strs(
             self.run(
                 &self.scripts.reserve,
-                vec![self.k.stock(), self.k.books(), self.k.holds(), self.k.idem(&key), self.k.events(), self.k.record(rid)],
+                vec![
+                    self.k.stock(),
+                    self.k.books(),
+                    self.k.holds(),
+                    self.k.idem(&key),
+                    self.k.events(),
+                    self.k.record(rid),
+                ],
                 vec![
                     rid.to_string(),
                     qty.to_string(),
@@ -83,7 +113,15 @@ impl Fixture {
     }
 
     async fn reserve(&self, key: &str, qty: u32, hold_ms: u64) -> Vec<String> {
-        self.reserve_with(&self.rid(), key, qty, &format!("{qty}:user-1"), hold_ms, true).await
+        self.reserve_with(
+            &self.rid(),
+            key,
+            qty,
+            &format!("{qty}:user-1"),
+            hold_ms,
+            true,
+        )
+        .await
     }
 
     async fn end(&self, s: &Script, rid: &str) -> Vec<String> {
@@ -91,7 +129,13 @@ impl Fixture {
         strs(
             self.run(
                 s,
-                vec![self.k.record(&rid), self.k.stock(), self.k.books(), self.k.holds(), self.k.events()],
+                vec![
+                    self.k.record(&rid),
+                    self.k.stock(),
+                    self.k.books(),
+                    self.k.holds(),
+                    self.k.events(),
+                ],
                 vec![rid.to_string()],
             )
             .await,
@@ -114,7 +158,12 @@ impl Fixture {
         strs(
             self.run(
                 &self.scripts.expire,
-                vec![self.k.holds(), self.k.stock(), self.k.books(), self.k.events()],
+                vec![
+                    self.k.holds(),
+                    self.k.stock(),
+                    self.k.books(),
+                    self.k.events(),
+                ],
                 vec![self.k.record_prefix(), "100".into()],
             )
             .await,
@@ -135,7 +184,11 @@ async fn books_of(pool: &Pool, k: &ShardKeys) -> (i64, i64, i64) {
     let stock: i64 = pool.next().get(k.stock()).await.unwrap();
     let b: HashMap<String, i64> = pool.next().hgetall(k.books()).await.unwrap();
     let f = |n: &str| b.get(n).copied().unwrap_or(0);
-    assert_eq!(f("initial") + f("xin") - f("xout"), stock + f("held") + f("sold"), "books: {b:?} stock {stock}");
+    assert_eq!(
+        f("initial") + f("xin") - f("xout"),
+        stock + f("held") + f("sold"),
+        "books: {b:?} stock {stock}"
+    );
     assert!(stock >= 0 && f("held") >= 0 && f("sold") >= 0);
     (stock, f("held"), f("sold"))
 }
@@ -178,12 +231,28 @@ async fn reserve_checks_and_decrements_atomically() {
     assert_eq!(again[2], "2");
     assert_eq!(again[4], r[2], "replay answers the first deadline");
     assert_eq!(f.books().await, (1, 2, 0));
-    assert_eq!(f.events().await, events_after_hold, "a replay changes nothing");
+    assert_eq!(
+        f.events().await,
+        events_after_hold,
+        "a replay changes nothing"
+    );
     // same key, other body
-    assert_eq!(f.reserve_with(&f.rid(), "k1", 1, "1:user-1", 60_000, true).await, vec!["mismatch"]);
-    assert_eq!(f.reserve_with(&f.rid(), "big", 1, "1:user-1", 60_000, true).await, vec!["mismatch"]);
+    assert_eq!(
+        f.reserve_with(&f.rid(), "k1", 1, "1:user-1", 60_000, true)
+            .await,
+        vec!["mismatch"]
+    );
+    assert_eq!(
+        f.reserve_with(&f.rid(), "big", 1, "1:user-1", 60_000, true)
+            .await,
+        vec!["mismatch"]
+    );
     // dry without the tombstone leaves no trace: the key can still reserve here later
-    assert_eq!(f.reserve_with(&f.rid(), "k2", 2, "2:user-1", 60_000, false).await, vec!["dry", "1"]);
+    assert_eq!(
+        f.reserve_with(&f.rid(), "k2", 2, "2:user-1", 60_000, false)
+            .await,
+        vec!["dry", "1"]
+    );
     assert_eq!(f.reserve("k2", 1, 60_000).await[0], "held");
 }
 
@@ -208,13 +277,25 @@ async fn confirm_release_are_idempotent_and_exclusive() {
     f.preload(5, false).await;
     let a = f.reserve("a", 2, 60_000).await[1].clone();
     let b = f.reserve("b", 1, 60_000).await[1].clone();
-    assert_eq!(f.end(&f.scripts.confirm, &a).await[..2], ["ok", "confirmed"]);
-    assert_eq!(f.end(&f.scripts.confirm, &a).await[..2], ["ok", "confirmed"]);
-    assert_eq!(f.end(&f.scripts.release, &a).await[..2], ["conflict", "confirmed"]);
+    assert_eq!(
+        f.end(&f.scripts.confirm, &a).await[..2],
+        ["ok", "confirmed"]
+    );
+    assert_eq!(
+        f.end(&f.scripts.confirm, &a).await[..2],
+        ["ok", "confirmed"]
+    );
+    assert_eq!(
+        f.end(&f.scripts.release, &a).await[..2],
+        ["conflict", "confirmed"]
+    );
     assert_eq!(f.books().await, (2, 1, 2));
     assert_eq!(f.end(&f.scripts.release, &b).await[..2], ["ok", "released"]);
     assert_eq!(f.end(&f.scripts.release, &b).await[..2], ["ok", "released"]);
-    assert_eq!(f.end(&f.scripts.confirm, &b).await[..2], ["conflict", "released"]);
+    assert_eq!(
+        f.end(&f.scripts.confirm, &b).await[..2],
+        ["conflict", "released"]
+    );
     assert_eq!(f.books().await, (3, 0, 2));
     let missing = f.rid().to_string();
     assert_eq!(f.end(&f.scripts.confirm, &missing).await, vec!["missing"]);
@@ -229,14 +310,24 @@ async fn confirm_after_the_deadline_loses_to_expiry_even_before_the_sweeper() {
     f.preload(2, false).await;
     let a = f.reserve("a", 1, 30).await[1].clone();
     tokio::time::sleep(Duration::from_millis(60)).await;
-    assert_eq!(f.end(&f.scripts.confirm, &a).await[..2], ["conflict", "expired"]);
-    assert_eq!(f.books().await, (2, 0, 0), "the expired unit is back in stock");
+    assert_eq!(
+        f.end(&f.scripts.confirm, &a).await[..2],
+        ["conflict", "expired"]
+    );
+    assert_eq!(
+        f.books().await,
+        (2, 0, 0),
+        "the expired unit is back in stock"
+    );
     // the sweeper finds nothing left to do: no second restock
     assert_eq!(f.expire().await[0], "0");
     assert_eq!(f.books().await, (2, 0, 0));
     let b = f.reserve("b", 1, 30).await[1].clone();
     tokio::time::sleep(Duration::from_millis(60)).await;
-    assert_eq!(f.end(&f.scripts.release, &b).await[..2], ["conflict", "expired"]);
+    assert_eq!(
+        f.end(&f.scripts.release, &b).await[..2],
+        ["conflict", "expired"]
+    );
     assert_eq!(f.books().await, (2, 0, 0));
 }
 
@@ -256,7 +347,10 @@ async fn expire_returns_each_due_hold_exactly_once() {
     assert_eq!(f.books().await, (8, 2, 0));
     assert_eq!(f.expire().await[0], "0", "a second sweep changes nothing");
     assert_eq!(f.books().await, (8, 2, 0));
-    assert_eq!(f.end(&f.scripts.confirm, &long).await[..2], ["ok", "confirmed"]);
+    assert_eq!(
+        f.end(&f.scripts.confirm, &long).await[..2],
+        ["ok", "confirmed"]
+    );
     assert_eq!(f.books().await, (8, 0, 2));
 }
 
@@ -269,15 +363,31 @@ async fn extend_moves_the_deadline_within_the_maximum() {
     let e = f.extend(&rid, 5_000, 3_000).await;
     assert_eq!(e[..2], ["ok", "held"]);
     let exp1: i64 = e[4].parse().unwrap();
-    let created: i64 = f.pool.next().hget(f.k.record(&ReservationId::parse(&rid).unwrap()), "created").await.unwrap();
+    let created: i64 = f
+        .pool
+        .next()
+        .hget(f.k.record(&ReservationId::parse(&rid).unwrap()), "created")
+        .await
+        .unwrap();
     assert_eq!(exp1, created + 3_000, "bounded by the maximum total hold");
     assert!(exp1 > exp0);
-    let score: f64 = f.pool.next().zscore(f.k.holds(), rid.as_str()).await.unwrap();
+    let score: f64 = f
+        .pool
+        .next()
+        .zscore(f.k.holds(), rid.as_str())
+        .await
+        .unwrap();
     assert_eq!(score as i64, exp1, "the expiry list follows the deadline");
     // ended holds cannot be extended
     f.end(&f.scripts.release, &rid).await;
-    assert_eq!(f.extend(&rid, 5_000, 3_000).await[..2], ["conflict", "released"]);
-    assert_eq!(f.extend(&f.rid().to_string(), 5_000, 3_000).await, vec!["missing"]);
+    assert_eq!(
+        f.extend(&rid, 5_000, 3_000).await[..2],
+        ["conflict", "released"]
+    );
+    assert_eq!(
+        f.extend(&f.rid().to_string(), 5_000, 3_000).await,
+        vec!["missing"]
+    );
 }
 
 #[tokio::test]
@@ -285,7 +395,12 @@ async fn transfers_move_units_once_and_keep_the_books() {
     let f = fixture().await;
     let to = ShardKeys::new(&f.sku, 1);
     f.preload(5, false).await;
-    f.run(&f.scripts.preload, vec![to.stock(), to.books(), to.events()], vec!["0".into(), "0".into()]).await;
+    f.run(
+        &f.scripts.preload,
+        vec![to.stock(), to.books(), to.events()],
+        vec!["0".into(), "0".into()],
+    )
+    .await;
     let out = |xid: &str, want: i64| {
         f.run(
             &f.scripts.transfer_out,
@@ -297,11 +412,23 @@ async fn transfers_move_units_once_and_keep_the_books() {
     assert_eq!(scripts::int(&out("x1", 8).await).unwrap(), 5);
     assert_eq!(scripts::int(&out("x1", 8).await).unwrap(), 5);
     assert_eq!(f.books().await, (0, 0, 0));
-    assert_eq!(scripts::int(&out("x2", 1).await).unwrap(), 0, "an empty donor gives nothing");
+    assert_eq!(
+        scripts::int(&out("x2", 1).await).unwrap(),
+        0,
+        "an empty donor gives nothing"
+    );
     let into = || {
-        f.run(&f.scripts.transfer_in, vec![to.stock(), to.books(), to.xin(), to.events()], vec!["x1".into(), "5".into(), "0".into()])
+        f.run(
+            &f.scripts.transfer_in,
+            vec![to.stock(), to.books(), to.xin(), to.events()],
+            vec!["x1".into(), "5".into(), "0".into()],
+        )
     };
     assert_eq!(scripts::int(&into().await).unwrap(), 5);
-    assert_eq!(scripts::int(&into().await).unwrap(), 0, "applied once per transfer id");
+    assert_eq!(
+        scripts::int(&into().await).unwrap(),
+        0,
+        "applied once per transfer id"
+    );
     assert_eq!(books_of(&f.pool, &to).await, (5, 0, 0));
 }

@@ -96,7 +96,9 @@ impl RedisServer {
     }
 
     pub fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         if s.write_all(b"PING\r\n").is_err() {
             return false;
@@ -178,7 +180,13 @@ pub async fn spawn_app(config: Config) -> TestApp {
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(512)
         .build(connector);
-    TestApp { addr, state, client, stop: Some(tx), task: Some(task) }
+    TestApp {
+        addr,
+        state,
+        client,
+        stop: Some(tx),
+        task: Some(task),
+    }
 }
 
 pub struct Answer {
@@ -195,8 +203,16 @@ impl Answer {
 }
 
 impl TestApp {
-    pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
-        let mut b = Request::builder().method(method).uri(format!("http://{}{}", self.addr, path));
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Answer {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path));
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
@@ -208,8 +224,13 @@ impl TestApp {
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
-        Answer { status, headers, body }
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        Answer {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn reserve(&self, key: &str, sku: &str, qty: i64, user: &str) -> Answer {
@@ -217,14 +238,23 @@ impl TestApp {
         self.request(
             Method::POST,
             "/v1/reservations",
-            &[("content-type", "application/json"), ("idempotency-key", key)],
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", key),
+            ],
             body.to_string().into_bytes(),
         )
         .await
     }
 
     pub async fn action(&self, rid: &str, action: &str) -> Answer {
-        self.request(Method::POST, &format!("/v1/reservations/{rid}/{action}"), &[], vec![]).await
+        self.request(
+            Method::POST,
+            &format!("/v1/reservations/{rid}/{action}"),
+            &[],
+            vec![],
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> Answer {
@@ -237,7 +267,11 @@ impl TestApp {
 
     pub async fn preload(&self, sku: &str, stock: i64, shards: u16) {
         let sku = flashgate::domain::Sku::parse(sku).expect("sku");
-        self.state.inventory.preload(&sku, stock, shards, false).await.expect("preload");
+        self.state
+            .inventory
+            .preload(&sku, stock, shards, false)
+            .await
+            .expect("preload");
     }
 
     /// The books of every shard add up, and no counter is negative.
@@ -246,7 +280,10 @@ impl TestApp {
         let st = self.state.inventory.status(&sku).await.expect("status");
         for s in &st.per_shard {
             assert_eq!(s.drift(), 0, "shard books do not add up: {s:?}");
-            assert!(s.available >= 0 && s.held >= 0 && s.sold >= 0, "negative counter: {s:?}");
+            assert!(
+                s.available >= 0 && s.held >= 0 && s.sold >= 0,
+                "negative counter: {s:?}"
+            );
         }
         assert_eq!(st.in_transit, 0, "units left in transit: {st:?}");
         st
