@@ -402,7 +402,12 @@ async fn bad_input_gets_a_clear_error() {
         }
     };
     let ok_body = r#"{"sku":"bad","qty":1,"user_id":"u"}"#.to_string();
-    type Case = (Vec<(&'static str, &'static str)>, String, StatusCode, &'static str);
+    type Case = (
+        Vec<(&'static str, &'static str)>,
+        String,
+        StatusCode,
+        &'static str,
+    );
     let cases: Vec<Case> = vec![
         (
             vec![json],

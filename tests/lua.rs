@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use flashgate::domain::{IdempotencyKey, ReservationId, Sku};
-use flashgate::inventory::keys::ShardKeys;
+use flashgate::inventory::keys::{self, ShardKeys};
 use flashgate::inventory::scripts::{self, Script, Scripts};
 use flashgate::metrics::Metrics;
 use fred::clients::Pool;
@@ -31,7 +31,7 @@ async fn fixture() -> Fixture {
         .await
         .expect("connect");
     let sku = Sku::parse("lua-sku").unwrap();
-    let k = ShardKeys::new(&sku, 0);
+    let k = ShardKeys::new(&keys::default_tag(&sku, 0));
     // scripts are deliberately not loaded: the first call of each goes through
     // the NOSCRIPT reload path
     Fixture {
@@ -393,7 +393,7 @@ async fn extend_moves_the_deadline_within_the_maximum() {
 #[tokio::test]
 async fn transfers_move_units_once_and_keep_the_books() {
     let f = fixture().await;
-    let to = ShardKeys::new(&f.sku, 1);
+    let to = ShardKeys::new(&keys::default_tag(&f.sku, 1));
     f.preload(5, false).await;
     f.run(
         &f.scripts.preload,

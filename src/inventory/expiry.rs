@@ -54,12 +54,12 @@ pub async fn sweep(
     let mut expired = 0;
     let mut lateness_ms = 0;
     for sku in inventory.skus().await? {
-        let Some(k) = inventory.shard_count(&sku).await? else {
+        let Some(meta) = inventory.meta(&sku).await? else {
             continue;
         };
-        for s in 0..k {
+        for s in 0..meta.shards {
             loop {
-                let (n, late) = inventory.expire_shard(&sku, s).await?;
+                let (n, late) = inventory.expire_shard(&meta, s).await?;
                 expired += n;
                 lateness_ms = lateness_ms.max(late);
                 if n < inventory.sweep_batch() {
@@ -68,7 +68,7 @@ pub async fn sweep(
             }
             if chores {
                 inventory
-                    .recover_transfers(&sku, s, TRANSFER_GRACE_MS)
+                    .recover_transfers(&meta, s, TRANSFER_GRACE_MS)
                     .await?;
             }
         }

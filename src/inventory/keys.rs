@@ -6,7 +6,7 @@
 //!
 //! | key                       | type   | what                                              |
 //! |---------------------------|--------|---------------------------------------------------|
-//! | `fg:{SKU}:meta`           | hash   | shard count, created_at (read at start, cached)   |
+//! | `fg:{SKU}:meta`           | hash   | shard count, shard tags, loaded_at (cached)       |
 //! | `fg:skus`                 | set    | every preloaded SKU (the sweeper's list)           |
 //! | `fg:{SKU#s}:stock`        | string | units available on shard s (never negative)       |
 //! | `fg:{SKU#s}:books`        | hash   | initial, held, sold, xin, xout                     |
@@ -26,10 +26,18 @@ pub struct ShardKeys {
     prefix: String,
 }
 
+/// The hash tag of shard `shard` of `sku` unless placement chose another
+/// (Redis Cluster: tags picked so the shards land on different masters; the
+/// chosen tags are stored in the SKU's meta).
+pub fn default_tag(sku: &Sku, shard: u16) -> String {
+    format!("{sku}#{shard}")
+}
+
 impl ShardKeys {
-    pub fn new(sku: &Sku, shard: u16) -> ShardKeys {
+    /// The keys of the shard whose hash tag is `tag` (without braces).
+    pub fn new(tag: &str) -> ShardKeys {
         ShardKeys {
-            prefix: format!("fg:{{{sku}#{shard}}}:"),
+            prefix: format!("fg:{{{tag}}}:"),
         }
     }
 
@@ -81,7 +89,7 @@ mod tests {
     #[test]
     fn every_shard_key_shares_one_hash_tag() {
         let sku = Sku::parse("hot-1").unwrap();
-        let k = ShardKeys::new(&sku, 2);
+        let k = ShardKeys::new(&default_tag(&sku, 2));
         for key in [
             k.stock(),
             k.books(),
@@ -93,8 +101,8 @@ mod tests {
             assert!(key.starts_with("fg:{hot-1#2}:"), "{key}");
         }
         assert_ne!(
-            ShardKeys::new(&sku, 1).stock(),
-            ShardKeys::new(&sku, 2).stock()
+            ShardKeys::new(&default_tag(&sku, 1)).stock(),
+            ShardKeys::new(&default_tag(&sku, 2)).stock()
         );
     }
 }

@@ -138,9 +138,22 @@ pub enum PreloadOutcome {
     AlreadyLoaded,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct SkuMeta {
-    shards: u16,
+/// A SKU's shard layout, as preload wrote it: shard count and each shard's
+/// hash tag.
+#[derive(Clone, Debug)]
+pub struct SkuMeta {
+    pub sku: Sku,
+    pub shards: u16,
+    pub tags: Vec<String>,
+}
+
+impl SkuMeta {
+    pub fn keys(&self, shard: u16) -> ShardKeys {
+        match self.tags.get(usize::from(shard)) {
+            Some(tag) => ShardKeys::new(tag),
+            None => ShardKeys::new(&keys::default_tag(&self.sku, shard)),
+        }
+    }
 }
 
 struct Settings {
@@ -158,7 +171,7 @@ pub struct Inventory {
     scripts: Scripts,
     metrics: Arc<Metrics>,
     settings: Settings,
-    meta: RwLock<HashMap<Sku, (SkuMeta, Instant)>>,
+    meta: RwLock<HashMap<Sku, (Arc<SkuMeta>, Instant)>>,
 }
 
 /// One shard's verdict on a reserve.
@@ -282,21 +295,22 @@ impl Inventory {
         self.scripts.load_all(&self.pool).await
     }
 
-    async fn sku_meta(&self, sku: &Sku) -> Result<Option<SkuMeta>, InventoryError> {
+    /// The SKU's layout (cached for [`META_TTL`]), or None when not preloaded.
+    pub async fn meta(&self, sku: &Sku) -> Result<Option<Arc<SkuMeta>>, InventoryError> {
         if let Ok(cache) = self.meta.read() {
             if let Some((m, at)) = cache.get(sku) {
                 if at.elapsed() < META_TTL {
-                    return Ok(Some(*m));
+                    return Ok(Some(m.clone()));
                 }
             }
         }
-        let shards: Option<String> = self
+        let fields: HashMap<String, String> = self
             .pool
             .next()
-            .hget(keys::meta(sku), "shards")
+            .hgetall(keys::meta(sku))
             .await
             .map_err(|e| self.err(e))?;
-        let Some(shards) = shards else {
+        let Some(shards) = fields.get("shards") else {
             return Ok(None);
         };
         let shards: u16 = shards
@@ -306,17 +320,29 @@ impl Inventory {
             .ok_or_else(|| {
                 InventoryError::Protocol(format!("bad shard count {shards:?} for {sku}"))
             })?;
-        let m = SkuMeta { shards };
+        let mut tags: Vec<String> = fields
+            .get("tags")
+            .map(|t| t.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+        for s in tags.len()..usize::from(shards) {
+            // s < shards <= MAX_SHARDS
+            tags.push(keys::default_tag(sku, s as u16));
+        }
+        let m = Arc::new(SkuMeta {
+            sku: sku.clone(),
+            shards,
+            tags,
+        });
         if let Ok(mut cache) = self.meta.write() {
-            cache.insert(sku.clone(), (m, Instant::now()));
+            cache.insert(sku.clone(), (m.clone(), Instant::now()));
         }
         Ok(Some(m))
     }
 
-    /// The SKU's shard count, or `unknown_sku`.
-    async fn shards_of(&self, sku: &Sku) -> Result<u16, InventoryError> {
-        match self.sku_meta(sku).await? {
-            Some(m) => Ok(m.shards),
+    /// The SKU's layout, or `unknown_sku`.
+    async fn meta_of(&self, sku: &Sku) -> Result<Arc<SkuMeta>, InventoryError> {
+        match self.meta(sku).await? {
+            Some(m) => Ok(m),
             None => Err(ApiError::UnknownSku(sku.to_string()).into()),
         }
     }
@@ -337,7 +363,8 @@ impl Inventory {
     // ------------------------------------------------------------------ reserve
 
     pub async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, InventoryError> {
-        let k = self.shards_of(&req.sku).await?;
+        let meta = self.meta_of(&req.sku).await?;
+        let k = meta.shards;
         let fp = req.fingerprint();
 
         // The key's first request fixes its body, across SKUs too: SET NX GET
@@ -368,12 +395,12 @@ impl Inventory {
             let s = (start + i) % k;
             let last = i + 1 == k;
             let mark = !last || donors.is_empty();
-            let mut step = self.reserve_on(req, &fp, s, &token, mark).await?;
+            let mut step = self.reserve_on(req, &meta, &fp, s, &token, mark).await?;
             if last && !mark {
                 if let Step::Dry(have) = step {
                     let need = i64::from(req.qty.get()) - have;
-                    self.pull(&req.sku, s, need, &donors).await?;
-                    step = self.reserve_on(req, &fp, s, &token, true).await?;
+                    self.pull(&meta, s, need, &donors).await?;
+                    step = self.reserve_on(req, &meta, &fp, s, &token, true).await?;
                 }
             }
             match step {
@@ -398,12 +425,13 @@ impl Inventory {
     async fn reserve_on(
         &self,
         req: &ReserveRequest,
+        meta: &SkuMeta,
         fp: &str,
         shard: u16,
         token: &uuid::Uuid,
         mark_moved: bool,
     ) -> Result<Step, InventoryError> {
-        let sk = ShardKeys::new(&req.sku, shard);
+        let sk = meta.keys(shard);
         let rid = ReservationId::new(&req.sku, shard, token);
         let rid_s = rid.to_string();
         let reply = self
@@ -468,7 +496,7 @@ impl Inventory {
     /// Move up to `need` units from `donors` into shard `to`.
     async fn pull(
         &self,
-        sku: &Sku,
+        meta: &SkuMeta,
         to: u16,
         mut need: i64,
         donors: &[(u16, i64)],
@@ -477,22 +505,22 @@ impl Inventory {
             if need <= 0 {
                 break;
             }
-            need -= self.transfer(sku, from, to, need).await?;
+            need -= self.transfer(meta, from, to, need).await?;
         }
         Ok(())
     }
 
     /// Move up to `want` units from shard `from` to shard `to`; returns the
     /// units moved. Crash-safe: see `lua/transfer_out.lua`.
-    pub async fn transfer(
+    async fn transfer(
         &self,
-        sku: &Sku,
+        meta: &SkuMeta,
         from: u16,
         to: u16,
         want: i64,
     ) -> Result<i64, InventoryError> {
         let xid = uuid::Uuid::new_v4().simple().to_string();
-        let donor = ShardKeys::new(sku, from);
+        let donor = meta.keys(from);
         let taken = int(&self
             .run(
                 &self.scripts.transfer_out,
@@ -501,20 +529,20 @@ impl Inventory {
             )
             .await?)?;
         if taken > 0 {
-            self.transfer_in(sku, from, to, &xid, taken).await?;
+            self.transfer_in(meta, from, to, &xid, taken).await?;
         }
         Ok(taken)
     }
 
     async fn transfer_in(
         &self,
-        sku: &Sku,
+        meta: &SkuMeta,
         from: u16,
         to: u16,
         xid: &str,
         units: i64,
     ) -> Result<(), InventoryError> {
-        let rec = ShardKeys::new(sku, to);
+        let rec = meta.keys(to);
         self.run(
             &self.scripts.transfer_in,
             vec![rec.stock(), rec.books(), rec.xin(), rec.events()],
@@ -524,7 +552,7 @@ impl Inventory {
         let _: i64 = self
             .pool
             .next()
-            .hdel(ShardKeys::new(sku, from).xfers(), xid)
+            .hdel(meta.keys(from).xfers(), xid)
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -578,30 +606,17 @@ impl Inventory {
         hold_reply(rid, reply)
     }
 
-    /// The keys of the reservation's shard. An id naming a shard the SKU does
-    /// not have is simply not found: ids are opaque to clients.
+    /// The keys of the reservation's shard. An id naming a SKU or shard that
+    /// does not exist is simply not found: ids are opaque to clients.
     async fn shard_keys_of(&self, rid: &ReservationId) -> Result<ShardKeys, InventoryError> {
-        let k = match self.sku_meta(rid.sku()).await? {
-            Some(m) => m.shards,
-            None => return Err(ApiError::ReservationNotFound.into()),
-        };
-        if rid.shard() >= k {
-            // a shard dropped by a forced re-preload can still hold records
-            let exists: bool = self
-                .pool
-                .next()
-                .exists(ShardKeys::new(rid.sku(), rid.shard()).record(rid))
-                .await
-                .map_err(|e| self.err(e))?;
-            if !exists {
-                return Err(ApiError::ReservationNotFound.into());
-            }
+        match self.meta(rid.sku()).await? {
+            Some(m) if rid.shard() < m.shards => Ok(m.keys(rid.shard())),
+            _ => Err(ApiError::ReservationNotFound.into()),
         }
-        Ok(ShardKeys::new(rid.sku(), rid.shard()))
     }
 
     pub async fn get(&self, rid: &ReservationId) -> Result<Reservation, InventoryError> {
-        let key = ShardKeys::new(rid.sku(), rid.shard()).record(rid);
+        let key = self.shard_keys_of(rid).await?.record(rid);
         let fields: HashMap<String, String> = self
             .pool
             .next()
@@ -637,11 +652,12 @@ impl Inventory {
     // -------------------------------------------------------- status, preload
 
     pub async fn status(&self, sku: &Sku) -> Result<SkuStatus, InventoryError> {
-        let k = self.shards_of(sku).await?;
+        let meta = self.meta_of(sku).await?;
+        let k = meta.shards;
         let client = self.pool.next();
         let mut per_shard = Vec::with_capacity(usize::from(k));
         for s in 0..k {
-            let sk = ShardKeys::new(sku, s);
+            let sk = meta.keys(s);
             let pipe = client.pipeline();
             let _: () = pipe.get(sk.stock()).await.map_err(|e| self.err(e))?;
             let _: () = pipe.hgetall(sk.books()).await.map_err(|e| self.err(e))?;
@@ -704,36 +720,40 @@ impl Inventory {
             return Err(ApiError::InvalidRequest("stock must be >= 0".into()).into());
         }
         let client = self.pool.next();
-        let old: Option<String> = client
-            .hget(keys::meta(sku), "shards")
-            .await
-            .map_err(|e| self.err(e))?;
-        let old: Option<u16> = old.and_then(|o| o.parse().ok());
-        if old.is_some() && !force {
-            return Ok(PreloadOutcome::AlreadyLoaded);
+        // read past the cache: preload must see what is there now
+        if let Ok(mut cache) = self.meta.write() {
+            cache.remove(sku);
         }
-        if let Some(old) = old.filter(|o| *o > shards) {
-            // shards being dropped must not strand held units
-            for s in shards..old {
-                let held: Option<i64> = client
-                    .hget(ShardKeys::new(sku, s).books(), "held")
-                    .await
-                    .map_err(|e| self.err(e))?;
-                if held.unwrap_or(0) > 0 {
-                    return Err(ApiError::InvalidRequest(format!(
-                        "shard {s} still has held units; cannot shrink {sku} to {shards} shards until they end"
-                    ))
-                    .into());
-                }
+        let old = self.meta(sku).await?;
+        if let Some(old) = &old {
+            if !force {
+                return Ok(PreloadOutcome::AlreadyLoaded);
             }
-            for s in shards..old {
-                self.preload_shard(sku, s, 0, true).await?;
+            if old.shards > shards {
+                // a dropped shard would strand its holds and the units they return
+                return Err(ApiError::InvalidRequest(format!(
+                    "{sku} has {} shards; a loaded SKU can gain shards but not lose them",
+                    old.shards
+                ))
+                .into());
             }
         }
+        let mut tags = old.map(|m| m.tags.clone()).unwrap_or_default();
+        for s in tags.len()..usize::from(shards) {
+            tags.push(keys::default_tag(sku, s as u16));
+        }
+        let meta = SkuMeta {
+            sku: sku.clone(),
+            shards,
+            tags,
+        };
         let per_shard = split(stock, shards);
         for (s, units) in per_shard.iter().enumerate() {
             // s < shards <= MAX_SHARDS
-            if !self.preload_shard(sku, s as u16, *units, force).await? {
+            if !self
+                .preload_shard(&meta.keys(s as u16), *units, force)
+                .await?
+            {
                 return Ok(PreloadOutcome::AlreadyLoaded);
             }
         }
@@ -741,7 +761,11 @@ impl Inventory {
         let _: () = client
             .hset(
                 keys::meta(sku),
-                [("shards", shards.to_string()), ("loaded_at", now)],
+                [
+                    ("shards", shards.to_string()),
+                    ("tags", meta.tags.join(",")),
+                    ("loaded_at", now),
+                ],
             )
             .await
             .map_err(|e| self.err(e))?;
@@ -757,12 +781,10 @@ impl Inventory {
 
     async fn preload_shard(
         &self,
-        sku: &Sku,
-        shard: u16,
+        sk: &ShardKeys,
         units: i64,
         force: bool,
     ) -> Result<bool, InventoryError> {
-        let sk = ShardKeys::new(sku, shard);
         let reply = array(
             self.run(
                 &self.scripts.preload,
@@ -777,8 +799,12 @@ impl Inventory {
     // ------------------------------------------------------------------ expiry
 
     /// One sweeper step on one shard; returns (holds expired, lateness ms of the oldest).
-    pub async fn expire_shard(&self, sku: &Sku, shard: u16) -> Result<(i64, i64), InventoryError> {
-        let sk = ShardKeys::new(sku, shard);
+    pub async fn expire_shard(
+        &self,
+        meta: &SkuMeta,
+        shard: u16,
+    ) -> Result<(i64, i64), InventoryError> {
+        let sk = meta.keys(shard);
         let reply = array(
             self.run(
                 &self.scripts.expire,
@@ -798,14 +824,14 @@ impl Inventory {
     /// ago and were never applied (their mover died between the halves).
     pub async fn recover_transfers(
         &self,
-        sku: &Sku,
+        meta: &SkuMeta,
         shard: u16,
         older_than_ms: i64,
     ) -> Result<i64, InventoryError> {
         let pending: HashMap<String, String> = self
             .pool
             .next()
-            .hgetall(ShardKeys::new(sku, shard).xfers())
+            .hgetall(meta.keys(shard).xfers())
             .await
             .map_err(|e| self.err(e))?;
         let now = now_ms();
@@ -822,15 +848,11 @@ impl Inventory {
             if now - ts < older_than_ms {
                 continue;
             }
-            tracing::warn!(sku = %sku, from = shard, to, units = n, "completing an interrupted transfer");
-            self.transfer_in(sku, shard, to, &xid, n).await?;
+            tracing::warn!(sku = %meta.sku, from = shard, to, units = n, "completing an interrupted transfer");
+            self.transfer_in(meta, shard, to, &xid, n).await?;
             recovered += n;
         }
         Ok(recovered)
-    }
-
-    pub async fn shard_count(&self, sku: &Sku) -> Result<Option<u16>, InventoryError> {
-        Ok(self.sku_meta(sku).await?.map(|m| m.shards))
     }
 }
 
