@@ -13,6 +13,8 @@ COPY src ./src
 COPY lua ./lua
 COPY config ./config
 COPY loadtest ./loadtest
+COPY bench ./bench
+COPY migrations ./migrations
 # The registry and target dir live in cache mounts, so a source change rebuilds only
 # flashgate itself; the binary is copied out because the mount is not in the layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -10,3 +10,17 @@ test:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# A simulated flash sale (loadtest/, see bench/README.md): builds both binaries
+# in release, starts its own redis-server (temp dir, no persistence) and
+# flashgate on free 127.0.0.1 ports, runs the sale and the baselines, stops
+# both and prints the table. Results go to bench-results/<run>/.
+# Smaller run: make bench BENCH_ARGS="--buyers 20000"
+BENCH_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+BENCH_ARGS ?=
+.PHONY: bench
+bench:
+	cargo build --release -p flashgate -p flashgate-loadtest
+	$(BENCH_TARGET_DIR)/release/flashgate-loadtest --spawn \
+		--flashgate-bin $(BENCH_TARGET_DIR)/release/flashgate \
+		--lua-dir lua --out-dir bench-results $(BENCH_ARGS)

@@ -3,7 +3,7 @@
 -- KEYS[1] fg:{SKU#s}:r:<rid>   KEYS[2] fg:{SKU#s}:stock   KEYS[3] fg:{SKU#s}:books
 -- KEYS[4] fg:{SKU#s}:holds     KEYS[5] fg:{SKU#s}:events
 -- ARGV[1] rid
--- Returns {code, status, qty, user, expires_at_ms}; code is
+-- Returns {code, status, qty, user, expires_at_ms, idempotency key}; code is
 --   'ok'        the reservation is confirmed (now, or already before)
 --   'conflict'  it ended otherwise (status 'released' or 'expired')
 --   'missing'   no such reservation
@@ -12,21 +12,21 @@
 -- answers 'conflict'/'expired'. Deadline and confirm share the server clock.
 local rkey, stock, books, holds, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local rid = ARGV[1]
-local r = redis.call('HMGET', rkey, 'status', 'qty', 'user', 'exp')
-local status, qty, user, exp = r[1], tonumber(r[2]), r[3], r[4]
+local r = redis.call('HMGET', rkey, 'status', 'qty', 'user', 'exp', 'idem')
+local status, qty, user, exp, idem = r[1], tonumber(r[2]), r[3], r[4], r[5] or ''
 if not status then return {'missing'} end
 if status == 'held' then
   local ts = now_ms()
   if ts >= tonumber(exp) then
     end_hold(rkey, stock, books, holds, events, rid, qty, user, 'expired', ts)
-    return {'conflict', 'expired', qty, user, exp}
+    return {'conflict', 'expired', qty, user, exp, idem}
   end
   redis.call('HINCRBY', books, 'held', -qty)
   redis.call('HINCRBY', books, 'sold', qty)
   redis.call('HSET', rkey, 'status', 'confirmed', 'ended', ts)
   redis.call('ZREM', holds, rid)
   emit(events, 'confirmed', rid, qty, user, ts)
-  return {'ok', 'confirmed', qty, user, exp}
+  return {'ok', 'confirmed', qty, user, exp, idem}
 end
-if status == 'confirmed' then return {'ok', status, qty, user, exp} end
-return {'conflict', status, qty, user, exp}
+if status == 'confirmed' then return {'ok', status, qty, user, exp, idem} end
+return {'conflict', status, qty, user, exp, idem}

@@ -10,26 +10,32 @@
 -- KEYS[1] fg:{SKU#s}:holds   KEYS[2] fg:{SKU#s}:stock   KEYS[3] fg:{SKU#s}:books
 -- KEYS[4] fg:{SKU#s}:events
 -- ARGV[1] record key prefix fg:{SKU#s}:r:   ARGV[2] batch limit
--- Returns {expired_count, lateness_ms_of_oldest, units_returned}
+-- Returns {expired_count, lateness_ms_of_oldest, units_returned, user1, key1, user2, key2, ...}
+-- (buyer and idempotency key of each expired hold, to free purchase caps)
 local holds, stock, books, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prefix, limit = ARGV[1], tonumber(ARGV[2])
 local ts = now_ms()
 local due = redis.call('ZRANGEBYSCORE', holds, '-inf', ts, 'WITHSCORES', 'LIMIT', 0, limit)
 local count, units, lateness = 0, 0, 0
+local ended = {}
 for i = 1, #due, 2 do
   local rid = due[i]
   if i == 1 then lateness = ts - tonumber(due[i + 1]) end
   local rkey = prefix .. rid
-  local r = redis.call('HMGET', rkey, 'status', 'qty', 'user', 'exp')
+  local r = redis.call('HMGET', rkey, 'status', 'qty', 'user', 'exp', 'idem')
   local status, qty, exp = r[1], tonumber(r[2]), tonumber(r[4])
   if status == 'held' and exp and ts >= exp then
     end_hold(rkey, stock, books, holds, events, rid, qty, r[3], 'expired', ts)
     count = count + 1
     units = units + qty
+    ended[#ended + 1] = r[3]
+    ended[#ended + 1] = r[5] or ''
   elseif status == 'held' and exp then
     redis.call('ZADD', holds, exp, rid)   -- stale score: put it back at its deadline
   else
     redis.call('ZREM', holds, rid)        -- ended elsewhere (or record gone)
   end
 end
-return {count, lateness, units}
+local reply = {count, lateness, units}
+for i = 1, #ended do reply[#reply + 1] = ended[i] end
+return reply

@@ -2,6 +2,8 @@
 # Quick start, command 1: run flashgate against a local Redis (127.0.0.1:6379,
 # started here if none answers) with a demo SKU `demo-tee` (100 units over 4
 # shards) ready to try. Extra arguments go to `flashgate serve`.
+# Without FLASHGATE_API_KEYS set, it serves WITHOUT authentication
+# (--insecure-no-auth): a local demo, not a deployment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -18,4 +20,8 @@ fi
 cargo build --release --quiet -p flashgate
 ./target/release/flashgate preload --sku demo-tee --stock 100 --shards 4 --if-absent
 echo "flashgate: try  curl -s localhost:8080/v1/skus/demo-tee  (README: walk-through)" >&2
+if [ -z "${FLASHGATE_API_KEYS:-}${FLASHGATE_ADMIN_KEYS:-}" ]; then
+  echo "flashgate: no API keys set: serving without authentication (local demo)" >&2
+  set -- --insecure-no-auth "$@"
+fi
 exec ./target/release/flashgate serve "$@"

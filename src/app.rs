@@ -9,9 +9,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::Auth;
 use crate::config::{Config, ConfigError};
 use crate::error::InventoryError;
 use crate::inventory::{expiry, Inventory};
+use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 
 /// Everything a request handler may use.
@@ -19,6 +21,8 @@ pub struct AppState {
     pub config: Config,
     pub inventory: Arc<Inventory>,
     pub metrics: Arc<Metrics>,
+    pub auth: Auth,
+    pub limiter: Limiter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,7 @@ impl App {
     /// listener. Fails rather than starting half-ready.
     pub async fn build(config: Config) -> Result<App, StartError> {
         config.validate()?;
+        config.validate_auth()?;
         let metrics = Arc::new(Metrics::new(SKU_GAUGE_CAP));
         let inventory = Arc::new(Inventory::connect(&config, metrics.clone()).await?);
         let listener =
@@ -60,6 +65,8 @@ impl App {
         Ok(App {
             listener,
             state: Arc::new(AppState {
+                auth: Auth::from_config(&config),
+                limiter: config.limiter(),
                 config,
                 inventory,
                 metrics,
@@ -88,11 +95,34 @@ impl App {
             Duration::from_millis(self.state.config.sweep_interval_ms),
             rx,
         ));
+        let pruner = tokio::spawn(prune_limiter(self.state.clone(), tx.subscribe()));
+        let ledger = crate::ledger::spawn(&self.state, tx.subscribe());
         tracing::info!(addr = %self.local_addr(), "flashgate serving");
         crate::http::serve(self.listener, self.state.clone(), stop).await;
         let _ = tx.send(true);
         let _ = sweeper.await;
+        let _ = pruner.await;
+        if let Some(ledger) = ledger {
+            let _ = ledger.await;
+        }
         self.state.inventory.close().await;
         tracing::info!("flashgate stopped");
+    }
+}
+
+/// Forget idle rate-limit buckets on a timer so a crowd of distinct users
+/// cannot grow memory without bound; export the bucket count.
+async fn prune_limiter(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(state.config.limiter_prune_seconds));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let left = state.limiter.prune();
+        state.metrics.limiter_buckets.set(left as i64);
     }
 }

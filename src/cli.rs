@@ -37,6 +37,12 @@ pub enum Command {
     Status(StatusArgs),
     /// Print the effective configuration (secrets redacted).
     Config(ServeArgs),
+    /// Apply the PostgreSQL schema migrations (idempotent).
+    Migrate(ServeArgs),
+    /// Run a ledger writer alone: outbox streams in Redis -> PostgreSQL, until SIGTERM/SIGINT.
+    Ledger(ServeArgs),
+    /// Compare the books in Redis with the ledger in PostgreSQL; --fix repairs Redis.
+    Reconcile(crate::reconcile::ReconcileArgs),
 }
 
 /// Settings shared by every command; each overrides the config file.
@@ -53,6 +59,18 @@ pub struct ServeArgs {
     pub redis_pool_size: Option<usize>,
     #[arg(long, env = "FLASHGATE_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
+    #[arg(long, env = "FLASHGATE_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+    #[arg(long, env = "FLASHGATE_POSTGRES_POOL_SIZE")]
+    pub postgres_pool_size: Option<usize>,
+    #[arg(long, env = "FLASHGATE_LEDGER_BATCH")]
+    pub ledger_batch: Option<usize>,
+    #[arg(long, env = "FLASHGATE_LEDGER_INTERVAL_MS")]
+    pub ledger_interval_ms: Option<u64>,
+    #[arg(long, env = "FLASHGATE_LEDGER_CLAIM_IDLE_MS")]
+    pub ledger_claim_idle_ms: Option<u64>,
+    #[arg(long, env = "FLASHGATE_LEDGER_CONSUMER")]
+    pub ledger_consumer: Option<String>,
     #[arg(long, env = "FLASHGATE_HOLD_SECONDS")]
     pub hold_seconds: Option<u64>,
     #[arg(long, env = "FLASHGATE_EXTEND_SECONDS")]
@@ -76,6 +94,39 @@ pub struct ServeArgs {
     /// text or json
     #[arg(long, env = "FLASHGATE_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Storefront API keys, comma-separated (prefer the environment variable: flags show in `ps`).
+    #[arg(
+        long,
+        env = "FLASHGATE_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Option<Vec<String>>,
+    /// Admin keys, comma-separated.
+    #[arg(
+        long,
+        env = "FLASHGATE_ADMIN_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub admin_keys: Option<Vec<String>>,
+    /// Serve without authentication (local demos only).
+    #[arg(long, env = "FLASHGATE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    #[arg(long, env = "FLASHGATE_USER_RATE_PER_SECOND")]
+    pub user_rate_per_second: Option<u32>,
+    #[arg(long, env = "FLASHGATE_USER_BURST")]
+    pub user_burst: Option<u32>,
+    #[arg(long, env = "FLASHGATE_CLIENT_RATE_PER_SECOND")]
+    pub client_rate_per_second: Option<u32>,
+    #[arg(long, env = "FLASHGATE_CLIENT_BURST")]
+    pub client_burst: Option<u32>,
+    #[arg(long, env = "FLASHGATE_GLOBAL_RATE_PER_SECOND")]
+    pub global_rate_per_second: Option<u32>,
+    #[arg(long, env = "FLASHGATE_GLOBAL_BURST")]
+    pub global_burst: Option<u32>,
+    #[arg(long, env = "FLASHGATE_LIMITER_PRUNE_SECONDS")]
+    pub limiter_prune_seconds: Option<u64>,
 }
 
 impl ServeArgs {
@@ -90,6 +141,12 @@ impl ServeArgs {
             redis_url,
             redis_pool_size,
             redis_timeout_ms,
+            postgres_url,
+            postgres_pool_size,
+            ledger_batch,
+            ledger_interval_ms,
+            ledger_claim_idle_ms,
+            ledger_consumer,
             hold_seconds,
             extend_seconds,
             max_hold_seconds,
@@ -100,8 +157,23 @@ impl ServeArgs {
             sweep_interval_ms,
             sweep_batch,
             drain_seconds,
-            log_format
+            log_format,
+            api_keys,
+            admin_keys,
+            user_rate_per_second,
+            user_burst,
+            client_rate_per_second,
+            client_burst,
+            global_rate_per_second,
+            global_burst,
+            limiter_prune_seconds
         );
+        if self.insecure_no_auth {
+            c.insecure_no_auth = true;
+        }
+        // empty entries from "a,,b" or an empty variable are not keys
+        c.api_keys.retain(|k| !k.is_empty());
+        c.admin_keys.retain(|k| !k.is_empty());
         c.validate()?;
         Ok(c)
     }
@@ -109,10 +181,13 @@ impl ServeArgs {
 
 #[derive(Args, Debug)]
 pub struct PreloadArgs {
-    #[arg(long)]
+    /// Load every SKU of the PostgreSQL `skus` table (or just --sku) instead of --stock/--shards.
+    #[arg(long, conflicts_with = "stock")]
+    pub from_postgres: bool,
+    #[arg(long, required_unless_present = "from_postgres", default_value = "")]
     pub sku: String,
     /// Units for sale, split evenly over the shards.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "from_postgres", default_value_t = 0)]
     pub stock: i64,
     /// Shard keys to spread the SKU over (more shards: more Redis Cluster masters can serve it).
     #[arg(long, default_value_t = 4)]
@@ -123,6 +198,9 @@ pub struct PreloadArgs {
     /// Succeed without change when the SKU is already loaded (for scripts that may run twice).
     #[arg(long, conflicts_with = "force")]
     pub if_absent: bool,
+    /// At most this many units of the SKU per buyer, held and confirmed together (0 = no cap).
+    #[arg(long)]
+    pub max_per_user: Option<u32>,
     #[command(flatten)]
     pub common: ServeArgs,
 }
@@ -146,8 +224,12 @@ pub struct StatusArgs {
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Preload(args) if args.from_postgres => crate::reconcile::preload_from_postgres(args).await,
         Command::Preload(args) => preload(args).await,
         Command::Status(args) => status(args).await,
+        Command::Migrate(args) => crate::reconcile::migrate(args).await,
+        Command::Ledger(args) => crate::reconcile::ledger(args).await,
+        Command::Reconcile(args) => return crate::reconcile::main(args).await,
         Command::Config(args) => args
             .resolve()
             .map(|c| print!("{}", c.redacted_toml()))
@@ -195,7 +277,15 @@ async fn preload(args: PreloadArgs) -> Result<(), String> {
     let sku = Sku::parse(&args.sku)?;
     let inventory = connect(&args.common).await?;
     let outcome = inventory
-        .preload(&sku, args.stock, args.shards, args.force)
+        .preload_with(
+            &sku,
+            crate::inventory::PreloadSpec {
+                stock: args.stock,
+                shards: args.shards,
+                force: args.force,
+                max_per_user: args.max_per_user,
+            },
+        )
         .await
         .map_err(|e| crate::error::ApiError::from(e).message())?;
     inventory.close().await;

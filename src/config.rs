@@ -21,6 +21,20 @@ pub struct Config {
     /// Every Redis command fails after this long: the request answers 503
     /// instead of hanging while Redis is down or slow.
     pub redis_timeout_ms: u64,
+    /// PostgreSQL for the ledger (`postgres://user:pass@host/db` or
+    /// `host=… user=…`). Empty: `serve` runs no ledger writer.
+    pub postgres_url: String,
+    /// Connections to Postgres per process.
+    pub postgres_pool_size: usize,
+    /// Outbox entries per ledger read and per insert.
+    pub ledger_batch: usize,
+    /// How often the ledger writer polls the outbox streams when idle.
+    pub ledger_interval_ms: u64,
+    /// Entries pending this long with another writer are taken over (the
+    /// writer is presumed dead).
+    pub ledger_claim_idle_ms: u64,
+    /// This process's name in the ledger's consumer group (empty: host-pid-random).
+    pub ledger_consumer: String,
     /// How long a hold lasts before it expires and its units return to stock.
     pub hold_seconds: u64,
     /// `extend` moves the deadline to at least now + this.
@@ -43,6 +57,24 @@ pub struct Config {
     pub drain_seconds: u64,
     /// `text` (human) or `json` logs.
     pub log_format: String,
+
+    /// Storefront API keys (`Authorization: Bearer <key>`) for `/v1/`.
+    pub api_keys: Vec<String>,
+    /// Admin keys for `/admin/` (an admin key also works on `/v1/`).
+    pub admin_keys: Vec<String>,
+    /// Serve without any authentication. Refused unless set explicitly.
+    pub insecure_no_auth: bool,
+    /// Per-buyer token bucket on reserve (0 = off).
+    pub user_rate_per_second: u32,
+    pub user_burst: u32,
+    /// Per-storefront (API key) bucket on every `/v1/` request (0 = off).
+    pub client_rate_per_second: u32,
+    pub client_burst: u32,
+    /// Whole-instance bucket on every `/v1/` request (0 = off).
+    pub global_rate_per_second: u32,
+    pub global_burst: u32,
+    /// How often idle buckets are forgotten, to keep memory bounded.
+    pub limiter_prune_seconds: u64,
 }
 
 impl Default for Config {
@@ -52,6 +84,12 @@ impl Default for Config {
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_pool_size: 4,
             redis_timeout_ms: 500,
+            postgres_url: String::new(),
+            postgres_pool_size: 4,
+            ledger_batch: 500,
+            ledger_interval_ms: 100,
+            ledger_claim_idle_ms: 30_000,
+            ledger_consumer: String::new(),
             hold_seconds: 600,
             extend_seconds: 300,
             max_hold_seconds: 1800,
@@ -63,6 +101,16 @@ impl Default for Config {
             sweep_batch: 200,
             drain_seconds: 10,
             log_format: "text".into(),
+            api_keys: Vec::new(),
+            admin_keys: Vec::new(),
+            insecure_no_auth: false,
+            user_rate_per_second: 5,
+            user_burst: 10,
+            client_rate_per_second: 0,
+            client_burst: 0,
+            global_rate_per_second: 0,
+            global_burst: 0,
+            limiter_prune_seconds: 30,
         }
     }
 }
@@ -102,6 +150,14 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if !self.postgres_url.is_empty()
+            && self.postgres_url.parse::<tokio_postgres::Config>().is_err()
+        {
+            return bad("postgres_url is not a valid PostgreSQL connection string");
+        }
+        if self.postgres_pool_size == 0 || self.ledger_batch == 0 || self.ledger_interval_ms == 0 {
+            return bad("postgres_pool_size, ledger_batch and ledger_interval_ms must be > 0");
+        }
         if self.hold_seconds == 0 {
             return bad("hold_seconds must be > 0");
         }
@@ -129,7 +185,46 @@ impl Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");
         }
+        if self.limiter_prune_seconds == 0 {
+            return bad("limiter_prune_seconds must be > 0");
+        }
+        if self
+            .api_keys
+            .iter()
+            .chain(&self.admin_keys)
+            .any(|k| k.len() < 16 || k.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return bad("API and admin keys must be at least 16 characters, without spaces");
+        }
         Ok(())
+    }
+
+    /// `serve` needs keys, or an explicit `insecure_no_auth`.
+    pub fn validate_auth(&self) -> Result<(), ConfigError> {
+        if self.api_keys.is_empty() && self.admin_keys.is_empty() && !self.insecure_no_auth {
+            return Err(ConfigError::Invalid(
+                "no api_keys or admin_keys configured: set them (config file, FLASHGATE_API_KEYS, FLASHGATE_ADMIN_KEYS) or pass --insecure-no-auth".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn limiter(&self) -> crate::limiter::Limiter {
+        use crate::limiter::Bucket;
+        crate::limiter::Limiter::new(
+            Bucket {
+                rate_per_second: self.global_rate_per_second,
+                burst: self.global_burst,
+            },
+            Bucket {
+                rate_per_second: self.client_rate_per_second,
+                burst: self.client_burst,
+            },
+            Bucket {
+                rate_per_second: self.user_rate_per_second,
+                burst: self.user_burst,
+            },
+        )
     }
 
     pub fn hold(&self) -> Duration {
@@ -145,6 +240,10 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         let mut c = self.clone();
         c.redis_url = redact_url(&c.redis_url);
+        c.postgres_url = crate::db::redact(&c.postgres_url);
+        for k in c.api_keys.iter_mut().chain(c.admin_keys.iter_mut()) {
+            *k = "***".into();
+        }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }
@@ -176,6 +275,22 @@ mod tests {
     }
 
     #[test]
+    fn serving_needs_keys_or_an_explicit_opt_out() {
+        let c = Config::default();
+        assert!(c.validate_auth().is_err());
+        let c = Config {
+            insecure_no_auth: true,
+            ..Config::default()
+        };
+        assert!(c.validate_auth().is_ok());
+        let c = Config {
+            api_keys: vec!["short".into()],
+            ..Config::default()
+        };
+        assert!(c.validate().is_err(), "weak keys are refused");
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<Config>("hold_secs = 3").is_err());
     }
@@ -204,5 +319,12 @@ mod tests {
             ..Config::default()
         };
         assert!(!c.redacted_toml().contains("pw"));
+        let c = Config {
+            api_keys: vec!["storefront-secret-0001".into()],
+            admin_keys: vec!["admin-secret-000000001".into()],
+            ..Config::default()
+        };
+        let shown = c.redacted_toml();
+        assert!(!shown.contains("secret"), "{shown}");
     }
 }

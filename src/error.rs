@@ -20,6 +20,16 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("sold out")]
     SoldOut,
+    #[error("{0} is already loaded (a live sale?); nothing changed — pass force to overwrite its available units")]
+    AlreadyLoaded(String),
+    #[error("this buyer already holds or bought the most units of this SKU allowed per buyer")]
+    PurchaseLimit,
+    #[error("missing or unknown API key")]
+    Unauthorized,
+    #[error("this key may not use this endpoint")]
+    Forbidden,
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     /// The reservation is not in a state that allows the operation; carries
     /// the state it is in (confirmed, released, expired).
     #[error("the reservation is {0}")]
@@ -42,7 +52,13 @@ impl ApiError {
             | ApiError::ReservationNotFound
             | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::SoldOut | ApiError::ReservationState(_) => StatusCode::CONFLICT,
+            ApiError::SoldOut
+            | ApiError::ReservationState(_)
+            | ApiError::PurchaseLimit
+            | ApiError::AlreadyLoaded(_) => StatusCode::CONFLICT,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RedisUnavailable(_) | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -58,6 +74,11 @@ impl ApiError {
             ApiError::RouteNotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::SoldOut => "sold_out",
+            ApiError::PurchaseLimit => "purchase_limit",
+            ApiError::AlreadyLoaded(_) => "already_loaded",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::ReservationState("confirmed") => "reservation_confirmed",
             ApiError::ReservationState("released") => "reservation_released",
             ApiError::ReservationState(_) => "reservation_expired",

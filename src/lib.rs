@@ -10,15 +10,23 @@
 //! Background tasks, owned by `app::App` and stopped by one shutdown signal:
 //! the expiry sweeper (`inventory::expiry`), which returns expired holds to
 //! stock, completes interrupted transfers and refreshes the per-SKU gauges.
+//! With a `postgres_url`, the ledger writer (`ledger`) drains every shard's
+//! outbox stream into PostgreSQL (`db`); `reconcile` proves the books after
+//! the sale (Redis against the ledger) and repairs Redis (`lua/fix.lua`).
 //!
 //! Ground floor every module may use: `config`, `error`, `domain`, `metrics`.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod domain;
 pub mod error;
 pub mod http;
 pub mod inventory;
+pub mod ledger;
+pub mod limiter;
 pub mod metrics;
+pub mod reconcile;
 pub mod shutdown;

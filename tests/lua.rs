@@ -432,3 +432,52 @@ async fn transfers_move_units_once_and_keep_the_books() {
     );
     assert_eq!(books_of(&f.pool, &to).await, (5, 0, 0));
 }
+
+#[tokio::test]
+async fn the_purchase_cap_counts_each_reservation_once() {
+    let f = fixture().await;
+    let cap = keys::cap(&f.sku, "buyer");
+    let take = |key: &str, qty: u32| {
+        f.run(
+            &f.scripts.cap_take,
+            vec![cap.clone()],
+            vec![key.into(), qty.to_string(), "3".into(), "60000".into()],
+        )
+    };
+    let give = |key: &str| f.run(&f.scripts.cap_give, vec![cap.clone()], vec![key.into()]);
+    let n = |v: Value| scripts::int(&v).unwrap();
+    assert_eq!(n(take("a", 2).await), 1, "counted");
+    assert_eq!(
+        n(take("a", 2).await),
+        2,
+        "the same reservation again: not counted twice"
+    );
+    assert_eq!(n(take("b", 2).await), 0, "2 + 2 > 3");
+    assert_eq!(n(take("c", 1).await), 1);
+    assert_eq!(n(take("d", 1).await), 0, "at the cap");
+    assert_eq!(n(give("a").await), 2);
+    assert_eq!(n(give("a").await), 0, "given back once");
+    assert_eq!(n(give("never").await), 0);
+    assert_eq!(n(take("b", 2).await), 1, "room again");
+    let total: i64 = f.pool.next().hget(&cap, "total").await.unwrap();
+    assert_eq!(total, 3);
+}
+
+#[tokio::test]
+async fn expire_names_the_buyers_whose_holds_ended() {
+    let f = fixture().await;
+    f.preload(5, false).await;
+    f.reserve("short-key", 1, 10).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let r = f.expire().await;
+    assert_eq!(
+        r,
+        vec![
+            "1".to_string(),
+            r[1].clone(),
+            "1".into(),
+            "user-1".into(),
+            "short-key".into()
+        ]
+    );
+}

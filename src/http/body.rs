@@ -78,9 +78,10 @@ struct ErrorDetail<'a> {
     message: String,
 }
 
-/// `{"error":{"code":"...","message":"..."}}` with the error's status.
+/// `{"error":{"code":"...","message":"..."}}` with the error's status (and
+/// `Retry-After` on 429, `WWW-Authenticate` on 401).
 pub fn error(e: &ApiError) -> Response<Body> {
-    json(
+    let mut resp = json(
         e.status(),
         &ErrorBody {
             error: ErrorDetail {
@@ -88,5 +89,20 @@ pub fn error(e: &ApiError) -> Response<Body> {
                 message: e.message(),
             },
         },
-    )
+    );
+    match e {
+        ApiError::RateLimited { retry_after_secs } => {
+            if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+            }
+        }
+        ApiError::Unauthorized => {
+            resp.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
+        _ => {}
+    }
+    resp
 }

@@ -74,6 +74,8 @@ fn route_name(method: &Method, path: &str) -> &'static str {
         (_, ["v1", "reservations", _, "release"]) => "release",
         (_, ["v1", "reservations", _, "extend"]) => "extend",
         (_, ["v1", "skus", _]) => "sku",
+        (_, ["admin", "v1", "skus", _]) => "admin_sku",
+        (_, ["admin", "v1", "skus", _, "preload"]) => "admin_preload",
         (_, ["healthz"]) => "healthz",
         (_, ["readyz"]) => "readyz",
         (_, ["metrics"]) => "metrics",
@@ -85,6 +87,26 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Response<B
     let path = req.uri().path().to_owned();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
+    match segs.as_slice() {
+        ["healthz"] | ["readyz"] | ["metrics"] => return ops(state, &method, &segs).await,
+        ["v1", ..] | ["admin", ..] => {}
+        _ => return Err(ApiError::RouteNotFound(path.clone())),
+    }
+    if route_name(&method, &path) == "not_found" {
+        return Err(ApiError::RouteNotFound(path.clone()));
+    }
+    // Admission, cheapest first and before any Redis call: who, then how fast.
+    let caller = state
+        .auth
+        .identify(req.headers().get(hyper::header::AUTHORIZATION))?;
+    if segs[0] == "admin" {
+        state.auth.require_admin(caller)?;
+    } else {
+        state
+            .limiter
+            .check_client(caller.client_id(state.auth.storefronts()))
+            .map_err(|l| limited(state, l))?;
+    }
     match (&method, segs.as_slice()) {
         (&Method::POST, ["v1", "reservations"]) => reserve(state, req).await,
         (&Method::GET, ["v1", "reservations", id]) => {
@@ -113,7 +135,7 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Response<B
             Ok(body::json(StatusCode::OK, &r))
         }
         (&Method::GET, ["v1", "skus", sku]) => {
-            let sku = Sku::parse(sku).map_err(|_| ApiError::UnknownSku((*sku).to_string()))?;
+            let sku = parse_sku(sku)?;
             let st = state.inventory.status(&sku).await?;
             Ok(body::json(
                 StatusCode::OK,
@@ -126,24 +148,97 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Response<B
                 },
             ))
         }
-        (&Method::GET, ["healthz"]) => Ok(body::json(
+        (&Method::GET, ["admin", "v1", "skus", sku]) => {
+            let sku = parse_sku(sku)?;
+            Ok(body::json(
+                StatusCode::OK,
+                &state.inventory.status(&sku).await?,
+            ))
+        }
+        (&Method::POST, ["admin", "v1", "skus", sku, "preload"]) => {
+            admin_preload(state, sku, req).await
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// Health, readiness and metrics: no authentication (bind the port to the
+/// internal network; they reveal no sale data beyond the per-SKU gauges).
+async fn ops(state: &AppState, method: &Method, segs: &[&str]) -> Result<Response<Body>, ApiError> {
+    if method != Method::GET {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    match segs {
+        ["healthz"] => Ok(body::json(
             StatusCode::OK,
             &serde_json::json!({"status": "ok"}),
         )),
-        (&Method::GET, ["readyz"]) => match state.inventory.ready().await {
+        ["readyz"] => match state.inventory.ready().await {
             Ok(()) => Ok(body::json(
                 StatusCode::OK,
                 &serde_json::json!({"status": "ready"}),
             )),
             Err(e) => Err(ApiError::RedisUnavailable(e)),
         },
-        (&Method::GET, ["metrics"]) => Ok(body::with_type(
+        _ => Ok(body::with_type(
             StatusCode::OK,
             Bytes::from(state.metrics.render()),
             "text/plain; version=0.0.4",
         )),
-        _ if route_name(&method, &path) != "not_found" => Err(ApiError::MethodNotAllowed),
-        _ => Err(ApiError::RouteNotFound(path.clone())),
+    }
+}
+
+fn limited(state: &AppState, l: crate::limiter::Limited) -> ApiError {
+    state.metrics.outcome("rate_limited");
+    ApiError::RateLimited {
+        retry_after_secs: l.retry_after_secs(),
+    }
+}
+
+fn parse_sku(sku: &str) -> Result<Sku, ApiError> {
+    // a malformed SKU cannot have been loaded
+    Sku::parse(sku).map_err(|_| ApiError::UnknownSku(sku.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreloadBody {
+    stock: i64,
+    #[serde(default = "default_shards")]
+    shards: u16,
+    #[serde(default)]
+    force: bool,
+    max_per_user: Option<u32>,
+}
+
+fn default_shards() -> u16 {
+    4
+}
+
+async fn admin_preload(
+    state: &AppState,
+    sku: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let sku = Sku::parse(sku).map_err(ApiError::InvalidRequest)?;
+    let b: PreloadBody = body::read_json(req, state.config.body_limit_bytes).await?;
+    let spec = crate::inventory::PreloadSpec {
+        stock: b.stock,
+        shards: b.shards,
+        force: b.force,
+        max_per_user: b.max_per_user,
+    };
+    match state.inventory.preload_with(&sku, spec).await? {
+        crate::inventory::PreloadOutcome::Loaded { per_shard } => {
+            tracing::info!(sku = %sku, stock = b.stock, shards = b.shards, force = b.force, "preloaded over the admin API");
+            Ok(body::json(
+                StatusCode::CREATED,
+                &serde_json::json!({"sku": sku.as_str(), "per_shard": per_shard}),
+            ))
+        }
+        crate::inventory::PreloadOutcome::AlreadyLoaded => {
+            Err(ApiError::AlreadyLoaded(sku.to_string()))
+        }
     }
 }
 
@@ -191,7 +286,17 @@ async fn reserve(state: &AppState, req: Request<Incoming>) -> Result<Response<Bo
         user: UserId::parse(&b.user_id).map_err(ApiError::InvalidRequest)?,
         key,
     };
-    let outcome = state.inventory.reserve(&request).await?;
+    state
+        .limiter
+        .check_user(request.user.as_str())
+        .map_err(|l| limited(state, l))?;
+    let outcome = match state.inventory.reserve(&request).await {
+        Err(crate::error::InventoryError::Api(e)) if matches!(*e, ApiError::PurchaseLimit) => {
+            state.metrics.outcome("purchase_limit");
+            return Err(*e);
+        }
+        other => other?,
+    };
     tracing::debug!(sku = %request.sku, key = %request.key.redacted(), ?outcome, "reserve");
     match outcome {
         ReserveOutcome::Held(r) => {

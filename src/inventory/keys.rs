@@ -17,6 +17,7 @@
 //! | `fg:{SKU#s}:xfers`        | hash   | transfers out of this shard not yet applied       |
 //! | `fg:{SKU#s}:xin`          | zset   | transfer ids applied to this shard (a day)        |
 //! | `fg:{idem:<key>}`         | string | `<sku>\n<fingerprint>`: the key's first request   |
+//! | `fg:{cap:SKU:<user>}`     | hash   | purchase cap: total, k:<key> → qty per reservation |
 
 use crate::domain::{IdempotencyKey, ReservationId, Sku};
 
@@ -76,6 +77,12 @@ pub fn meta(sku: &Sku) -> String {
 }
 
 pub const SKUS: &str = "fg:skus";
+
+/// A buyer's purchase-cap counter for one SKU: a slot of its own, so the cap
+/// holds across the SKU's shards.
+pub fn cap(sku: &Sku, user: &str) -> String {
+    format!("fg:{{cap:{sku}:{user}}}")
+}
 
 /// The cross-SKU idempotency record: one slot of its own per key.
 pub fn idem_global(key: &IdempotencyKey) -> String {

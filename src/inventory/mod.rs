@@ -128,6 +128,15 @@ impl SkuStatus {
     }
 }
 
+/// What to preload.
+#[derive(Clone, Copy, Debug)]
+pub struct PreloadSpec {
+    pub stock: i64,
+    pub shards: u16,
+    pub force: bool,
+    pub max_per_user: Option<u32>,
+}
+
 /// What `preload` did.
 #[derive(Debug, PartialEq)]
 pub enum PreloadOutcome {
@@ -145,6 +154,8 @@ pub struct SkuMeta {
     pub sku: Sku,
     pub shards: u16,
     pub tags: Vec<String>,
+    /// Units one buyer may hold and buy together (0 = no cap).
+    pub max_per_user: u32,
 }
 
 impl SkuMeta {
@@ -328,10 +339,15 @@ impl Inventory {
             // s < shards <= MAX_SHARDS
             tags.push(keys::default_tag(sku, s as u16));
         }
+        let max_per_user = fields
+            .get("max_per_user")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
         let m = Arc::new(SkuMeta {
             sku: sku.clone(),
             shards,
             tags,
+            max_per_user,
         });
         if let Ok(mut cache) = self.meta.write() {
             cache.insert(sku.clone(), (m.clone(), Instant::now()));
@@ -364,7 +380,6 @@ impl Inventory {
 
     pub async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, InventoryError> {
         let meta = self.meta_of(&req.sku).await?;
-        let k = meta.shards;
         let fp = req.fingerprint();
 
         // The key's first request fixes its body, across SKUs too: SET NX GET
@@ -386,6 +401,45 @@ impl Inventory {
             return Err(ApiError::IdempotencyKeyReused.into());
         }
 
+        // The purchase cap: counted before the walk, given back when the walk
+        // definitely failed. An unknown outcome (timeout) keeps the count: too
+        // tight rather than too loose.
+        let mut counted_now = false;
+        if meta.max_per_user > 0 {
+            if req.qty.get() > meta.max_per_user {
+                return Err(ApiError::PurchaseLimit.into());
+            }
+            match self.cap_take(&meta, req).await? {
+                0 => return Err(ApiError::PurchaseLimit.into()),
+                1 => counted_now = true,
+                _ => {}
+            }
+        }
+        let result = self.walk(req, &meta, &fp).await;
+        if counted_now
+            && matches!(
+                result,
+                Ok(ReserveOutcome::SoldOut) | Err(InventoryError::Api(_))
+            )
+        {
+            if let Err(e) = self
+                .cap_give(&meta, req.user.as_str(), req.key.as_str())
+                .await
+            {
+                tracing::warn!(error = %e, sku = %req.sku, "could not give back a purchase-cap count; the buyer stays capped until reconcile");
+            }
+        }
+        result
+    }
+
+    /// Walk the shards for `req` (see the module docs).
+    async fn walk(
+        &self,
+        req: &ReserveRequest,
+        meta: &SkuMeta,
+        fp: &str,
+    ) -> Result<ReserveOutcome, InventoryError> {
+        let k = meta.shards;
         let token = uuid::Uuid::new_v4();
         let start = (req.key.stable_hash() % u64::from(k)) as u16;
         // shards seen during this walk with some (but too few) units: donors
@@ -395,12 +449,12 @@ impl Inventory {
             let s = (start + i) % k;
             let last = i + 1 == k;
             let mark = !last || donors.is_empty();
-            let mut step = self.reserve_on(req, &meta, &fp, s, &token, mark).await?;
+            let mut step = self.reserve_on(req, meta, fp, s, &token, mark).await?;
             if last && !mark {
                 if let Step::Dry(have) = step {
                     let need = i64::from(req.qty.get()) - have;
-                    self.pull(&meta, s, need, &donors).await?;
-                    step = self.reserve_on(req, &meta, &fp, s, &token, true).await?;
+                    self.pull(meta, s, need, &donors).await?;
+                    step = self.reserve_on(req, meta, fp, s, &token, true).await?;
                 }
             }
             match step {
@@ -420,6 +474,37 @@ impl Inventory {
             return Err(ApiError::UnknownSku(req.sku.to_string()).into());
         }
         Ok(ReserveOutcome::SoldOut)
+    }
+
+    async fn cap_take(&self, meta: &SkuMeta, req: &ReserveRequest) -> Result<i64, InventoryError> {
+        int(&self
+            .run(
+                &self.scripts.cap_take,
+                vec![keys::cap(&meta.sku, req.user.as_str())],
+                vec![
+                    req.key.as_str().to_string(),
+                    req.qty.get().to_string(),
+                    meta.max_per_user.to_string(),
+                    self.settings.idem_ttl_ms.to_string(),
+                ],
+            )
+            .await?)
+    }
+
+    /// Uncount the reservation made with `key` from `user`'s cap (idempotent).
+    pub async fn cap_give(
+        &self,
+        meta: &SkuMeta,
+        user: &str,
+        key: &str,
+    ) -> Result<i64, InventoryError> {
+        int(&self
+            .run(
+                &self.scripts.cap_give,
+                vec![keys::cap(&meta.sku, user)],
+                vec![key.to_string()],
+            )
+            .await?)
     }
 
     async fn reserve_on(
@@ -573,7 +658,8 @@ impl Inventory {
         script: &scripts::Script,
         rid: &ReservationId,
     ) -> Result<Reservation, InventoryError> {
-        let sk = self.shard_keys_of(rid).await?;
+        let meta = self.meta_for(rid).await?;
+        let sk = meta.keys(rid.shard());
         let reply = self
             .run(
                 script,
@@ -587,7 +673,16 @@ impl Inventory {
                 vec![rid.to_string()],
             )
             .await?;
-        hold_reply(rid, reply)
+        let items = array(reply)?;
+        if meta.max_per_user > 0 && items.len() >= 6 {
+            // a hold that ended without a sale frees the buyer's cap (idempotent)
+            let status = text(at(&items, 1)?)?;
+            if status == "released" || status == "expired" {
+                let (user, key) = (text(at(&items, 3)?)?, text(at(&items, 5)?)?);
+                self.cap_give(&meta, &user, &key).await?;
+            }
+        }
+        hold_reply(rid, Value::Array(items))
     }
 
     pub async fn extend(&self, rid: &ReservationId) -> Result<Reservation, InventoryError> {
@@ -609,8 +704,12 @@ impl Inventory {
     /// The keys of the reservation's shard. An id naming a SKU or shard that
     /// does not exist is simply not found: ids are opaque to clients.
     async fn shard_keys_of(&self, rid: &ReservationId) -> Result<ShardKeys, InventoryError> {
+        Ok(self.meta_for(rid).await?.keys(rid.shard()))
+    }
+
+    async fn meta_for(&self, rid: &ReservationId) -> Result<Arc<SkuMeta>, InventoryError> {
         match self.meta(rid.sku()).await? {
-            Some(m) if rid.shard() < m.shards => Ok(m.keys(rid.shard())),
+            Some(m) if rid.shard() < m.shards => Ok(m),
             _ => Err(ApiError::ReservationNotFound.into()),
         }
     }
@@ -710,6 +809,31 @@ impl Inventory {
         shards: u16,
         force: bool,
     ) -> Result<PreloadOutcome, InventoryError> {
+        self.preload_with(
+            sku,
+            PreloadSpec {
+                stock,
+                shards,
+                force,
+                max_per_user: None,
+            },
+        )
+        .await
+    }
+
+    /// [`Inventory::preload`] with every option; `max_per_user: None` keeps
+    /// the SKU's current cap (none for a new SKU).
+    pub async fn preload_with(
+        &self,
+        sku: &Sku,
+        spec: PreloadSpec,
+    ) -> Result<PreloadOutcome, InventoryError> {
+        let PreloadSpec {
+            stock,
+            shards,
+            force,
+            max_per_user,
+        } = spec;
         if !(1..=MAX_SHARDS).contains(&shards) {
             return Err(ApiError::InvalidRequest(format!(
                 "shards must be within 1..={MAX_SHARDS}"
@@ -738,6 +862,9 @@ impl Inventory {
                 .into());
             }
         }
+        let max_per_user = max_per_user
+            .or(old.as_ref().map(|m| m.max_per_user))
+            .unwrap_or(0);
         let mut tags = old.map(|m| m.tags.clone()).unwrap_or_default();
         for s in tags.len()..usize::from(shards) {
             tags.push(keys::default_tag(sku, s as u16));
@@ -746,6 +873,7 @@ impl Inventory {
             sku: sku.clone(),
             shards,
             tags,
+            max_per_user,
         };
         let per_shard = split(stock, shards);
         for (s, units) in per_shard.iter().enumerate() {
@@ -764,6 +892,7 @@ impl Inventory {
                 [
                     ("shards", shards.to_string()),
                     ("tags", meta.tags.join(",")),
+                    ("max_per_user", max_per_user.to_string()),
                     ("loaded_at", now),
                 ],
             )
@@ -813,6 +942,13 @@ impl Inventory {
             )
             .await?,
         )?;
+        if meta.max_per_user > 0 {
+            for pair in reply.get(3..).unwrap_or_default().chunks(2) {
+                if let [user, key] = pair {
+                    self.cap_give(meta, &text(user)?, &text(key)?).await?;
+                }
+            }
+        }
         Ok((int(at(&reply, 0)?)?, int(at(&reply, 1)?)?))
     }
 

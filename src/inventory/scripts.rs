@@ -41,6 +41,10 @@ pub struct Scripts {
     pub preload: Script,
     pub transfer_out: Script,
     pub transfer_in: Script,
+    pub cap_take: Script,
+    pub cap_give: Script,
+    /// `reconcile --fix`: the ledger's books back into one shard.
+    pub fix: Script,
 }
 
 impl Default for Scripts {
@@ -60,10 +64,13 @@ impl Scripts {
             preload: Script::new("preload", include_str!("../../lua/preload.lua")),
             transfer_out: Script::new("transfer_out", include_str!("../../lua/transfer_out.lua")),
             transfer_in: Script::new("transfer_in", include_str!("../../lua/transfer_in.lua")),
+            cap_take: Script::new("cap_take", include_str!("../../lua/cap_take.lua")),
+            cap_give: Script::new("cap_give", include_str!("../../lua/cap_give.lua")),
+            fix: Script::new("fix", include_str!("../../lua/fix.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 8] {
+    pub fn all(&self) -> [&Script; 11] {
         [
             &self.reserve,
             &self.confirm,
@@ -73,6 +80,9 @@ impl Scripts {
             &self.preload,
             &self.transfer_out,
             &self.transfer_in,
+            &self.cap_take,
+            &self.cap_give,
+            &self.fix,
         ]
     }
 

@@ -2,6 +2,8 @@
 //! and the real service on `127.0.0.1:0`. Everything is stopped on `Drop`.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -162,6 +164,8 @@ pub fn test_config(redis: &RedisServer) -> Config {
         redis_timeout_ms: 300,
         sweep_interval_ms: 50,
         drain_seconds: 1,
+        insecure_no_auth: true,
+        user_rate_per_second: 0,
         ..Config::default()
     }
 }

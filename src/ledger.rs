@@ -1,0 +1,793 @@
+//! The ledger writer: drains every shard's outbox stream (`fg:{SKU#s}:events`,
+//! appended by the same Lua script that changes the stock) into PostgreSQL's
+//! `ledger_events`, so every stock change is on a durable book of record.
+//!
+//! **Exactly once on the books, whoever dies when.** Entries are read through
+//! the consumer group [`GROUP`], written in one statement (one transaction)
+//! per batch with `ON CONFLICT (stream, entry_id) DO NOTHING`, and `XACK`ed
+//! only after the commit. A writer killed before the commit leaves its batch
+//! pending: it rereads its own pending entries when it comes back, and any
+//! other writer claims them (`XAUTOCLAIM`) once they have been idle for
+//! `ledger_claim_idle_ms`. A writer killed between the commit and the `XACK`
+//! has its batch delivered again, and the unique key makes the second insert a
+//! no-op. Several writers (one per `flashgate serve`, plus `flashgate ledger`)
+//! share the group and the work.
+//!
+//! **Never on the sale's path.** Reads are non-blocking (`XREADGROUP` without
+//! `BLOCK`, polled every `ledger_interval_ms`), so they can share the service's
+//! Redis pool without tying up a connection (ECOSYSTEM pitfall 9). While
+//! Postgres is down the writer backs off and retries; the sale goes on and the
+//! entries wait in Redis.
+//!
+//! **Bounded streams.** Acknowledged entries are trimmed (`XTRIM MINID` up to
+//! the oldest entry still pending or not yet delivered). The streams also carry
+//! an approximate `MAXLEN` (lua/lib.lua) so that a ledger that stays down for
+//! over a million changes per shard cannot exhaust Redis memory; entries lost
+//! that way show up as drift in `flashgate reconcile`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::interfaces::ClientLike;
+use fred::types::{ClusterHash, CustomCommand, Value};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::db::{Db, DbError};
+use crate::error::InventoryError;
+use crate::inventory::scripts::{classify, text};
+use crate::inventory::Inventory;
+use crate::metrics::Metrics;
+
+/// The consumer group every ledger writer reads through.
+pub const GROUP: &str = "ledger";
+/// Entries from one stream per pass at most (in batches), so one busy shard
+/// cannot starve the others.
+const BATCHES_PER_STREAM: usize = 20;
+/// How often lag is measured, streams trimmed and stale entries claimed.
+const CHORE_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest pause between attempts while Postgres or Redis is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+const INSERT: &str = "INSERT INTO ledger_events
+        (stream, entry_id, sku, shard, kind, rid, qty, user_id, event_at)
+    SELECT s, e, k, sh, t, r, q, u, to_timestamp(ts::double precision / 1000.0)
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[],
+                $6::text[], $7::int8[], $8::text[], $9::int8[])
+         AS x(s, e, k, sh, t, r, q, u, ts)
+    ON CONFLICT (stream, entry_id) DO NOTHING";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Redis(#[from] InventoryError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// How a writer behaves; from [`Config`].
+#[derive(Clone, Debug)]
+pub struct LedgerSettings {
+    /// Entries per read and per insert.
+    pub batch: usize,
+    /// Pause between passes when the streams are drained.
+    pub interval: Duration,
+    /// Pending entries idle this long belong to a writer presumed dead.
+    pub claim_idle_ms: u64,
+    /// This writer's name in the consumer group (unique per process).
+    pub consumer: String,
+}
+
+impl LedgerSettings {
+    pub fn from_config(c: &Config) -> LedgerSettings {
+        LedgerSettings {
+            batch: c.ledger_batch.max(1),
+            interval: Duration::from_millis(c.ledger_interval_ms.max(1)),
+            claim_idle_ms: c.ledger_claim_idle_ms,
+            consumer: if c.ledger_consumer.is_empty() {
+                default_consumer("writer")
+            } else {
+                c.ledger_consumer.clone()
+            },
+        }
+    }
+}
+
+/// `<role>-<host>-<pid>-<random>`: unique per process, readable in `XINFO CONSUMERS`.
+pub fn default_consumer(role: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "flashgate".into());
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{role}-{host}-{}-{}", std::process::id(), &rand[..6])
+}
+
+/// One shard's outbox stream.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Stream {
+    pub key: String,
+    pub sku: String,
+    pub shard: u16,
+}
+
+/// One outbox entry; `fields` is None for an entry deleted from the stream
+/// while it was pending (nothing left to write).
+#[derive(Clone, Debug)]
+struct Entry {
+    id: String,
+    fields: Option<HashMap<String, String>>,
+}
+
+/// What one pass did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PassStats {
+    /// Entries read (new, own pending, or claimed).
+    pub delivered: u64,
+    /// Rows inserted (redeliveries insert nothing).
+    pub written: u64,
+    /// Entries that were gone from the stream before they could be written.
+    pub lost: u64,
+}
+
+/// A ledger writer: one consumer of the group.
+pub struct Writer {
+    inventory: Arc<Inventory>,
+    db: Db,
+    metrics: Arc<Metrics>,
+    settings: LedgerSettings,
+    /// Streams whose group is known to exist.
+    grouped: HashSet<String>,
+    /// Streams where this consumer may have pending entries of its own (all,
+    /// at start; again after a failed write).
+    recheck: HashSet<String>,
+    fresh: bool,
+}
+
+impl Writer {
+    pub fn new(
+        inventory: Arc<Inventory>,
+        db: Db,
+        metrics: Arc<Metrics>,
+        settings: LedgerSettings,
+    ) -> Writer {
+        Writer {
+            inventory,
+            db,
+            metrics,
+            settings,
+            grouped: HashSet::new(),
+            recheck: HashSet::new(),
+            fresh: true,
+        }
+    }
+
+    pub fn consumer(&self) -> &str {
+        &self.settings.consumer
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Every shard stream of every preloaded SKU.
+    pub async fn streams(&self) -> Result<Vec<Stream>, InventoryError> {
+        let mut out = Vec::new();
+        for sku in self.inventory.skus().await? {
+            let Some(meta) = self.inventory.meta(&sku).await? else {
+                continue;
+            };
+            for s in 0..meta.shards {
+                out.push(Stream {
+                    key: meta.keys(s).events(),
+                    sku: sku.to_string(),
+                    shard: s,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drain every stream once (up to [`BATCHES_PER_STREAM`] batches each).
+    /// With `chores`, also claim entries of dead writers and trim.
+    pub async fn pass(&mut self, chores: bool) -> Result<PassStats, LedgerError> {
+        let streams = self.streams().await?;
+        if self.fresh {
+            self.recheck = streams.iter().map(|s| s.key.clone()).collect();
+            self.fresh = false;
+        }
+        let mut stats = PassStats::default();
+        let mut failed = None;
+        for s in &streams {
+            if let Err(e) = self.drain(s, chores, &mut stats).await {
+                // our own reads of this stream may be pending now
+                self.recheck.insert(s.key.clone());
+                if is_nogroup(&e) {
+                    self.grouped.remove(&s.key);
+                }
+                // Postgres down: every stream would fail the same way, slowly
+                failed = Some(e);
+                break;
+            }
+        }
+        if chores {
+            // also while Postgres is down: the lag is what an alert watches
+            let mut lag = 0;
+            for s in &streams {
+                let g = self.group_state(&s.key).await?;
+                lag += g.unledgered;
+                self.trim(&s.key, &g).await?;
+            }
+            self.metrics.ledger_lag.set(lag);
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(stats),
+        }
+    }
+
+    async fn drain(
+        &mut self,
+        s: &Stream,
+        chores: bool,
+        stats: &mut PassStats,
+    ) -> Result<(), LedgerError> {
+        self.ensure_group(&s.key).await?;
+        if chores {
+            self.claim(s, stats).await?;
+        }
+        let mut own = self.recheck.contains(&s.key);
+        for _ in 0..BATCHES_PER_STREAM {
+            let entries = self.read(&s.key, if own { "0" } else { ">" }).await?;
+            let n = entries.len();
+            if n == 0 && own {
+                self.recheck.remove(&s.key);
+                own = false;
+                continue;
+            }
+            self.commit(s, entries, stats).await?;
+            if n < self.settings.batch {
+                if own {
+                    continue; // the rest of our pending entries, then new ones
+                }
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write a batch, then acknowledge it.
+    async fn commit(
+        &self,
+        s: &Stream,
+        entries: Vec<Entry>,
+        stats: &mut PassStats,
+    ) -> Result<(), LedgerError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        stats.delivered += entries.len() as u64;
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        let live: Vec<&Entry> = entries.iter().filter(|e| e.fields.is_some()).collect();
+        let gone = entries.len() - live.len();
+        if gone > 0 {
+            stats.lost += gone as u64;
+            tracing::error!(
+                stream = %s.key,
+                entries = gone,
+                "outbox entries were deleted before the ledger got them; reconcile will show the drift"
+            );
+        }
+        if !live.is_empty() {
+            let written = self.insert(s, &live).await?;
+            stats.written += written;
+            self.metrics.ledger_written.inc_by(written);
+        }
+        self.ack(&s.key, ids).await?;
+        Ok(())
+    }
+
+    /// One statement — one transaction — per batch; redelivered entries are no-ops.
+    async fn insert(&self, s: &Stream, entries: &[&Entry]) -> Result<u64, DbError> {
+        let n = entries.len();
+        let mut stream = Vec::with_capacity(n);
+        let mut id = Vec::with_capacity(n);
+        let mut sku = Vec::with_capacity(n);
+        let mut shard = Vec::with_capacity(n);
+        let mut kind = Vec::with_capacity(n);
+        let mut rid = Vec::with_capacity(n);
+        let mut qty = Vec::with_capacity(n);
+        let mut user = Vec::with_capacity(n);
+        let mut ts = Vec::with_capacity(n);
+        for e in entries {
+            let Some(f) = &e.fields else { continue };
+            let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+            stream.push(s.key.clone());
+            id.push(e.id.clone());
+            sku.push(s.sku.clone());
+            shard.push(i32::from(s.shard));
+            kind.push(get("type"));
+            rid.push(get("rid"));
+            qty.push(get("qty").parse::<i64>().unwrap_or(0));
+            user.push(get("user"));
+            // the entry id's milliseconds are the server's clock too
+            ts.push(
+                get("ts")
+                    .parse::<i64>()
+                    .unwrap_or_else(|_| id_ms(&e.id).unwrap_or(0)),
+            );
+        }
+        let client = self.db.get().await?;
+        let stmt = client.prepare_cached(INSERT).await?;
+        let written = client
+            .execute(
+                &stmt,
+                &[&stream, &id, &sku, &shard, &kind, &rid, &qty, &user, &ts],
+            )
+            .await?;
+        Ok(written)
+    }
+
+    async fn redis(&self, cmd: &'static str, key_at: usize, args: Vec<String>) -> Result<Value, InventoryError> {
+        let command = CustomCommand::new_static(cmd, ClusterHash::Offset(key_at), false);
+        self.inventory
+            .pool()
+            .next()
+            .custom::<Value, String>(command, args)
+            .await
+            .map_err(|e| classify(&self.metrics, e))
+    }
+
+    async fn ensure_group(&mut self, key: &str) -> Result<(), InventoryError> {
+        if self.grouped.contains(key) {
+            return Ok(());
+        }
+        ensure_group(&self.inventory, &self.metrics, key).await?;
+        self.grouped.insert(key.to_string());
+        Ok(())
+    }
+
+    async fn read(&self, key: &str, from: &str) -> Result<Vec<Entry>, InventoryError> {
+        let reply = self
+            .redis(
+                "XREADGROUP",
+                6,
+                vec![
+                    "GROUP".into(),
+                    GROUP.into(),
+                    self.settings.consumer.clone(),
+                    "COUNT".into(),
+                    self.settings.batch.to_string(),
+                    "STREAMS".into(),
+                    key.into(),
+                    from.into(),
+                ],
+            )
+            .await?;
+        // [[stream, [entry, ...]]] or nil
+        let mut out = Vec::new();
+        for stream in items(reply) {
+            let mut parts = items(stream).into_iter();
+            let _name = parts.next();
+            if let Some(entries) = parts.next() {
+                out.extend(parse_entries(entries)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Take over entries another writer (presumed dead) left pending.
+    async fn claim(&self, s: &Stream, stats: &mut PassStats) -> Result<(), LedgerError> {
+        let mut cursor = "0-0".to_string();
+        for _ in 0..BATCHES_PER_STREAM {
+            let reply = self
+                .redis(
+                    "XAUTOCLAIM",
+                    0,
+                    vec![
+                        s.key.clone(),
+                        GROUP.into(),
+                        self.settings.consumer.clone(),
+                        self.settings.claim_idle_ms.to_string(),
+                        cursor.clone(),
+                        "COUNT".into(),
+                        self.settings.batch.to_string(),
+                    ],
+                )
+                .await?;
+            // [next cursor, [entry, ...], [deleted id, ...]] (Redis >= 7)
+            let mut parts = items(reply).into_iter();
+            let next = parts.next().map(|v| text(&v)).transpose()?.unwrap_or_default();
+            let claimed = parts.next().map(parse_entries).transpose()?.unwrap_or_default();
+            let deleted: Vec<String> = parts
+                .next()
+                .map(items)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|v| text(v).ok())
+                .collect();
+            if !deleted.is_empty() {
+                // XAUTOCLAIM already dropped them from the pending list
+                stats.lost += deleted.len() as u64;
+                tracing::error!(stream = %s.key, entries = deleted.len(), "pending outbox entries were deleted before the ledger got them");
+            }
+            if !claimed.is_empty() {
+                tracing::warn!(stream = %s.key, entries = claimed.len(), consumer = %self.settings.consumer, "claimed entries left pending by another ledger writer");
+                self.commit(s, claimed, stats).await?;
+            }
+            if next.is_empty() || next == "0-0" {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(())
+    }
+
+    async fn ack(&self, key: &str, ids: Vec<String>) -> Result<(), InventoryError> {
+        let mut args = vec![key.to_string(), GROUP.to_string()];
+        args.extend(ids);
+        self.redis("XACK", 0, args).await?;
+        Ok(())
+    }
+
+    async fn group_state(&self, key: &str) -> Result<GroupState, InventoryError> {
+        group_state(&self.inventory, &self.metrics, key).await
+    }
+
+    /// Drop acknowledged entries: everything older than both the oldest
+    /// pending entry and the last delivered one. The group's state is read
+    /// before the pending list, so an entry delivered in between (newer than
+    /// the last-delivered id we saw) is never trimmed.
+    async fn trim(&self, key: &str, g: &GroupState) -> Result<(), InventoryError> {
+        let Some(last) = &g.last_delivered else {
+            return Ok(());
+        };
+        let mut min = last.clone();
+        if g.pending > 0 {
+            let reply = self
+                .redis("XPENDING", 0, vec![key.to_string(), GROUP.to_string()])
+                .await?;
+            // [count, smallest id, largest id, [[consumer, count], ...]]
+            let parts = items(reply);
+            match parts.get(1).map(text).transpose()? {
+                Some(oldest) if !oldest.is_empty() => {
+                    if id_lt(&oldest, &min) {
+                        min = oldest;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if min == "0-0" {
+            return Ok(());
+        }
+        self.redis(
+            "XTRIM",
+            0,
+            vec![key.to_string(), "MINID".into(), min],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Events not yet on the ledger, summed over every stream.
+    pub async fn lag(&self) -> Result<i64, InventoryError> {
+        let mut lag = 0;
+        for s in self.streams().await? {
+            lag += self.group_state(&s.key).await?.unledgered;
+        }
+        self.metrics.ledger_lag.set(lag);
+        Ok(lag)
+    }
+}
+
+/// `XGROUP CREATE … 0 MKSTREAM`: from the stream's first entry, so nothing
+/// appended before the first writer started is skipped. An existing group is fine.
+pub async fn ensure_group(
+    inventory: &Inventory,
+    metrics: &Metrics,
+    key: &str,
+) -> Result<(), InventoryError> {
+    let command = CustomCommand::new_static("XGROUP", ClusterHash::Offset(1), false);
+    let r: Result<Value, _> = inventory
+        .pool()
+        .next()
+        .custom(
+            command,
+            vec!["CREATE", key, GROUP, "0", "MKSTREAM"],
+        )
+        .await;
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.details().contains("BUSYGROUP") => Ok(()),
+        Err(e) => Err(classify(metrics, e)),
+    }
+}
+
+/// The group's view of one stream.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GroupState {
+    /// Delivered to some writer, not yet acknowledged.
+    pub pending: i64,
+    /// The newest entry delivered (None: no group yet).
+    pub last_delivered: Option<String>,
+    /// Entries not yet on the ledger: pending + not yet delivered.
+    pub unledgered: i64,
+}
+
+/// `XINFO GROUPS`; without a group every entry is unledgered (`XLEN`).
+pub async fn group_state(
+    inventory: &Inventory,
+    metrics: &Metrics,
+    key: &str,
+) -> Result<GroupState, InventoryError> {
+    let client = inventory.pool().next();
+    let info: Result<Value, _> = client
+        .custom(
+            CustomCommand::new_static("XINFO", ClusterHash::Offset(1), false),
+            vec!["GROUPS", key],
+        )
+        .await;
+    let groups = match info {
+        Ok(v) => items(v),
+        Err(e) if e.details().contains("no such key") => Vec::new(),
+        Err(e) => return Err(classify(metrics, e)),
+    };
+    for g in groups {
+        let f = pairs(g);
+        if f.get("name").map(String::as_str) != Some(GROUP) {
+            continue;
+        }
+        let pending = f.get("pending").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let last = f.get("last-delivered-id").cloned();
+        let lag = match f.get("lag").and_then(|v| v.parse::<i64>().ok()) {
+            Some(l) => l,
+            // Redis cannot tell (entries deleted in the range): count them
+            None => undelivered(inventory, metrics, key, last.as_deref()).await?,
+        };
+        return Ok(GroupState {
+            pending,
+            last_delivered: last,
+            unledgered: pending + lag,
+        });
+    }
+    let len: Value = client
+        .custom(
+            CustomCommand::new_static("XLEN", ClusterHash::Offset(0), false),
+            vec![key],
+        )
+        .await
+        .map_err(|e| classify(metrics, e))?;
+    Ok(GroupState {
+        pending: 0,
+        last_delivered: None,
+        unledgered: crate::inventory::scripts::int(&len)?,
+    })
+}
+
+async fn undelivered(
+    inventory: &Inventory,
+    metrics: &Metrics,
+    key: &str,
+    after: Option<&str>,
+) -> Result<i64, InventoryError> {
+    let start = match after {
+        Some(id) => format!("({id}"),
+        None => "-".into(),
+    };
+    let v: Value = inventory
+        .pool()
+        .next()
+        .custom(
+            CustomCommand::new_static("XRANGE", ClusterHash::Offset(0), false),
+            vec![key.to_string(), start, "+".into()],
+        )
+        .await
+        .map_err(|e| classify(metrics, e))?;
+    Ok(items(v).len() as i64)
+}
+
+/// The newest entry id of a stream ("" when empty or absent).
+pub async fn last_id(
+    inventory: &Inventory,
+    metrics: &Metrics,
+    key: &str,
+) -> Result<String, InventoryError> {
+    let v: Value = inventory
+        .pool()
+        .next()
+        .custom(
+            CustomCommand::new_static("XREVRANGE", ClusterHash::Offset(0), false),
+            vec![key, "+", "-", "COUNT", "1"],
+        )
+        .await
+        .map_err(|e| classify(metrics, e))?;
+    match items(v).into_iter().next() {
+        Some(entry) => match items(entry).first() {
+            Some(id) => text(id),
+            None => Ok(String::new()),
+        },
+        None => Ok(String::new()),
+    }
+}
+
+/// Run a writer until `shutdown` turns true: apply the migrations (retrying
+/// while Postgres is down), then drain every `interval`, backing off while
+/// Postgres or Redis fails. The current batch finishes before it stops.
+pub async fn run(mut writer: Writer, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = writer.settings.interval;
+    let mut failing = false;
+    // migrations first: the writer cannot insert before the table exists
+    loop {
+        match writer.db.migrate().await {
+            Ok(applied) => {
+                if !applied.is_empty() {
+                    tracing::info!(?applied, "ledger: migrations applied");
+                }
+                break;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "ledger: cannot migrate yet; retrying");
+                    failing = true;
+                }
+                if wait(&mut shutdown, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    tracing::info!(consumer = %writer.consumer(), "ledger writer started");
+    let mut last_chores: Option<Instant> = None;
+    loop {
+        let chores = last_chores.is_none_or(|t| t.elapsed() >= CHORE_INTERVAL);
+        if chores {
+            last_chores = Some(Instant::now());
+        }
+        match writer.pass(chores).await {
+            Ok(stats) => {
+                if failing {
+                    tracing::info!("ledger: writing again");
+                    failing = false;
+                }
+                backoff = writer.settings.interval;
+                if stats.delivered > 0 {
+                    continue; // more may be waiting
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "ledger: pass failed; entries stay pending in Redis, retrying");
+                    failing = true;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        if wait(&mut shutdown, backoff).await {
+            return;
+        }
+    }
+}
+
+/// The ledger writer of `flashgate serve`, when a `postgres_url` is configured.
+pub fn spawn(
+    state: &crate::app::AppState,
+    shutdown: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let c = &state.config;
+    if c.postgres_url.is_empty() {
+        return None;
+    }
+    let db = match Db::new(&c.postgres_url, c.postgres_pool_size) {
+        Ok(db) => db,
+        Err(e) => {
+            tracing::error!(error = %e, "ledger writer not started");
+            return None;
+        }
+    };
+    let writer = Writer::new(
+        state.inventory.clone(),
+        db,
+        state.metrics.clone(),
+        LedgerSettings::from_config(c),
+    );
+    Some(tokio::spawn(run(writer, shutdown)))
+}
+
+/// Sleep for `d`; true when shutdown was asked for.
+async fn wait(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = shutdown.changed() => {}
+    }
+    *shutdown.borrow()
+}
+
+fn is_nogroup(e: &LedgerError) -> bool {
+    matches!(e, LedgerError::Redis(r) if r.to_string().contains("NOGROUP"))
+}
+
+// ---- reply parsing ----
+
+fn items(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a,
+        Value::Map(m) => m
+            .inner()
+            .into_iter()
+            .flat_map(|(k, v)| [Value::from(k), v])
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A flat `[k, v, k, v…]` array (or a map) as strings; nested values are skipped.
+fn pairs(v: Value) -> HashMap<String, String> {
+    let flat = items(v);
+    flat.chunks(2)
+        .filter_map(|kv| match kv {
+            [k, v] => Some((text(k).ok()?, text(v).ok()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn parse_entries(v: Value) -> Result<Vec<Entry>, InventoryError> {
+    let mut out = Vec::new();
+    for e in items(v) {
+        let mut parts = items(e).into_iter();
+        let Some(id) = parts.next() else { continue };
+        let id = text(&id)?;
+        let fields = match parts.next() {
+            Some(Value::Null) | None => None,
+            Some(f) => Some(pairs(f)),
+        };
+        out.push(Entry { id, fields });
+    }
+    Ok(out)
+}
+
+/// A stream id `ms-seq` as numbers.
+pub fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+fn id_ms(id: &str) -> Option<i64> {
+    parse_id(id).and_then(|(ms, _)| i64::try_from(ms).ok())
+}
+
+/// `a < b` as stream ids (unparsable ids compare as equal: never trim on them).
+pub fn id_lt(a: &str, b: &str) -> bool {
+    match (parse_id(a), parse_id(b)) {
+        (Some(a), Some(b)) => a < b,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_order_numerically() {
+        assert!(id_lt("9-0", "10-0"));
+        assert!(id_lt("10-2", "10-10"));
+        assert!(!id_lt("10-10", "10-2"));
+        assert!(!id_lt("x", "10-2"));
+        assert_eq!(parse_id("1700000000000-3"), Some((1_700_000_000_000, 3)));
+    }
+
+    #[test]
+    fn consumer_names_are_unique() {
+        assert_ne!(default_consumer("w"), default_consumer("w"));
+        assert!(default_consumer("w").starts_with("w-"));
+    }
+}

@@ -1,0 +1,245 @@
+//! Admission control: token buckets (governor's GCRA) that shed abusive
+//! clients before they cost Redis anything. Three optional layers, checked in
+//! this order: the whole instance, the storefront (API key), the buyer
+//! (`user_id`). A refusal carries the earliest time a retry can pass, which
+//! becomes `Retry-After`.
+//!
+//! Buckets are per instance: N flashgate instances admit N× the configured
+//! rate. (The purchase cap is global: it lives in Redis.)
+//!
+//! The keyed maps grow with every distinct user; [`Limiter::prune`] drops the
+//! buckets that are indistinguishable from fresh ones (`retain_recent`) and
+//! returns the memory (`shrink_to_fit`). The app runs it on a timer.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// A bucket: `rate` tokens per second, at most `burst` at once. A rate of 0
+/// turns the layer off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    pub rate_per_second: u32,
+    pub burst: u32,
+}
+
+impl Bucket {
+    fn quota(self) -> Option<Quota> {
+        let rate = NonZeroU32::new(self.rate_per_second)?;
+        let burst = NonZeroU32::new(self.burst).unwrap_or(rate);
+        Some(Quota::per_second(rate).allow_burst(burst))
+    }
+}
+
+/// Which layer refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Instance,
+    Client,
+    User,
+}
+
+/// A refusal: retry after `wait`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limited {
+    pub scope: Scope,
+    pub wait: Duration,
+}
+
+impl Limited {
+    /// `Retry-After` in whole seconds, rounded up (never 0: a client told
+    /// "0" would retry at once and be refused again).
+    pub fn retry_after_secs(&self) -> u64 {
+        let s = self.wait.as_secs() + u64::from(self.wait.subsec_nanos() > 0);
+        s.max(1)
+    }
+}
+
+pub struct Limiter<C: Clock + Clone = MonotonicClock> {
+    clock: C,
+    instance: Option<Direct<C>>,
+    client: Option<Keyed<usize, C>>,
+    user: Option<Keyed<String, C>>,
+}
+
+impl Limiter<MonotonicClock> {
+    pub fn new(instance: Bucket, client: Bucket, user: Bucket) -> Self {
+        Self::with_clock(instance, client, user, MonotonicClock)
+    }
+}
+
+impl<C: Clock + Clone> Limiter<C> {
+    /// With a clock of the caller's (a fake one in tests).
+    pub fn with_clock(instance: Bucket, client: Bucket, user: Bucket, clock: C) -> Self {
+        Limiter {
+            instance: instance
+                .quota()
+                .map(|q| RateLimiter::direct_with_clock(q, clock.clone())),
+            client: client
+                .quota()
+                .map(|q| RateLimiter::dashmap_with_clock(q, clock.clone())),
+            user: user
+                .quota()
+                .map(|q| RateLimiter::dashmap_with_clock(q, clock.clone())),
+            clock,
+        }
+    }
+
+    fn refusal(&self, scope: Scope, not_until: governor::NotUntil<C::Instant>) -> Limited {
+        Limited {
+            scope,
+            wait: not_until.wait_time_from(self.clock.now()),
+        }
+    }
+
+    /// The instance-wide and per-storefront buckets (every `/v1/` request).
+    pub fn check_client(&self, client: Option<usize>) -> Result<(), Limited> {
+        if let Some(l) = &self.instance {
+            l.check().map_err(|n| self.refusal(Scope::Instance, n))?;
+        }
+        if let (Some(l), Some(id)) = (&self.client, client) {
+            l.check_key(&id)
+                .map_err(|n| self.refusal(Scope::Client, n))?;
+        }
+        Ok(())
+    }
+
+    /// The buyer's bucket (reserve requests).
+    pub fn check_user(&self, user: &str) -> Result<(), Limited> {
+        if let Some(l) = &self.user {
+            l.check_key(&user.to_owned())
+                .map_err(|n| self.refusal(Scope::User, n))?;
+        }
+        Ok(())
+    }
+
+    /// Buckets held in memory (users + storefronts).
+    pub fn len(&self) -> usize {
+        self.user.as_ref().map_or(0, |l| l.len()) + self.client.as_ref().map_or(0, |l| l.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forget buckets that are full again (a fresh bucket would behave the
+    /// same) and give the memory back. Returns the buckets left.
+    pub fn prune(&self) -> usize {
+        if let Some(l) = &self.user {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        if let Some(l) = &self.client {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        self.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    const OFF: Bucket = Bucket {
+        rate_per_second: 0,
+        burst: 0,
+    };
+
+    fn users(rate: u32, burst: u32) -> (Limiter<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        let l = Limiter::with_clock(
+            OFF,
+            OFF,
+            Bucket {
+                rate_per_second: rate,
+                burst,
+            },
+            clock.clone(),
+        );
+        (l, clock)
+    }
+
+    #[test]
+    fn burst_then_refusal_with_the_time_to_wait() {
+        let (l, clock) = users(2, 3);
+        for _ in 0..3 {
+            assert!(l.check_user("alice").is_ok());
+        }
+        let refused = l.check_user("alice").unwrap_err();
+        assert_eq!(refused.scope, Scope::User);
+        assert_eq!(
+            refused.wait,
+            Duration::from_millis(500),
+            "2/s: one token every 500 ms"
+        );
+        assert_eq!(refused.retry_after_secs(), 1);
+        // other users are not affected
+        assert!(l.check_user("bob").is_ok());
+        // after the wait, exactly one more passes
+        clock.advance(Duration::from_millis(500));
+        assert!(l.check_user("alice").is_ok());
+        assert!(l.check_user("alice").is_err());
+    }
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        let l = |ms| Limited {
+            scope: Scope::User,
+            wait: Duration::from_millis(ms),
+        };
+        assert_eq!(l(1).retry_after_secs(), 1);
+        assert_eq!(l(0).retry_after_secs(), 1);
+        assert_eq!(l(1000).retry_after_secs(), 1);
+        assert_eq!(l(1001).retry_after_secs(), 2);
+    }
+
+    #[test]
+    fn pruning_keeps_the_map_bounded() {
+        let (l, clock) = users(10, 1);
+        for i in 0..10_000 {
+            assert!(l.check_user(&format!("user-{i}")).is_ok());
+        }
+        assert_eq!(l.len(), 10_000);
+        // still refilling: nothing may be forgotten yet (it would hand out a fresh burst)
+        assert_eq!(l.prune(), 10_000);
+        // once a bucket is full again it is indistinguishable from a new one
+        // (governor keeps it one emission interval longer, to be safe)
+        clock.advance(Duration::from_millis(250));
+        assert_eq!(l.prune(), 0);
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn instance_and_client_layers() {
+        let clock = FakeRelativeClock::default();
+        let l = Limiter::with_clock(
+            Bucket {
+                rate_per_second: 100,
+                burst: 3,
+            },
+            Bucket {
+                rate_per_second: 1,
+                burst: 2,
+            },
+            OFF,
+            clock.clone(),
+        );
+        assert!(l.check_client(Some(0)).is_ok());
+        assert!(l.check_client(Some(0)).is_ok());
+        assert_eq!(l.check_client(Some(0)).unwrap_err().scope, Scope::Client);
+        assert_eq!(l.check_client(Some(1)).unwrap_err().scope, Scope::Instance);
+        clock.advance(Duration::from_secs(1));
+        assert!(l.check_client(Some(1)).is_ok());
+        assert!(l.check_user("anyone").is_ok(), "the user layer is off");
+    }
+}

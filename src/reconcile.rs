@@ -1,0 +1,1265 @@
+//! Post-sale reconciliation: prove that every unit is accounted for by
+//! comparing the books in Redis with the ledger in PostgreSQL, per SKU and
+//! shard, and repair Redis when they disagree (`--fix`).
+//!
+//! **What is compared.** Per shard, Redis's counters (available, held, sold,
+//! initial, transferred in/out) against the same books worked out from the
+//! ledger (initial = Σ preload, sold = units of reservations whose last event
+//! is `confirmed`, held = units of reservations held and not ended, available
+//! = the rest), and Redis's own invariant `initial + xin - xout = available +
+//! held + sold`. Then per reservation: the ledger's state of every reservation
+//! it knows and of every hold Redis has, against Redis's record of it.
+//!
+//! **Who is right.** The ledger is the book of record: what it holds happened
+//! (an event is appended in the same atomic step as the change, and written to
+//! Postgres only from there). Redis can lose acknowledged writes (a crash
+//! before fsync, a failover to a lagging replica), so a unit the ledger has
+//! and Redis does not is restored in Redis. The one exception is an outbox
+//! entry lost *before* it reached the ledger (the stream capped while the
+//! ledger was down for long, an entry deleted by hand): then Redis's
+//! reservation record proves the event, and reconcile backfills it into the
+//! ledger (source `reconcile`) rather than undo a sale. A hold the ledger has
+//! but Redis lost can never be confirmed (its id answers 404), so it is closed
+//! in the ledger as `expired` and its units go back on sale.
+//!
+//! **Consistency.** A shard is read between two reads of its newest outbox id
+//! (equal, or it is read again), the ledger is read only once the consumer
+//! group has every entry up to that id committed, and the fix
+//! (`lua/fix.lua`) refuses to write if the shard's newest id moved since. A
+//! fix computed from a stale snapshot therefore never lands.
+//!
+//! **Live sales.** `--fix` refuses a SKU that still has holds outstanding in
+//! Redis or whose last stock change is younger than `--quiet-seconds`: its
+//! books are still moving, and a correction would race buyers. `--force`
+//! overrides that (the per-shard guard above still applies).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SortedSetsInterface};
+use fred::types::{ClusterHash, CustomCommand, Value};
+use serde::Serialize;
+
+use crate::cli::{Format, PreloadArgs, ServeArgs};
+use crate::config::Config;
+use crate::db::{Db, DbError};
+use crate::domain::Sku;
+use crate::error::InventoryError;
+use crate::inventory::scripts::{self, array, at, int, text};
+use crate::inventory::{Inventory, PreloadOutcome, SkuMeta};
+use crate::ledger::{self, LedgerError, LedgerSettings, Writer};
+use crate::metrics::Metrics;
+
+/// `flashgate reconcile`.
+#[derive(Args, Debug)]
+pub struct ReconcileArgs {
+    /// Only this SKU (default: every SKU loaded in Redis or on the ledger).
+    #[arg(long)]
+    pub sku: Option<String>,
+    /// Correct the Redis books to the ledger's, atomically per shard, with an audit row per correction.
+    #[arg(long)]
+    pub fix: bool,
+    /// Fix even a SKU that still looks live (holds outstanding or recent stock changes).
+    #[arg(long, requires = "fix")]
+    pub force: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// How long to wait for the ledger to catch up with the outbox streams.
+    #[arg(long, default_value_t = 60)]
+    pub wait_seconds: u64,
+    /// A SKU whose last stock change is younger than this counts as live.
+    #[arg(long, default_value_t = 60)]
+    pub quiet_seconds: u64,
+    #[command(flatten)]
+    pub common: ServeArgs,
+}
+
+/// What a reconcile run is asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub sku: Option<Sku>,
+    pub fix: bool,
+    pub force: bool,
+    pub wait: Duration,
+    pub quiet_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("redis: {0}")]
+    Redis(#[from] InventoryError),
+    #[error("{0}")]
+    Db(#[from] DbError),
+    #[error("the ledger has not caught up with {stream}: entries up to {id} are not all written after {waited:?} (is a ledger writer stuck? its entries are taken over after ledger_claim_idle_ms)")]
+    Lag {
+        stream: String,
+        id: String,
+        waited: Duration,
+    },
+    #[error("{stream} kept changing for {waited:?}; the sale is still running (reconcile after it, or use --force with --fix)")]
+    Busy { stream: String, waited: Duration },
+    #[error("unknown sku {0}: neither loaded in Redis nor on the ledger")]
+    UnknownSku(String),
+}
+
+impl From<LedgerError> for ReconcileError {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::Redis(r) => ReconcileError::Redis(r),
+            LedgerError::Db(d) => ReconcileError::Db(d),
+        }
+    }
+}
+
+/// One shard's books, as Redis has them or as the ledger says they must be.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Books {
+    pub available: i64,
+    pub held: i64,
+    pub sold: i64,
+    pub initial: i64,
+    pub xfer_in: i64,
+    pub xfer_out: i64,
+}
+
+impl Books {
+    fn fields(&self) -> [(&'static str, i64); 6] {
+        [
+            ("available", self.available),
+            ("held", self.held),
+            ("sold", self.sold),
+            ("initial", self.initial),
+            ("xfer_in", self.xfer_in),
+            ("xfer_out", self.xfer_out),
+        ]
+    }
+
+    /// `initial + xin - xout - (available + held + sold)`.
+    fn unaccounted(&self) -> i64 {
+        self.initial + self.xfer_in - self.xfer_out - (self.available + self.held + self.sold)
+    }
+}
+
+/// A counter on which Redis and the ledger disagree.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CounterDrift {
+    pub field: &'static str,
+    pub redis: i64,
+    pub ledger: i64,
+}
+
+/// A reservation on which Redis and the ledger disagree.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RecordDrift {
+    pub rid: String,
+    pub qty: i64,
+    /// `none`, `held`, or how it ended.
+    pub ledger: String,
+    /// `absent`, or the record's status.
+    pub redis: String,
+    /// `ledger_missing` (the outbox lost events Redis proves: backfilled into
+    /// the ledger), `hold_lost` (Redis lost a hold: closed as expired in the
+    /// ledger), `record_behind` (Redis lost the end of a hold: its record is
+    /// settled), `status_conflict` (both ended, differently: the ledger wins).
+    pub finding: &'static str,
+    pub repair: String,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ShardReport {
+    pub shard: u16,
+    pub stream: String,
+    pub redis: Books,
+    /// The books the ledger says this shard must have (after the repairs listed in `records`).
+    pub ledger: Books,
+    /// Redis's own books do not add up by this many units (0 when they do).
+    pub redis_unaccounted: i64,
+    pub counters: Vec<CounterDrift>,
+    pub records: Vec<RecordDrift>,
+    /// What `--fix` did: `fixed`, `refused: …`, `skipped: …`, `failed: …` (None without --fix or drift).
+    pub fix: Option<String>,
+}
+
+impl ShardReport {
+    pub fn drift(&self) -> bool {
+        self.redis_unaccounted != 0 || !self.counters.is_empty() || !self.records.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SkuReport {
+    pub sku: String,
+    pub shards: u16,
+    /// Stock in the `skus` catalogue table, when the SKU has a row.
+    pub catalogue_stock: Option<i64>,
+    /// Why the SKU counts as still selling (None: quiet).
+    pub live: Option<String>,
+    /// Not loaded in Redis although the ledger has events for it.
+    pub missing_in_redis: bool,
+    pub per_shard: Vec<ShardReport>,
+}
+
+impl SkuReport {
+    pub fn drift(&self) -> bool {
+        self.missing_in_redis || self.per_shard.iter().any(ShardReport::drift)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Report {
+    pub run_id: String,
+    pub fix: bool,
+    pub force: bool,
+    /// Outbox entries not yet on the ledger when reconcile started.
+    pub ledger_lag_at_start: i64,
+    pub skus: Vec<SkuReport>,
+}
+
+impl Report {
+    pub fn drift(&self) -> bool {
+        self.skus.iter().any(SkuReport::drift)
+    }
+
+    /// Every shard with drift was fixed in this run.
+    pub fn repaired(&self) -> bool {
+        self.skus.iter().all(|s| {
+            !s.missing_in_redis
+                && s.per_shard
+                    .iter()
+                    .all(|sh| !sh.drift() || sh.fix.as_deref() == Some("fixed"))
+        })
+    }
+
+    /// 0: clean (or every drift repaired), 1: drift left.
+    pub fn exit_code(&self) -> u8 {
+        if !self.drift() || (self.fix && self.repaired()) {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+/// Redis's reservation record.
+#[derive(Clone, Debug)]
+struct Record {
+    status: String,
+    qty: i64,
+    user: String,
+    created: i64,
+    ended: i64,
+}
+
+/// One reservation as the ledger has it.
+#[derive(Clone, Debug, Default)]
+struct LedgerRid {
+    qty: i64,
+    user: String,
+    held: bool,
+    end: Option<String>,
+}
+
+/// One shard as the ledger has it.
+#[derive(Clone, Debug, Default)]
+struct LedgerShard {
+    initial: i64,
+    xfer_in: i64,
+    xfer_out: i64,
+    rids: BTreeMap<String, LedgerRid>,
+}
+
+impl LedgerShard {
+    fn books(&self) -> Books {
+        let mut b = Books {
+            initial: self.initial,
+            xfer_in: self.xfer_in,
+            xfer_out: self.xfer_out,
+            ..Books::default()
+        };
+        for r in self.rids.values() {
+            match r.end.as_deref() {
+                Some("confirmed") => b.sold += r.qty,
+                None if r.held => b.held += r.qty,
+                _ => {}
+            }
+        }
+        b.available = b.initial + b.xfer_in - b.xfer_out - b.held - b.sold;
+        b
+    }
+}
+
+/// A consistent read of one shard in Redis.
+struct Snapshot {
+    last_id: String,
+    books: Books,
+    holds: Vec<String>,
+    records: HashMap<String, Record>,
+}
+
+/// A ledger row reconcile adds (source `reconcile`).
+struct Backfill {
+    rid: String,
+    kind: String,
+    qty: i64,
+    user: String,
+    ts: i64,
+}
+
+/// Reconciles Redis against the ledger.
+pub struct Reconciler {
+    inventory: Arc<Inventory>,
+    db: Db,
+    metrics: Arc<Metrics>,
+    writer: Writer,
+}
+
+const SNAPSHOT_RETRY: Duration = Duration::from_millis(100);
+const TERMINAL: [&str; 3] = ["confirmed", "released", "expired"];
+
+impl Reconciler {
+    pub fn new(
+        inventory: Arc<Inventory>,
+        db: Db,
+        metrics: Arc<Metrics>,
+        settings: LedgerSettings,
+    ) -> Reconciler {
+        let writer = Writer::new(inventory.clone(), db.clone(), metrics.clone(), settings);
+        Reconciler {
+            inventory,
+            db,
+            metrics,
+            writer,
+        }
+    }
+
+    /// Reconcile (and with `opts.fix`, repair) every SKU or `opts.sku`.
+    pub async fn run(&mut self, opts: &Options) -> Result<Report, ReconcileError> {
+        self.db.migrate().await?;
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        let lag_at_start = self.writer.lag().await?;
+        // Catch the ledger up ourselves (one more writer in the group): with
+        // no writer running, reconcile still sees every event.
+        let deadline = Instant::now() + opts.wait;
+        loop {
+            self.writer.pass(true).await?;
+            if self.writer.lag().await? == 0 || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(SNAPSHOT_RETRY).await;
+        }
+
+        let mut skus: BTreeSet<String> =
+            self.inventory.skus().await?.iter().map(|s| s.to_string()).collect();
+        let client = self.db.get().await?;
+        for row in client
+            .query("SELECT DISTINCT sku FROM ledger_events", &[])
+            .await
+            .map_err(DbError::from)?
+        {
+            skus.insert(row.get(0));
+        }
+        drop(client);
+        if let Some(only) = &opts.sku {
+            if !skus.contains(only.as_str()) {
+                return Err(ReconcileError::UnknownSku(only.to_string()));
+            }
+            skus.retain(|s| s == only.as_str());
+        }
+        let mut report = Report {
+            run_id,
+            fix: opts.fix,
+            force: opts.force,
+            ledger_lag_at_start: lag_at_start,
+            skus: Vec::new(),
+        };
+        for name in skus {
+            let Ok(sku) = Sku::parse(&name) else {
+                continue; // not a name flashgate could have written
+            };
+            let r = self.sku(&sku, opts, deadline, &report.run_id).await?;
+            report.skus.push(r);
+        }
+        Ok(report)
+    }
+
+    async fn sku(
+        &mut self,
+        sku: &Sku,
+        opts: &Options,
+        deadline: Instant,
+        run_id: &str,
+    ) -> Result<SkuReport, ReconcileError> {
+        let catalogue_stock = self
+            .db
+            .catalogue(Some(sku.as_str()))
+            .await?
+            .first()
+            .map(|r| r.stock);
+        let Some(meta) = self.inventory.meta(sku).await? else {
+            return Ok(SkuReport {
+                sku: sku.to_string(),
+                shards: 0,
+                catalogue_stock,
+                live: None,
+                missing_in_redis: true,
+                per_shard: Vec::new(),
+            });
+        };
+        let mut snaps = Vec::new();
+        for s in 0..meta.shards {
+            let snap = self.snapshot(&meta, s, deadline).await?;
+            snaps.push(snap);
+        }
+        let live = self.live(&meta, &snaps, opts.quiet_ms).await?;
+        let mut per_shard = Vec::new();
+        for (s, snap) in snaps.into_iter().enumerate() {
+            let s = s as u16; // < meta.shards
+            let ledger = self.ledger_shard(sku, s).await?;
+            // records of every reservation the ledger knows, not only the live holds
+            let snap = self.complete(&meta, s, snap, &ledger, deadline).await?;
+            let (mut report, plan) = compare(&meta, s, &snap, ledger);
+            if opts.fix && report.drift() {
+                report.fix = Some(if live.is_some() && !opts.force {
+                    format!(
+                        "refused: the sale looks live ({}); use --force",
+                        live.as_deref().unwrap_or_default()
+                    )
+                } else {
+                    self.fix(&meta, s, &snap, &report, &plan, run_id, opts.force)
+                        .await
+                });
+            }
+            per_shard.push(report);
+        }
+        Ok(SkuReport {
+            sku: sku.to_string(),
+            shards: meta.shards,
+            catalogue_stock,
+            live,
+            missing_in_redis: false,
+            per_shard,
+        })
+    }
+
+    /// Why the SKU still looks like it is selling, if it does.
+    async fn live(
+        &self,
+        meta: &SkuMeta,
+        snaps: &[Snapshot],
+        quiet_ms: i64,
+    ) -> Result<Option<String>, ReconcileError> {
+        let holds: usize = snaps.iter().map(|s| s.holds.len()).sum();
+        if holds > 0 {
+            return Ok(Some(format!("{holds} holds outstanding")));
+        }
+        let now = self.redis_now_ms().await?;
+        let newest = snaps
+            .iter()
+            .filter_map(|s| ledger::parse_id(&s.last_id))
+            .map(|(ms, _)| ms as i64)
+            .max();
+        if let Some(ms) = newest {
+            if now - ms < quiet_ms {
+                return Ok(Some(format!(
+                    "last stock change {:.1}s ago on {}",
+                    (now - ms) as f64 / 1000.0,
+                    meta.sku
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn redis_now_ms(&self) -> Result<i64, ReconcileError> {
+        let v: Value = self
+            .inventory
+            .pool()
+            .next()
+            .custom(
+                CustomCommand::new_static("TIME", ClusterHash::Random, false),
+                Vec::<String>::new(),
+            )
+            .await
+            .map_err(|e| scripts::classify(&self.metrics, e))?;
+        let parts = array(v)?;
+        Ok(int(at(&parts, 0)?)? * 1000 + int(at(&parts, 1)?)? / 1000)
+    }
+
+    /// Read one shard between two equal reads of its newest outbox id, and
+    /// wait until the ledger has every entry up to that id.
+    async fn snapshot(
+        &mut self,
+        meta: &SkuMeta,
+        shard: u16,
+        deadline: Instant,
+    ) -> Result<Snapshot, ReconcileError> {
+        let sk = meta.keys(shard);
+        let stream = sk.events();
+        loop {
+            let l1 = ledger::last_id(&self.inventory, &self.metrics, &stream).await?;
+            let client = self.inventory.pool().next();
+            let stock: Option<i64> = client.get(sk.stock()).await.map_err(|e| self.err(e))?;
+            let books: HashMap<String, i64> =
+                client.hgetall(sk.books()).await.map_err(|e| self.err(e))?;
+            let holds: Vec<String> = client
+                .zrange(sk.holds(), 0, -1, None, false, None, false)
+                .await
+                .map_err(|e| self.err(e))?;
+            let l2 = ledger::last_id(&self.inventory, &self.metrics, &stream).await?;
+            if l1 != l2 {
+                if Instant::now() >= deadline {
+                    return Err(ReconcileError::Busy {
+                        stream,
+                        waited: deadline.elapsed(),
+                    });
+                }
+                continue;
+            }
+            self.wait_for_ledger(&stream, &l1, deadline).await?;
+            let f = |k: &str| books.get(k).copied().unwrap_or(0);
+            return Ok(Snapshot {
+                last_id: l1,
+                books: Books {
+                    available: stock.unwrap_or(0),
+                    held: f("held"),
+                    sold: f("sold"),
+                    initial: f("initial"),
+                    xfer_in: f("xin"),
+                    xfer_out: f("xout"),
+                },
+                holds,
+                records: HashMap::new(),
+            });
+        }
+    }
+
+    /// Read the records of `ledger`'s reservations and of the live holds;
+    /// the shard must not have moved since the snapshot.
+    async fn complete(
+        &mut self,
+        meta: &SkuMeta,
+        shard: u16,
+        mut snap: Snapshot,
+        ledger: &LedgerShard,
+        deadline: Instant,
+    ) -> Result<Snapshot, ReconcileError> {
+        let sk = meta.keys(shard);
+        let rids: BTreeSet<&String> = ledger.rids.keys().chain(snap.holds.iter()).collect();
+        let client = self.inventory.pool().next();
+        for rid in rids {
+            let key = format!("{}{}", sk.record_prefix(), rid);
+            let f: HashMap<String, String> = client.hgetall(key).await.map_err(|e| self.err(e))?;
+            let Some(status) = f.get("status") else {
+                continue;
+            };
+            let n = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+            snap.records.insert(
+                rid.clone(),
+                Record {
+                    status: status.clone(),
+                    qty: n("qty"),
+                    user: f.get("user").cloned().unwrap_or_default(),
+                    created: n("created"),
+                    ended: n("ended"),
+                },
+            );
+        }
+        let l3 = ledger::last_id(&self.inventory, &self.metrics, &sk.events()).await?;
+        if l3 != snap.last_id {
+            if Instant::now() >= deadline {
+                return Err(ReconcileError::Busy {
+                    stream: sk.events(),
+                    waited: deadline.elapsed(),
+                });
+            }
+            // moved under us: read it all again
+            let fresh = self.snapshot(meta, shard, deadline).await?;
+            let ledger = self.ledger_shard(&meta.sku, shard).await?;
+            return Box::pin(self.complete(meta, shard, fresh, &ledger, deadline)).await;
+        }
+        Ok(snap)
+    }
+
+    /// Every entry of `stream` up to `id` is committed to the ledger: the group
+    /// delivered it and no entry at or below it is still pending.
+    async fn wait_for_ledger(
+        &mut self,
+        stream: &str,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<(), ReconcileError> {
+        if id.is_empty() {
+            return Ok(());
+        }
+        loop {
+            let g = ledger::group_state(&self.inventory, &self.metrics, stream).await?;
+            let delivered = g
+                .last_delivered
+                .as_deref()
+                .is_some_and(|last| !ledger::id_lt(last, id));
+            if delivered {
+                let oldest = self.oldest_pending(stream).await?;
+                if oldest.is_none_or(|o| ledger::id_lt(id, &o)) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ReconcileError::Lag {
+                    stream: stream.to_string(),
+                    id: id.to_string(),
+                    waited: deadline.elapsed(),
+                });
+            }
+            self.writer.pass(true).await?;
+            tokio::time::sleep(SNAPSHOT_RETRY).await;
+        }
+    }
+
+    async fn oldest_pending(&self, stream: &str) -> Result<Option<String>, ReconcileError> {
+        let v: Value = self
+            .inventory
+            .pool()
+            .next()
+            .custom(
+                CustomCommand::new_static("XPENDING", ClusterHash::Offset(0), false),
+                vec![stream, ledger::GROUP],
+            )
+            .await
+            .map_err(|e| scripts::classify(&self.metrics, e))?;
+        let parts = array(v).unwrap_or_default();
+        if parts.first().and_then(|c| int(c).ok()).unwrap_or(0) == 0 {
+            return Ok(None);
+        }
+        Ok(parts.get(1).and_then(|v| text(v).ok()))
+    }
+
+    async fn ledger_shard(&self, sku: &Sku, shard: u16) -> Result<LedgerShard, ReconcileError> {
+        let client = self.db.get().await?;
+        let rows = client
+            .query(
+                "SELECT kind, rid, qty, user_id FROM ledger_events
+                 WHERE sku = $1 AND shard = $2 ORDER BY id",
+                &[&sku.as_str(), &i32::from(shard)],
+            )
+            .await
+            .map_err(DbError::from)?;
+        let mut l = LedgerShard::default();
+        for r in rows {
+            let kind: String = r.get(0);
+            let rid: String = r.get(1);
+            let qty: i64 = r.get(2);
+            let user: String = r.get(3);
+            match kind.as_str() {
+                "preload" => l.initial += qty,
+                "xfer_in" => l.xfer_in += qty,
+                "xfer_out" => l.xfer_out += qty,
+                "held" | "confirmed" | "released" | "expired" => {
+                    let e = l.rids.entry(rid).or_default();
+                    e.qty = qty;
+                    if e.user.is_empty() {
+                        e.user = user;
+                    }
+                    if kind == "held" {
+                        e.held = true;
+                    } else if e.end.is_none() {
+                        // the first end is the end: a hold ends once
+                        e.end = Some(kind);
+                    }
+                }
+                other => tracing::debug!(kind = other, "reconcile ignores this ledger event kind"),
+            }
+        }
+        Ok(l)
+    }
+
+    /// Apply the plan for one shard: ledger rows and audit rows in one
+    /// transaction, with the Redis fix run inside it (so a refused fix writes
+    /// nothing). Returns the shard's fix status.
+    #[allow(clippy::too_many_arguments)]
+    async fn fix(
+        &self,
+        meta: &SkuMeta,
+        shard: u16,
+        snap: &Snapshot,
+        report: &ShardReport,
+        plan: &Plan,
+        run_id: &str,
+        forced: bool,
+    ) -> String {
+        match self
+            .try_fix(meta, shard, snap, report, plan, run_id, forced)
+            .await
+        {
+            Ok(status) => status,
+            Err(e) => format!("failed: {e}"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn try_fix(
+        &self,
+        meta: &SkuMeta,
+        shard: u16,
+        snap: &Snapshot,
+        report: &ShardReport,
+        plan: &Plan,
+        run_id: &str,
+        forced: bool,
+    ) -> Result<String, ReconcileError> {
+        let target = report.ledger;
+        if target.fields().iter().any(|(_, v)| *v < 0) {
+            return Ok(format!(
+                "skipped: the ledger's books are negative ({target:?}); this needs a human"
+            ));
+        }
+        let sku = meta.sku.as_str();
+        let shard_i = i32::from(shard);
+        let mut client = self.db.get().await?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        for b in &plan.backfill {
+            tx.execute(
+                "INSERT INTO ledger_events
+                     (stream, entry_id, sku, shard, kind, rid, qty, user_id, event_at, source)
+                 VALUES ('reconcile', $1, $2, $3, $4, $5, $6, $7,
+                         to_timestamp($8::bigint::double precision / 1000.0), 'reconcile')
+                 ON CONFLICT (stream, entry_id) DO NOTHING",
+                &[
+                    &format!("{}:{}", b.rid, b.kind),
+                    &sku,
+                    &shard_i,
+                    &b.kind,
+                    &b.rid,
+                    &b.qty,
+                    &b.user,
+                    &b.ts,
+                ],
+            )
+            .await
+            .map_err(DbError::from)?;
+        }
+
+        // the Redis half, guarded by the newest outbox id of the snapshot
+        let sk = meta.keys(shard);
+        let mut keys = vec![sk.stock(), sk.books(), sk.holds(), sk.events()];
+        let mut args = vec![snap.last_id.clone()];
+        args.extend(target.fields().iter().map(|(_, v)| v.to_string()));
+        for (rid, status) in &plan.settle {
+            keys.push(format!("{}{}", sk.record_prefix(), rid));
+            args.push(rid.clone());
+            args.push(status.clone());
+        }
+        let reply = scripts::run(
+            self.inventory.pool(),
+            &self.metrics,
+            &self.inventory.scripts().fix,
+            keys,
+            args,
+        )
+        .await?;
+        let items = array(reply)?;
+        if text(at(&items, 0)?)? == "changed" {
+            return Ok("skipped: the shard changed during reconcile; run it again".into());
+        }
+        let before = Books {
+            available: int(at(&items, 1)?)?,
+            held: int(at(&items, 2)?)?,
+            sold: int(at(&items, 3)?)?,
+            initial: int(at(&items, 4)?)?,
+            xfer_in: int(at(&items, 5)?)?,
+            xfer_out: int(at(&items, 6)?)?,
+        };
+        let audit = "INSERT INTO reconcile_audit
+                (run_id, sku, shard, what, rid, redis_before, redis_after, detail, forced)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        for ((field, was), (_, now)) in before.fields().iter().zip(target.fields().iter()) {
+            if was == now {
+                continue;
+            }
+            tx.execute(
+                audit,
+                &[
+                    &run_id,
+                    &sku,
+                    &shard_i,
+                    field,
+                    &"",
+                    was,
+                    now,
+                    &format!("redis {field} {was} -> {now} (the ledger's books)"),
+                    &forced,
+                ],
+            )
+            .await
+            .map_err(DbError::from)?;
+        }
+        for r in &report.records {
+            tx.execute(
+                audit,
+                &[
+                    &run_id,
+                    &sku,
+                    &shard_i,
+                    &r.finding,
+                    &r.rid,
+                    &None::<i64>,
+                    &None::<i64>,
+                    &format!(
+                        "ledger {} / redis {} ({} units): {}",
+                        r.ledger, r.redis, r.qty, r.repair
+                    ),
+                    &forced,
+                ],
+            )
+            .await
+            .map_err(DbError::from)?;
+        }
+        tx.commit().await.map_err(|e| {
+            // Redis is already at the truth; the ledger rows and audit are not
+            // written. Running reconcile again finds the same findings and
+            // writes them (the backfill keys are deterministic).
+            DbError::from(e)
+        })?;
+        Ok("fixed".into())
+    }
+
+    fn err(&self, e: fred::error::Error) -> InventoryError {
+        scripts::classify(&self.metrics, e)
+    }
+}
+
+/// What `--fix` would do on one shard.
+struct Plan {
+    backfill: Vec<Backfill>,
+    /// Records Redis still shows as held, with the status the ledger has for them.
+    settle: Vec<(String, String)>,
+}
+
+/// Compare one shard; returns the report (with the ledger's books after the
+/// planned repairs) and the plan.
+fn compare(
+    meta: &SkuMeta,
+    shard: u16,
+    snap: &Snapshot,
+    mut ledger: LedgerShard,
+) -> (ShardReport, Plan) {
+    let mut plan = Plan {
+        backfill: Vec::new(),
+        settle: Vec::new(),
+    };
+    let mut records = Vec::new();
+    let rids: BTreeSet<String> = ledger
+        .rids
+        .keys()
+        .cloned()
+        .chain(snap.holds.iter().cloned())
+        .chain(snap.records.keys().cloned())
+        .collect();
+    for rid in rids {
+        let l = ledger.rids.get(&rid).cloned().unwrap_or_default();
+        let known = ledger.rids.contains_key(&rid);
+        let l_state = match (&l.end, l.held) {
+            (Some(e), _) => e.clone(),
+            (None, true) => "held".to_string(),
+            (None, false) => "none".to_string(),
+        };
+        let rec = snap.records.get(&rid);
+        let r_state = rec.map_or("absent".to_string(), |r| r.status.clone());
+        let mut drift = |finding: &'static str, qty: i64, repair: String| {
+            records.push(RecordDrift {
+                rid: rid.clone(),
+                qty,
+                ledger: l_state.clone(),
+                redis: r_state.clone(),
+                finding,
+                repair,
+            })
+        };
+        match rec {
+            Some(r) => {
+                let fill = |kind: &str, ts: i64| Backfill {
+                    rid: rid.clone(),
+                    kind: kind.to_string(),
+                    qty: r.qty,
+                    user: r.user.clone(),
+                    ts,
+                };
+                let mut entry = ledger.rids.get(&rid).cloned().unwrap_or(LedgerRid {
+                    qty: r.qty,
+                    user: r.user.clone(),
+                    held: false,
+                    end: None,
+                });
+                let r_end = TERMINAL.contains(&r.status.as_str());
+                match (&l.end, r_end) {
+                    (None, true) => {
+                        let mut rows = Vec::new();
+                        if !l.held {
+                            rows.push(fill("held", r.created));
+                        }
+                        rows.push(fill(&r.status, r.ended.max(r.created)));
+                        drift(
+                            "ledger_missing",
+                            r.qty,
+                            format!("backfill {} into the ledger", kinds(&rows)),
+                        );
+                        entry.held = true;
+                        entry.end = Some(r.status.clone());
+                        plan.backfill.extend(rows);
+                    }
+                    (None, false) if !l.held => {
+                        drift(
+                            "ledger_missing",
+                            r.qty,
+                            "backfill held into the ledger".into(),
+                        );
+                        entry.held = true;
+                        plan.backfill.push(fill("held", r.created));
+                    }
+                    (Some(end), false) => {
+                        drift(
+                            "record_behind",
+                            l.qty,
+                            format!("settle the Redis record as {end}"),
+                        );
+                        plan.settle.push((rid.clone(), end.clone()));
+                    }
+                    (Some(end), true) if *end != r.status => {
+                        drift(
+                            "status_conflict",
+                            l.qty,
+                            format!("the ledger's {end} stands; check the payment"),
+                        );
+                    }
+                    _ => {}
+                }
+                if entry.qty == 0 {
+                    entry.qty = r.qty;
+                }
+                ledger.rids.insert(rid.clone(), entry);
+            }
+            None if known && l.held && l.end.is_none() => {
+                drift(
+                    "hold_lost",
+                    l.qty,
+                    "close it as expired in the ledger (its units go back on sale)".into(),
+                );
+                plan.backfill.push(Backfill {
+                    rid: rid.clone(),
+                    kind: "expired".into(),
+                    qty: l.qty,
+                    user: l.user.clone(),
+                    ts: crate::inventory::now_ms(),
+                });
+                if let Some(e) = ledger.rids.get_mut(&rid) {
+                    e.end = Some("expired".into());
+                }
+            }
+            None => {}
+        }
+    }
+    let target = ledger.books();
+    let counters = snap
+        .books
+        .fields()
+        .iter()
+        .zip(target.fields().iter())
+        .filter(|(r, l)| r.1 != l.1)
+        .map(|(r, l)| CounterDrift {
+            field: r.0,
+            redis: r.1,
+            ledger: l.1,
+        })
+        .collect();
+    (
+        ShardReport {
+            shard,
+            stream: meta.keys(shard).events(),
+            redis: snap.books,
+            ledger: target,
+            redis_unaccounted: snap.books.unaccounted(),
+            counters,
+            records,
+            fix: None,
+        },
+        plan,
+    )
+}
+
+fn kinds(rows: &[Backfill]) -> String {
+    rows.iter()
+        .map(|b| b.kind.as_str())
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+// ------------------------------------------------------------------ rendering
+
+/// The human report: one aligned row per shard, `redis≠ledger` where they differ.
+pub fn table(report: &Report) -> String {
+    let mut out = format!(
+        "reconcile run {}: ledger lag at start {} events{}\n",
+        report.run_id,
+        report.ledger_lag_at_start,
+        if report.fix { ", --fix" } else { "" }
+    );
+    for s in &report.skus {
+        out.push('\n');
+        let verdict = if s.drift() { "DRIFT" } else { "clean" };
+        out.push_str(&format!(
+            "sku {}  {}  ({} shards{}{})\n",
+            s.sku,
+            verdict,
+            s.shards,
+            s.catalogue_stock
+                .map(|c| format!(", catalogue stock {c}"))
+                .unwrap_or_default(),
+            s.live
+                .as_deref()
+                .map(|l| format!(", live: {l}"))
+                .unwrap_or_default(),
+        ));
+        if s.missing_in_redis {
+            out.push_str("  not loaded in Redis, but the ledger has events for it\n");
+            continue;
+        }
+        let cell = |r: i64, l: i64| {
+            if r == l {
+                r.to_string()
+            } else {
+                format!("{r}≠{l}")
+            }
+        };
+        let header = [
+            "shard", "available", "held", "sold", "initial", "xfer_in", "xfer_out", "unacc.",
+            "fix",
+        ];
+        let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+        for sh in &s.per_shard {
+            let (r, l) = (sh.redis, sh.ledger);
+            rows.push(vec![
+                sh.shard.to_string(),
+                cell(r.available, l.available),
+                cell(r.held, l.held),
+                cell(r.sold, l.sold),
+                cell(r.initial, l.initial),
+                cell(r.xfer_in, l.xfer_in),
+                cell(r.xfer_out, l.xfer_out),
+                sh.redis_unaccounted.to_string(),
+                sh.fix.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        let widths: Vec<usize> = (0..header.len())
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        for row in &rows {
+            let mut line = String::from(" ");
+            for (c, v) in row.iter().enumerate() {
+                let pad = widths[c] - v.chars().count();
+                if c + 1 == row.len() {
+                    line.push_str(&format!(" {v}"));
+                } else {
+                    line.push_str(&format!(" {}{v}", " ".repeat(pad)));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        for sh in &s.per_shard {
+            for r in &sh.records {
+                out.push_str(&format!(
+                    "  shard {} {} ({} units): ledger {}, redis {} -> {}: {}\n",
+                    sh.shard, r.rid, r.qty, r.ledger, r.redis, r.finding, r.repair
+                ));
+            }
+        }
+    }
+    out.push_str(&format!(
+        "\n{}\n",
+        match (report.drift(), report.fix && report.repaired()) {
+            (false, _) => "no drift: every unit is accounted for".to_string(),
+            (true, true) => "drift found and repaired (see reconcile_audit); run reconcile again to confirm".to_string(),
+            (true, false) => "DRIFT: the books above do not agree (redis≠ledger); `--fix` repairs Redis from the ledger".to_string(),
+        }
+    ));
+    out
+}
+
+// ------------------------------------------------------------------ commands
+
+fn db_of(config: &Config) -> Result<Db, String> {
+    Db::new(&config.postgres_url, config.postgres_pool_size).map_err(|e| e.to_string())
+}
+
+async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Inventory>, String> {
+    Inventory::connect(config, metrics)
+        .await
+        .map(Arc::new)
+        .map_err(|e| format!("cannot reach redis at {}: {e}", config.redis_url))
+}
+
+/// `flashgate migrate`.
+pub async fn migrate(args: ServeArgs) -> Result<(), String> {
+    let config = args.resolve().map_err(|e| e.to_string())?;
+    let db = db_of(&config)?;
+    let applied = db.migrate().await.map_err(|e| e.to_string())?;
+    let latest = crate::db::MIGRATIONS.last().map_or(0, |m| m.0);
+    if applied.is_empty() {
+        println!("schema is up to date (version {latest}) at {}", db.url());
+    } else {
+        println!("applied migrations {applied:?} at {}; schema version {latest}", db.url());
+    }
+    Ok(())
+}
+
+/// `flashgate ledger`: a writer on its own, until SIGTERM or SIGINT.
+pub async fn ledger(args: ServeArgs) -> Result<(), String> {
+    let config = args.resolve().map_err(|e| e.to_string())?;
+    crate::cli::init_tracing(&config.log_format);
+    let db = db_of(&config)?;
+    let metrics = Arc::new(Metrics::new(1));
+    let inventory = connect(&config, metrics.clone()).await?;
+    let writer = Writer::new(
+        inventory.clone(),
+        db,
+        metrics,
+        LedgerSettings::from_config(&config),
+    );
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(ledger::run(writer, rx));
+    crate::shutdown::signal(Duration::from_secs(config.drain_seconds)).await;
+    let _ = tx.send(true);
+    let _ = task.await;
+    inventory.close().await;
+    Ok(())
+}
+
+/// `flashgate preload --from-postgres [--sku S] [--force | --if-absent]`.
+pub async fn preload_from_postgres(args: PreloadArgs) -> Result<(), String> {
+    let config = args.common.resolve().map_err(|e| e.to_string())?;
+    let db = db_of(&config)?;
+    db.migrate().await.map_err(|e| e.to_string())?;
+    let only = (!args.sku.is_empty()).then_some(args.sku.as_str());
+    let rows = db.catalogue(only).await.map_err(|e| e.to_string())?;
+    if rows.is_empty() {
+        return Err(match only {
+            Some(s) => format!("no row for {s} in the skus table at {}", db.url()),
+            None => format!("the skus table at {} is empty", db.url()),
+        });
+    }
+    let inventory = connect(&config, Arc::new(Metrics::new(1))).await?;
+    let mut refused = Vec::new();
+    for row in rows {
+        let sku = Sku::parse(&row.sku)?;
+        let shards = u16::try_from(row.shards).map_err(|_| format!("{sku}: bad shard count"))?;
+        let outcome = inventory
+            .preload(&sku, row.stock, shards, args.force)
+            .await
+            .map_err(|e| crate::error::ApiError::from(e).message())?;
+        match outcome {
+            PreloadOutcome::Loaded { per_shard } => {
+                db.mark_loaded(sku.as_str()).await.map_err(|e| e.to_string())?;
+                println!(
+                    "loaded {sku}: {} units over {shards} shards {per_shard:?}",
+                    row.stock
+                );
+            }
+            PreloadOutcome::AlreadyLoaded if args.if_absent => {
+                println!("{sku} is already loaded; left as it is");
+            }
+            PreloadOutcome::AlreadyLoaded => {
+                println!("{sku} is already loaded (a live sale?); left as it is");
+                refused.push(sku.to_string());
+            }
+        }
+    }
+    inventory.close().await;
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} already loaded, nothing changed for them; --force overwrites available units, --if-absent accepts this",
+            refused.join(", ")
+        ))
+    }
+}
+
+/// `flashgate reconcile`: exit 0 when clean (or every drift repaired by
+/// `--fix`), 1 when drift is left, 2 when reconcile could not run.
+pub async fn main(args: ReconcileArgs) -> ExitCode {
+    match reconcile_cmd(&args).await {
+        Ok(report) => {
+            match args.format {
+                Format::Json => match serde_json::to_string_pretty(&report) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("flashgate: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                Format::Table => print!("{}", table(&report)),
+            }
+            ExitCode::from(report.exit_code())
+        }
+        Err(msg) => {
+            eprintln!("flashgate reconcile: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn reconcile_cmd(args: &ReconcileArgs) -> Result<Report, String> {
+    let config = args.common.resolve().map_err(|e| e.to_string())?;
+    let sku = args.sku.as_deref().map(Sku::parse).transpose()?;
+    let db = db_of(&config)?;
+    let metrics = Arc::new(Metrics::new(1));
+    let inventory = connect(&config, metrics.clone()).await?;
+    let mut settings = LedgerSettings::from_config(&config);
+    settings.consumer = ledger::default_consumer("reconcile");
+    let mut r = Reconciler::new(inventory.clone(), db, metrics, settings);
+    let result = r
+        .run(&Options {
+            sku,
+            fix: args.fix,
+            force: args.force,
+            wait: Duration::from_secs(args.wait_seconds),
+            quiet_ms: i64::try_from(args.quiet_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
+        })
+        .await;
+    inventory.close().await;
+    result.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rid(l: &mut LedgerShard, id: &str, qty: i64, held: bool, end: Option<&str>) {
+        l.rids.insert(
+            id.into(),
+            LedgerRid {
+                qty,
+                user: "u".into(),
+                held,
+                end: end.map(str::to_string),
+            },
+        );
+    }
+
+    #[test]
+    fn ledger_books_count_each_reservation_once() {
+        let mut l = LedgerShard {
+            initial: 10,
+            ..LedgerShard::default()
+        };
+        rid(&mut l, "a", 2, true, Some("confirmed"));
+        rid(&mut l, "b", 1, true, None);
+        rid(&mut l, "c", 3, true, Some("expired"));
+        rid(&mut l, "d", 1, false, Some("confirmed")); // its held event is missing
+        let b = l.books();
+        assert_eq!((b.sold, b.held, b.available), (3, 1, 6));
+        assert_eq!(b.unaccounted(), 0);
+    }
+}
