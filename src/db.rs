@@ -14,11 +14,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 /// The migrations, in order. A shipped migration is never edited: add one.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "ledger",
-    include_str!("../migrations/0001_ledger.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "ledger", include_str!("../migrations/0001_ledger.sql"))];
 
 /// Serialises concurrent migrators (any constant unique to flashgate).
 const MIGRATION_LOCK: i64 = 0x666c_6173_6867_6174; // "flashgat"
@@ -134,7 +131,10 @@ impl Db {
                 continue;
             }
             tx.batch_execute(sql).await.map_err(|e| {
-                DbError::Query(format!("migration {version} ({name}): {}", DbError::from(e)))
+                DbError::Query(format!(
+                    "migration {version} ({name}): {}",
+                    DbError::from(e)
+                ))
             })?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
@@ -251,6 +251,9 @@ mod tests {
     #[test]
     fn empty_url_is_not_configured() {
         assert!(matches!(Db::new("", 1), Err(DbError::NotConfigured)));
-        assert!(matches!(Db::new("postgres://h:notaport/x", 1), Err(DbError::BadUrl(_))));
+        assert!(matches!(
+            Db::new("postgres://h:notaport/x", 1),
+            Err(DbError::BadUrl(_))
+        ));
     }
 }

@@ -331,7 +331,12 @@ impl Writer {
         Ok(written)
     }
 
-    async fn redis(&self, cmd: &'static str, key_at: usize, args: Vec<String>) -> Result<Value, InventoryError> {
+    async fn redis(
+        &self,
+        cmd: &'static str,
+        key_at: usize,
+        args: Vec<String>,
+    ) -> Result<Value, InventoryError> {
         let command = CustomCommand::new_static(cmd, ClusterHash::Offset(key_at), false);
         self.inventory
             .pool()
@@ -400,8 +405,16 @@ impl Writer {
                 .await?;
             // [next cursor, [entry, ...], [deleted id, ...]] (Redis >= 7)
             let mut parts = items(reply).into_iter();
-            let next = parts.next().map(|v| text(&v)).transpose()?.unwrap_or_default();
-            let claimed = parts.next().map(parse_entries).transpose()?.unwrap_or_default();
+            let next = parts
+                .next()
+                .map(|v| text(&v))
+                .transpose()?
+                .unwrap_or_default();
+            let claimed = parts
+                .next()
+                .map(parse_entries)
+                .transpose()?
+                .unwrap_or_default();
             let deleted: Vec<String> = parts
                 .next()
                 .map(items)
@@ -452,24 +465,17 @@ impl Writer {
                 .await?;
             // [count, smallest id, largest id, [[consumer, count], ...]]
             let parts = items(reply);
-            match parts.get(1).map(text).transpose()? {
-                Some(oldest) if !oldest.is_empty() => {
-                    if id_lt(&oldest, &min) {
-                        min = oldest;
-                    }
+            if let Some(oldest) = parts.get(1).map(text).transpose()? {
+                if !oldest.is_empty() && id_lt(&oldest, &min) {
+                    min = oldest;
                 }
-                _ => {}
             }
         }
         if min == "0-0" {
             return Ok(());
         }
-        self.redis(
-            "XTRIM",
-            0,
-            vec![key.to_string(), "MINID".into(), min],
-        )
-        .await?;
+        self.redis("XTRIM", 0, vec![key.to_string(), "MINID".into(), min])
+            .await?;
         Ok(())
     }
 
@@ -495,10 +501,7 @@ pub async fn ensure_group(
     let r: Result<Value, _> = inventory
         .pool()
         .next()
-        .custom(
-            command,
-            vec!["CREATE", key, GROUP, "0", "MKSTREAM"],
-        )
+        .custom(command, vec!["CREATE", key, GROUP, "0", "MKSTREAM"])
         .await;
     match r {
         Ok(_) => Ok(()),

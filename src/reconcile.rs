@@ -351,8 +351,13 @@ impl Reconciler {
             tokio::time::sleep(SNAPSHOT_RETRY).await;
         }
 
-        let mut skus: BTreeSet<String> =
-            self.inventory.skus().await?.iter().map(|s| s.to_string()).collect();
+        let mut skus: BTreeSet<String> = self
+            .inventory
+            .skus()
+            .await?
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let client = self.db.get().await?;
         for row in client
             .query("SELECT DISTINCT sku FROM ledger_events", &[])
@@ -1033,7 +1038,14 @@ pub fn table(report: &Report) -> String {
             }
         };
         let header = [
-            "shard", "available", "held", "sold", "initial", "xfer_in", "xfer_out", "unacc.",
+            "shard",
+            "available",
+            "held",
+            "sold",
+            "initial",
+            "xfer_in",
+            "xfer_out",
+            "unacc.",
             "fix",
         ];
         let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
@@ -1109,7 +1121,10 @@ pub async fn migrate(args: ServeArgs) -> Result<(), String> {
     if applied.is_empty() {
         println!("schema is up to date (version {latest}) at {}", db.url());
     } else {
-        println!("applied migrations {applied:?} at {}; schema version {latest}", db.url());
+        println!(
+            "applied migrations {applied:?} at {}; schema version {latest}",
+            db.url()
+        );
     }
     Ok(())
 }
@@ -1160,7 +1175,9 @@ pub async fn preload_from_postgres(args: PreloadArgs) -> Result<(), String> {
             .map_err(|e| crate::error::ApiError::from(e).message())?;
         match outcome {
             PreloadOutcome::Loaded { per_shard } => {
-                db.mark_loaded(sku.as_str()).await.map_err(|e| e.to_string())?;
+                db.mark_loaded(sku.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 println!(
                     "loaded {sku}: {} units over {shards} shards {per_shard:?}",
                     row.stock

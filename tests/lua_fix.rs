@@ -45,7 +45,13 @@ impl Fixture {
         let _: () = c
             .hset(
                 self.k.books(),
-                [("initial", 10), ("held", 2), ("sold", 3), ("xin", 0), ("xout", 0)],
+                [
+                    ("initial", 10),
+                    ("held", 2),
+                    ("sold", 3),
+                    ("xin", 0),
+                    ("xout", 0),
+                ],
             )
             .await
             .unwrap();
@@ -56,7 +62,14 @@ impl Fixture {
                 .unwrap();
         }
         let _: () = c
-            .zadd(self.k.holds(), None, None, false, false, vec![(1.0, "h1"), (1.0, "h2")])
+            .zadd(
+                self.k.holds(),
+                None,
+                None,
+                false,
+                false,
+                vec![(1.0, "h1"), (1.0, "h2")],
+            )
             .await
             .unwrap();
         let id: String = c
@@ -70,8 +83,18 @@ impl Fixture {
         format!("{}{}", self.k.record_prefix(), rid)
     }
 
-    async fn fix(&self, seen: &str, books: [i64; 6], settle: &[(&str, &str)]) -> Result<Vec<String>, String> {
-        let mut keys = vec![self.k.stock(), self.k.books(), self.k.holds(), self.k.events()];
+    async fn fix(
+        &self,
+        seen: &str,
+        books: [i64; 6],
+        settle: &[(&str, &str)],
+    ) -> Result<Vec<String>, String> {
+        let mut keys = vec![
+            self.k.stock(),
+            self.k.books(),
+            self.k.holds(),
+            self.k.events(),
+        ];
         let mut args = vec![seen.to_string()];
         args.extend(books.iter().map(i64::to_string));
         for (rid, status) in settle {
@@ -99,7 +122,12 @@ impl Fixture {
     }
 
     async fn status(&self, rid: &str) -> String {
-        let s: Option<String> = self.pool.next().hget(self.record(rid), "status").await.unwrap();
+        let s: Option<String> = self
+            .pool
+            .next()
+            .hget(self.record(rid), "status")
+            .await
+            .unwrap();
         s.unwrap_or_default()
     }
 }
@@ -113,19 +141,35 @@ async fn fix_sets_the_books_and_settles_records_the_ledger_ended() {
         .fix(&seen, [5, 1, 4, 10, 0, 0], &[("h2", "confirmed")])
         .await
         .expect("fix runs");
-    assert_eq!(reply, vec!["ok", "9", "2", "3", "10", "0", "0"], "the values before");
+    assert_eq!(
+        reply,
+        vec!["ok", "9", "2", "3", "10", "0", "0"],
+        "the values before"
+    );
     let (stock, books) = f.books().await;
     assert_eq!(stock, 5);
     assert_eq!((books["held"], books["sold"], books["initial"]), (1, 4, 10));
     assert_eq!(f.status("h2").await, "confirmed");
-    assert_eq!(f.status("h1").await, "held", "a hold the ledger agrees on stays");
-    let holds: Vec<String> = f.pool.next().zrange(f.k.holds(), 0, -1, None, false, None, false).await.unwrap();
+    assert_eq!(
+        f.status("h1").await,
+        "held",
+        "a hold the ledger agrees on stays"
+    );
+    let holds: Vec<String> = f
+        .pool
+        .next()
+        .zrange(f.k.holds(), 0, -1, None, false, None, false)
+        .await
+        .unwrap();
     assert_eq!(holds, vec!["h1"], "the settled record left the expiry list");
     // books add up: 10 = 5 + 1 + 4
     assert_eq!(books["initial"], stock + books["held"] + books["sold"]);
 
     // a second identical fix is a no-op on the books
-    let again = f.fix(&seen, [5, 1, 4, 10, 0, 0], &[("h2", "confirmed")]).await.unwrap();
+    let again = f
+        .fix(&seen, [5, 1, 4, 10, 0, 0], &[("h2", "confirmed")])
+        .await
+        .unwrap();
     assert_eq!(again, vec!["ok", "5", "1", "4", "10", "0", "0"]);
 }
 
@@ -139,11 +183,18 @@ async fn fix_refuses_when_the_shard_moved_since_the_snapshot() {
         .xadd(f.k.events(), false, None, "*", vec![("type", "confirmed")])
         .await
         .unwrap();
-    let reply = f.fix(&seen, [5, 1, 4, 10, 0, 0], &[("h2", "confirmed")]).await.unwrap();
+    let reply = f
+        .fix(&seen, [5, 1, 4, 10, 0, 0], &[("h2", "confirmed")])
+        .await
+        .unwrap();
     assert_eq!(reply[0], "changed");
     assert_ne!(reply[1], seen);
     let (stock, books) = f.books().await;
-    assert_eq!((stock, books["held"], books["sold"]), (9, 2, 3), "nothing written");
+    assert_eq!(
+        (stock, books["held"], books["sold"]),
+        (9, 2, 3),
+        "nothing written"
+    );
     assert_eq!(f.status("h2").await, "held");
 
     // an empty stream is '' on both sides
@@ -167,7 +218,10 @@ async fn fix_refuses_books_that_do_not_add_up() {
     let (stock, _) = f.books().await;
     assert_eq!(stock, 9);
     // a record that is no longer held is left as it is
-    let reply = f.fix(&seen, [5, 1, 4, 10, 0, 0], &[("c1", "expired")]).await.unwrap();
+    let reply = f
+        .fix(&seen, [5, 1, 4, 10, 0, 0], &[("c1", "expired")])
+        .await
+        .unwrap();
     assert_eq!(reply[0], "ok");
     assert_eq!(f.status("c1").await, "confirmed");
     let _ = Value::Null;

@@ -26,7 +26,11 @@ fn bin_dir() -> PathBuf {
     }
     // Debian keeps the server binaries off PATH, one dir per major version
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     found.retain(|p| p.join("initdb").exists());
     found.sort_by_key(|p| {
@@ -36,9 +40,9 @@ fn bin_dir() -> PathBuf {
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(0)
     });
-    found
-        .pop()
-        .expect("PostgreSQL server binaries not found (`make test` installs the postgresql package)")
+    found.pop().expect(
+        "PostgreSQL server binaries not found (`make test` installs the postgresql package)",
+    )
 }
 
 fn is_root() -> bool {
@@ -72,7 +76,16 @@ impl PostgresServer {
             .as_server_user(&s.bin.join("initdb"))
             .arg("-D")
             .arg(s.data())
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
             .stdout(Stdio::null())
             .output()
             .expect("initdb runs");
@@ -137,7 +150,14 @@ impl PostgresServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let ok = Command::new(self.bin.join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
                 .stdout(Stdio::null())
                 .status()
                 .map(|s| s.success())
@@ -183,7 +203,14 @@ impl PostgresServer {
     /// Run SQL with psql; returns its unaligned, tuples-only output.
     pub fn psql(&self, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
             .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
             .output()
             .expect("psql runs");
