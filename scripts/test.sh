@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Quick start, command 2: the whole test suite. Tests start their own
-# redis-server processes on free ports in temp dirs; this installs what they
+# redis-server (and PostgreSQL) processes on free ports in temp dirs; this installs what they
 # need first. Extra arguments go to the test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 ensure_rust
 ensure_redis
+ensure_postgres
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

@@ -47,6 +47,10 @@ pub const GROUP: &str = "ledger";
 const BATCHES_PER_STREAM: usize = 20;
 /// How often lag is measured, streams trimmed and stale entries claimed.
 const CHORE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often idle consumers of dead writers are dropped from the group.
+const FORGET_INTERVAL: Duration = Duration::from_secs(60);
+/// A consumer idle this long, with nothing pending, belongs to a gone writer.
+const FORGET_IDLE_MS: i64 = 3_600_000;
 /// Longest pause between attempts while Postgres or Redis is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -145,6 +149,7 @@ pub struct Writer {
     /// at start; again after a failed write).
     recheck: HashSet<String>,
     fresh: bool,
+    last_forget: Option<Instant>,
 }
 
 impl Writer {
@@ -162,6 +167,7 @@ impl Writer {
             grouped: HashSet::new(),
             recheck: HashSet::new(),
             fresh: true,
+            last_forget: None,
         }
     }
 
@@ -222,6 +228,15 @@ impl Writer {
                 self.trim(&s.key, &g).await?;
             }
             self.metrics.ledger_lag.set(lag);
+            if self
+                .last_forget
+                .is_none_or(|t| t.elapsed() >= FORGET_INTERVAL)
+            {
+                self.last_forget = Some(Instant::now());
+                for s in &streams {
+                    self.forget_idle_consumers(&s.key).await?;
+                }
+            }
         }
         match failed {
             Some(e) => Err(e),
@@ -476,6 +491,41 @@ impl Writer {
         }
         self.redis("XTRIM", 0, vec![key.to_string(), "MINID".into(), min])
             .await?;
+        Ok(())
+    }
+
+    /// Every process joins the group under a new name; drop the names of
+    /// writers gone for [`FORGET_IDLE_MS`] with nothing pending, so the group
+    /// does not grow with every restart. A consumer with pending entries is
+    /// never dropped: those entries wait to be claimed.
+    async fn forget_idle_consumers(&self, key: &str) -> Result<(), InventoryError> {
+        let reply = match self
+            .redis(
+                "XINFO",
+                1,
+                vec!["CONSUMERS".into(), key.into(), GROUP.into()],
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if e.to_string().contains("NOGROUP") => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for c in items(reply) {
+            let f = pairs(c);
+            let n = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok());
+            let (Some(name), Some(0), Some(idle)) = (f.get("name"), n("pending"), n("idle")) else {
+                continue;
+            };
+            if idle >= FORGET_IDLE_MS && *name != self.settings.consumer {
+                self.redis(
+                    "XGROUP",
+                    1,
+                    vec!["DELCONSUMER".into(), key.into(), GROUP.into(), name.clone()],
+                )
+                .await?;
+            }
+        }
         Ok(())
     }
 
