@@ -47,6 +47,8 @@ pub const GROUP: &str = "ledger";
 const BATCHES_PER_STREAM: usize = 20;
 /// How often lag is measured, streams trimmed and stale entries claimed.
 const CHORE_INTERVAL: Duration = Duration::from_secs(1);
+/// Most entries counted one by one when Redis cannot tell a group's lag.
+const UNDELIVERED_CAP: usize = 100_000;
 /// How often idle consumers of dead writers are dropped from the group.
 const FORGET_INTERVAL: Duration = Duration::from_secs(60);
 /// A consumer idle this long, with nothing pending, belongs to a gone writer.
@@ -636,7 +638,14 @@ async fn undelivered(
         .next()
         .custom(
             CustomCommand::new_static("XRANGE", ClusterHash::Offset(0), false),
-            vec![key.to_string(), start, "+".into()],
+            // bounded: beyond this many the lag is reported as this many
+            vec![
+                key.to_string(),
+                start,
+                "+".into(),
+                "COUNT".into(),
+                UNDELIVERED_CAP.to_string(),
+            ],
         )
         .await
         .map_err(|e| classify(metrics, e))?;

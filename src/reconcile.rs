@@ -317,6 +317,8 @@ pub struct Reconciler {
 }
 
 const SNAPSHOT_RETRY: Duration = Duration::from_millis(100);
+/// Reservation records read per pipeline.
+const RECORD_CHUNK: usize = 500;
 const TERMINAL: [&str; 3] = ["confirmed", "released", "expired"];
 
 impl Reconciler {
@@ -342,14 +344,10 @@ impl Reconciler {
         let lag_at_start = self.writer.lag().await?;
         // Catch the ledger up ourselves (one more writer in the group): with
         // no writer running, reconcile still sees every event.
+        // Until a pass finds nothing new: entries pending with another (live)
+        // writer are waited for per shard, below.
         let deadline = Instant::now() + opts.wait;
-        loop {
-            self.writer.pass(true).await?;
-            if self.writer.lag().await? == 0 || Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(SNAPSHOT_RETRY).await;
-        }
+        while self.writer.pass(true).await?.delivered > 0 && Instant::now() < deadline {}
 
         let mut skus: BTreeSet<String> = self
             .inventory
@@ -413,18 +411,14 @@ impl Reconciler {
                 per_shard: Vec::new(),
             });
         };
-        let mut snaps = Vec::new();
+        let mut read = Vec::new();
         for s in 0..meta.shards {
-            let snap = self.snapshot(&meta, s, deadline).await?;
-            snaps.push(snap);
+            read.push(self.read_shard(&meta, s, deadline).await?);
         }
-        let live = self.live(&meta, &snaps, opts.quiet_ms).await?;
+        let live = self.live(&meta, &read, opts.quiet_ms).await?;
         let mut per_shard = Vec::new();
-        for (s, snap) in snaps.into_iter().enumerate() {
+        for (s, (snap, ledger)) in read.into_iter().enumerate() {
             let s = s as u16; // < meta.shards
-            let ledger = self.ledger_shard(sku, s).await?;
-            // records of every reservation the ledger knows, not only the live holds
-            let snap = self.complete(&meta, s, snap, &ledger, deadline).await?;
             let (mut report, plan) = compare(&meta, s, &snap, ledger);
             if opts.fix && report.drift() {
                 report.fix = Some(if live.is_some() && !opts.force {
@@ -453,9 +447,10 @@ impl Reconciler {
     async fn live(
         &self,
         meta: &SkuMeta,
-        snaps: &[Snapshot],
+        read: &[(Snapshot, LedgerShard)],
         quiet_ms: i64,
     ) -> Result<Option<String>, ReconcileError> {
+        let snaps: Vec<&Snapshot> = read.iter().map(|(s, _)| s).collect();
         let holds: usize = snaps.iter().map(|s| s.holds.len()).sum();
         if holds > 0 {
             return Ok(Some(format!("{holds} holds outstanding")));
@@ -541,51 +536,89 @@ impl Reconciler {
         }
     }
 
-    /// Read the records of `ledger`'s reservations and of the live holds;
-    /// the shard must not have moved since the snapshot.
+    /// One shard, Redis and ledger, as of one newest outbox id.
+    async fn read_shard(
+        &mut self,
+        meta: &SkuMeta,
+        shard: u16,
+        deadline: Instant,
+    ) -> Result<(Snapshot, LedgerShard), ReconcileError> {
+        loop {
+            let snap = self.snapshot(meta, shard, deadline).await?;
+            let ledger = self.ledger_shard(&meta.sku, shard).await?;
+            if let Some(snap) = self.complete(meta, shard, snap, &ledger).await? {
+                return Ok((snap, ledger));
+            }
+            if Instant::now() >= deadline {
+                return Err(ReconcileError::Busy {
+                    stream: meta.keys(shard).events(),
+                    waited: deadline.elapsed(),
+                });
+            }
+        }
+    }
+
+    /// Add the records of `ledger`'s reservations and of the live holds to
+    /// the snapshot; None when the shard moved since (read it all again).
     async fn complete(
         &mut self,
         meta: &SkuMeta,
         shard: u16,
         mut snap: Snapshot,
         ledger: &LedgerShard,
-        deadline: Instant,
-    ) -> Result<Snapshot, ReconcileError> {
+    ) -> Result<Option<Snapshot>, ReconcileError> {
         let sk = meta.keys(shard);
-        let rids: BTreeSet<&String> = ledger.rids.keys().chain(snap.holds.iter()).collect();
+        let rids: Vec<&String> = ledger
+            .rids
+            .keys()
+            .chain(snap.holds.iter())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let client = self.inventory.pool().next();
-        for rid in rids {
-            let key = format!("{}{}", sk.record_prefix(), rid);
-            let f: HashMap<String, String> = client.hgetall(key).await.map_err(|e| self.err(e))?;
-            let Some(status) = f.get("status") else {
-                continue;
+        // pipelined, a chunk at a time: a big sale has many reservations
+        for chunk in rids.chunks(RECORD_CHUNK) {
+            let pipe = client.pipeline();
+            for rid in chunk {
+                let key = format!("{}{}", sk.record_prefix(), rid);
+                let _: () = pipe
+                    .hmget(key, vec!["status", "qty", "user", "created", "ended"])
+                    .await
+                    .map_err(|e| self.err(e))?;
+            }
+            let replies: Value = pipe.all().await.map_err(|e| self.err(e))?;
+            let replies = match replies {
+                Value::Array(a) if chunk.len() > 1 => a,
+                // one command: its reply, possibly wrapped in an array of one
+                Value::Array(mut a) if a.len() == 1 && matches!(a[0], Value::Array(_)) => {
+                    vec![a.remove(0)]
+                }
+                one => vec![one],
             };
-            let n = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-            snap.records.insert(
-                rid.clone(),
-                Record {
-                    status: status.clone(),
-                    qty: n("qty"),
-                    user: f.get("user").cloned().unwrap_or_default(),
-                    created: n("created"),
-                    ended: n("ended"),
-                },
-            );
+            for (rid, reply) in chunk.iter().zip(replies) {
+                let f: Vec<String> = array(reply)?
+                    .iter()
+                    .map(|v| text(v).unwrap_or_default())
+                    .collect();
+                let get = |i: usize| f.get(i).cloned().unwrap_or_default();
+                let n = |i: usize| get(i).parse::<i64>().unwrap_or(0);
+                if get(0).is_empty() {
+                    continue; // no record
+                }
+                snap.records.insert(
+                    (*rid).clone(),
+                    Record {
+                        status: get(0),
+                        qty: n(1),
+                        user: get(2),
+                        created: n(3),
+                        ended: n(4),
+                    },
+                );
+            }
         }
         let l3 = ledger::last_id(&self.inventory, &self.metrics, &sk.events()).await?;
-        if l3 != snap.last_id {
-            if Instant::now() >= deadline {
-                return Err(ReconcileError::Busy {
-                    stream: sk.events(),
-                    waited: deadline.elapsed(),
-                });
-            }
-            // moved under us: read it all again
-            let fresh = self.snapshot(meta, shard, deadline).await?;
-            let ledger = self.ledger_shard(&meta.sku, shard).await?;
-            return Box::pin(self.complete(meta, shard, fresh, &ledger, deadline)).await;
-        }
-        Ok(snap)
+        Ok((l3 == snap.last_id).then_some(snap))
     }
 
     /// Every entry of `stream` up to `id` is committed to the ledger: the group
