@@ -1,1 +1,55 @@
-fn main() {}
+//! flashgate-loadtest: a simulated flash sale against a running flashgate
+//! (or one it starts itself with `--spawn`), with the books checked after it
+//! and three baselines measured in the same run.
+//!
+//! Layout: `cli` (flags) → `run` (the phases in order) → `sale` (buyers, the
+//! wave, fixed-duration hammering), `http` (the v1 client), `redis`
+//! (books, commandstats, redis-benchmark), `sql` (hot-row baseline), `procs`
+//! (spawned redis-server/flashgate) → `stats`, `books` (pure maths, unit
+//! tested) → `report`, `chart` (outputs).
+
+mod books;
+mod chart;
+mod cli;
+mod http;
+mod procs;
+mod redis;
+mod report;
+mod run;
+mod sale;
+mod sql;
+mod stats;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flashgate-loadtest: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = run::run(args) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("flashgate-loadtest: the books or the idempotency checks failed (see above)");
+            std::process::ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("flashgate-loadtest: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Command-line flags. Every load loop the flags start is bounded twice: by a
+//! count and by a time limit, and every address must be on 127.0.0.1.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Simulate a flash sale against a running flashgate, check the books and
+/// compare with three baselines (HTTP ceiling, Redis limit, naive SQL).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "flashgate-loadtest", version)]
+pub struct Args {
+    /// Base URL of the flashgate under test (127.0.0.1 only). Ignored with --spawn.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub target: String,
+
+    /// Redis the service uses (127.0.0.1 only). Ignored with --spawn.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Storefront API key sent as `Authorization: Bearer` on /v1/ requests.
+    /// With --spawn a fresh key is made and given to the spawned flashgate.
+    #[arg(long, env = "FLASHGATE_LOADTEST_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Preload the SKU with this purchase cap per buyer (default: none).
+    #[arg(long)]
+    pub max_per_user: Option<u32>,
+
+    /// Start our own redis-server (temp dir, no persistence) and flashgate
+    /// (`--flashgate-bin serve`) on free ports, and stop both at the end.
+    #[arg(long)]
+    pub spawn: bool,
+
+    /// The flashgate binary: used for `preload`, and for `serve` with --spawn.
+    #[arg(long, default_value = "target/release/flashgate")]
+    pub flashgate_bin: PathBuf,
+
+    /// redis-server binary for --spawn.
+    #[arg(long, default_value = "redis-server")]
+    pub redis_server_bin: PathBuf,
+
+    /// Hold duration the service uses (passed to `serve` with --spawn); the
+    /// wait for abandoned holds to expire is derived from it.
+    #[arg(long, default_value_t = 30)]
+    pub hold_seconds: u64,
+
+    /// Longest wait for abandoned holds to expire before the books are checked
+    /// (default: hold_seconds + 15).
+    #[arg(long)]
+    pub expiry_wait_seconds: Option<u64>,
+
+    /// SKU to sell (default: a fresh `LT<unix seconds>`, so books start empty).
+    #[arg(long)]
+    pub sku: Option<String>,
+
+    /// Buyers (each makes one reserve attempt, plus retries/abuse below).
+    #[arg(long, default_value_t = 50_000)]
+    pub buyers: u64,
+
+    /// Units for sale.
+    #[arg(long, default_value_t = 500)]
+    pub stock: u64,
+
+    /// Shards the SKU's stock is split over.
+    #[arg(long, default_value_t = 4)]
+    pub shards: u32,
+
+    /// Concurrent HTTP connections (= concurrent in-flight requests).
+    #[arg(long, default_value_t = 256)]
+    pub connections: usize,
+
+    /// Spread buyer arrivals evenly over this many ms (0 = everyone at T0).
+    #[arg(long, default_value_t = 0)]
+    pub ramp_ms: u64,
+
+    /// Share of buyers whose client retries the same request (same
+    /// Idempotency-Key and body) after the first answer, as after a lost response.
+    #[arg(long, default_value_t = 0.05)]
+    pub retry_share: f64,
+
+    /// Share of buyers who hammer reserve with fresh keys.
+    #[arg(long, default_value_t = 0.01)]
+    pub abusive_share: f64,
+
+    /// Reserve requests each abusive buyer sends.
+    #[arg(long, default_value_t = 20)]
+    pub abusive_requests: u32,
+
+    /// Share of holders who confirm.
+    #[arg(long, default_value_t = 0.6)]
+    pub confirm_share: f64,
+
+    /// Share of holders who release (the rest abandon; their holds expire).
+    #[arg(long, default_value_t = 0.2)]
+    pub release_share: f64,
+
+    /// Do not preload the SKU (it must already be loaded with --stock/--shards).
+    #[arg(long)]
+    pub no_preload: bool,
+
+    /// Time limit of the reserve wave, seconds.
+    #[arg(long, default_value_t = 120)]
+    pub wave_max_seconds: u64,
+
+    /// Duration of the sold-out phase (reserve hammered after stock is gone).
+    #[arg(long, default_value_t = 5)]
+    pub soldout_seconds: u64,
+
+    /// Duration of the healthz baseline (default: the wave's duration, 2..=30 s).
+    #[arg(long)]
+    pub healthz_seconds: Option<u64>,
+
+    /// Cap on requests of any fixed-duration phase.
+    #[arg(long, default_value_t = 5_000_000)]
+    pub phase_max_requests: u64,
+
+    /// Per-request timeout, ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
+    /// Duration of the capacity phase: reserve hammered on a second SKU with
+    /// more stock than it can take, for the sustained reserve rate (0 = skip).
+    #[arg(long, default_value_t = 5)]
+    pub capacity_seconds: u64,
+
+    /// Skip the Redis baseline (redis-benchmark EVALSHA of lua/reserve.lua).
+    #[arg(long)]
+    pub no_redis_baseline: bool,
+
+    /// Directory holding the service's Lua scripts (lib.lua + reserve.lua).
+    #[arg(long, default_value = "lua")]
+    pub lua_dir: PathBuf,
+
+    /// redis-benchmark binary.
+    #[arg(long, default_value = "redis-benchmark")]
+    pub redis_benchmark_bin: PathBuf,
+
+    /// Requests per redis-benchmark run.
+    #[arg(long, default_value_t = 200_000)]
+    pub redis_bench_requests: u64,
+
+    /// Skip the naive SQL baseline.
+    #[arg(long)]
+    pub no_sql: bool,
+
+    /// PostgreSQL for the SQL baseline (127.0.0.1 only).
+    #[arg(
+        long,
+        default_value = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+    )]
+    pub pg: String,
+
+    /// Duration of the SQL baseline, seconds.
+    #[arg(long, default_value_t = 5)]
+    pub sql_seconds: u64,
+
+    /// Runtime worker threads of the load generator (it shares the machine
+    /// with the service and Redis).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+
+    /// Seed for buyer roles (retry, abusive, confirm/release/abandon).
+    #[arg(long, default_value_t = 8)]
+    pub seed: u64,
+
+    /// Width of a chart/timeline bucket, ms.
+    #[arg(long, default_value_t = 100)]
+    pub bucket_ms: u64,
+
+    /// Where the run's summary.json, chart.png and logs go (a run subdirectory is created).
+    #[arg(long, default_value = "bench-results")]
+    pub out_dir: PathBuf,
+
+    /// TTF font for the chart's labels (the chart is drawn without text if absent).
+    #[arg(
+        long,
+        default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+    )]
+    pub font: PathBuf,
+}
+
+impl Args {
+    /// Reject settings that would make the run meaningless or unbounded.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let share = |name: &str, v: f64| {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&v),
+                "{name} must be within 0..=1, got {v}"
+            );
+            Ok(())
+        };
+        share("--retry-share", self.retry_share)?;
+        share("--abusive-share", self.abusive_share)?;
+        share("--confirm-share", self.confirm_share)?;
+        share("--release-share", self.release_share)?;
+        anyhow::ensure!(
+            self.confirm_share + self.release_share <= 1.0,
+            "--confirm-share + --release-share must be <= 1"
+        );
+        anyhow::ensure!(self.buyers > 0, "--buyers must be > 0");
+        anyhow::ensure!(self.shards > 0, "--shards must be > 0");
+        anyhow::ensure!(
+            self.connections > 0 && self.connections <= 10_000,
+            "--connections must be within 1..=10000"
+        );
+        anyhow::ensure!(self.bucket_ms > 0, "--bucket-ms must be > 0");
+        anyhow::ensure!(self.threads > 0, "--threads must be > 0");
+        Ok(())
+    }
+}

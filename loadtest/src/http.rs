@@ -1,0 +1,267 @@
+//! The HTTP client side of the v1 API: one request in, one [`Answer`] out,
+//! timed against the run's epoch. Requests go to 127.0.0.1 only.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::stats::{Outcome, Phase, Sample};
+
+/// `http://127.0.0.1:PORT` from a URL whose host is 127.0.0.1 or localhost;
+/// anything else is refused (this tool generates load only locally).
+pub fn loopback_base(url: &str) -> anyhow::Result<String> {
+    let uri: hyper::Uri = url.parse().with_context(|| format!("bad URL {url:?}"))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("only http:// targets are supported, got {url:?}");
+    }
+    let host = uri.host().unwrap_or("");
+    if host != "127.0.0.1" && host != "localhost" {
+        bail!("refusing to load-test {host:?}: only 127.0.0.1 is allowed");
+    }
+    let port = uri.port_u16().unwrap_or(80);
+    Ok(format!("http://127.0.0.1:{port}"))
+}
+
+/// One answer: its sample, the status, and the fields the sale needs.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub sample: Sample,
+    pub status: u16,
+    /// `reservation_id` of a 201/200 reserve answer.
+    pub reservation_id: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Api {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    timeout: Duration,
+    epoch: Instant,
+    /// `Authorization: Bearer <storefront key>` for `/v1/` requests.
+    bearer: Option<hyper::header::HeaderValue>,
+}
+
+impl Api {
+    /// A client that keeps up to `connections` connections open.
+    pub fn new(base: &str, connections: usize, timeout: Duration, epoch: Instant) -> Api {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(connections)
+            .pool_idle_timeout(Duration::from_secs(300))
+            .build(connector);
+        Api {
+            client,
+            base: base.to_owned(),
+            timeout,
+            epoch,
+            bearer: None,
+        }
+    }
+
+    /// Send `key` as the storefront API key on `/v1/` requests.
+    pub fn with_api_key(mut self, key: Option<&str>) -> anyhow::Result<Api> {
+        self.bearer = match key {
+            Some(k) => Some(
+                format!("Bearer {k}")
+                    .parse()
+                    .context("API key is not a valid header value")?,
+            ),
+            None => None,
+        };
+        Ok(self)
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Send one request and read the whole answer. Never fails: a transport
+    /// error or timeout is an outcome like any other.
+    async fn send(
+        &self,
+        phase: Phase,
+        reserve: bool,
+        method: Method,
+        path: &str,
+        body: Option<(String, &str)>,
+    ) -> (Answer, Option<Value>) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path));
+        if let (Some(b), true) = (&self.bearer, path.starts_with("/v1/")) {
+            req = req.header(hyper::header::AUTHORIZATION, b.clone());
+        }
+        let body = match body {
+            Some((json, idem)) => {
+                req = req
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", idem);
+                Full::new(Bytes::from(json))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let req = req.body(body).expect("request parts are valid");
+        let sent_us = self.now_us();
+        let result = tokio::time::timeout(self.timeout, async {
+            let resp = self.client.request(req).await?;
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, anyhow::Error>((status, bytes))
+        })
+        .await;
+        let recv_us = self.now_us();
+        let (outcome, status, json) = match result {
+            Err(_) => (Outcome::Timeout, 0, None),
+            Ok(Err(_)) => (Outcome::Transport, 0, None),
+            Ok(Ok((status, bytes))) => {
+                let json: Option<Value> = serde_json::from_slice(&bytes).ok();
+                let code = json
+                    .as_ref()
+                    .and_then(|j| j.pointer("/error/code"))
+                    .and_then(Value::as_str);
+                (Outcome::classify(reserve, status, code), status, json)
+            }
+        };
+        let reservation_id = if reserve && matches!(outcome, Outcome::Held | Outcome::Replayed) {
+            json.as_ref()
+                .and_then(|j| j.get("reservation_id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        } else {
+            None
+        };
+        let sample = Sample {
+            phase,
+            outcome,
+            sent_us,
+            recv_us,
+        };
+        (
+            Answer {
+                sample,
+                status,
+                reservation_id,
+            },
+            json,
+        )
+    }
+
+    pub async fn reserve(&self, phase: Phase, sku: &str, user: &str, key: &str) -> Answer {
+        let body = serde_json::json!({ "sku": sku, "qty": 1, "user_id": user }).to_string();
+        self.send(
+            phase,
+            true,
+            Method::POST,
+            "/v1/reservations",
+            Some((body, key)),
+        )
+        .await
+        .0
+    }
+
+    pub async fn confirm(&self, id: &str) -> Answer {
+        let path = format!("/v1/reservations/{id}/confirm");
+        self.send(Phase::Followup, false, Method::POST, &path, None)
+            .await
+            .0
+    }
+
+    pub async fn release(&self, id: &str) -> Answer {
+        let path = format!("/v1/reservations/{id}/release");
+        self.send(Phase::Followup, false, Method::POST, &path, None)
+            .await
+            .0
+    }
+
+    pub async fn healthz(&self) -> Answer {
+        self.send(Phase::Healthz, false, Method::GET, "/healthz", None)
+            .await
+            .0
+    }
+
+    /// `status` of `GET /v1/reservations/{id}`, if it answered 200.
+    pub async fn reservation_status(&self, id: &str) -> Option<String> {
+        let path = format!("/v1/reservations/{id}");
+        let (a, json) = self
+            .send(Phase::Followup, false, Method::GET, &path, None)
+            .await;
+        if a.status != 200 {
+            return None;
+        }
+        json?.get("status")?.as_str().map(str::to_owned)
+    }
+
+    /// `GET /v1/skus/{sku}` as JSON.
+    pub async fn sku(&self, sku: &str) -> anyhow::Result<Value> {
+        let path = format!("/v1/skus/{sku}");
+        let (a, json) = self
+            .send(Phase::Followup, false, Method::GET, &path, None)
+            .await;
+        match (a.status, json) {
+            (200, Some(j)) => Ok(j),
+            (status, j) => bail!(
+                "GET {path}: status {status} ({:?}), body {j:?}",
+                a.sample.outcome
+            ),
+        }
+    }
+
+    /// Poll `/healthz` until it answers 200 or the deadline passes.
+    pub async fn wait_healthy(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.healthz().await.status == 200 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("{}/healthz did not answer 200 within {within:?}", self.base);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The totals of a `GET /v1/skus/{sku}` body.
+pub fn sku_totals(j: &Value) -> Option<crate::books::SkuTotals> {
+    Some(crate::books::SkuTotals {
+        available: j.get("available")?.as_i64()?,
+        held: j.get("held")?.as_i64()?,
+        sold: j.get("sold")?.as_i64()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets() {
+        assert_eq!(
+            loopback_base("http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            loopback_base("http://localhost:9/").unwrap(),
+            "http://127.0.0.1:9"
+        );
+        assert!(loopback_base("http://10.0.0.1:8080").is_err());
+        assert!(loopback_base("http://example.com").is_err());
+        assert!(loopback_base("https://127.0.0.1:8443").is_err());
+    }
+
+    #[test]
+    fn sku_totals_from_json() {
+        let j = serde_json::json!({"sku":"A","available":3,"held":1,"sold":2,"shards":4});
+        let t = sku_totals(&j).unwrap();
+        assert_eq!((t.available, t.held, t.sold), (3, 1, 2));
+        assert!(sku_totals(&serde_json::json!({"available": 1})).is_none());
+    }
+}

@@ -1,0 +1,423 @@
+//! The run's results: one serialisable [`Report`] (written as summary.json)
+//! and the table printed to stdout.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::books::BookReport;
+use crate::redis::RedisBaseline;
+use crate::sale::{StockPoint, WaveFacts};
+use crate::sql::SqlBaseline;
+use crate::stats::{Bucket, FalseSoldOut, Outcome, PhaseSummary};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub target: String,
+    pub redis_url: String,
+    pub spawned: bool,
+    pub sku: String,
+    pub buyers: u64,
+    pub stock: u64,
+    pub shards: u32,
+    pub connections: usize,
+    pub ramp_ms: u64,
+    pub retry_share: f64,
+    pub abusive_share: f64,
+    pub abusive_requests: u32,
+    pub confirm_share: f64,
+    pub release_share: f64,
+    pub hold_seconds: u64,
+    pub max_per_user: Option<u32>,
+    pub api_key_sent: bool,
+    pub soldout_seconds: u64,
+    pub loadgen_threads: usize,
+    pub seed: u64,
+    pub cpus: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SoldOutPhase {
+    pub summary: PhaseSummary,
+    /// 201s during the phase (stock was not gone after all).
+    pub holds_created: u64,
+    /// Redis calls per command over the phase (INFO commandstats delta).
+    pub redis_calls: BTreeMap<String, u64>,
+    pub evalsha_per_request: f64,
+    /// Same, after subtracting the service's background EVALSHA rate (sweeper)
+    /// measured over an idle second before the phase.
+    pub evalsha_per_request_net: f64,
+    pub background_evalsha_per_sec: f64,
+    /// All Redis commands per request, including those run inside scripts.
+    pub redis_commands_per_request: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Ratios {
+    /// Sustained 201/s of the capacity phase over the baselines.
+    pub sustained_reserves_over_healthz: Option<f64>,
+    pub sustained_reserves_over_sql_tps: Option<f64>,
+    pub sustained_reserves_over_redis_reserve: Option<f64>,
+    pub admitted_reserves_over_healthz: Option<f64>,
+    pub sold_out_answers_over_healthz: Option<f64>,
+    pub wave_answers_over_healthz: Option<f64>,
+    pub admitted_reserves_over_sql_tps: Option<f64>,
+    pub admitted_reserves_over_redis_reserve: Option<f64>,
+    pub sold_out_answers_over_redis_dry: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub run_id: String,
+    pub started_unix: u64,
+    pub settings: Settings,
+    pub wave: PhaseSummary,
+    pub wave_facts: WaveFacts,
+    pub time_to_sell_out_ms: Option<f64>,
+    /// 201s per second from T0 until the last 201 of the wave.
+    pub admitted_reserves_per_sec: f64,
+    pub false_sold_out: FalseSoldOut,
+    pub sold_out_phase: Option<SoldOutPhase>,
+    pub followup: PhaseSummary,
+    pub healthz: PhaseSummary,
+    pub books: BookReport,
+    /// Reserve on a SKU that cannot run out: the sustained rate.
+    pub capacity: Option<PhaseSummary>,
+    pub redis_baseline: Option<RedisBaseline>,
+    pub sql_baseline: Option<SqlBaseline>,
+    pub ratios: Ratios,
+    /// Phases that could not run, and why.
+    pub skipped: Vec<String>,
+    /// Caveats on how to read this run.
+    pub notes: Vec<String>,
+    pub timeline: Vec<Bucket>,
+    pub stock_timeline: Vec<StockPoint>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.books.ok() && self.wave_facts.replay_mismatches == 0
+    }
+}
+
+fn n(x: u64) -> String {
+    let s = x.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn f(x: f64) -> String {
+    if x >= 100.0 {
+        n(x.round() as u64)
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn opt(x: Option<f64>, suffix: &str) -> String {
+    x.map_or_else(|| "n/a".into(), |v| format!("{}{suffix}", f(v)))
+}
+
+fn phase_table(out: &mut String, p: &PhaseSummary) {
+    let _ = writeln!(
+        out,
+        "  {:<18} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "outcome", "count", "per s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    );
+    for o in &p.outcomes {
+        let l = o.latency;
+        let _ = writeln!(
+            out,
+            "  {:<18} {:>10} {:>10} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            o.outcome,
+            n(o.count),
+            f(o.per_sec),
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.max_ms
+        );
+    }
+    let l = p.latency;
+    let _ = writeln!(
+        out,
+        "  {:<18} {:>10} {:>10} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+        "all",
+        n(p.requests),
+        f(p.per_sec),
+        l.p50_ms,
+        l.p90_ms,
+        l.p99_ms,
+        l.max_ms
+    );
+}
+
+pub fn render(r: &Report) -> String {
+    let s = &r.settings;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "flashgate load test {}: {} buyers, {} units over {} shards, {} connections, {}; {} CPUs shared by load generator ({} thread{}), flashgate and Redis",
+        r.run_id,
+        n(s.buyers),
+        n(s.stock),
+        s.shards,
+        s.connections,
+        if s.ramp_ms == 0 { "burst at T0".to_string() } else { format!("ramp over {} ms", s.ramp_ms) },
+        s.cpus,
+        s.loadgen_threads,
+        if s.loadgen_threads == 1 { "" } else { "s" },
+    );
+    let _ = writeln!(
+        o,
+        "  retry share {}, abusive share {} x {} requests, confirm {} / release {} / abandon {}, holds last {} s, purchase cap {}",
+        s.retry_share,
+        s.abusive_share,
+        s.abusive_requests,
+        s.confirm_share,
+        s.release_share,
+        ((1.0 - s.confirm_share - s.release_share) * 100.0).round() / 100.0,
+        s.hold_seconds,
+        s.max_per_user.map_or("none".into(), |m| m.to_string())
+    );
+
+    let w = &r.wave_facts;
+    let _ = writeln!(
+        o,
+        "\n== Sale wave: {:.3} s, {} requests, {} answers/s",
+        r.wave.duration_s,
+        n(r.wave.requests),
+        f(r.wave.per_sec)
+    );
+    phase_table(&mut o, &r.wave);
+    let _ = writeln!(
+        o,
+        "  time to sell out: {}; admitted reserves/s: {}",
+        opt(r.time_to_sell_out_ms, " ms"),
+        f(r.admitted_reserves_per_sec)
+    );
+    let fs = &r.false_sold_out;
+    let _ = writeln!(
+        o,
+        "  false sold-out: {} proven of {} sold-out answers in the wave and sold-out phase (first 409 at {}, last 201 sent at {}); available at the sell-out probe: {}",
+        n(fs.proven_false),
+        n(fs.sold_out_answers),
+        opt(fs.first_sold_out_ms, " ms"),
+        opt(fs.last_hold_sent_ms, " ms"),
+        w.available_at_first_sold_out.map_or("n/a".into(), |a| a.to_string())
+    );
+    let _ = writeln!(
+        o,
+        "  retrying buyers {}: replays ok {}, mismatched {}, unanswered {}; abusive buyers {}: holds {}; max holds per user {}; unstarted buyers {}",
+        n(w.retrying_buyers),
+        n(w.replays_ok),
+        n(w.replay_mismatches),
+        n(w.replays_unanswered),
+        n(w.abusive_buyers),
+        n(w.holds_by_abusive_buyers),
+        w.max_holds_per_user,
+        n(w.unstarted_buyers)
+    );
+
+    if let Some(so) = &r.sold_out_phase {
+        let _ = writeln!(
+            o,
+            "\n== Sold-out phase: {:.2} s, {} answers/s",
+            so.summary.duration_s,
+            f(so.summary.per_sec)
+        );
+        phase_table(&mut o, &so.summary);
+        let _ = writeln!(
+            o,
+            "  Redis per request: {:.3} EVALSHA ({:.3} net of {:.1}/s background), {:.2} commands incl. inside scripts; holds created {}",
+            so.evalsha_per_request,
+            so.evalsha_per_request_net,
+            so.background_evalsha_per_sec,
+            so.redis_commands_per_request,
+            so.holds_created
+        );
+    }
+
+    let _ = writeln!(
+        o,
+        "\n== Follow-ups (confirm/release): {:.2} s",
+        r.followup.duration_s
+    );
+    phase_table(&mut o, &r.followup);
+
+    let b = &r.books;
+    let _ = writeln!(
+        o,
+        "\n== Books: {}",
+        if b.ok() { "OK" } else { "VIOLATIONS" }
+    );
+    if let Some(api) = b.api {
+        let _ = writeln!(
+            o,
+            "  API: available {}, held {}, sold {} (initial {}); expiry done: {}",
+            api.available,
+            api.held,
+            api.sold,
+            b.expected_initial.map_or("?".into(), |i| i.to_string()),
+            b.expiry_done
+        );
+    }
+    for sh in &b.redis_shards {
+        let _ =
+            writeln!(
+            o,
+            "  shard {}: initial {} + xin {} - xout {} = stock {} + held {} + sold {}  (drift {})",
+            sh.shard, sh.initial, sh.xin, sh.xout, sh.stock, sh.held, sh.sold, sh.drift()
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  201s: {} distinct ids ({} in the wave) -> confirmed {} + released {} + abandoned {} + lost confirm/release {}; final statuses {:?}",
+        b.distinct_holds, b.holds_in_wave, b.confirmed_ok, b.released_ok, b.abandoned, b.action_lost, b.final_statuses
+    );
+    let _ = writeln!(o, "  oversold: {}", b.oversold);
+    for v in b.violations.iter().take(20) {
+        let _ = writeln!(o, "  VIOLATION: {v}");
+    }
+    if b.violations.len() > 20 {
+        let _ = writeln!(
+            o,
+            "  ... and {} more (summary.json)",
+            b.violations.len() - 20
+        );
+    }
+
+    let _ = writeln!(o, "\n== Baselines");
+    let h = &r.healthz;
+    let _ = writeln!(
+        o,
+        "  HTTP ceiling  GET /healthz, {} conns, {:.1} s: {} req/s, p50 {:.2} ms, p99 {:.2} ms (non-200: {})",
+        s.connections,
+        h.duration_s,
+        f(h.per_sec),
+        h.latency.p50_ms,
+        h.latency.p99_ms,
+        h.requests - h.count(Outcome::Ok)
+    );
+    if let Some(c) = &r.capacity {
+        let _ = writeln!(
+            o,
+            "  flashgate     reserve with stock to spare, {} conns, {:.1} s: {} holds/s, p50 {:.2} ms, p99 {:.2} ms (all answers {}/s)",
+            s.connections,
+            c.duration_s,
+            f(c.rate(Outcome::Held)),
+            c.outcome_latency(Outcome::Held).p50_ms,
+            c.outcome_latency(Outcome::Held).p99_ms,
+            f(c.per_sec)
+        );
+    }
+    match &r.redis_baseline {
+        Some(rb) => {
+            for (name, line) in [("held", &rb.reserve_held), ("dry ", &rb.reserve_dry)] {
+                if let Some(l) = line {
+                    let _ = writeln!(
+                        o,
+                        "  Redis limit   EVALSHA reserve.lua ({name}), {} clients, {} calls: {} calls/s, p50 {:.3} ms, p99 {:.3} ms",
+                        rb.clients,
+                        n(rb.requests),
+                        f(l.rps),
+                        l.p50_ms,
+                        l.p99_ms
+                    );
+                }
+            }
+        }
+        None => {
+            let _ = writeln!(o, "  Redis limit   not measured");
+        }
+    }
+    match &r.sql_baseline {
+        Some(q) => {
+            let _ = writeln!(
+                o,
+                "  naive SQL     UPDATE one hot row, {} clients, {:.1} s (synchronous_commit={}): {} tps, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+                q.clients,
+                q.duration_s,
+                q.synchronous_commit,
+                f(q.tps),
+                q.latency.p50_ms,
+                q.latency.p99_ms,
+                q.errors
+            );
+        }
+        None => {
+            let _ = writeln!(o, "  naive SQL     not measured");
+        }
+    }
+    let ra = &r.ratios;
+    let _ = writeln!(o, "\n== Ratios");
+    let rows = [
+        (
+            "sustained reserves/s / healthz req/s",
+            ra.sustained_reserves_over_healthz,
+        ),
+        (
+            "sustained reserves/s / SQL tps",
+            ra.sustained_reserves_over_sql_tps,
+        ),
+        (
+            "sustained reserves/s / Redis reserve calls/s",
+            ra.sustained_reserves_over_redis_reserve,
+        ),
+        (
+            "admitted reserves/s (sale) / healthz req/s",
+            ra.admitted_reserves_over_healthz,
+        ),
+        (
+            "admitted reserves/s (sale) / SQL tps",
+            ra.admitted_reserves_over_sql_tps,
+        ),
+        (
+            "admitted reserves/s (sale) / Redis reserve calls/s",
+            ra.admitted_reserves_over_redis_reserve,
+        ),
+        (
+            "sold-out answers/s / healthz req/s",
+            ra.sold_out_answers_over_healthz,
+        ),
+        (
+            "sold-out answers/s / Redis dry calls/s",
+            ra.sold_out_answers_over_redis_dry,
+        ),
+        (
+            "wave answers/s / healthz req/s",
+            ra.wave_answers_over_healthz,
+        ),
+    ];
+    for (name, v) in rows {
+        let _ = writeln!(o, "  {name:<52} {}", opt(v, ""));
+    }
+    for sk in &r.skipped {
+        let _ = writeln!(o, "  skipped: {sk}");
+    }
+    for n in &r.notes {
+        let _ = writeln!(o, "  note: {n}");
+    }
+    let _ = writeln!(o, "\nverdict: {}", if r.passed() { "PASS" } else { "FAIL" });
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(super::n(0), "0");
+        assert_eq!(super::n(999), "999");
+        assert_eq!(super::n(1000), "1,000");
+        assert_eq!(super::n(1234567), "1,234,567");
+        assert_eq!(super::f(12.345), "12.35");
+        assert_eq!(super::f(12345.6), "12,346");
+    }
+}
