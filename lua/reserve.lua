@@ -8,6 +8,9 @@
 -- ARGV[7] mark_moved: 1 = on "dry", write the `moved` tombstone; 0 = leave no trace
 -- ARGV[8] record_ttl_ms (garbage collection of the record, never stock return)
 -- ARGV[9] sku   ARGV[10] idempotency key
+-- KEYS[7] fg:{SKU#s}:wlopen   ARGV[11] gate: 1 = refuse while the SKU's waitlist has
+--   waiters (units coming back belong to them; see src/inventory/waitlist.rs),
+--   0 = the waitlist promoter itself
 --
 -- Returns one of
 --   {'held', rid, expires_at_ms}                  a new hold was created
@@ -23,6 +26,7 @@
 -- same verdicts and at most one reservation can exist per key. A second run of
 -- this script (a client retry of an in-flight command) returns 'replay'.
 local stock, books, holds, idem, events, rkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local gated = ARGV[11] == '1' and redis.call('EXISTS', KEYS[7]) == 1
 local rid, qty, user, fp = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local hold_ms, idem_ttl, mark_moved, record_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1', tonumber(ARGV[8])
 
@@ -31,6 +35,7 @@ if seen then
   local kind = string.sub(seen, 1, 1)
   if kind == 'M' then
     if string.sub(seen, 3) ~= fp then return {'mismatch'} end
+    if gated then return {'moved', 0} end
     return {'moved', tonumber(redis.call('GET', stock) or '0')}
   end
   -- 'R|<rid>|<fp>' (rids never contain '|')
@@ -43,6 +48,7 @@ end
 
 local available = tonumber(redis.call('GET', stock))
 if not available then return {'unloaded'} end
+if gated then available = 0 end
 if available < qty then
   if mark_moved then
     redis.call('SET', idem, 'M|' .. fp, 'PX', idem_ttl)

@@ -96,12 +96,20 @@ impl App {
             rx,
         ));
         let pruner = tokio::spawn(prune_limiter(self.state.clone(), tx.subscribe()));
+        let promoter = tokio::spawn(crate::inventory::waitlist::run(
+            self.state.inventory.clone(),
+            self.state.metrics.clone(),
+            Duration::from_millis(self.state.config.sweep_interval_ms),
+            crate::webhook::Webhook::from_url(&self.state.config.waitlist_webhook_url),
+            tx.subscribe(),
+        ));
         let ledger = crate::ledger::spawn(&self.state, tx.subscribe());
         tracing::info!(addr = %self.local_addr(), "flashgate serving");
         crate::http::serve(self.listener, self.state.clone(), stop).await;
         let _ = tx.send(true);
         let _ = sweeper.await;
         let _ = pruner.await;
+        let _ = promoter.await;
         if let Some(ledger) = ledger {
             let _ = ledger.await;
         }

@@ -224,7 +224,9 @@ pub struct StatusArgs {
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Preload(args) if args.from_postgres => crate::reconcile::preload_from_postgres(args).await,
+        Command::Preload(args) if args.from_postgres => {
+            crate::reconcile::preload_from_postgres(args).await
+        }
         Command::Preload(args) => preload(args).await,
         Command::Status(args) => status(args).await,
         Command::Migrate(args) => crate::reconcile::migrate(args).await,

@@ -58,6 +58,15 @@ pub struct Config {
     /// `text` (human) or `json` logs.
     pub log_format: String,
 
+    /// Most buyers waiting for one SKU; joining a full waitlist is refused.
+    pub waitlist_capacity: u64,
+    /// A waitlist ticket not promoted within this long expires.
+    pub waitlist_ticket_seconds: u64,
+    /// One promoter per SKU holds a lease this long (renewed while it works).
+    pub waitlist_lease_ms: u64,
+    /// Optional: POST each promotion to this URL (http://…), with retries.
+    pub waitlist_webhook_url: String,
+
     /// Storefront API keys (`Authorization: Bearer <key>`) for `/v1/`.
     pub api_keys: Vec<String>,
     /// Admin keys for `/admin/` (an admin key also works on `/v1/`).
@@ -101,6 +110,10 @@ impl Default for Config {
             sweep_batch: 200,
             drain_seconds: 10,
             log_format: "text".into(),
+            waitlist_capacity: 10_000,
+            waitlist_ticket_seconds: 1800,
+            waitlist_lease_ms: 5000,
+            waitlist_webhook_url: String::new(),
             api_keys: Vec::new(),
             admin_keys: Vec::new(),
             insecure_no_auth: false,
@@ -184,6 +197,17 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");
+        }
+        if self.waitlist_capacity == 0
+            || self.waitlist_ticket_seconds == 0
+            || self.waitlist_lease_ms < 100
+        {
+            return bad("waitlist_capacity and waitlist_ticket_seconds must be > 0, waitlist_lease_ms >= 100");
+        }
+        if !self.waitlist_webhook_url.is_empty()
+            && !self.waitlist_webhook_url.starts_with("http://")
+        {
+            return bad("waitlist_webhook_url must be an http:// URL (or empty)");
         }
         if self.limiter_prune_seconds == 0 {
             return bad("limiter_prune_seconds must be > 0");

@@ -20,6 +20,14 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("sold out")]
     SoldOut,
+    #[error("the waitlist of this SKU is full")]
+    WaitlistFull,
+    #[error("this buyer already waits for this SKU with ticket {0}")]
+    AlreadyWaitlisted(String),
+    #[error("no such waitlist ticket")]
+    TicketNotFound,
+    #[error("the ticket is {0}")]
+    TicketState(&'static str),
     #[error("{0} is already loaded (a live sale?); nothing changed — pass force to overwrite its available units")]
     AlreadyLoaded(String),
     #[error("this buyer already holds or bought the most units of this SKU allowed per buyer")]
@@ -50,12 +58,16 @@ impl ApiError {
             }
             ApiError::UnknownSku(_)
             | ApiError::ReservationNotFound
+            | ApiError::TicketNotFound
             | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::SoldOut
             | ApiError::ReservationState(_)
             | ApiError::PurchaseLimit
-            | ApiError::AlreadyLoaded(_) => StatusCode::CONFLICT,
+            | ApiError::AlreadyLoaded(_)
+            | ApiError::WaitlistFull
+            | ApiError::AlreadyWaitlisted(_)
+            | ApiError::TicketState(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -74,6 +86,11 @@ impl ApiError {
             ApiError::RouteNotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::SoldOut => "sold_out",
+            ApiError::WaitlistFull => "waitlist_full",
+            ApiError::AlreadyWaitlisted(_) => "already_waitlisted",
+            ApiError::TicketNotFound => "ticket_not_found",
+            ApiError::TicketState("promoted") => "ticket_promoted",
+            ApiError::TicketState(_) => "ticket_expired",
             ApiError::PurchaseLimit => "purchase_limit",
             ApiError::AlreadyLoaded(_) => "already_loaded",
             ApiError::Unauthorized => "unauthorized",

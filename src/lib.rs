@@ -30,3 +30,4 @@ pub mod limiter;
 pub mod metrics;
 pub mod reconcile;
 pub mod shutdown;
+pub mod webhook;

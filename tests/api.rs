@@ -85,7 +85,7 @@ async fn reserve_confirm_release_walkthrough() {
     let sku = app.sku("tee").await;
     assert_eq!(
         sku,
-        serde_json::json!({"sku": "tee", "available": 8, "held": 0, "sold": 2, "shards": 4})
+        serde_json::json!({"sku": "tee", "available": 8, "held": 0, "sold": 2, "shards": 4, "waitlist": 0})
     );
     app.assert_books("tee").await;
 
@@ -251,6 +251,11 @@ async fn two_thousand_buyers_one_hundred_units() {
         .filter(|a| a.status == StatusCode::CREATED)
         .collect();
     let sold_out = answers.iter().filter(|a| a.code() == "sold_out").count();
+    let mut codes = std::collections::BTreeMap::new();
+    for a in &answers {
+        *codes.entry((a.status.as_u16(), a.code().to_string())).or_insert(0) += 1;
+    }
+    eprintln!("answers: {codes:?}");
     assert_eq!(held.len(), 100, "exactly the stock is held");
     assert_eq!(sold_out, 1900, "everyone else hears sold out");
     let ids: HashSet<&str> = held

@@ -74,6 +74,7 @@ fn route_name(method: &Method, path: &str) -> &'static str {
         (_, ["v1", "reservations", _, "release"]) => "release",
         (_, ["v1", "reservations", _, "extend"]) => "extend",
         (_, ["v1", "skus", _]) => "sku",
+        (_, ["v1", "waitlist", _]) => "waitlist",
         (_, ["admin", "v1", "skus", _]) => "admin_sku",
         (_, ["admin", "v1", "skus", _, "preload"]) => "admin_preload",
         (_, ["healthz"]) => "healthz",
@@ -145,7 +146,22 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Response<B
                     held: st.held,
                     sold: st.sold,
                     shards: st.shards,
+                    waitlist: st.waitlist,
                 },
+            ))
+        }
+        (&Method::GET, ["v1", "waitlist", id]) => {
+            let id = parse_ticket(id)?;
+            Ok(body::json(
+                StatusCode::OK,
+                &state.inventory.ticket(&id).await?,
+            ))
+        }
+        (&Method::DELETE, ["v1", "waitlist", id]) => {
+            let id = parse_ticket(id)?;
+            Ok(body::json(
+                StatusCode::OK,
+                &state.inventory.cancel_ticket(&id).await?,
             ))
         }
         (&Method::GET, ["admin", "v1", "skus", sku]) => {
@@ -242,6 +258,10 @@ async fn admin_preload(
     }
 }
 
+fn parse_ticket(id: &str) -> Result<crate::inventory::waitlist::TicketId, ApiError> {
+    crate::inventory::waitlist::TicketId::parse(id).map_err(|_| ApiError::TicketNotFound)
+}
+
 fn parse_rid(id: &str) -> Result<ReservationId, ApiError> {
     // A malformed id cannot name a reservation: not found, like any unknown id.
     ReservationId::parse(id).map_err(|_| ApiError::ReservationNotFound)
@@ -254,6 +274,7 @@ struct SkuView<'a> {
     held: i64,
     sold: i64,
     shards: u16,
+    waitlist: i64,
 }
 
 #[derive(Deserialize)]
@@ -262,6 +283,8 @@ struct ReserveBody {
     sku: String,
     qty: i64,
     user_id: String,
+    #[serde(default)]
+    waitlist: bool,
 }
 
 async fn reserve(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -285,6 +308,7 @@ async fn reserve(state: &AppState, req: Request<Incoming>) -> Result<Response<Bo
             .map_err(ApiError::InvalidRequest)?,
         user: UserId::parse(&b.user_id).map_err(ApiError::InvalidRequest)?,
         key,
+        waitlist: b.waitlist,
     };
     state
         .limiter
@@ -310,6 +334,14 @@ async fn reserve(state: &AppState, req: Request<Incoming>) -> Result<Response<Bo
         ReserveOutcome::SoldOut => {
             state.metrics.outcome("sold_out");
             Err(ApiError::SoldOut)
+        }
+        ReserveOutcome::Waitlisted(t) => {
+            state.metrics.outcome("waitlisted");
+            Ok(body::json(StatusCode::ACCEPTED, &t))
+        }
+        ReserveOutcome::WaitlistReplayed(t) => {
+            state.metrics.outcome("replayed");
+            Ok(body::json(StatusCode::OK, &t))
         }
     }
 }

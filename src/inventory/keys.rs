@@ -18,6 +18,8 @@
 //! | `fg:{SKU#s}:xin`          | zset   | transfer ids applied to this shard (a day)        |
 //! | `fg:{idem:<key>}`         | string | `<sku>\n<fingerprint>`: the key's first request   |
 //! | `fg:{cap:SKU:<user>}`     | hash   | purchase cap: total, k:<key> → qty per reservation |
+//! | `fg:{SKU#s}:wlopen`       | string | gate: present while the SKU's waitlist has waiters |
+//! | `fg:{wl:SKU}:…`           | …      | the waitlist: queue, stream, tickets (waitlist.rs) |
 
 use crate::domain::{IdempotencyKey, ReservationId, Sku};
 
@@ -60,6 +62,10 @@ impl ShardKeys {
     pub fn xin(&self) -> String {
         format!("{}xin", self.prefix)
     }
+    /// The waitlist gate: present while the SKU's waitlist has waiters.
+    pub fn wlopen(&self) -> String {
+        format!("{}wlopen", self.prefix)
+    }
     pub fn idem(&self, key: &IdempotencyKey) -> String {
         format!("{}idem:{}", self.prefix, key.as_str())
     }
@@ -69,6 +75,50 @@ impl ShardKeys {
     }
     pub fn record(&self, rid: &ReservationId) -> String {
         format!("{}r:{}", self.prefix, rid)
+    }
+}
+
+/// The keys of a SKU's waitlist: one slot, `{wl:SKU}`.
+#[derive(Clone, Debug)]
+pub struct WaitKeys {
+    prefix: String,
+}
+
+impl WaitKeys {
+    pub fn new(sku: &Sku) -> WaitKeys {
+        WaitKeys {
+            prefix: format!("fg:{{wl:{sku}}}:"),
+        }
+    }
+    pub fn queue(&self) -> String {
+        format!("{}queue", self.prefix)
+    }
+    pub fn stream(&self) -> String {
+        format!("{}stream", self.prefix)
+    }
+    pub fn users(&self) -> String {
+        format!("{}users", self.prefix)
+    }
+    pub fn idem(&self, key: &IdempotencyKey) -> String {
+        format!("{}idem:{}", self.prefix, key.as_str())
+    }
+    pub fn seq(&self) -> String {
+        format!("{}seq", self.prefix)
+    }
+    pub fn exp(&self) -> String {
+        format!("{}exp", self.prefix)
+    }
+    pub fn state(&self) -> String {
+        format!("{}state", self.prefix)
+    }
+    pub fn lease(&self) -> String {
+        format!("{}lease", self.prefix)
+    }
+    pub fn ticket_prefix(&self) -> String {
+        format!("{}t:", self.prefix)
+    }
+    pub fn ticket(&self, ticket: &str) -> String {
+        format!("{}t:{ticket}", self.prefix)
     }
 }
 

@@ -18,6 +18,7 @@
 pub mod expiry;
 pub mod keys;
 pub mod scripts;
+pub mod waitlist;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -64,6 +65,10 @@ pub enum ReserveOutcome {
     Replayed(Reservation),
     /// Every shard is empty (409).
     SoldOut,
+    /// Sold out, and the buyer joined the waitlist (202).
+    Waitlisted(waitlist::Ticket),
+    /// The key already joined the waitlist: its ticket as it is now (200).
+    WaitlistReplayed(waitlist::Ticket),
 }
 
 /// A parsed, validated reserve request.
@@ -73,12 +78,15 @@ pub struct ReserveRequest {
     pub qty: Qty,
     pub user: UserId,
     pub key: IdempotencyKey,
+    /// Join the SKU's waitlist when it is sold out.
+    pub waitlist: bool,
 }
 
 impl ReserveRequest {
     /// What makes two requests with one key "the same request".
     fn fingerprint(&self) -> String {
-        format!("{}:{}", self.qty.get(), self.user.as_str())
+        let w = if self.waitlist { "w:" } else { "" };
+        format!("{}:{w}{}", self.qty.get(), self.user.as_str())
     }
 }
 
@@ -117,6 +125,8 @@ pub struct SkuStatus {
     pub shards: u16,
     pub initial: i64,
     pub in_transit: i64,
+    /// Buyers waiting on the SKU's waitlist.
+    pub waitlist: i64,
     pub per_shard: Vec<ShardStatus>,
 }
 
@@ -168,6 +178,9 @@ impl SkuMeta {
 }
 
 struct Settings {
+    waitlist_capacity: u64,
+    ticket_ttl_ms: u64,
+    lease_ms: u64,
     hold_ms: u64,
     extend_ms: u64,
     max_hold_ms: u64,
@@ -178,6 +191,9 @@ struct Settings {
 
 /// The stock store: a Redis connection pool, the scripts, and the settings.
 pub struct Inventory {
+    /// Woken when units come back to stock (release, expiry): the waitlist
+    /// promoter need not wait for its next tick.
+    pub returned: tokio::sync::Notify,
     pool: Pool,
     scripts: Scripts,
     metrics: Arc<Metrics>,
@@ -260,8 +276,12 @@ impl Inventory {
                 // the record outlives its longest possible hold by the key retention
                 record_ttl_ms: max_hold_ms + idem_ttl_ms,
                 sweep_batch: config.sweep_batch,
+                waitlist_capacity: config.waitlist_capacity,
+                ticket_ttl_ms: config.waitlist_ticket_seconds * 1000,
+                lease_ms: config.waitlist_lease_ms,
             },
             meta: RwLock::new(HashMap::new()),
+            returned: tokio::sync::Notify::new(),
         })
     }
 
@@ -415,7 +435,16 @@ impl Inventory {
                 _ => {}
             }
         }
-        let result = self.walk(req, &meta, &fp).await;
+        let mut result = self.walk(req, &meta, &fp, true).await;
+        if req.waitlist && matches!(result, Ok(ReserveOutcome::SoldOut)) {
+            if counted_now {
+                // the cap is counted again when the ticket is promoted
+                self.cap_give(&meta, req.user.as_str(), req.key.as_str())
+                    .await?;
+                counted_now = false;
+            }
+            result = self.join_waitlist(&meta, req, &fp).await;
+        }
         if counted_now
             && matches!(
                 result,
@@ -438,6 +467,7 @@ impl Inventory {
         req: &ReserveRequest,
         meta: &SkuMeta,
         fp: &str,
+        gate: bool,
     ) -> Result<ReserveOutcome, InventoryError> {
         let k = meta.shards;
         let token = uuid::Uuid::new_v4();
@@ -449,12 +479,16 @@ impl Inventory {
             let s = (start + i) % k;
             let last = i + 1 == k;
             let mark = !last || donors.is_empty();
-            let mut step = self.reserve_on(req, meta, fp, s, &token, mark).await?;
+            let mut step = self
+                .reserve_on(req, meta, fp, s, &token, mark, gate)
+                .await?;
             if last && !mark {
                 if let Step::Dry(have) = step {
                     let need = i64::from(req.qty.get()) - have;
                     self.pull(meta, s, need, &donors).await?;
-                    step = self.reserve_on(req, meta, fp, s, &token, true).await?;
+                    step = self
+                        .reserve_on(req, meta, fp, s, &token, true, gate)
+                        .await?;
                 }
             }
             match step {
@@ -507,6 +541,9 @@ impl Inventory {
             .await?)
     }
 
+    // one shard's step of a walk: the walk's request, layout, fingerprint and
+    // token, plus the shard and the two switches of reserve.lua
+    #[allow(clippy::too_many_arguments)]
     async fn reserve_on(
         &self,
         req: &ReserveRequest,
@@ -515,6 +552,7 @@ impl Inventory {
         shard: u16,
         token: &uuid::Uuid,
         mark_moved: bool,
+        gate: bool,
     ) -> Result<Step, InventoryError> {
         let sk = meta.keys(shard);
         let rid = ReservationId::new(&req.sku, shard, token);
@@ -529,6 +567,7 @@ impl Inventory {
                     sk.idem(&req.key),
                     sk.events(),
                     sk.record(&rid),
+                    sk.wlopen(),
                 ],
                 vec![
                     rid_s.clone(),
@@ -541,6 +580,7 @@ impl Inventory {
                     self.settings.record_ttl_ms.to_string(),
                     req.sku.to_string(),
                     req.key.as_str().to_string(),
+                    if gate { "1" } else { "0" }.to_string(),
                 ],
             )
             .await?;
@@ -674,9 +714,12 @@ impl Inventory {
             )
             .await?;
         let items = array(reply)?;
+        let status = text(at(&items, 1).unwrap_or(&Value::Null))?;
+        if status == "released" || status == "expired" {
+            self.returned.notify_one();
+        }
         if meta.max_per_user > 0 && items.len() >= 6 {
             // a hold that ended without a sale frees the buyer's cap (idempotent)
-            let status = text(at(&items, 1)?)?;
             if status == "released" || status == "expired" {
                 let (user, key) = (text(at(&items, 3)?)?, text(at(&items, 5)?)?);
                 self.cap_give(&meta, &user, &key).await?;
@@ -793,6 +836,7 @@ impl Inventory {
             sold: sum(|s| s.sold),
             initial: sum(|s| s.initial),
             in_transit: sum(|s| s.in_transit),
+            waitlist: self.waitlist_len(sku).await?,
             shards: k,
             per_shard,
         })
@@ -942,6 +986,9 @@ impl Inventory {
             )
             .await?,
         )?;
+        if int(at(&reply, 0)?)? > 0 {
+            self.returned.notify_one();
+        }
         if meta.max_per_user > 0 {
             for pair in reply.get(3..).unwrap_or_default().chunks(2) {
                 if let [user, key] = pair {

@@ -45,6 +45,13 @@ pub struct Scripts {
     pub cap_give: Script,
     /// `reconcile --fix`: the ledger's books back into one shard.
     pub fix: Script,
+    pub wl_join: Script,
+    pub wl_end: Script,
+    pub wl_expire: Script,
+    pub wl_next: Script,
+    pub wl_lease: Script,
+    pub wl_gate: Script,
+    pub wl_bump: Script,
 }
 
 impl Default for Scripts {
@@ -66,11 +73,18 @@ impl Scripts {
             transfer_in: Script::new("transfer_in", include_str!("../../lua/transfer_in.lua")),
             cap_take: Script::new("cap_take", include_str!("../../lua/cap_take.lua")),
             cap_give: Script::new("cap_give", include_str!("../../lua/cap_give.lua")),
+            wl_join: Script::new("wl_join", include_str!("../../lua/wl_join.lua")),
+            wl_end: Script::new("wl_end", include_str!("../../lua/wl_end.lua")),
+            wl_expire: Script::new("wl_expire", include_str!("../../lua/wl_expire.lua")),
+            wl_next: Script::new("wl_next", include_str!("../../lua/wl_next.lua")),
+            wl_lease: Script::new("wl_lease", include_str!("../../lua/wl_lease.lua")),
+            wl_gate: Script::new("wl_gate", include_str!("../../lua/wl_gate.lua")),
+            wl_bump: Script::new("wl_bump", include_str!("../../lua/wl_bump.lua")),
             fix: Script::new("fix", include_str!("../../lua/fix.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 11] {
+    pub fn all(&self) -> [&Script; 18] {
         [
             &self.reserve,
             &self.confirm,
@@ -83,6 +97,13 @@ impl Scripts {
             &self.cap_take,
             &self.cap_give,
             &self.fix,
+            &self.wl_join,
+            &self.wl_end,
+            &self.wl_expire,
+            &self.wl_next,
+            &self.wl_lease,
+            &self.wl_gate,
+            &self.wl_bump,
         ]
     }
 

@@ -161,7 +161,7 @@ pub fn test_config(redis: &RedisServer) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         redis_url: redis.url(),
-        redis_timeout_ms: 300,
+        redis_timeout_ms: 2000,
         sweep_interval_ms: 50,
         drain_seconds: 1,
         insecure_no_auth: true,

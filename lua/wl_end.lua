@@ -1,0 +1,29 @@
+-- wl_end: a waiting ticket leaves the queue: promoted (a hold was created for
+-- it), cancelled (by the buyer, or the purchase cap), or expired. Only a
+-- 'waiting' ticket changes, so a ticket ends exactly once; the stream entry is
+-- acknowledged and deleted either way (the consumer group's pending list and
+-- the stream stay bounded).
+--
+-- KEYS[1] fg:{wl:SKU}:queue   KEYS[2] fg:{wl:SKU}:exp   KEYS[3] fg:{wl:SKU}:users
+-- KEYS[4] fg:{wl:SKU}:t:<ticket>   KEYS[5] fg:{wl:SKU}:stream
+-- ARGV[1] ticket   ARGV[2] promoted|cancelled|expired   ARGV[3] reservation id (promoted)
+-- ARGV[4] hold deadline ms (promoted)   ARGV[5] reason (optional)
+-- Returns {'ok', status} | {'ended', status it had} | {'missing'}
+local queue, expz, users, tkey, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local ticket, status = ARGV[1], ARGV[2]
+local t = redis.call('HMGET', tkey, 'status', 'user', 'entry')
+if not t[1] then return {'missing'} end
+if t[3] then
+  redis.call('XACK', stream, 'promoters', t[3])
+  redis.call('XDEL', stream, t[3])
+end
+if t[1] ~= 'waiting' then return {'ended', t[1]} end
+redis.call('HSET', tkey, 'status', status, 'ended', now_ms())
+if status == 'promoted' then
+  redis.call('HSET', tkey, 'rid', ARGV[3], 'hold_exp', ARGV[4])
+end
+if ARGV[5] and ARGV[5] ~= '' then redis.call('HSET', tkey, 'reason', ARGV[5]) end
+redis.call('ZREM', queue, ticket)
+redis.call('ZREM', expz, ticket)
+if redis.call('HGET', users, t[2]) == ticket then redis.call('HDEL', users, t[2]) end
+return {'ok', status}

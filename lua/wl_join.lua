@@ -1,0 +1,44 @@
+-- wl_join: a buyer who met "sold out" joins the SKU's waitlist. All waitlist
+-- keys of a SKU share the hash tag {wl:SKU}.
+--
+-- KEYS[1] fg:{wl:SKU}:queue  zset ticket -> arrival number (the waiting tickets, in order)
+-- KEYS[2] fg:{wl:SKU}:stream stream of ticket ids, read by the promoters' consumer group
+-- KEYS[3] fg:{wl:SKU}:users  hash user -> live ticket (one live ticket per buyer)
+-- KEYS[4] fg:{wl:SKU}:idem:<key>   KEYS[5] fg:{wl:SKU}:seq   KEYS[6] fg:{wl:SKU}:t:<ticket>
+-- KEYS[7] fg:{wl:SKU}:exp    zset ticket -> ticket deadline (ms)
+-- KEYS[8] fg:{wl:SKU}:state  'open' while the shards' gates may be set
+-- ARGV[1] ticket   ARGV[2] qty   ARGV[3] user   ARGV[4] fingerprint   ARGV[5] capacity
+-- ARGV[6] ticket_ttl_ms   ARGV[7] idem_ttl_ms   ARGV[8] ticket key prefix fg:{wl:SKU}:t:
+-- Returns {'joined', ticket, position} | {'replay', ticket} | {'mismatch'}
+--       | {'full'} | {'already', ticket}
+local queue, stream, users, idem, seqkey, tkey, expz, state = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local ticket, qty, user, fp = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local capacity, ttl, idem_ttl, prefix = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+
+local seen = redis.call('GET', idem)
+if seen then
+  local bar = string.find(seen, '|', 1, true)
+  if string.sub(seen, bar + 1) ~= fp then return {'mismatch'} end
+  return {'replay', string.sub(seen, 1, bar - 1)}
+end
+local ts = now_ms()
+local live = redis.call('HGET', users, user)
+if live then
+  local t = redis.call('HMGET', prefix .. live, 'status', 'expires')
+  if t[1] == 'waiting' and tonumber(t[2]) > ts then return {'already', live} end
+  redis.call('HDEL', users, user)
+end
+if redis.call('ZCARD', queue) >= capacity then return {'full'} end
+
+local seq = redis.call('INCR', seqkey)
+redis.pcall('XGROUP', 'CREATE', stream, 'promoters', '0', 'MKSTREAM')
+local entry = redis.call('XADD', stream, '*', 'ticket', ticket)
+redis.call('HSET', tkey, 'qty', qty, 'user', user, 'status', 'waiting', 'created', ts,
+  'expires', ts + ttl, 'seq', seq, 'entry', entry, 'attempt', 0)
+redis.call('PEXPIRE', tkey, ttl + idem_ttl)
+redis.call('ZADD', queue, seq, ticket)
+redis.call('ZADD', expz, ts + ttl, ticket)
+redis.call('HSET', users, user, ticket)
+redis.call('SET', idem, ticket .. '|' .. fp, 'PX', idem_ttl)
+redis.call('SET', state, 'open')
+return {'joined', ticket, redis.call('ZRANK', queue, ticket) + 1}

@@ -1,0 +1,578 @@
+//! The overflow waitlist. A buyer who meets "sold out" may queue
+//! (`"waitlist": true`); as units come back (releases, expiries) waiting
+//! tickets are promoted, strictly in arrival order, into ordinary holds.
+//!
+//! **Keys.** One slot per SKU, `{wl:SKU}`: a sorted set `queue` (ticket →
+//! arrival number: order and positions), a stream of ticket ids read through
+//! the consumer group `promoters`, ticket hashes, one live ticket per buyer.
+//!
+//! **Returned units go to the queue first.** While a SKU's queue has waiters
+//! each of its shards carries a gate key (`fg:{SKU#s}:wlopen`); reserve
+//! refuses on a gated shard, so a unit that comes back cannot be taken by a
+//! new arrival — only the promoter reserves past the gate. When the queue
+//! empties the promoter lifts the gates, with a re-check so that a buyer who
+//! joins meanwhile gets them back (`lua/wl_gate.lua`). The one window where a
+//! new arrival can take a unit ahead of a waiter: a unit returned in the
+//! milliseconds between a ticket's creation and its gates being set.
+//!
+//! **Exactly-once promotion.** One promoter per SKU at a time holds a lease,
+//! so promotion follows arrival order; it takes entries from the consumer
+//! group — first everything still pending (claimed with XAUTOCLAIM, e.g. from a
+//! promoter that died mid-promotion), then new ones. A ticket is promoted by
+//! the ordinary sharded reserve walk under the idempotency key
+//! `wl:<ticket>:<attempt>`, so running a promotion twice (two promoters, or a
+//! retry after a crash between creating the hold and acknowledging the entry)
+//! replays the same hold instead of making a second. `wl_end.lua` then moves
+//! the ticket from waiting to promoted exactly once and acknowledges the
+//! entry. An attempt that found every shard empty leaves sticky `moved`
+//! verdicts for its key, so the next attempt uses a fresh key (`wl_bump.lua`).
+//! Promotion is head-of-line: a waiter for 3 units is not skipped for one
+//! asking for 1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::interfaces::{HashesInterface, KeysInterface, SortedSetsInterface};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::keys::WaitKeys;
+use super::scripts::{array, at, int, text};
+use super::{ms_to_rfc3339, now_ms, Inventory, ReserveOutcome, ReserveRequest, SkuMeta};
+use crate::domain::{IdempotencyKey, Qty, Sku, UserId};
+use crate::error::{ApiError, InventoryError};
+use crate::metrics::Metrics;
+
+/// A waitlist ticket as the API shows it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Ticket {
+    pub ticket_id: String,
+    pub sku: String,
+    pub qty: u32,
+    pub user_id: String,
+    /// waiting | promoted | expired | cancelled
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reservation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Why a ticket was cancelled by flashgate (e.g. `purchase_limit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A ticket id: `<sku>.w.<32 hex>` (122 random bits).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TicketId {
+    sku: Sku,
+    token: String,
+}
+
+impl TicketId {
+    fn new(sku: &Sku) -> TicketId {
+        TicketId {
+            sku: sku.clone(),
+            token: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<TicketId, String> {
+        let bad = || "malformed ticket id".to_string();
+        let mut parts = s.rsplitn(3, '.');
+        let token = parts.next().ok_or_else(bad)?;
+        if parts.next() != Some("w") {
+            return Err(bad());
+        }
+        let sku = Sku::parse(parts.next().ok_or_else(bad)?).map_err(|_| bad())?;
+        if token.len() != 32
+            || !token
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(bad());
+        }
+        Ok(TicketId {
+            sku,
+            token: token.to_owned(),
+        })
+    }
+
+    pub fn sku(&self) -> &Sku {
+        &self.sku
+    }
+}
+
+impl std::fmt::Display for TicketId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.w.{}", self.sku, self.token)
+    }
+}
+
+/// What one promotion step came to.
+enum Step {
+    /// The ticket left the queue (promoted, expired, cancelled); go on.
+    Done,
+    /// No stock for the ticket at the head of the queue: stop for now.
+    NoStock,
+}
+
+impl Inventory {
+    /// Sold out: put the buyer on the SKU's waitlist (or answer the ticket
+    /// this key already has).
+    pub(super) async fn join_waitlist(
+        &self,
+        meta: &SkuMeta,
+        req: &ReserveRequest,
+        fp: &str,
+    ) -> Result<ReserveOutcome, InventoryError> {
+        let wk = WaitKeys::new(&req.sku);
+        let ticket = TicketId::new(&req.sku).to_string();
+        let reply = array(
+            self.run(
+                &self.scripts.wl_join,
+                vec![
+                    wk.queue(),
+                    wk.stream(),
+                    wk.users(),
+                    wk.idem(&req.key),
+                    wk.seq(),
+                    wk.ticket(&ticket),
+                    wk.exp(),
+                    wk.state(),
+                ],
+                vec![
+                    ticket,
+                    req.qty.get().to_string(),
+                    req.user.as_str().to_string(),
+                    fp.to_string(),
+                    self.settings.waitlist_capacity.to_string(),
+                    self.settings.ticket_ttl_ms.to_string(),
+                    self.settings.idem_ttl_ms.to_string(),
+                    wk.ticket_prefix(),
+                ],
+            )
+            .await?,
+        )?;
+        let kind = text(at(&reply, 0)?)?;
+        match kind.as_str() {
+            "joined" | "replay" => {
+                // gates on every shard: returned units now go to the queue
+                self.set_gates(meta).await?;
+                let id =
+                    TicketId::parse(&text(at(&reply, 1)?)?).map_err(InventoryError::Protocol)?;
+                let t = self.ticket(&id).await?;
+                Ok(if kind == "joined" {
+                    ReserveOutcome::Waitlisted(t)
+                } else {
+                    ReserveOutcome::WaitlistReplayed(t)
+                })
+            }
+            "mismatch" => Err(ApiError::IdempotencyKeyReused.into()),
+            "full" => Err(ApiError::WaitlistFull.into()),
+            "already" => Err(ApiError::AlreadyWaitlisted(text(at(&reply, 1)?)?).into()),
+            other => Err(InventoryError::Protocol(format!(
+                "wl_join replied {other:?}"
+            ))),
+        }
+    }
+
+    async fn set_gates(&self, meta: &SkuMeta) -> Result<(), InventoryError> {
+        for s in 0..meta.shards {
+            let _: () = self
+                .pool
+                .next()
+                .set(meta.keys(s).wlopen(), "1", None, None, false)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    async fn clear_gates(&self, meta: &SkuMeta) -> Result<(), InventoryError> {
+        for s in 0..meta.shards {
+            let _: i64 = self
+                .pool
+                .next()
+                .del(meta.keys(s).wlopen())
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// A ticket as it is now (404 when unknown).
+    pub async fn ticket(&self, id: &TicketId) -> Result<Ticket, InventoryError> {
+        let wk = WaitKeys::new(id.sku());
+        let key = id.to_string();
+        let f: std::collections::HashMap<String, String> = self
+            .pool
+            .next()
+            .hgetall(wk.ticket(&key))
+            .await
+            .map_err(|e| self.err(e))?;
+        let (Some(status), Some(qty), Some(user), Some(expires)) = (
+            f.get("status"),
+            f.get("qty"),
+            f.get("user"),
+            f.get("expires"),
+        ) else {
+            return Err(ApiError::TicketNotFound.into());
+        };
+        let mut status = status.clone();
+        let mut position = None;
+        if status == "waiting" {
+            if expires.parse::<i64>().unwrap_or(0) <= now_ms() {
+                status = "expired".into();
+            } else {
+                let rank: Option<i64> = self
+                    .pool
+                    .next()
+                    .zrank(wk.queue(), key.as_str(), false)
+                    .await
+                    .map_err(|e| self.err(e))?;
+                position = rank.map(|r| r + 1);
+            }
+        }
+        Ok(Ticket {
+            ticket_id: key,
+            sku: id.sku().to_string(),
+            qty: qty.parse().unwrap_or(0),
+            user_id: user.clone(),
+            position,
+            reservation_id: f.get("rid").cloned(),
+            expires_at: f
+                .get("hold_exp")
+                .and_then(|e| e.parse().ok())
+                .map(ms_to_rfc3339),
+            reason: f.get("reason").cloned(),
+            status,
+        })
+    }
+
+    /// The buyer leaves the queue. Idempotent; a ticket already promoted,
+    /// expired or cancelled is answered as it is (409 for promoted/expired).
+    pub async fn cancel_ticket(&self, id: &TicketId) -> Result<Ticket, InventoryError> {
+        let t = self.ticket(id).await?;
+        self.end_ticket(id.sku(), &t.ticket_id, "cancelled", "", 0, "")
+            .await?;
+        let t = self.ticket(id).await?;
+        match t.status.as_str() {
+            "cancelled" => Ok(t),
+            "promoted" => Err(ApiError::TicketState("promoted").into()),
+            _ => Err(ApiError::TicketState("expired").into()),
+        }
+    }
+
+    async fn end_ticket(
+        &self,
+        sku: &Sku,
+        ticket: &str,
+        status: &str,
+        rid: &str,
+        hold_exp: i64,
+        reason: &str,
+    ) -> Result<EndTicket, InventoryError> {
+        let wk = WaitKeys::new(sku);
+        let reply = array(
+            self.run(
+                &self.scripts.wl_end,
+                vec![
+                    wk.queue(),
+                    wk.exp(),
+                    wk.users(),
+                    wk.ticket(ticket),
+                    wk.stream(),
+                ],
+                vec![
+                    ticket.to_string(),
+                    status.to_string(),
+                    rid.to_string(),
+                    hold_exp.to_string(),
+                    reason.to_string(),
+                ],
+            )
+            .await?,
+        )?;
+        match text(at(&reply, 0)?)?.as_str() {
+            "ok" => Ok(EndTicket::Ended),
+            "ended" => Ok(EndTicket::Was(text(at(&reply, 1)?)?)),
+            "missing" => Err(ApiError::TicketNotFound.into()),
+            other => Err(InventoryError::Protocol(format!(
+                "wl_end replied {other:?}"
+            ))),
+        }
+    }
+
+    /// Waiting tickets of a SKU.
+    pub async fn waitlist_len(&self, sku: &Sku) -> Result<i64, InventoryError> {
+        self.pool
+            .next()
+            .zcard(WaitKeys::new(sku).queue())
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// One promoter round for one SKU: expire stale tickets, then promote
+    /// from the head of the queue while stock allows, or lift the gates when
+    /// nobody waits. `me` names this promoter (lease holder and consumer).
+    /// Returns the tickets promoted.
+    pub async fn promote(&self, meta: &SkuMeta, me: &str) -> Result<Vec<Ticket>, InventoryError> {
+        let wk = WaitKeys::new(&meta.sku);
+        self.run(
+            &self.scripts.wl_expire,
+            vec![wk.queue(), wk.exp(), wk.users(), wk.stream()],
+            vec![wk.ticket_prefix(), "100".into()],
+        )
+        .await?;
+        let waiting = self.waitlist_len(&meta.sku).await?;
+        let mut promoted = Vec::new();
+        if waiting == 0 {
+            self.lift_gates(meta, &wk).await?;
+            return Ok(promoted);
+        }
+        let held = int(&self
+            .run(
+                &self.scripts.wl_lease,
+                vec![wk.lease()],
+                vec![me.to_string(), self.settings.lease_ms.to_string()],
+            )
+            .await?)?;
+        if held != 1 {
+            return Ok(promoted);
+        }
+        // gates could be missing if a joiner died between joining and gating
+        self.set_gates(meta).await?;
+        'rounds: for _ in 0..64 {
+            let entries = array(
+                self.run(
+                    &self.scripts.wl_next,
+                    vec![wk.stream()],
+                    vec![me.to_string(), "16".into()],
+                )
+                .await?,
+            )?;
+            if entries.is_empty() {
+                break;
+            }
+            for pair in entries.chunks(2) {
+                let [_, ticket] = pair else { continue };
+                let ticket = text(ticket)?;
+                match self.promote_one(meta, &ticket).await? {
+                    (Step::Done, Some(t)) => promoted.push(t),
+                    (Step::Done, None) => {}
+                    (Step::NoStock, _) => break 'rounds,
+                }
+            }
+        }
+        Ok(promoted)
+    }
+
+    async fn promote_one(
+        &self,
+        meta: &SkuMeta,
+        ticket: &str,
+    ) -> Result<(Step, Option<Ticket>), InventoryError> {
+        let wk = WaitKeys::new(&meta.sku);
+        let f: std::collections::HashMap<String, String> = self
+            .pool
+            .next()
+            .hgetall(wk.ticket(ticket))
+            .await
+            .map_err(|e| self.err(e))?;
+        let status = f.get("status").map(String::as_str).unwrap_or("");
+        if status != "waiting" {
+            // ended meanwhile (cancelled, expired): acknowledge the entry
+            if !status.is_empty() {
+                self.end_ticket(&meta.sku, ticket, status, "", 0, "")
+                    .await?;
+            }
+            return Ok((Step::Done, None));
+        }
+        if f.get("expires")
+            .and_then(|e| e.parse::<i64>().ok())
+            .unwrap_or(0)
+            <= now_ms()
+        {
+            self.end_ticket(&meta.sku, ticket, "expired", "", 0, "")
+                .await?;
+            return Ok((Step::Done, None));
+        }
+        let attempt = f.get("attempt").cloned().unwrap_or_else(|| "0".into());
+        let (Some(qty), Some(user)) = (
+            f.get("qty").and_then(|q| q.parse::<i64>().ok()),
+            f.get("user").and_then(|u| UserId::parse(u).ok()),
+        ) else {
+            self.end_ticket(&meta.sku, ticket, "cancelled", "", 0, "corrupt")
+                .await?;
+            return Ok((Step::Done, None));
+        };
+        let key = IdempotencyKey::parse(&format!("wl:{ticket}:{attempt}"))
+            .map_err(InventoryError::Protocol)?;
+        let req = ReserveRequest {
+            sku: meta.sku.clone(),
+            qty: Qty::parse(qty, u32::MAX).map_err(InventoryError::Protocol)?,
+            user,
+            key,
+            waitlist: false,
+        };
+        let mut counted_now = false;
+        if meta.max_per_user > 0 {
+            match self.cap_take(meta, &req).await? {
+                0 => {
+                    self.end_ticket(&meta.sku, ticket, "cancelled", "", 0, "purchase_limit")
+                        .await?;
+                    return Ok((Step::Done, None));
+                }
+                1 => counted_now = true,
+                _ => {}
+            }
+        }
+        let fp = req.fingerprint();
+        match self.walk(&req, meta, &fp, false).await? {
+            ReserveOutcome::Held(r) | ReserveOutcome::Replayed(r) => {
+                let exp = humantime::parse_rfc3339(&r.expires_at)
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as i64);
+                match self
+                    .end_ticket(&meta.sku, ticket, "promoted", &r.reservation_id, exp, "")
+                    .await?
+                {
+                    EndTicket::Ended => {
+                        let id = TicketId::parse(ticket).map_err(InventoryError::Protocol)?;
+                        Ok((Step::Done, Some(self.ticket(&id).await?)))
+                    }
+                    EndTicket::Was(other) => {
+                        // cancelled while we reserved: give the units back
+                        if other != "promoted" {
+                            let rid = crate::domain::ReservationId::parse(&r.reservation_id)
+                                .map_err(InventoryError::Protocol)?;
+                            match self.release(&rid).await {
+                                Ok(_) => {}
+                                Err(InventoryError::Api(e))
+                                    if matches!(*e, ApiError::ReservationState(_)) => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        Ok((Step::Done, None))
+                    }
+                }
+            }
+            ReserveOutcome::SoldOut => {
+                if counted_now {
+                    self.cap_give(meta, req.user.as_str(), req.key.as_str())
+                        .await?;
+                }
+                self.run(
+                    &self.scripts.wl_bump,
+                    vec![wk.ticket(ticket)],
+                    vec![attempt],
+                )
+                .await?;
+                Ok((Step::NoStock, None))
+            }
+            ReserveOutcome::Waitlisted(_) | ReserveOutcome::WaitlistReplayed(_) => Err(
+                InventoryError::Protocol("a promotion cannot join the waitlist".into()),
+            ),
+        }
+    }
+
+    /// Nobody waits: lift the gates, unless a buyer joined meanwhile.
+    async fn lift_gates(&self, meta: &SkuMeta, wk: &WaitKeys) -> Result<(), InventoryError> {
+        let closing = int(&self
+            .run(
+                &self.scripts.wl_gate,
+                vec![wk.queue(), wk.state()],
+                vec!["close".into()],
+            )
+            .await?)?;
+        if closing != 1 {
+            return Ok(());
+        }
+        self.clear_gates(meta).await?;
+        let closed = int(&self
+            .run(
+                &self.scripts.wl_gate,
+                vec![wk.queue(), wk.state()],
+                vec!["closed".into()],
+            )
+            .await?)?;
+        if closed != 1 {
+            self.set_gates(meta).await?;
+        }
+        Ok(())
+    }
+}
+
+enum EndTicket {
+    Ended,
+    Was(String),
+}
+
+/// The promoter task: a round over every SKU each `interval`, or sooner when
+/// units come back. Runs on every instance; the per-SKU lease makes one of
+/// them do the work.
+pub async fn run(
+    inventory: Arc<Inventory>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    webhook: Option<crate::webhook::Webhook>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let me = format!("promoter-{}", uuid::Uuid::new_v4().simple());
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = inventory.returned.notified() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let skus = match inventory.skus().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "waitlist promoter: cannot list SKUs");
+                continue;
+            }
+        };
+        for sku in skus {
+            let Ok(Some(meta)) = inventory.meta(&sku).await else {
+                continue;
+            };
+            match inventory.promote(&meta, &me).await {
+                Ok(promoted) => {
+                    for t in promoted {
+                        metrics.outcome("promoted");
+                        tracing::info!(sku = %sku, ticket = %t.ticket_id, "waitlist ticket promoted");
+                        if let Some(w) = &webhook {
+                            w.send(&t);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, sku = %sku, "waitlist promotion failed; retrying next round")
+                }
+            }
+            if let Ok(n) = inventory.waitlist_len(&sku).await {
+                metrics.set_waitlist(sku.as_str(), n);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticket_ids_round_trip_and_differ_from_reservation_ids() {
+        let sku = Sku::parse("hot").unwrap();
+        let t = TicketId::new(&sku);
+        assert_eq!(TicketId::parse(&t.to_string()).unwrap(), t);
+        assert!(TicketId::parse("hot.0.0123456789abcdef0123456789abcdef").is_err());
+        assert!(crate::domain::ReservationId::parse(&t.to_string()).is_err());
+    }
+}
