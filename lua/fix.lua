@@ -1,8 +1,8 @@
 -- fix: `flashgate reconcile --fix` on one shard. Sets the shard's Redis books
 -- to the ledger's truth (src/reconcile.rs works them out from Postgres) and
--- settles reservation records Redis still shows as held although the ledger
--- has them ended — one atomic step, and only if nothing happened on the shard
--- since reconcile read it.
+-- settles reservation records whose status differs from the ledger's (still
+-- held in Redis although the ledger has them ended, or ended otherwise) — one
+-- atomic step, and only if nothing happened on the shard since reconcile read it.
 --
 -- KEYS[1] fg:{SKU#s}:stock   KEYS[2] fg:{SKU#s}:books   KEYS[3] fg:{SKU#s}:holds
 -- KEYS[4] fg:{SKU#s}:events  KEYS[5..] fg:{SKU#s}:r:<rid>, the records to settle
@@ -51,7 +51,8 @@ local ts = now_ms()
 for i = 5, #KEYS do
   local j = 8 + 2 * (i - 5)
   local rid, status = ARGV[j], ARGV[j + 1]
-  if redis.call('HGET', KEYS[i], 'status') == 'held' then
+  local cur = redis.call('HGET', KEYS[i], 'status')
+  if cur and cur ~= status then   -- a record gone meanwhile stays gone
     redis.call('HSET', KEYS[i], 'status', status, 'ended', ts, 'fixed', 'reconcile')
   end
   redis.call('ZREM', holds, rid)

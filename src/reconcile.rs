@@ -163,7 +163,8 @@ pub struct RecordDrift {
     /// `ledger_missing` (the outbox lost events Redis proves: backfilled into
     /// the ledger), `hold_lost` (Redis lost a hold: closed as expired in the
     /// ledger), `record_behind` (Redis lost the end of a hold: its record is
-    /// settled), `status_conflict` (both ended, differently: the ledger wins).
+    /// settled), `status_conflict` (both ended, differently: the ledger wins,
+    /// the record is set to its status).
     pub finding: &'static str,
     pub repair: String,
 }
@@ -317,6 +318,8 @@ pub struct Reconciler {
 }
 
 const SNAPSHOT_RETRY: Duration = Duration::from_millis(100);
+/// Pause before reading a shard that moved under us again.
+const BUSY_RETRY: Duration = Duration::from_millis(10);
 /// Reservation records read per pipeline.
 const RECORD_CHUNK: usize = 500;
 const TERMINAL: [&str; 3] = ["confirmed", "released", "expired"];
@@ -516,6 +519,7 @@ impl Reconciler {
                         waited: deadline.elapsed(),
                     });
                 }
+                tokio::time::sleep(BUSY_RETRY).await;
                 continue;
             }
             self.wait_for_ledger(&stream, &l1, deadline).await?;
@@ -555,6 +559,7 @@ impl Reconciler {
                     waited: deadline.elapsed(),
                 });
             }
+            tokio::time::sleep(BUSY_RETRY).await;
         }
     }
 
@@ -871,7 +876,7 @@ impl Reconciler {
 /// What `--fix` would do on one shard.
 struct Plan {
     backfill: Vec<Backfill>,
-    /// Records Redis still shows as held, with the status the ledger has for them.
+    /// Records whose status differs from the ledger's, with the ledger's status.
     settle: Vec<(String, String)>,
 }
 
@@ -968,8 +973,9 @@ fn compare(
                         drift(
                             "status_conflict",
                             l.qty,
-                            format!("the ledger's {end} stands; check the payment"),
+                            format!("the ledger's {end} stands: the Redis record is set to it"),
                         );
+                        plan.settle.push((rid.clone(), end.clone()));
                     }
                     _ => {}
                 }

@@ -483,7 +483,8 @@ async fn a_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
     let mut healthy = spawn_writer(&redis.url(), &pg, "healthy");
     assert!(
         eventually(WAIT, || async {
-            redis.cli(&["XPENDING", stream, "ledger"]).starts_with('0')
+            pg.psql("SELECT count(*) FROM ledger_events") == expected.to_string()
+                && redis.cli(&["XPENDING", stream, "ledger"]).starts_with('0')
         })
         .await,
         "every pending entry claimed and acknowledged: {}",

@@ -217,12 +217,17 @@ async fn fix_refuses_books_that_do_not_add_up() {
     let seen = f.tampered().await;
     let (stock, _) = f.books().await;
     assert_eq!(stock, 9);
-    // a record that is no longer held is left as it is
+    // an ended record takes the ledger's status too; a missing one stays missing
     let reply = f
-        .fix(&seen, [5, 1, 4, 10, 0, 0], &[("c1", "expired")])
+        .fix(
+            &seen,
+            [5, 1, 4, 10, 0, 0],
+            &[("c1", "expired"), ("gone", "confirmed")],
+        )
         .await
         .unwrap();
     assert_eq!(reply[0], "ok");
-    assert_eq!(f.status("c1").await, "confirmed");
+    assert_eq!(f.status("c1").await, "expired");
+    assert_eq!(f.status("gone").await, "");
     let _ = Value::Null;
 }
