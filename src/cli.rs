@@ -127,6 +127,16 @@ pub struct ServeArgs {
     pub global_burst: Option<u32>,
     #[arg(long, env = "FLASHGATE_LIMITER_PRUNE_SECONDS")]
     pub limiter_prune_seconds: Option<u64>,
+    #[arg(long, env = "FLASHGATE_SOLD_OUT_CACHE_MS")]
+    pub sold_out_cache_ms: Option<u64>,
+    #[arg(long, env = "FLASHGATE_SOLD_OUT_CHECK_KEY")]
+    pub sold_out_check_key: Option<bool>,
+    #[arg(long, env = "FLASHGATE_WAITLIST_CAPACITY")]
+    pub waitlist_capacity: Option<u64>,
+    #[arg(long, env = "FLASHGATE_WAITLIST_TICKET_SECONDS")]
+    pub waitlist_ticket_seconds: Option<u64>,
+    #[arg(long, env = "FLASHGATE_WAITLIST_WEBHOOK_URL")]
+    pub waitlist_webhook_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -166,7 +176,12 @@ impl ServeArgs {
             client_burst,
             global_rate_per_second,
             global_burst,
-            limiter_prune_seconds
+            limiter_prune_seconds,
+            sold_out_cache_ms,
+            sold_out_check_key,
+            waitlist_capacity,
+            waitlist_ticket_seconds,
+            waitlist_webhook_url
         );
         if self.insecure_no_auth {
             c.insecure_no_auth = true;

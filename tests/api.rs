@@ -253,7 +253,9 @@ async fn two_thousand_buyers_one_hundred_units() {
     let sold_out = answers.iter().filter(|a| a.code() == "sold_out").count();
     let mut codes = std::collections::BTreeMap::new();
     for a in &answers {
-        *codes.entry((a.status.as_u16(), a.code().to_string())).or_insert(0) += 1;
+        *codes
+            .entry((a.status.as_u16(), a.code().to_string()))
+            .or_insert(0) += 1;
     }
     eprintln!("answers: {codes:?}");
     assert_eq!(held.len(), 100, "exactly the stock is held");
@@ -628,4 +630,54 @@ async fn script_flush_is_survived() {
         noscript.contains(r#"flashgate_redis_errors_total{kind="noscript"}"#),
         "the reload was counted"
     );
+}
+
+#[tokio::test]
+async fn sold_out_fast_path_answers_from_memory_and_reopens() {
+    let redis = RedisServer::start();
+    let a = app_with(&redis, |c| c.sold_out_cache_ms = 100).await;
+    let b = app_with(&redis, |c| c.sold_out_cache_ms = 100).await;
+    a.preload("fast", 2, 2).await;
+    let h1 = a.reserve("f1", "fast", 1, "u1").await;
+    assert_eq!(
+        a.reserve("f2", "fast", 1, "u2").await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(a.reserve("f3", "fast", 1, "u3").await.code(), "sold_out");
+    let calls = |r: &RedisServer| -> u64 {
+        r.cli(&["INFO", "commandstats"])
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha"))
+            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let before = calls(&redis);
+    for i in 0..20 {
+        assert_eq!(
+            a.reserve(&format!("burst-{i}"), "fast", 1, "x")
+                .await
+                .code(),
+            "sold_out"
+        );
+    }
+    // the fast path runs no script (background tasks may; they run few in this window)
+    assert!(
+        calls(&redis) - before < 20,
+        "sold-out answers must not walk the shards"
+    );
+    // a retry of a key that holds a unit is still a replay, not a 409
+    let replay = a.reserve("f1", "fast", 1, "u1").await;
+    assert_eq!((replay.status, &replay.body), (StatusCode::OK, &h1.body));
+    // a unit comes back through the OTHER instance: within the bound, a sees it
+    let rid = h1.body["reservation_id"].as_str().unwrap();
+    assert_eq!(b.action(rid, "release").await.status, StatusCode::OK);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            a.reserve("after", "fast", 1, "u4").await.status == StatusCode::CREATED
+        })
+        .await,
+        "the returned unit is sold, not hidden by a stale sold-out"
+    );
+    let st = a.assert_books("fast").await;
+    assert_eq!((st.available, st.held), (0, 2));
 }

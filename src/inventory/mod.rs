@@ -178,6 +178,8 @@ impl SkuMeta {
 }
 
 struct Settings {
+    sold_out_cache: Duration,
+    sold_out_check_key: bool,
     waitlist_capacity: u64,
     ticket_ttl_ms: u64,
     lease_ms: u64,
@@ -194,6 +196,8 @@ pub struct Inventory {
     /// Woken when units come back to stock (release, expiry): the waitlist
     /// promoter need not wait for its next tick.
     pub returned: tokio::sync::Notify,
+    /// SKUs that answered "sold out", until when (the sold-out fast path).
+    sold_out: RwLock<HashMap<Sku, Instant>>,
     pool: Pool,
     scripts: Scripts,
     metrics: Arc<Metrics>,
@@ -277,11 +281,14 @@ impl Inventory {
                 record_ttl_ms: max_hold_ms + idem_ttl_ms,
                 sweep_batch: config.sweep_batch,
                 waitlist_capacity: config.waitlist_capacity,
+                sold_out_cache: Duration::from_millis(config.sold_out_cache_ms),
+                sold_out_check_key: config.sold_out_check_key,
                 ticket_ttl_ms: config.waitlist_ticket_seconds * 1000,
                 lease_ms: config.waitlist_lease_ms,
             },
             meta: RwLock::new(HashMap::new()),
             returned: tokio::sync::Notify::new(),
+            sold_out: RwLock::new(HashMap::new()),
         })
     }
 
@@ -402,6 +409,27 @@ impl Inventory {
         let meta = self.meta_of(&req.sku).await?;
         let fp = req.fingerprint();
 
+        // The sold-out fast path: refuse from memory, without touching the
+        // shards. Only a key that never reached Redis is refused this way
+        // (with sold_out_check_key), so a retry of a request that got a hold
+        // still finds it.
+        if !req.waitlist && self.known_sold_out(&req.sku) {
+            let seen = if self.settings.sold_out_check_key {
+                let v: Option<String> = self
+                    .pool
+                    .next()
+                    .get(keys::idem_global(&req.key))
+                    .await
+                    .map_err(|e| self.err(e))?;
+                v.is_some()
+            } else {
+                false
+            };
+            if !seen {
+                return Ok(ReserveOutcome::SoldOut);
+            }
+        }
+
         // The key's first request fixes its body, across SKUs too: SET NX GET
         // answers the earlier body if there was one.
         let mine = format!("{}\n{}", req.sku, fp);
@@ -461,6 +489,31 @@ impl Inventory {
         result
     }
 
+    fn known_sold_out(&self, sku: &Sku) -> bool {
+        self.sold_out
+            .read()
+            .ok()
+            .and_then(|m| m.get(sku).map(|until| Instant::now() < *until))
+            .unwrap_or(false)
+    }
+
+    fn mark_sold_out(&self, sku: &Sku) {
+        if self.settings.sold_out_cache.is_zero() {
+            return;
+        }
+        if let Ok(mut m) = self.sold_out.write() {
+            m.insert(sku.clone(), Instant::now() + self.settings.sold_out_cache);
+        }
+    }
+
+    /// Units came back to `sku` through this instance: stop answering sold out.
+    fn units_returned(&self, sku: &Sku) {
+        if let Ok(mut m) = self.sold_out.write() {
+            m.remove(sku);
+        }
+        self.returned.notify_one();
+    }
+
     /// Walk the shards for `req` (see the module docs).
     async fn walk(
         &self,
@@ -506,6 +559,11 @@ impl Inventory {
         }
         if all_unloaded {
             return Err(ApiError::UnknownSku(req.sku.to_string()).into());
+        }
+        if donors.is_empty() {
+            // every shard reported no unit at all (not just too few, and not
+            // just a sticky verdict of this key): the SKU is empty right now
+            self.mark_sold_out(&req.sku);
         }
         Ok(ReserveOutcome::SoldOut)
     }
@@ -716,7 +774,7 @@ impl Inventory {
         let items = array(reply)?;
         let status = text(at(&items, 1).unwrap_or(&Value::Null))?;
         if status == "released" || status == "expired" {
-            self.returned.notify_one();
+            self.units_returned(rid.sku());
         }
         if meta.max_per_user > 0 && items.len() >= 6 {
             // a hold that ended without a sale frees the buyer's cap (idempotent)
@@ -949,6 +1007,7 @@ impl Inventory {
         if let Ok(mut cache) = self.meta.write() {
             cache.remove(sku);
         }
+        self.units_returned(sku);
         Ok(PreloadOutcome::Loaded { per_shard })
     }
 
@@ -987,7 +1046,7 @@ impl Inventory {
             .await?,
         )?;
         if int(at(&reply, 0)?)? > 0 {
-            self.returned.notify_one();
+            self.units_returned(&meta.sku);
         }
         if meta.max_per_user > 0 {
             for pair in reply.get(3..).unwrap_or_default().chunks(2) {
