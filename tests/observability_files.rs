@@ -14,6 +14,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use flashgate::metrics::Metrics;
+
+mod support;
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
 
@@ -90,12 +92,20 @@ fn family_of<'a>(name: &'a str, registered: &BTreeMap<String, String>) -> Option
 /// query at least one (a parser that finds nothing would pass vacuously).
 #[track_caller]
 fn assert_queries_registered(file: &str, exprs: &[(String, String)]) {
-    let registered = registered_metrics();
+    assert_queries_in(file, exprs, &registered_metrics());
+}
+
+#[track_caller]
+fn assert_queries_in(
+    file: &str,
+    exprs: &[(String, String)],
+    registered: &BTreeMap<String, String>,
+) {
     let mut used = BTreeSet::new();
     let mut unknown = Vec::new();
     for (place, expr) in exprs {
         for name in metric_names_in(expr) {
-            match family_of(&name, &registered) {
+            match family_of(&name, registered) {
                 Some(family) => {
                     used.insert(family.to_owned());
                 }
@@ -769,4 +779,76 @@ fn text<'a>(value: &'a Yaml, what: &str) -> &'a str {
     value
         .as_str()
         .unwrap_or_else(|| panic!("{what}: expected a string, got {value:?}"))
+}
+
+/// The metric names every query of the dashboard and the alert rules uses.
+fn all_queries() -> Vec<(String, String)> {
+    let mut exprs = Vec::new();
+    dashboard_queries(&json(DASHBOARD), "dashboard", &mut exprs);
+    for group in seq(&yaml(ALERTS)["groups"], "groups") {
+        for rule in seq(&group["rules"], "rules") {
+            let name = rule["alert"]
+                .as_str()
+                .or_else(|| rule["record"].as_str())
+                .unwrap_or("rule");
+            exprs.push((name.to_owned(), text(&rule["expr"], name).to_owned()));
+        }
+    }
+    exprs
+}
+
+/// The running service, after some traffic, exposes every metric the
+/// dashboard and the alert rules query (names from a real scrape of /metrics).
+#[tokio::test]
+async fn a_live_scrape_has_every_metric_the_dashboard_and_alerts_use() {
+    use hyper::StatusCode;
+    let redis = support::RedisServer::start();
+    let app = support::spawn_app(support::test_config(&redis)).await;
+    app.preload("scrape", 3, 2).await;
+    let a = app.reserve("s1", "scrape", 1, "u1").await;
+    let b = app.reserve("s2", "scrape", 2, "u2").await;
+    assert_eq!(
+        (a.status, b.status),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
+    assert_eq!(
+        app.reserve("s3", "scrape", 1, "u3").await.code(),
+        "sold_out"
+    );
+    app.action(a.body["reservation_id"].as_str().unwrap(), "confirm")
+        .await;
+    app.action(b.body["reservation_id"].as_str().unwrap(), "release")
+        .await;
+    app.get("/v1/skus/scrape").await;
+    app.get("/readyz").await;
+    // per-SKU gauges come from the sweeper's chores (once a second)
+    assert!(
+        support::eventually(Duration::from_secs(10), || async {
+            app.get("/metrics")
+                .await
+                .body
+                .as_str()
+                .unwrap_or("")
+                .contains(r#"flashgate_sku_available_units{sku="scrape"}"#)
+        })
+        .await
+    );
+    let page = app
+        .get("/metrics")
+        .await
+        .body
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let scraped: BTreeMap<String, String> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| (name.to_owned(), kind.to_owned()))
+        .collect();
+    assert!(
+        page.contains(r#"flashgate_reservation_outcomes_total{outcome="held"} 2"#),
+        "{page}"
+    );
+    assert_queries_in("dashboard + alerts (live scrape)", &all_queries(), &scraped);
 }
