@@ -40,9 +40,11 @@ pub struct Args {
     #[arg(long, default_value = "redis-server")]
     pub redis_server_bin: PathBuf,
 
-    /// Hold duration the service uses (passed to `serve` with --spawn); the
-    /// wait for abandoned holds to expire is derived from it.
-    #[arg(long, default_value_t = 30)]
+    /// Hold duration the service uses (passed to `serve` with --spawn). It
+    /// should exceed the wave plus the sold-out phase: until the first hold
+    /// can expire, stock only goes down, which the false-sold-out proof needs.
+    /// The wait for abandoned holds to expire is derived from it.
+    #[arg(long, default_value_t = 60)]
     pub hold_seconds: u64,
 
     /// Longest wait for abandoned holds to expire before the books are checked

@@ -206,11 +206,13 @@ pub fn render(r: &Report) -> String {
     let fs = &r.false_sold_out;
     let _ = writeln!(
         o,
-        "  false sold-out: {} proven of {} sold-out answers in the wave and sold-out phase (first 409 at {}, last 201 sent at {}); available at the sell-out probe: {}",
+        "  false sold-out: {} proven of {} sold-out answers in the wave and sold-out phase (first 409 at {}, last 201 sent at {} within the no-expiry window ending at {}; {} 201s after it); available at the sell-out probe: {}",
         n(fs.proven_false),
         n(fs.sold_out_answers),
         opt(fs.first_sold_out_ms, " ms"),
         opt(fs.last_hold_sent_ms, " ms"),
+        opt(fs.window_end_ms, " ms"),
+        n(fs.holds_after_window),
         w.available_at_first_sold_out.map_or("n/a".into(), |a| a.to_string())
     );
     let _ = writeln!(

@@ -243,7 +243,8 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     if (followups_done - epoch).as_secs_f64() >= args.hold_seconds as f64 {
         notes.push(format!(
             "the wave, sold-out phase and follow-ups took longer than a hold ({} s): holds may have expired before \
-             their follow-up, and units that came back could make the false-sold-out proof wrong; raise --hold-seconds",
+             their follow-up (counted as lost confirm/release) and units may have come back during the sold-out \
+             phase (201s after the no-expiry window prove nothing); raise --hold-seconds",
             args.hold_seconds
         ));
     }
@@ -437,10 +438,11 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         wave.facts.duration_s
     };
     let admitted_reserves_per_sec = ratio(held_in_wave, admitted_window_s).unwrap_or(0.0);
-    let mut false_sold_out = stats::false_sold_out(&samples);
+    let mut false_sold_out = stats::false_sold_out(&samples, args.hold_seconds * 1_000_000);
     let t0_ms = wave_t0_us as f64 / 1000.0;
     false_sold_out.first_sold_out_ms = false_sold_out.first_sold_out_ms.map(|t| t - t0_ms);
     false_sold_out.last_hold_sent_ms = false_sold_out.last_hold_sent_ms.map(|t| t - t0_ms);
+    false_sold_out.window_end_ms = false_sold_out.window_end_ms.map(|t| t - t0_ms);
     let hz_rate = healthz.per_sec;
     let so_rate = sold_out_phase.summary.rate(Outcome::SoldOut);
     let sustained = capacity.as_ref().map_or(0.0, |c| c.rate(Outcome::Held));

@@ -277,44 +277,50 @@ pub fn timeline(samples: &[Sample], from_us: u64, to_us: u64, bucket_ms: u64) ->
 
 /// False "sold out" answers, proven from the client's side.
 ///
-/// During the wave and the sold-out phase no unit comes back to stock (nobody
-/// confirms or releases until both are over, and holds outlive them), so
-/// stock only goes down. A
-/// 409 received at t is then provably false if some reserve *sent* after t
-/// still got a 201: stock was > 0 after the 409 was decided, so it was > 0
-/// when it was decided. This is a lower bound (a 409 decided while another
-/// shard had stock, with no later 201 to prove it, is not counted).
+/// During the wave and the sold-out phase nobody confirms or releases (that
+/// waits until both are over), so stock only goes down until the first hold
+/// can expire: `hold` after the first 201 was sent. Within that window, a 409
+/// received at t is provably false if some reserve *sent* after t (and
+/// before the window ends) still got a 201: stock was > 0 after the 409 was
+/// decided, so it was > 0 when it was decided. A lower bound (a 409 decided
+/// while another shard had stock, with no later 201 to prove it, is not
+/// counted). 201s sent after the window prove nothing: a unit may have come
+/// back by expiry.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct FalseSoldOut {
     pub sold_out_answers: u64,
     pub first_sold_out_ms: Option<f64>,
+    /// The last 201 sent within the window.
     pub last_hold_sent_ms: Option<f64>,
+    /// End of the window in which stock can only go down.
+    pub window_end_ms: Option<f64>,
+    /// 201s sent after the window (not used as proof).
+    pub holds_after_window: u64,
     pub proven_false: u64,
 }
 
-pub fn false_sold_out(samples: &[Sample]) -> FalseSoldOut {
-    let wave = || {
+pub fn false_sold_out(samples: &[Sample], hold_us: u64) -> FalseSoldOut {
+    let sale = || {
         samples
             .iter()
             .filter(|s| matches!(s.phase, Phase::Wave | Phase::SoldOut))
     };
-    let last_hold_sent = wave()
-        .filter(|s| s.outcome == Outcome::Held)
-        .map(|s| s.sent_us)
-        .max();
-    let sold_out: Vec<&Sample> = wave().filter(|s| s.outcome == Outcome::SoldOut).collect();
+    let held = || sale().filter(|s| s.outcome == Outcome::Held);
+    let window_end = held().map(|s| s.sent_us).min().map(|t| t + hold_us);
+    let in_window = |s: &&Sample| window_end.is_some_and(|end| s.sent_us < end);
+    let last_hold_sent = held().filter(in_window).map(|s| s.sent_us).max();
+    let sold_out: Vec<&Sample> = sale().filter(|s| s.outcome == Outcome::SoldOut).collect();
     let proven_false = match last_hold_sent {
         Some(t) => sold_out.iter().filter(|s| s.recv_us < t).count() as u64,
         None => 0,
     };
+    let ms = |us: u64| us as f64 / 1000.0;
     FalseSoldOut {
         sold_out_answers: sold_out.len() as u64,
-        first_sold_out_ms: sold_out
-            .iter()
-            .map(|s| s.recv_us)
-            .min()
-            .map(|us| us as f64 / 1000.0),
-        last_hold_sent_ms: last_hold_sent.map(|us| us as f64 / 1000.0),
+        first_sold_out_ms: sold_out.iter().map(|s| s.recv_us).min().map(ms),
+        last_hold_sent_ms: last_hold_sent.map(ms),
+        window_end_ms: window_end.map(ms),
+        holds_after_window: held().filter(|s| !in_window(s)).count() as u64,
         proven_false,
     }
 }
@@ -419,7 +425,7 @@ mod tests {
             s(Phase::Wave, Outcome::Held, 30, 50),
             s(Phase::Followup, Outcome::Ok, 100, 110), // other phase: ignored
         ];
-        let f = false_sold_out(&samples);
+        let f = false_sold_out(&samples, 1_000_000);
         assert_eq!(f.sold_out_answers, 2);
         assert_eq!(f.proven_false, 1);
         assert_eq!(f.first_sold_out_ms, Some(0.02));
@@ -434,15 +440,33 @@ mod tests {
             s(Phase::SoldOut, Outcome::SoldOut, 20, 30),
             s(Phase::SoldOut, Outcome::Held, 40, 50),
         ];
-        let f = false_sold_out(&samples);
+        let f = false_sold_out(&samples, 1_000_000);
         assert_eq!((f.sold_out_answers, f.proven_false), (2, 2));
         assert_eq!(time_to_sell_out_ms(&samples), None);
     }
 
     #[test]
+    fn holds_after_the_first_could_expire_prove_nothing() {
+        // Hold time 100 µs: the first 201 was sent at 0, so units may come
+        // back from 100 on; the 201 sent at 150 is not a proof.
+        let samples = vec![
+            s(Phase::Wave, Outcome::Held, 0, 10),
+            s(Phase::Wave, Outcome::SoldOut, 20, 30),
+            s(Phase::SoldOut, Outcome::Held, 150, 160),
+        ];
+        let f = false_sold_out(&samples, 100);
+        assert_eq!(f.proven_false, 0);
+        assert_eq!(f.holds_after_window, 1);
+        assert_eq!(f.window_end_ms, Some(0.1));
+        assert_eq!(f.last_hold_sent_ms, Some(0.0));
+        // With a longer hold the same 201 proves the 409 false.
+        assert_eq!(false_sold_out(&samples, 1000).proven_false, 1);
+    }
+
+    #[test]
     fn no_holds_means_nothing_proven() {
         let samples = vec![s(Phase::Wave, Outcome::SoldOut, 0, 10)];
-        assert_eq!(false_sold_out(&samples).proven_false, 0);
+        assert_eq!(false_sold_out(&samples, 1_000_000).proven_false, 0);
         assert_eq!(time_to_sell_out_ms(&samples), None);
     }
 
