@@ -2,6 +2,7 @@
 //! and the real service on `127.0.0.1:0`. Everything is stopped on `Drop`.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod postgres;
 
 use std::io::{Read, Write};
