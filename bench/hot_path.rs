@@ -1,0 +1,96 @@
+//! Criterion micro-benchmarks of the request path's pure pieces: request
+//! decode + validation, the limiter check, shard choice + key names, and
+//! response encode. `cargo bench --bench hot_path`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use flashgate::domain::{IdempotencyKey, Qty, ReservationId, Sku, UserId};
+use flashgate::inventory::keys::{default_tag, ShardKeys};
+use flashgate::inventory::Reservation;
+use flashgate::limiter::{Bucket, Limiter};
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ReserveBody {
+    sku: String,
+    qty: i64,
+    user_id: String,
+    #[serde(default)]
+    waitlist: bool,
+}
+
+fn decode(c: &mut Criterion) {
+    let body = br#"{"sku":"hot-sneaker-42","qty":1,"user_id":"user-0012345"}"#;
+    c.bench_function("request decode + validate", |b| {
+        b.iter(|| {
+            let r: ReserveBody = serde_json::from_slice(black_box(body)).expect("json");
+            let sku = Sku::parse(&r.sku).expect("sku");
+            let qty = Qty::parse(r.qty, 10).expect("qty");
+            let user = UserId::parse(&r.user_id).expect("user");
+            let key = IdempotencyKey::parse(black_box("order-7f3a9c2e-0001")).expect("key");
+            black_box((sku, qty, user, key))
+        })
+    });
+}
+
+fn limiter(c: &mut Criterion) {
+    let off = Bucket {
+        rate_per_second: 0,
+        burst: 0,
+    };
+    let l = Limiter::new(
+        off,
+        off,
+        Bucket {
+            rate_per_second: 1_000_000,
+            burst: 1_000_000,
+        },
+    );
+    let users: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
+    let mut i = 0;
+    c.bench_function("limiter check (10k known buyers)", |b| {
+        b.iter(|| {
+            i = (i + 1) % users.len();
+            black_box(l.check_user(&users[i]).is_ok())
+        })
+    });
+}
+
+fn shard_choice(c: &mut Criterion) {
+    let sku = Sku::parse("hot-sneaker-42").expect("sku");
+    let key = IdempotencyKey::parse("order-7f3a9c2e-0001").expect("key");
+    c.bench_function("shard choice + key names", |b| {
+        b.iter(|| {
+            let s = (black_box(&key).stable_hash() % 8) as u16;
+            let k = ShardKeys::new(&default_tag(&sku, s));
+            let rid = ReservationId::new(&sku, s, &uuid::Uuid::new_v4());
+            black_box((
+                k.stock(),
+                k.books(),
+                k.holds(),
+                k.idem(&key),
+                k.events(),
+                k.record(&rid),
+            ))
+        })
+    });
+}
+
+fn encode(c: &mut Criterion) {
+    let r = Reservation {
+        reservation_id: "hot-sneaker-42.3.0123456789abcdef0123456789abcdef".into(),
+        sku: "hot-sneaker-42".into(),
+        qty: 1,
+        user_id: "user-0012345".into(),
+        status: "held",
+        expires_at: flashgate::inventory::ms_to_rfc3339(1_795_000_000_000),
+    };
+    c.bench_function("response encode", |b| {
+        b.iter(|| black_box(serde_json::to_vec(black_box(&r)).expect("json")))
+    });
+}
+
+criterion_group!(benches, decode, limiter, shard_choice, encode);
+criterion_main!(benches);
