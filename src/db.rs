@@ -65,6 +65,11 @@ impl Db {
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(CONNECT_TIMEOUT);
         }
+        if pg.get_options().is_none() {
+            // a statement stuck on a lock fails and is retried instead of
+            // hanging the ledger writer for ever
+            pg.options("-c statement_timeout=30000");
+        }
         if pg.get_application_name().is_none() {
             pg.application_name("flashgate");
         }

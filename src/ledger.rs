@@ -53,6 +53,8 @@ const UNDELIVERED_CAP: usize = 100_000;
 const FORGET_INTERVAL: Duration = Duration::from_secs(60);
 /// A consumer idle this long, with nothing pending, belongs to a gone writer.
 const FORGET_IDLE_MS: i64 = 3_600_000;
+/// How long a stopping writer lets its batch in flight finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Longest pause between attempts while Postgres or Redis is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -710,7 +712,25 @@ pub async fn run(mut writer: Writer, mut shutdown: watch::Receiver<bool>) {
         if chores {
             last_chores = Some(Instant::now());
         }
-        match writer.pass(chores).await {
+        let result = {
+            let pass = writer.pass(chores);
+            tokio::pin!(pass);
+            tokio::select! {
+                r = &mut pass => r,
+                _ = shutdown.changed() => {
+                    // let the batch in flight finish, but not for ever (Postgres
+                    // may hang): an abandoned batch stays pending and is claimed
+                    match tokio::time::timeout(SHUTDOWN_GRACE, &mut pass).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            tracing::warn!("ledger: stopping with a batch in flight; it stays pending and another writer claims it");
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        match result {
             Ok(stats) => {
                 if failing {
                     tracing::info!("ledger: writing again");

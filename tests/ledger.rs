@@ -563,6 +563,19 @@ async fn induced_drift_is_found_fixed_audited_and_then_clean() {
     // (c) a counter changed behind flashgate's back
     redis.cli(&["INCRBY", "fg:{drift#0}:stock", "5"]);
 
+    // (d) Redis loses a confirm the ledger has: the record is back to held
+    let unpaid = rids[0].clone();
+    let unpaid_shard: u16 = unpaid
+        .split('.')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("shard");
+    let tag = format!("fg:{{drift#{unpaid_shard}}}");
+    redis.cli(&["HSET", &format!("{tag}:r:{unpaid}"), "status", "held"]);
+    redis.cli(&["HINCRBY", &format!("{tag}:books"), "sold", "-1"]);
+    redis.cli(&["HINCRBY", &format!("{tag}:books"), "held", "1"]);
+    redis.cli(&["ZADD", &format!("{tag}:holds"), "99999999999999", &unpaid]);
+
     let report = reconcile(&app, &pg, false).await;
     let table = flashgate::reconcile::table(&report);
     assert!(report.drift(), "{table}");
@@ -576,6 +589,10 @@ async fn induced_drift_is_found_fixed_audited_and_then_clean() {
     assert!(findings.contains(&(lost.as_str(), "hold_lost")), "{table}");
     assert!(
         findings.contains(&(paid.as_str(), "ledger_missing")),
+        "{table}"
+    );
+    assert!(
+        findings.contains(&(unpaid.as_str(), "record_behind")),
         "{table}"
     );
     let s0 = &sku.per_shard[0];
@@ -603,7 +620,23 @@ async fn induced_drift_is_found_fixed_audited_and_then_clean() {
         String::from_utf8_lossy(&out.stdout)
     );
 
-    let fixed = reconcile(&app, &pg, true).await;
+    // Redis shows a hold outstanding: the sale looks live, --fix refuses
+    let refused = reconcile(&app, &pg, true).await;
+    let table = flashgate::reconcile::table(&refused);
+    assert_eq!(refused.exit_code(), 1, "{table}");
+    assert!(
+        table.contains("refused: the sale looks live (1 holds outstanding)"),
+        "{table}"
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM reconcile_audit"), "0");
+
+    let fixed = reconciler(&app, &pg)
+        .run(&Options {
+            force: true,
+            ..options(true)
+        })
+        .await
+        .expect("reconcile --fix --force runs");
     let table = flashgate::reconcile::table(&fixed);
     for s in &fixed.skus[0].per_shard {
         if s.drift() {
@@ -615,6 +648,18 @@ async fn induced_drift_is_found_fixed_audited_and_then_clean() {
     assert!(audit.contains(&format!("hold_lost:{lost}")), "{audit}");
     assert!(audit.contains(&format!("ledger_missing:{paid}")), "{audit}");
     assert!(audit.lines().any(|l| l == "available:"), "{audit}");
+    assert!(
+        audit.contains(&format!("record_behind:{unpaid}")),
+        "{audit}"
+    );
+    assert_eq!(
+        app.get(&format!("/v1/reservations/{unpaid}")).await.body["status"],
+        "confirmed"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(DISTINCT run_id) || ' ' || bool_and(forced) FROM reconcile_audit"),
+        "1 true"
+    );
     assert_eq!(
         pg.psql(&format!(
             "SELECT count(*) FROM ledger_events WHERE source = 'reconcile' AND rid = '{paid}' AND kind = 'confirmed'"
