@@ -17,6 +17,7 @@
 
 pub mod expiry;
 pub mod keys;
+pub mod placement;
 pub mod scripts;
 pub mod waitlist;
 
@@ -104,6 +105,8 @@ pub struct ShardStatus {
     pub outstanding_holds: i64,
     /// Units taken out of this shard by a transfer not yet applied elsewhere.
     pub in_transit: i64,
+    /// The cluster master (`host:port`) serving the shard; None on a single Redis.
+    pub node: Option<String>,
 }
 
 impl ShardStatus {
@@ -196,13 +199,20 @@ pub struct Inventory {
     /// Woken when units come back to stock (release, expiry): the waitlist
     /// promoter need not wait for its next tick.
     pub returned: tokio::sync::Notify,
-    /// SKUs that answered "sold out", until when (the sold-out fast path).
-    sold_out: RwLock<HashMap<Sku, Instant>>,
+    /// SKUs that answered "sold out": until when, and whether one request is
+    /// already re-checking the shards (the sold-out fast path).
+    sold_out: std::sync::Mutex<HashMap<Sku, SoldOutMark>>,
     pool: Pool,
     scripts: Scripts,
     metrics: Arc<Metrics>,
     settings: Settings,
     meta: RwLock<HashMap<Sku, (Arc<SkuMeta>, Instant)>>,
+}
+
+/// The sold-out fast path's memory of one SKU.
+struct SoldOutMark {
+    until: Instant,
+    probing: bool,
 }
 
 /// One shard's verdict on a reserve.
@@ -288,7 +298,7 @@ impl Inventory {
             },
             meta: RwLock::new(HashMap::new()),
             returned: tokio::sync::Notify::new(),
-            sold_out: RwLock::new(HashMap::new()),
+            sold_out: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -464,6 +474,10 @@ impl Inventory {
             }
         }
         let mut result = self.walk(req, &meta, &fp, true).await;
+        if matches!(result, Ok(ReserveOutcome::Held(_))) {
+            // a probe (or anyone) found stock: the SKU is open again
+            self.clear_sold_out(&req.sku);
+        }
         if req.waitlist && matches!(result, Ok(ReserveOutcome::SoldOut)) {
             if counted_now {
                 // the cap is counted again when the ticket is promoted
@@ -489,28 +503,52 @@ impl Inventory {
         result
     }
 
+    /// Answer "sold out" from memory? When the mark runs out, exactly one
+    /// request re-checks the shards (single flight) while the others keep
+    /// the answer for at most one more period; so a crowd costs one walk per
+    /// period, and returned units are seen within two periods at the most.
     fn known_sold_out(&self, sku: &Sku) -> bool {
-        self.sold_out
-            .read()
-            .ok()
-            .and_then(|m| m.get(sku).map(|until| Instant::now() < *until))
-            .unwrap_or(false)
+        let Ok(mut marks) = self.sold_out.lock() else {
+            return false;
+        };
+        let Some(mark) = marks.get_mut(sku) else {
+            return false;
+        };
+        let now = Instant::now();
+        if now < mark.until {
+            return true;
+        }
+        if !mark.probing {
+            mark.probing = true;
+            return false; // this request is the probe
+        }
+        now < mark.until + self.settings.sold_out_cache
     }
 
     fn mark_sold_out(&self, sku: &Sku) {
         if self.settings.sold_out_cache.is_zero() {
             return;
         }
-        if let Ok(mut m) = self.sold_out.write() {
-            m.insert(sku.clone(), Instant::now() + self.settings.sold_out_cache);
+        if let Ok(mut m) = self.sold_out.lock() {
+            m.insert(
+                sku.clone(),
+                SoldOutMark {
+                    until: Instant::now() + self.settings.sold_out_cache,
+                    probing: false,
+                },
+            );
+        }
+    }
+
+    fn clear_sold_out(&self, sku: &Sku) {
+        if let Ok(mut m) = self.sold_out.lock() {
+            m.remove(sku);
         }
     }
 
     /// Units came back to `sku` through this instance: stop answering sold out.
     fn units_returned(&self, sku: &Sku) {
-        if let Ok(mut m) = self.sold_out.write() {
-            m.remove(sku);
-        }
+        self.clear_sold_out(sku);
         self.returned.notify_one();
     }
 
@@ -855,6 +893,7 @@ impl Inventory {
         let meta = self.meta_of(sku).await?;
         let k = meta.shards;
         let client = self.pool.next();
+        let routing = placement::routing(&self.pool);
         let mut per_shard = Vec::with_capacity(usize::from(k));
         for s in 0..k {
             let sk = meta.keys(s);
@@ -884,6 +923,10 @@ impl Inventory {
                 transferred_out: f("xout"),
                 outstanding_holds: holds,
                 in_transit,
+                node: meta
+                    .tags
+                    .get(usize::from(s))
+                    .and_then(|t| placement::node_of(routing.as_ref(), t)),
             });
         }
         let sum = |f: fn(&ShardStatus) -> i64| per_shard.iter().map(f).sum::<i64>();
@@ -967,10 +1010,9 @@ impl Inventory {
         let max_per_user = max_per_user
             .or(old.as_ref().map(|m| m.max_per_user))
             .unwrap_or(0);
-        let mut tags = old.map(|m| m.tags.clone()).unwrap_or_default();
-        for s in tags.len()..usize::from(shards) {
-            tags.push(keys::default_tag(sku, s as u16));
-        }
+        // new shards are placed on the cluster's least-loaded masters
+        let old_tags = old.map(|m| m.tags.clone()).unwrap_or_default();
+        let tags = placement::tags_for(&self.pool, sku, &old_tags, shards);
         let meta = SkuMeta {
             sku: sku.clone(),
             shards,
