@@ -355,6 +355,10 @@ pub fn status_table(st: &SkuStatus) -> String {
         "{:>5} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}\n",
         "shard", "available", "held", "sold", "initial", "xfer_in", "xfer_out", "drift"
     ));
+    if st.per_shard.iter().any(|s| s.node.is_some()) {
+        out.pop();
+        out.push_str("  node\n");
+    }
     for s in &st.per_shard {
         out.push_str(&format!(
             "{:>5} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}\n",
@@ -367,6 +371,11 @@ pub fn status_table(st: &SkuStatus) -> String {
             s.transferred_out,
             s.drift()
         ));
+        // on a cluster: the master serving the shard
+        if let Some(node) = &s.node {
+            out.pop();
+            out.push_str(&format!("  {node}\n"));
+        }
     }
     out
 }

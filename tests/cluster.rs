@@ -106,6 +106,18 @@ async fn core_sale_on_a_cluster_and_shards_on_different_masters() {
         .iter()
         .map(|t| cluster.owner(keyslot(&format!("{{{t}}}"))))
         .collect();
-    eprintln!("tags {:?} on masters {owners:?}", meta.tags);
     assert!(owners.len() >= 2, "shards on {owners:?}");
+    assert_eq!(owners.len(), 3, "4 shards placed over all 3 masters");
+
+    // status names the master of every shard, as the slot map has it
+    let st = app.state.inventory.status(&sku).await.expect("status");
+    for (s, tag) in st.per_shard.iter().zip(&meta.tags) {
+        let owner = cluster.owner(keyslot(&format!("{{{tag}}}")));
+        assert_eq!(s.node, Some(format!("127.0.0.1:{owner}")), "{s:?}");
+    }
+    let table = flashgate::cli::status_table(&st);
+    assert!(
+        table.contains("node") && table.contains("127.0.0.1:"),
+        "{table}"
+    );
 }
