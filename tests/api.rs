@@ -648,7 +648,14 @@ async fn sold_out_fast_path_answers_from_memory_and_reopens() {
         r.cli(&["INFO", "commandstats"])
             .lines()
             .filter(|l| l.starts_with("cmdstat_evalsha"))
-            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
             .sum()
     };
     let before = calls(&redis);

@@ -159,10 +159,9 @@ async fn new_arrivals_do_not_jump_the_queue() {
     );
     assert!(
         eventually(Duration::from_secs(20), || async {
-            app.reserve("after-queue", "fair", 1, "newcomer")
-                .await
-                .status
-                == StatusCode::CREATED
+            // a fresh key per try: a key that heard 409 keeps hearing it
+            let key = format!("after-queue-{}", uuid::Uuid::new_v4());
+            app.reserve(&key, "fair", 1, "newcomer").await.status == StatusCode::CREATED
         })
         .await
     );
