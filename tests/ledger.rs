@@ -735,3 +735,77 @@ async fn the_sale_goes_on_while_postgres_is_down_and_the_ledger_catches_up() {
     }
     assert_clean(&reconcile(&app, &pg, false).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ledger_and_reconcile_work_on_a_redis_cluster() {
+    let cluster = support::cluster::Cluster::start(3, 0);
+    let pg = PostgresServer::start();
+    let c = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        redis_url: cluster.url(),
+        redis_timeout_ms: 3000,
+        sweep_interval_ms: 50,
+        drain_seconds: 1,
+        insecure_no_auth: true,
+        user_rate_per_second: 0,
+        postgres_url: pg.url(),
+        ledger_interval_ms: 20,
+        ledger_claim_idle_ms: 300,
+        ..Config::default()
+    };
+    let app = Arc::new(spawn_app(c).await);
+    app.preload("spread", 40, 4).await;
+    let answers = join_all((0..50).map(|i| {
+        let app = app.clone();
+        async move {
+            app.reserve(&format!("c-{i}"), "spread", 1, &format!("u{i}"))
+                .await
+        }
+    }))
+    .await;
+    let held: Vec<String> = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::CREATED)
+        .map(rid_of)
+        .collect();
+    assert_eq!(held.len(), 40);
+    for rid in &held[..30] {
+        assert_eq!(app.action(rid, "confirm").await.status, StatusCode::OK);
+    }
+    for rid in &held[30..] {
+        assert_eq!(app.action(rid, "release").await.status, StatusCode::OK);
+    }
+    assert!(
+        eventually(WAIT, || async {
+            let rows = ledger_rows(&pg, "spread").await;
+            count_kind(&rows, "held") == 40
+                && count_kind(&rows, "confirmed") == 30
+                && count_kind(&rows, "released") == 10
+        })
+        .await,
+        "the ledger drains every shard, wherever its slot lives"
+    );
+    assert_each_reservation_once(&ledger_rows(&pg, "spread").await);
+    assert_clean(&reconcile(&app, &pg, false).await);
+
+    // drift on one shard, repaired by fix.lua on the master that owns it
+    let meta = app
+        .state
+        .inventory
+        .meta(&Sku::parse("spread").unwrap())
+        .await
+        .expect("meta")
+        .expect("loaded");
+    let port = cluster.layout()[0].port;
+    support::cluster::cli(port, &["-c", "INCRBY", &meta.keys(2).stock(), "3"]);
+    let report = reconcile(&app, &pg, false).await;
+    assert!(report.drift());
+    let fixed = reconcile(&app, &pg, true).await;
+    assert_eq!(
+        fixed.exit_code(),
+        0,
+        "{}",
+        flashgate::reconcile::table(&fixed)
+    );
+    assert_clean(&reconcile(&app, &pg, false).await);
+}
