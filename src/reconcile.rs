@@ -39,7 +39,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SortedSetsInterface};
+use fred::interfaces::{
+    ClientLike, HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface,
+};
 use fred::types::{ClusterHash, CustomCommand, Value};
 use serde::Serialize;
 
@@ -49,7 +51,7 @@ use crate::db::{Db, DbError};
 use crate::domain::Sku;
 use crate::error::InventoryError;
 use crate::inventory::scripts::{self, array, at, int, text};
-use crate::inventory::{Inventory, PreloadOutcome, SkuMeta};
+use crate::inventory::{Inventory, PreloadOutcome, SkuMeta, MAX_SHARDS};
 use crate::ledger::{self, LedgerError, LedgerSettings, Writer};
 use crate::metrics::Metrics;
 
@@ -200,12 +202,15 @@ pub struct SkuReport {
     pub live: Option<String>,
     /// Not loaded in Redis although the ledger has events for it.
     pub missing_in_redis: bool,
+    /// Redis had lost the SKU; `--fix` loaded its layout back from the ledger
+    /// (shard count and hash tags) and its books with the shards' fixes.
+    pub restored: bool,
     pub per_shard: Vec<ShardReport>,
 }
 
 impl SkuReport {
     pub fn drift(&self) -> bool {
-        self.missing_in_redis || self.per_shard.iter().any(ShardReport::drift)
+        self.missing_in_redis || self.restored || self.per_shard.iter().any(ShardReport::drift)
     }
 }
 
@@ -404,15 +409,38 @@ impl Reconciler {
             .await?
             .first()
             .map(|r| r.stock);
-        let Some(meta) = self.inventory.meta(sku).await? else {
-            return Ok(SkuReport {
-                sku: sku.to_string(),
-                shards: 0,
-                catalogue_stock,
-                live: None,
-                missing_in_redis: true,
-                per_shard: Vec::new(),
-            });
+        let mut restored = false;
+        // past any cached layout: is it in Redis now?
+        let present: i64 = self
+            .inventory
+            .pool()
+            .next()
+            .exists(crate::inventory::keys::meta(sku))
+            .await
+            .map_err(|e| self.err(e))?;
+        let meta = match self.inventory.meta(sku).await?.filter(|_| present > 0) {
+            Some(meta) => meta,
+            // Redis lost the SKU (a restart without persistence): rebuild its
+            // layout from the ledger; the shards' books follow below like any drift
+            None if opts.fix => {
+                self.restore_layout(sku, run_id).await?;
+                restored = true;
+                match self.inventory.meta(sku).await? {
+                    Some(meta) => meta,
+                    None => return Err(ReconcileError::UnknownSku(sku.to_string())),
+                }
+            }
+            None => {
+                return Ok(SkuReport {
+                    sku: sku.to_string(),
+                    shards: 0,
+                    catalogue_stock,
+                    live: None,
+                    missing_in_redis: true,
+                    restored: false,
+                    per_shard: Vec::new(),
+                })
+            }
         };
         let mut read = Vec::new();
         for s in 0..meta.shards {
@@ -442,8 +470,88 @@ impl Reconciler {
             catalogue_stock,
             live,
             missing_in_redis: false,
+            restored,
             per_shard,
         })
+    }
+
+    /// Write the SKU's layout back into Redis from the ledger: the shard hash
+    /// tags from the outbox stream names its events came from (default tags
+    /// for shards with none), the shard count from the catalogue or the
+    /// ledger. The books stay empty here: each shard's fix sets them.
+    async fn restore_layout(&self, sku: &Sku, run_id: &str) -> Result<(), ReconcileError> {
+        let client = self.db.get().await?;
+        let rows = client
+            .query(
+                "SELECT shard, min(stream) FROM ledger_events
+                 WHERE sku = $1 AND source = 'outbox' GROUP BY shard ORDER BY shard",
+                &[&sku.as_str()],
+            )
+            .await
+            .map_err(DbError::from)?;
+        let catalogue: i64 = client
+            .query_opt("SELECT shards FROM skus WHERE sku = $1", &[&sku.as_str()])
+            .await
+            .map_err(DbError::from)?
+            .map(|r| i64::from(r.get::<_, i32>(0)))
+            .unwrap_or(0);
+        let mut tags: BTreeMap<u16, String> = BTreeMap::new();
+        for r in &rows {
+            let shard: i32 = r.get(0);
+            let stream: String = r.get(1);
+            let tag = stream
+                .strip_prefix("fg:{")
+                .and_then(|t| t.strip_suffix("}:events"))
+                .map(str::to_string);
+            if let (Ok(shard), Some(tag)) = (u16::try_from(shard), tag) {
+                tags.insert(shard, tag);
+            }
+        }
+        let from_ledger = tags.keys().max().map_or(0, |m| i64::from(*m) + 1);
+        let shards = u16::try_from(catalogue.max(from_ledger))
+            .ok()
+            .filter(|k| (1..=MAX_SHARDS).contains(k))
+            .ok_or_else(|| {
+                ReconcileError::UnknownSku(format!("{sku} (no shard layout on the ledger)"))
+            })?;
+        let tags: Vec<String> = (0..shards)
+            .map(|s| {
+                tags.get(&s)
+                    .cloned()
+                    .unwrap_or_else(|| crate::inventory::keys::default_tag(sku, s))
+            })
+            .collect();
+        let redis = self.inventory.pool().next();
+        let _: () = redis
+            .hset(
+                crate::inventory::keys::meta(sku),
+                [
+                    ("shards", shards.to_string()),
+                    ("tags", tags.join(",")),
+                    ("loaded_at", crate::inventory::now_ms().to_string()),
+                    ("restored_by", format!("reconcile {run_id}")),
+                ],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let _: () = redis
+            .sadd(crate::inventory::keys::SKUS, sku.as_str())
+            .await
+            .map_err(|e| self.err(e))?;
+        client
+            .execute(
+                "INSERT INTO reconcile_audit (run_id, sku, shard, what, detail, forced)
+                 VALUES ($1, $2, -1, 'layout', $3, false)",
+                &[
+                    &run_id,
+                    &sku.as_str(),
+                    &format!("Redis had lost {sku}: its layout ({shards} shards) restored from the ledger"),
+                ],
+            )
+            .await
+            .map_err(DbError::from)?;
+        tracing::warn!(%sku, shards, "restored a SKU Redis had lost, from the ledger");
+        Ok(())
     }
 
     /// Why the SKU still looks like it is selling, if it does.
@@ -1066,8 +1174,15 @@ pub fn table(report: &Report) -> String {
                 .unwrap_or_default(),
         ));
         if s.missing_in_redis {
-            out.push_str("  not loaded in Redis, but the ledger has events for it\n");
+            out.push_str(
+                "  not loaded in Redis, but the ledger has events for it (Redis lost it?): `--fix` restores it from the ledger\n",
+            );
             continue;
+        }
+        if s.restored {
+            out.push_str(
+                "  Redis had lost this SKU: layout restored from the ledger, books below\n",
+            );
         }
         let cell = |r: i64, l: i64| {
             if r == l {

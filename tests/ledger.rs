@@ -809,3 +809,73 @@ async fn the_ledger_and_reconcile_work_on_a_redis_cluster() {
     );
     assert_clean(&reconcile(&app, &pg, false).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sku_redis_lost_entirely_is_restored_from_the_ledger() {
+    let mut redis = RedisServer::start(); // no persistence: a restart loses everything
+    let pg = PostgresServer::start();
+    let app = spawn_app(config(&redis, Some(&pg))).await;
+    app.preload("gone", 20, 2).await;
+    let mut rids = Vec::new();
+    for i in 0..12 {
+        let a = app
+            .reserve(&format!("g-{i}"), "gone", 1, &format!("u{i}"))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+        rids.push(rid_of(&a));
+    }
+    for rid in &rids[..8] {
+        assert_eq!(app.action(rid, "confirm").await.status, StatusCode::OK);
+    }
+    for rid in &rids[8..10] {
+        assert_eq!(app.action(rid, "release").await.status, StatusCode::OK);
+    }
+    assert!(
+        eventually(WAIT, || async {
+            let rows = ledger_rows(&pg, "gone").await;
+            count_kind(&rows, "held") == 12
+                && count_kind(&rows, "confirmed") == 8
+                && count_kind(&rows, "released") == 2
+        })
+        .await
+    );
+
+    redis.restart();
+    let report = reconcile(&app, &pg, false).await;
+    let table = flashgate::reconcile::table(&report);
+    assert!(report.skus[0].missing_in_redis, "{table}");
+    assert_eq!(report.exit_code(), 1);
+
+    let fixed = reconcile(&app, &pg, true).await;
+    let table = flashgate::reconcile::table(&fixed);
+    assert!(fixed.skus[0].restored, "{table}");
+    assert_eq!(fixed.exit_code(), 0, "{table}");
+    let lost: usize = fixed.skus[0]
+        .per_shard
+        .iter()
+        .map(|s| {
+            s.records
+                .iter()
+                .filter(|r| r.finding == "hold_lost")
+                .count()
+        })
+        .sum();
+    assert_eq!(
+        lost, 2,
+        "the two open holds could never be confirmed: {table}"
+    );
+    assert_clean(&reconcile(&app, &pg, false).await);
+    let st = app.assert_books("gone").await;
+    assert_eq!((st.sold, st.held, st.available, st.initial), (8, 0, 12, 20));
+
+    // the sale goes on, and so does the ledger (its consumer group is new)
+    let a = app.reserve("after", "gone", 1, "late").await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    assert!(
+        eventually(WAIT, || async {
+            count_kind(&ledger_rows(&pg, "gone").await, "held") == 13
+        })
+        .await,
+        "the writer recreates the group and goes on"
+    );
+}
