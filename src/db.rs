@@ -14,8 +14,14 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 /// The migrations, in order. A shipped migration is never edited: add one.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "ledger", include_str!("../migrations/0001_ledger.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "ledger", include_str!("../migrations/0001_ledger.sql")),
+    (
+        2,
+        "skus_max_per_user",
+        include_str!("../migrations/0002_skus_max_per_user.sql"),
+    ),
+];
 
 /// Serialises concurrent migrators (any constant unique to flashgate).
 const MIGRATION_LOCK: i64 = 0x666c_6173_6867_6174; // "flashgat"
@@ -157,7 +163,7 @@ impl Db {
         let client = self.get().await?;
         let rows = client
             .query(
-                "SELECT sku, stock, shards FROM skus
+                "SELECT sku, stock, shards, max_per_user FROM skus
                  WHERE $1::text IS NULL OR sku = $1 ORDER BY sku",
                 &[&sku],
             )
@@ -168,6 +174,7 @@ impl Db {
                 sku: r.get(0),
                 stock: r.get(1),
                 shards: r.get(2),
+                max_per_user: r.get(3),
             })
             .collect())
     }
@@ -188,6 +195,8 @@ pub struct CatalogueRow {
     pub sku: String,
     pub stock: i64,
     pub shards: i32,
+    /// Purchase cap per buyer; None: no cap (or keep the loaded SKU's).
+    pub max_per_user: Option<i32>,
 }
 
 fn pool_cause(e: &deadpool_postgres::PoolError) -> String {

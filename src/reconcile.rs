@@ -489,11 +489,21 @@ impl Reconciler {
             )
             .await
             .map_err(DbError::from)?;
-        let catalogue: i64 = client
-            .query_opt("SELECT shards FROM skus WHERE sku = $1", &[&sku.as_str()])
+        let row = client
+            .query_opt(
+                "SELECT shards, max_per_user FROM skus WHERE sku = $1",
+                &[&sku.as_str()],
+            )
             .await
-            .map_err(DbError::from)?
+            .map_err(DbError::from)?;
+        let catalogue: i64 = row
+            .as_ref()
             .map(|r| i64::from(r.get::<_, i32>(0)))
+            .unwrap_or(0);
+        // the cap from the catalogue, if it has one (Redis's is gone)
+        let max_per_user: i32 = row
+            .as_ref()
+            .and_then(|r| r.get::<_, Option<i32>>(1))
             .unwrap_or(0);
         let mut tags: BTreeMap<u16, String> = BTreeMap::new();
         for r in &rows {
@@ -528,6 +538,7 @@ impl Reconciler {
                 [
                     ("shards", shards.to_string()),
                     ("tags", tags.join(",")),
+                    ("max_per_user", max_per_user.max(0).to_string()),
                     ("loaded_at", crate::inventory::now_ms().to_string()),
                     ("restored_by", format!("reconcile {run_id}")),
                 ],
@@ -1323,8 +1334,20 @@ pub async fn preload_from_postgres(args: PreloadArgs) -> Result<(), String> {
     for row in rows {
         let sku = Sku::parse(&row.sku)?;
         let shards = u16::try_from(row.shards).map_err(|_| format!("{sku}: bad shard count"))?;
+        let max_per_user = row
+            .max_per_user
+            .map(|m| u32::try_from(m).map_err(|_| format!("{sku}: bad max_per_user")))
+            .transpose()?;
         let outcome = inventory
-            .preload(&sku, row.stock, shards, args.force)
+            .preload_with(
+                &sku,
+                crate::inventory::PreloadSpec {
+                    stock: row.stock,
+                    shards,
+                    force: args.force,
+                    max_per_user,
+                },
+            )
             .await
             .map_err(|e| crate::error::ApiError::from(e).message())?;
         match outcome {

@@ -149,7 +149,9 @@ async fn a_full_sale_lands_on_the_ledger_exactly_once_and_reconciles_clean() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    pg.psql("INSERT INTO skus (sku, stock, shards) VALUES ('sale', 40, 4), ('other', 5, 2)");
+    pg.psql(
+        "INSERT INTO skus (sku, stock, shards, max_per_user) VALUES ('sale', 40, 4, NULL), ('other', 5, 2, 2)",
+    );
     let out = flashgate(&[
         "preload",
         "--from-postgres",
@@ -168,6 +170,8 @@ async fn a_full_sale_lands_on_the_ledger_exactly_once_and_reconciles_clean() {
         pg.psql("SELECT count(*) FROM skus WHERE loaded_at IS NOT NULL"),
         "2"
     );
+    assert_eq!(redis.cli(&["HGET", "fg:{other}:meta", "max_per_user"]), "2");
+    assert_eq!(redis.cli(&["HGET", "fg:{sale}:meta", "max_per_user"]), "0");
     // loading again refuses (a live sale is never overwritten) ...
     let again = flashgate(&[
         "preload",
@@ -841,6 +845,7 @@ async fn a_sku_redis_lost_entirely_is_restored_from_the_ledger() {
     );
 
     redis.restart();
+    pg.psql("INSERT INTO skus (sku, stock, shards, max_per_user) VALUES ('gone', 20, 2, 3)");
     let report = reconcile(&app, &pg, false).await;
     let table = flashgate::reconcile::table(&report);
     assert!(report.skus[0].missing_in_redis, "{table}");
@@ -867,6 +872,11 @@ async fn a_sku_redis_lost_entirely_is_restored_from_the_ledger() {
     assert_clean(&reconcile(&app, &pg, false).await);
     let st = app.assert_books("gone").await;
     assert_eq!((st.sold, st.held, st.available, st.initial), (8, 0, 12, 20));
+    assert_eq!(
+        redis.cli(&["HGET", "fg:{gone}:meta", "max_per_user"]),
+        "3",
+        "the cap comes back from the catalogue"
+    );
 
     // the sale goes on, and so does the ledger (its consumer group is new)
     let a = app.reserve("after", "gone", 1, "late").await;
