@@ -91,6 +91,26 @@ async fn reserve_confirm_release_walkthrough() {
 
     assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
     assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
+
+    // every answer carries a request id: the caller's, or a fresh one
+    let traced = app
+        .request(
+            Method::GET,
+            "/v1/skus/tee",
+            &[("x-request-id", "trace-abc-123")],
+            vec![],
+        )
+        .await;
+    assert_eq!(traced.headers["x-request-id"], "trace-abc-123");
+    let fresh = app.get("/v1/skus/tee").await;
+    let id = fresh.headers["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(id.len(), 32);
+    assert_ne!(
+        id,
+        app.get("/v1/skus/tee").await.headers["x-request-id"]
+            .to_str()
+            .unwrap()
+    );
 }
 
 #[tokio::test]

@@ -447,3 +447,60 @@ async fn a_promoter_killed_mid_promotion_still_promotes_exactly_once() {
         "only waiting tickets may be pending: {pending}"
     );
 }
+
+#[tokio::test]
+async fn promotions_are_posted_to_the_webhook() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/promoted", hook.local_addr().unwrap());
+    let redis = RedisServer::start();
+    let app = app_with(&redis, |c| c.waitlist_webhook_url = url).await;
+    app.preload("hook", 1, 1).await;
+    let holds = sell_out(&app, "hook", 1).await;
+    let t = join(&app, "w", "hook", 1, "waiter").await.body["ticket_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.action(&holds[0], "release").await;
+    // the first delivery is refused (500): flashgate retries
+    let mut bodies = Vec::new();
+    for answer in ["HTTP/1.1 500 Internal Server Error", "HTTP/1.1 200 OK"] {
+        let (mut conn, _) = tokio::time::timeout(Duration::from_secs(20), hook.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut got = 0;
+        loop {
+            let n = conn.read(&mut buf[got..]).await.unwrap();
+            got += n;
+            let text = String::from_utf8_lossy(&buf[..got]).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if got >= end + 4 + len || n == 0 {
+                    bodies.push(text[end + 4..].to_string());
+                    break;
+                }
+            }
+            assert!(n > 0, "connection closed early");
+        }
+        conn.write_all(
+            format!("{answer}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    }
+    for body in &bodies {
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["event"], "waitlist.promoted");
+        assert_eq!(v["ticket"]["ticket_id"], t.as_str());
+        assert_eq!(v["ticket"]["status"], "promoted");
+    }
+}
