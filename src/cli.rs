@@ -59,6 +59,11 @@ pub struct ServeArgs {
     pub redis_pool_size: Option<usize>,
     #[arg(long, env = "FLASHGATE_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
+    /// Answer a hold only once this many replicas have it (Redis WAIT; 0 = off).
+    #[arg(long, env = "FLASHGATE_REPLICA_ACK")]
+    pub replica_ack: Option<u32>,
+    #[arg(long, env = "FLASHGATE_REPLICA_ACK_TIMEOUT_MS")]
+    pub replica_ack_timeout_ms: Option<u64>,
     #[arg(long, env = "FLASHGATE_POSTGRES_URL", hide_env_values = true)]
     pub postgres_url: Option<String>,
     #[arg(long, env = "FLASHGATE_POSTGRES_POOL_SIZE")]
@@ -151,6 +156,8 @@ impl ServeArgs {
             redis_url,
             redis_pool_size,
             redis_timeout_ms,
+            replica_ack,
+            replica_ack_timeout_ms,
             postgres_url,
             postgres_pool_size,
             ledger_batch,

@@ -21,6 +21,12 @@ pub struct Config {
     /// Every Redis command fails after this long: the request answers 503
     /// instead of hanging while Redis is down or slow.
     pub redis_timeout_ms: u64,
+    /// A hold is answered only once this many replicas of its shard's master
+    /// have it (Redis `WAIT`); 0 = off (asynchronous replication).
+    pub replica_ack: u32,
+    /// How long to wait for those replicas before answering 503 (the hold
+    /// stays; a retry with the same key replays it). Below `redis_timeout_ms`.
+    pub replica_ack_timeout_ms: u64,
     /// PostgreSQL for the ledger (`postgres://user:pass@host/db` or
     /// `host=… user=…`). Empty: `serve` runs no ledger writer.
     pub postgres_url: String,
@@ -101,6 +107,8 @@ impl Default for Config {
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_pool_size: 4,
             redis_timeout_ms: 500,
+            replica_ack: 0,
+            replica_ack_timeout_ms: 100,
             postgres_url: String::new(),
             postgres_pool_size: 4,
             ledger_batch: 500,
@@ -195,6 +203,12 @@ impl Config {
         }
         if self.redis_pool_size == 0 || self.redis_pool_size > 64 {
             return bad("redis_pool_size must be within 1..=64");
+        }
+        if self.replica_ack > 0
+            && (self.replica_ack_timeout_ms == 0
+                || self.replica_ack_timeout_ms >= self.redis_timeout_ms)
+        {
+            return bad("replica_ack_timeout_ms must be > 0 and below redis_timeout_ms");
         }
         if self.redis_timeout_ms == 0 || self.request_timeout_ms == 0 {
             return bad("timeouts must be > 0");

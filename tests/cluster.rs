@@ -5,6 +5,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use flashgate::config::Config;
 use futures::future::join_all;
@@ -120,4 +121,70 @@ async fn core_sale_on_a_cluster_and_shards_on_different_masters() {
         table.contains("node") && table.contains("127.0.0.1:"),
         "{table}"
     );
+}
+
+/// Median and 99th percentile of `n` sequential reserves (for the report;
+/// nothing is asserted on wall-clock time).
+async fn latency(app: &TestApp, sku: &str, prefix: &str, n: usize) -> (Duration, Duration) {
+    let mut took = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        let a = app
+            .reserve(&format!("{prefix}-{i}"), sku, 1, &format!("u-{prefix}-{i}"))
+            .await;
+        took.push(t.elapsed());
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    }
+    took.sort();
+    (took[n / 2], took[n * 99 / 100])
+}
+
+#[tokio::test]
+async fn replica_ack_waits_for_the_replica_and_fails_closed_without_it() {
+    let cluster = Cluster::start(3, 1);
+    let mut config = cluster_config(&cluster);
+    config.redis_timeout_ms = 1000;
+    let plain = spawn_app(config.clone()).await;
+    config.replica_ack = 1;
+    config.replica_ack_timeout_ms = 300;
+    let acked = spawn_app(config).await;
+    acked.preload("dur", 10_000, 4).await;
+
+    let (p50, p99) = latency(&plain, "dur", "plain", 300).await;
+    let (a50, a99) = latency(&acked, "dur", "acked", 300).await;
+    eprintln!(
+        "reserve latency, 300 sequential: replica_ack=0 p50 {p50:?} p99 {p99:?}; replica_ack=1 p50 {a50:?} p99 {a99:?}"
+    );
+
+    // a key whose first shard's replica hangs: the hold is made, but not answered
+    let sku = flashgate::domain::Sku::parse("dur").expect("sku");
+    let meta = acked
+        .state
+        .inventory
+        .meta(&sku)
+        .await
+        .expect("meta")
+        .expect("loaded");
+    let key = "stalled-1";
+    let first = {
+        let k = flashgate::domain::IdempotencyKey::parse(key).expect("key");
+        (k.stable_hash() % u64::from(meta.shards)) as usize
+    };
+    let master = cluster.owner(keyslot(&format!("{{{}}}", meta.tags[first])));
+    let replica = cluster.replica_of(master);
+    cluster.node(replica).pause();
+    let a = acked.reserve(key, "dur", 1, "stalled").await;
+    cluster.node(replica).resume();
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable"),
+        "{:?}",
+        a.body
+    );
+    let st = acked.assert_books("dur").await;
+    assert_eq!(st.held, 601, "the hold stays");
+    // the retry replays it, now replicated
+    let b = acked.reserve(key, "dur", 1, "stalled").await;
+    assert_eq!(b.status, StatusCode::OK, "{:?}", b.body);
+    assert_eq!(acked.assert_books("dur").await.held, 601);
 }

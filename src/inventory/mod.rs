@@ -16,6 +16,7 @@
 //! reported some (see `lua/transfer_out.lua`), and then decides for good.
 
 pub mod expiry;
+mod durability;
 pub mod keys;
 pub mod placement;
 pub mod scripts;
@@ -181,6 +182,9 @@ impl SkuMeta {
 }
 
 struct Settings {
+    /// Replicas a hold must reach before it is answered (0 = off; durability.rs).
+    replica_ack: u32,
+    replica_ack_timeout_ms: u64,
     sold_out_cache: Duration,
     sold_out_check_key: bool,
     waitlist_capacity: u64,
@@ -283,6 +287,8 @@ impl Inventory {
             scripts,
             metrics,
             settings: Settings {
+                replica_ack: config.replica_ack,
+                replica_ack_timeout_ms: config.replica_ack_timeout_ms,
                 hold_ms,
                 extend_ms: config.extend_seconds * 1000,
                 max_hold_ms,
@@ -500,7 +506,7 @@ impl Inventory {
                 tracing::warn!(error = %e, sku = %req.sku, "could not give back a purchase-cap count; the buyer stays capped until reconcile");
             }
         }
-        result
+        self.replicated(result, &meta).await
     }
 
     /// Answer "sold out" from memory? When the mark runs out, exactly one

@@ -67,6 +67,24 @@ impl ClusterNode {
         }
     }
 
+    /// SIGSTOP: the process hangs (a stalled replica acknowledges nothing).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`ClusterNode::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -272,6 +290,13 @@ impl Cluster {
             .filter(|n| n.master && !n.failed && !n.slots.is_empty())
             .map(|n| (n.port, n.slots))
             .collect()
+    }
+
+    pub fn node(&self, port: u16) -> &ClusterNode {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster")
     }
 
     pub fn node_mut(&mut self, port: u16) -> &mut ClusterNode {

@@ -1,0 +1,103 @@
+//! `replica_ack`: a hold is answered (201, or 200 on a replay) only once it
+//! has reached N replicas of its shard's master — Redis `WAIT N timeout`.
+//!
+//! Redis replicates asynchronously: a master that acknowledged a hold and
+//! died before its replicas had it takes the hold with it when a replica is
+//! promoted (the buyer holds an id that no longer exists). With
+//! `replica_ack = N` the answer waits until N replicas confirm, so that loss
+//! needs the master *and* N replicas to fail within the window; when they do
+//! not confirm within `replica_ack_timeout_ms` the request answers 503 and the
+//! hold stays — a retry with the same key replays it and waits again.
+//!
+//! `WAIT` counts the replicas that have every write *of the connection it is
+//! sent on*, and a pool spreads commands over several connections. So the
+//! acknowledgment is one pipeline on one client, routed by the shard's slot
+//! to its master: first `PEXPIRE` of the reservation's record (a write, so
+//! the connection's replication offset moves past the hold's, whichever
+//! connection created it — this also covers a replay), then `WAIT`. A
+//! `PEXPIRE` that finds no record means the hold itself is gone (a failover
+//! lost it since): 503 as well, never a 200 for a hold that does not exist.
+//!
+//! `WAIT` is sent as a custom, non-blocking command so that fred keeps
+//! pipelining the client's other commands meanwhile (the server holds back
+//! only this connection's later replies). Off (N = 0) by default.
+
+use fred::interfaces::{ClientLike, KeysInterface};
+use fred::types::{ClusterHash, CustomCommand, Value};
+
+use super::placement;
+use super::{Inventory, ReserveOutcome, SkuMeta};
+use crate::domain::ReservationId;
+use crate::error::InventoryError;
+
+impl Inventory {
+    /// Hold back a `Held`/`Replayed` answer until `replica_ack` replicas have
+    /// the hold (see the module docs); every other answer passes through.
+    pub(super) async fn replicated(
+        &self,
+        result: Result<ReserveOutcome, InventoryError>,
+        meta: &SkuMeta,
+    ) -> Result<ReserveOutcome, InventoryError> {
+        let n = self.settings.replica_ack;
+        if n == 0 {
+            return result;
+        }
+        let r = match &result {
+            Ok(ReserveOutcome::Held(r)) | Ok(ReserveOutcome::Replayed(r)) => r,
+            _ => return result,
+        };
+        let rid = ReservationId::parse(&r.reservation_id).map_err(InventoryError::Protocol)?;
+        let shard = rid.shard();
+        let tag = meta
+            .tags
+            .get(usize::from(shard))
+            .cloned()
+            .unwrap_or_else(|| super::keys::default_tag(&meta.sku, shard));
+        let (touched, acked) = self
+            .wait_for_replicas(&meta.keys(shard).record(&rid), &tag, n)
+            .await?;
+        if !touched {
+            tracing::warn!(rid = %rid, "the hold is gone from its shard (lost in a failover?)");
+            return Err(InventoryError::Unavailable(
+                "the hold was lost by its Redis shard; retry with the same Idempotency-Key".into(),
+            ));
+        }
+        if acked < i64::from(n) {
+            tracing::warn!(rid = %rid, acked, wanted = n, "replicas did not acknowledge the hold in time");
+            return Err(InventoryError::Unavailable(format!(
+                "the hold reached {acked} of {n} replicas in time; retry with the same Idempotency-Key"
+            )));
+        }
+        result
+    }
+
+    /// `PEXPIRE record` then `WAIT n timeout`, pipelined on one client to the
+    /// shard's master. Returns (record exists, replicas that acknowledged).
+    async fn wait_for_replicas(
+        &self,
+        record: &str,
+        tag: &str,
+        n: u32,
+    ) -> Result<(bool, i64), InventoryError> {
+        let client = self.pool.next();
+        let pipe = client.pipeline();
+        let _: () = pipe
+            .pexpire(record, self.settings.record_ttl_ms as i64, None)
+            .await
+            .map_err(|e| self.err(e))?;
+        let wait =
+            CustomCommand::new_static("WAIT", ClusterHash::Custom(placement::slot_of(tag)), false);
+        let _: () = pipe
+            .custom(
+                wait,
+                vec![
+                    Value::from(i64::from(n)),
+                    Value::from(self.settings.replica_ack_timeout_ms as i64),
+                ],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let (touched, acked): (i64, i64) = pipe.all().await.map_err(|e| self.err(e))?;
+        Ok((touched == 1, acked))
+    }
+}
