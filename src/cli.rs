@@ -349,13 +349,14 @@ async fn status(args: StatusArgs) -> Result<(), String> {
 /// The human report of `flashgate status`.
 pub fn status_table(st: &SkuStatus) -> String {
     let mut out = format!(
-        "sku {}: available {}  held {}  sold {}  initial {}  shards {}  drift {}\n",
+        "sku {}: available {}  held {}  sold {}  initial {}  shards {}  waitlist {}  drift {}\n",
         st.sku,
         st.available,
         st.held,
         st.sold,
         st.initial,
         st.shards,
+        st.waitlist,
         st.drift()
     );
     out.push_str(&format!(
