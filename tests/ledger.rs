@@ -377,6 +377,23 @@ async fn a_full_sale_lands_on_the_ledger_exactly_once_and_reconciles_clean() {
     assert_eq!(json["skus"][0]["catalogue_stock"], 40);
 }
 
+/// A plain HTTP/1.0 GET; the body, or "" when nothing answers.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 /// Entries pending for `consumer` in the group of `stream`.
 fn pending_of(redis: &RedisServer, stream: &str, consumer: &str) -> i64 {
     let out = redis.cli(&["XPENDING", stream, "ledger", "-", "+", "1000", consumer]);
@@ -390,6 +407,15 @@ fn pending_of(redis: &RedisServer, stream: &str, consumer: &str) -> i64 {
 }
 
 fn spawn_writer(redis_url: &str, pg: &PostgresServer, consumer: &str) -> Child {
+    spawn_writer_with(redis_url, pg, consumer, &[])
+}
+
+fn spawn_writer_with(
+    redis_url: &str,
+    pg: &PostgresServer,
+    consumer: &str,
+    extra: &[&str],
+) -> Child {
     Command::new(env!("CARGO_BIN_EXE_flashgate"))
         .args([
             "ledger",
@@ -406,6 +432,7 @@ fn spawn_writer(redis_url: &str, pg: &PostgresServer, consumer: &str) -> Child {
             "--ledger-consumer",
             consumer,
         ])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -484,7 +511,9 @@ async fn a_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
     );
 
     // 3. a healthy writer claims everything left pending and acknowledges it
-    let mut healthy = spawn_writer(&redis.url(), &pg, "healthy");
+    let port = support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut healthy = spawn_writer_with(&redis.url(), &pg, "healthy", &["--listen", &listen]);
     assert!(
         eventually(WAIT, || async {
             pg.psql("SELECT count(*) FROM ledger_events") == expected.to_string()
@@ -493,6 +522,17 @@ async fn a_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
         .await,
         "every pending entry claimed and acknowledged: {}",
         redis.cli(&["XPENDING", stream, "ledger"])
+    );
+    // the standalone writer serves its own metrics
+    assert!(
+        eventually(WAIT, || async {
+            let page = http_get(port, "/metrics");
+            page.contains("flashgate_ledger_lag_events 0")
+                && !page.contains("flashgate_ledger_events_written_total 0")
+        })
+        .await,
+        "{}",
+        http_get(port, "/metrics")
     );
     let _ = healthy.kill();
     let _ = healthy.wait();
