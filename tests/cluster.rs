@@ -188,3 +188,158 @@ async fn replica_ack_waits_for_the_replica_and_fails_closed_without_it() {
     assert_eq!(b.status, StatusCode::OK, "{:?}", b.body);
     assert_eq!(acked.assert_books("dur").await.held, 601);
 }
+
+/// What one buyer finally got, and how many 503s it retried through.
+struct Bought {
+    key: String,
+    answer: support::Answer,
+    retries: u32,
+}
+
+/// One buyer: reserve, and on 503 retry with the same key (what a storefront
+/// does), up to `max_retries` times.
+async fn buy(app: &TestApp, sku: &str, key: String, max_retries: u32) -> Bought {
+    let mut retries = 0;
+    loop {
+        let answer = app.reserve(&key, sku, 1, &format!("user-{key}")).await;
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE && retries < max_retries {
+            retries += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        return Bought {
+            key,
+            answer,
+            retries,
+        };
+    }
+}
+
+/// Buyers `concurrency` at a time, each with a fresh key, until `stop`.
+fn sale(
+    app: Arc<TestApp>,
+    sku: &'static str,
+    concurrency: usize,
+    max_retries: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Bought>> {
+    tokio::spawn(async move {
+        let mut all = Vec::new();
+        let mut n = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let wave = join_all((0..concurrency).map(|i| {
+                let app = app.clone();
+                let key = format!("{sku}-{}", n + i);
+                async move { buy(&app, sku, key, max_retries).await }
+            }))
+            .await;
+            n += concurrency;
+            all.extend(wave);
+        }
+        all
+    })
+}
+
+async fn held_now(app: &TestApp, sku: &str) -> i64 {
+    let sku = flashgate::domain::Sku::parse(sku).expect("sku");
+    match app.state.inventory.status(&sku).await {
+        Ok(st) => st.held,
+        Err(e) => {
+            eprintln!("status: {e}");
+            0
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_slot_migrated_mid_sale_loses_nothing() {
+    let cluster = Arc::new(Cluster::start(3, 1));
+    let app = Arc::new(spawn_app(cluster_config(&cluster)).await);
+    app.preload("mig", 100_000, 4).await;
+    let sku = flashgate::domain::Sku::parse("mig").expect("sku");
+    let meta = app
+        .state
+        .inventory
+        .meta(&sku)
+        .await
+        .expect("meta")
+        .expect("loaded");
+    let slot = keyslot(&format!("{{{}}}", meta.tags[0]));
+    let from = cluster.owner(slot);
+    let to = *cluster
+        .masters()
+        .keys()
+        .find(|p| **p != from)
+        .expect("another master");
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let buyers = sale(app.clone(), "mig", 20, 100, stop.clone());
+    assert!(
+        support::eventually(Duration::from_secs(30), || async {
+            held_now(&app, "mig").await >= 200
+        })
+        .await,
+        "the sale is under way"
+    );
+    // shard 0's slot moves to another master while buyers keep coming
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.migrate_slot(slot, to, || {}))
+        .await
+        .expect("migrated");
+    let after = held_now(&app, "mig").await;
+    assert!(
+        support::eventually(Duration::from_secs(30), || async {
+            held_now(&app, "mig").await >= after + 200
+        })
+        .await,
+        "the sale goes on after the move"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let bought = buyers.await.expect("sale");
+    assert_eq!(cluster.owner(slot), to, "the slot moved");
+
+    let retries: u32 = bought.iter().map(|b| b.retries).sum();
+    let failed: Vec<String> = bought
+        .iter()
+        .filter(|b| b.answer.status != StatusCode::CREATED)
+        .map(|b| format!("{} {}", b.answer.status, b.answer.body))
+        .collect();
+    eprintln!(
+        "{} buyers, {retries} retries of a 503 during the move",
+        bought.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "beyond retries: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    let ids: HashSet<&str> = bought
+        .iter()
+        .map(|b| b.answer.body["reservation_id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(ids.len(), bought.len(), "one hold per buyer");
+    let st = app.assert_books("mig").await;
+    assert_eq!(st.held, bought.len() as i64, "exactly one hold per 201");
+    assert_eq!(st.available + st.held, 100_000);
+    // shard 0 serves from its new master, and the keys' verdicts moved with it
+    assert!(
+        bought
+            .iter()
+            .rev()
+            .take(100)
+            .any(|b| b.answer.body["reservation_id"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("mig.0."))),
+        "shard 0 serves after the move"
+    );
+    for b in bought.iter().step_by(97) {
+        let again = app
+            .reserve(&b.key, "mig", 1, &format!("user-{}", b.key))
+            .await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert_eq!(again.body, b.answer.body, "a replay after the move");
+    }
+    assert_eq!(app.assert_books("mig").await.held, bought.len() as i64);
+    let st = app.state.inventory.status(&sku).await.expect("status");
+    assert_eq!(st.per_shard[0].node, Some(format!("127.0.0.1:{to}")));
+}

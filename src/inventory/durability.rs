@@ -11,8 +11,8 @@
 //!
 //! `WAIT` counts the replicas that have every write *of the connection it is
 //! sent on*, and a pool spreads commands over several connections. So the
-//! acknowledgment is one pipeline on one client, routed by the shard's slot
-//! to its master: first `PEXPIRE` of the reservation's record (a write, so
+//! acknowledgment goes on one client, routed by the shard's slot to its
+//! master: first `PEXPIRE` of the reservation's record (a write, so
 //! the connection's replication offset moves past the hold's, whichever
 //! connection created it — this also covers a replay), then `WAIT`. A
 //! `PEXPIRE` that finds no record means the hold itself is gone (a failover
@@ -71,8 +71,10 @@ impl Inventory {
         result
     }
 
-    /// `PEXPIRE record` then `WAIT n timeout`, pipelined on one client to the
-    /// shard's master. Returns (record exists, replicas that acknowledged).
+    /// `PEXPIRE record` then `WAIT n timeout`, one after the other on one
+    /// client, to the shard's master. Returns (record exists, replicas that
+    /// acknowledged). Two round trips rather than a pipeline, so that a
+    /// `MOVED` on the first (a reshard) re-routes the `WAIT` too.
     async fn wait_for_replicas(
         &self,
         record: &str,
@@ -80,14 +82,16 @@ impl Inventory {
         n: u32,
     ) -> Result<(bool, i64), InventoryError> {
         let client = self.pool.next();
-        let pipe = client.pipeline();
-        let _: () = pipe
+        let touched: i64 = client
             .pexpire(record, self.settings.record_ttl_ms as i64, None)
             .await
             .map_err(|e| self.err(e))?;
         let wait =
             CustomCommand::new_static("WAIT", ClusterHash::Custom(placement::slot_of(tag)), false);
-        let _: () = pipe
+        if touched != 1 {
+            return Ok((false, 0));
+        }
+        let acked: i64 = client
             .custom(
                 wait,
                 vec![
@@ -97,7 +101,6 @@ impl Inventory {
             )
             .await
             .map_err(|e| self.err(e))?;
-        let (touched, acked): (i64, i64) = pipe.all().await.map_err(|e| self.err(e))?;
-        Ok((touched == 1, acked))
+        Ok((true, acked))
     }
 }

@@ -250,6 +250,15 @@ pub async fn connect(config: &Config) -> Result<Pool, InventoryError> {
     let redis_config = RedisConfig::from_url(&config.redis_url)
         .map_err(|e| InventoryError::Unavailable(format!("bad redis_url: {e}")))?;
     let timeout = config.redis_timeout();
+    // fred 10.1 ends a client's router task (every later command on that
+    // client then times out) when a command runs out of write attempts while
+    // it follows a cluster MOVED/ASK; in cluster mode give redirections room
+    // (scripts are idempotent, so a resend is harmless).
+    let attempts = if redis_config.server.is_clustered() {
+        12
+    } else {
+        2
+    };
     let pool = Builder::from_config(redis_config)
         .with_performance_config(|p| {
             p.default_command_timeout = timeout;
@@ -257,7 +266,7 @@ pub async fn connect(config: &Config) -> Result<Pool, InventoryError> {
         .with_connection_config(|c| {
             c.connection_timeout = timeout.max(Duration::from_millis(200));
             c.internal_command_timeout = timeout.max(Duration::from_secs(1));
-            c.max_command_attempts = 2;
+            c.max_command_attempts = attempts;
             c.max_command_buffer_len = 50_000;
             c.unresponsive.max_timeout = Some(timeout.max(Duration::from_secs(1)));
             c.unresponsive.interval = Duration::from_millis(250);
@@ -903,17 +912,16 @@ impl Inventory {
         let mut per_shard = Vec::with_capacity(usize::from(k));
         for s in 0..k {
             let sk = meta.keys(s);
-            let pipe = client.pipeline();
-            let _: () = pipe.get(sk.stock()).await.map_err(|e| self.err(e))?;
-            let _: () = pipe.hgetall(sk.books()).await.map_err(|e| self.err(e))?;
-            let _: () = pipe.zcard(sk.holds()).await.map_err(|e| self.err(e))?;
-            let _: () = pipe.hvals(sk.xfers()).await.map_err(|e| self.err(e))?;
-            let (stock, books, holds, xfers): (
-                Option<i64>,
-                HashMap<String, i64>,
-                i64,
-                Vec<String>,
-            ) = pipe.all().await.map_err(|e| self.err(e))?;
+            // concurrent single commands (fred pipelines them on the
+            // connection all the same): each one follows a cluster MOVED/ASK
+            // on its own, also when the slot moves between them
+            let (stock, books, holds, xfers) = tokio::try_join!(
+                client.get::<Option<i64>, _>(sk.stock()),
+                client.hgetall::<HashMap<String, i64>, _>(sk.books()),
+                client.zcard::<i64, _>(sk.holds()),
+                client.hvals::<Vec<String>, _>(sk.xfers()),
+            )
+            .map_err(|e| self.err(e))?;
             let f = |name: &str| books.get(name).copied().unwrap_or(0);
             let in_transit = xfers
                 .iter()

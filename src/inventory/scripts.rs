@@ -4,7 +4,7 @@
 //! Redis restart, failover or `SCRIPT FLUSH` the server answers `NOSCRIPT`,
 //! and the call reloads the script and retries once, transparently.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fred::clients::Pool;
 use fred::interfaces::LuaInterface;
@@ -122,8 +122,42 @@ impl Scripts {
     }
 }
 
+/// How long a script keeps being resent while its slot is being migrated
+/// (`TRYAGAIN`).
+const TRYAGAIN_BUDGET: Duration = Duration::from_secs(1);
+
 /// Run `script` by SHA; on `NOSCRIPT`, load it and retry once.
+///
+/// On Redis Cluster, while the shard's slot moves to another master
+/// (`redis-cli --cluster reshard`), fred follows `ASK`/`MOVED` by itself, but
+/// a script whose keys are split between the two masters is refused with
+/// `TRYAGAIN` — before it runs, so resending it is safe. It is resent with a
+/// short backoff for up to [`TRYAGAIN_BUDGET`]; after that the caller gets
+/// 503 (retry with the same key).
 pub async fn run(
+    pool: &Pool,
+    metrics: &Metrics,
+    script: &Script,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<Value, InventoryError> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(2);
+    loop {
+        let result = run_once(pool, metrics, script, keys.clone(), args.clone()).await;
+        match result {
+            Err(InventoryError::Unavailable(ref m))
+                if m.contains("TRYAGAIN") && started.elapsed() < TRYAGAIN_BUDGET =>
+            {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn run_once(
     pool: &Pool,
     metrics: &Metrics,
     script: &Script,

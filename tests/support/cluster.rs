@@ -348,7 +348,7 @@ impl Cluster {
             "OK"
         );
         loop {
-            let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &s, "5"]);
+            let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]);
             let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
             if keys.is_empty() {
                 break;
