@@ -296,17 +296,20 @@ impl Config {
     }
 }
 
-fn redact_url(url: &str) -> String {
-    // scheme://user:password@host → scheme://user:***@host
+/// `scheme://user:password@host…` → `scheme://user:***@host…`; anything
+/// else unchanged.
+pub fn redact_url(url: &str) -> String {
     if let (Some(scheme_end), Some(at)) = (url.find("://"), url.rfind('@')) {
-        let creds = &url[scheme_end + 3..at];
-        if let Some(colon) = creds.find(':') {
-            return format!(
-                "{}{}:***{}",
-                &url[..scheme_end + 3],
-                &creds[..colon],
-                &url[at..]
-            );
+        if at > scheme_end {
+            let creds = &url[scheme_end + 3..at];
+            if let Some(colon) = creds.find(':') {
+                return format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &creds[..colon],
+                    &url[at..]
+                );
+            }
         }
     }
     url.to_string()

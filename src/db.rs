@@ -214,19 +214,8 @@ fn pool_cause(e: &deadpool_postgres::PoolError) -> String {
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, and
 /// `password=secret` → `password=***` in the key-value form.
 pub fn redact(url: &str) -> String {
-    if let (Some(scheme_end), Some(at)) = (url.find("://"), url.rfind('@')) {
-        if at > scheme_end {
-            let creds = &url[scheme_end + 3..at];
-            if let Some(colon) = creds.find(':') {
-                return format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &creds[..colon],
-                    &url[at..]
-                );
-            }
-        }
-        return url.to_string();
+    if url.contains("://") {
+        return crate::config::redact_url(url);
     }
     url.split_whitespace()
         .map(|kv| match kv.split_once('=') {
