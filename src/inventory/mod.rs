@@ -250,15 +250,19 @@ pub async fn connect(config: &Config) -> Result<Pool, InventoryError> {
     let redis_config = RedisConfig::from_url(&config.redis_url)
         .map_err(|e| InventoryError::Unavailable(format!("bad redis_url: {e}")))?;
     let timeout = config.redis_timeout();
-    // fred 10.1 ends a client's router task (every later command on that
-    // client then times out) when a command runs out of write attempts while
-    // it follows a cluster MOVED/ASK; in cluster mode give redirections room
-    // (scripts are idempotent, so a resend is harmless).
-    let attempts = if redis_config.server.is_clustered() {
-        12
-    } else {
-        2
-    };
+    // Redis Cluster, two fred 10.1 defects around redirections:
+    // - following an ASK, fred writes ASKING on a connection that has other
+    //   commands in flight and takes the next reply as ASKING's "OK": every
+    //   later reply on that connection goes to the wrong command (seen in
+    //   tests/cluster.rs as a reserve answered with another command's reply);
+    // - a command that runs out of write attempts while it follows a MOVED
+    //   ends the client's router task (every later command times out).
+    // So fred follows no redirection (max_redirections 0): on MOVED it still
+    // refreshes its slot map and fails the command, on ASK it just fails it,
+    // and `scripts::run` resends (see there) — a resend goes to the new owner
+    // once the slot has moved. Attempts get room all the same.
+    let clustered = redis_config.server.is_clustered();
+    let (attempts, redirections) = if clustered { (12, 0) } else { (2, 5) };
     let pool = Builder::from_config(redis_config)
         .with_performance_config(|p| {
             p.default_command_timeout = timeout;
@@ -267,6 +271,7 @@ pub async fn connect(config: &Config) -> Result<Pool, InventoryError> {
             c.connection_timeout = timeout.max(Duration::from_millis(200));
             c.internal_command_timeout = timeout.max(Duration::from_secs(1));
             c.max_command_attempts = attempts;
+            c.max_redirections = redirections;
             c.max_command_buffer_len = 50_000;
             c.unresponsive.max_timeout = Some(timeout.max(Duration::from_secs(1)));
             c.unresponsive.interval = Duration::from_millis(250);

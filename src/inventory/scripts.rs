@@ -123,17 +123,20 @@ impl Scripts {
 }
 
 /// How long a script keeps being resent while its slot is being migrated
-/// (`TRYAGAIN`).
+/// (`TRYAGAIN`, `ASK`, `MOVED`).
 const TRYAGAIN_BUDGET: Duration = Duration::from_secs(1);
 
 /// Run `script` by SHA; on `NOSCRIPT`, load it and retry once.
 ///
 /// On Redis Cluster, while the shard's slot moves to another master
-/// (`redis-cli --cluster reshard`), fred follows `ASK`/`MOVED` by itself, but
-/// a script whose keys are split between the two masters is refused with
-/// `TRYAGAIN` — before it runs, so resending it is safe. It is resent with a
-/// short backoff for up to [`TRYAGAIN_BUDGET`]; after that the caller gets
-/// 503 (retry with the same key).
+/// (`redis-cli --cluster reshard`), a script is refused before it runs:
+/// `TRYAGAIN` while its keys are split between the two masters, `ASK` once
+/// they have all left, `MOVED` once the slot has moved (fred refreshes its
+/// slot map, but follows no redirection itself: see `inventory::connect`).
+/// None of these ran the script, so it is resent, with a short backoff, for
+/// up to [`TRYAGAIN_BUDGET`] — the resend after the move reaches the new
+/// owner; past the budget the caller gets 503 (retry with the same key). A
+/// script therefore only ever runs on a master that has all of its keys.
 pub async fn run(
     pool: &Pool,
     metrics: &Metrics,
@@ -147,7 +150,8 @@ pub async fn run(
         let result = run_once(pool, metrics, script, keys.clone(), args.clone()).await;
         match result {
             Err(InventoryError::Unavailable(ref m))
-                if m.contains("TRYAGAIN") && started.elapsed() < TRYAGAIN_BUDGET =>
+                if (m.contains("TRYAGAIN") || m.contains("Too many redirections"))
+                    && started.elapsed() < TRYAGAIN_BUDGET =>
             {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(50));
