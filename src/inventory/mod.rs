@@ -14,6 +14,26 @@
 //! The last shard of the walk is the exception that keeps "no false sold out":
 //! it refuses without a tombstone first, pulls units from the shards that
 //! reported some (see `lua/transfer_out.lua`), and then decides for good.
+//!
+//! **An unreachable shard is never skipped.** A walk that cannot reach a
+//! shard (timeout, lost connection, a cluster master down before its
+//! failover) ends with 503 even when later shards have stock. Skipping would
+//! break the argument above: a script that timed out has an unknown outcome —
+//! it may have made a hold there, and a duplicate in flight, or fred resending
+//! the command after a reconnect, may still make one once the shard is back
+//! (a promoted replica may have it too). The key could then end with a hold on
+//! the skipped shard *and* one further on, and a replay would answer the
+//! first: a double reservation and a wrong answer. Skipping is sound only for
+//! a key whose verdict on that shard cannot exist — one that no request ever
+//! sent there. That is decidable at the key's *first* request: store the
+//! shards it leaves out (those known down) in the same `SET NX` that creates
+//! its `fg:{idem:<key>}` record, and have every request with the key walk
+//! without them; the sticky-verdict argument then holds for the shorter walk.
+//! Not built (a key that already met the dead shard would still get 503, and
+//! the left-out shards could serve it only as transfer donors), so today a
+//! dead master costs 503s to the keys whose walk reaches it, and their
+//! retries with the same key succeed after the failover, exactly once
+//! (`tests/cluster.rs`, `a_master_killed_mid_sale…`).
 
 pub mod expiry;
 mod durability;
