@@ -93,6 +93,7 @@ async fn two_thousand_buyers(app: &Arc<TestApp>, sku: &str) {
 async fn core_sale_on_a_cluster_and_shards_on_different_masters() {
     let cluster = Cluster::start(3, 1);
     let app = Arc::new(spawn_app(cluster_config(&cluster)).await);
+    assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
     two_thousand_buyers(&app, "hot").await;
 
     let sku = flashgate::domain::Sku::parse("hot").expect("sku");
@@ -462,4 +463,55 @@ async fn a_master_killed_mid_sale_fails_over_without_a_wrong_answer() {
         .is_some_and(|r| r.starts_with("fo.0.")));
     let st = app.state.inventory.status(&sku).await.expect("status");
     assert_eq!(st.per_shard[0].node, Some(format!("127.0.0.1:{replica}")));
+}
+
+/// Reserves per second through the HTTP API, one node vs a 3-master cluster,
+/// stock never running out (every request reaches Redis). A measurement for
+/// the README, not a test: `cargo test --release --test cluster -- --ignored
+/// --nocapture throughput`. On one small machine everything shares the same
+/// cores, so this shows the per-request cost of cluster mode, not scale-out.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn throughput_one_node_vs_cluster() {
+    async fn run(app: Arc<TestApp>, label: &str) {
+        app.preload("tp", 10_000_000, 6).await;
+        let n = 20_000usize;
+        let workers = 64usize;
+        let next = Arc::new(AtomicUsize::new(0));
+        let t = Instant::now();
+        let tasks = (0..workers).map(|_| {
+            let (app, next) = (app.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut errors = 0;
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= n {
+                        return errors;
+                    }
+                    let a = app
+                        .reserve(&format!("tp-{i}"), "tp", 1, &format!("u{i}"))
+                        .await;
+                    if a.status != StatusCode::CREATED {
+                        errors += 1;
+                    }
+                }
+            })
+        });
+        let errors: usize = join_all(tasks)
+            .await
+            .into_iter()
+            .map(|e| e.unwrap_or(0))
+            .sum();
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{label}: {n} reserves, {workers} in flight: {:.0}/s ({errors} not 201)",
+            n as f64 / secs
+        );
+    }
+    let redis = support::RedisServer::start();
+    let one = Arc::new(spawn_app(support::test_config(&redis)).await);
+    run(one, "one redis-server").await;
+    let cluster = Cluster::start(3, 1);
+    let many = Arc::new(spawn_app(cluster_config(&cluster)).await);
+    run(many, "cluster, 3 masters + 3 replicas").await;
 }
