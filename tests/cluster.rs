@@ -474,13 +474,16 @@ async fn a_master_killed_mid_sale_fails_over_without_a_wrong_answer() {
 #[ignore]
 async fn throughput_one_node_vs_cluster() {
     async fn run(app: Arc<TestApp>, label: &str) {
-        app.preload("tp", 10_000_000, 6).await;
+        let prefix: String = label.chars().filter(char::is_ascii_alphanumeric).collect();
+        if app.sku("tp").await["shards"].is_null() {
+            app.preload("tp", 10_000_000, 6).await;
+        }
         let n = 20_000usize;
         let workers = 64usize;
         let next = Arc::new(AtomicUsize::new(0));
         let t = Instant::now();
         let tasks = (0..workers).map(|_| {
-            let (app, next) = (app.clone(), next.clone());
+            let (app, next, prefix) = (app.clone(), next.clone(), prefix.clone());
             tokio::spawn(async move {
                 let mut errors = 0;
                 loop {
@@ -489,7 +492,7 @@ async fn throughput_one_node_vs_cluster() {
                         return errors;
                     }
                     let a = app
-                        .reserve(&format!("tp-{i}"), "tp", 1, &format!("u{i}"))
+                        .reserve(&format!("tp-{prefix}-{i}"), "tp", 1, &format!("u{i}"))
                         .await;
                     if a.status != StatusCode::CREATED {
                         errors += 1;
@@ -513,5 +516,22 @@ async fn throughput_one_node_vs_cluster() {
     run(one, "one redis-server").await;
     let cluster = Cluster::start(3, 1);
     let many = Arc::new(spawn_app(cluster_config(&cluster)).await);
-    run(many, "cluster, 3 masters + 3 replicas").await;
+    run(many.clone(), "cluster, 3 masters + 3 replicas").await;
+    drop(many);
+    let mut acked = cluster_config(&cluster);
+    acked.replica_ack = 1;
+    acked.replica_ack_timeout_ms = 1000;
+    let acked = Arc::new(spawn_app(acked).await);
+    acked
+        .state
+        .inventory
+        .preload(
+            &flashgate::domain::Sku::parse("tp").expect("sku"),
+            10_000_000,
+            6,
+            true,
+        )
+        .await
+        .expect("reload");
+    run(acked, "cluster with replica_ack = 1").await;
 }
