@@ -356,7 +356,10 @@ impl Writer {
         key_at: usize,
         args: Vec<String>,
     ) -> Result<Value, InventoryError> {
-        let command = CustomCommand::new_static(cmd, ClusterHash::Offset(key_at), false);
+        // fred 10.1 honours only `ClusterHash::Custom` on a custom command
+        // (`Offset` falls back to the first argument), so route by the key's slot
+        let slot = fred::util::redis_keyslot(args.get(key_at).map_or(&[][..], |k| k.as_bytes()));
+        let command = CustomCommand::new_static(cmd, ClusterHash::Custom(slot), false);
         self.inventory
             .pool()
             .next()
@@ -551,7 +554,8 @@ pub async fn ensure_group(
     metrics: &Metrics,
     key: &str,
 ) -> Result<(), InventoryError> {
-    let command = CustomCommand::new_static("XGROUP", ClusterHash::Offset(1), false);
+    let slot = fred::util::redis_keyslot(key.as_bytes());
+    let command = CustomCommand::new_static("XGROUP", ClusterHash::Custom(slot), false);
     let r: Result<Value, _> = inventory
         .pool()
         .next()
@@ -584,7 +588,11 @@ pub async fn group_state(
     let client = inventory.pool().next();
     let info: Result<Value, _> = client
         .custom(
-            CustomCommand::new_static("XINFO", ClusterHash::Offset(1), false),
+            CustomCommand::new_static(
+                "XINFO",
+                ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes())),
+                false,
+            ),
             vec!["GROUPS", key],
         )
         .await;
