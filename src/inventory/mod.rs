@@ -35,8 +35,8 @@
 //! retries with the same key succeed after the failover, exactly once
 //! (`tests/cluster.rs`, `a_master_killed_mid_sale…`).
 
-pub mod expiry;
 mod durability;
+pub mod expiry;
 pub mod keys;
 pub mod placement;
 pub mod scripts;
