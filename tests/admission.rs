@@ -2,6 +2,8 @@
 
 mod support;
 
+use support::spawn_app_with as app_with;
+
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -9,19 +11,10 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use hyper::{Method, StatusCode};
-use support::{eventually, free_port, spawn_app, test_config, RedisServer, TestApp};
+use support::{eventually, free_port, RedisServer, TestApp};
 
 const STOREFRONT: &str = "storefront-key-0123456789";
 const ADMIN: &str = "admin-key-abcdefghijklmnop";
-
-async fn app_with(
-    redis: &RedisServer,
-    tweak: impl FnOnce(&mut flashgate::config::Config),
-) -> TestApp {
-    let mut c = test_config(redis);
-    tweak(&mut c);
-    spawn_app(c).await
-}
 
 async fn reserve_as(app: &TestApp, bearer: Option<&str>, key: &str, user: &str) -> support::Answer {
     let auth = bearer.map(|b| format!("Bearer {b}"));

@@ -2,22 +2,15 @@
 
 mod support;
 
+use support::spawn_app_with as app_with;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
 use hyper::{Method, StatusCode};
-use support::{eventually, spawn_app, test_config, RedisServer, TestApp};
-
-async fn app_with(
-    redis: &RedisServer,
-    tweak: impl FnOnce(&mut flashgate::config::Config),
-) -> TestApp {
-    let mut c = test_config(redis);
-    tweak(&mut c);
-    spawn_app(c).await
-}
+use support::{eventually, RedisServer};
 
 #[tokio::test]
 async fn reserve_confirm_release_walkthrough() {

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::spawn_app_with as app_with;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,16 +15,7 @@ use flashgate::metrics::Metrics;
 use fred::interfaces::HashesInterface;
 use hyper::{Method, StatusCode};
 use serde_json::Value;
-use support::{eventually, spawn_app, test_config, RedisServer, TestApp};
-
-async fn app_with(
-    redis: &RedisServer,
-    tweak: impl FnOnce(&mut flashgate::config::Config),
-) -> TestApp {
-    let mut c = test_config(redis);
-    tweak(&mut c);
-    spawn_app(c).await
-}
+use support::{eventually, test_config, RedisServer, TestApp};
 
 async fn join(app: &TestApp, key: &str, sku: &str, qty: i64, user: &str) -> support::Answer {
     let body = serde_json::json!({"sku": sku, "qty": qty, "user_id": user, "waitlist": true});

@@ -171,6 +171,13 @@ pub fn test_config(redis: &RedisServer) -> Config {
     }
 }
 
+/// The service on the test defaults, adjusted by `tweak`.
+pub async fn spawn_app_with(redis: &RedisServer, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let mut c = test_config(redis);
+    tweak(&mut c);
+    spawn_app(c).await
+}
+
 pub async fn spawn_app(config: Config) -> TestApp {
     let app = App::build(config).await.expect("app starts");
     let addr = app.local_addr();
