@@ -53,28 +53,49 @@ pub async fn sweep(
 ) -> Result<i64, crate::error::InventoryError> {
     let mut expired = 0;
     let mut lateness_ms = 0;
+    // A shard that fails (its master down, a timeout) must not stop the
+    // others' expiry: note the first error, go on, report it at the end.
+    let mut first_error = None;
     for sku in inventory.skus().await? {
-        let Some(meta) = inventory.meta(&sku).await? else {
-            continue;
+        let meta = match inventory.meta(&sku).await {
+            Ok(Some(meta)) => meta,
+            Ok(None) => continue,
+            Err(e) => {
+                first_error.get_or_insert(e);
+                continue;
+            }
         };
         for s in 0..meta.shards {
-            loop {
-                let (n, late) = inventory.expire_shard(&meta, s).await?;
-                expired += n;
-                lateness_ms = lateness_ms.max(late);
-                if n < inventory.sweep_batch() {
-                    break;
+            let step: Result<(), crate::error::InventoryError> = async {
+                loop {
+                    let (n, late) = inventory.expire_shard(&meta, s).await?;
+                    expired += n;
+                    lateness_ms = lateness_ms.max(late);
+                    if n < inventory.sweep_batch() {
+                        break;
+                    }
                 }
+                if chores {
+                    inventory
+                        .recover_transfers(&meta, s, TRANSFER_GRACE_MS)
+                        .await?;
+                }
+                Ok(())
             }
-            if chores {
-                inventory
-                    .recover_transfers(&meta, s, TRANSFER_GRACE_MS)
-                    .await?;
+            .await;
+            if let Err(e) = step {
+                first_error.get_or_insert(e);
             }
         }
         if chores {
-            let st = inventory.status(&sku).await?;
-            metrics.set_sku(sku.as_str(), st.available, st.held, st.sold, st.drift());
+            match inventory.status(&sku).await {
+                Ok(st) => {
+                    metrics.set_sku(sku.as_str(), st.available, st.held, st.sold, st.drift());
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
     }
     metrics.sweeper_runs.inc();
@@ -84,5 +105,8 @@ pub async fn sweep(
         .with_label_values(&["expired"])
         .inc_by(expired as u64);
     metrics.sweeper_lag.set(lateness_ms as f64 / 1000.0);
-    Ok(expired)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(expired),
+    }
 }
