@@ -34,7 +34,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
     let (route, result) = async {
         let route = route_name(req.method(), req.uri().path());
-        match tokio::time::timeout(timeout, dispatch(&state, req)).await {
+        match tokio::time::timeout(timeout, dispatch(&state, req, route)).await {
             Ok(result) => (route, result),
             Err(_) => (route, Err(ApiError::Timeout)),
         }
@@ -84,7 +84,12 @@ fn route_name(method: &Method, path: &str) -> &'static str {
     }
 }
 
-async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+/// `route` is [`route_name`] of this request, computed once by [`handle`].
+async fn dispatch(
+    state: &AppState,
+    req: Request<Incoming>,
+    route: &'static str,
+) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_owned();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -93,7 +98,7 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Response<B
         ["v1", ..] | ["admin", ..] => {}
         _ => return Err(ApiError::RouteNotFound(path.clone())),
     }
-    if route_name(&method, &path) == "not_found" {
+    if route == "not_found" {
         return Err(ApiError::RouteNotFound(path.clone()));
     }
     // Admission, cheapest first and before any Redis call: who, then how fast.
