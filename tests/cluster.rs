@@ -421,9 +421,14 @@ async fn a_master_killed_mid_sale_fails_over_without_a_wrong_answer() {
     let bought = buyers.await.expect("sale");
 
     let retries: u32 = bought.iter().map(|b| b.retries).sum();
+    // a 503 whose script had run (the reply was lost in the failover) is
+    // answered by the retry as a replay of the buyer's own hold: 200, same id
     let failed: Vec<String> = bought
         .iter()
-        .filter(|b| b.answer.status != StatusCode::CREATED)
+        .filter(|b| {
+            let replay = b.answer.status == StatusCode::OK && b.retries > 0;
+            b.answer.status != StatusCode::CREATED && !replay
+        })
         .map(|b| format!("{} {}", b.answer.status, b.answer.body))
         .collect();
     assert!(
