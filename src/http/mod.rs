@@ -43,7 +43,8 @@ pub async fn serve(
                 let state = state.clone();
                 let service = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(router::handle(state, req).await) }
+                    let handled = router::handle(state, req);
+                    async move { Ok::<_, Infallible>(handled.await) }
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
