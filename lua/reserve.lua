@@ -11,6 +11,9 @@
 -- KEYS[7] fg:{SKU#s}:wlopen   ARGV[11] gate: 1 = refuse while the SKU's waitlist has
 --   waiters (units coming back belong to them; see src/inventory/waitlist.rs),
 --   0 = the waitlist promoter itself
+-- KEYS[8] fg:{SKU#s}:keys: the idempotency keys of every reservation made here
+--   (the sold-out fast path loads it, so a retry of a key that got a unit is
+--   replayed, not refused from memory; bounded by the shard's units)
 --
 -- Returns one of
 --   {'held', rid, expires_at_ms}                  a new hold was created
@@ -65,5 +68,7 @@ redis.call('HSET', rkey, 'sku', ARGV[9], 'qty', qty, 'user', user, 'status', 'he
 redis.call('PEXPIRE', rkey, record_ttl)
 redis.call('ZADD', holds, exp, rid)
 redis.call('SET', idem, 'R|' .. rid .. '|' .. fp, 'PX', idem_ttl)
+redis.call('SADD', KEYS[8], ARGV[10])
+redis.call('PEXPIRE', KEYS[8], record_ttl)
 emit(events, 'held', rid, qty, user, ts)
 return {'held', rid, exp}

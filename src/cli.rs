@@ -134,8 +134,6 @@ pub struct ServeArgs {
     pub limiter_prune_seconds: Option<u64>,
     #[arg(long, env = "FLASHGATE_SOLD_OUT_CACHE_MS")]
     pub sold_out_cache_ms: Option<u64>,
-    #[arg(long, env = "FLASHGATE_SOLD_OUT_CHECK_KEY")]
-    pub sold_out_check_key: Option<bool>,
     #[arg(long, env = "FLASHGATE_WAITLIST_CAPACITY")]
     pub waitlist_capacity: Option<u64>,
     #[arg(long, env = "FLASHGATE_WAITLIST_TICKET_SECONDS")]
@@ -185,7 +183,6 @@ impl ServeArgs {
             global_burst,
             limiter_prune_seconds,
             sold_out_cache_ms,
-            sold_out_check_key,
             waitlist_capacity,
             waitlist_ticket_seconds,
             waitlist_webhook_url

@@ -68,10 +68,6 @@ pub struct Config {
     /// memory for this long (0 = off). Units that come back are missed for at
     /// most this long by this instance (at once when they come back through it).
     pub sold_out_cache_ms: u64,
-    /// During that time, still look up the request's idempotency key (one
-    /// GET), so a retry of a request that did get a hold is answered 200, not
-    /// 409. Off: zero Redis calls per sold-out answer, but such a retry hears 409.
-    pub sold_out_check_key: bool,
     /// Most buyers waiting for one SKU; joining a full waitlist is refused.
     pub waitlist_capacity: u64,
     /// A waitlist ticket not promoted within this long expires.
@@ -127,7 +123,6 @@ impl Default for Config {
             drain_seconds: 10,
             log_format: "text".into(),
             sold_out_cache_ms: 100,
-            sold_out_check_key: true,
             waitlist_capacity: 10_000,
             waitlist_ticket_seconds: 1800,
             waitlist_lease_ms: 5000,

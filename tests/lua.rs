@@ -94,6 +94,8 @@ impl Fixture {
                     self.k.idem(&key),
                     self.k.events(),
                     self.k.record(rid),
+                    self.k.wlopen(),
+                    self.k.reserved_keys(),
                 ],
                 vec![
                     rid.to_string(),
@@ -106,6 +108,7 @@ impl Fixture {
                     "90000000".into(),
                     self.sku.to_string(),
                     key.as_str().into(),
+                    "1".into(),
                 ],
             )
             .await,

@@ -230,6 +230,8 @@ pub async fn baseline(
         format!("{p}books"),
         format!("{p}holds"),
         format!("{p}events"),
+        format!("{p}wlopen"),
+        format!("{p}keys"),
     ];
 
     let run = |stock: u64| {
@@ -257,8 +259,9 @@ pub async fn baseline(
                     ],
                 )
                 .await?;
-            // KEYS: stock books holds idem events record; ARGV: rid qty user fp
-            // hold_ms idem_ttl_ms mark_moved record_ttl_ms sku key (lua/reserve.lua).
+            // KEYS: stock books holds idem events record wlopen keys; ARGV: rid
+            // qty user fp hold_ms idem_ttl_ms mark_moved record_ttl_ms sku key
+            // gate (lua/reserve.lua): the same work as the service's call.
             let args: Vec<String> = vec![
                 "-h".into(),
                 host,
@@ -273,13 +276,15 @@ pub async fn baseline(
                 "--csv".into(),
                 "EVALSHA".into(),
                 sha,
-                "6".into(),
+                "8".into(),
                 keys[0].clone(),
                 keys[1].clone(),
                 keys[2].clone(),
                 format!("{p}idem:bk__rand_int__"),
                 keys[3].clone(),
                 format!("{p}r:br__rand_int__"),
+                keys[4].clone(),
+                keys[5].clone(),
                 "br__rand_int__".into(),
                 "1".into(),
                 "bench-user".into(),
@@ -290,6 +295,7 @@ pub async fn baseline(
                 "120000".into(),
                 sku,
                 "bk__rand_int__".into(),
+                "1".into(),
             ];
             let child = tokio::process::Command::new(bench_bin)
                 .args(&args)

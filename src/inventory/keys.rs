@@ -19,6 +19,7 @@
 //! | `fg:{idem:<key>}`         | string | `<sku>\n<fingerprint>`: the key's first request   |
 //! | `fg:{cap:SKU:<user>}`     | hash   | purchase cap: total, k:<key> → qty per reservation |
 //! | `fg:{SKU#s}:wlopen`       | string | gate: present while the SKU's waitlist has waiters |
+//! | `fg:{SKU#s}:keys`         | set    | idempotency keys of the shard's reservations       |
 //! | `fg:{wl:SKU}:…`           | …      | the waitlist: queue, stream, tickets (waitlist.rs) |
 
 use crate::domain::{IdempotencyKey, ReservationId, Sku};
@@ -66,6 +67,11 @@ impl ShardKeys {
     pub fn wlopen(&self) -> String {
         format!("{}wlopen", self.prefix)
     }
+    /// The idempotency keys of every reservation made on the shard (read by
+    /// the sold-out fast path).
+    pub fn reserved_keys(&self) -> String {
+        format!("{}keys", self.prefix)
+    }
     pub fn idem(&self, key: &IdempotencyKey) -> String {
         format!("{}idem:{}", self.prefix, key.as_str())
     }
@@ -98,6 +104,11 @@ impl WaitKeys {
     }
     pub fn users(&self) -> String {
         format!("{}users", self.prefix)
+    }
+    /// The idempotency keys of every reservation made on the shard (read by
+    /// the sold-out fast path).
+    pub fn reserved_keys(&self) -> String {
+        format!("{}keys", self.prefix)
     }
     pub fn idem(&self, key: &IdempotencyKey) -> String {
         format!("{}idem:{}", self.prefix, key.as_str())

@@ -206,7 +206,6 @@ struct Settings {
     replica_ack: u32,
     replica_ack_timeout_ms: u64,
     sold_out_cache: Duration,
-    sold_out_check_key: bool,
     waitlist_capacity: u64,
     ticket_ttl_ms: u64,
     lease_ms: u64,
@@ -226,6 +225,9 @@ pub struct Inventory {
     /// SKUs that answered "sold out": until when, and whether one request is
     /// already re-checking the shards (the sold-out fast path).
     sold_out: std::sync::Mutex<HashMap<Sku, SoldOutMark>>,
+    /// Bumped whenever this instance sees units come back, so a walk that
+    /// ended "sold out" before a return does not mark the SKU after it.
+    returns_seen: std::sync::atomic::AtomicU64,
     pool: Pool,
     scripts: Scripts,
     metrics: Arc<Metrics>,
@@ -237,6 +239,19 @@ pub struct Inventory {
 struct SoldOutMark {
     until: Instant,
     probing: bool,
+    /// The idempotency keys that hold (or held) a reservation of the SKU when
+    /// the mark was made: their retries are replayed, everyone else is
+    /// refused from memory.
+    winners: Arc<std::collections::HashSet<String>>,
+}
+
+/// What the sold-out fast path says about one request.
+#[derive(Debug, PartialEq)]
+enum FastPath {
+    /// Refuse from memory: no Redis command.
+    SoldOut,
+    /// Walk the shards (not marked, this request re-checks, or the key won).
+    Walk,
 }
 
 /// One shard's verdict on a reserve.
@@ -332,13 +347,13 @@ impl Inventory {
                 sweep_batch: config.sweep_batch,
                 waitlist_capacity: config.waitlist_capacity,
                 sold_out_cache: Duration::from_millis(config.sold_out_cache_ms),
-                sold_out_check_key: config.sold_out_check_key,
                 ticket_ttl_ms: config.waitlist_ticket_seconds * 1000,
                 lease_ms: config.waitlist_lease_ms,
             },
             meta: RwLock::new(HashMap::new()),
             returned: tokio::sync::Notify::new(),
             sold_out: std::sync::Mutex::new(HashMap::new()),
+            returns_seen: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -459,25 +474,11 @@ impl Inventory {
         let meta = self.meta_of(&req.sku).await?;
         let fp = req.fingerprint();
 
-        // The sold-out fast path: refuse from memory, without touching the
-        // shards. Only a key that never reached Redis is refused this way
-        // (with sold_out_check_key), so a retry of a request that got a hold
-        // still finds it.
-        if !req.waitlist && self.known_sold_out(&req.sku) {
-            let seen = if self.settings.sold_out_check_key {
-                let v: Option<String> = self
-                    .pool
-                    .next()
-                    .get(keys::idem_global(&req.key))
-                    .await
-                    .map_err(|e| self.err(e))?;
-                v.is_some()
-            } else {
-                false
-            };
-            if !seen {
-                return Ok(ReserveOutcome::SoldOut);
-            }
+        // The sold-out fast path: refuse from memory, no Redis command. The
+        // keys that won a unit are known, so their retries still walk (and
+        // are replayed).
+        if !req.waitlist && self.fast_path(&req.sku, &req.key) == FastPath::SoldOut {
+            return Ok(ReserveOutcome::SoldOut);
         }
 
         // The key's first request fixes its body, across SKUs too: SET NX GET
@@ -547,41 +548,77 @@ impl Inventory {
     /// request re-checks the shards (single flight) while the others keep
     /// the answer for at most one more period; so a crowd costs one walk per
     /// period, and returned units are seen within two periods at the most.
-    fn known_sold_out(&self, sku: &Sku) -> bool {
+    fn fast_path(&self, sku: &Sku, key: &IdempotencyKey) -> FastPath {
         let Ok(mut marks) = self.sold_out.lock() else {
-            return false;
+            return FastPath::Walk;
         };
         let Some(mark) = marks.get_mut(sku) else {
-            return false;
+            return FastPath::Walk;
         };
+        if mark.winners.contains(key.as_str()) {
+            return FastPath::Walk; // a retry of a request that got a unit
+        }
         let now = Instant::now();
         if now < mark.until {
-            return true;
+            return FastPath::SoldOut;
         }
         if !mark.probing {
             mark.probing = true;
-            return false; // this request is the probe
+            return FastPath::Walk; // this request is the probe
         }
-        now < mark.until + self.settings.sold_out_cache
+        if now < mark.until + self.settings.sold_out_cache {
+            FastPath::SoldOut
+        } else {
+            FastPath::Walk
+        }
     }
 
-    fn mark_sold_out(&self, sku: &Sku) {
+    /// A walk that started when `returns_seen` was `seen` found every shard
+    /// empty: remember it, with the keys that won the SKU's units, unless a
+    /// fresh mark exists (the crowd that found it empty at once loads the
+    /// keys once) or units came back through this instance meanwhile.
+    async fn mark_sold_out(&self, meta: &SkuMeta, seen: u64) -> Result<(), InventoryError> {
         if self.settings.sold_out_cache.is_zero() {
-            return;
+            return Ok(());
         }
-        if let Ok(mut m) = self.sold_out.lock() {
-            m.insert(
-                sku.clone(),
+        let fresh = |marks: &HashMap<Sku, SoldOutMark>| {
+            marks
+                .get(&meta.sku)
+                .is_some_and(|m| !m.probing && Instant::now() < m.until)
+        };
+        if self.sold_out.lock().map(|m| fresh(&m)).unwrap_or(true) {
+            return Ok(());
+        }
+        let mut winners = std::collections::HashSet::new();
+        for s in 0..meta.shards {
+            let keys: Vec<String> = self
+                .pool
+                .next()
+                .smembers(meta.keys(s).reserved_keys())
+                .await
+                .map_err(|e| self.err(e))?;
+            winners.extend(keys);
+        }
+        if let Ok(mut marks) = self.sold_out.lock() {
+            if seen != self.returns_seen.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(());
+            }
+            marks.insert(
+                meta.sku.clone(),
                 SoldOutMark {
                     until: Instant::now() + self.settings.sold_out_cache,
                     probing: false,
+                    winners: Arc::new(winners),
                 },
             );
         }
+        Ok(())
     }
 
     fn clear_sold_out(&self, sku: &Sku) {
         if let Ok(mut m) = self.sold_out.lock() {
+            self.returns_seen
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             m.remove(sku);
         }
     }
@@ -601,6 +638,7 @@ impl Inventory {
         gate: bool,
     ) -> Result<ReserveOutcome, InventoryError> {
         let k = meta.shards;
+        let returns_seen = self.returns_seen.load(std::sync::atomic::Ordering::SeqCst);
         let token = uuid::Uuid::new_v4();
         let start = (req.key.stable_hash() % u64::from(k)) as u16;
         // shards seen during this walk with some (but too few) units: donors
@@ -641,7 +679,10 @@ impl Inventory {
         if donors.is_empty() {
             // every shard reported no unit at all (not just too few, and not
             // just a sticky verdict of this key): the SKU is empty right now
-            self.mark_sold_out(&req.sku);
+            if let Err(e) = self.mark_sold_out(meta, returns_seen).await {
+                // the answer stands; the next request simply walks again
+                tracing::debug!(error = %e, sku = %req.sku, "could not load the sold-out mark");
+            }
         }
         Ok(ReserveOutcome::SoldOut)
     }
@@ -704,6 +745,7 @@ impl Inventory {
                     sk.events(),
                     sk.record(&rid),
                     sk.wlopen(),
+                    sk.reserved_keys(),
                 ],
                 vec![
                     rid_s.clone(),
