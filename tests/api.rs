@@ -651,7 +651,13 @@ fn command_calls(r: &RedisServer) -> std::collections::BTreeMap<String, u64> {
         .lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.split("calls=").nth(1)?.split(',').next()?.parse().ok()?;
+            let calls = rest
+                .split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
             Some((name.to_string(), calls))
         })
         .collect()
@@ -685,7 +691,10 @@ async fn sold_out_answers_cost_no_redis_command_and_winners_still_replay() {
         .map(|(name, n)| (name, n - before.get(name).copied().unwrap_or(0)))
         .filter(|(_, d)| *d > 0)
         .collect();
-    assert!(used.is_empty(), "200 sold-out answers ran Redis commands: {used:?}");
+    assert!(
+        used.is_empty(),
+        "200 sold-out answers ran Redis commands: {used:?}"
+    );
 
     // the winners' retries are still their holds, from either shard
     for (key, user, first) in [("q1", "u1", &h1), ("q2", "u2", &h2)] {
