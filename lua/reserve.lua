@@ -1,21 +1,26 @@
 -- reserve: check-and-DECRBY on one shard, create the hold, record the
--- idempotency key — one atomic step.
+-- idempotency key — one atomic step, for a batch of requests that arrived
+-- together for this shard (src/inventory/batch.rs), decided one after the
+-- other in arrival order. A batch of one is the plain case.
 --
+-- Shard keys (all with the shard's hash tag):
 -- KEYS[1] fg:{SKU#s}:stock   KEYS[2] fg:{SKU#s}:books   KEYS[3] fg:{SKU#s}:holds
--- KEYS[4] fg:{SKU#s}:idem:<key>   KEYS[5] fg:{SKU#s}:events   KEYS[6] fg:{SKU#s}:r:<rid>
--- ARGV[1] rid (fresh, used only if a hold is created)   ARGV[2] qty   ARGV[3] user
--- ARGV[4] request fingerprint   ARGV[5] hold_ms   ARGV[6] idem_ttl_ms
--- ARGV[7] mark_moved: 1 = on "dry", write the `moved` tombstone; 0 = leave no trace
--- ARGV[8] record_ttl_ms (garbage collection of the record, never stock return)
--- ARGV[9] sku   ARGV[10] idempotency key
--- KEYS[7] fg:{SKU#s}:wlopen   ARGV[11] gate: 1 = refuse while the SKU's waitlist has
---   waiters (units coming back belong to them; see src/inventory/waitlist.rs),
---   0 = the waitlist promoter itself
--- KEYS[8] fg:{SKU#s}:keys: the idempotency keys of every reservation made here
+-- KEYS[4] fg:{SKU#s}:events  KEYS[5] fg:{SKU#s}:wlopen (the waitlist gate)
+-- KEYS[6] fg:{SKU#s}:keys: the idempotency keys of every reservation made here
 --   (the sold-out fast path loads it, so a retry of a key that got a unit is
 --   replayed, not refused from memory; bounded by the shard's units)
+-- then per request i = 1..n: KEYS[5+2i] fg:{SKU#s}:idem:<key>, KEYS[6+2i] fg:{SKU#s}:r:<rid>
 --
--- Returns one of
+-- ARGV[1] hold_ms   ARGV[2] idem_ttl_ms   ARGV[3] record_ttl_ms (garbage
+-- collection of the record, never stock return)   ARGV[4] sku
+-- then per request i, 7 values from ARGV[5 + 7(i-1)]:
+--   rid (fresh, used only if a hold is created), qty, user, request fingerprint,
+--   mark_moved (1 = on "dry", write the `moved` tombstone; 0 = leave no trace),
+--   gate (1 = refuse while the SKU's waitlist has waiters: units coming back
+--   belong to them, see src/inventory/waitlist.rs; 0 = the waitlist promoter),
+--   idempotency key
+--
+-- Returns one reply per request, in order, each one of
 --   {'held', rid, expires_at_ms}                  a new hold was created
 --   {'replay', rid, qty, user, expires_at_ms}     this key already holds a reservation here
 --   {'moved', available}                          this key was refused here before: walk on
@@ -27,48 +32,72 @@
 -- `moved` tombstone), written in the same step that decides it. Every request
 -- with one key visits the shards in one fixed order, so all of them see the
 -- same verdicts and at most one reservation can exist per key. A second run of
--- this script (a client retry of an in-flight command) returns 'replay'.
-local stock, books, holds, idem, events, rkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local gated = ARGV[11] == '1' and redis.call('EXISTS', KEYS[7]) == 1
-local rid, qty, user, fp = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local hold_ms, idem_ttl, mark_moved, record_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1', tonumber(ARGV[8])
+-- this script (a client retry of an in-flight command), or a second request
+-- with the key later in the same batch, returns 'replay'.
+--
+-- Numbers go to Redis as the strings they came in (or formatted once per
+-- batch with %d): Redis formats a Lua number argument with %.17g, which was a
+-- measurable share of the script's time.
+local stock, books, holds, events, wlopen, reserved = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local hold_ms, idem_ttl, record_ttl, sku = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 
-local seen = redis.call('GET', idem)
-if seen then
-  local kind = string.sub(seen, 1, 1)
-  if kind == 'M' then
-    if string.sub(seen, 3) ~= fp then return {'mismatch'} end
-    if gated then return {'moved', 0} end
-    return {'moved', tonumber(redis.call('GET', stock) or '0')}
+local ts, exp, ts_s, exp_s -- one clock reading per batch, taken at the first hold
+local gate_open                -- EXISTS wlopen, read at most once per batch
+
+local function one(idem, rkey, rid, qty_s, user, fp, mark_moved, gate, key)
+  local qty = tonumber(qty_s)
+  if gate and gate_open == nil then gate_open = redis.call('EXISTS', wlopen) == 1 end
+  local gated = gate and gate_open
+
+  local seen = redis.call('GET', idem)
+  if seen then
+    local kind = string.sub(seen, 1, 1)
+    if kind == 'M' then
+      if string.sub(seen, 3) ~= fp then return {'mismatch'} end
+      if gated then return {'moved', 0} end
+      return {'moved', tonumber(redis.call('GET', stock) or '0')}
+    end
+    -- 'R|<rid>|<fp>' (rids never contain '|')
+    local bar = string.find(seen, '|', 3, true)
+    local old = string.sub(seen, 3, bar - 1)
+    if string.sub(seen, bar + 1) ~= fp then return {'mismatch'} end
+    local r = redis.call('HMGET', string.sub(rkey, 1, #rkey - #rid) .. old, 'qty', 'user', 'first_exp')
+    return {'replay', old, r[1] or '', r[2] or '', r[3] or ''}
   end
-  -- 'R|<rid>|<fp>' (rids never contain '|')
-  local bar = string.find(seen, '|', 3, true)
-  local old = string.sub(seen, 3, bar - 1)
-  if string.sub(seen, bar + 1) ~= fp then return {'mismatch'} end
-  local r = redis.call('HMGET', string.sub(rkey, 1, #rkey - #rid) .. old, 'qty', 'user', 'first_exp')
-  return {'replay', old, r[1] or '', r[2] or '', r[3] or ''}
+
+  local available = tonumber(redis.call('GET', stock))
+  if not available then return {'unloaded'} end
+  if gated then available = 0 end
+  if available < qty then
+    if mark_moved then
+      redis.call('SET', idem, 'M|' .. fp, 'PX', idem_ttl)
+    end
+    return {'dry', available}
+  end
+
+  if not ts then
+    ts = now_ms()
+    exp = ts + hold_ms
+    ts_s, exp_s = string.format('%d', ts), string.format('%d', exp)
+  end
+  redis.call('DECRBY', stock, qty_s)
+  redis.call('HINCRBY', books, 'held', qty_s)
+  redis.call('HSET', rkey, 'sku', sku, 'qty', qty_s, 'user', user, 'status', 'held',
+    'created', ts_s, 'exp', exp_s, 'first_exp', exp_s, 'idem', key)
+  redis.call('PEXPIRE', rkey, record_ttl)
+  redis.call('ZADD', holds, exp_s, rid)
+  redis.call('SET', idem, 'R|' .. rid .. '|' .. fp, 'PX', idem_ttl)
+  redis.call('SADD', reserved, key)
+  emit(events, 'held', rid, qty_s, user, ts_s)
+  return {'held', rid, exp}
 end
 
-local available = tonumber(redis.call('GET', stock))
-if not available then return {'unloaded'} end
-if gated then available = 0 end
-if available < qty then
-  if mark_moved then
-    redis.call('SET', idem, 'M|' .. fp, 'PX', idem_ttl)
-  end
-  return {'dry', available}
+local replies = {}
+local n = (#KEYS - 6) / 2
+for i = 1, n do
+  local a = 4 + 7 * (i - 1)
+  replies[i] = one(KEYS[5 + 2 * i], KEYS[6 + 2 * i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+    ARGV[a + 4], ARGV[a + 5] == '1', ARGV[a + 6] == '1', ARGV[a + 7])
 end
-
-local ts = now_ms()
-local exp = ts + hold_ms
-redis.call('DECRBY', stock, qty)
-redis.call('HINCRBY', books, 'held', qty)
-redis.call('HSET', rkey, 'sku', ARGV[9], 'qty', qty, 'user', user, 'status', 'held',
-  'created', ts, 'exp', exp, 'first_exp', exp, 'idem', ARGV[10])
-redis.call('PEXPIRE', rkey, record_ttl)
-redis.call('ZADD', holds, exp, rid)
-redis.call('SET', idem, 'R|' .. rid .. '|' .. fp, 'PX', idem_ttl)
-redis.call('SADD', KEYS[8], ARGV[10])
-redis.call('PEXPIRE', KEYS[8], record_ttl)
-emit(events, 'held', rid, qty, user, ts)
-return {'held', rid, exp}
+if ts then redis.call('PEXPIRE', reserved, record_ttl) end
+return replies

@@ -57,6 +57,8 @@ pub struct ServeArgs {
     pub redis_url: Option<String>,
     #[arg(long, env = "FLASHGATE_REDIS_POOL_SIZE")]
     pub redis_pool_size: Option<usize>,
+    #[arg(long, env = "FLASHGATE_RESERVE_BATCH_MAX")]
+    pub reserve_batch_max: Option<usize>,
     #[arg(long, env = "FLASHGATE_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
     /// Answer a hold only once this many replicas have it (Redis WAIT; 0 = off).
@@ -153,6 +155,7 @@ impl ServeArgs {
             listen,
             redis_url,
             redis_pool_size,
+            reserve_batch_max,
             redis_timeout_ms,
             replica_ack,
             replica_ack_timeout_ms,

@@ -18,6 +18,9 @@ pub struct Config {
     pub redis_url: String,
     /// Connections to Redis (commands are pipelined on each).
     pub redis_pool_size: usize,
+    /// Most reserves for one shard coalesced into one `reserve.lua` call
+    /// (1 = one call per request; see src/inventory/batch.rs).
+    pub reserve_batch_max: usize,
     /// Every Redis command fails after this long: the request answers 503
     /// instead of hanging while Redis is down or slow.
     pub redis_timeout_ms: u64,
@@ -102,6 +105,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_pool_size: 4,
+            reserve_batch_max: 64,
             redis_timeout_ms: 500,
             replica_ack: 0,
             replica_ack_timeout_ms: 100,
@@ -195,6 +199,9 @@ impl Config {
         }
         if self.max_qty_per_request == 0 {
             return bad("max_qty_per_request must be >= 1");
+        }
+        if self.reserve_batch_max == 0 || self.reserve_batch_max > 1000 {
+            return bad("reserve_batch_max must be within 1..=1000");
         }
         if self.redis_pool_size == 0 || self.redis_pool_size > 64 {
             return bad("redis_pool_size must be within 1..=64");

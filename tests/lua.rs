@@ -12,7 +12,7 @@ use flashgate::inventory::keys::{self, ShardKeys};
 use flashgate::inventory::scripts::{self, Script, Scripts};
 use flashgate::metrics::Metrics;
 use fred::clients::Pool;
-use fred::interfaces::{HashesInterface, KeysInterface, SortedSetsInterface};
+use fred::interfaces::{HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface};
 use fred::types::Value;
 use support::{test_config, RedisServer};
 
@@ -84,35 +84,39 @@ impl Fixture {
         mark: bool,
     ) -> Vec<String> {
         let key = IdempotencyKey::parse(key).unwrap();
-        strs(
-            self.run(
+        // a batch of one (lua/reserve.lua answers one reply per request)
+        let replies = self
+            .run(
                 &self.scripts.reserve,
                 vec![
                     self.k.stock(),
                     self.k.books(),
                     self.k.holds(),
-                    self.k.idem(&key),
                     self.k.events(),
-                    self.k.record(rid),
                     self.k.wlopen(),
                     self.k.reserved_keys(),
+                    self.k.idem(&key),
+                    self.k.record(rid),
                 ],
                 vec![
+                    hold_ms.to_string(),
+                    "86400000".into(),
+                    "90000000".into(),
+                    self.sku.to_string(),
                     rid.to_string(),
                     qty.to_string(),
                     "user-1".into(),
                     fp.into(),
-                    hold_ms.to_string(),
-                    "86400000".into(),
                     if mark { "1" } else { "0" }.into(),
-                    "90000000".into(),
-                    self.sku.to_string(),
-                    key.as_str().into(),
                     "1".into(),
+                    key.as_str().into(),
                 ],
             )
-            .await,
-        )
+            .await;
+        match replies {
+            fred::types::Value::Array(mut r) if r.len() == 1 => strs(r.remove(0)),
+            other => panic!("reserve.lua must answer one reply per request: {other:?}"),
+        }
     }
 
     async fn reserve(&self, key: &str, qty: u32, hold_ms: u64) -> Vec<String> {
@@ -257,6 +261,156 @@ async fn reserve_checks_and_decrements_atomically() {
         vec!["dry", "1"]
     );
     assert_eq!(f.reserve("k2", 1, 60_000).await[0], "held");
+}
+
+/// One `reserve.lua` call deciding `reqs` (key, qty) in order; every reply.
+async fn reserve_batch(
+    f: &Fixture,
+    reqs: &[(&str, u32)],
+    rids: &[ReservationId],
+) -> Vec<Vec<String>> {
+    let mut keys = vec![
+        f.k.stock(),
+        f.k.books(),
+        f.k.holds(),
+        f.k.events(),
+        f.k.wlopen(),
+        f.k.reserved_keys(),
+    ];
+    let mut args: Vec<String> = vec![
+        "60000".into(),
+        "86400000".into(),
+        "90000000".into(),
+        f.sku.to_string(),
+    ];
+    for ((key, qty), rid) in reqs.iter().zip(rids) {
+        let key = IdempotencyKey::parse(key).unwrap();
+        keys.push(f.k.idem(&key));
+        keys.push(f.k.record(rid));
+        args.extend([
+            rid.to_string(),
+            qty.to_string(),
+            "user-1".into(),
+            format!("{qty}:user-1"),
+            "1".into(),
+            "1".into(),
+            key.as_str().to_string(),
+        ]);
+    }
+    scripts::array(f.run(&f.scripts.reserve, keys, args).await)
+        .unwrap()
+        .into_iter()
+        .map(strs)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_is_decided_in_arrival_order_and_a_resent_batch_changes_nothing() {
+    let f = fixture().await;
+    f.preload(3, false).await;
+    let reqs = [("b1", 1), ("b2", 1), ("b1", 1), ("b3", 2), ("b4", 1)];
+    let rids: Vec<ReservationId> = reqs.iter().map(|_| f.rid()).collect();
+    let first = reserve_batch(&f, &reqs, &rids).await;
+    let kinds: Vec<&str> = first.iter().map(|r| r[0].as_str()).collect();
+    // b1, b2 take a unit each; b1 again is its own hold; b3 wants 2 of the 1
+    // left (dry, tombstone); b4 takes the last one
+    assert_eq!(kinds, ["held", "held", "replay", "dry", "held"]);
+    assert_eq!(
+        first[2][1],
+        rids[0].to_string(),
+        "the replay names b1's hold"
+    );
+    assert_eq!(first[3][1], "1");
+    assert_eq!(f.books().await, (0, 3, 0));
+    assert_eq!(f.events().await, 1 + 3, "preload + three holds");
+    // the client library resends the whole call after a lost reply
+    let again = reserve_batch(&f, &reqs, &rids).await;
+    let kinds: Vec<&str> = again.iter().map(|r| r[0].as_str()).collect();
+    // each hold answers with its own id (the service reads that as its hold)
+    assert_eq!(kinds, ["replay", "replay", "replay", "moved", "replay"]);
+    for (i, j) in [(0, 0), (1, 1), (2, 0), (4, 4)] {
+        assert_eq!(again[i][1], rids[j].to_string());
+    }
+    assert_eq!(f.books().await, (0, 3, 0));
+    assert_eq!(f.events().await, 4, "nothing new happened");
+    let mut won: Vec<String> = f.pool.next().smembers(f.k.reserved_keys()).await.unwrap();
+    won.sort();
+    assert_eq!(
+        won,
+        ["b1", "b2", "b4"],
+        "the keys that won units, for the sold-out fast path"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reserves_for_one_shard_share_script_calls() {
+    use flashgate::inventory::batch::{ReserveCall, Reserver};
+    let f = fixture().await;
+    f.preload(150, false).await;
+    let reserver = std::sync::Arc::new(Reserver::new(
+        f.pool.clone(),
+        std::sync::Arc::new(Metrics::new(10)),
+        f.scripts.reserve.clone(),
+        [60_000, 86_400_000, 90_000_000],
+        64,
+    ));
+    let calls_before = evalsha_calls(&f._redis);
+    let tag = keys::default_tag(&f.sku, 0);
+    let answers = futures::future::join_all((0..200).map(|i| {
+        let (reserver, f, tag) = (reserver.clone(), &f, tag.clone());
+        async move {
+            let key = IdempotencyKey::parse(&format!("c{i}")).unwrap();
+            let rid = f.rid();
+            let call = ReserveCall {
+                idem_key: f.k.idem(&key),
+                record_key: f.k.record(&rid),
+                rid: rid.to_string(),
+                qty: "1".into(),
+                user: format!("u{i}"),
+                fingerprint: format!("1:u{i}"),
+                mark_moved: true,
+                gate: true,
+                key: key.as_str().to_string(),
+            };
+            strs(
+                reserver
+                    .reserve(&tag, &f.k, f.sku.as_str(), call)
+                    .await
+                    .unwrap(),
+            )
+        }
+    }))
+    .await;
+    let held = answers.iter().filter(|a| a[0] == "held").count();
+    let dry = answers.iter().filter(|a| a[0] == "dry").count();
+    assert_eq!(
+        (held, dry),
+        (150, 50),
+        "exactly the stock, every other request dry"
+    );
+    assert_eq!(f.books().await, (0, 150, 0));
+    let calls = evalsha_calls(&f._redis) - calls_before;
+    // 200 requests queued at once: the first goes alone, the rest in batches
+    // of at most 64 (a NOSCRIPT reload adds one call)
+    assert!(
+        calls <= 8,
+        "200 concurrent reserves took {calls} script calls"
+    );
+}
+
+fn evalsha_calls(r: &RedisServer) -> u64 {
+    r.cli(&["INFO", "commandstats"])
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 #[tokio::test]

@@ -259,9 +259,10 @@ pub async fn baseline(
                     ],
                 )
                 .await?;
-            // KEYS: stock books holds idem events record wlopen keys; ARGV: rid
-            // qty user fp hold_ms idem_ttl_ms mark_moved record_ttl_ms sku key
-            // gate (lua/reserve.lua): the same work as the service's call.
+            // A batch of one request (lua/reserve.lua): KEYS stock books holds
+            // events wlopen keys, then the request's idem and record keys; ARGV
+            // hold_ms idem_ttl_ms record_ttl_ms sku, then the request's rid qty
+            // user fp mark_moved gate key: the same work as the service's call.
             let args: Vec<String> = vec![
                 "-h".into(),
                 host,
@@ -280,22 +281,22 @@ pub async fn baseline(
                 keys[0].clone(),
                 keys[1].clone(),
                 keys[2].clone(),
-                format!("{p}idem:bk__rand_int__"),
                 keys[3].clone(),
-                format!("{p}r:br__rand_int__"),
                 keys[4].clone(),
                 keys[5].clone(),
+                format!("{p}idem:bk__rand_int__"),
+                format!("{p}r:br__rand_int__"),
+                "600000".into(),
+                "120000".into(),
+                "120000".into(),
+                sku,
                 "br__rand_int__".into(),
                 "1".into(),
                 "bench-user".into(),
                 "fp".into(),
-                "600000".into(),
-                "120000".into(),
                 "1".into(),
-                "120000".into(),
-                sku,
+                "1".into(),
                 "bk__rand_int__".into(),
-                "1".into(),
             ];
             let child = tokio::process::Command::new(bench_bin)
                 .args(&args)

@@ -35,6 +35,7 @@
 //! retries with the same key succeed after the failover, exactly once
 //! (`tests/cluster.rs`, `a_master_killed_mid_sale…`).
 
+pub mod batch;
 mod durability;
 pub mod expiry;
 pub mod keys;
@@ -209,7 +210,6 @@ struct Settings {
     waitlist_capacity: u64,
     ticket_ttl_ms: u64,
     lease_ms: u64,
-    hold_ms: u64,
     extend_ms: u64,
     max_hold_ms: u64,
     idem_ttl_ms: u64,
@@ -230,6 +230,8 @@ pub struct Inventory {
     returns_seen: std::sync::atomic::AtomicU64,
     pool: Pool,
     scripts: Scripts,
+    /// reserve.lua calls, coalesced per shard (batch.rs).
+    reserver: Arc<batch::Reserver>,
     metrics: Arc<Metrics>,
     settings: Settings,
     meta: RwLock<HashMap<Sku, (Arc<SkuMeta>, Instant)>>,
@@ -331,19 +333,27 @@ impl Inventory {
         let hold_ms = config.hold_seconds * 1000;
         let max_hold_ms = config.max_hold_seconds * 1000;
         let idem_ttl_ms = config.idempotency_ttl_seconds * 1000;
+        let record_ttl_ms = max_hold_ms + idem_ttl_ms;
+        let reserver = Arc::new(batch::Reserver::new(
+            pool.clone(),
+            metrics.clone(),
+            scripts.reserve.clone(),
+            [hold_ms, idem_ttl_ms, record_ttl_ms],
+            config.reserve_batch_max,
+        ));
         Ok(Inventory {
             pool,
             scripts,
+            reserver,
             metrics,
             settings: Settings {
                 replica_ack: config.replica_ack,
                 replica_ack_timeout_ms: config.replica_ack_timeout_ms,
-                hold_ms,
                 extend_ms: config.extend_seconds * 1000,
                 max_hold_ms,
                 idem_ttl_ms,
                 // the record outlives its longest possible hold by the key retention
-                record_ttl_ms: max_hold_ms + idem_ttl_ms,
+                record_ttl_ms,
                 sweep_batch: config.sweep_batch,
                 waitlist_capacity: config.waitlist_capacity,
                 sold_out_cache: Duration::from_millis(config.sold_out_cache_ms),
@@ -734,33 +744,24 @@ impl Inventory {
         let sk = meta.keys(shard);
         let rid = ReservationId::new(&req.sku, shard, token);
         let rid_s = rid.to_string();
+        let tag = match meta.tags.get(usize::from(shard)) {
+            Some(t) => t.clone(),
+            None => keys::default_tag(&req.sku, shard),
+        };
+        let call = batch::ReserveCall {
+            idem_key: sk.idem(&req.key),
+            record_key: sk.record(&rid),
+            rid: rid_s.clone(),
+            qty: req.qty.get().to_string(),
+            user: req.user.as_str().to_string(),
+            fingerprint: fp.to_string(),
+            mark_moved,
+            gate,
+            key: req.key.as_str().to_string(),
+        };
         let reply = self
-            .run(
-                &self.scripts.reserve,
-                vec![
-                    sk.stock(),
-                    sk.books(),
-                    sk.holds(),
-                    sk.idem(&req.key),
-                    sk.events(),
-                    sk.record(&rid),
-                    sk.wlopen(),
-                    sk.reserved_keys(),
-                ],
-                vec![
-                    rid_s.clone(),
-                    req.qty.get().to_string(),
-                    req.user.as_str().to_string(),
-                    fp.to_string(),
-                    self.settings.hold_ms.to_string(),
-                    self.settings.idem_ttl_ms.to_string(),
-                    if mark_moved { "1" } else { "0" }.to_string(),
-                    self.settings.record_ttl_ms.to_string(),
-                    req.sku.to_string(),
-                    req.key.as_str().to_string(),
-                    if gate { "1" } else { "0" }.to_string(),
-                ],
-            )
+            .reserver
+            .reserve(&tag, &sk, req.sku.as_str(), call)
             .await?;
         let items = array(reply)?;
         let kind = text(at(&items, 0)?)?;

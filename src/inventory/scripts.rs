@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 const PRELUDE: &str = include_str!("../../lua/lib.lua");
 
 /// One script: its name (for metrics), full source and SHA-1.
+#[derive(Clone)]
 pub struct Script {
     pub name: &'static str,
     pub source: String,
