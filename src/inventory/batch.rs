@@ -106,7 +106,7 @@ impl Reserver {
             sku: sku.to_owned(),
         };
         if self.max_batch == 1 {
-            let mut replies = self.call(&shard(), std::slice::from_ref(&call)).await?;
+            let mut replies = self.call(&shard(), vec![call]).await?;
             return replies
                 .pop()
                 .ok_or_else(|| InventoryError::Protocol("reserve.lua answered nothing".into()));
@@ -167,7 +167,7 @@ impl Reserver {
             };
             let Some((shard, batch)) = taken else { return };
             let (calls, waiters): (Vec<ReserveCall>, Vec<Waiter>) = batch.into_iter().unzip();
-            match self.call(&shard, &calls).await {
+            match self.call(&shard, calls).await {
                 Ok(replies) => {
                     for (w, r) in waiters.into_iter().zip(replies) {
                         let _ = w.send(Ok(r)); // a cancelled request no longer listens
@@ -186,33 +186,33 @@ impl Reserver {
     async fn call(
         &self,
         shard: &Shard,
-        calls: &[ReserveCall],
+        calls: Vec<ReserveCall>,
     ) -> Result<Vec<Value>, InventoryError> {
-        let mut keys = Vec::with_capacity(6 + 2 * calls.len());
+        let n = calls.len();
+        let mut keys = Vec::with_capacity(6 + 2 * n);
         keys.extend(shard.keys.iter().cloned());
-        let mut args = Vec::with_capacity(4 + 7 * calls.len());
+        let mut args = Vec::with_capacity(4 + 7 * n);
         args.extend(self.ttls.iter().cloned());
         args.push(shard.sku.clone());
         for c in calls {
-            keys.push(c.idem_key.clone());
-            keys.push(c.record_key.clone());
+            keys.push(c.idem_key);
+            keys.push(c.record_key);
             args.extend([
-                c.rid.clone(),
-                c.qty.clone(),
-                c.user.clone(),
-                c.fingerprint.clone(),
+                c.rid,
+                c.qty,
+                c.user,
+                c.fingerprint,
                 flag(c.mark_moved),
                 flag(c.gate),
-                c.key.clone(),
+                c.key,
             ]);
         }
         let replies =
             array(scripts::run(&self.pool, &self.metrics, &self.script, keys, args).await?)?;
-        if replies.len() != calls.len() {
+        if replies.len() != n {
             return Err(InventoryError::Protocol(format!(
-                "reserve.lua answered {} of {} requests",
+                "reserve.lua answered {} of {n} requests",
                 replies.len(),
-                calls.len()
             )));
         }
         Ok(replies)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fred::clients::Pool;
 use fred::interfaces::LuaInterface;
-use fred::types::Value;
+use fred::types::{Key, Value};
 use fred::util::sha1_hash;
 
 use crate::error::InventoryError;
@@ -145,10 +145,14 @@ pub async fn run(
     keys: Vec<String>,
     args: Vec<String>,
 ) -> Result<Value, InventoryError> {
+    // Converted once (a String becomes a Redis value without a copy); a
+    // resend clones reference-counted buffers, not the strings.
+    let keys: Vec<Key> = keys.into_iter().map(Key::from).collect();
+    let args: Vec<Value> = args.into_iter().map(Value::from).collect();
     let started = Instant::now();
     let mut backoff = Duration::from_millis(2);
     loop {
-        let result = run_once(pool, metrics, script, keys.clone(), args.clone()).await;
+        let result = run_once(pool, metrics, script, &keys, &args).await;
         match result {
             Err(InventoryError::Unavailable(ref m))
                 if (m.contains("TRYAGAIN") || m.contains("Too many redirections"))
@@ -166,13 +170,13 @@ async fn run_once(
     pool: &Pool,
     metrics: &Metrics,
     script: &Script,
-    keys: Vec<String>,
-    args: Vec<String>,
+    keys: &[Key],
+    args: &[Value],
 ) -> Result<Value, InventoryError> {
     let started = Instant::now();
     let client = pool.next();
     let first = client
-        .evalsha::<Value, _, _, _>(script.sha.as_str(), keys.clone(), args.clone())
+        .evalsha::<Value, _, _, _>(script.sha.as_str(), keys.to_vec(), args.to_vec())
         .await;
     let result = match first {
         Err(e) if e.details().starts_with("NOSCRIPT") => {
@@ -183,7 +187,7 @@ async fn run_once(
                 .await
                 .map_err(|e| classify(metrics, e))?;
             client
-                .evalsha::<Value, _, _, _>(script.sha.as_str(), keys, args)
+                .evalsha::<Value, _, _, _>(script.sha.as_str(), keys.to_vec(), args.to_vec())
                 .await
         }
         other => other,
