@@ -368,6 +368,14 @@ async fn keys_never_reach_the_logs() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // read the logs while the service runs: at trace level they outgrow a pipe
+    // buffer, and a service blocked on a full pipe answers nothing
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut logs = String::new();
+        let _ = stderr.read_to_string(&mut logs);
+        logs
+    });
     let base = format!("127.0.0.1:{port}");
     assert!(
         eventually(Duration::from_secs(20), || async {
@@ -394,14 +402,8 @@ async fn keys_never_reach_the_logs() {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
     let _ = child.wait();
+    let logs = reader.join().unwrap();
     assert!(
         logs.contains("flashgate serving"),
         "logs were captured: {logs}"

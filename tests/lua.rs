@@ -344,16 +344,18 @@ async fn a_batch_is_decided_in_arrival_order_and_a_resent_batch_changes_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reserves_for_one_shard_share_script_calls() {
-    use flashgate::inventory::batch::{ReserveCall, Reserver};
+    use flashgate::inventory::batch::{Lanes, ReserveBatch, ReserveCall};
     let f = fixture().await;
     f.preload(150, false).await;
-    let reserver = std::sync::Arc::new(Reserver::new(
-        f.pool.clone(),
-        std::sync::Arc::new(Metrics::new(10)),
-        f.scripts.reserve.clone(),
-        [60_000, 86_400_000, 90_000_000],
+    let reserver = Lanes::new(
+        ReserveBatch {
+            pool: f.pool.clone(),
+            metrics: std::sync::Arc::new(Metrics::new(10)),
+            script: f.scripts.reserve.clone(),
+            ttls: ["60000".into(), "86400000".into(), "90000000".into()],
+        },
         64,
-    ));
+    );
     let calls_before = evalsha_calls(&f._redis);
     let tag = keys::default_tag(&f.sku, 0);
     let answers = futures::future::join_all((0..200).map(|i| {
@@ -362,6 +364,7 @@ async fn concurrent_reserves_for_one_shard_share_script_calls() {
             let key = IdempotencyKey::parse(&format!("c{i}")).unwrap();
             let rid = f.rid();
             let call = ReserveCall {
+                sku: f.sku.to_string(),
                 idem_key: f.k.idem(&key),
                 record_key: f.k.record(&rid),
                 rid: rid.to_string(),
@@ -372,12 +375,7 @@ async fn concurrent_reserves_for_one_shard_share_script_calls() {
                 gate: true,
                 key: key.as_str().to_string(),
             };
-            strs(
-                reserver
-                    .reserve(&tag, &f.k, f.sku.as_str(), call)
-                    .await
-                    .unwrap(),
-            )
+            strs(reserver.submit(&tag, call).await.unwrap())
         }
     }))
     .await;
@@ -411,6 +409,35 @@ fn evalsha_calls(r: &RedisServer) -> u64 {
                 .ok()
         })
         .sum()
+}
+
+#[tokio::test]
+async fn a_claim_fixes_the_first_body_of_each_key_and_a_resend_changes_nothing() {
+    let f = fixture().await;
+    let rec = |k: &str| keys::idem_global(&IdempotencyKey::parse(k).unwrap()).1;
+    let claim = |pairs: Vec<(&str, &str)>| {
+        let keys: Vec<String> = pairs.iter().map(|(k, _)| rec(k)).collect();
+        let mut args = vec!["60000".to_string()];
+        args.extend(pairs.iter().map(|(_, b)| b.to_string()));
+        let f = &f;
+        async move {
+            scripts::array(f.run(&f.scripts.claim, keys, args).await)
+                .unwrap()
+                .iter()
+                .map(|v| scripts::text(v).unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    // one key twice in a batch: the second sees the first's body
+    let batch = vec![("c1", "A\n1:u"), ("c2", "A\n1:v"), ("c1", "B\n1:u")];
+    assert_eq!(claim(batch.clone()).await, ["", "", "A\n1:u"]);
+    // resent: every key answers its first body (the same request, or a reuse)
+    assert_eq!(claim(batch).await, ["A\n1:u", "A\n1:v", "A\n1:u"]);
+    let ttl: i64 = f.pool.next().pttl(rec("c1")).await.unwrap();
+    assert!(
+        ttl > 0 && ttl <= 60_000,
+        "the record expires with the key retention"
+    );
 }
 
 #[tokio::test]

@@ -1,22 +1,24 @@
-//! Coalescing of concurrent reserves for one shard into one `reserve.lua`
-//! call (the script decides them one after the other, in arrival order, and
-//! answers each).
+//! Coalescing of concurrent requests into one script call per lane: the
+//! reserves of one shard into one `reserve.lua` call, the idempotency claims
+//! of one bucket into one `claim.lua` call. The script decides the requests
+//! one after the other, in arrival order, and answers each.
 //!
-//! Each shard has a lane. A reserve joins its shard's lane; if no call is in
-//! flight for the lane, a drain task starts and sends everything queued as
-//! one call, then whatever queued meanwhile, until the lane is empty. There is
-//! no timer: an idle shard answers a lone request at once, and under load a
-//! request waits at most for the call in flight on its shard (one round trip,
-//! itself bounded by `redis_timeout_ms`) — the batch grows with the load.
+//! A request joins its lane; if no call is in flight for the lane, a drain
+//! task starts and sends everything queued as one call, then whatever queued
+//! meanwhile, until the lane is empty. There is no timer: an idle lane answers
+//! a lone request at once, and under load a request waits at most for the
+//! call in flight on its lane (one round trip, itself bounded by
+//! `redis_timeout_ms`) — the batch grows with the load.
 //!
 //! The drain runs in its own task, so a request that is cancelled (client
 //! gone, request timeout) never strands the others. A failed call fails every
 //! request of the batch with the same error (503; the outcome is unknown, and
-//! every request is safe to retry with its key: the script is idempotent per
-//! key). `reserve_batch_max = 1` turns coalescing off (one call per request,
-//! no lane), for comparison.
+//! every request is safe to retry with its key: both scripts are idempotent
+//! per key). `reserve_batch_max = 1` turns coalescing off (one call per
+//! request, no lane), for comparison.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use fred::clients::Pool;
@@ -28,8 +30,121 @@ use super::scripts::{self, array, Script};
 use crate::error::InventoryError;
 use crate::metrics::Metrics;
 
+/// A script call that can carry many requests of one lane.
+pub trait Batch: Send + Sync + 'static {
+    type Item: Send + 'static;
+    /// One call for `items` of `lane`: one reply per item, in order.
+    fn call(
+        &self,
+        lane: &str,
+        items: Vec<Self::Item>,
+    ) -> impl Future<Output = Result<Vec<Value>, InventoryError>> + Send;
+}
+
+type Waiter = oneshot::Sender<Result<Value, InventoryError>>;
+/// Requests waiting for a lane's next call.
+type Queue<I> = Vec<(I, Waiter)>;
+
+/// The lanes of one kind of call.
+pub struct Lanes<B: Batch> {
+    batch: B,
+    max_batch: usize,
+    /// Lanes with a drain in flight, and what queued behind it.
+    queued: Mutex<HashMap<String, Queue<B::Item>>>,
+}
+
+impl<B: Batch> Lanes<B> {
+    pub fn new(batch: B, max_batch: usize) -> Arc<Lanes<B>> {
+        Arc::new(Lanes {
+            batch,
+            max_batch: max_batch.max(1),
+            queued: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// This request's reply, from a call shared with the lane's other
+    /// requests of the moment.
+    pub async fn submit(
+        self: &Arc<Self>,
+        lane: &str,
+        item: B::Item,
+    ) -> Result<Value, InventoryError> {
+        if self.max_batch == 1 {
+            let mut replies = self.batch.call(lane, vec![item]).await?;
+            return replies
+                .pop()
+                .ok_or_else(|| InventoryError::Protocol("a script answered nothing".into()));
+        }
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut queued = self
+                .queued
+                .lock()
+                .map_err(|_| InventoryError::Protocol("batch lanes poisoned".into()))?;
+            match queued.get_mut(lane) {
+                Some(q) => {
+                    q.push((item, tx));
+                    false
+                }
+                None => {
+                    queued.insert(lane.to_owned(), vec![(item, tx)]);
+                    true
+                }
+            }
+        };
+        if start {
+            let me = self.clone();
+            let lane = lane.to_owned();
+            tokio::spawn(async move { me.drain(lane).await });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(InventoryError::Unavailable("the batch was dropped".into())))
+    }
+
+    /// Send the lane's queue as calls until it is empty, then close the lane.
+    async fn drain(&self, lane: String) {
+        loop {
+            let taken = match self.queued.lock() {
+                Ok(mut queued) => match queued.get_mut(&lane) {
+                    Some(q) if !q.is_empty() => {
+                        let n = q.len().min(self.max_batch);
+                        Some(q.drain(..n).collect::<Vec<_>>())
+                    }
+                    _ => {
+                        queued.remove(&lane);
+                        None
+                    }
+                },
+                Err(_) => None,
+            };
+            let Some(batch) = taken else { return };
+            let (items, waiters): (Vec<B::Item>, Vec<Waiter>) = batch.into_iter().unzip();
+            let n = items.len();
+            match self.batch.call(&lane, items).await {
+                Ok(replies) if replies.len() == n => {
+                    for (w, r) in waiters.into_iter().zip(replies) {
+                        let _ = w.send(Ok(r)); // a cancelled request no longer listens
+                    }
+                }
+                Ok(replies) => {
+                    let m = format!("a batch of {n} got {} replies", replies.len());
+                    for w in waiters {
+                        let _ = w.send(Err(InventoryError::Protocol(m.clone())));
+                    }
+                }
+                Err(e) => {
+                    for w in waiters {
+                        let _ = w.send(Err(same(&e)));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// One request's part of a `reserve.lua` call.
 pub struct ReserveCall {
+    pub sku: String,
     pub idem_key: String,
     pub record_key: String,
     pub rid: String,
@@ -41,159 +156,33 @@ pub struct ReserveCall {
     pub key: String,
 }
 
-/// What one lane's calls share: the shard's keys and the SKU.
-#[derive(Clone)]
-struct Shard {
-    keys: [String; 6],
-    sku: String,
-}
-
-type Waiter = oneshot::Sender<Result<Value, InventoryError>>;
-
-struct Lane {
-    shard: Shard,
-    pending: Vec<(ReserveCall, Waiter)>,
-}
-
-/// The reserve lanes of one instance.
-pub struct Reserver {
-    pool: Pool,
-    metrics: Arc<Metrics>,
-    script: Script,
+/// `reserve.lua` on one shard; the lane is the shard's hash tag.
+pub struct ReserveBatch {
+    pub pool: Pool,
+    pub metrics: Arc<Metrics>,
+    pub script: Script,
     /// hold_ms, idem_ttl_ms, record_ttl_ms (ARGV[1..=3])
-    ttls: [String; 3],
-    max_batch: usize,
-    /// Lanes with a drain in flight, by shard hash tag.
-    lanes: Mutex<HashMap<String, Lane>>,
+    pub ttls: [String; 3],
 }
 
-impl Reserver {
-    pub fn new(
-        pool: Pool,
-        metrics: Arc<Metrics>,
-        script: Script,
-        ttls: [u64; 3],
-        max_batch: usize,
-    ) -> Reserver {
-        Reserver {
-            pool,
-            metrics,
-            script,
-            ttls: ttls.map(|t| t.to_string()),
-            max_batch: max_batch.max(1),
-            lanes: Mutex::new(HashMap::new()),
-        }
-    }
+impl Batch for ReserveBatch {
+    type Item = ReserveCall;
 
-    /// Reserve on the shard `sk` (hash tag `tag`) of `sku`: this request's
-    /// reply of `reserve.lua`.
-    pub async fn reserve(
-        self: &Arc<Self>,
-        tag: &str,
-        sk: &ShardKeys,
-        sku: &str,
-        call: ReserveCall,
-    ) -> Result<Value, InventoryError> {
-        let shard = || Shard {
-            keys: [
-                sk.stock(),
-                sk.books(),
-                sk.holds(),
-                sk.events(),
-                sk.wlopen(),
-                sk.reserved_keys(),
-            ],
-            sku: sku.to_owned(),
-        };
-        if self.max_batch == 1 {
-            let mut replies = self.call(&shard(), vec![call]).await?;
-            return replies
-                .pop()
-                .ok_or_else(|| InventoryError::Protocol("reserve.lua answered nothing".into()));
-        }
-        let (tx, rx) = oneshot::channel();
-        let start = {
-            let mut lanes = self
-                .lanes
-                .lock()
-                .map_err(|_| InventoryError::Protocol("reserve lanes poisoned".into()))?;
-            match lanes.get_mut(tag) {
-                Some(lane) => {
-                    lane.pending.push((call, tx));
-                    false
-                }
-                None => {
-                    lanes.insert(
-                        tag.to_owned(),
-                        Lane {
-                            shard: shard(),
-                            pending: vec![(call, tx)],
-                        },
-                    );
-                    true
-                }
-            }
-        };
-        if start {
-            let me = self.clone();
-            let tag = tag.to_owned();
-            tokio::spawn(async move { me.drain(tag).await });
-        }
-        rx.await.unwrap_or_else(|_| {
-            Err(InventoryError::Unavailable(
-                "the reserve batch was dropped".into(),
-            ))
-        })
-    }
-
-    /// Send the lane's queue as calls until it is empty, then close the lane.
-    async fn drain(&self, tag: String) {
-        loop {
-            let taken = match self.lanes.lock() {
-                Ok(mut lanes) => match lanes.get_mut(&tag) {
-                    Some(lane) if !lane.pending.is_empty() => {
-                        let n = lane.pending.len().min(self.max_batch);
-                        Some((
-                            lane.shard.clone(),
-                            lane.pending.drain(..n).collect::<Vec<_>>(),
-                        ))
-                    }
-                    _ => {
-                        lanes.remove(&tag);
-                        None
-                    }
-                },
-                Err(_) => None,
-            };
-            let Some((shard, batch)) = taken else { return };
-            let (calls, waiters): (Vec<ReserveCall>, Vec<Waiter>) = batch.into_iter().unzip();
-            match self.call(&shard, calls).await {
-                Ok(replies) => {
-                    for (w, r) in waiters.into_iter().zip(replies) {
-                        let _ = w.send(Ok(r)); // a cancelled request no longer listens
-                    }
-                }
-                Err(e) => {
-                    for w in waiters {
-                        let _ = w.send(Err(same(&e)));
-                    }
-                }
-            }
-        }
-    }
-
-    /// One `reserve.lua` call for `calls`, in order: one reply each.
-    async fn call(
-        &self,
-        shard: &Shard,
-        calls: Vec<ReserveCall>,
-    ) -> Result<Vec<Value>, InventoryError> {
+    async fn call(&self, tag: &str, calls: Vec<ReserveCall>) -> Result<Vec<Value>, InventoryError> {
+        let sk = ShardKeys::new(tag);
         let n = calls.len();
         let mut keys = Vec::with_capacity(6 + 2 * n);
-        keys.extend(shard.keys.iter().cloned());
+        keys.extend([
+            sk.stock(),
+            sk.books(),
+            sk.holds(),
+            sk.events(),
+            sk.wlopen(),
+            sk.reserved_keys(),
+        ]);
         let mut args = Vec::with_capacity(4 + 7 * n);
         args.extend(self.ttls.iter().cloned());
-        args.push(shard.sku.clone());
+        args.push(calls.first().map(|c| c.sku.clone()).unwrap_or_default());
         for c in calls {
             keys.push(c.idem_key);
             keys.push(c.record_key);
@@ -207,15 +196,36 @@ impl Reserver {
                 c.key,
             ]);
         }
-        let replies =
-            array(scripts::run(&self.pool, &self.metrics, &self.script, keys, args).await?)?;
-        if replies.len() != n {
-            return Err(InventoryError::Protocol(format!(
-                "reserve.lua answered {} of {n} requests",
-                replies.len(),
-            )));
+        array(scripts::run(&self.pool, &self.metrics, &self.script, keys, args).await?)
+    }
+}
+
+/// One key's claim: its record (`fg:{idem~NN}:<key>`) and the request's body.
+pub struct Claim {
+    pub record: String,
+    pub body: String,
+}
+
+/// `claim.lua` on one bucket of idempotency records; the lane is the bucket.
+pub struct ClaimBatch {
+    pub pool: Pool,
+    pub metrics: Arc<Metrics>,
+    pub script: Script,
+    pub ttl_ms: String,
+}
+
+impl Batch for ClaimBatch {
+    type Item = Claim;
+
+    async fn call(&self, _bucket: &str, claims: Vec<Claim>) -> Result<Vec<Value>, InventoryError> {
+        let mut keys = Vec::with_capacity(claims.len());
+        let mut args = Vec::with_capacity(1 + claims.len());
+        args.push(self.ttl_ms.clone());
+        for c in claims {
+            keys.push(c.record);
+            args.push(c.body);
         }
-        Ok(replies)
+        array(scripts::run(&self.pool, &self.metrics, &self.script, keys, args).await?)
     }
 }
 
@@ -228,6 +238,6 @@ fn same(e: &InventoryError) -> InventoryError {
     match e {
         InventoryError::Unavailable(m) => InventoryError::Unavailable(m.clone()),
         InventoryError::Protocol(m) => InventoryError::Protocol(m.clone()),
-        InventoryError::Api(api) => InventoryError::Protocol(format!("reserve batch: {api}")),
+        InventoryError::Api(api) => InventoryError::Protocol(format!("batch: {api}")),
     }
 }

@@ -16,7 +16,7 @@
 //! | `fg:{SKU#s}:events`       | stream | outbox of every stock change (for the ledger)     |
 //! | `fg:{SKU#s}:xfers`        | hash   | transfers out of this shard not yet applied       |
 //! | `fg:{SKU#s}:xin`          | zset   | transfer ids applied to this shard (a day)        |
-//! | `fg:{idem:<key>}`         | string | `<sku>\n<fingerprint>`: the key's first request   |
+//! | `fg:{idem~NN}:<key>`      | string | `<sku>\n<fingerprint>`: the key's first request   |
 //! | `fg:{cap:SKU:<user>}`     | hash   | purchase cap: total, k:<key> → qty per reservation |
 //! | `fg:{SKU#s}:wlopen`       | string | gate: present while the SKU's waitlist has waiters |
 //! | `fg:{SKU#s}:keys`         | set    | idempotency keys of the shard's reservations       |
@@ -105,11 +105,6 @@ impl WaitKeys {
     pub fn users(&self) -> String {
         format!("{}users", self.prefix)
     }
-    /// The idempotency keys of every reservation made on the shard (read by
-    /// the sold-out fast path).
-    pub fn reserved_keys(&self) -> String {
-        format!("{}keys", self.prefix)
-    }
     pub fn idem(&self, key: &IdempotencyKey) -> String {
         format!("{}idem:{}", self.prefix, key.as_str())
     }
@@ -145,9 +140,17 @@ pub fn cap(sku: &Sku, user: &str) -> String {
     format!("fg:{{cap:{sku}:{user}}}")
 }
 
-/// The cross-SKU idempotency record: one slot of its own per key.
-pub fn idem_global(key: &IdempotencyKey) -> String {
-    format!("fg:{{idem:{}}}", key.as_str())
+/// Buckets of cross-SKU idempotency records (see [`idem_global`]).
+pub const IDEM_BUCKETS: u64 = 64;
+
+/// The cross-SKU idempotency record of `key` and its bucket's hash tag. The
+/// records are spread over [`IDEM_BUCKETS`] hash tags — enough slots to spread
+/// over a cluster's masters — so that the claims of one bucket that arrive
+/// together go to Redis as one `claim.lua` call.
+pub fn idem_global(key: &IdempotencyKey) -> (String, String) {
+    let bucket = format!("idem~{:02}", key.stable_hash() % IDEM_BUCKETS);
+    let record = format!("fg:{{{bucket}}}:{}", key.as_str());
+    (bucket, record)
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ use fred::interfaces::{
     ClientLike, HashesInterface, KeysInterface, LuaInterface, SetsInterface, SortedSetsInterface,
 };
 use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy};
-use fred::types::{Expiration, SetOptions, Value};
+use fred::types::Value;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -231,7 +231,9 @@ pub struct Inventory {
     pool: Pool,
     scripts: Scripts,
     /// reserve.lua calls, coalesced per shard (batch.rs).
-    reserver: Arc<batch::Reserver>,
+    reserver: Arc<batch::Lanes<batch::ReserveBatch>>,
+    /// claim.lua calls, coalesced per bucket of idempotency records.
+    claims: Arc<batch::Lanes<batch::ClaimBatch>>,
     metrics: Arc<Metrics>,
     settings: Settings,
     meta: RwLock<HashMap<Sku, (Arc<SkuMeta>, Instant)>>,
@@ -334,17 +336,29 @@ impl Inventory {
         let max_hold_ms = config.max_hold_seconds * 1000;
         let idem_ttl_ms = config.idempotency_ttl_seconds * 1000;
         let record_ttl_ms = max_hold_ms + idem_ttl_ms;
-        let reserver = Arc::new(batch::Reserver::new(
-            pool.clone(),
-            metrics.clone(),
-            scripts.reserve.clone(),
-            [hold_ms, idem_ttl_ms, record_ttl_ms],
+        let reserver = batch::Lanes::new(
+            batch::ReserveBatch {
+                pool: pool.clone(),
+                metrics: metrics.clone(),
+                script: scripts.reserve.clone(),
+                ttls: [hold_ms, idem_ttl_ms, record_ttl_ms].map(|t| t.to_string()),
+            },
             config.reserve_batch_max,
-        ));
+        );
+        let claims = batch::Lanes::new(
+            batch::ClaimBatch {
+                pool: pool.clone(),
+                metrics: metrics.clone(),
+                script: scripts.claim.clone(),
+                ttl_ms: idem_ttl_ms.to_string(),
+            },
+            config.reserve_batch_max,
+        );
         Ok(Inventory {
             pool,
             scripts,
             reserver,
+            claims,
             metrics,
             settings: Settings {
                 replica_ack: config.replica_ack,
@@ -491,22 +505,21 @@ impl Inventory {
             return Ok(ReserveOutcome::SoldOut);
         }
 
-        // The key's first request fixes its body, across SKUs too: SET NX GET
-        // answers the earlier body if there was one.
+        // The key's first request fixes its body, across SKUs too: claim.lua
+        // (SET NX GET, batched per bucket) answers the earlier body if any.
         let mine = format!("{}\n{}", req.sku, fp);
-        let earlier: Option<String> = self
-            .pool
-            .next()
-            .set(
-                keys::idem_global(&req.key),
-                mine.as_str(),
-                Some(Expiration::PX(self.settings.idem_ttl_ms as i64)),
-                Some(SetOptions::NX),
-                true,
+        let (bucket, record) = keys::idem_global(&req.key);
+        let earlier = self
+            .claims
+            .submit(
+                &bucket,
+                batch::Claim {
+                    record,
+                    body: mine.clone(),
+                },
             )
-            .await
-            .map_err(|e| self.err(e))?;
-        if earlier.is_some_and(|e| e != mine) {
+            .await?;
+        if !matches!(earlier, Value::Null) && text(&earlier)? != mine {
             return Err(ApiError::IdempotencyKeyReused.into());
         }
 
@@ -749,6 +762,7 @@ impl Inventory {
             None => keys::default_tag(&req.sku, shard),
         };
         let call = batch::ReserveCall {
+            sku: req.sku.to_string(),
             idem_key: sk.idem(&req.key),
             record_key: sk.record(&rid),
             rid: rid_s.clone(),
@@ -759,10 +773,7 @@ impl Inventory {
             gate,
             key: req.key.as_str().to_string(),
         };
-        let reply = self
-            .reserver
-            .reserve(&tag, &sk, req.sku.as_str(), call)
-            .await?;
+        let reply = self.reserver.submit(&tag, call).await?;
         let items = array(reply)?;
         let kind = text(at(&items, 0)?)?;
         let view = |id: String, exp: i64| Reservation {

@@ -34,6 +34,7 @@ impl Script {
 
 /// Every script flashgate runs.
 pub struct Scripts {
+    pub claim: Script,
     pub reserve: Script,
     pub confirm: Script,
     pub release: Script,
@@ -64,6 +65,7 @@ impl Default for Scripts {
 impl Scripts {
     pub fn new() -> Scripts {
         Scripts {
+            claim: Script::new("claim", include_str!("../../lua/claim.lua")),
             reserve: Script::new("reserve", include_str!("../../lua/reserve.lua")),
             confirm: Script::new("confirm", include_str!("../../lua/confirm.lua")),
             release: Script::new("release", include_str!("../../lua/release.lua")),
@@ -85,8 +87,9 @@ impl Scripts {
         }
     }
 
-    pub fn all(&self) -> [&Script; 18] {
+    pub fn all(&self) -> [&Script; 19] {
         [
+            &self.claim,
             &self.reserve,
             &self.confirm,
             &self.release,

@@ -1,0 +1,16 @@
+-- claim: the first request with an idempotency key fixes the key's request
+-- body, across SKUs too — SET NX GET — for a batch of keys of one bucket
+-- (src/inventory/batch.rs), one after the other in arrival order.
+--
+-- KEYS[i] fg:{idem~NN}:<key> (NN: the key's bucket; all keys of one call share it)
+-- ARGV[1] ttl_ms   ARGV[1 + i] the body of the request with key i (`<sku>\n<fingerprint>`)
+--
+-- Returns one reply per key: nil when this request claimed the key (or the
+-- key was claimed with this very body before: a retry), else the earlier body.
+-- Idempotent: a resent call answers every key with its own body, which the
+-- caller reads as "same request".
+local replies = {}
+for i = 1, #KEYS do
+  replies[i] = redis.call('SET', KEYS[i], ARGV[1 + i], 'NX', 'GET', 'PX', ARGV[1])
+end
+return replies
