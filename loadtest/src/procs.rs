@@ -199,3 +199,49 @@ pub async fn preload(
     }
     Ok(text)
 }
+
+impl Owned {
+    /// The child's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+}
+
+/// CPU seconds (user + system, all threads) a process has used so far, from
+/// `/proc/<pid>/stat`; `None` for "self" means this process. None when the
+/// process is gone or /proc is not there.
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    parse_cpu_seconds(&std::fs::read_to_string(path).ok()?)
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line, in seconds (the kernel's clock
+/// tick is 100 Hz on every Linux this runs on).
+pub fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    // the command name (field 2) may hold spaces: count fields after its ')'
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is the state (field 3): utime is field 14, stime field 15
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_come_from_utime_and_stime() {
+        let line = "1234 (tokio rt) S 1 1234 1234 0 -1 4194560 1 0 0 0 250 50 0 0 20 0 3 0 1 1 1";
+        assert_eq!(parse_cpu_seconds(line), Some(3.0));
+        assert_eq!(parse_cpu_seconds("garbage"), None);
+        assert!(
+            cpu_seconds(None).is_some(),
+            "this process has a /proc entry"
+        );
+    }
+}

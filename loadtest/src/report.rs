@@ -93,6 +93,17 @@ pub struct Report {
     pub notes: Vec<String>,
     pub timeline: Vec<Bucket>,
     pub stock_timeline: Vec<StockPoint>,
+    /// CPU used per answer by each process in the fixed-length phases.
+    pub cpu: Vec<CpuLine>,
+}
+
+/// CPU one process used in one phase (`/proc/<pid>/stat`, 10 ms resolution).
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuLine {
+    pub phase: String,
+    pub process: String,
+    pub cpu_seconds: f64,
+    pub us_per_answer: f64,
 }
 
 impl Report {
@@ -296,6 +307,20 @@ pub fn render(r: &Report) -> String {
         );
     }
 
+    if !r.cpu.is_empty() {
+        let _ = writeln!(o, "\n== CPU per answer (µs; user + system, all threads)");
+        let mut phases: Vec<&str> = r.cpu.iter().map(|c| c.phase.as_str()).collect();
+        phases.dedup();
+        for p in phases {
+            let parts: Vec<String> = r
+                .cpu
+                .iter()
+                .filter(|c| c.phase == p)
+                .map(|c| format!("{} {:.1}", c.process, c.us_per_answer))
+                .collect();
+            let _ = writeln!(o, "  {p:<9} {}", parts.join(", "));
+        }
+    }
     let _ = writeln!(o, "\n== Baselines");
     let h = &r.healthz;
     let _ = writeln!(

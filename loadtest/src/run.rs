@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::books::{self, Action, BookInput, HoldRecord};
 use crate::cli::Args;
 use crate::http::{loopback_base, sku_totals, Api};
-use crate::report::{Ratios, Report, Settings, SoldOutPhase};
+use crate::report::{CpuLine, Ratios, Report, Settings, SoldOutPhase};
 use crate::sale::{self, Hold, Rng, Shares, WaveConfig};
 use crate::stats::{self, ratio, Outcome, Phase};
 use crate::{chart, procs, redis, sql};
@@ -65,6 +65,13 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     };
     redis::loopback_redis(&redis_url)?;
     let rc = redis::connect(&redis_url).await?;
+    // CPU used per answer, by process, for the fixed-length phases (spawned
+    // processes only): a cost that contention on a shared machine moves far
+    // less than a rate does.
+    let meter = CpuMeter {
+        procs: owned.iter().map(|o| (o.name, o.pid())).collect(),
+    };
+    let mut cpu: Vec<CpuLine> = Vec::new();
 
     let setup = Api::new(&base, 4, timeout, Instant::now()).with_api_key(api_key.as_deref())?;
     setup.wait_healthy(Duration::from_secs(10)).await?;
@@ -164,6 +171,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let cs0 = redis::commandstats(&rc).await?;
     tokio::time::sleep(idle).await;
     let cs1 = redis::commandstats(&rc).await?;
+    let cpu_before = meter.read();
     let bg = redis::delta(&cs0, &cs1);
     let bg_evalsha_per_sec = bg.get("evalsha").copied().unwrap_or(0) as f64 / idle.as_secs_f64();
     let so_start_us = epoch.elapsed().as_micros() as u64;
@@ -199,6 +207,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         }
     }
     let so_summary = stats::summarize(Phase::SoldOut, &samples, so_secs);
+    cpu.extend(meter.per_answer("sold_out", &cpu_before, so_summary.requests));
     let so_requests = so_summary.requests.max(1) as f64;
     let evalsha = so_calls.get("evalsha").copied().unwrap_or(0) as f64;
     let sold_out_phase = SoldOutPhase {
@@ -254,6 +263,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         .healthz_seconds
         .unwrap_or_else(|| (wave.facts.duration_s.ceil() as u64).clamp(2, 30));
     log(format!("healthz baseline for {hz_secs} s"));
+    let cpu_before = meter.read();
     let (hz, hz_elapsed) = sale::hammer(
         args.connections,
         Duration::from_secs(hz_secs),
@@ -269,6 +279,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     .await;
     let hz_samples: Vec<_> = hz.iter().map(|a| a.sample).collect();
     let healthz = stats::summarize(Phase::Healthz, &hz_samples, hz_elapsed);
+    cpu.extend(meter.per_answer("healthz", &cpu_before, healthz.requests));
     drop(hz);
     drop(hz_samples);
 
@@ -400,6 +411,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
                     "capacity phase for {} s on {cap_sku}",
                     args.capacity_seconds
                 ));
+                let cpu_before = meter.read();
                 let (answers, secs) = sale::hammer(
                     args.connections,
                     Duration::from_secs(args.capacity_seconds),
@@ -415,7 +427,9 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
                 )
                 .await;
                 let cap_samples: Vec<_> = answers.iter().map(|a| a.sample).collect();
-                Some(stats::summarize(Phase::Capacity, &cap_samples, secs))
+                let summary = stats::summarize(Phase::Capacity, &cap_samples, secs);
+                cpu.extend(meter.per_answer("capacity", &cpu_before, summary.requests));
+                Some(summary)
             }
         }
     };
@@ -502,6 +516,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let marks = vec![((so_start_us - wave_t0_us) as f64 / 1e6, "sold-out phase")];
 
     let report = Report {
+        cpu,
         run_id: run_id.clone(),
         started_unix,
         settings: Settings {
@@ -577,4 +592,38 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         run_dir.join("summary.txt").display()
     );
     Ok(report.passed())
+}
+
+/// CPU seconds of the spawned processes and of the load generator itself.
+struct CpuMeter {
+    procs: Vec<(&'static str, Option<u32>)>,
+}
+
+impl CpuMeter {
+    fn read(&self) -> Vec<Option<f64>> {
+        let mut v: Vec<Option<f64>> = self
+            .procs
+            .iter()
+            .map(|(_, pid)| pid.and_then(|p| procs::cpu_seconds(Some(p))))
+            .collect();
+        v.push(procs::cpu_seconds(None));
+        v
+    }
+
+    /// µs of CPU per answer of the phase that started at `before`.
+    fn per_answer(&self, phase: &str, before: &[Option<f64>], answers: u64) -> Vec<CpuLine> {
+        let names = self.procs.iter().map(|(n, _)| *n).chain(["loadtest"]);
+        names
+            .zip(before.iter().zip(self.read()))
+            .filter_map(|(process, (b, a))| {
+                let used = a? - (*b)?;
+                Some(CpuLine {
+                    phase: phase.to_string(),
+                    process: process.to_string(),
+                    cpu_seconds: used,
+                    us_per_answer: used * 1e6 / answers.max(1) as f64,
+                })
+            })
+            .collect()
+    }
 }
