@@ -16,6 +16,10 @@ use crate::stats::{Bucket, FalseSoldOut, Outcome, PhaseSummary};
 pub struct Settings {
     pub target: String,
     pub redis_url: String,
+    /// A Redis Cluster (`redis-cluster://`), and how many masters it has (1
+    /// for one redis-server).
+    pub redis_cluster: bool,
+    pub redis_masters: usize,
     pub spawned: bool,
     pub sku: String,
     pub buyers: u64,
@@ -159,18 +163,28 @@ fn phase_table(out: &mut String, p: &PhaseSummary) {
     );
 }
 
+/// "one redis-server" or "Redis Cluster of N masters".
+fn redis_kind(s: &Settings) -> String {
+    match (s.redis_cluster, s.redis_masters) {
+        (false, _) => "one redis-server".into(),
+        (true, 1) => "Redis Cluster of 1 master".into(),
+        (true, m) => format!("Redis Cluster of {m} masters"),
+    }
+}
+
 pub fn render(r: &Report) -> String {
     let s = &r.settings;
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "flashgate load test {}: {} buyers, {} units over {} shards, {} connections, {}; {} CPUs shared by load generator ({} thread{}), flashgate and Redis",
+        "flashgate load test {}: {} buyers, {} units over {} shards, {} connections, {}; {}; {} CPUs shared by load generator ({} thread{}), flashgate and Redis",
         r.run_id,
         n(s.buyers),
         n(s.stock),
         s.shards,
         s.connections,
         if s.ramp_ms == 0 { "burst at T0".to_string() } else { format!("ramp over {} ms", s.ramp_ms) },
+        redis_kind(s),
         s.cpus,
         s.loadgen_threads,
         if s.loadgen_threads == 1 { "" } else { "s" },
@@ -322,11 +336,28 @@ pub fn render(r: &Report) -> String {
     }
     match &r.redis_baseline {
         Some(rb) => {
-            for (name, line) in [("held", &rb.reserve_held), ("dry ", &rb.reserve_dry)] {
+            for (i, (name, line)) in [("held", &rb.reserve_held), ("dry ", &rb.reserve_dry)]
+                .into_iter()
+                .enumerate()
+            {
                 if let Some(l) = line {
+                    let per_master = if rb.masters > 1 {
+                        let rates: Vec<String> = rb
+                            .per_master
+                            .iter()
+                            .map(|m| f(if i == 0 { m.1.rps } else { m.2.rps }))
+                            .collect();
+                        format!(
+                            " ({} masters at once: {}; p50/p99 of the worst)",
+                            rb.masters,
+                            rates.join(" + ")
+                        )
+                    } else {
+                        String::new()
+                    };
                     let _ = writeln!(
                         o,
-                        "  Redis limit   EVALSHA reserve.lua ({name}), {} clients, {} calls: {} calls/s, p50 {:.3} ms, p99 {:.3} ms",
+                        "  Redis limit   EVALSHA reserve.lua ({name}), {} clients, {} calls: {} calls/s, p50 {:.3} ms, p99 {:.3} ms{per_master}",
                         rb.clients,
                         n(rb.requests),
                         f(l.rps),
@@ -413,6 +444,39 @@ pub fn render(r: &Report) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_header_names_the_redis() {
+        let mut s = super::Settings {
+            target: String::new(),
+            redis_url: String::new(),
+            redis_cluster: false,
+            redis_masters: 1,
+            spawned: true,
+            sku: String::new(),
+            buyers: 1,
+            stock: 1,
+            shards: 1,
+            connections: 1,
+            ramp_ms: 0,
+            retry_share: 0.0,
+            abusive_share: 0.0,
+            abusive_requests: 0,
+            confirm_share: 0.0,
+            release_share: 0.0,
+            hold_seconds: 1,
+            max_per_user: None,
+            api_key_sent: false,
+            soldout_seconds: 1,
+            loadgen_threads: 1,
+            seed: 0,
+            cpus: 2,
+        };
+        assert_eq!(super::redis_kind(&s), "one redis-server");
+        s.redis_cluster = true;
+        s.redis_masters = 3;
+        assert_eq!(super::redis_kind(&s), "Redis Cluster of 3 masters");
+    }
+
     #[test]
     fn thousands_separators() {
         assert_eq!(super::n(0), "0");

@@ -43,9 +43,28 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let mut owned = Vec::new();
     let (base, redis_url, _redis_dir) = if args.spawn {
         let dir = tempfile::tempdir().context("temp dir for redis-server")?;
-        let (r, url) = procs::spawn_redis(&args.redis_server_bin, dir.path(), &run_dir).await?;
-        log(format!("redis-server at {url}"));
-        owned.push(r);
+        let url = match args.cluster_masters {
+            Some(masters) => {
+                let (nodes, url) = procs::spawn_cluster(
+                    &args.redis_server_bin,
+                    &args.redis_cli_bin,
+                    masters as usize,
+                    dir.path(),
+                    &run_dir,
+                )
+                .await?;
+                log(format!("Redis Cluster of {masters} masters at {url}"));
+                owned.extend(nodes);
+                url
+            }
+            None => {
+                let (r, url) =
+                    procs::spawn_redis(&args.redis_server_bin, dir.path(), &run_dir).await?;
+                log(format!("redis-server at {url}"));
+                owned.push(r);
+                url
+            }
+        };
         let (fg, base) = procs::spawn_flashgate(
             &args.flashgate_bin,
             &url,
@@ -65,6 +84,12 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     };
     redis::loopback_redis(&redis_url)?;
     let rc = redis::connect(&redis_url).await?;
+    // one server, or the cluster's masters (books, commandstats and the
+    // Redis baseline read every one of them)
+    let redis_masters = redis::masters(&rc)?.len();
+    if redis::is_cluster_url(&redis_url) {
+        log(format!("Redis Cluster: {redis_masters} masters"));
+    }
 
     let setup = Api::new(&base, 4, timeout, Instant::now()).with_api_key(api_key.as_deref())?;
     setup.wait_healthy(Duration::from_secs(10)).await?;
@@ -507,6 +532,8 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         settings: Settings {
             target: base.clone(),
             redis_url: redis_url.clone(),
+            redis_cluster: redis::is_cluster_url(&redis_url),
+            redis_masters,
             spawned: args.spawn,
             sku: sku.clone(),
             buyers: args.buyers,
