@@ -381,10 +381,12 @@ pub fn benchmark_args(t: &BenchTarget, sha: &str, sku: &str) -> Vec<String> {
 /// that master serves — and let `redis-benchmark` EVALSHA it with fresh
 /// idempotency keys, on every master at once.
 ///
-/// Not `redis-benchmark --cluster`: Redis 7.0's cluster mode rewrites a
-/// `{tag}` in the keys to a random slot's tag on every call (the script would
-/// meet shards that were never loaded), and without one it sends the call to
-/// every master and counts the `MOVED` errors as answers.
+/// Not `redis-benchmark --cluster` (7.0.15, tried): it spreads its clients
+/// over the masters and, for keys written with `{tag}`, puts in a tag of its
+/// own choosing per master (e.g. `{06S}`, `{63n}`), so the script would meet
+/// shards nobody loaded; keys with a fixed tag make it stop at the first
+/// `MOVED` (exit 1, no result). One plain redis-benchmark per master, each on
+/// a shard we loaded on that master, measures the same thing under control.
 pub async fn baseline(
     client: &Client,
     redis_url: &str,
