@@ -145,17 +145,106 @@ pub async fn read_shards(
 
 /// Calls per command from `INFO commandstats` (`cmdstat_evalsha:calls=12,...`).
 pub fn parse_commandstats(info: &str) -> BTreeMap<String, u64> {
+    parse_commandstats_field(info, "calls")
+}
+
+/// One integer field (`calls`, `usec`, …) per command from `INFO commandstats`.
+pub fn parse_commandstats_field(info: &str, field: &str) -> BTreeMap<String, u64> {
     info.lines()
         .filter_map(|l| {
             let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
+            let v = rest
                 .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))?
+                .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))?
                 .parse()
                 .ok()?;
-            Some((name.to_owned(), calls))
+            Some((name.to_owned(), v))
         })
         .collect()
+}
+
+/// `used_cpu_sys + used_cpu_user` (seconds) from `INFO cpu`.
+pub fn parse_cpu_seconds(info: &str) -> Option<f64> {
+    let field = |name: &str| -> Option<f64> {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(field("used_cpu_sys")? + field("used_cpu_user")?)
+}
+
+/// Redis's own accounting at one moment, summed over every master.
+#[derive(Debug, Clone, Default)]
+pub struct Accounting {
+    pub calls: BTreeMap<String, u64>,
+    /// Microseconds spent executing each command (a script's includes the
+    /// commands it calls, which are also counted under their own names).
+    pub usec: BTreeMap<String, u64>,
+    /// CPU seconds the server processes used (user + system): execution,
+    /// protocol parsing, network syscalls.
+    pub cpu_s: f64,
+}
+
+pub async fn accounting(client: &Client) -> anyhow::Result<Accounting> {
+    let mut a = Accounting::default();
+    for node in masters(client)? {
+        let (stats, cpu): (String, String) = match node {
+            Some(server) => {
+                let c = client.with_cluster_node(server);
+                (
+                    c.info(Some(InfoKind::CommandStats)).await?,
+                    c.info(Some(InfoKind::Cpu)).await?,
+                )
+            }
+            None => (
+                client.info(Some(InfoKind::CommandStats)).await?,
+                client.info(Some(InfoKind::Cpu)).await?,
+            ),
+        };
+        a.calls = sum_commandstats([a.calls, parse_commandstats(&stats)]);
+        a.usec = sum_commandstats([a.usec, parse_commandstats_field(&stats, "usec")]);
+        a.cpu_s += parse_cpu_seconds(&cpu).context("no used_cpu_sys/used_cpu_user in INFO cpu")?;
+    }
+    Ok(a)
+}
+
+/// What Redis spent per unit of work (a hold) between two [`Accounting`]s.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RedisCost {
+    pub units: u64,
+    /// Server CPU (all masters) per unit, µs.
+    pub cpu_us_per_unit: f64,
+    /// Calls per unit, by command (in-script calls included).
+    pub calls_per_unit: BTreeMap<String, f64>,
+    /// Execution time per call, by command, µs.
+    pub usec_per_call: BTreeMap<String, f64>,
+}
+
+pub fn cost(before: &Accounting, after: &Accounting, units: u64) -> Option<RedisCost> {
+    if units == 0 {
+        return None;
+    }
+    let calls = delta(&before.calls, &after.calls);
+    let usec = delta(&before.usec, &after.usec);
+    Some(RedisCost {
+        units,
+        cpu_us_per_unit: (after.cpu_s - before.cpu_s).max(0.0) * 1e6 / units as f64,
+        calls_per_unit: calls
+            .iter()
+            .map(|(k, c)| (k.clone(), *c as f64 / units as f64))
+            .collect(),
+        usec_per_call: calls
+            .iter()
+            .map(|(k, c)| {
+                (
+                    k.clone(),
+                    usec.get(k).copied().unwrap_or(0) as f64 / *c as f64,
+                )
+            })
+            .collect(),
+    })
 }
 
 /// The masters a command may run on: one server, or every primary of the
@@ -608,6 +697,37 @@ mod tests {
         assert!(loopback_redis("redis-cluster://127.0.0.1:7000?node=10.0.0.2:7001").is_err());
         assert!(loopback_redis("redis-cluster://10.0.0.2:7000?node=127.0.0.1:7001").is_err());
         assert!(loopback_redis("redis-cluster://127.0.0.1:7000?node=u:p@127.0.0.1:7001").is_err());
+    }
+
+    #[test]
+    fn cost_per_hold() {
+        let before = Accounting {
+            calls: parse_commandstats("cmdstat_evalsha:calls=10,usec=100\ncmdstat_set:calls=10,usec=20\n"),
+            usec: parse_commandstats_field(
+                "cmdstat_evalsha:calls=10,usec=100,usec_per_call=10.00\ncmdstat_set:calls=10,usec=20\n",
+                "usec",
+            ),
+            cpu_s: 1.5,
+        };
+        let after = Accounting {
+            calls: parse_commandstats("cmdstat_evalsha:calls=1010,usec=30100\ncmdstat_set:calls=2010,usec=4020\n"),
+            usec: parse_commandstats_field(
+                "cmdstat_evalsha:calls=1010,usec=30100,usec_per_call=29.80\ncmdstat_set:calls=2010,usec=4020\n",
+                "usec",
+            ),
+            cpu_s: 1.6,
+        };
+        assert_eq!(before.usec["evalsha"], 100, "usec=, not usec_per_call=");
+        let c = cost(&before, &after, 1000).unwrap();
+        assert!((c.cpu_us_per_unit - 100.0).abs() < 1e-6);
+        assert_eq!(c.calls_per_unit["evalsha"], 1.0);
+        assert_eq!(c.calls_per_unit["set"], 2.0);
+        assert_eq!(c.usec_per_call["evalsha"], 30.0);
+        assert_eq!(c.usec_per_call["set"], 2.0);
+        assert!(cost(&before, &after, 0).is_none());
+        let cpu = "# CPU\r\nused_cpu_sys:1.250000\r\nused_cpu_user:2.500000\r\nused_cpu_sys_children:0.0\r\n";
+        assert_eq!(parse_cpu_seconds(cpu), Some(3.75));
+        assert_eq!(parse_cpu_seconds(""), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::books::BookReport;
-use crate::redis::RedisBaseline;
+use crate::redis::{RedisBaseline, RedisCost};
 use crate::sale::{StockPoint, WaveFacts};
 use crate::sql::SqlBaseline;
 use crate::stats::{Bucket, FalseSoldOut, Outcome, PhaseSummary};
@@ -88,6 +88,8 @@ pub struct Report {
     pub books: BookReport,
     /// Reserve on a SKU that cannot run out: the sustained rate.
     pub capacity: Option<PhaseSummary>,
+    /// Redis's work per hold in the capacity phase (all masters).
+    pub capacity_redis: Option<RedisCost>,
     pub redis_baseline: Option<RedisBaseline>,
     pub sql_baseline: Option<SqlBaseline>,
     pub ratios: Ratios,
@@ -161,6 +163,24 @@ fn phase_table(out: &mut String, p: &PhaseSummary) {
         l.p99_ms,
         l.max_ms
     );
+}
+
+/// Redis's work per hold: CPU, and calls and execution time of the
+/// commands a reserve sends (EVALSHA = the shard's script; SET = the key's
+/// idempotency record, plus the SETs inside scripts).
+fn redis_cost_line(c: &RedisCost) -> String {
+    let per = |cmd: &str| {
+        let calls = c.calls_per_unit.get(cmd).copied().unwrap_or(0.0);
+        let us = c.usec_per_call.get(cmd).copied().unwrap_or(0.0);
+        format!("{calls:.2} {} x {us:.1} µs", cmd.to_uppercase())
+    };
+    let all: f64 = c.calls_per_unit.values().sum();
+    format!(
+        "  Redis per hold: {:.1} µs server CPU (all masters); {}, {} (executing); {all:.1} commands incl. inside scripts",
+        c.cpu_us_per_unit,
+        per("evalsha"),
+        per("set")
+    )
 }
 
 /// "one redis-server" or "Redis Cluster of N masters".
@@ -333,6 +353,9 @@ pub fn render(r: &Report) -> String {
             c.outcome_latency(Outcome::Held).p99_ms,
             f(c.per_sec)
         );
+        if let Some(rc) = &r.capacity_redis {
+            let _ = writeln!(o, "{}", redis_cost_line(rc));
+        }
     }
     match &r.redis_baseline {
         Some(rb) => {
@@ -475,6 +498,24 @@ mod tests {
         s.redis_cluster = true;
         s.redis_masters = 3;
         assert_eq!(super::redis_kind(&s), "Redis Cluster of 3 masters");
+    }
+
+    #[test]
+    fn redis_cost_line() {
+        let c = crate::redis::RedisCost {
+            units: 1000,
+            cpu_us_per_unit: 98.76,
+            calls_per_unit: [("evalsha".to_string(), 1.0), ("set".to_string(), 2.0)]
+                .into_iter()
+                .collect(),
+            usec_per_call: [("evalsha".to_string(), 30.04), ("set".to_string(), 1.5)]
+                .into_iter()
+                .collect(),
+        };
+        assert_eq!(
+            super::redis_cost_line(&c),
+            "  Redis per hold: 98.8 µs server CPU (all masters); 1.00 EVALSHA x 30.0 µs, 2.00 SET x 1.5 µs (executing); 3.0 commands incl. inside scripts"
+        );
     }
 
     #[test]

@@ -401,6 +401,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
 
     // --- Capacity: reserve with stock to spare (run last: its holds expire
     // later and would otherwise load Redis during the other baselines).
+    let mut capacity_redis = None;
     let capacity = if args.capacity_seconds == 0 || args.no_preload {
         None
     } else {
@@ -425,6 +426,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
                     "capacity phase for {} s on {cap_sku}",
                     args.capacity_seconds
                 ));
+                let acct0 = redis::accounting(&rc).await;
                 let (answers, secs) = sale::hammer(
                     args.connections,
                     Duration::from_secs(args.capacity_seconds),
@@ -439,8 +441,20 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
                     },
                 )
                 .await;
+                let acct1 = redis::accounting(&rc).await;
                 let cap_samples: Vec<_> = answers.iter().map(|a| a.sample).collect();
-                Some(stats::summarize(Phase::Capacity, &cap_samples, secs))
+                let summary = stats::summarize(Phase::Capacity, &cap_samples, secs);
+                // Redis's work per hold over the phase (the sweeper's few
+                // background calls included)
+                match (acct0, acct1) {
+                    (Ok(a0), Ok(a1)) => {
+                        capacity_redis = redis::cost(&a0, &a1, summary.count(Outcome::Held));
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        skipped.push(format!("Redis cost of the capacity phase: {e:#}"));
+                    }
+                }
+                Some(summary)
             }
         }
     };
@@ -568,6 +582,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         healthz,
         books: book_report,
         capacity,
+        capacity_redis,
         redis_baseline,
         sql_baseline,
         ratios,
