@@ -360,6 +360,10 @@ pub struct RedisBaseline {
     pub reserve_dry: Option<BenchLine>,
     /// Per master (`host:port`), held then dry.
     pub per_master: Vec<(String, BenchLine, BenchLine)>,
+    /// Redis's own accounting per call (all masters): the reserve script's
+    /// cost alone, without flashgate's other commands.
+    pub held_cost: Option<RedisCost>,
+    pub dry_cost: Option<RedisCost>,
     pub script_sha: String,
 }
 
@@ -551,6 +555,7 @@ pub async fn baseline(
                     .await?;
             }
             // every master's benchmark at once
+            let acct0 = accounting(client).await?;
             let runs: Vec<_> = targets
                 .iter()
                 .map(|t| {
@@ -563,13 +568,20 @@ pub async fn baseline(
                     })
                 })
                 .collect();
+            let mut outputs = Vec::new();
+            for r in runs {
+                outputs.push(
+                    r.await
+                        .context("redis-benchmark task")?
+                        .context("redis-benchmark ran over 120 s")?
+                        .with_context(|| format!("running {}", bench_bin.display()))?,
+                );
+            }
+            let acct1 = accounting(client).await?;
+            let calls: u64 = targets.iter().map(|t| t.requests).sum();
+            let cost = cost(&acct0, &acct1, calls);
             let mut lines = Vec::new();
-            for (t, r) in targets.iter().zip(runs) {
-                let out = r
-                    .await
-                    .context("redis-benchmark task")?
-                    .context("redis-benchmark ran over 120 s")?
-                    .with_context(|| format!("running {}", bench_bin.display()))?;
+            for (t, out) in targets.iter().zip(outputs) {
                 let text = String::from_utf8_lossy(&out.stdout);
                 if !out.status.success() {
                     bail!(
@@ -595,11 +607,11 @@ pub async fn baseline(
                         .with_context(|| format!("unreadable redis-benchmark output: {text}"))?,
                 );
             }
-            anyhow::Ok(lines)
+            anyhow::Ok((lines, cost))
         }
     };
-    let held = run(true).await?;
-    let dry = run(false).await?;
+    let (held, held_cost) = run(true).await?;
+    let (dry, dry_cost) = run(false).await?;
     let per_master = targets
         .iter()
         .zip(held.iter().zip(&dry))
@@ -612,6 +624,8 @@ pub async fn baseline(
         reserve_held: combine(&held),
         reserve_dry: combine(&dry),
         per_master,
+        held_cost,
+        dry_cost,
         script_sha: sha,
     })
 }

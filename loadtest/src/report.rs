@@ -359,9 +359,12 @@ pub fn render(r: &Report) -> String {
     }
     match &r.redis_baseline {
         Some(rb) => {
-            for (i, (name, line)) in [("held", &rb.reserve_held), ("dry ", &rb.reserve_dry)]
-                .into_iter()
-                .enumerate()
+            for (i, (name, line, cost)) in [
+                ("held", &rb.reserve_held, &rb.held_cost),
+                ("dry ", &rb.reserve_dry, &rb.dry_cost),
+            ]
+            .into_iter()
+            .enumerate()
             {
                 if let Some(l) = line {
                     let per_master = if rb.masters > 1 {
@@ -387,6 +390,14 @@ pub fn render(r: &Report) -> String {
                         l.p50_ms,
                         l.p99_ms
                     );
+                    if let Some(c) = cost {
+                        let _ = writeln!(
+                            o,
+                            "                {:.1} µs server CPU per call (all masters), EVALSHA {:.1} µs executing",
+                            c.cpu_us_per_unit,
+                            c.usec_per_call.get("evalsha").copied().unwrap_or(0.0)
+                        );
+                    }
                 }
             }
         }
