@@ -16,6 +16,7 @@ lint:
 # flashgate on free 127.0.0.1 ports, runs the sale and the baselines, stops
 # both and prints the table. Results go to bench-results/<run>/.
 # Smaller run: make bench BENCH_ARGS="--buyers 20000"
+# On a 3-master Redis Cluster it starts itself: make bench BENCH_ARGS="--cluster-masters 3"
 BENCH_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 BENCH_ARGS ?=
 .PHONY: bench

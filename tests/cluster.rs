@@ -1,5 +1,6 @@
 //! flashgate on a real Redis Cluster (3 masters, 3 replicas): the core sale,
-//! shard placement, a slot migrated mid-sale, a master killed mid-sale.
+//! shard placement, a slot migrated mid-sale, a master killed mid-sale, and
+//! holds a failover lost found and repaired by reconcile.
 
 mod support;
 
@@ -13,6 +14,9 @@ use futures::future::join_all;
 use hyper::StatusCode;
 use support::cluster::{keyslot, Cluster};
 use support::{spawn_app, TestApp};
+
+/// Longest wait for anything a test polls for (never a performance limit).
+const WAIT: Duration = Duration::from_secs(60);
 
 fn cluster_config(cluster: &Cluster) -> Config {
     Config {
@@ -468,6 +472,383 @@ async fn a_master_killed_mid_sale_fails_over_without_a_wrong_answer() {
         .is_some_and(|r| r.starts_with("fo.0.")));
     let st = app.state.inventory.status(&sku).await.expect("status");
     assert_eq!(st.per_shard[0].node, Some(format!("127.0.0.1:{replica}")));
+}
+
+/// An idempotency key whose walk starts on `shard` (of `shards`).
+fn key_on_shard(prefix: &str, shard: u16, shards: u16) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|k| {
+            let ik = flashgate::domain::IdempotencyKey::parse(k).expect("key");
+            ik.stable_hash() % u64::from(shards) == u64::from(shard)
+        })
+        .expect("some key hashes to every shard")
+}
+
+fn rid_of(a: &support::Answer) -> String {
+    a.body["reservation_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no reservation id in {:?}", a.body))
+        .to_string()
+}
+
+/// `flashgate reconcile …` against this cluster and ledger: exit code, and
+/// the report (`--format json`).
+async fn reconcile_cli(
+    cluster: &Cluster,
+    pg: &support::postgres::PostgresServer,
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value) {
+    let mut args = vec![
+        "reconcile".to_string(),
+        "--format".into(),
+        "json".into(),
+        // the sale in this test is over once its last request answered;
+        // only outstanding holds make the SKU look live
+        "--quiet-seconds".into(),
+        "0".into(),
+        "--redis-url".into(),
+        cluster.url(),
+        "--postgres-url".into(),
+        pg.url(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashgate"))
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("flashgate reconcile runs");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "reconcile {extra:?} printed no report ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), report)
+}
+
+/// (rid, finding) of every record reconcile flagged on `shard`.
+fn findings(report: &serde_json::Value, shard: usize) -> Vec<(String, String)> {
+    let mut f: Vec<(String, String)> = report["skus"][0]["per_shard"][shard]["records"]
+        .as_array()
+        .map(|records| {
+            records
+                .iter()
+                .map(|r| {
+                    (
+                        r["rid"].as_str().unwrap_or_default().to_string(),
+                        r["finding"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    f.sort();
+    f
+}
+
+/// Count of ledger rows of `kind` for the reservation ids in `rids`.
+fn ledgered(pg: &support::postgres::PostgresServer, kind: &str, rids: &[String]) -> usize {
+    let list = rids
+        .iter()
+        .map(|r| format!("'{r}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    pg.psql(&format!(
+        "SELECT count(*) FROM ledger_events WHERE kind = '{kind}' AND rid IN ({list})"
+    ))
+    .parse()
+    .unwrap_or(0)
+}
+
+/// The failover loss the README describes, made to happen every time: the
+/// ledger writer has copied a master's newest changes (three holds and a
+/// confirm, all answered to the buyer) into PostgreSQL, but the replica never
+/// got them — it is paused and its link cut before they are made — and then
+/// the master dies and that replica takes over. Reconcile must report exactly
+/// those changes on that shard (the holds `hold_lost`, the confirm
+/// `record_behind` with `held`/`sold` below the ledger's), `--fix` must refuse
+/// while holds are outstanding and repair with `--force` (lost holds closed
+/// as expired on the ledger, their units back on sale; the lost confirm
+/// stays sold), and the next reconcile is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holds_a_failover_lost_are_reported_and_repaired_by_reconcile() {
+    let mut cluster = Cluster::start(3, 1);
+    let pg = support::postgres::PostgresServer::start();
+    let mut config = cluster_config(&cluster);
+    config.postgres_url = pg.url();
+    config.ledger_interval_ms = 20;
+    config.ledger_claim_idle_ms = 300;
+    let app = spawn_app(config).await;
+    // 3 shards over 3 masters: one shard per master
+    let shards = 3u16;
+    app.preload("fail", 30, shards).await;
+    let sku = flashgate::domain::Sku::parse("fail").expect("sku");
+    let meta = app
+        .state
+        .inventory
+        .meta(&sku)
+        .await
+        .expect("meta")
+        .expect("loaded");
+    let slot_of = |s: u16| keyslot(&format!("{{{}}}", meta.tags[usize::from(s)]));
+    let owners: HashSet<u16> = (0..shards).map(|s| cluster.owner(slot_of(s))).collect();
+    assert_eq!(owners.len(), 3, "one shard per master");
+    let victim_shard = 1u16;
+    let victim = cluster.owner(slot_of(victim_shard));
+    let replica = cluster.replica_of(victim);
+
+    // Before the fault, replicated everywhere: a hold on every shard (they
+    // stay outstanding), and on the victim's shard one more, confirmed.
+    let mut before = Vec::new();
+    for s in 0..shards {
+        let a = app
+            .reserve(
+                &key_on_shard(&format!("pre{s}"), s, shards),
+                "fail",
+                1,
+                "early",
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        assert!(
+            rid_of(&a).starts_with(&format!("fail.{s}.")),
+            "{:?}",
+            a.body
+        );
+        before.push(rid_of(&a));
+    }
+    let paid_early = {
+        let a = app
+            .reserve(
+                &key_on_shard("paid", victim_shard, shards),
+                "fail",
+                1,
+                "payer",
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        let rid = rid_of(&a);
+        assert_eq!(app.action(&rid, "confirm").await.status, StatusCode::OK);
+        rid
+    };
+    let unpaid = before[usize::from(victim_shard)].clone();
+    let mut early = before.clone();
+    early.push(paid_early.clone());
+    assert!(
+        support::eventually(WAIT, || async {
+            ledgered(&pg, "held", &early) == early.len()
+                && ledgered(&pg, "confirmed", std::slice::from_ref(&paid_early)) == 1
+        })
+        .await,
+        "the ledger has the changes made before the fault"
+    );
+    let stream = meta.keys(victim_shard).events();
+    assert!(
+        support::eventually(WAIT, || async {
+            support::cluster::cli(victim, &["XPENDING", &stream, "ledger"]).starts_with('0')
+        })
+        .await,
+        "the ledger writer acknowledged them"
+    );
+    {
+        let c = &cluster;
+        tokio::task::block_in_place(|| c.wait_replica_synced(victim, replica, WAIT));
+    }
+
+    // The fault: the replica hangs and its link is cut, so nothing the
+    // master writes from here on reaches it.
+    cluster.node(replica).pause();
+    assert_eq!(cluster.cut_replica_links(victim), 1, "one replica link cut");
+    let mut lost = Vec::new();
+    for i in 0..3 {
+        let a = app
+            .reserve(
+                &key_on_shard(&format!("lost{i}"), victim_shard, shards),
+                "fail",
+                1,
+                &format!("late{i}"),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        let rid = rid_of(&a);
+        assert!(rid.starts_with(&format!("fail.{victim_shard}.")), "{rid}");
+        lost.push(rid);
+    }
+    assert_eq!(app.action(&unpaid, "confirm").await.status, StatusCode::OK);
+    // ... but the ledger writer copies them into PostgreSQL
+    assert!(
+        support::eventually(WAIT, || async {
+            ledgered(&pg, "held", &lost) == lost.len()
+                && ledgered(&pg, "confirmed", std::slice::from_ref(&unpaid)) == 1
+        })
+        .await,
+        "the ledger has the changes the replica never got"
+    );
+    let before_fault = app.assert_books("fail").await;
+    assert_eq!(
+        (before_fault.held, before_fault.sold),
+        (5, 2),
+        "{before_fault:?}"
+    );
+
+    // The master dies; the stale replica takes over its slots.
+    cluster.node_mut(victim).kill();
+    cluster.node(replica).resume();
+    {
+        let c = &cluster;
+        tokio::task::block_in_place(|| {
+            c.take_over(replica, WAIT);
+            c.wait_healthy(WAIT);
+        });
+    }
+    assert_eq!(
+        cluster.owner(slot_of(victim_shard)),
+        replica,
+        "the replica serves the shard"
+    );
+    // the service sees the new master, and the failover's loss
+    assert!(
+        support::eventually(WAIT, || async {
+            app.state.inventory.status(&sku).await.is_ok_and(|st| {
+                st.per_shard[usize::from(victim_shard)].node == Some(format!("127.0.0.1:{replica}"))
+            })
+        })
+        .await,
+        "the service reaches the promoted replica"
+    );
+    for rid in &lost {
+        let a = app.get(&format!("/v1/reservations/{rid}")).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{rid}: {:?}", a.body);
+    }
+    assert_eq!(
+        app.get(&format!("/v1/reservations/{unpaid}")).await.body["status"],
+        "held",
+        "the confirm was lost too"
+    );
+    let after_fault = app.assert_books("fail").await;
+    assert_eq!(
+        (after_fault.held, after_fault.sold, after_fault.available),
+        (3, 1, 26),
+        "Redis forgot 3 holds and a confirm: {after_fault:?}"
+    );
+
+    // reconcile reports exactly what the failover lost, on that shard only
+    let (code, report) = reconcile_cli(&cluster, &pg, &[]).await;
+    assert_eq!(code, Some(1), "drift found: {report:#}");
+    let mut expected: Vec<(String, String)> = lost
+        .iter()
+        .map(|r| (r.clone(), "hold_lost".to_string()))
+        .chain([(unpaid.clone(), "record_behind".to_string())])
+        .collect();
+    expected.sort();
+    let victim_i = usize::from(victim_shard);
+    assert_eq!(findings(&report, victim_i), expected, "{report:#}");
+    let shard = &report["skus"][0]["per_shard"][victim_i];
+    for r in shard["records"].as_array().expect("records") {
+        assert_eq!(r["qty"], 1, "{r}");
+        let states = (r["ledger"].as_str(), r["redis"].as_str());
+        match r["finding"].as_str() {
+            Some("hold_lost") => assert_eq!(states, (Some("held"), Some("absent")), "{r}"),
+            _ => assert_eq!(states, (Some("confirmed"), Some("held")), "{r}"),
+        }
+    }
+    // Redis's own books add up (the replica lost whole steps, never half of
+    // one); against the ledger, held is 1 too high and sold 1 too low
+    assert_eq!(shard["redis_unaccounted"], 0, "{shard:#}");
+    let mut counters: Vec<(String, i64, i64)> = shard["counters"]
+        .as_array()
+        .expect("counters")
+        .iter()
+        .map(|c| {
+            (
+                c["field"].as_str().unwrap_or_default().to_string(),
+                c["redis"].as_i64().unwrap_or(-1),
+                c["ledger"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    counters.sort();
+    assert_eq!(
+        counters,
+        [("held".to_string(), 1, 0), ("sold".to_string(), 1, 2)],
+        "{shard:#}"
+    );
+    for s in (0..shards).filter(|s| *s != victim_shard) {
+        let other = &report["skus"][0]["per_shard"][usize::from(s)];
+        assert!(
+            findings(&report, usize::from(s)).is_empty()
+                && other["counters"].as_array().is_some_and(Vec::is_empty)
+                && other["redis_unaccounted"] == 0,
+            "shard {s} lost nothing: {other:#}"
+        );
+    }
+
+    // --fix refuses while buyers hold units (the sale looks live) ...
+    let (code, report) = reconcile_cli(&cluster, &pg, &["--fix"]).await;
+    assert_eq!(code, Some(1), "{report:#}");
+    let fix = report["skus"][0]["per_shard"][victim_i]["fix"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        fix.starts_with("refused: the sale looks live (3 holds outstanding)"),
+        "{fix}"
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM reconcile_audit"), "0");
+
+    // ... and repairs with --force
+    let (code, report) = reconcile_cli(&cluster, &pg, &["--fix", "--force"]).await;
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(
+        report["skus"][0]["per_shard"][victim_i]["fix"], "fixed",
+        "{report:#}"
+    );
+    let audit =
+        pg.psql("SELECT what || ':' || rid FROM reconcile_audit WHERE rid <> '' ORDER BY rid");
+    let mut want: Vec<String> = expected.iter().map(|(r, f)| format!("{f}:{r}")).collect();
+    want.sort_by(|a, b| a.split(':').nth(1).cmp(&b.split(':').nth(1)));
+    assert_eq!(audit.lines().collect::<Vec<_>>(), want, "{audit}");
+    // the lost holds are closed on the ledger, by reconcile
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT count(*) FROM ledger_events WHERE source = 'reconcile' AND kind = 'expired' AND rid IN ({})",
+            lost.iter().map(|r| format!("'{r}'")).collect::<Vec<_>>().join(",")
+        )),
+        "3"
+    );
+
+    // clean now, and the books add up: Redis agrees with the ledger
+    let (code, report) = reconcile_cli(&cluster, &pg, &[]).await;
+    assert_eq!(code, Some(0), "clean after the fix: {report:#}");
+    let st = app.assert_books("fail").await;
+    for s in &st.per_shard {
+        assert_eq!(s.initial, s.available + s.held + s.sold, "{s:?}");
+    }
+    // 2 outstanding holds elsewhere, both victim-shard buyers who paid sold,
+    // the 3 lost holds' units back on sale
+    assert_eq!(
+        (st.initial, st.available, st.held, st.sold),
+        (30, 26, 2, 2),
+        "{st:?}"
+    );
+    assert_eq!(
+        app.get(&format!("/v1/reservations/{unpaid}")).await.body["status"],
+        "confirmed",
+        "the lost confirm stands"
+    );
+    let again = app
+        .reserve(
+            &key_on_shard("after", victim_shard, shards),
+            "fail",
+            1,
+            "after",
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED, "{:?}", again.body);
+    assert!(rid_of(&again).starts_with(&format!("fail.{victim_shard}.")));
 }
 
 /// Reserves per second through the HTTP API, one node vs a 3-master cluster,

@@ -14,7 +14,8 @@ pub struct Args {
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub target: String,
 
-    /// Redis the service uses (127.0.0.1 only). Ignored with --spawn.
+    /// Redis the service uses (127.0.0.1 only): `redis://HOST:PORT`, or a
+    /// cluster's `redis-cluster://HOST:PORT?node=HOST:PORT&…`. Ignored with --spawn.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
@@ -39,6 +40,19 @@ pub struct Args {
     /// redis-server binary for --spawn.
     #[arg(long, default_value = "redis-server")]
     pub redis_server_bin: PathBuf,
+
+    /// With --spawn, start a Redis Cluster of this many masters (no
+    /// replicas: `redis-server --cluster-enabled yes` on free ports, joined
+    /// with `redis-cli --cluster create`) instead of one redis-server, and run
+    /// flashgate on it with a `redis-cluster://` URL. At least 3 (redis-cli
+    /// creates no smaller cluster). To test a cluster started by hand, pass
+    /// its `redis-cluster://127.0.0.1:PORT?node=…` URL as --redis-url instead.
+    #[arg(long, requires = "spawn")]
+    pub cluster_masters: Option<u32>,
+
+    /// redis-cli binary (joins the nodes with --cluster-masters).
+    #[arg(long, default_value = "redis-cli")]
+    pub redis_cli_bin: PathBuf,
 
     /// Hold duration the service uses (passed to `serve` with --spawn). It
     /// should exceed the wave plus the sold-out phase: until the first hold
@@ -208,6 +222,50 @@ impl Args {
         );
         anyhow::ensure!(self.bucket_ms > 0, "--bucket-ms must be > 0");
         anyhow::ensure!(self.threads > 0, "--threads must be > 0");
+        if let Some(m) = self.cluster_masters {
+            anyhow::ensure!(
+                (MIN_CLUSTER_MASTERS..=MAX_CLUSTER_MASTERS).contains(&m),
+                "--cluster-masters must be within {MIN_CLUSTER_MASTERS}..={MAX_CLUSTER_MASTERS} \
+                 (redis-cli --cluster create needs at least 3 masters), got {m}"
+            );
+        }
         Ok(())
+    }
+}
+
+/// `redis-cli --cluster create` refuses fewer masters.
+pub const MIN_CLUSTER_MASTERS: u32 = 3;
+/// More masters than this on one load-test machine measure nothing new.
+pub const MAX_CLUSTER_MASTERS: u32 = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("flashgate-loadtest").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn one_redis_server_unless_asked_for_a_cluster() {
+        let a = parse(&["--spawn"]).unwrap();
+        assert_eq!(a.cluster_masters, None);
+        assert!(a.validate().is_ok());
+        let a = parse(&["--spawn", "--cluster-masters", "3"]).unwrap();
+        assert_eq!(a.cluster_masters, Some(3));
+        assert_eq!(a.redis_cli_bin, PathBuf::from("redis-cli"));
+        assert!(a.validate().is_ok());
+    }
+
+    #[test]
+    fn cluster_masters_needs_spawn_and_three_or_more() {
+        // the cluster is ours to start and stop: only with --spawn
+        assert!(parse(&["--cluster-masters", "3"]).is_err());
+        for bad in ["1", "2", "17"] {
+            let a = parse(&["--spawn", "--cluster-masters", bad]).unwrap();
+            let err = a.validate().unwrap_err().to_string();
+            assert!(err.contains("--cluster-masters"), "{err}");
+        }
+        assert!(parse(&["--spawn", "--cluster-masters", "-1"]).is_err());
     }
 }

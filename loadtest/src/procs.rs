@@ -1,6 +1,7 @@
-//! The processes a `--spawn` run owns: a throw-away redis-server and a
-//! flashgate, each on a free 127.0.0.1 port, killed when dropped (also on an
-//! early return or error). And `flashgate preload`, which the run calls itself.
+//! The processes a `--spawn` run owns: a throw-away redis-server (or, with
+//! `--cluster-masters N`, an N-master Redis Cluster) and a flashgate, each on
+//! free 127.0.0.1 ports, killed when dropped (also on an early return or
+//! error). And `flashgate preload`, which the run calls itself.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -96,6 +97,195 @@ pub async fn spawn_redis(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `redis-server` arguments of one cluster node: client port, cluster bus
+/// port (picked free too, not the default port + 10000), no persistence, its
+/// `nodes.conf` in `dir`. The node timeout is long enough that a loaded
+/// 2-core machine does not fail a node over by accident.
+pub fn cluster_node_args(port: u16, bus_port: u16, dir: &Path) -> Vec<String> {
+    [
+        "--port",
+        &port.to_string(),
+        "--cluster-port",
+        &bus_port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "15000",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .chain([dir.display().to_string()])
+    .collect()
+}
+
+/// `redis-cli` arguments that join `ports` into a cluster of masters only
+/// (the slots split evenly), without asking for confirmation.
+pub fn cluster_create_args(ports: &[u16]) -> Vec<String> {
+    let mut args = vec!["--cluster".to_string(), "create".to_string()];
+    args.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+    args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+    args
+}
+
+/// The `redis-cluster://` URL flashgate and fred take: the first node, the
+/// others as `node=` seeds.
+pub fn cluster_url(ports: &[u16]) -> String {
+    let mut it = ports.iter();
+    let first = it.next().copied().unwrap_or(0);
+    let seeds: Vec<String> = it.map(|p| format!("node=127.0.0.1:{p}")).collect();
+    if seeds.is_empty() {
+        format!("redis-cluster://127.0.0.1:{first}")
+    } else {
+        format!("redis-cluster://127.0.0.1:{first}?{}", seeds.join("&"))
+    }
+}
+
+/// Whether one node's `CLUSTER INFO` shows a cluster ready to serve: state
+/// ok, every slot assigned and healthy, and all `nodes` known to it.
+pub fn cluster_info_ready(info: &str, nodes: usize) -> bool {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    field("cluster_state") == Some("ok")
+        && field("cluster_slots_assigned") == Some("16384")
+        && field("cluster_slots_ok") == Some("16384")
+        && field("cluster_known_nodes").and_then(|n| n.parse().ok()) == Some(nodes)
+}
+
+/// Distinct free ports (a port just probed free is not reserved, so two
+/// probes can return the same one).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let mut ports: Vec<u16> = Vec::with_capacity(n);
+    for _ in 0..n * 20 {
+        if ports.len() == n {
+            break;
+        }
+        let p = free_port()?;
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    anyhow::ensure!(ports.len() == n, "could not find {n} free ports");
+    Ok(ports)
+}
+
+async fn redis_cli(bin: &Path, args: &[String], limit: Duration) -> anyhow::Result<String> {
+    let out = tokio::time::timeout(
+        limit,
+        Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .with_context(|| format!("{} {} ran over {limit:?}", bin.display(), args.join(" ")))?
+    .with_context(|| format!("running {}", bin.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!(
+            "{} {} failed ({}): {text}",
+            bin.display(),
+            args.join(" "),
+            out.status
+        );
+    }
+    Ok(text)
+}
+
+/// A Redis Cluster of `masters` masters and no replicas: one
+/// `redis-server --cluster-enabled yes` per master on free ports (its files
+/// in a subdirectory of `dir`), joined with `redis-cli --cluster create`;
+/// ready when every node reports the cluster ok with all slots and nodes.
+/// Returns the nodes (killed on drop) and the cluster's URL.
+pub async fn spawn_cluster(
+    server_bin: &Path,
+    cli_bin: &Path,
+    masters: usize,
+    dir: &Path,
+    log_dir: &Path,
+) -> anyhow::Result<(Vec<Owned>, String)> {
+    let ports = free_ports(masters * 2)?;
+    let (client_ports, bus_ports) = ports.split_at(masters);
+    let mut nodes = Vec::with_capacity(masters);
+    for (i, (&port, &bus)) in client_ports.iter().zip(bus_ports).enumerate() {
+        let node_dir = dir.join(format!("node{i}"));
+        std::fs::create_dir_all(&node_dir)
+            .with_context(|| format!("creating {}", node_dir.display()))?;
+        let child = Command::new(server_bin)
+            .args(cluster_node_args(port, bus, &node_dir))
+            .stdout(log_file(log_dir, &format!("redis-{port}.log"))?)
+            .stderr(Stdio::inherit())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", server_bin.display()))?;
+        nodes.push(Owned {
+            name: "redis-server (cluster node)",
+            child: Some(child),
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (node, port) in nodes.iter_mut().zip(client_ports) {
+        let args = ["-p".to_string(), port.to_string(), "PING".into()];
+        loop {
+            node.check_alive()?;
+            let pong = redis_cli(cli_bin, &args, Duration::from_secs(5)).await;
+            if pong.is_ok_and(|p| p.trim() == "PONG") {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("cluster node on port {port} not ready within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    redis_cli(
+        cli_bin,
+        &cluster_create_args(client_ports),
+        Duration::from_secs(60),
+    )
+    .await
+    .context("joining the cluster")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for port in client_ports {
+        let args = [
+            "-p".to_string(),
+            port.to_string(),
+            "CLUSTER".into(),
+            "INFO".into(),
+        ];
+        loop {
+            let info = redis_cli(cli_bin, &args, Duration::from_secs(5))
+                .await
+                .unwrap_or_default();
+            if cluster_info_ready(&info, masters) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("cluster node on port {port} not ready within 60 s: {info}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok((nodes, cluster_url(client_ports)))
 }
 
 /// `flashgate serve` on a free port; ready when `/healthz` answers 200.
@@ -243,5 +433,64 @@ mod cpu_tests {
             cpu_seconds(None).is_some(),
             "this process has a /proc entry"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_are_created_as_masters_only() {
+        assert_eq!(
+            cluster_create_args(&[7000, 7001, 7002]),
+            [
+                "--cluster",
+                "create",
+                "127.0.0.1:7000",
+                "127.0.0.1:7001",
+                "127.0.0.1:7002",
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes"
+            ]
+        );
+        let args = cluster_node_args(7000, 17123, Path::new("/tmp/n0"));
+        let after = |flag: &str| {
+            let i = args.iter().position(|a| a == flag).expect(flag);
+            args[i + 1].as_str()
+        };
+        assert_eq!(after("--port"), "7000");
+        assert_eq!(after("--cluster-port"), "17123");
+        assert_eq!(after("--cluster-enabled"), "yes");
+        assert_eq!(after("--bind"), "127.0.0.1");
+        assert_eq!(after("--save"), "");
+        assert_eq!(after("--appendonly"), "no");
+        assert_eq!(after("--dir"), "/tmp/n0");
+    }
+
+    #[test]
+    fn cluster_url_names_every_node() {
+        assert_eq!(
+            cluster_url(&[7000, 7001, 7002]),
+            "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001&node=127.0.0.1:7002"
+        );
+        assert_eq!(cluster_url(&[7000]), "redis-cluster://127.0.0.1:7000");
+    }
+
+    #[test]
+    fn cluster_ready_needs_every_slot_and_node() {
+        let info = "cluster_state:ok\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:16384\r\ncluster_slots_pfail:0\r\ncluster_known_nodes:3\r\ncluster_size:3\r\n";
+        assert!(cluster_info_ready(info, 3));
+        assert!(!cluster_info_ready(info, 4), "a node not met yet");
+        assert!(!cluster_info_ready(
+            &info.replace("state:ok", "state:fail"),
+            3
+        ));
+        assert!(!cluster_info_ready(
+            &info.replace("slots_ok:16384", "slots_ok:16000"),
+            3
+        ));
+        assert!(!cluster_info_ready("", 3));
     }
 }

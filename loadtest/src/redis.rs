@@ -8,17 +8,39 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use fred::prelude::*;
+use fred::types::config::Server;
 use fred::types::InfoKind;
 use serde::Serialize;
 
 use crate::books::ShardBooks;
 
-/// `(host, port)` of a `redis://127.0.0.1:PORT[/db]` URL; other hosts are refused.
+/// `(host, port)` of a `redis://127.0.0.1:PORT[/db]` URL, or of the first
+/// node of a cluster's `redis-cluster://127.0.0.1:PORT?node=127.0.0.1:PORT&…`
+/// (every `node=` is checked too); other hosts are refused.
 pub fn loopback_redis(url: &str) -> anyhow::Result<(String, u16)> {
-    let rest = url
-        .strip_prefix("redis://")
-        .with_context(|| format!("not a redis:// URL: {url:?}"))?;
-    let hostport = rest.split(['/', '?']).next().unwrap_or("");
+    let (rest, cluster) = if let Some(r) = url.strip_prefix("redis-cluster://") {
+        (r, true)
+    } else if let Some(r) = url.strip_prefix("redis://") {
+        (r, false)
+    } else {
+        bail!("not a redis:// or redis-cluster:// URL: {url:?}")
+    };
+    let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let first = loopback_node(main.split('/').next().unwrap_or(""), url)?;
+    if cluster {
+        for node in query.split('&').filter_map(|kv| kv.strip_prefix("node=")) {
+            loopback_node(node, url)?;
+        }
+    }
+    Ok(first)
+}
+
+/// Whether `url` names a Redis Cluster (`redis-cluster://`).
+pub fn is_cluster_url(url: &str) -> bool {
+    url.starts_with("redis-cluster://")
+}
+
+fn loopback_node(hostport: &str, url: &str) -> anyhow::Result<(String, u16)> {
     if hostport.contains('@') {
         bail!("Redis URLs with credentials are not supported here");
     }
@@ -55,8 +77,10 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-pub fn shard_prefix(sku: &str, shard: u32) -> String {
-    format!("fg:{{{sku}#{shard}}}:")
+/// The default hash tag of a SKU's shard (`SKU#s`), as the service names it
+/// when placement did not choose another.
+pub fn default_tag(sku: &str, shard: u32) -> String {
+    format!("{sku}#{shard}")
 }
 
 /// The hash tags of a SKU's shards, as `fg:{SKU}:meta` records them
@@ -74,7 +98,7 @@ pub fn tags_from_meta(sku: &str, meta: &BTreeMap<String, String>) -> Option<Vec<
         .unwrap_or_default();
     tags.truncate(shards);
     for s in tags.len()..shards {
-        tags.push(format!("{sku}#{s}"));
+        tags.push(default_tag(sku, s as u32));
     }
     Some(tags)
 }
@@ -88,7 +112,7 @@ pub async fn read_shards(
 ) -> anyhow::Result<Vec<ShardBooks>> {
     let meta: BTreeMap<String, String> = client.hgetall(format!("fg:{{{sku}}}:meta")).await?;
     let tags = tags_from_meta(sku, &meta)
-        .unwrap_or_else(|| (0..fallback_shards).map(|s| format!("{sku}#{s}")).collect());
+        .unwrap_or_else(|| (0..fallback_shards).map(|s| default_tag(sku, s)).collect());
     let mut out = Vec::new();
     for (s, tag) in tags.iter().enumerate() {
         let s = s as u32;
@@ -121,22 +145,151 @@ pub async fn read_shards(
 
 /// Calls per command from `INFO commandstats` (`cmdstat_evalsha:calls=12,...`).
 pub fn parse_commandstats(info: &str) -> BTreeMap<String, u64> {
+    parse_commandstats_field(info, "calls")
+}
+
+/// One integer field (`calls`, `usec`, …) per command from `INFO commandstats`.
+pub fn parse_commandstats_field(info: &str, field: &str) -> BTreeMap<String, u64> {
     info.lines()
         .filter_map(|l| {
             let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
+            let v = rest
                 .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))?
+                .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))?
                 .parse()
                 .ok()?;
-            Some((name.to_owned(), calls))
+            Some((name.to_owned(), v))
         })
         .collect()
 }
 
+/// `used_cpu_sys + used_cpu_user` (seconds) from `INFO cpu`.
+pub fn parse_cpu_seconds(info: &str) -> Option<f64> {
+    let field = |name: &str| -> Option<f64> {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(field("used_cpu_sys")? + field("used_cpu_user")?)
+}
+
+/// Redis's own accounting at one moment, summed over every master.
+#[derive(Debug, Clone, Default)]
+pub struct Accounting {
+    pub calls: BTreeMap<String, u64>,
+    /// Microseconds spent executing each command (a script's includes the
+    /// commands it calls, which are also counted under their own names).
+    pub usec: BTreeMap<String, u64>,
+    /// CPU seconds the server processes used (user + system): execution,
+    /// protocol parsing, network syscalls.
+    pub cpu_s: f64,
+}
+
+pub async fn accounting(client: &Client) -> anyhow::Result<Accounting> {
+    let mut a = Accounting::default();
+    for node in masters(client)? {
+        let (stats, cpu): (String, String) = match node {
+            Some(server) => {
+                let c = client.with_cluster_node(server);
+                (
+                    c.info(Some(InfoKind::CommandStats)).await?,
+                    c.info(Some(InfoKind::Cpu)).await?,
+                )
+            }
+            None => (
+                client.info(Some(InfoKind::CommandStats)).await?,
+                client.info(Some(InfoKind::Cpu)).await?,
+            ),
+        };
+        a.calls = sum_commandstats([a.calls, parse_commandstats(&stats)]);
+        a.usec = sum_commandstats([a.usec, parse_commandstats_field(&stats, "usec")]);
+        a.cpu_s += parse_cpu_seconds(&cpu).context("no used_cpu_sys/used_cpu_user in INFO cpu")?;
+    }
+    Ok(a)
+}
+
+/// What Redis spent per unit of work (a hold) between two [`Accounting`]s.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RedisCost {
+    pub units: u64,
+    /// Server CPU (all masters) per unit, µs.
+    pub cpu_us_per_unit: f64,
+    /// Calls per unit, by command (in-script calls included).
+    pub calls_per_unit: BTreeMap<String, f64>,
+    /// Execution time per call, by command, µs.
+    pub usec_per_call: BTreeMap<String, f64>,
+}
+
+pub fn cost(before: &Accounting, after: &Accounting, units: u64) -> Option<RedisCost> {
+    if units == 0 {
+        return None;
+    }
+    let calls = delta(&before.calls, &after.calls);
+    let usec = delta(&before.usec, &after.usec);
+    Some(RedisCost {
+        units,
+        cpu_us_per_unit: (after.cpu_s - before.cpu_s).max(0.0) * 1e6 / units as f64,
+        calls_per_unit: calls
+            .iter()
+            .map(|(k, c)| (k.clone(), *c as f64 / units as f64))
+            .collect(),
+        usec_per_call: calls
+            .iter()
+            .map(|(k, c)| {
+                (
+                    k.clone(),
+                    usec.get(k).copied().unwrap_or(0) as f64 / *c as f64,
+                )
+            })
+            .collect(),
+    })
+}
+
+/// The masters a command may run on: one server, or every primary of the
+/// cluster's slot map (as the client last read it).
+pub fn masters(client: &Client) -> anyhow::Result<Vec<Option<Server>>> {
+    if !client.is_clustered() {
+        return Ok(vec![None]);
+    }
+    let primaries = client
+        .cached_cluster_state()
+        .map(|s| s.unique_primary_nodes())
+        .unwrap_or_default();
+    anyhow::ensure!(!primaries.is_empty(), "the cluster's slot map is empty");
+    Ok(primaries.into_iter().map(Some).collect())
+}
+
+/// `INFO commandstats` of one server, or summed over every cluster master.
 pub async fn commandstats(client: &Client) -> anyhow::Result<BTreeMap<String, u64>> {
-    let info: String = client.info(Some(InfoKind::CommandStats)).await?;
-    Ok(parse_commandstats(&info))
+    let mut per_master = Vec::new();
+    for node in masters(client)? {
+        let info: String = match node {
+            Some(server) => {
+                client
+                    .with_cluster_node(server)
+                    .info(Some(InfoKind::CommandStats))
+                    .await?
+            }
+            None => client.info(Some(InfoKind::CommandStats)).await?,
+        };
+        per_master.push(parse_commandstats(&info));
+    }
+    Ok(sum_commandstats(per_master))
+}
+
+/// Calls per command summed over several servers.
+pub fn sum_commandstats(
+    parts: impl IntoIterator<Item = BTreeMap<String, u64>>,
+) -> BTreeMap<String, u64> {
+    let mut total = BTreeMap::new();
+    for part in parts {
+        for (k, v) in part {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    total
 }
 
 /// `after − before` per command (commands with no new calls left out).
@@ -196,16 +349,142 @@ pub fn parse_benchmark_csv(out: &str) -> Option<BenchLine> {
 pub struct RedisBaseline {
     pub clients: usize,
     pub requests: u64,
+    /// Masters benchmarked at once (1: one redis-server). On a cluster each
+    /// master gets a throw-away shard of its own, its share of the clients
+    /// and requests, and its own redis-benchmark; the figures below are the
+    /// sum of the rates and the worst master's latencies.
+    pub masters: usize,
     /// Every call creates a hold (stock never runs out).
     pub reserve_held: Option<BenchLine>,
     /// Every call finds the shard dry (the sold-out answer's Redis cost on one shard).
     pub reserve_dry: Option<BenchLine>,
+    /// Per master (`host:port`), held then dry.
+    pub per_master: Vec<(String, BenchLine, BenchLine)>,
+    /// Redis's own accounting per call (all masters): the reserve script's
+    /// cost alone, without flashgate's other commands.
+    pub held_cost: Option<RedisCost>,
+    pub dry_cost: Option<RedisCost>,
     pub script_sha: String,
 }
 
+/// Many masters' redis-benchmark lines, run at the same time, as one: the
+/// rates add up, the mean latency is weighted by rate, the percentiles and
+/// the maximum are the worst master's (a bound, not a merged histogram).
+pub fn combine(lines: &[BenchLine]) -> Option<BenchLine> {
+    let rps: f64 = lines.iter().map(|l| l.rps).sum();
+    let worst = |f: fn(&BenchLine) -> f64| lines.iter().map(f).fold(f64::NAN, f64::max);
+    (!lines.is_empty() && rps > 0.0).then(|| BenchLine {
+        rps,
+        avg_ms: lines.iter().map(|l| l.avg_ms * l.rps).sum::<f64>() / rps,
+        p50_ms: worst(|l| l.p50_ms),
+        p99_ms: worst(|l| l.p99_ms),
+        max_ms: worst(|l| l.max_ms),
+    })
+}
+
+/// `total` split into `parts` shares that differ by at most one, none zero
+/// when `total >= parts`.
+pub fn split_evenly(total: u64, parts: usize) -> Vec<u64> {
+    let parts = parts.max(1) as u64;
+    (0..parts)
+        .map(|i| total / parts + u64::from(i < total % parts))
+        .collect()
+}
+
+/// A hash tag `<base>.<n>` whose slot `owns` accepts (the first n that
+/// fits): a shard tag that lives on a chosen cluster master, found the way
+/// the service's placement does it (CRC16 of the tag, locally).
+pub fn tag_on_node(base: &str, owns: impl Fn(u16) -> bool) -> Option<String> {
+    (0..1_000_000u32)
+        .map(|n| format!("{base}.{n}"))
+        .find(|t| owns(fred::util::redis_keyslot(t.as_bytes())))
+}
+
+/// One redis-benchmark run of the reserve script: where, on which shard.
+#[derive(Debug, Clone)]
+pub struct BenchTarget {
+    pub host: String,
+    pub port: u16,
+    /// The throw-away shard's hash tag: every key of the call carries it.
+    pub tag: String,
+    pub clients: usize,
+    pub requests: u64,
+}
+
+impl BenchTarget {
+    fn prefix(&self) -> String {
+        format!("fg:{{{}}}:", self.tag)
+    }
+
+    /// stock, books, holds, events.
+    fn keys(&self) -> [String; 6] {
+        let p = self.prefix();
+        ["stock", "books", "holds", "events", "wlopen", "keys"].map(|k| format!("{p}{k}"))
+    }
+}
+
+/// `redis-benchmark` arguments that EVALSHA `lua/reserve.lua` on `t`'s shard
+/// with fresh idempotency keys and reservation ids (`__rand_int__`). All
+/// keys share the shard's hash tag, as a cluster requires of one script.
+pub fn benchmark_args(t: &BenchTarget, sha: &str, sku: &str) -> Vec<String> {
+    let p = t.prefix();
+    let [stock, books, holds, events, wlopen, keys] = t.keys();
+    // A batch of one request (lua/reserve.lua): KEYS stock books holds events
+    // wlopen keys, then the request's idem and record keys; ARGV hold_ms
+    // idem_ttl_ms record_ttl_ms sku, then the request's rid qty user fp
+    // mark_moved gate key: the same work as the service's call.
+    [
+        "-h",
+        &t.host,
+        "-p",
+        &t.port.to_string(),
+        "-c",
+        &t.clients.to_string(),
+        "-n",
+        &t.requests.to_string(),
+        "-r",
+        "1000000000",
+        "--csv",
+        "EVALSHA",
+        sha,
+        "8",
+        &stock,
+        &books,
+        &holds,
+        &events,
+        &wlopen,
+        &keys,
+        &format!("{p}idem:bk__rand_int__"),
+        &format!("{p}r:br__rand_int__"),
+        "600000",
+        "120000",
+        "120000",
+        sku,
+        "br__rand_int__",
+        "1",
+        "bench-user",
+        "fp",
+        "1",
+        "1",
+        "bk__rand_int__",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
 /// Load `lib.lua` + `reserve.lua` the way the service does (prelude, newline,
-/// body), give a throw-away shard of its own enough (or no) stock, and let
-/// `redis-benchmark` EVALSHA it with fresh idempotency keys.
+/// body; on every master of a cluster), give a throw-away shard of its own
+/// enough (or no) stock — on a cluster one shard per master, each on a tag
+/// that master serves — and let `redis-benchmark` EVALSHA it with fresh
+/// idempotency keys, on every master at once.
+///
+/// Not `redis-benchmark --cluster` (7.0.15, tried): it spreads its clients
+/// over the masters and, for keys written with `{tag}`, puts in a tag of its
+/// own choosing per master (e.g. `{06S}`, `{63n}`), so the script would meet
+/// shards nobody loaded; keys with a fixed tag make it stop at the first
+/// `MOVED` (exit 1, no result). One plain redis-benchmark per master, each on
+/// a shard we loaded on that master, measures the same thing under control.
 pub async fn baseline(
     client: &Client,
     redis_url: &str,
@@ -219,126 +498,139 @@ pub async fn baseline(
     let body =
         std::fs::read_to_string(lua_dir.join("reserve.lua")).context("reading lua/reserve.lua")?;
     let sha: String = client
-        .script_load(format!("{lib}\n{body}"))
+        .script_load_cluster(format!("{lib}\n{body}"))
         .await
         .context("SCRIPT LOAD reserve")?;
-    let (host, port) = loopback_redis(redis_url)?;
     let sku = format!("{run_id}-redisbase");
-    let p = shard_prefix(&sku, 0);
-    let keys = [
-        format!("{p}stock"),
-        format!("{p}books"),
-        format!("{p}holds"),
-        format!("{p}events"),
-        format!("{p}wlopen"),
-        format!("{p}keys"),
-    ];
+    let mut targets = Vec::new();
+    let masters = masters(client)?;
+    let shares = split_evenly(clients as u64, masters.len())
+        .into_iter()
+        .zip(split_evenly(requests, masters.len()));
+    for (node, (c, n)) in masters.iter().zip(shares) {
+        let (host, port, tag) = match node {
+            None => {
+                let (host, port) = loopback_redis(redis_url)?;
+                (host, port, default_tag(&sku, 0))
+            }
+            Some(server) => {
+                let (host, port) =
+                    loopback_node(&format!("{}:{}", server.host, server.port), redis_url)
+                        .context("a master in the cluster's slot map")?;
+                let state = client
+                    .cached_cluster_state()
+                    .context("the cluster's slot map")?;
+                let tag = tag_on_node(&format!("{sku}#{port}"), |slot| {
+                    state.get_server(slot) == Some(server)
+                })
+                .with_context(|| format!("no hash tag found for master {host}:{port}"))?;
+                (host, port, tag)
+            }
+        };
+        targets.push(BenchTarget {
+            host,
+            port,
+            tag,
+            clients: (c as usize).max(1),
+            requests: n.max(1),
+        });
+    }
 
-    let run = |stock: u64| {
-        let (sha, host, keys, p, sku) = (
-            sha.clone(),
-            host.clone(),
-            keys.clone(),
-            p.clone(),
-            sku.clone(),
-        );
+    let run = |held: bool| {
+        let (targets, sha, sku) = (targets.clone(), sha.clone(), sku.clone());
         async move {
-            client.del::<(), _>(keys.to_vec()).await?;
-            client
-                .set::<(), _, _>(&keys[0], stock, None, None, false)
-                .await?;
-            client
-                .hset::<(), _, _>(
-                    &keys[1],
-                    [
-                        ("initial", stock),
-                        ("held", 0),
-                        ("sold", 0),
-                        ("xin", 0),
-                        ("xout", 0),
-                    ],
-                )
-                .await?;
-            // A batch of one request (lua/reserve.lua): KEYS stock books holds
-            // events wlopen keys, then the request's idem and record keys; ARGV
-            // hold_ms idem_ttl_ms record_ttl_ms sku, then the request's rid qty
-            // user fp mark_moved gate key: the same work as the service's call.
-            let args: Vec<String> = vec![
-                "-h".into(),
-                host,
-                "-p".into(),
-                port.to_string(),
-                "-c".into(),
-                clients.to_string(),
-                "-n".into(),
-                requests.to_string(),
-                "-r".into(),
-                "1000000000".into(),
-                "--csv".into(),
-                "EVALSHA".into(),
-                sha,
-                "8".into(),
-                keys[0].clone(),
-                keys[1].clone(),
-                keys[2].clone(),
-                keys[3].clone(),
-                keys[4].clone(),
-                keys[5].clone(),
-                format!("{p}idem:bk__rand_int__"),
-                format!("{p}r:br__rand_int__"),
-                "600000".into(),
-                "120000".into(),
-                "120000".into(),
-                sku,
-                "br__rand_int__".into(),
-                "1".into(),
-                "bench-user".into(),
-                "fp".into(),
-                "1".into(),
-                "1".into(),
-                "bk__rand_int__".into(),
-            ];
-            let child = tokio::process::Command::new(bench_bin)
-                .args(&args)
-                .kill_on_drop(true)
-                .stdin(std::process::Stdio::null())
-                .output();
-            let out = tokio::time::timeout(Duration::from_secs(120), child)
-                .await
-                .context("redis-benchmark ran over 120 s")?
-                .with_context(|| format!("running {}", bench_bin.display()))?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            if !out.status.success() {
-                bail!(
-                    "redis-benchmark failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
+            for t in &targets {
+                let stock = if held { t.requests + 1 } else { 0 };
+                let [stock_key, books, ..] = t.keys();
+                client.del::<(), _>(t.keys().to_vec()).await?;
+                client
+                    .set::<(), _, _>(&stock_key, stock, None, None, false)
+                    .await?;
+                client
+                    .hset::<(), _, _>(
+                        &books,
+                        [
+                            ("initial", stock),
+                            ("held", 0),
+                            ("sold", 0),
+                            ("xin", 0),
+                            ("xout", 0),
+                        ],
+                    )
+                    .await?;
+            }
+            // every master's benchmark at once
+            let acct0 = accounting(client).await?;
+            let runs: Vec<_> = targets
+                .iter()
+                .map(|t| {
+                    let mut cmd = tokio::process::Command::new(bench_bin);
+                    cmd.args(benchmark_args(t, &sha, &sku))
+                        .kill_on_drop(true)
+                        .stdin(std::process::Stdio::null());
+                    tokio::spawn(async move {
+                        tokio::time::timeout(Duration::from_secs(120), cmd.output()).await
+                    })
+                })
+                .collect();
+            let mut outputs = Vec::new();
+            for r in runs {
+                outputs.push(
+                    r.await
+                        .context("redis-benchmark task")?
+                        .context("redis-benchmark ran over 120 s")?
+                        .with_context(|| format!("running {}", bench_bin.display()))?,
                 );
             }
-            // A script error shows up only as an error reply: check the books moved.
-            let held: Option<i64> = client.hget(&keys[1], "held").await?;
-            let expect_held = if stock > 0 { requests as i64 } else { 0 };
-            let held = held.unwrap_or(0);
-            if (stock > 0 && held < expect_held * 9 / 10) || (stock == 0 && held != 0) {
-                bail!(
-                    "reserve script did not run as expected: held {held}, expected ~{expect_held}"
+            let acct1 = accounting(client).await?;
+            let calls: u64 = targets.iter().map(|t| t.requests).sum();
+            let cost = cost(&acct0, &acct1, calls);
+            let mut lines = Vec::new();
+            for (t, out) in targets.iter().zip(outputs) {
+                let text = String::from_utf8_lossy(&out.stdout);
+                if !out.status.success() {
+                    bail!(
+                        "redis-benchmark failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                // A script error shows up only as an error reply: check the books moved.
+                let [_, books, ..] = t.keys();
+                let got: Option<i64> = client.hget(&books, "held").await?;
+                let got = got.unwrap_or(0);
+                let expect = if held { t.requests as i64 } else { 0 };
+                if (held && got < expect * 9 / 10) || (!held && got != 0) {
+                    bail!(
+                        "reserve script did not run as expected on {}:{}: held {got}, expected ~{expect}",
+                        t.host,
+                        t.port
+                    );
+                }
+                client.del::<(), _>(t.keys().to_vec()).await?;
+                lines.push(
+                    parse_benchmark_csv(&text)
+                        .with_context(|| format!("unreadable redis-benchmark output: {text}"))?,
                 );
             }
-            client.del::<(), _>(keys.to_vec()).await?;
-            parse_benchmark_csv(&text)
-                .with_context(|| format!("unreadable redis-benchmark output: {text}"))
+            anyhow::Ok((lines, cost))
         }
     };
-    let held = run(requests + 1).await;
-    let dry = run(0).await;
-    let (reserve_held, reserve_dry) = match (held, dry) {
-        (Err(e), _) | (_, Err(e)) => return Err(e),
-        (Ok(h), Ok(d)) => (Some(h), Some(d)),
-    };
+    let (held, held_cost) = run(true).await?;
+    let (dry, dry_cost) = run(false).await?;
+    let per_master = targets
+        .iter()
+        .zip(held.iter().zip(&dry))
+        .map(|(t, (h, d))| (format!("{}:{}", t.host, t.port), h.clone(), d.clone()))
+        .collect();
     Ok(RedisBaseline {
         clients,
         requests,
-        reserve_held,
-        reserve_dry,
+        masters: targets.len(),
+        reserve_held: combine(&held),
+        reserve_dry: combine(&dry),
+        per_master,
+        held_cost,
+        dry_cost,
         script_sha: sha,
     })
 }
@@ -404,6 +696,125 @@ mod tests {
 
     #[test]
     fn shard_keys_match_the_service_layout() {
-        assert_eq!(shard_prefix("LT1", 3), "fg:{LT1#3}:");
+        let t = BenchTarget {
+            host: "127.0.0.1".into(),
+            port: 6379,
+            tag: default_tag("LT1", 3),
+            clients: 1,
+            requests: 1,
+        };
+        assert_eq!(t.prefix(), "fg:{LT1#3}:");
+        assert_eq!(t.keys()[0], "fg:{LT1#3}:stock");
+    }
+
+    #[test]
+    fn only_loopback_cluster_nodes() {
+        let url = "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001&node=localhost:7002";
+        assert_eq!(loopback_redis(url).unwrap(), ("127.0.0.1".into(), 7000));
+        assert!(is_cluster_url(url));
+        assert!(!is_cluster_url("redis://127.0.0.1:7000"));
+        assert!(loopback_redis("redis-cluster://127.0.0.1:7000?node=10.0.0.2:7001").is_err());
+        assert!(loopback_redis("redis-cluster://10.0.0.2:7000?node=127.0.0.1:7001").is_err());
+        assert!(loopback_redis("redis-cluster://127.0.0.1:7000?node=u:p@127.0.0.1:7001").is_err());
+    }
+
+    #[test]
+    fn cost_per_hold() {
+        let before = Accounting {
+            calls: parse_commandstats("cmdstat_evalsha:calls=10,usec=100\ncmdstat_set:calls=10,usec=20\n"),
+            usec: parse_commandstats_field(
+                "cmdstat_evalsha:calls=10,usec=100,usec_per_call=10.00\ncmdstat_set:calls=10,usec=20\n",
+                "usec",
+            ),
+            cpu_s: 1.5,
+        };
+        let after = Accounting {
+            calls: parse_commandstats("cmdstat_evalsha:calls=1010,usec=30100\ncmdstat_set:calls=2010,usec=4020\n"),
+            usec: parse_commandstats_field(
+                "cmdstat_evalsha:calls=1010,usec=30100,usec_per_call=29.80\ncmdstat_set:calls=2010,usec=4020\n",
+                "usec",
+            ),
+            cpu_s: 1.6,
+        };
+        assert_eq!(before.usec["evalsha"], 100, "usec=, not usec_per_call=");
+        let c = cost(&before, &after, 1000).unwrap();
+        assert!((c.cpu_us_per_unit - 100.0).abs() < 1e-6);
+        assert_eq!(c.calls_per_unit["evalsha"], 1.0);
+        assert_eq!(c.calls_per_unit["set"], 2.0);
+        assert_eq!(c.usec_per_call["evalsha"], 30.0);
+        assert_eq!(c.usec_per_call["set"], 2.0);
+        assert!(cost(&before, &after, 0).is_none());
+        let cpu = "# CPU\r\nused_cpu_sys:1.250000\r\nused_cpu_user:2.500000\r\nused_cpu_sys_children:0.0\r\n";
+        assert_eq!(parse_cpu_seconds(cpu), Some(3.75));
+        assert_eq!(parse_cpu_seconds(""), None);
+    }
+
+    #[test]
+    fn commandstats_add_up_over_masters() {
+        let a = parse_commandstats("cmdstat_evalsha:calls=10,usec=5\ncmdstat_get:calls=3,usec=1\n");
+        let b = parse_commandstats("cmdstat_evalsha:calls=5,usec=2\ncmdstat_set:calls=7,usec=1\n");
+        let sum = sum_commandstats([a, b]);
+        assert_eq!(sum["evalsha"], 15);
+        assert_eq!(sum["get"], 3);
+        assert_eq!(sum["set"], 7);
+    }
+
+    #[test]
+    fn benchmark_keys_share_one_hash_tag() {
+        let t = BenchTarget {
+            host: "127.0.0.1".into(),
+            port: 7001,
+            tag: "LT1-redisbase#7001.42".into(),
+            clients: 85,
+            requests: 66_667,
+        };
+        let args = benchmark_args(&t, "abc", "LT1-redisbase");
+        let at = args.iter().position(|a| a == "EVALSHA").unwrap();
+        assert_eq!(&args[at + 1..at + 3], ["abc", "8"]);
+        let keys = &args[at + 3..at + 11];
+        assert!(
+            keys.iter()
+                .all(|k| k.starts_with("fg:{LT1-redisbase#7001.42}:")),
+            "{keys:?}"
+        );
+        let slots: std::collections::BTreeSet<u16> = keys
+            .iter()
+            .map(|k| fred::util::redis_keyslot(k.as_bytes()))
+            .collect();
+        assert_eq!(slots.len(), 1, "one slot: no CROSSSLOT");
+        let flag = |f: &str| args[args.iter().position(|a| a == f).unwrap() + 1].clone();
+        assert_eq!(
+            (flag("-p"), flag("-c"), flag("-n")),
+            ("7001".into(), "85".into(), "66667".into())
+        );
+    }
+
+    #[test]
+    fn a_tag_on_the_chosen_master() {
+        // a master serving slots 5461..=10922 (the middle third of 3)
+        let tag = tag_on_node("LT1-redisbase#7001", |s| (5461..=10922).contains(&s)).unwrap();
+        assert!(tag.starts_with("LT1-redisbase#7001."));
+        let slot = fred::util::redis_keyslot(format!("fg:{{{tag}}}:stock").as_bytes());
+        assert!((5461..=10922).contains(&slot), "{tag} → slot {slot}");
+        assert_eq!(tag_on_node("x", |_| false), None);
+    }
+
+    #[test]
+    fn shares_and_combined_rates() {
+        assert_eq!(split_evenly(256, 3), [86, 85, 85]);
+        assert_eq!(split_evenly(200_000, 1), [200_000]);
+        assert_eq!(split_evenly(2, 3), [1, 1, 0]);
+        let l = |rps: f64, avg: f64, p99: f64| BenchLine {
+            rps,
+            avg_ms: avg,
+            p50_ms: avg,
+            p99_ms: p99,
+            max_ms: p99 * 2.0,
+        };
+        let c = combine(&[l(10_000.0, 1.0, 3.0), l(30_000.0, 2.0, 5.0)]).unwrap();
+        assert_eq!(c.rps, 40_000.0);
+        assert!((c.avg_ms - 1.75).abs() < 1e-9);
+        assert_eq!((c.p50_ms, c.p99_ms, c.max_ms), (2.0, 5.0, 10.0));
+        assert!(combine(&[]).is_none());
     }
 }

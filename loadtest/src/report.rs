@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::books::BookReport;
-use crate::redis::RedisBaseline;
+use crate::redis::{RedisBaseline, RedisCost};
 use crate::sale::{StockPoint, WaveFacts};
 use crate::sql::SqlBaseline;
 use crate::stats::{Bucket, FalseSoldOut, Outcome, PhaseSummary};
@@ -16,6 +16,10 @@ use crate::stats::{Bucket, FalseSoldOut, Outcome, PhaseSummary};
 pub struct Settings {
     pub target: String,
     pub redis_url: String,
+    /// A Redis Cluster (`redis-cluster://`), and how many masters it has (1
+    /// for one redis-server).
+    pub redis_cluster: bool,
+    pub redis_masters: usize,
     pub spawned: bool,
     pub sku: String,
     pub buyers: u64,
@@ -84,6 +88,8 @@ pub struct Report {
     pub books: BookReport,
     /// Reserve on a SKU that cannot run out: the sustained rate.
     pub capacity: Option<PhaseSummary>,
+    /// Redis's work per hold in the capacity phase (all masters).
+    pub capacity_redis: Option<RedisCost>,
     pub redis_baseline: Option<RedisBaseline>,
     pub sql_baseline: Option<SqlBaseline>,
     pub ratios: Ratios,
@@ -170,18 +176,46 @@ fn phase_table(out: &mut String, p: &PhaseSummary) {
     );
 }
 
+/// Redis's work per hold: CPU, and calls and execution time of the
+/// commands a reserve sends (EVALSHA = the shard's script; SET = the key's
+/// idempotency record, plus the SETs inside scripts).
+fn redis_cost_line(c: &RedisCost) -> String {
+    let per = |cmd: &str| {
+        let calls = c.calls_per_unit.get(cmd).copied().unwrap_or(0.0);
+        let us = c.usec_per_call.get(cmd).copied().unwrap_or(0.0);
+        format!("{calls:.2} {} x {us:.1} µs", cmd.to_uppercase())
+    };
+    let all: f64 = c.calls_per_unit.values().sum();
+    format!(
+        "  Redis per hold: {:.1} µs server CPU (all masters); {}, {} (executing); {all:.1} commands incl. inside scripts",
+        c.cpu_us_per_unit,
+        per("evalsha"),
+        per("set")
+    )
+}
+
+/// "one redis-server" or "Redis Cluster of N masters".
+fn redis_kind(s: &Settings) -> String {
+    match (s.redis_cluster, s.redis_masters) {
+        (false, _) => "one redis-server".into(),
+        (true, 1) => "Redis Cluster of 1 master".into(),
+        (true, m) => format!("Redis Cluster of {m} masters"),
+    }
+}
+
 pub fn render(r: &Report) -> String {
     let s = &r.settings;
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "flashgate load test {}: {} buyers, {} units over {} shards, {} connections, {}; {} CPUs shared by load generator ({} thread{}), flashgate and Redis",
+        "flashgate load test {}: {} buyers, {} units over {} shards, {} connections, {}; {}; {} CPUs shared by load generator ({} thread{}), flashgate and Redis",
         r.run_id,
         n(s.buyers),
         n(s.stock),
         s.shards,
         s.connections,
         if s.ramp_ms == 0 { "burst at T0".to_string() } else { format!("ramp over {} ms", s.ramp_ms) },
+        redis_kind(s),
         s.cpus,
         s.loadgen_threads,
         if s.loadgen_threads == 1 { "" } else { "s" },
@@ -344,20 +378,51 @@ pub fn render(r: &Report) -> String {
             c.outcome_latency(Outcome::Held).p99_ms,
             f(c.per_sec)
         );
+        if let Some(rc) = &r.capacity_redis {
+            let _ = writeln!(o, "{}", redis_cost_line(rc));
+        }
     }
     match &r.redis_baseline {
         Some(rb) => {
-            for (name, line) in [("held", &rb.reserve_held), ("dry ", &rb.reserve_dry)] {
+            for (i, (name, line, cost)) in [
+                ("held", &rb.reserve_held, &rb.held_cost),
+                ("dry ", &rb.reserve_dry, &rb.dry_cost),
+            ]
+            .into_iter()
+            .enumerate()
+            {
                 if let Some(l) = line {
+                    let per_master = if rb.masters > 1 {
+                        let rates: Vec<String> = rb
+                            .per_master
+                            .iter()
+                            .map(|m| f(if i == 0 { m.1.rps } else { m.2.rps }))
+                            .collect();
+                        format!(
+                            " ({} masters at once: {}; p50/p99 of the worst)",
+                            rb.masters,
+                            rates.join(" + ")
+                        )
+                    } else {
+                        String::new()
+                    };
                     let _ = writeln!(
                         o,
-                        "  Redis limit   EVALSHA reserve.lua ({name}), {} clients, {} calls: {} calls/s, p50 {:.3} ms, p99 {:.3} ms",
+                        "  Redis limit   EVALSHA reserve.lua ({name}), {} clients, {} calls: {} calls/s, p50 {:.3} ms, p99 {:.3} ms{per_master}",
                         rb.clients,
                         n(rb.requests),
                         f(l.rps),
                         l.p50_ms,
                         l.p99_ms
                     );
+                    if let Some(c) = cost {
+                        let _ = writeln!(
+                            o,
+                            "                {:.1} µs server CPU per call (all masters), EVALSHA {:.1} µs executing",
+                            c.cpu_us_per_unit,
+                            c.usec_per_call.get("evalsha").copied().unwrap_or(0.0)
+                        );
+                    }
                 }
             }
         }
@@ -438,6 +503,57 @@ pub fn render(r: &Report) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_header_names_the_redis() {
+        let mut s = super::Settings {
+            target: String::new(),
+            redis_url: String::new(),
+            redis_cluster: false,
+            redis_masters: 1,
+            spawned: true,
+            sku: String::new(),
+            buyers: 1,
+            stock: 1,
+            shards: 1,
+            connections: 1,
+            ramp_ms: 0,
+            retry_share: 0.0,
+            abusive_share: 0.0,
+            abusive_requests: 0,
+            confirm_share: 0.0,
+            release_share: 0.0,
+            hold_seconds: 1,
+            max_per_user: None,
+            api_key_sent: false,
+            soldout_seconds: 1,
+            loadgen_threads: 1,
+            seed: 0,
+            cpus: 2,
+        };
+        assert_eq!(super::redis_kind(&s), "one redis-server");
+        s.redis_cluster = true;
+        s.redis_masters = 3;
+        assert_eq!(super::redis_kind(&s), "Redis Cluster of 3 masters");
+    }
+
+    #[test]
+    fn redis_cost_line() {
+        let c = crate::redis::RedisCost {
+            units: 1000,
+            cpu_us_per_unit: 98.76,
+            calls_per_unit: [("evalsha".to_string(), 1.0), ("set".to_string(), 2.0)]
+                .into_iter()
+                .collect(),
+            usec_per_call: [("evalsha".to_string(), 30.04), ("set".to_string(), 1.5)]
+                .into_iter()
+                .collect(),
+        };
+        assert_eq!(
+            super::redis_cost_line(&c),
+            "  Redis per hold: 98.8 µs server CPU (all masters); 1.00 EVALSHA x 30.0 µs, 2.00 SET x 1.5 µs (executing); 3.0 commands incl. inside scripts"
+        );
+    }
+
     #[test]
     fn thousands_separators() {
         assert_eq!(super::n(0), "0");

@@ -43,9 +43,28 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let mut owned = Vec::new();
     let (base, redis_url, _redis_dir) = if args.spawn {
         let dir = tempfile::tempdir().context("temp dir for redis-server")?;
-        let (r, url) = procs::spawn_redis(&args.redis_server_bin, dir.path(), &run_dir).await?;
-        log(format!("redis-server at {url}"));
-        owned.push(r);
+        let url = match args.cluster_masters {
+            Some(masters) => {
+                let (nodes, url) = procs::spawn_cluster(
+                    &args.redis_server_bin,
+                    &args.redis_cli_bin,
+                    masters as usize,
+                    dir.path(),
+                    &run_dir,
+                )
+                .await?;
+                log(format!("Redis Cluster of {masters} masters at {url}"));
+                owned.extend(nodes);
+                url
+            }
+            None => {
+                let (r, url) =
+                    procs::spawn_redis(&args.redis_server_bin, dir.path(), &run_dir).await?;
+                log(format!("redis-server at {url}"));
+                owned.push(r);
+                url
+            }
+        };
         let (fg, base) = procs::spawn_flashgate(
             &args.flashgate_bin,
             &url,
@@ -72,6 +91,12 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         procs: owned.iter().map(|o| (o.name, o.pid())).collect(),
     };
     let mut cpu: Vec<CpuLine> = Vec::new();
+    // one server, or the cluster's masters (books, commandstats and the
+    // Redis baseline read every one of them)
+    let redis_masters = redis::masters(&rc)?.len();
+    if redis::is_cluster_url(&redis_url) {
+        log(format!("Redis Cluster: {redis_masters} masters"));
+    }
 
     let setup = Api::new(&base, 4, timeout, Instant::now()).with_api_key(api_key.as_deref())?;
     setup.wait_healthy(Duration::from_secs(10)).await?;
@@ -387,6 +412,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
 
     // --- Capacity: reserve with stock to spare (run last: its holds expire
     // later and would otherwise load Redis during the other baselines).
+    let mut capacity_redis = None;
     let capacity = if args.capacity_seconds == 0 || args.no_preload {
         None
     } else {
@@ -412,6 +438,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
                     args.capacity_seconds
                 ));
                 let cpu_before = meter.read();
+                let acct0 = redis::accounting(&rc).await;
                 let (answers, secs) = sale::hammer(
                     args.connections,
                     Duration::from_secs(args.capacity_seconds),
@@ -426,9 +453,20 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
                     },
                 )
                 .await;
+                let acct1 = redis::accounting(&rc).await;
                 let cap_samples: Vec<_> = answers.iter().map(|a| a.sample).collect();
                 let summary = stats::summarize(Phase::Capacity, &cap_samples, secs);
                 cpu.extend(meter.per_answer("capacity", &cpu_before, summary.requests));
+                // Redis's work per hold over the phase (the sweeper's few
+                // background calls included)
+                match (acct0, acct1) {
+                    (Ok(a0), Ok(a1)) => {
+                        capacity_redis = redis::cost(&a0, &a1, summary.count(Outcome::Held));
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        skipped.push(format!("Redis cost of the capacity phase: {e:#}"));
+                    }
+                }
                 Some(summary)
             }
         }
@@ -522,6 +560,8 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         settings: Settings {
             target: base.clone(),
             redis_url: redis_url.clone(),
+            redis_cluster: redis::is_cluster_url(&redis_url),
+            redis_masters,
             spawned: args.spawn,
             sku: sku.clone(),
             buyers: args.buyers,
@@ -556,6 +596,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         healthz,
         books: book_report,
         capacity,
+        capacity_redis,
         redis_baseline,
         sql_baseline,
         ratios,

@@ -3,7 +3,9 @@
 //! (client and bus port both picked free) in one temp dir, joined with
 //! `redis-cli --cluster create … --cluster-yes`. Every process is killed on
 //! `Drop`. Faults are injected by breaking the real thing: SIGKILL a master,
-//! `CLUSTER FAILOVER` on a replica, `CLUSTER SETSLOT`/`MIGRATE` a slot.
+//! `CLUSTER FAILOVER` on a replica, `CLUSTER SETSLOT`/`MIGRATE` a slot, a
+//! replica paused (SIGSTOP) and cut off (`CLIENT KILL TYPE replica`) so that
+//! its master's next writes never reach it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -181,9 +183,10 @@ impl Cluster {
         c
     }
 
-    /// `redis-cluster://` URL with every node as a seed.
+    /// `redis-cluster://` URL with every live node as a seed (a killed node
+    /// is left out, so a process started after a failover does not try it).
     pub fn url(&self) -> String {
-        let mut ports = self.nodes.iter().map(|n| n.port);
+        let mut ports = self.live_ports().into_iter();
         let first = ports.next().unwrap_or(0);
         let rest: Vec<String> = ports.map(|p| format!("node=127.0.0.1:{p}")).collect();
         format!("redis-cluster://127.0.0.1:{first}?{}", rest.join("&"))
@@ -319,6 +322,63 @@ impl Cluster {
             .find(|n| n.master_id.as_deref() == Some(id.as_str()) && !n.failed)
             .map(|n| n.port)
             .expect("the master has a replica")
+    }
+
+    /// Wait until the replica on `replica` has acknowledged every byte of its
+    /// master's replication stream (its offset, as the master last heard it
+    /// in `REPLCONF ACK`, equals the master's own): the replica then has
+    /// every write the master made so far.
+    pub fn wait_replica_synced(&self, master: u16, replica: u16, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let info = cli(master, &["INFO", "replication"]);
+            let own = info
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("master_repl_offset:"))
+                .and_then(|v| v.parse::<u64>().ok());
+            let acked = info.lines().find_map(|l| {
+                let fields = l.trim().split_once(':')?.1;
+                let f = |k: &str| {
+                    fields
+                        .split(',')
+                        .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                };
+                (f("port")? == replica.to_string() && f("state")? == "online")
+                    .then(|| f("offset")?.parse::<u64>().ok())
+                    .flatten()
+            });
+            if own.is_some() && own == acked {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {replica} not in sync with {master}: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Cut the master on `master` off from its replicas (`CLIENT KILL TYPE
+    /// replica`): what it writes from now on reaches no replica. With the
+    /// replica paused (SIGSTOP) it cannot reconnect and resync either.
+    /// Returns how many replica links were closed.
+    pub fn cut_replica_links(&self, master: u16) -> usize {
+        cli(master, &["CLIENT", "KILL", "TYPE", "replica"])
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// Promote the replica on `replica` now (`CLUSTER FAILOVER TAKEOVER`: no
+    /// agreement from its master or the other masters needed) and wait until
+    /// it says it is a master.
+    pub fn take_over(&self, replica: u16, limit: Duration) {
+        let answer = cli(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"]);
+        assert_eq!(answer, "OK", "CLUSTER FAILOVER TAKEOVER on {replica}");
+        let deadline = Instant::now() + limit;
+        while !cli(replica, &["ROLE"]).starts_with("master") {
+            assert!(Instant::now() < deadline, "{replica} was not promoted");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Move `slot` and its keys from its master to the master on `to`, the way
