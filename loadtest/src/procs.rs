@@ -183,17 +183,21 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 }
 
 async fn redis_cli(bin: &Path, args: &[String], limit: Duration) -> anyhow::Result<String> {
-    let out = tokio::time::timeout(
-        limit,
-        Command::new(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .with_context(|| format!("{} {} ran over {limit:?}", bin.display(), args.join(" ")))?
-    .with_context(|| format!("running {}", bin.display()))?;
+    run_tool(Command::new(bin).args(args), bin, args, limit).await
+}
+
+/// Run a command to its end within `limit`; its stdout + stderr, or an error
+/// naming the command when it fails, runs over or cannot start.
+async fn run_tool(
+    cmd: &mut Command,
+    bin: &Path,
+    args: &[String],
+    limit: Duration,
+) -> anyhow::Result<String> {
+    let out = tokio::time::timeout(limit, cmd.stdin(Stdio::null()).kill_on_drop(true).output())
+        .await
+        .with_context(|| format!("{} {} ran over {limit:?}", bin.display(), args.join(" ")))?
+        .with_context(|| format!("running {}", bin.display()))?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -364,30 +368,15 @@ pub async fn preload(
     if let Some(m) = max_per_user {
         args.extend(["--max-per-user".to_string(), m.to_string()]);
     }
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
+    run_tool(
         Command::new(bin)
             .args(&args)
-            .env("FLASHGATE_REDIS_URL", redis_url)
-            .kill_on_drop(true)
-            .output(),
+            .env("FLASHGATE_REDIS_URL", redis_url),
+        bin,
+        &args,
+        Duration::from_secs(30),
     )
     .await
-    .context("flashgate preload ran over 30 s")?
-    .with_context(|| format!("running {} preload", bin.display()))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() {
-        bail!(
-            "flashgate {} failed ({}): {text}",
-            args.join(" "),
-            out.status
-        );
-    }
-    Ok(text)
 }
 
 impl Owned {
