@@ -31,9 +31,11 @@
 //! without them; the sticky-verdict argument then holds for the shorter walk.
 //! Not built (a key that already met the dead shard would still get 503, and
 //! the left-out shards could serve it only as transfer donors), so today a
-//! dead master costs 503s to the keys whose walk reaches it, and their
-//! retries with the same key succeed after the failover, exactly once
-//! (`tests/cluster.rs`, `a_master_killed_mid_sale…`).
+//! dead master costs 503s to the keys whose walk (or idempotency record)
+//! reaches it, and their retries with the same key succeed after the
+//! failover, exactly once; keys needing only the live masters are served
+//! meanwhile, since each master has its own client (`nodes.rs`;
+//! `tests/cluster.rs`, `a_master_killed_mid_sale…`).
 
 pub mod batch;
 mod durability;
