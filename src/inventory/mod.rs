@@ -535,8 +535,8 @@ impl Inventory {
     /// Every SKU that was preloaded.
     pub async fn skus(&self) -> Result<Vec<Sku>, InventoryError> {
         let names: Vec<String> = self
-            .pool
-            .next()
+            .nodes
+            .client_for_key(keys::SKUS)
             .smembers(keys::SKUS)
             .await
             .map_err(|e| self.err(e))?;
