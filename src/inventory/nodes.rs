@@ -315,3 +315,28 @@ impl Masters {
         Ok(client)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_maps_to_the_master_of_its_range() {
+        let routes = Routes {
+            ranges: vec![
+                (0, 5460, "a:1".to_string()),
+                (5461, 10922, "b:2".to_string()),
+                (10924, 16383, "c:3".to_string()),
+            ],
+            clients: HashMap::new(),
+        };
+        assert_eq!(routes.master_of(0), Some("a:1"));
+        assert_eq!(routes.master_of(5460), Some("a:1"));
+        assert_eq!(routes.master_of(5461), Some("b:2"));
+        assert_eq!(routes.master_of(10922), Some("b:2"));
+        // a slot no master serves: none (the pool takes it)
+        assert_eq!(routes.master_of(10923), None);
+        assert_eq!(routes.master_of(16383), Some("c:3"));
+        assert_eq!(Routes::default().master_of(7), None);
+    }
+}
