@@ -914,7 +914,7 @@ impl Reconciler {
             args.push(status.clone());
         }
         let reply = scripts::run(
-            self.inventory.pool(),
+            self.inventory.nodes(),
             &self.metrics,
             &self.inventory.scripts().fix,
             keys,

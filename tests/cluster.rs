@@ -395,23 +395,122 @@ async fn a_master_killed_mid_sale_fails_over_without_a_wrong_answer() {
         "the sale is under way"
     );
 
+    // Keys for probes made while the master is down: "good" keys need only
+    // the other masters (claim bucket and first shard elsewhere, and the
+    // first shard has stock); "bad" keys start their walk on the dead
+    // master's shard.
+    let victim_slots = cluster
+        .masters()
+        .remove(&victim)
+        .expect("the victim's slots");
+    let victim_has = |key: &str| {
+        let slot = keyslot(key);
+        victim_slots.iter().any(|&(a, b)| a <= slot && slot <= b)
+    };
+    let on_victim = |shard: u16| victim_has(&format!("{{{}}}", meta.tags[usize::from(shard)]));
+    let bucket_on_victim = |key: &str| {
+        let ik = flashgate::domain::IdempotencyKey::parse(key).expect("key");
+        victim_has(&flashgate::inventory::keys::idem_global(&ik).1)
+    };
+    let first_shard = |key: &str| {
+        let ik = flashgate::domain::IdempotencyKey::parse(key).expect("key");
+        (ik.stable_hash() % u64::from(meta.shards)) as u16
+    };
+    let good: Vec<String> = (0..)
+        .map(|i| format!("good-{i}"))
+        .filter(|k| !bucket_on_victim(k) && !on_victim(first_shard(k)))
+        .take(50_000)
+        .collect();
+    let bad: Vec<String> = (0..)
+        .map(|i| format!("bad-{i}"))
+        .filter(|k| on_victim(first_shard(k)))
+        .take(50_000)
+        .collect();
+
     cluster.node_mut(victim).kill();
     let at_kill = served.load(Ordering::SeqCst);
     // the replica takes over once the others agree the master failed
-    let promoted = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if support::cluster::cli(replica, &["ROLE"]).starts_with("master") {
-                return true;
+    let promoted = Arc::new(AtomicBool::new(false));
+    let poll = {
+        let promoted = promoted.clone();
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if support::cluster::cli(replica, &["ROLE"]).starts_with("master") {
+                    promoted.store(true, Ordering::SeqCst);
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            false
+        })
+    };
+    // until then, two probes side by side, each sending one key after the
+    // other, each key once: one with good keys, one with bad keys
+    let probe = |keys: &[String]| {
+        let (app, promoted, keys) = (app.clone(), promoted.clone(), keys.to_vec());
+        async move {
+            let mut answers = Vec::new();
+            for k in keys {
+                if promoted.load(Ordering::SeqCst) {
+                    break;
+                }
+                let a = app.reserve(&k, "fo", 1, &format!("user-{k}")).await;
+                answers.push((k, a, !promoted.load(Ordering::SeqCst)));
+            }
+            answers
         }
-        false
-    })
-    .await
-    .expect("poll");
-    assert!(promoted, "the replica was promoted");
+    };
+    let (good_answers, bad_answers) = tokio::join!(probe(&good), probe(&bad));
+    let bad_answers: Vec<(String, support::Answer)> =
+        bad_answers.into_iter().map(|(k, a, _)| (k, a)).collect();
+    assert!(poll.await.expect("poll"), "the replica was promoted");
     let during = served.load(Ordering::SeqCst) - at_kill;
+    let good_during: Vec<&(String, support::Answer, bool)> = good_answers
+        .iter()
+        .filter(|(_, _, before)| *before)
+        .collect();
+    let good_served = good_during
+        .iter()
+        .filter(|(_, a, _)| a.status == StatusCode::CREATED)
+        .count();
+    let bad_503 = bad_answers
+        .iter()
+        .filter(|(_, a)| a.status == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    eprintln!(
+        "while the master was down: {good_served} of {} keys needing only live masters served, {bad_503} of {} keys starting on the dead master answered 503",
+        good_during.len(),
+        bad_answers.len()
+    );
+    // the live masters kept serving: every key that needs only them got its
+    // hold while the dead master's replica was not yet promoted
+    assert!(!good_during.is_empty(), "probes ran during the outage");
+    let refused: Vec<String> = good_during
+        .iter()
+        .filter(|(_, a, _)| a.status != StatusCode::CREATED)
+        .map(|(k, a, _)| format!("{k}: {} {}", a.status, a.body))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} of {} keys needing only live masters not served during the outage: {:?}",
+        refused.len(),
+        good_during.len(),
+        &refused[..refused.len().min(5)]
+    );
+    // a key starting on the dead master's shard: a hold (if the master's
+    // reply came before it died, or after the failover), or 503 — never a
+    // hold elsewhere (no skipping), never another answer
+    for (k, a) in &bad_answers {
+        assert!(
+            a.status == StatusCode::SERVICE_UNAVAILABLE
+                || (a.status == StatusCode::CREATED
+                    && rid_of(a).starts_with(&format!("fo.{}.", first_shard(k)))),
+            "{k}: {} {}",
+            a.status,
+            a.body
+        );
+    }
     cluster.wait_healthy(Duration::from_secs(30));
     let after_failover = served.load(Ordering::SeqCst);
     assert!(
@@ -422,7 +521,27 @@ async fn a_master_killed_mid_sale_fails_over_without_a_wrong_answer() {
         "the sale goes on after the failover"
     );
     stop.store(true, Ordering::SeqCst);
-    let bought = buyers.await.expect("sale");
+    let mut bought = buyers.await.expect("sale");
+    // the probes' keys join the buyers: after the failover, each retried
+    // with the same key gets exactly one hold (201, or 200 for a hold its
+    // 503'd first attempt made)
+    for (k, a) in good_answers
+        .into_iter()
+        .map(|(k, a, _)| (k, a))
+        .chain(bad_answers)
+    {
+        if a.status == StatusCode::CREATED {
+            bought.push(Bought {
+                key: k,
+                answer: a,
+                retries: 0,
+            });
+        } else {
+            let mut b = buy(&app, "fo", k, 100).await;
+            b.retries += 1;
+            bought.push(b);
+        }
+    }
 
     let retries: u32 = bought.iter().map(|b| b.retries).sum();
     // a 503 whose script had run (the reply was lost in the failover) is

@@ -54,9 +54,15 @@ fn strs(v: Value) -> Vec<String> {
 
 impl Fixture {
     async fn run(&self, s: &Script, keys: Vec<String>, args: Vec<String>) -> Value {
-        scripts::run(&self.pool, &self.metrics, s, keys, args)
-            .await
-            .expect("script runs")
+        scripts::run(
+            &flashgate::inventory::nodes::Nodes::pool_only(self.pool.clone()),
+            &self.metrics,
+            s,
+            keys,
+            args,
+        )
+        .await
+        .expect("script runs")
     }
 
     async fn preload(&self, units: i64, force: bool) -> Vec<String> {
@@ -349,7 +355,7 @@ async fn concurrent_reserves_for_one_shard_share_script_calls() {
     f.preload(150, false).await;
     let reserver = Lanes::new(
         ReserveBatch {
-            pool: f.pool.clone(),
+            nodes: flashgate::inventory::nodes::Nodes::pool_only(f.pool.clone()),
             metrics: std::sync::Arc::new(Metrics::new(10)),
             script: f.scripts.reserve.clone(),
             ttls: ["60000".into(), "86400000".into(), "90000000".into()],

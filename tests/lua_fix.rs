@@ -102,7 +102,8 @@ impl Fixture {
             args.push(rid.to_string());
             args.push(status.to_string());
         }
-        scripts::run(&self.pool, &self.metrics, &self.scripts.fix, keys, args)
+        let nodes = flashgate::inventory::nodes::Nodes::pool_only(self.pool.clone());
+        scripts::run(&nodes, &self.metrics, &self.scripts.fix, keys, args)
             .await
             .map(|v| {
                 scripts::array(v)

@@ -21,11 +21,11 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use fred::clients::Pool;
 use fred::types::Value;
 use tokio::sync::oneshot;
 
 use super::keys::ShardKeys;
+use super::nodes::Nodes;
 use super::scripts::{self, array, Script};
 use crate::error::InventoryError;
 use crate::metrics::Metrics;
@@ -158,7 +158,7 @@ pub struct ReserveCall {
 
 /// `reserve.lua` on one shard; the lane is the shard's hash tag.
 pub struct ReserveBatch {
-    pub pool: Pool,
+    pub nodes: Nodes,
     pub metrics: Arc<Metrics>,
     pub script: Script,
     /// hold_ms, idem_ttl_ms, record_ttl_ms (ARGV[1..=3])
@@ -196,7 +196,7 @@ impl Batch for ReserveBatch {
                 c.key,
             ]);
         }
-        array(scripts::run(&self.pool, &self.metrics, &self.script, keys, args).await?)
+        array(scripts::run(&self.nodes, &self.metrics, &self.script, keys, args).await?)
     }
 }
 
@@ -208,7 +208,7 @@ pub struct Claim {
 
 /// `claim.lua` on one bucket of idempotency records; the lane is the bucket.
 pub struct ClaimBatch {
-    pub pool: Pool,
+    pub nodes: Nodes,
     pub metrics: Arc<Metrics>,
     pub script: Script,
     pub ttl_ms: String,
@@ -225,7 +225,7 @@ impl Batch for ClaimBatch {
             keys.push(c.record);
             args.push(c.body);
         }
-        array(scripts::run(&self.pool, &self.metrics, &self.script, keys, args).await?)
+        array(scripts::run(&self.nodes, &self.metrics, &self.script, keys, args).await?)
     }
 }
 

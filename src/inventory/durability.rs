@@ -81,7 +81,9 @@ impl Inventory {
         tag: &str,
         n: u32,
     ) -> Result<(bool, i64), InventoryError> {
-        let client = self.pool.next();
+        // one client, one connection: the shard's master's own client on a
+        // cluster (nodes.rs), so a master down elsewhere does not hold it up
+        let client = self.nodes.client_for_slot(Some(placement::slot_of(tag)));
         let touched: i64 = client
             .pexpire(record, self.settings.record_ttl_ms as i64, None)
             .await

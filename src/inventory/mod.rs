@@ -31,14 +31,17 @@
 //! without them; the sticky-verdict argument then holds for the shorter walk.
 //! Not built (a key that already met the dead shard would still get 503, and
 //! the left-out shards could serve it only as transfer donors), so today a
-//! dead master costs 503s to the keys whose walk reaches it, and their
-//! retries with the same key succeed after the failover, exactly once
-//! (`tests/cluster.rs`, `a_master_killed_mid_sale…`).
+//! dead master costs 503s to the keys whose walk (or idempotency record)
+//! reaches it, and their retries with the same key succeed after the
+//! failover, exactly once; keys needing only the live masters are served
+//! meanwhile, since each master has its own client (`nodes.rs`;
+//! `tests/cluster.rs`, `a_master_killed_mid_sale…`).
 
 pub mod batch;
 mod durability;
 pub mod expiry;
 pub mod keys;
+pub mod nodes;
 pub mod placement;
 pub mod scripts;
 pub mod waitlist;
@@ -229,6 +232,8 @@ pub struct Inventory {
     /// ended "sold out" before a return does not mark the SKU after it.
     returns_seen: std::sync::atomic::AtomicU64,
     pool: Pool,
+    /// Where scripts go: the pool, or on a cluster the master of their slot.
+    nodes: nodes::Nodes,
     scripts: Scripts,
     /// reserve.lua calls, coalesced per shard (batch.rs).
     reserver: Arc<batch::Lanes<batch::ReserveBatch>>,
@@ -302,7 +307,23 @@ pub async fn connect(config: &Config) -> Result<Pool, InventoryError> {
     // once the slot has moved. Attempts get room all the same.
     let clustered = redis_config.server.is_clustered();
     let (attempts, redirections) = if clustered { (12, 0) } else { (2, 5) };
-    let pool = Builder::from_config(redis_config)
+    let pool = builder(redis_config, timeout, attempts, redirections)
+        .build_pool(config.redis_pool_size)
+        .map_err(|e| InventoryError::Unavailable(e.to_string()))?;
+    pool.init().await?;
+    Ok(pool)
+}
+
+/// The fail-fast settings of every fred client flashgate makes (the pool,
+/// and on a cluster the per-master clients of `nodes.rs`).
+fn builder(
+    redis_config: RedisConfig,
+    timeout: Duration,
+    attempts: u32,
+    redirections: u32,
+) -> Builder {
+    let mut builder = Builder::from_config(redis_config);
+    builder
         .with_performance_config(|p| {
             p.default_command_timeout = timeout;
         })
@@ -316,11 +337,8 @@ pub async fn connect(config: &Config) -> Result<Pool, InventoryError> {
             c.unresponsive.interval = Duration::from_millis(250);
             c.tcp.nodelay = Some(true);
         })
-        .set_policy(ReconnectPolicy::new_constant(0, 100))
-        .build_pool(config.redis_pool_size)
-        .map_err(|e| InventoryError::Unavailable(e.to_string()))?;
-    pool.init().await?;
-    Ok(pool)
+        .set_policy(ReconnectPolicy::new_constant(0, 100));
+    builder
 }
 
 impl Inventory {
@@ -332,13 +350,14 @@ impl Inventory {
         let pool = connect(config).await?;
         let scripts = Scripts::new();
         scripts.load_all(&pool).await?;
+        let nodes = nodes::Nodes::new(pool.clone(), config)?;
         let hold_ms = config.hold_seconds * 1000;
         let max_hold_ms = config.max_hold_seconds * 1000;
         let idem_ttl_ms = config.idempotency_ttl_seconds * 1000;
         let record_ttl_ms = max_hold_ms + idem_ttl_ms;
         let reserver = batch::Lanes::new(
             batch::ReserveBatch {
-                pool: pool.clone(),
+                nodes: nodes.clone(),
                 metrics: metrics.clone(),
                 script: scripts.reserve.clone(),
                 ttls: [hold_ms, idem_ttl_ms, record_ttl_ms].map(|t| t.to_string()),
@@ -347,7 +366,7 @@ impl Inventory {
         );
         let claims = batch::Lanes::new(
             batch::ClaimBatch {
-                pool: pool.clone(),
+                nodes: nodes.clone(),
                 metrics: metrics.clone(),
                 script: scripts.claim.clone(),
                 ttl_ms: idem_ttl_ms.to_string(),
@@ -356,6 +375,7 @@ impl Inventory {
         );
         Ok(Inventory {
             pool,
+            nodes,
             scripts,
             reserver,
             claims,
@@ -385,11 +405,17 @@ impl Inventory {
         &self.pool
     }
 
+    /// The routing of scripts (per master on a cluster).
+    pub fn nodes(&self) -> &nodes::Nodes {
+        &self.nodes
+    }
+
     pub fn scripts(&self) -> &Scripts {
         &self.scripts
     }
 
     pub async fn close(&self) {
+        self.nodes.close().await;
         let _ = self.pool.quit().await;
     }
 
@@ -399,11 +425,17 @@ impl Inventory {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, InventoryError> {
-        scripts::run(&self.pool, &self.metrics, script, keys, args).await
+        scripts::run(&self.nodes, &self.metrics, script, keys, args).await
     }
 
+    /// Count and classify a Redis error; one that did not reach its master
+    /// (or met a slot move) has the cluster's slot map re-read (nodes.rs).
     fn err(&self, e: fred::error::Error) -> InventoryError {
-        scripts::classify(&self.metrics, e)
+        let e = scripts::classify(&self.metrics, e);
+        if matches!(e, InventoryError::Unavailable(_)) {
+            self.nodes.refresh_soon();
+        }
+        e
     }
 
     /// Ready to serve: Redis answers and every script is in its cache.
@@ -424,19 +456,40 @@ impl Inventory {
 
     /// The SKU's layout (cached for [`META_TTL`]), or None when not preloaded.
     pub async fn meta(&self, sku: &Sku) -> Result<Option<Arc<SkuMeta>>, InventoryError> {
+        let mut stale = None;
         if let Ok(cache) = self.meta.read() {
             if let Some((m, at)) = cache.get(sku) {
                 if at.elapsed() < META_TTL {
                     return Ok(Some(m.clone()));
                 }
+                stale = Some(m.clone());
             }
         }
-        let fields: HashMap<String, String> = self
-            .pool
-            .next()
-            .hgetall(keys::meta(sku))
-            .await
-            .map_err(|e| self.err(e))?;
+        // routed like the scripts: a dead master elsewhere does not block it
+        let key = keys::meta(sku);
+        let read = self
+            .nodes
+            .client_for_key(&key)
+            .hgetall::<HashMap<String, String>, _>(key)
+            .await;
+        let fields = match read {
+            Ok(fields) => fields,
+            Err(e) => {
+                let e = self.err(e);
+                // The layout only ever grows by an operator's preload, which
+                // the cache already lets a walk miss for META_TTL: while the
+                // meta's master is out of reach (down, or its slot moving),
+                // keep the layout last read rather than failing every
+                // request of the SKU.
+                return match (stale, &e) {
+                    (Some(m), InventoryError::Unavailable(_)) => {
+                        tracing::debug!(error = %e, sku = %sku, "meta unreadable: using the last layout read");
+                        Ok(Some(m))
+                    }
+                    _ => Err(e),
+                };
+            }
+        };
         let Some(shards) = fields.get("shards") else {
             return Ok(None);
         };
@@ -482,8 +535,8 @@ impl Inventory {
     /// Every SKU that was preloaded.
     pub async fn skus(&self) -> Result<Vec<Sku>, InventoryError> {
         let names: Vec<String> = self
-            .pool
-            .next()
+            .nodes
+            .client_for_key(keys::SKUS)
             .smembers(keys::SKUS)
             .await
             .map_err(|e| self.err(e))?;
@@ -614,10 +667,11 @@ impl Inventory {
         }
         let mut winners = std::collections::HashSet::new();
         for s in 0..meta.shards {
+            let set = meta.keys(s).reserved_keys();
             let keys: Vec<String> = self
-                .pool
-                .next()
-                .smembers(meta.keys(s).reserved_keys())
+                .nodes
+                .client_for_key(&set)
+                .smembers(set)
                 .await
                 .map_err(|e| self.err(e))?;
             winners.extend(keys);
@@ -864,10 +918,11 @@ impl Inventory {
             vec![xid.to_string(), units.to_string(), from.to_string()],
         )
         .await?;
+        let xfers = meta.keys(from).xfers();
         let _: i64 = self
-            .pool
-            .next()
-            .hdel(meta.keys(from).xfers(), xid)
+            .nodes
+            .client_for_key(&xfers)
+            .hdel(xfers, xid)
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -950,8 +1005,8 @@ impl Inventory {
     pub async fn get(&self, rid: &ReservationId) -> Result<Reservation, InventoryError> {
         let key = self.shard_keys_of(rid).await?.record(rid);
         let fields: HashMap<String, String> = self
-            .pool
-            .next()
+            .nodes
+            .client_for_key(&key)
             .hgetall(key)
             .await
             .map_err(|e| self.err(e))?;
@@ -986,14 +1041,15 @@ impl Inventory {
     pub async fn status(&self, sku: &Sku) -> Result<SkuStatus, InventoryError> {
         let meta = self.meta_of(sku).await?;
         let k = meta.shards;
-        let client = self.pool.next();
         let routing = placement::routing(&self.pool);
         let mut per_shard = Vec::with_capacity(usize::from(k));
         for s in 0..k {
             let sk = meta.keys(s);
+            let client = self.nodes.client_for_key(&sk.stock());
             // concurrent single commands (fred pipelines them on the
-            // connection all the same): each one follows a cluster MOVED/ASK
-            // on its own, also when the slot moves between them
+            // connection all the same), to the shard's master; one that
+            // meets a slot move (MOVED/ASK) fails the status once (503) and
+            // has the slot map re-read
             let (stock, books, holds, xfers) = tokio::try_join!(
                 client.get::<Option<i64>, _>(sk.stock()),
                 client.hgetall::<HashMap<String, i64>, _>(sk.books()),
@@ -1016,10 +1072,11 @@ impl Inventory {
                 transferred_out: f("xout"),
                 outstanding_holds: holds,
                 in_transit,
-                node: meta
-                    .tags
-                    .get(usize::from(s))
-                    .and_then(|t| placement::node_of(routing.as_ref(), t)),
+                node: meta.tags.get(usize::from(s)).and_then(|t| {
+                    self.nodes
+                        .master_of(placement::slot_of(t))
+                        .or_else(|| placement::node_of(routing.as_ref(), t))
+                }),
             });
         }
         let sum = |f: fn(&ShardStatus) -> i64| per_shard.iter().map(f).sum::<i64>();
@@ -1205,10 +1262,11 @@ impl Inventory {
         shard: u16,
         older_than_ms: i64,
     ) -> Result<i64, InventoryError> {
+        let xfers = meta.keys(shard).xfers();
         let pending: HashMap<String, String> = self
-            .pool
-            .next()
-            .hgetall(meta.keys(shard).xfers())
+            .nodes
+            .client_for_key(&xfers)
+            .hgetall(xfers)
             .await
             .map_err(|e| self.err(e))?;
         let now = now_ms();

@@ -6,10 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use fred::clients::Pool;
+use fred::clients::{Client, Pool};
 use fred::interfaces::LuaInterface;
 use fred::types::{Key, Value};
-use fred::util::sha1_hash;
+use fred::util::{redis_keyslot, sha1_hash};
+
+use super::nodes::Nodes;
 
 use crate::error::InventoryError;
 use crate::metrics::Metrics;
@@ -132,22 +134,28 @@ const TRYAGAIN_BUDGET: Duration = Duration::from_secs(1);
 
 /// Run `script` by SHA; on `NOSCRIPT`, load it and retry once.
 ///
-/// On Redis Cluster, while the shard's slot moves to another master
+/// On Redis Cluster the script goes to the client of the master serving its
+/// first key's slot (`nodes.rs`: one master down leaves the others' scripts
+/// alone). While the shard's slot moves to another master
 /// (`redis-cli --cluster reshard`), a script is refused before it runs:
 /// `TRYAGAIN` while its keys are split between the two masters, `ASK` once
-/// they have all left, `MOVED` once the slot has moved (fred refreshes its
-/// slot map, but follows no redirection itself: see `inventory::connect`).
-/// None of these ran the script, so it is resent, with a short backoff, for
-/// up to [`TRYAGAIN_BUDGET`] — the resend after the move reaches the new
-/// owner; past the budget the caller gets 503 (retry with the same key). A
-/// script therefore only ever runs on a master that has all of its keys.
+/// they have all left, `MOVED` once the slot has moved. None of these ran
+/// the script, so the slot map is refreshed and the script resent, with a
+/// short backoff, for up to [`TRYAGAIN_BUDGET`] — the resend after the move
+/// reaches the new owner; past the budget the caller gets 503 (retry with
+/// the same key). A script therefore only ever runs on a master that has all
+/// of its keys. A script that could not reach its master (timeout, lost
+/// connection, `CLUSTERDOWN`) is not resent — its outcome is unknown — but
+/// the slot map is refreshed in the background, so that the client's retry
+/// reaches a promoted replica.
 pub async fn run(
-    pool: &Pool,
+    nodes: &Nodes,
     metrics: &Metrics,
     script: &Script,
     keys: Vec<String>,
     args: Vec<String>,
 ) -> Result<Value, InventoryError> {
+    let slot = keys.first().map(|k| redis_keyslot(k.as_bytes()));
     // Converted once (a String becomes a Redis value without a copy); a
     // resend clones reference-counted buffers, not the strings.
     let keys: Vec<Key> = keys.into_iter().map(Key::from).collect();
@@ -155,29 +163,41 @@ pub async fn run(
     let started = Instant::now();
     let mut backoff = Duration::from_millis(2);
     loop {
-        let result = run_once(pool, metrics, script, &keys, &args).await;
-        match result {
-            Err(InventoryError::Unavailable(ref m))
-                if (m.contains("TRYAGAIN") || m.contains("Too many redirections"))
-                    && started.elapsed() < TRYAGAIN_BUDGET =>
-            {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(50));
+        let client = nodes.client_for_slot(slot);
+        let result = run_once(&client, metrics, script, &keys, &args).await;
+        let e = match result {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let details = e.details();
+        let redirected = e.is_moved() || e.is_ask();
+        let again = redirected
+            || details.starts_with("TRYAGAIN")
+            || details.contains("Too many redirections");
+        if again && started.elapsed() < TRYAGAIN_BUDGET {
+            if redirected {
+                nodes.refresh().await;
             }
-            other => return other,
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+            continue;
         }
+        let e = classify(metrics, e);
+        if matches!(e, InventoryError::Unavailable(_)) {
+            nodes.refresh_soon();
+        }
+        return Err(e);
     }
 }
 
 async fn run_once(
-    pool: &Pool,
+    client: &Client,
     metrics: &Metrics,
     script: &Script,
     keys: &[Key],
     args: &[Value],
-) -> Result<Value, InventoryError> {
+) -> Result<Value, fred::error::Error> {
     let started = Instant::now();
-    let client = pool.next();
     let first = client
         .evalsha::<Value, _, _, _>(script.sha.as_str(), keys.to_vec(), args.to_vec())
         .await;
@@ -187,8 +207,7 @@ async fn run_once(
             tracing::info!(script = script.name, "NOSCRIPT: reloading the script");
             client
                 .script_load_cluster::<String, _>(script.source.as_str())
-                .await
-                .map_err(|e| classify(metrics, e))?;
+                .await?;
             client
                 .evalsha::<Value, _, _, _>(script.sha.as_str(), keys.to_vec(), args.to_vec())
                 .await
@@ -196,7 +215,7 @@ async fn run_once(
         other => other,
     };
     metrics.observe_script(script.name, started.elapsed());
-    result.map_err(|e| classify(metrics, e))
+    result
 }
 
 /// Count a Redis error by kind and turn it into an [`InventoryError`].

@@ -42,6 +42,11 @@ impl ClusterNode {
             .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
             // a replica that saw its master recently may be promoted at once
             .args(["--cluster-replica-validity-factor", "0"])
+            // a master down leaves its slots uncovered until its replica is
+            // promoted: the other masters keep serving theirs meanwhile
+            // (with the default `yes` every node refuses every command once
+            // the dead master is marked failed)
+            .args(["--cluster-require-full-coverage", "no"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -1,0 +1,342 @@
+//! Where a command goes: on one Redis, the pool; on Redis Cluster, the
+//! scripts (and the other single-key commands routed here) go to a client of
+//! their own per master, chosen by the hash slot of their first key.
+//!
+//! Why not the cluster pool for everything: when one master dies, fred 10.1's
+//! cluster router reconnects the whole client — it needs a connection to
+//! every master of its slot map — and writes no command at all until that
+//! succeeds, i.e. until the failover. Every shard on every master then
+//! answers 503 for the whole outage. With one plain (centralized) client per
+//! master, a dead master's client only times out its own commands
+//! (`redis_timeout_ms` → 503) while the other masters' clients go on.
+//!
+//! The slot → master map is read from `CLUSTER SLOTS` (asked of every live
+//! master's client at once; the pool's cached map when none answers). It is
+//! refreshed when a command meets `MOVED`/`ASK`/`TRYAGAIN` (a reshard: the
+//! caller resends after the refresh, see `scripts::run`) or fails to reach
+//! its master (a timeout, a lost connection, `CLUSTERDOWN`: refreshed in the
+//! background, the caller answers 503 and the client's retry finds the
+//! promoted replica). A master that appears gets a client (same fail-fast
+//! settings as the pool: `inventory::connect`); one that left the map has its
+//! client closed. Refreshes run one at a time and at most every
+//! [`MIN_REFRESH`].
+//!
+//! A change of the map is passed on to the pool (`sync_cluster`). The pool
+//! keeps everything else (multi-key reads, `SCRIPT LOAD` on every
+//! primary, the ledger's stream reads, status), and stays the fallback for a
+//! slot the map does not know.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use fred::clients::{Client, Pool};
+use fred::interfaces::{ClientLike, ClusterInterface};
+use fred::prelude::Config as RedisConfig;
+use fred::types::cluster::ClusterRouting;
+use fred::types::config::ServerConfig;
+use fred::types::Value;
+use fred::util::redis_keyslot;
+
+use crate::config::Config;
+use crate::error::InventoryError;
+
+/// Refreshes of the slot map are at least this far apart.
+const MIN_REFRESH: Duration = Duration::from_millis(100);
+
+/// The Redis clients, and the routing of commands to them.
+#[derive(Clone)]
+pub struct Nodes {
+    pool: Pool,
+    cluster: Option<Arc<Masters>>,
+}
+
+/// One client per cluster master, and the slot map they serve.
+struct Masters {
+    /// The seed config (credentials, protocol); its server is replaced per master.
+    template: RedisConfig,
+    timeout: Duration,
+    routes: RwLock<Arc<Routes>>,
+    /// The time of the last refresh (and the lock that serializes them).
+    refreshed: tokio::sync::Mutex<Instant>,
+    /// A background refresh is queued or running.
+    pending: AtomicBool,
+    pool: Pool,
+}
+
+#[derive(Default)]
+struct Routes {
+    /// (first slot, last slot, master `host:port`), sorted.
+    ranges: Vec<(u16, u16, String)>,
+    clients: HashMap<String, Client>,
+}
+
+impl Routes {
+    fn master_of(&self, slot: u16) -> Option<&str> {
+        let i = self.ranges.partition_point(|r| r.1 < slot);
+        self.ranges
+            .get(i)
+            .filter(|r| r.0 <= slot)
+            .map(|r| r.2.as_str())
+    }
+}
+
+impl Nodes {
+    /// On one Redis: the pool alone. On a cluster: also one client per
+    /// master in the pool's slot map (connecting in the background).
+    pub fn new(pool: Pool, config: &Config) -> Result<Nodes, InventoryError> {
+        let template = RedisConfig::from_url(&config.redis_url)
+            .map_err(|e| InventoryError::Unavailable(format!("bad redis_url: {e}")))?;
+        if !template.server.is_clustered() {
+            return Ok(Nodes {
+                pool,
+                cluster: None,
+            });
+        }
+        let masters = Arc::new(Masters {
+            template,
+            timeout: config.redis_timeout(),
+            routes: RwLock::new(Arc::new(Routes::default())),
+            refreshed: tokio::sync::Mutex::new(Instant::now()),
+            pending: AtomicBool::new(false),
+            pool: pool.clone(),
+        });
+        if let Some(routing) = pool.next().cached_cluster_state() {
+            masters.install(&routing);
+        }
+        Ok(Nodes {
+            pool,
+            cluster: Some(masters),
+        })
+    }
+
+    /// Every command through the pool (no per-master clients).
+    pub fn pool_only(pool: Pool) -> Nodes {
+        Nodes {
+            pool,
+            cluster: None,
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The client for a command whose (first) key is `key`.
+    pub fn client_for_key(&self, key: &str) -> Client {
+        self.client_for_slot(Some(redis_keyslot(key.as_bytes())))
+    }
+
+    /// The client serving `slot` (the pool when not on a cluster, when the
+    /// slot's master is unknown, or for a command without keys).
+    pub fn client_for_slot(&self, slot: Option<u16>) -> Client {
+        if let (Some(m), Some(slot)) = (&self.cluster, slot) {
+            if let Ok(routes) = m.routes.read() {
+                if let Some(c) = routes.master_of(slot).and_then(|n| routes.clients.get(n)) {
+                    return c.clone();
+                }
+            }
+        }
+        self.pool.next().clone()
+    }
+
+    /// The master (`host:port`) serving `slot`, per the per-master routing
+    /// (None on one Redis).
+    pub fn master_of(&self, slot: u16) -> Option<String> {
+        let m = self.cluster.as_ref()?;
+        let routes = m.routes.read().ok()?;
+        routes.master_of(slot).map(str::to_owned)
+    }
+
+    /// Whether commands are routed per master (Redis Cluster).
+    pub fn per_master(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// Re-read the slot map now (a command met a redirection), unless a
+    /// refresh ran within [`MIN_REFRESH`].
+    pub async fn refresh(&self) {
+        if let Some(m) = &self.cluster {
+            m.refresh().await;
+        }
+    }
+
+    /// Re-read the slot map in the background (a command could not reach
+    /// its master: it may have died and a replica may be promoted).
+    pub fn refresh_soon(&self) {
+        if let Some(m) = &self.cluster {
+            if m.pending.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            let m = m.clone();
+            tokio::spawn(async move {
+                m.refresh().await;
+                m.pending.store(false, Ordering::SeqCst);
+            });
+        }
+    }
+
+    /// Close every per-master client.
+    pub async fn close(&self) {
+        if let Some(m) = &self.cluster {
+            let clients: Vec<Client> = match m.routes.read() {
+                Ok(r) => r.clients.values().cloned().collect(),
+                Err(_) => Vec::new(),
+            };
+            for c in clients {
+                let _ = tokio::time::timeout(Duration::from_secs(1), c.quit()).await;
+            }
+        }
+    }
+}
+
+impl Masters {
+    async fn refresh(&self) {
+        let mut last = self.refreshed.lock().await;
+        if last.elapsed() < MIN_REFRESH {
+            return;
+        }
+        let routing = match self.ask_masters().await {
+            Some(r) => Some(r),
+            None => self.pool.next().cached_cluster_state(),
+        };
+        if let Some(routing) = routing.filter(|r| r.len() > 0) {
+            self.install(&routing);
+        }
+        *last = Instant::now();
+    }
+
+    /// `CLUSTER SLOTS` from every known master at once; the first answer.
+    async fn ask_masters(&self) -> Option<ClusterRouting> {
+        let clients: Vec<(String, Client)> = match self.routes.read() {
+            Ok(r) => r
+                .clients
+                .iter()
+                .map(|(n, c)| (n.clone(), c.clone()))
+                .collect(),
+            Err(_) => return None,
+        };
+        let mut asks = tokio::task::JoinSet::new();
+        let timeout = self.timeout;
+        for (name, client) in clients {
+            asks.spawn(async move {
+                let host = name.rsplit_once(':').map(|(h, _)| h.to_string());
+                let slots = tokio::time::timeout(timeout, client.cluster_slots::<Value>()).await;
+                match (slots, host) {
+                    (Ok(Ok(v)), Some(host)) => ClusterRouting::from_cluster_slots(v, host).ok(),
+                    _ => None,
+                }
+            });
+        }
+        while let Some(r) = asks.join_next().await {
+            if let Ok(Some(routing)) = r {
+                if routing.len() > 0 {
+                    return Some(routing);
+                }
+            }
+        }
+        None
+    }
+
+    /// Route by `routing`: clients for new masters, close the ones gone.
+    fn install(&self, routing: &ClusterRouting) {
+        let mut ranges: Vec<(u16, u16, String)> = routing
+            .slots()
+            .iter()
+            .map(|r| {
+                (
+                    r.start,
+                    r.end,
+                    format!("{}:{}", r.primary.host, r.primary.port),
+                )
+            })
+            .collect();
+        ranges.sort();
+        let Ok(mut routes) = self.routes.write() else {
+            return;
+        };
+        if routes.ranges == ranges {
+            return;
+        }
+        let mut clients = HashMap::new();
+        for r in routing.slots() {
+            let name = format!("{}:{}", r.primary.host, r.primary.port);
+            if clients.contains_key(&name) {
+                continue;
+            }
+            let client = match routes.clients.get(&name) {
+                Some(c) => c.clone(),
+                None => match self.client(&r.primary.host, r.primary.port) {
+                    Ok(c) => {
+                        tracing::info!(master = %name, "a client for a cluster master");
+                        c
+                    }
+                    Err(e) => {
+                        tracing::warn!(master = %name, error = %e, "no client for a cluster master; its slots go through the pool");
+                        continue;
+                    }
+                },
+            };
+            clients.insert(name, client);
+        }
+        for (name, old) in routes.clients.iter() {
+            if !clients.contains_key(name) {
+                tracing::info!(master = %name, "no longer a cluster master: closing its client");
+                let old = old.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), old.quit()).await;
+                });
+            }
+        }
+        let first = routes.ranges.is_empty();
+        *routes = Arc::new(Routes { ranges, clients });
+        if !first {
+            // the pool learns of the change too (it meets fewer MOVED now
+            // that the scripts go elsewhere), for the commands it still sends
+            let (pool, timeout) = (self.pool.clone(), self.timeout);
+            tokio::spawn(async move {
+                for c in pool.clients() {
+                    let _ = tokio::time::timeout(timeout, c.sync_cluster()).await;
+                }
+            });
+        }
+    }
+
+    /// A client of one master, connecting in the background.
+    fn client(&self, host: &str, port: u16) -> Result<Client, InventoryError> {
+        let mut config = self.template.clone();
+        config.server = ServerConfig::new_centralized(host, port);
+        let client = super::builder(config, self.timeout, 2, 0)
+            .build()
+            .map_err(|e| InventoryError::Unavailable(e.to_string()))?;
+        // the handle is the connection task; it ends when the client quits
+        drop(client.connect());
+        Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_maps_to_the_master_of_its_range() {
+        let routes = Routes {
+            ranges: vec![
+                (0, 5460, "a:1".to_string()),
+                (5461, 10922, "b:2".to_string()),
+                (10924, 16383, "c:3".to_string()),
+            ],
+            clients: HashMap::new(),
+        };
+        assert_eq!(routes.master_of(0), Some("a:1"));
+        assert_eq!(routes.master_of(5460), Some("a:1"));
+        assert_eq!(routes.master_of(5461), Some("b:2"));
+        assert_eq!(routes.master_of(10922), Some("b:2"));
+        // a slot no master serves: none (the pool takes it)
+        assert_eq!(routes.master_of(10923), None);
+        assert_eq!(routes.master_of(16383), Some("c:3"));
+        assert_eq!(Routes::default().master_of(7), None);
+    }
+}
