@@ -15,26 +15,29 @@
 //! it refuses without a tombstone first, pulls units from the shards that
 //! reported some (see `lua/transfer_out.lua`), and then decides for good.
 //!
-//! **An unreachable shard is never skipped.** A walk that cannot reach a
-//! shard (timeout, lost connection, a cluster master down before its
-//! failover) ends with 503 even when later shards have stock. Skipping would
-//! break the argument above: a script that timed out has an unknown outcome —
-//! it may have made a hold there, and a duplicate in flight, or fred resending
-//! the command after a reconnect, may still make one once the shard is back
-//! (a promoted replica may have it too). The key could then end with a hold on
-//! the skipped shard *and* one further on, and a replay would answer the
-//! first: a double reservation and a wrong answer. Skipping is sound only for
-//! a key whose verdict on that shard cannot exist — one that no request ever
-//! sent there. That is decidable at the key's *first* request: store the
-//! shards it leaves out (those known down) in the same `SET NX` that creates
-//! its `fg:{idem:<key>}` record, and have every request with the key walk
-//! without them; the sticky-verdict argument then holds for the shorter walk.
-//! Not built (a key that already met the dead shard would still get 503, and
-//! the left-out shards could serve it only as transfer donors), so today a
-//! dead master costs 503s to the keys whose walk (or idempotency record)
-//! reaches it, and their retries with the same key succeed after the
-//! failover, exactly once; keys needing only the live masters are served
-//! meanwhile, since each master has its own client (`nodes.rs`;
+//! **An unreachable shard is skipped only by keys that never met it.** A
+//! walk that cannot reach a shard (timeout, lost connection) ends with 503
+//! even when later shards have stock: a script that timed out has an unknown
+//! outcome — it may have made a hold there, and a duplicate in flight, or a
+//! resend after a reconnect, may still make one once the shard is back (a
+//! promoted replica may have it too). Skipping such a shard could leave the
+//! key with a hold there *and* one further on: a double reservation. Skipping
+//! is sound for a key whose verdict on that shard cannot exist — one that no
+//! request ever sent there — and that is decided at the key's *first*
+//! request: the shards whose master is known down right then (its client has
+//! no connection, `nodes.rs`) are written into the key's claim record
+//! (`fg:{idem~NN}:<key>`, the same `SET NX` that fixes the request body), and
+//! every request with the key — the first one, retries, duplicates in flight,
+//! which all read the stored record — walks without them; the sticky-verdict
+//! argument holds for the shorter walk. Such a key never hears "sold out"
+//! (the left-out shards may have units): a walk that finds nothing answers
+//! 503, and the key's retries keep leaving those shards out. Whether the
+//! master really was down does not matter for soundness, only for how much
+//! stock the key can reach. So while a master is down: new keys are served by
+//! the other shards, keys that already met the dead shard get 503 until the
+//! failover (then their retries succeed, exactly once), keys whose claim
+//! bucket is on the dead master get 503; keys needing only live masters are
+//! served throughout, each master having its own client (`nodes.rs`;
 //! `tests/cluster.rs`, `a_master_killed_mid_sale…`).
 
 pub mod batch;
@@ -560,21 +563,29 @@ impl Inventory {
 
         // The key's first request fixes its body, across SKUs too: claim.lua
         // (SET NX GET, batched per bucket) answers the earlier body if any.
+        // The first request also fixes the shards the key's walks leave out:
+        // those whose master is known to be down right now (see the module
+        // docs: sound because no request with this key ever reaches them).
         let mine = format!("{}\n{}", req.sku, fp);
+        let down: Vec<u16> = (0..meta.shards)
+            .filter(|&s| match meta.tags.get(usize::from(s)) {
+                Some(t) => self.nodes.known_down(placement::slot_of(t)),
+                None => false,
+            })
+            .collect();
+        let body = claim_body(&mine, &down);
         let (bucket, record) = keys::idem_global(&req.key);
         let earlier = self
             .claims
-            .submit(
-                &bucket,
-                batch::Claim {
-                    record,
-                    body: mine.clone(),
-                },
-            )
+            .submit(&bucket, batch::Claim { record, body })
             .await?;
-        if !matches!(earlier, Value::Null) && text(&earlier)? != mine {
-            return Err(ApiError::IdempotencyKeyReused.into());
-        }
+        let left_out = match earlier {
+            Value::Null => down,
+            v => match parse_claim(&text(&v)?, &mine) {
+                Some(left_out) => left_out,
+                None => return Err(ApiError::IdempotencyKeyReused.into()),
+            },
+        };
 
         // The purchase cap: counted before the walk, given back when the walk
         // definitely failed. An unknown outcome (timeout) keeps the count: too
@@ -590,7 +601,7 @@ impl Inventory {
                 _ => {}
             }
         }
-        let mut result = self.walk(req, &meta, &fp, true).await;
+        let mut result = self.walk(req, &meta, &fp, true, &left_out).await;
         if matches!(result, Ok(ReserveOutcome::Held(_))) {
             // a probe (or anyone) found stock: the SKU is open again
             self.clear_sold_out(&req.sku);
@@ -707,23 +718,34 @@ impl Inventory {
     }
 
     /// Walk the shards for `req` (see the module docs).
+    /// `left_out`: shards this key's walks never visit (its claim fixed
+    /// them); a walk that meets no unit on the others cannot say "sold out".
     async fn walk(
         &self,
         req: &ReserveRequest,
         meta: &SkuMeta,
         fp: &str,
         gate: bool,
+        left_out: &[u16],
     ) -> Result<ReserveOutcome, InventoryError> {
         let k = meta.shards;
         let returns_seen = self.returns_seen.load(std::sync::atomic::Ordering::SeqCst);
         let token = uuid::Uuid::new_v4();
         let start = (req.key.stable_hash() % u64::from(k)) as u16;
+        let order: Vec<u16> = (0..k)
+            .map(|i| (start + i) % k)
+            .filter(|s| !left_out.contains(s))
+            .collect();
+        if order.is_empty() {
+            return Err(InventoryError::Unavailable(
+                "every shard of the SKU was unreachable at this key's first request".into(),
+            ));
+        }
         // shards seen during this walk with some (but too few) units: donors
         let mut donors: Vec<(u16, i64)> = Vec::new();
         let mut all_unloaded = true;
-        for i in 0..k {
-            let s = (start + i) % k;
-            let last = i + 1 == k;
+        for (i, &s) in order.iter().enumerate() {
+            let last = i + 1 == order.len();
             let mark = !last || donors.is_empty();
             let mut step = self
                 .reserve_on(req, meta, fp, s, &token, mark, gate)
@@ -750,8 +772,14 @@ impl Inventory {
                 Step::Unloaded => {}
             }
         }
-        if all_unloaded {
+        if all_unloaded && left_out.is_empty() {
             return Err(ApiError::UnknownSku(req.sku.to_string()).into());
+        }
+        if !left_out.is_empty() {
+            // the left-out shards may hold units: no "sold out" (nor a mark)
+            return Err(InventoryError::Unavailable(format!(
+                "shards {left_out:?} were unreachable at this key's first request and the others have no unit for it"
+            )));
         }
         if donors.is_empty() {
             // every shard reported no unit at all (not just too few, and not
@@ -1353,5 +1381,46 @@ mod tests {
     #[test]
     fn rfc3339() {
         assert_eq!(ms_to_rfc3339(0), "1970-01-01T00:00:00.000Z");
+    }
+}
+
+/// The claim record's body: the request's `<sku>\n<fingerprint>`, then the
+/// shards its walks leave out, if any (`\nx:1,3`).
+fn claim_body(request: &str, left_out: &[u16]) -> String {
+    if left_out.is_empty() {
+        return request.to_string();
+    }
+    let list: Vec<String> = left_out.iter().map(u16::to_string).collect();
+    format!("{request}\nx:{}", list.join(","))
+}
+
+/// The shards left out by an earlier claim with the same request body, or
+/// None when the earlier body is another request's (a reused key).
+fn parse_claim(earlier: &str, request: &str) -> Option<Vec<u16>> {
+    let rest = earlier.strip_prefix(request)?;
+    if rest.is_empty() {
+        return Some(Vec::new());
+    }
+    rest.strip_prefix("\nx:")?
+        .split(',')
+        .map(|s| s.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_carries_the_left_out_shards_and_only_the_same_request_matches() {
+        assert_eq!(claim_body("A\n1:u", &[]), "A\n1:u");
+        assert_eq!(claim_body("A\n1:u", &[1, 3]), "A\n1:u\nx:1,3");
+        assert_eq!(parse_claim("A\n1:u", "A\n1:u"), Some(vec![]));
+        assert_eq!(parse_claim("A\n1:u\nx:1,3", "A\n1:u"), Some(vec![1, 3]));
+        // another body, also one that merely starts like this one
+        assert_eq!(parse_claim("A\n1:v", "A\n1:u"), None);
+        assert_eq!(parse_claim("A\n1:uu", "A\n1:u"), None);
+        assert_eq!(parse_claim("B\n1:u", "A\n1:u"), None);
+        assert_eq!(parse_claim("A\n1:u\nx:zz", "A\n1:u"), None);
     }
 }

@@ -149,6 +149,20 @@ impl Nodes {
         routes.master_of(slot).map(str::to_owned)
     }
 
+    /// Whether the master serving `slot` is known to be unreachable right
+    /// now: its client has no connection (on one Redis: never). A hint, not
+    /// a verdict — see `Inventory::reserve` for why it may be wrong.
+    pub fn known_down(&self, slot: u16) -> bool {
+        let Some(m) = &self.cluster else { return false };
+        let Ok(routes) = m.routes.read() else {
+            return false;
+        };
+        routes
+            .master_of(slot)
+            .and_then(|n| routes.clients.get(n))
+            .is_some_and(|c| !c.is_connected())
+    }
+
     /// Whether commands are routed per master (Redis Cluster).
     pub fn per_master(&self) -> bool {
         self.cluster.is_some()
