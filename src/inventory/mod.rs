@@ -254,7 +254,7 @@ struct SoldOutMark {
     /// The idempotency keys that hold (or held) a reservation of the SKU when
     /// the mark was made: their retries are replayed, everyone else is
     /// refused from memory.
-    winners: Arc<std::collections::HashSet<String>>,
+    winners: std::collections::HashSet<String>,
 }
 
 /// What the sold-out fast path says about one request.
@@ -552,7 +552,6 @@ impl Inventory {
 
     pub async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, InventoryError> {
         let meta = self.meta_of(&req.sku).await?;
-        let fp = req.fingerprint();
 
         // The sold-out fast path: refuse from memory, no Redis command. The
         // keys that won a unit are known, so their retries still walk (and
@@ -560,6 +559,7 @@ impl Inventory {
         if !req.waitlist && self.fast_path(&req.sku, &req.key) == FastPath::SoldOut {
             return Ok(ReserveOutcome::SoldOut);
         }
+        let fp = req.fingerprint();
 
         // The key's first request fixes its body, across SKUs too: claim.lua
         // (SET NX GET, batched per bucket) answers the earlier body if any.
@@ -696,7 +696,7 @@ impl Inventory {
                 SoldOutMark {
                     until: Instant::now() + self.settings.sold_out_cache,
                     probing: false,
-                    winners: Arc::new(winners),
+                    winners,
                 },
             );
         }
