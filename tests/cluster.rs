@@ -253,6 +253,15 @@ fn sale(
     })
 }
 
+/// Every buyer's answer names its own reservation: no two buyers share one.
+fn assert_one_hold_per_buyer(bought: &[Bought]) {
+    let ids: HashSet<&str> = bought
+        .iter()
+        .map(|b| b.answer.body["reservation_id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(ids.len(), bought.len(), "one hold per buyer");
+}
+
 async fn held_now(app: &TestApp, sku: &str) -> i64 {
     let sku = flashgate::domain::Sku::parse(sku).expect("sku");
     match app.state.inventory.status(&sku).await {
@@ -327,11 +336,7 @@ async fn a_shard_slot_migrated_mid_sale_loses_nothing() {
         "beyond retries: {:?}",
         &failed[..failed.len().min(5)]
     );
-    let ids: HashSet<&str> = bought
-        .iter()
-        .map(|b| b.answer.body["reservation_id"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(ids.len(), bought.len(), "one hold per buyer");
+    assert_one_hold_per_buyer(&bought);
     let st = app.assert_books("mig").await;
     assert_eq!(st.held, bought.len() as i64, "exactly one hold per 201");
     assert_eq!(st.available + st.held, 100_000);
@@ -572,11 +577,7 @@ async fn a_master_killed_mid_sale_fails_over_without_a_wrong_answer() {
         "beyond retries: {:?}",
         &failed[..failed.len().min(5)]
     );
-    let ids: HashSet<&str> = bought
-        .iter()
-        .map(|b| b.answer.body["reservation_id"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(ids.len(), bought.len(), "one hold per buyer");
+    assert_one_hold_per_buyer(&bought);
     // every shard's books add up on the new master too; holds acknowledged
     // by the dead master but not yet replicated are the only possible loss
     let st = app.assert_books("fo").await;

@@ -567,12 +567,17 @@ impl Inventory {
         // those whose master is known to be down right now (see the module
         // docs: sound because no request with this key ever reaches them).
         let mine = format!("{}\n{}", req.sku, fp);
-        let down: Vec<u16> = (0..meta.shards)
-            .filter(|&s| match meta.tags.get(usize::from(s)) {
-                Some(t) => self.nodes.known_down(placement::slot_of(t)),
-                None => false,
-            })
-            .collect();
+        // (one Redis: no master can be known down, so no slot is hashed)
+        let down: Vec<u16> = if self.nodes.per_master() {
+            (0..meta.shards)
+                .filter(|&s| match meta.tags.get(usize::from(s)) {
+                    Some(t) => self.nodes.known_down(placement::slot_of(t)),
+                    None => false,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let body = claim_body(&mine, &down);
         let (bucket, record) = keys::idem_global(&req.key);
         let earlier = self

@@ -155,7 +155,12 @@ pub async fn run(
     keys: Vec<String>,
     args: Vec<String>,
 ) -> Result<Value, InventoryError> {
-    let slot = keys.first().map(|k| redis_keyslot(k.as_bytes()));
+    // the slot picks the master's client; one Redis has one client for all
+    let slot = if nodes.per_master() {
+        keys.first().map(|k| redis_keyslot(k.as_bytes()))
+    } else {
+        None
+    };
     // Converted once (a String becomes a Redis value without a copy); a
     // resend clones reference-counted buffers, not the strings.
     let keys: Vec<Key> = keys.into_iter().map(Key::from).collect();
