@@ -9,19 +9,31 @@
 -- KEYS[6] fg:{SKU#s}:keys: the idempotency keys of every reservation made here
 --   (the sold-out fast path loads it, so a retry of a key that got a unit is
 --   replayed, not refused from memory; bounded by the shard's units)
--- then per request i = 1..n: KEYS[5+2i] fg:{SKU#s}:idem:<key>, KEYS[6+2i] fg:{SKU#s}:r:<rid>
+-- then per request i = 1..n: KEYS[4+3i] fg:{SKU#s}:idem:<key>, KEYS[5+3i] fg:{SKU#s}:r:<rid>,
+--   KEYS[6+3i] the key's claim record fg:{idem~NN}:<key> (see claim below)
 --
 -- ARGV[1] hold_ms   ARGV[2] idem_ttl_ms   ARGV[3] record_ttl_ms (garbage
 -- collection of the record, never stock return)   ARGV[4] sku
--- then per request i, 7 values from ARGV[5 + 7(i-1)]:
+-- then per request i, 8 values from ARGV[5 + 8(i-1)]:
 --   rid (fresh, used only if a hold is created), qty, user, request fingerprint,
 --   mark_moved (1 = on "dry", write the `moved` tombstone; 0 = leave no trace),
 --   gate (1 = refuse while the SKU's waitlist has waiters: units coming back
 --   belong to them, see src/inventory/waitlist.rs; 0 = the waitlist promoter),
---   idempotency key
+--   idempotency key, claim body
+--
+-- The claim (one Redis server only, where a script may touch keys of any
+-- slot): a non-empty claim body makes this request first do what claim.lua
+-- does for its key — SET NX GET of the claim record — and stop with
+-- {'claimed', earlier} when the record holds another body, before anything
+-- of the shard is read or changed. It saves the separate claim.lua round
+-- trip of the walk's first step (src/inventory/mod.rs). An empty body skips
+-- it (the claim was made apart, as on Redis Cluster, or a later step of the
+-- walk); KEYS[6+3i] is then the idem key again, so every key stays in the
+-- shard's slot.
 --
 -- Returns one reply per request, in order, each one of
 --   {'held', rid, expires_at_ms}                  a new hold was created
+--   {'claimed', earlier_body}                     the key's claim holds another request body
 --   {'replay', rid, qty, user, expires_at_ms}     this key already holds a reservation here
 --   {'moved', available}                          this key was refused here before: walk on
 --   {'mismatch'}                                  this key was used with another request body
@@ -35,8 +47,9 @@
 -- this script (a client retry of an in-flight command), or a second request
 -- with the key later in the same batch, returns 'replay'.
 --
--- Cost: each request pays GET idem and, when it gets a unit, HSET + PEXPIRE
--- of its record, SET of its key and the XADD of its event; the stock, books,
+-- Cost: each request pays GET idem (and SET NX GET of its claim, if any)
+-- and, when it gets a unit, HSET + PEXPIRE of its record, SET of its key and
+-- the XADD of its event; the stock, books,
 -- expiry list and key set change once per batch. Numbers go to Redis as the
 -- strings they came in (or formatted once per batch with %d): Redis formats a
 -- Lua number argument with %.17g, a measurable share of the script's time.
@@ -49,7 +62,11 @@ local available                -- the shard's stock as this batch has left it
 local taken = 0                -- units held by this batch: one DECRBY/HINCRBY at the end
 local zadd, won = {}, {}       -- one ZADD and one SADD at the end
 
-local function one(idem, rkey, rid, qty_s, user, fp, mark_moved, gate, key)
+local function one(idem, rkey, ckey, rid, qty_s, user, fp, mark_moved, gate, key, claim)
+  if claim ~= '' then
+    local earlier = redis.call('SET', ckey, claim, 'NX', 'GET', 'PX', idem_ttl)
+    if earlier and earlier ~= claim then return {'claimed', earlier} end
+  end
   local qty = tonumber(qty_s)
   if gate and gate_open == nil then gate_open = redis.call('EXISTS', wlopen) == 1 end
   local gated = gate and gate_open
@@ -100,11 +117,11 @@ local function one(idem, rkey, rid, qty_s, user, fp, mark_moved, gate, key)
 end
 
 local replies = {}
-local n = (#KEYS - 6) / 2
+local n = (#KEYS - 6) / 3
 for i = 1, n do
-  local a = 4 + 7 * (i - 1)
-  replies[i] = one(KEYS[5 + 2 * i], KEYS[6 + 2 * i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
-    ARGV[a + 4], ARGV[a + 5] == '1', ARGV[a + 6] == '1', ARGV[a + 7])
+  local a = 4 + 8 * (i - 1)
+  replies[i] = one(KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i], ARGV[a + 1], ARGV[a + 2],
+    ARGV[a + 3], ARGV[a + 4], ARGV[a + 5] == '1', ARGV[a + 6] == '1', ARGV[a + 7], ARGV[a + 8])
 end
 if taken > 0 then
   redis.call('DECRBY', stock, taken)

@@ -664,6 +664,52 @@ fn command_calls(r: &RedisServer) -> std::collections::BTreeMap<String, u64> {
 }
 
 #[tokio::test]
+async fn on_one_redis_a_reserve_is_one_script_call_and_a_reused_key_changes_nothing() {
+    let redis = RedisServer::start();
+    let app = app_with(&redis, |c| c.sweep_interval_ms = 3_600_000).await;
+    app.preload("one", 10, 1).await;
+    app.preload("two", 10, 1).await;
+    // the service's own script calls (background tasks run theirs too)
+    let calls = |script: &str| {
+        let name = format!(r#"flashgate_script_duration_seconds_count{{script="{script}"}} "#);
+        app.state
+            .metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(name.as_str())?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let evalsha = || calls("reserve") + calls("claim");
+    let before = evalsha();
+    let a = app.reserve("k-one", "one", 1, "u1").await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    assert_eq!(
+        evalsha() - before,
+        1,
+        "the key's claim rides in the shard's reserve call"
+    );
+    // the key's claim was made in that call: another SKU refuses the key
+    // before its shard changes
+    let before = evalsha();
+    assert_eq!(
+        app.reserve("k-one", "two", 1, "u1").await.code(),
+        "idempotency_key_reused"
+    );
+    assert_eq!(evalsha() - before, 1);
+    let st = app.assert_books("two").await;
+    assert_eq!(
+        (st.available, st.held),
+        (10, 0),
+        "nothing held on the other SKU"
+    );
+    let st = app.assert_books("one").await;
+    assert_eq!((st.available, st.held), (9, 1));
+    // and the first request, retried, is replayed
+    let again = app.reserve("k-one", "one", 1, "u1").await;
+    assert_eq!((again.status, &again.body), (StatusCode::OK, &a.body));
+}
+
+#[tokio::test]
 async fn sold_out_answers_cost_no_redis_command_and_winners_still_replay() {
     let redis = RedisServer::start();
     // a long mark and no sweeper: any command in the burst would be the fast path's

@@ -103,6 +103,7 @@ impl Fixture {
                     self.k.reserved_keys(),
                     self.k.idem(&key),
                     self.k.record(rid),
+                    self.k.idem(&key), // no claim in this call
                 ],
                 vec![
                     hold_ms.to_string(),
@@ -116,6 +117,7 @@ impl Fixture {
                     if mark { "1" } else { "0" }.into(),
                     "1".into(),
                     key.as_str().into(),
+                    String::new(),
                 ],
             )
             .await;
@@ -275,6 +277,17 @@ async fn reserve_batch(
     reqs: &[(&str, u32)],
     rids: &[ReservationId],
 ) -> Vec<Vec<String>> {
+    let reqs: Vec<(&str, u32, Option<&str>)> = reqs.iter().map(|&(k, q)| (k, q, None)).collect();
+    reserve_batch_claiming(f, &reqs, rids).await
+}
+
+/// [`reserve_batch`] where a request may carry its key's claim body (the
+/// claim made inside the call, as on one Redis server).
+async fn reserve_batch_claiming(
+    f: &Fixture,
+    reqs: &[(&str, u32, Option<&str>)],
+    rids: &[ReservationId],
+) -> Vec<Vec<String>> {
     let mut keys = vec![
         f.k.stock(),
         f.k.books(),
@@ -289,10 +302,14 @@ async fn reserve_batch(
         "90000000".into(),
         f.sku.to_string(),
     ];
-    for ((key, qty), rid) in reqs.iter().zip(rids) {
+    for ((key, qty, claim), rid) in reqs.iter().zip(rids) {
         let key = IdempotencyKey::parse(key).unwrap();
         keys.push(f.k.idem(&key));
         keys.push(f.k.record(rid));
+        keys.push(match claim {
+            Some(_) => keys::idem_global(&key).1,
+            None => f.k.idem(&key), // no claim: the idem key again
+        });
         args.extend([
             rid.to_string(),
             qty.to_string(),
@@ -301,6 +318,7 @@ async fn reserve_batch(
             "1".into(),
             "1".into(),
             key.as_str().to_string(),
+            claim.unwrap_or_default().to_string(),
         ]);
     }
     scripts::array(f.run(&f.scripts.reserve, keys, args).await)
@@ -380,6 +398,7 @@ async fn concurrent_reserves_for_one_shard_share_script_calls() {
                 mark_moved: true,
                 gate: true,
                 key: key.as_str().to_string(),
+                claim: None,
             };
             strs(reserver.submit(&tag, call).await.unwrap())
         }
@@ -415,6 +434,64 @@ fn evalsha_calls(r: &RedisServer) -> u64 {
                 .ok()
         })
         .sum()
+}
+
+#[tokio::test]
+async fn a_claim_inside_reserve_stops_a_reused_key_before_the_shard_changes() {
+    let f = fixture().await;
+    f.preload(3, false).await;
+    // "x1" was first used for another request (another SKU, say)
+    let x1 = keys::idem_global(&IdempotencyKey::parse("x1").unwrap()).1;
+    let _: Value = f
+        .run(
+            &f.scripts.claim,
+            vec![x1.clone()],
+            vec!["60000".into(), "OTHER\n1:u".into()],
+        )
+        .await;
+    let body = format!("{}\n1:user-1", f.sku);
+    let reqs = [
+        ("a1", 1, Some(body.as_str())),
+        ("a1", 1, Some("another body")), // the same key, another request
+        ("x1", 1, Some(body.as_str())),
+        ("a2", 1, None), // a later step of a walk: claimed apart
+        ("a3", 1, Some(body.as_str())),
+    ];
+    let rids: Vec<ReservationId> = reqs.iter().map(|_| f.rid()).collect();
+    let first = reserve_batch_claiming(&f, &reqs, &rids).await;
+    let kinds: Vec<&str> = first.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(kinds, ["held", "claimed", "claimed", "held", "held"]);
+    assert_eq!(first[1][1], body, "the earlier body is answered");
+    assert_eq!(first[2][1], "OTHER\n1:u");
+    assert_eq!(f.books().await, (0, 3, 0));
+    assert_eq!(f.events().await, 1 + 3, "preload + three holds");
+    let x1_here: bool = f
+        .pool
+        .next()
+        .exists(f.k.idem(&IdempotencyKey::parse("x1").unwrap()))
+        .await
+        .unwrap();
+    assert!(!x1_here, "a refused claim leaves no trace on the shard");
+    let a1: String = f
+        .pool
+        .next()
+        .get(keys::idem_global(&IdempotencyKey::parse("a1").unwrap()).1)
+        .await
+        .unwrap();
+    assert_eq!(a1, body, "the first request's body is the key's claim");
+    // the client library resends the whole call after a lost reply
+    let again = reserve_batch_claiming(&f, &reqs, &rids).await;
+    let kinds: Vec<&str> = again.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(kinds, ["replay", "claimed", "claimed", "replay", "replay"]);
+    for i in [0, 3, 4] {
+        assert_eq!(
+            again[i][1],
+            rids[i].to_string(),
+            "each hold answers its own id"
+        );
+    }
+    assert_eq!(f.books().await, (0, 3, 0));
+    assert_eq!(f.events().await, 4, "nothing new happened");
 }
 
 #[tokio::test]

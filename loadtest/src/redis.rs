@@ -409,6 +409,10 @@ pub struct BenchTarget {
     pub tag: String,
     pub clients: usize,
     pub requests: u64,
+    /// Each call also makes the key's claim (`fg:{idem~00}:…`), as the
+    /// service does on one Redis server; on a cluster the claim is a call
+    /// of its own and every key of this one carries the shard's tag.
+    pub claim: bool,
 }
 
 impl BenchTarget {
@@ -430,9 +434,18 @@ pub fn benchmark_args(t: &BenchTarget, sha: &str, sku: &str) -> Vec<String> {
     let p = t.prefix();
     let [stock, books, holds, events, wlopen, keys] = t.keys();
     // A batch of one request (lua/reserve.lua): KEYS stock books holds events
-    // wlopen keys, then the request's idem and record keys; ARGV hold_ms
-    // idem_ttl_ms record_ttl_ms sku, then the request's rid qty user fp
-    // mark_moved gate key: the same work as the service's call.
+    // wlopen keys, then the request's idem, record and claim keys; ARGV
+    // hold_ms idem_ttl_ms record_ttl_ms sku, then the request's rid qty user
+    // fp mark_moved gate key claim_body: the same work as the service's call.
+    let idem = format!("{p}idem:bk__rand_int__");
+    let (claim_key, claim_body) = if t.claim {
+        (
+            "fg:{idem~00}:bk__rand_int__".to_string(),
+            format!("{sku}\nfp"),
+        )
+    } else {
+        (idem.clone(), String::new())
+    };
     [
         "-h",
         &t.host,
@@ -447,15 +460,16 @@ pub fn benchmark_args(t: &BenchTarget, sha: &str, sku: &str) -> Vec<String> {
         "--csv",
         "EVALSHA",
         sha,
-        "8",
+        "9",
         &stock,
         &books,
         &holds,
         &events,
         &wlopen,
         &keys,
-        &format!("{p}idem:bk__rand_int__"),
+        &idem,
         &format!("{p}r:br__rand_int__"),
+        &claim_key,
         "600000",
         "120000",
         "120000",
@@ -467,6 +481,7 @@ pub fn benchmark_args(t: &BenchTarget, sha: &str, sku: &str) -> Vec<String> {
         "1",
         "1",
         "bk__rand_int__",
+        &claim_body,
     ]
     .iter()
     .map(|a| a.to_string())
@@ -533,6 +548,7 @@ pub async fn baseline(
             tag,
             clients: (c as usize).max(1),
             requests: n.max(1),
+            claim: node.is_none(),
         });
     }
 
@@ -702,6 +718,7 @@ mod tests {
             tag: default_tag("LT1", 3),
             clients: 1,
             requests: 1,
+            claim: false,
         };
         assert_eq!(t.prefix(), "fg:{LT1#3}:");
         assert_eq!(t.keys()[0], "fg:{LT1#3}:stock");
@@ -767,11 +784,12 @@ mod tests {
             tag: "LT1-redisbase#7001.42".into(),
             clients: 85,
             requests: 66_667,
+            claim: false,
         };
         let args = benchmark_args(&t, "abc", "LT1-redisbase");
         let at = args.iter().position(|a| a == "EVALSHA").unwrap();
-        assert_eq!(&args[at + 1..at + 3], ["abc", "8"]);
-        let keys = &args[at + 3..at + 11];
+        assert_eq!(&args[at + 1..at + 3], ["abc", "9"]);
+        let keys = &args[at + 3..at + 12];
         assert!(
             keys.iter()
                 .all(|k| k.starts_with("fg:{LT1-redisbase#7001.42}:")),

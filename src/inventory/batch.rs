@@ -154,6 +154,9 @@ pub struct ReserveCall {
     pub mark_moved: bool,
     pub gate: bool,
     pub key: String,
+    /// The key's claim, made inside this call (one Redis server only; see
+    /// `lua/reserve.lua`), or None when it was made apart or earlier.
+    pub claim: Option<Claim>,
 }
 
 /// `reserve.lua` on one shard; the lane is the shard's hash tag.
@@ -171,7 +174,7 @@ impl Batch for ReserveBatch {
     async fn call(&self, tag: &str, calls: Vec<ReserveCall>) -> Result<Vec<Value>, InventoryError> {
         let sk = ShardKeys::new(tag);
         let n = calls.len();
-        let mut keys = Vec::with_capacity(6 + 2 * n);
+        let mut keys = Vec::with_capacity(6 + 3 * n);
         keys.extend([
             sk.stock(),
             sk.books(),
@@ -180,12 +183,16 @@ impl Batch for ReserveBatch {
             sk.wlopen(),
             sk.reserved_keys(),
         ]);
-        let mut args = Vec::with_capacity(4 + 7 * n);
+        let mut args = Vec::with_capacity(4 + 8 * n);
         args.extend(self.ttls.iter().cloned());
         args.push(calls.first().map(|c| c.sku.clone()).unwrap_or_default());
         for c in calls {
-            keys.push(c.idem_key);
-            keys.push(c.record_key);
+            let (claim_key, claim_body) = match c.claim {
+                Some(claim) => (claim.record, claim.body),
+                // no claim: the idem key again keeps every key in the slot
+                None => (c.idem_key.clone(), String::new()),
+            };
+            keys.extend([c.idem_key, c.record_key, claim_key]);
             args.extend([
                 c.rid,
                 c.qty,
@@ -194,6 +201,7 @@ impl Batch for ReserveBatch {
                 flag(c.mark_moved),
                 flag(c.gate),
                 c.key,
+                claim_body,
             ]);
         }
         array(scripts::run(&self.nodes, &self.metrics, &self.script, keys, args).await?)

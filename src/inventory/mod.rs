@@ -272,6 +272,8 @@ enum Step {
     Replay(Reservation),
     Moved(i64),
     Mismatch,
+    /// The claim made in this call found another body (the earlier one).
+    Claimed(String),
     Dry(i64),
     Unloaded,
 }
@@ -567,6 +569,30 @@ impl Inventory {
         // those whose master is known to be down right now (see the module
         // docs: sound because no request with this key ever reaches them).
         let mine = format!("{}\n{}", req.sku, fp);
+        let (bucket, record) = keys::idem_global(&req.key);
+        // On one Redis server no master can be down and a script may touch
+        // any slot: the claim rides in the walk's first reserve.lua call
+        // (one round trip instead of two; bench/README.md). Not with a
+        // purchase cap, which is counted between the claim and the walk.
+        if !self.nodes.per_master() && meta.max_per_user == 0 {
+            let claim = batch::Claim {
+                record,
+                body: claim_body(&mine, &[]),
+            };
+            let result = self
+                .walk(req, &meta, &fp, true, &[], Some((&mine, claim)))
+                .await;
+            if matches!(result, Ok(ReserveOutcome::Held(_))) {
+                self.clear_sold_out(&req.sku);
+            }
+            let result = match result {
+                Ok(ReserveOutcome::SoldOut) if req.waitlist => {
+                    self.join_waitlist(&meta, req, &fp).await
+                }
+                other => other,
+            };
+            return self.replicated(result, &meta).await;
+        }
         // (one Redis: no master can be known down, so no slot is hashed)
         let down: Vec<u16> = if self.nodes.per_master() {
             (0..meta.shards)
@@ -579,7 +605,6 @@ impl Inventory {
             Vec::new()
         };
         let body = claim_body(&mine, &down);
-        let (bucket, record) = keys::idem_global(&req.key);
         let earlier = self
             .claims
             .submit(&bucket, batch::Claim { record, body })
@@ -606,7 +631,7 @@ impl Inventory {
                 _ => {}
             }
         }
-        let mut result = self.walk(req, &meta, &fp, true, &left_out).await;
+        let mut result = self.walk(req, &meta, &fp, true, &left_out, None).await;
         if matches!(result, Ok(ReserveOutcome::Held(_))) {
             // a probe (or anyone) found stock: the SKU is open again
             self.clear_sold_out(&req.sku);
@@ -725,6 +750,8 @@ impl Inventory {
     /// Walk the shards for `req` (see the module docs).
     /// `left_out`: shards this key's walks never visit (its claim fixed
     /// them); a walk that meets no unit on the others cannot say "sold out".
+    /// `claim`: the request body (`<sku>\n<fingerprint>`) and the key's
+    /// claim, to be made in the first step's call (one Redis server only).
     async fn walk(
         &self,
         req: &ReserveRequest,
@@ -732,7 +759,12 @@ impl Inventory {
         fp: &str,
         gate: bool,
         left_out: &[u16],
+        claim: Option<(&str, batch::Claim)>,
     ) -> Result<ReserveOutcome, InventoryError> {
+        let (mine, mut claim) = match claim {
+            Some((mine, c)) => (mine, Some(c)),
+            None => ("", None),
+        };
         let k = meta.shards;
         let returns_seen = self.returns_seen.load(std::sync::atomic::Ordering::SeqCst);
         let token = uuid::Uuid::new_v4();
@@ -753,14 +785,14 @@ impl Inventory {
             let last = i + 1 == order.len();
             let mark = !last || donors.is_empty();
             let mut step = self
-                .reserve_on(req, meta, fp, s, &token, mark, gate)
+                .reserve_on(req, meta, fp, s, &token, mark, gate, claim.take())
                 .await?;
             if last && !mark {
                 if let Step::Dry(have) = step {
                     let need = i64::from(req.qty.get()) - have;
                     self.pull(meta, s, need, &donors).await?;
                     step = self
-                        .reserve_on(req, meta, fp, s, &token, true, gate)
+                        .reserve_on(req, meta, fp, s, &token, true, gate, None)
                         .await?;
                 }
             }
@@ -768,6 +800,15 @@ impl Inventory {
                 Step::Held(r) => return Ok(ReserveOutcome::Held(r)),
                 Step::Replay(r) => return Ok(ReserveOutcome::Replayed(r)),
                 Step::Mismatch => return Err(ApiError::IdempotencyKeyReused.into()),
+                // the first step's claim met an earlier body: nothing was
+                // done; the same request with shards left out (written on a
+                // cluster) walks again without them, another one is refused
+                Step::Claimed(earlier) => {
+                    return match parse_claim(&earlier, mine) {
+                        None => Err(ApiError::IdempotencyKeyReused.into()),
+                        Some(lo) => Box::pin(self.walk(req, meta, fp, gate, &lo, None)).await,
+                    };
+                }
                 Step::Moved(avail) | Step::Dry(avail) => {
                     all_unloaded = false;
                     if avail > 0 {
@@ -840,6 +881,7 @@ impl Inventory {
         token: &uuid::Uuid,
         mark_moved: bool,
         gate: bool,
+        claim: Option<batch::Claim>,
     ) -> Result<Step, InventoryError> {
         let sk = meta.keys(shard);
         let rid = ReservationId::new(&req.sku, shard, token);
@@ -859,6 +901,7 @@ impl Inventory {
             mark_moved,
             gate,
             key: req.key.as_str().to_string(),
+            claim,
         };
         let reply = self.reserver.submit(&tag, call).await?;
         let items = array(reply)?;
@@ -885,6 +928,7 @@ impl Inventory {
             }
             "moved" => Step::Moved(int(at(&items, 1)?)?),
             "mismatch" => Step::Mismatch,
+            "claimed" => Step::Claimed(text(at(&items, 1)?)?),
             "dry" => Step::Dry(int(at(&items, 1)?)?),
             "unloaded" => Step::Unloaded,
             other => {

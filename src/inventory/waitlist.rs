@@ -430,7 +430,7 @@ impl Inventory {
             }
         }
         let fp = req.fingerprint();
-        match self.walk(&req, meta, &fp, false, &[]).await? {
+        match self.walk(&req, meta, &fp, false, &[], None).await? {
             ReserveOutcome::Held(r) | ReserveOutcome::Replayed(r) => {
                 let exp = humantime::parse_rfc3339(&r.expires_at)
                     .ok()
