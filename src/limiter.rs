@@ -7,10 +7,17 @@
 //! Buckets are per instance: N flashgate instances admit N× the configured
 //! rate. (The purchase cap is global: it lives in Redis.)
 //!
+//! A buyer's bucket is keyed by a 64-bit keyed hash of the `user_id`
+//! (SipHash with this process's random key), not by the string: no
+//! allocation per check and a smaller bucket map. Two buyers share a bucket
+//! only if their hashes collide — about one pair in 10^7 at a million
+//! buyers, and not something a client can aim for without the key.
+//!
 //! The keyed maps grow with every distinct user; [`Limiter::prune`] drops the
 //! buckets that are indistinguishable from fresh ones (`retain_recent`) and
 //! returns the memory (`shrink_to_fit`). The app runs it on a timer.
 
+use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -67,7 +74,9 @@ pub struct Limiter<C: Clock + Clone = MonotonicClock> {
     clock: C,
     instance: Option<Direct<C>>,
     client: Option<Keyed<usize, C>>,
-    user: Option<Keyed<String, C>>,
+    user: Option<Keyed<u64, C>>,
+    /// The key of the buyers' hashes (random per process).
+    user_hash: RandomState,
 }
 
 impl Limiter<MonotonicClock> {
@@ -89,6 +98,7 @@ impl<C: Clock + Clone> Limiter<C> {
             user: user
                 .quota()
                 .map(|q| RateLimiter::dashmap_with_clock(q, clock.clone())),
+            user_hash: RandomState::new(),
             clock,
         }
     }
@@ -115,7 +125,7 @@ impl<C: Clock + Clone> Limiter<C> {
     /// The buyer's bucket (reserve requests).
     pub fn check_user(&self, user: &str) -> Result<(), Limited> {
         if let Some(l) = &self.user {
-            l.check_key(&user.to_owned())
+            l.check_key(&self.user_hash.hash_one(user))
                 .map_err(|n| self.refusal(Scope::User, n))?;
         }
         Ok(())
