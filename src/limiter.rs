@@ -10,8 +10,8 @@
 //! A buyer's bucket is keyed by a 64-bit keyed hash of the `user_id`
 //! (SipHash with this process's random key), not by the string: no
 //! allocation per check and a smaller bucket map. Two buyers share a bucket
-//! only if their hashes collide — about one pair in 10^7 at a million
-//! buyers, and not something a client can aim for without the key.
+//! only if their hashes collide — for a million buyers the chance that any
+//! two do is about 3e-8 — and a client cannot aim for it without the key.
 //!
 //! The keyed maps grow with every distinct user; [`Limiter::prune`] drops the
 //! buckets that are indistinguishable from fresh ones (`retain_recent`) and
