@@ -409,9 +409,10 @@ pub struct BenchTarget {
     pub tag: String,
     pub clients: usize,
     pub requests: u64,
-    /// Each call also makes the key's claim (`fg:{idem~00}:…`), as the
-    /// service does on one Redis server; on a cluster the claim is a call
-    /// of its own and every key of this one carries the shard's tag.
+    /// Each call also makes the key's claim (SET NX GET of one more key), as
+    /// the service does on one Redis server; on a cluster the claim is a
+    /// call of its own. The claim key carries the shard's tag too, so every
+    /// key the benchmark leaves matches the shard's prefix (dropped after it).
     pub claim: bool,
 }
 
@@ -441,10 +442,7 @@ pub fn benchmark_args(t: &BenchTarget, sha: &str, sku: &str) -> Vec<String> {
     let (claim_key, claim_body) = if t.claim {
         // (the service's body is `<sku>\n<fingerprint>`; a newline would
         // break redis-benchmark's CSV line, which repeats the command)
-        (
-            "fg:{idem~00}:bk__rand_int__".to_string(),
-            format!("{sku}:fp"),
-        )
+        (format!("{p}claim:bk__rand_int__"), format!("{sku}:fp"))
     } else {
         (idem.clone(), String::new())
     };
@@ -625,6 +623,15 @@ pub async fn baseline(
                     );
                 }
                 client.del::<(), _>(t.keys().to_vec()).await?;
+                // the holds, records and claims the run made: they would
+                // weigh on the phases after it (with its 600,000 keys left,
+                // Redis's CPU per hold in the capacity phase was 80-85 µs,
+                // 65 µs without: bench/README.md)
+                let dropped = drop_matching(client, &format!("{}*", t.prefix())).await?;
+                eprintln!(
+                    "[loadtest] Redis baseline: dropped its {dropped} keys on {}:{}",
+                    t.host, t.port
+                );
                 lines.push(
                     parse_benchmark_csv(&text)
                         .with_context(|| format!("unreadable redis-benchmark output: {text}"))?,
@@ -651,6 +658,25 @@ pub async fn baseline(
         dry_cost,
         script_sha: sha,
     })
+}
+
+/// UNLINK every key matching `pattern` (a pattern with a hash tag: one
+/// slot, so on a cluster it is scanned on the master serving it).
+pub async fn drop_matching(client: &Client, pattern: &str) -> anyhow::Result<u64> {
+    use futures::StreamExt;
+    let mut keys = std::pin::pin!(client.scan_buffered(pattern.to_string(), Some(1000), None));
+    let mut batch: Vec<Key> = Vec::new();
+    let mut dropped = 0;
+    while let Some(key) = keys.next().await {
+        batch.push(key?);
+        if batch.len() == 1000 {
+            dropped += client.unlink::<u64, _>(std::mem::take(&mut batch)).await?;
+        }
+    }
+    if !batch.is_empty() {
+        dropped += client.unlink::<u64, _>(batch).await?;
+    }
+    Ok(dropped)
 }
 
 #[cfg(test)]
@@ -804,7 +830,7 @@ mod tests {
         assert_eq!(slots.len(), 1, "one slot: no CROSSSLOT");
         // one server: the claim rides along, like the service's call
         let one = benchmark_args(&BenchTarget { claim: true, ..t }, "abc", "LT1-redisbase");
-        assert!(one.contains(&"fg:{idem~00}:bk__rand_int__".to_string()));
+        assert!(one.contains(&"fg:{LT1-redisbase#7001.42}:claim:bk__rand_int__".to_string()));
         assert!(
             one.iter().all(|a| !a.contains('\n')),
             "redis-benchmark's CSV output repeats the command on one line"
@@ -814,6 +840,32 @@ mod tests {
             (flag("-p"), flag("-c"), flag("-n")),
             ("7001".into(), "85".into(), "66667".into())
         );
+    }
+
+    #[tokio::test]
+    async fn drop_matching_unlinks_exactly_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_redis, url) =
+            crate::procs::spawn_redis(Path::new("redis-server"), dir.path(), dir.path())
+                .await
+                .unwrap();
+        let client = connect(&url).await.unwrap();
+        let pairs: Vec<(String, String)> = (0..2_500)
+            .map(|i| {
+                (
+                    format!("fg:{{LT1-redisbase#0}}:idem:bk{i}"),
+                    "x".to_string(),
+                )
+            })
+            .chain((0..10).map(|i| (format!("fg:{{LT1#0}}:idem:bk{i}"), "y".to_string())))
+            .collect();
+        client.mset(pairs).await.unwrap();
+        let dropped = drop_matching(&client, "fg:{LT1-redisbase#0}:*")
+            .await
+            .unwrap();
+        assert_eq!(dropped, 2_500);
+        let left: u64 = client.dbsize().await.unwrap();
+        assert_eq!(left, 10, "the service's keys stay");
     }
 
     #[test]
