@@ -46,41 +46,45 @@ impl ShardKeys {
     }
 
     pub fn stock(&self) -> String {
-        format!("{}stock", self.prefix)
+        [self.prefix.as_str(), "stock"].concat()
     }
     pub fn books(&self) -> String {
-        format!("{}books", self.prefix)
+        [self.prefix.as_str(), "books"].concat()
     }
     pub fn holds(&self) -> String {
-        format!("{}holds", self.prefix)
+        [self.prefix.as_str(), "holds"].concat()
     }
     pub fn events(&self) -> String {
-        format!("{}events", self.prefix)
+        [self.prefix.as_str(), "events"].concat()
     }
     pub fn xfers(&self) -> String {
-        format!("{}xfers", self.prefix)
+        [self.prefix.as_str(), "xfers"].concat()
     }
     pub fn xin(&self) -> String {
-        format!("{}xin", self.prefix)
+        [self.prefix.as_str(), "xin"].concat()
     }
     /// The waitlist gate: present while the SKU's waitlist has waiters.
     pub fn wlopen(&self) -> String {
-        format!("{}wlopen", self.prefix)
+        [self.prefix.as_str(), "wlopen"].concat()
     }
     /// The idempotency keys of every reservation made on the shard (read by
     /// the sold-out fast path).
     pub fn reserved_keys(&self) -> String {
-        format!("{}keys", self.prefix)
+        [self.prefix.as_str(), "keys"].concat()
     }
     pub fn idem(&self, key: &IdempotencyKey) -> String {
-        format!("{}idem:{}", self.prefix, key.as_str())
+        [self.prefix.as_str(), "idem:", key.as_str()].concat()
     }
     /// Prefix of reservation records; the expiry script appends the id.
     pub fn record_prefix(&self) -> String {
-        format!("{}r:", self.prefix)
+        [self.prefix.as_str(), "r:"].concat()
     }
     pub fn record(&self, rid: &ReservationId) -> String {
         format!("{}r:{}", self.prefix, rid)
+    }
+    /// [`Self::record`] of an id already formatted.
+    pub fn record_of(&self, rid: &str) -> String {
+        [self.prefix.as_str(), "r:", rid].concat()
     }
 }
 
@@ -97,31 +101,31 @@ impl WaitKeys {
         }
     }
     pub fn queue(&self) -> String {
-        format!("{}queue", self.prefix)
+        [self.prefix.as_str(), "queue"].concat()
     }
     pub fn stream(&self) -> String {
-        format!("{}stream", self.prefix)
+        [self.prefix.as_str(), "stream"].concat()
     }
     pub fn users(&self) -> String {
-        format!("{}users", self.prefix)
+        [self.prefix.as_str(), "users"].concat()
     }
     pub fn idem(&self, key: &IdempotencyKey) -> String {
-        format!("{}idem:{}", self.prefix, key.as_str())
+        [self.prefix.as_str(), "idem:", key.as_str()].concat()
     }
     pub fn seq(&self) -> String {
-        format!("{}seq", self.prefix)
+        [self.prefix.as_str(), "seq"].concat()
     }
     pub fn exp(&self) -> String {
-        format!("{}exp", self.prefix)
+        [self.prefix.as_str(), "exp"].concat()
     }
     pub fn state(&self) -> String {
-        format!("{}state", self.prefix)
+        [self.prefix.as_str(), "state"].concat()
     }
     pub fn lease(&self) -> String {
-        format!("{}lease", self.prefix)
+        [self.prefix.as_str(), "lease"].concat()
     }
     pub fn ticket_prefix(&self) -> String {
-        format!("{}t:", self.prefix)
+        [self.prefix.as_str(), "t:"].concat()
     }
     pub fn ticket(&self, ticket: &str) -> String {
         format!("{}t:{ticket}", self.prefix)
@@ -152,7 +156,7 @@ pub const IDEM_BUCKETS: u64 = 16;
 /// together go to Redis as one `claim.lua` call.
 pub fn idem_global(key: &IdempotencyKey) -> (String, String) {
     let bucket = format!("idem~{:02}", key.stable_hash() % IDEM_BUCKETS);
-    let record = format!("fg:{{{bucket}}}:{}", key.as_str());
+    let record = ["fg:{", &bucket, "}:", key.as_str()].concat();
     (bucket, record)
 }
 
@@ -178,5 +182,26 @@ mod tests {
             ShardKeys::new(&default_tag(&sku, 1)).stock(),
             ShardKeys::new(&default_tag(&sku, 2)).stock()
         );
+    }
+
+    #[test]
+    fn the_key_names_are_exactly_the_layout() {
+        let sku = Sku::parse("hot-1").unwrap();
+        let k = ShardKeys::new(&default_tag(&sku, 2));
+        let key = IdempotencyKey::parse("k-9").unwrap();
+        let rid = ReservationId::new(&sku, 2, &uuid::Uuid::nil());
+        assert_eq!(k.stock(), "fg:{hot-1#2}:stock");
+        assert_eq!(k.reserved_keys(), "fg:{hot-1#2}:keys");
+        assert_eq!(k.idem(&key), "fg:{hot-1#2}:idem:k-9");
+        assert_eq!(k.record_prefix(), "fg:{hot-1#2}:r:");
+        assert_eq!(k.record_of(&rid.to_string()), k.record(&rid));
+        assert_eq!(k.record(&rid), format!("fg:{{hot-1#2}}:r:{rid}"));
+        let (bucket, record) = idem_global(&key);
+        assert_eq!(record, format!("fg:{{{bucket}}}:k-9"));
+        assert!(bucket.starts_with("idem~") && bucket.len() == 7, "{bucket}");
+        let w = WaitKeys::new(&sku);
+        assert_eq!(w.queue(), "fg:{wl:hot-1}:queue");
+        assert_eq!(w.idem(&key), "fg:{wl:hot-1}:idem:k-9");
+        assert_eq!(w.ticket("t1"), "fg:{wl:hot-1}:t:t1");
     }
 }

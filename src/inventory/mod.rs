@@ -893,7 +893,7 @@ impl Inventory {
         let call = batch::ReserveCall {
             sku: req.sku.to_string(),
             idem_key: sk.idem(&req.key),
-            record_key: sk.record(&rid),
+            record_key: sk.record_of(&rid_s),
             rid: rid_s.clone(),
             qty: req.qty.get().to_string(),
             user: req.user.as_str().to_string(),
