@@ -49,10 +49,10 @@
 --
 -- Cost: each request pays GET idem (and SET NX GET of its claim, if any)
 -- and, when it gets a unit, HSET + PEXPIRE of its record, SET of its key and
--- the XADD of its event; the stock, books,
--- expiry list and key set change once per batch. Numbers go to Redis as the
--- strings they came in (or formatted once per batch with %d): Redis formats a
--- Lua number argument with %.17g, a measurable share of the script's time.
+-- the XADD of its event; the stock, books, expiry list and key set change
+-- once per batch. Numbers go to Redis as the strings they came in (or
+-- formatted once per batch with %d): Redis formats a Lua number argument
+-- with %.17g, a measurable share of the script's time.
 local stock, books, holds, events, wlopen, reserved = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local hold_ms, idem_ttl, record_ttl, sku = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 

@@ -80,7 +80,7 @@ impl ShardKeys {
         [self.prefix.as_str(), "r:"].concat()
     }
     pub fn record(&self, rid: &ReservationId) -> String {
-        format!("{}r:{}", self.prefix, rid)
+        self.record_of(&rid.to_string())
     }
     /// [`Self::record`] of an id already formatted.
     pub fn record_of(&self, rid: &str) -> String {

@@ -574,47 +574,34 @@ impl Inventory {
         // any slot: the claim rides in the walk's first reserve.lua call
         // (one round trip instead of two; bench/README.md). Not with a
         // purchase cap, which is counted between the claim and the walk.
-        if !self.nodes.per_master() && meta.max_per_user == 0 {
-            let claim = batch::Claim {
-                record,
-                body: claim_body(&mine, &[]),
-            };
-            let result = self
-                .walk(req, &meta, &fp, true, &[], Some((&mine, claim)))
-                .await;
-            if matches!(result, Ok(ReserveOutcome::Held(_))) {
-                self.clear_sold_out(&req.sku);
-            }
-            let result = match result {
-                Ok(ReserveOutcome::SoldOut) if req.waitlist => {
-                    self.join_waitlist(&meta, req, &fp).await
-                }
-                other => other,
-            };
-            return self.replicated(result, &meta).await;
-        }
-        // (one Redis: no master can be known down, so no slot is hashed)
-        let down: Vec<u16> = if self.nodes.per_master() {
-            (0..meta.shards)
-                .filter(|&s| match meta.tags.get(usize::from(s)) {
-                    Some(t) => self.nodes.known_down(placement::slot_of(t)),
-                    None => false,
-                })
-                .collect()
+        let (left_out, in_walk) = if !self.nodes.per_master() && meta.max_per_user == 0 {
+            let body = claim_body(&mine, &[]);
+            (Vec::new(), Some(batch::Claim { record, body }))
         } else {
-            Vec::new()
-        };
-        let body = claim_body(&mine, &down);
-        let earlier = self
-            .claims
-            .submit(&bucket, batch::Claim { record, body })
-            .await?;
-        let left_out = match earlier {
-            Value::Null => down,
-            v => match parse_claim(&text(&v)?, &mine) {
-                Some(left_out) => left_out,
-                None => return Err(ApiError::IdempotencyKeyReused.into()),
-            },
+            // (one Redis: no master can be known down, so no slot is hashed)
+            let down: Vec<u16> = if self.nodes.per_master() {
+                (0..meta.shards)
+                    .filter(|&s| match meta.tags.get(usize::from(s)) {
+                        Some(t) => self.nodes.known_down(placement::slot_of(t)),
+                        None => false,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let body = claim_body(&mine, &down);
+            let earlier = self
+                .claims
+                .submit(&bucket, batch::Claim { record, body })
+                .await?;
+            let left_out = match earlier {
+                Value::Null => down,
+                v => match parse_claim(&text(&v)?, &mine) {
+                    Some(left_out) => left_out,
+                    None => return Err(ApiError::IdempotencyKeyReused.into()),
+                },
+            };
+            (left_out, None)
         };
 
         // The purchase cap: counted before the walk, given back when the walk
@@ -631,7 +618,8 @@ impl Inventory {
                 _ => {}
             }
         }
-        let mut result = self.walk(req, &meta, &fp, true, &left_out, None).await;
+        let in_walk = in_walk.map(|c| (mine.as_str(), c));
+        let mut result = self.walk(req, &meta, &fp, true, &left_out, in_walk).await;
         if matches!(result, Ok(ReserveOutcome::Held(_))) {
             // a probe (or anyone) found stock: the SKU is open again
             self.clear_sold_out(&req.sku);
