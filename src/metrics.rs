@@ -299,7 +299,7 @@ impl Metrics {
     /// Records one answered HTTP request: its route, status code and duration.
     pub fn observe_http(&self, route: &'static str, status: u16, elapsed: Duration) {
         self.http_requests
-            .with_label_values(&[route, &status.to_string()])
+            .with_label_values(&[route, status_label(status)])
             .inc();
         self.http_duration
             .with_label_values(&[route])
@@ -397,8 +397,42 @@ impl Registrar<'_> {
     }
 }
 
+/// "100" "101" … "999": the `status` label of every code hyper can answer,
+/// as static text (no allocation per request).
+static STATUS_TEXT: [u8; 2700] = {
+    let mut digits = [0u8; 2700];
+    let mut i = 0;
+    while i < 900 {
+        let code = i + 100;
+        digits[3 * i] = b'0' + (code / 100) as u8;
+        digits[3 * i + 1] = b'0' + (code / 10 % 10) as u8;
+        digits[3 * i + 2] = b'0' + (code % 10) as u8;
+        i += 1;
+    }
+    digits
+};
+
+/// The `status` label of an HTTP status code ("other" outside 100..=999).
+fn status_label(status: u16) -> &'static str {
+    if !(100..=999).contains(&status) {
+        return "other";
+    }
+    let at = usize::from(status - 100) * 3;
+    std::str::from_utf8(&STATUS_TEXT[at..at + 3]).unwrap_or("other")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn status_labels_are_the_codes() {
+        assert_eq!(super::status_label(200), "200");
+        assert_eq!(super::status_label(100), "100");
+        assert_eq!(super::status_label(409), "409");
+        assert_eq!(super::status_label(999), "999");
+        assert_eq!(super::status_label(99), "other");
+        assert_eq!(super::status_label(1000), "other");
+    }
+
     use super::*;
 
     /// Names from the `# TYPE` lines of a rendered page.

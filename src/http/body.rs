@@ -78,18 +78,32 @@ struct ErrorDetail<'a> {
     message: String,
 }
 
+fn error_body(e: &ApiError) -> ErrorBody<'static> {
+    ErrorBody {
+        error: ErrorDetail {
+            code: e.code(),
+            message: e.message(),
+        },
+    }
+}
+
+/// The body of every 409 `sold_out`, as [`error`] would encode it.
+static SOLD_OUT: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
+    serde_json::to_vec(&error_body(&ApiError::SoldOut))
+        .map(Bytes::from)
+        .unwrap_or_else(|_| {
+            Bytes::from_static(br#"{"error":{"code":"sold_out","message":"sold out"}}"#)
+        })
+});
+
 /// `{"error":{"code":"...","message":"..."}}` with the error's status (and
 /// `Retry-After` on 429, `WWW-Authenticate` on 401).
 pub fn error(e: &ApiError) -> Response<Body> {
-    let mut resp = json(
-        e.status(),
-        &ErrorBody {
-            error: ErrorDetail {
-                code: e.code(),
-                message: e.message(),
-            },
-        },
-    );
+    let mut resp = match e {
+        // the answer most of a sale's crowd gets: encoded once
+        ApiError::SoldOut => with_type(e.status(), SOLD_OUT.clone(), "application/json"),
+        _ => json(e.status(), &error_body(e)),
+    };
     match e {
         ApiError::RateLimited { retry_after_secs } => {
             if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
@@ -105,4 +119,23 @@ pub fn error(e: &ApiError) -> Response<Body> {
         _ => {}
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn the_cached_sold_out_body_is_the_encoded_error() {
+        let resp = error(&ApiError::SoldOut);
+        assert_eq!(resp.status(), StatusCode::CONFLICT);
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        let want = serde_json::to_vec(&error_body(&ApiError::SoldOut)).unwrap();
+        assert_eq!(got, want);
+        let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
+        assert_eq!(v["error"]["code"], "sold_out");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
 }

@@ -23,17 +23,22 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Handle one request: route it, time it, count it, tag it with a request id.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
+    // The client's id if it is usable (a reference-counted copy of the
+    // header), else a fresh one: the same value goes back on the response.
     let request_id = req
         .headers()
         .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic)
+        })
+        .cloned()
+        .unwrap_or_else(fresh_request_id);
+    let request_id_str = request_id.to_str().unwrap_or_default();
     // A debug-level span: at the default level it costs nothing (formatting
     // its fields was 6 % of the server's CPU under load, bench/README.md);
     // the request's own warnings and errors below carry the id either way.
-    let span = tracing::debug_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
+    let span = tracing::debug_span!("request", id = %request_id_str, method = %req.method(), path = %req.uri().path());
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
     let (route, result) = async {
         let route = route_name(req.method(), req.uri().path());
@@ -51,7 +56,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         Ok(resp) => resp,
         Err(e) => {
             let _enter = span.enter();
-            let id = request_id.as_str();
+            let id = request_id_str;
             match &e {
                 ApiError::Internal(cause) => {
                     tracing::error!(request_id = id, route, error = %cause, "internal error")
@@ -64,18 +69,54 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
             body::error(&e)
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert(REQUEST_ID.clone(), v);
-    }
+    resp.headers_mut().insert(REQUEST_ID.clone(), request_id);
     state
         .metrics
         .observe_http(route, resp.status().as_u16(), started.elapsed());
     resp
 }
 
+/// A v4 UUID as 32 hex digits, formatted on the stack.
+fn fresh_request_id() -> HeaderValue {
+    let mut buf = [0u8; 32];
+    let id = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// No route has more segments than this; a longer path is not found.
+const MAX_SEGMENTS: usize = 6;
+
+/// The segments of a path between its slashes, without allocating (this
+/// runs on every request). More than [`MAX_SEGMENTS`] come out as
+/// `MAX_SEGMENTS` segments, a shape no route has, so such a path is not found.
+struct Segments<'a> {
+    segs: [&'a str; MAX_SEGMENTS],
+    n: usize,
+}
+
+impl<'a> Segments<'a> {
+    fn of(path: &'a str) -> Segments<'a> {
+        let mut segs = [""; MAX_SEGMENTS];
+        let mut n = 0;
+        for seg in path.trim_matches('/').split('/') {
+            if n == MAX_SEGMENTS {
+                segs = ["\0"; MAX_SEGMENTS];
+                break;
+            }
+            segs[n] = seg;
+            n += 1;
+        }
+        Segments { segs, n }
+    }
+
+    fn as_slice(&self) -> &[&'a str] {
+        &self.segs[..self.n]
+    }
+}
+
 /// The route label for metrics: a fixed set, never the raw path.
 fn route_name(method: &Method, path: &str) -> &'static str {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let segs = Segments::of(path);
     match (method, segs.as_slice()) {
         (_, ["v1", "reservations"]) => "reserve",
         (_, ["v1", "reservations", _]) => "get_reservation",
@@ -99,18 +140,20 @@ async fn dispatch(
     req: Request<Incoming>,
     route: &'static str,
 ) -> Result<Response<Body>, ApiError> {
-    let path = req.uri().path().to_owned();
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // (a clone of the parsed URI shares its buffer: the request itself moves
+    // into the endpoint below)
+    let uri = req.uri().clone();
+    let path = uri.path();
+    let segs = Segments::of(path);
+    let segs = segs.as_slice();
     let method = req.method().clone();
-    match segs.as_slice() {
-        ["healthz"] | ["readyz"] | ["metrics"] => {
-            return Box::pin(ops(state, &method, &segs)).await
-        }
+    match segs {
+        ["healthz"] | ["readyz"] | ["metrics"] => return Box::pin(ops(state, &method, segs)).await,
         ["v1", ..] | ["admin", ..] => {}
-        _ => return Err(ApiError::RouteNotFound(path.clone())),
+        _ => return Err(ApiError::RouteNotFound(path.to_owned())),
     }
     if route == "not_found" {
-        return Err(ApiError::RouteNotFound(path.clone()));
+        return Err(ApiError::RouteNotFound(path.to_owned()));
     }
     // Admission, cheapest first and before any Redis call: who, then how fast.
     let caller = state
@@ -124,7 +167,7 @@ async fn dispatch(
             .check_client(caller.client_id(state.auth.storefronts()))
             .map_err(|l| limited(state, l))?;
     }
-    match (&method, segs.as_slice()) {
+    match (&method, segs) {
         (&Method::POST, ["v1", "reservations"]) => Box::pin(reserve(state, req)).await,
         (&Method::GET, ["v1", "reservations", id]) => {
             let rid = parse_rid(id)?;
@@ -359,5 +402,44 @@ async fn reserve(state: &AppState, req: Request<Incoming>) -> Result<Response<Bo
             state.metrics.outcome("replayed");
             Ok(body::json(StatusCode::OK, &t))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_found_by_their_segments_and_longer_paths_are_not() {
+        assert_eq!(route_name(&Method::POST, "/v1/reservations"), "reserve");
+        assert_eq!(route_name(&Method::POST, "/v1/reservations/"), "reserve");
+        assert_eq!(
+            route_name(&Method::POST, "/v1/reservations/abc/confirm"),
+            "confirm"
+        );
+        assert_eq!(
+            route_name(&Method::POST, "/admin/v1/skus/A/preload"),
+            "admin_preload"
+        );
+        assert_eq!(route_name(&Method::GET, "/healthz"), "healthz");
+        assert_eq!(route_name(&Method::GET, "/"), "not_found");
+        assert_eq!(
+            route_name(&Method::GET, "/v1/reservations/a/b/c"),
+            "not_found"
+        );
+        // more segments than any route has: nothing matches, not even a prefix
+        let long = Segments::of("/v1/reservations/a/confirm/b/c/d");
+        assert!(!matches!(long.as_slice(), ["v1", ..]));
+        assert_eq!(route_name(&Method::GET, "/v1/a/b/c/d/e/f/g"), "not_found");
+        assert_eq!(Segments::of("/a/b/c/d/e/f").as_slice().len(), 6);
+    }
+
+    #[test]
+    fn a_fresh_request_id_is_32_hex_digits() {
+        let id = fresh_request_id();
+        let s = id.to_str().unwrap();
+        assert_eq!(s.len(), 32);
+        assert!(s.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(fresh_request_id(), id);
     }
 }

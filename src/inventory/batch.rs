@@ -173,38 +173,40 @@ impl Batch for ReserveBatch {
 
     async fn call(&self, tag: &str, calls: Vec<ReserveCall>) -> Result<Vec<Value>, InventoryError> {
         let sk = ShardKeys::new(tag);
-        let n = calls.len();
-        let mut keys = Vec::with_capacity(6 + 3 * n);
-        keys.extend([
+        let shard_keys = [
             sk.stock(),
             sk.books(),
             sk.holds(),
             sk.events(),
             sk.wlopen(),
             sk.reserved_keys(),
-        ]);
-        let mut args = Vec::with_capacity(4 + 8 * n);
-        args.extend(self.ttls.iter().cloned());
-        args.push(calls.first().map(|c| c.sku.clone()).unwrap_or_default());
-        for c in calls {
-            let (claim_key, claim_body) = match c.claim {
-                Some(claim) => (claim.record, claim.body),
+        ];
+        // borrowed from the requests: packed once into one buffer by run_with
+        let n = calls.len();
+        let mut keys: Vec<&str> = Vec::with_capacity(6 + 3 * n);
+        keys.extend(shard_keys.iter().map(String::as_str));
+        let mut args: Vec<&str> = Vec::with_capacity(4 + 8 * n);
+        args.extend(self.ttls.iter().map(String::as_str));
+        args.push(calls.first().map_or("", |c| c.sku.as_str()));
+        for c in &calls {
+            let (claim_key, claim_body) = match &c.claim {
+                Some(claim) => (claim.record.as_str(), claim.body.as_str()),
                 // no claim: the idem key again keeps every key in the slot
-                None => (c.idem_key.clone(), String::new()),
+                None => (c.idem_key.as_str(), ""),
             };
-            keys.extend([c.idem_key, c.record_key, claim_key]);
+            keys.extend([c.idem_key.as_str(), c.record_key.as_str(), claim_key]);
             args.extend([
-                c.rid,
-                c.qty,
-                c.user,
-                c.fingerprint,
+                c.rid.as_str(),
+                c.qty.as_str(),
+                c.user.as_str(),
+                c.fingerprint.as_str(),
                 flag(c.mark_moved),
                 flag(c.gate),
-                c.key,
+                c.key.as_str(),
                 claim_body,
             ]);
         }
-        array(scripts::run(&self.nodes, &self.metrics, &self.script, keys, args).await?)
+        array(scripts::run_with(&self.nodes, &self.metrics, &self.script, &keys, &args).await?)
     }
 }
 
@@ -237,8 +239,12 @@ impl Batch for ClaimBatch {
     }
 }
 
-fn flag(b: bool) -> String {
-    if b { "1" } else { "0" }.to_string()
+fn flag(b: bool) -> &'static str {
+    if b {
+        "1"
+    } else {
+        "0"
+    }
 }
 
 /// The error of a batch's call, for each of its requests.

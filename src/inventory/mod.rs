@@ -66,7 +66,7 @@ use crate::domain::{IdempotencyKey, Qty, ReservationId, Sku, UserId};
 use crate::error::{ApiError, InventoryError};
 use crate::metrics::Metrics;
 use keys::ShardKeys;
-use scripts::{array, at, int, text, Scripts};
+use scripts::{array, at, int, text, word, Scripts};
 
 /// Largest shard count one SKU may have.
 pub const MAX_SHARDS: u16 = 256;
@@ -872,18 +872,17 @@ impl Inventory {
         claim: Option<batch::Claim>,
     ) -> Result<Step, InventoryError> {
         let sk = meta.keys(shard);
-        let rid = ReservationId::new(&req.sku, shard, token);
-        let rid_s = rid.to_string();
+        let rid_s = ReservationId::text_of(&req.sku, shard, token);
         let tag = match meta.tags.get(usize::from(shard)) {
-            Some(t) => t.clone(),
-            None => keys::default_tag(&req.sku, shard),
+            Some(t) => std::borrow::Cow::Borrowed(t.as_str()),
+            None => std::borrow::Cow::Owned(keys::default_tag(&req.sku, shard)),
         };
         let call = batch::ReserveCall {
-            sku: req.sku.to_string(),
+            sku: req.sku.as_str().to_owned(),
             idem_key: sk.idem(&req.key),
             record_key: sk.record_of(&rid_s),
             rid: rid_s.clone(),
-            qty: req.qty.get().to_string(),
+            qty: itoa::Buffer::new().format(req.qty.get()).to_owned(),
             user: req.user.as_str().to_string(),
             fingerprint: fp.to_string(),
             mark_moved,
@@ -893,16 +892,16 @@ impl Inventory {
         };
         let reply = self.reserver.submit(&tag, call).await?;
         let items = array(reply)?;
-        let kind = text(at(&items, 0)?)?;
+        let kind = word(at(&items, 0)?)?;
         let view = |id: String, exp: i64| Reservation {
             reservation_id: id,
-            sku: req.sku.to_string(),
+            sku: req.sku.as_str().to_owned(),
             qty: req.qty.get(),
             user_id: req.user.as_str().to_string(),
             status: "held",
             expires_at: ms_to_rfc3339(exp),
         };
-        Ok(match kind.as_str() {
+        Ok(match kind {
             "held" => Step::Held(view(text(at(&items, 1)?)?, int(at(&items, 2)?)?)),
             "replay" => {
                 let id = text(at(&items, 1)?)?;

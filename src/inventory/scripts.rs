@@ -155,13 +155,25 @@ pub async fn run(
     keys: Vec<String>,
     args: Vec<String>,
 ) -> Result<Value, InventoryError> {
+    run_with(nodes, metrics, script, &keys, &args).await
+}
+
+/// [`run`] with keys and arguments borrowed from wherever they are (a
+/// batched call's requests, constants), copied once into one buffer.
+pub async fn run_with<K: AsRef<str> + Sync, A: AsRef<str> + Sync>(
+    nodes: &Nodes,
+    metrics: &Metrics,
+    script: &Script,
+    keys: &[K],
+    args: &[A],
+) -> Result<Value, InventoryError> {
     // the slot picks the master's client; one Redis has one client for all
     let slot = if nodes.per_master() {
-        keys.first().map(|k| redis_keyslot(k.as_bytes()))
+        keys.first().map(|k| redis_keyslot(k.as_ref().as_bytes()))
     } else {
         None
     };
-    let (keys, args) = pack(&keys, &args);
+    let (keys, args) = pack(keys, args);
     let started = Instant::now();
     let mut backoff = Duration::from_millis(2);
     loop {
@@ -197,10 +209,11 @@ pub async fn run(
 /// the list. Slices of one shared buffer make that copy a reference count
 /// per item; a `String` each would cost an allocation per item and attempt
 /// (measured: 5 % of the service's CPU under load, bench/README.md).
-fn pack(keys: &[String], args: &[String]) -> (Vec<Key>, Vec<Value>) {
-    let total = keys.iter().chain(args).map(String::len).sum();
+fn pack<K: AsRef<str>, A: AsRef<str>>(keys: &[K], args: &[A]) -> (Vec<Key>, Vec<Value>) {
+    let all = || keys.iter().map(K::as_ref).chain(args.iter().map(A::as_ref));
+    let total = all().map(str::len).sum();
     let mut buf = bytes::BytesMut::with_capacity(total);
-    for s in keys.iter().chain(args) {
+    for s in all() {
         buf.extend_from_slice(s.as_bytes());
     }
     let buf = buf.freeze();
@@ -210,8 +223,14 @@ fn pack(keys: &[String], args: &[String]) -> (Vec<Key>, Vec<Value>) {
         at += len;
         b
     };
-    let keys = keys.iter().map(|k| Key::from(next(k.len()))).collect();
-    let args = args.iter().map(|a| Value::Bytes(next(a.len()))).collect();
+    let keys = keys
+        .iter()
+        .map(|k| Key::from(next(k.as_ref().len())))
+        .collect();
+    let args = args
+        .iter()
+        .map(|a| Value::Bytes(next(a.as_ref().len())))
+        .collect();
     (keys, args)
 }
 
@@ -273,6 +292,18 @@ pub fn text(v: &Value) -> Result<String, InventoryError> {
         Value::Null => Ok(String::new()),
         other => Err(InventoryError::Protocol(format!(
             "expected a string, got {other:?}"
+        ))),
+    }
+}
+
+/// A short status word of a reply (`held`, `dry`, …), borrowed from it.
+pub fn word(v: &Value) -> Result<&str, InventoryError> {
+    match v {
+        Value::String(s) => Ok(s),
+        Value::Bytes(b) => std::str::from_utf8(b)
+            .map_err(|_| InventoryError::Protocol("expected a word, got bytes".into())),
+        other => Err(InventoryError::Protocol(format!(
+            "expected a word, got {other:?}"
         ))),
     }
 }
