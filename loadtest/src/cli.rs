@@ -176,6 +176,13 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
 
+    /// Instead of a sale: count flashgate's CPU instructions per answer
+    /// (healthz, sold out, new hold) under valgrind's callgrind, this many
+    /// requests of each, one at a time. Repeatable where rates are not; see
+    /// bench/README.md. Starts its own redis-server and flashgate.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub instructions: Option<u64>,
+
     /// Seed for buyer roles (retry, abusive, confirm/release/abandon).
     #[arg(long, default_value_t = 8)]
     pub seed: u64,

@@ -6,12 +6,14 @@
 //! wave, fixed-duration hammering), `http` (the v1 client), `redis`
 //! (books, commandstats, redis-benchmark), `sql` (hot-row baseline), `procs`
 //! (spawned redis-server/flashgate) → `stats`, `books` (pure maths, unit
-//! tested) → `report`, `chart` (outputs).
+//! tested) → `report`, `chart` (outputs). `instructions` counts flashgate's
+//! CPU instructions per answer under callgrind instead of running a sale.
 
 mod books;
 mod chart;
 mod cli;
 mod http;
+mod instructions;
 mod procs;
 mod redis;
 mod report;
@@ -36,8 +38,14 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = rt.block_on(async {
+        let sale = async {
+            match args.instructions {
+                Some(n) => instructions::run(&args, n).await,
+                None => run::run(args).await,
+            }
+        };
         tokio::select! {
-            r = run::run(args) => r,
+            r = sale => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         }
     });

@@ -300,9 +300,31 @@ pub async fn spawn_flashgate(
     log_dir: &Path,
     api_key: &str,
 ) -> anyhow::Result<(Owned, String)> {
+    spawn_flashgate_under(&[], bin, redis_url, hold_seconds, log_dir, api_key).await
+}
+
+/// [`spawn_flashgate`] run by `wrapper` (e.g. `valgrind --tool=callgrind`),
+/// if not empty: `wrapper… bin serve …`. A wrapped flashgate gets two
+/// minutes to become healthy.
+pub async fn spawn_flashgate_under(
+    wrapper: &[String],
+    bin: &Path,
+    redis_url: &str,
+    hold_seconds: u64,
+    log_dir: &Path,
+    api_key: &str,
+) -> anyhow::Result<(Owned, String)> {
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
-    let child = Command::new(bin)
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let child = command
         .args([
             "serve",
             "--listen",
@@ -330,7 +352,8 @@ pub async fn spawn_flashgate(
     };
     let base = format!("http://{listen}");
     let probe = crate::http::Api::new(&base, 1, Duration::from_millis(500), Instant::now());
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let within = Duration::from_secs(if wrapper.is_empty() { 20 } else { 120 });
+    let deadline = Instant::now() + within;
     loop {
         owned
             .check_alive()
@@ -339,7 +362,7 @@ pub async fn spawn_flashgate(
             return Ok((owned, base));
         }
         if Instant::now() >= deadline {
-            bail!("flashgate on {listen} not healthy within 20 s");
+            bail!("flashgate on {listen} not healthy within {within:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

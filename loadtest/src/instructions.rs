@@ -1,0 +1,231 @@
+//! `--instructions N`: flashgate's CPU instructions per answer, counted by
+//! valgrind's callgrind, for `/healthz`, a sold-out answer and a new hold.
+//!
+//! Rates and even CPU seconds on a shared two-core machine move by ±30 %
+//! from one minute to the next; an instruction count does not (repeat runs
+//! of one binary agree within a few per cent: the background tasks — the
+//! expiry sweeper, the sold-out re-check — run on timers, so their share
+//! depends on how long the phase takes). So this is the figure for A/B
+//! comparisons of the request path. It counts user-space instructions only
+//! (no kernel, no cache misses) of requests sent one at a time over one
+//! kept-alive connection: a hold here is a batch of one, unlike under load.
+//!
+//! The run: a throw-away redis-server, two SKUs preloaded (one with as many
+//! units as shards, sold out before counting; one with stock to spare),
+//! flashgate under `valgrind --tool=callgrind`, a warm-up, then per kind of
+//! request `callgrind_control --zero`, N requests, `callgrind_control
+//! --dump`, and the dump's total divided by N.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use tokio::process::Command;
+
+use crate::cli::Args;
+use crate::http::Api;
+use crate::procs;
+use crate::stats::Phase;
+
+/// Instructions per answer of one kind of request.
+#[derive(Debug, Serialize)]
+pub struct Count {
+    pub kind: &'static str,
+    pub requests: u64,
+    pub instructions_per_request: f64,
+    /// ÷ the `/healthz` figure of the same run.
+    pub vs_healthz: f64,
+}
+
+pub async fn run(args: &Args, n: u64) -> anyhow::Result<bool> {
+    for tool in ["valgrind", "callgrind_control"] {
+        which(tool).with_context(|| {
+            format!("{tool} not found: install valgrind (Debian: apt-get install valgrind)")
+        })?;
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let run_dir = args.out_dir.join(format!("instructions-{stamp}"));
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let run_dir = run_dir.canonicalize()?;
+    let redis_dir = tempfile::tempdir().context("temp dir for redis-server")?;
+    let (redis, url) =
+        procs::spawn_redis(&args.redis_server_bin, redis_dir.path(), &run_dir).await?;
+    let shards = args.shards;
+    for (sku, stock) in [("IC-SOLDOUT", u64::from(shards)), ("IC-HOLD", 10_000_000)] {
+        procs::preload(&args.flashgate_bin, &url, sku, stock, shards, None).await?;
+    }
+    let key = format!("instructions-{stamp}-key-0123456789");
+    let out = run_dir.join("callgrind.out");
+    let wrapper = vec![
+        "valgrind".to_string(),
+        "--tool=callgrind".to_string(),
+        format!("--callgrind-out-file={}", out.display()),
+    ];
+    let (fg, base) =
+        procs::spawn_flashgate_under(&wrapper, &args.flashgate_bin, &url, 600, &run_dir, &key)
+            .await?;
+    let pid = fg.pid().context("flashgate exited")?;
+    let api =
+        Api::new(&base, 1, Duration::from_secs(60), Instant::now()).with_api_key(Some(&key))?;
+    eprintln!("[instructions] flashgate under callgrind at {base}; {n} requests per kind");
+
+    let mut seq = 0u64;
+    let mut next = || {
+        seq += 1;
+        (format!("icu{seq}"), format!("ick-{stamp}-{seq}"))
+    };
+    // sell IC-SOLDOUT out (one unit per shard), then warm every path up
+    for _ in 0..u64::from(shards) {
+        let (user, k) = next();
+        api.reserve(Phase::Wave, "IC-SOLDOUT", &user, &k).await;
+    }
+    for _ in 0..50 {
+        api.healthz().await;
+        let (user, k) = next();
+        api.reserve(Phase::Wave, "IC-SOLDOUT", &user, &k).await;
+        let (user, k) = next();
+        api.reserve(Phase::Wave, "IC-HOLD", &user, &k).await;
+    }
+
+    let mut counts = Vec::new();
+    let mut healthz = None;
+    for (kind, want) in [("healthz", 200u16), ("sold_out", 409), ("hold", 201)] {
+        control(pid, "--zero").await?;
+        let mut wrong = 0u64;
+        for _ in 0..n {
+            let status = match kind {
+                "healthz" => api.healthz().await.status,
+                _ => {
+                    let (user, k) = next();
+                    let sku = if kind == "hold" {
+                        "IC-HOLD"
+                    } else {
+                        "IC-SOLDOUT"
+                    };
+                    api.reserve(Phase::Capacity, sku, &user, &k).await.status
+                }
+            };
+            if status != want {
+                wrong += 1;
+            }
+        }
+        control(pid, "--dump").await?;
+        if wrong > 0 {
+            bail!("{wrong} of {n} {kind} requests did not answer {want}");
+        }
+        let total = newest_total(&out).await?;
+        let per = total as f64 / n as f64;
+        let h = *healthz.get_or_insert(per);
+        counts.push(Count {
+            kind,
+            requests: n,
+            instructions_per_request: per,
+            vs_healthz: per / h,
+        });
+    }
+    fg.stop().await;
+    redis.stop().await;
+
+    println!(
+        "flashgate instructions per answer (callgrind, user space, one request at a time, {n} each)"
+    );
+    for c in &counts {
+        println!(
+            "  {:9} {:>9.0}   {:.2}x healthz",
+            c.kind, c.instructions_per_request, c.vs_healthz
+        );
+    }
+    let json = run_dir.join("instructions.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&counts)?)?;
+    println!("  written to {}", json.display());
+    Ok(true)
+}
+
+fn which(tool: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("{tool} is not on PATH"))
+}
+
+async fn control(pid: u32, what: &str) -> anyhow::Result<()> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new("callgrind_control")
+            .arg(what)
+            .arg(pid.to_string())
+            .output(),
+    )
+    .await
+    .context("callgrind_control timed out")??;
+    if !out.status.success() {
+        bail!(
+            "callgrind_control {what} {pid} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The instruction total of the newest dump `<out>.<n>`, once it is written.
+async fn newest_total(out: &Path) -> anyhow::Result<u64> {
+    let dir = out.parent().context("dump directory")?;
+    let name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("dump name")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut newest: Option<(u32, PathBuf)> = None;
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let part = path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .and_then(|f| f.strip_prefix(name))
+                .and_then(|f| f.strip_prefix('.'))
+                .and_then(|f| f.parse::<u32>().ok());
+            if let Some(part) = part {
+                if newest.as_ref().is_none_or(|(p, _)| part > *p) {
+                    newest = Some((part, path));
+                }
+            }
+        }
+        if let Some((_, path)) = &newest {
+            if let Some(total) = dump_total(&std::fs::read_to_string(path)?) {
+                return Ok(total);
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("no complete callgrind dump {}.N within 30 s", out.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `summary:` (or `totals:`) line of a callgrind dump: instructions.
+pub fn dump_total(dump: &str) -> Option<u64> {
+    dump.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_total_of_a_dump() {
+        let dump = "# callgrind format\nversion: 1\nevents: Ir\nfn=main\n3 10\nsummary: 73414065\ntotals: 73414065\n";
+        assert_eq!(dump_total(dump), Some(73_414_065));
+        assert_eq!(dump_total("events: Ir\nfn=x\n"), None);
+    }
+}
