@@ -25,3 +25,15 @@ bench:
 	$(BENCH_TARGET_DIR)/release/flashgate-loadtest --spawn \
 		--flashgate-bin $(BENCH_TARGET_DIR)/release/flashgate \
 		--lua-dir lua --out-dir bench-results $(BENCH_ARGS)
+
+# flashgate's CPU instructions per answer (/healthz, sold out, new hold) under
+# valgrind's callgrind: repeatable where rates on a shared machine are not,
+# the figure for A/B comparisons of the request path (bench/README.md).
+# Installs valgrind with apt-get when missing and run as root.
+INSTRUCTIONS_N ?= 5000
+.PHONY: bench-instructions
+bench-instructions:
+	@command -v valgrind >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y valgrind; } || { echo "install valgrind" >&2; exit 1; }
+	cargo build --release -p flashgate -p flashgate-loadtest
+	$(BENCH_TARGET_DIR)/release/flashgate-loadtest --instructions $(INSTRUCTIONS_N) \
+		--flashgate-bin $(BENCH_TARGET_DIR)/release/flashgate --out-dir bench-results
