@@ -123,7 +123,9 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub soldout_seconds: u64,
 
-    /// Duration of the healthz baseline (default: the wave's duration, 2..=30 s).
+    /// Duration of the healthz baseline the wave and the sold-out phase are
+    /// compared with (default: the longer of the two, 2..=30 s). The capacity
+    /// phase has its own, as long as it, right before and after it.
     #[arg(long)]
     pub healthz_seconds: Option<u64>,
 

@@ -88,6 +88,9 @@ pub struct Report {
     pub books: BookReport,
     /// Reserve on a SKU that cannot run out: the sustained rate.
     pub capacity: Option<PhaseSummary>,
+    /// `/healthz` right before and right after the capacity phase, as long as
+    /// it: the sustained rate's ratio is over their mean.
+    pub capacity_healthz: Option<[PhaseSummary; 2]>,
     /// Redis's work per hold in the capacity phase (all masters).
     pub capacity_redis: Option<RedisCost>,
     pub redis_baseline: Option<RedisBaseline>,
@@ -367,6 +370,18 @@ pub fn render(r: &Report) -> String {
         h.latency.p99_ms,
         h.requests - h.count(Outcome::Ok)
     );
+    if let Some(hz) = &r.capacity_healthz {
+        for (when, h) in ["before", "after "].iter().zip(hz) {
+            let _ = writeln!(
+                o,
+                "  HTTP ceiling  {when} capacity, {:.1} s: {} req/s, p99 {:.2} ms (non-200: {})",
+                h.duration_s,
+                f(h.per_sec),
+                h.latency.p99_ms,
+                h.requests - h.count(Outcome::Ok)
+            );
+        }
+    }
     if let Some(c) = &r.capacity {
         let _ = writeln!(
             o,
@@ -452,7 +467,7 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(o, "\n== Ratios");
     let rows = [
         (
-            "sustained reserves/s / healthz req/s",
+            "sustained reserves/s / healthz req/s (around it)",
             ra.sustained_reserves_over_healthz,
         ),
         (

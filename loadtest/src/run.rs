@@ -12,7 +12,7 @@ use crate::cli::Args;
 use crate::http::{loopback_base, sku_totals, Api};
 use crate::report::{CpuLine, Ratios, Report, Settings, SoldOutPhase};
 use crate::sale::{self, Hold, Rng, Shares, WaveConfig};
-use crate::stats::{self, ratio, Outcome, Phase};
+use crate::stats::{self, ratio, Outcome, Phase, PhaseSummary};
 use crate::{chart, procs, redis, sql};
 
 fn log(msg: impl AsRef<str>) {
@@ -283,30 +283,15 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         ));
     }
 
-    // --- HTTP ceiling: healthz on the same connections, as long as the wave took.
-    let hz_secs = args
-        .healthz_seconds
-        .unwrap_or_else(|| (wave.facts.duration_s.ceil() as u64).clamp(2, 30));
+    // --- HTTP ceiling: healthz on the same connections, as long as the
+    // sold-out phase (or the wave, if longer) that it is compared with.
+    let hz_secs = args.healthz_seconds.unwrap_or_else(|| {
+        (wave.facts.duration_s.ceil() as u64)
+            .max(args.soldout_seconds)
+            .clamp(2, 30)
+    });
     log(format!("healthz baseline for {hz_secs} s"));
-    let cpu_before = meter.read();
-    let (hz, hz_elapsed) = sale::hammer(
-        args.connections,
-        Duration::from_secs(hz_secs),
-        args.phase_max_requests,
-        {
-            let api = api.clone();
-            move |_| {
-                let api = api.clone();
-                async move { api.healthz().await }
-            }
-        },
-    )
-    .await;
-    let hz_samples: Vec<_> = hz.iter().map(|a| a.sample).collect();
-    let healthz = stats::summarize(Phase::Healthz, &hz_samples, hz_elapsed);
-    cpu.extend(meter.per_answer("healthz", &cpu_before, healthz.requests));
-    drop(hz);
-    drop(hz_samples);
+    let healthz = healthz_window(&api, &args, hz_secs, &meter, &mut cpu, "healthz").await;
 
     // --- Wait for abandoned holds to expire (held == 0), within a deadline.
     let wait = Duration::from_secs(args.expiry_wait_seconds.unwrap_or(args.hold_seconds + 15));
@@ -413,6 +398,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     // --- Capacity: reserve with stock to spare (run last: its holds expire
     // later and would otherwise load Redis during the other baselines).
     let mut capacity_redis = None;
+    let mut capacity_healthz: Option<[PhaseSummary; 2]> = None;
     let capacity = if args.capacity_seconds == 0 || args.no_preload {
         None
     } else {
@@ -433,10 +419,15 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
                 None
             }
             Ok(_) => {
+                // the capacity's own ceiling: healthz right before and right
+                // after it, as long as it (the machine's speed drifts)
                 log(format!(
-                    "capacity phase for {} s on {cap_sku}",
+                    "healthz, capacity phase on {cap_sku}, healthz: {} s each",
                     args.capacity_seconds
                 ));
+                let hz_secs = args.capacity_seconds.clamp(2, 30);
+                let cap_hz_before =
+                    healthz_window(&api, &args, hz_secs, &meter, &mut cpu, "hz_before").await;
                 let cpu_before = meter.read();
                 let acct0 = redis::accounting(&rc).await;
                 let (answers, secs) = sale::hammer(
@@ -457,6 +448,9 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
                 let cap_samples: Vec<_> = answers.iter().map(|a| a.sample).collect();
                 let summary = stats::summarize(Phase::Capacity, &cap_samples, secs);
                 cpu.extend(meter.per_answer("capacity", &cpu_before, summary.requests));
+                let cap_hz_after =
+                    healthz_window(&api, &args, hz_secs, &meter, &mut cpu, "hz_after").await;
+                capacity_healthz = Some([cap_hz_before, cap_hz_after]);
                 // Redis's work per hold over the phase (the sweeper's few
                 // background calls included)
                 match (acct0, acct1) {
@@ -498,8 +492,12 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let hz_rate = healthz.per_sec;
     let so_rate = sold_out_phase.summary.rate(Outcome::SoldOut);
     let sustained = capacity.as_ref().map_or(0.0, |c| c.rate(Outcome::Held));
+    // the capacity phase against the healthz windows around it (their mean)
+    let capacity_hz_rate = capacity_healthz
+        .as_ref()
+        .map_or(hz_rate, |[b, a]| (b.per_sec + a.per_sec) / 2.0);
     let ratios = Ratios {
-        sustained_reserves_over_healthz: ratio(sustained, hz_rate),
+        sustained_reserves_over_healthz: ratio(sustained, capacity_hz_rate),
         sustained_reserves_over_sql_tps: sql_baseline
             .as_ref()
             .and_then(|q| ratio(sustained, q.tps)),
@@ -596,6 +594,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         healthz,
         books: book_report,
         capacity,
+        capacity_healthz,
         capacity_redis,
         redis_baseline,
         sql_baseline,
@@ -633,6 +632,36 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         run_dir.join("summary.txt").display()
     );
     Ok(report.passed())
+}
+
+/// `GET /healthz` on every connection for `secs`: the HTTP ceiling of the
+/// moment, with its CPU per answer recorded under `label`.
+async fn healthz_window(
+    api: &Api,
+    args: &Args,
+    secs: u64,
+    meter: &CpuMeter,
+    cpu: &mut Vec<CpuLine>,
+    label: &str,
+) -> PhaseSummary {
+    let cpu_before = meter.read();
+    let (hz, hz_elapsed) = sale::hammer(
+        args.connections,
+        Duration::from_secs(secs),
+        args.phase_max_requests,
+        {
+            let api = api.clone();
+            move |_| {
+                let api = api.clone();
+                async move { api.healthz().await }
+            }
+        },
+    )
+    .await;
+    let samples: Vec<_> = hz.iter().map(|a| a.sample).collect();
+    let summary = stats::summarize(Phase::Healthz, &samples, hz_elapsed);
+    cpu.extend(meter.per_answer(label, &cpu_before, summary.requests));
+    summary
 }
 
 /// CPU seconds of the spawned processes and of the load generator itself.
