@@ -300,14 +300,15 @@ pub async fn spawn_flashgate(
     log_dir: &Path,
     api_key: &str,
 ) -> anyhow::Result<(Owned, String)> {
-    spawn_flashgate_under(&[], bin, redis_url, hold_seconds, log_dir, api_key).await
+    spawn_flashgate_under(&[], &[], bin, redis_url, hold_seconds, log_dir, api_key).await
 }
 
 /// [`spawn_flashgate`] run by `wrapper` (e.g. `valgrind --tool=callgrind`),
-/// if not empty: `wrapper… bin serve …`. A wrapped flashgate gets two
-/// minutes to become healthy.
+/// if not empty: `wrapper… bin serve …`, with `env` added to its
+/// environment. A wrapped flashgate gets two minutes to become healthy.
 pub async fn spawn_flashgate_under(
     wrapper: &[String],
+    env: &[(&str, &str)],
     bin: &Path,
     redis_url: &str,
     hold_seconds: u64,
@@ -335,6 +336,7 @@ pub async fn spawn_flashgate_under(
             &hold_seconds.to_string(),
         ])
         .env("FLASHGATE_API_KEYS", api_key)
+        .envs(env.iter().copied())
         .stdout(log_file(log_dir, "flashgate.log")?)
         .stderr(log_file(log_dir, "flashgate.err.log")?)
         .stdin(Stdio::null())

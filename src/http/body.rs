@@ -6,6 +6,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -19,6 +20,19 @@ pub async fn read_json<T: DeserializeOwned>(
     req: Request<Incoming>,
     limit: usize,
 ) -> Result<T, ApiError> {
+    decode(&read_body(req, limit).await?)
+}
+
+/// The JSON body of [`read_body`] as `T`, which may borrow from it (no copy
+/// of its strings on the reserve path).
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+}
+
+/// The body of a JSON request, at most `limit` bytes, under the same rules as
+/// [`read_json`]; [`decode`] it.
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let is_json = req
         .headers()
         .get(CONTENT_TYPE)
@@ -41,8 +55,7 @@ pub async fn read_json<T: DeserializeOwned>(
             }
         })?
         .to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+    Ok(bytes)
 }
 
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {

@@ -338,10 +338,13 @@ struct SkuView<'a> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReserveBody {
-    sku: String,
+struct ReserveBody<'a> {
+    // borrowed from the body unless a JSON escape makes a copy necessary
+    #[serde(borrow)]
+    sku: std::borrow::Cow<'a, str>,
     qty: i64,
-    user_id: String,
+    #[serde(borrow)]
+    user_id: std::borrow::Cow<'a, str>,
     #[serde(default)]
     waitlist: bool,
 }
@@ -360,7 +363,8 @@ async fn reserve(state: &AppState, req: Request<Incoming>) -> Result<Response<Bo
             IdempotencyKey::parse(v).map_err(ApiError::InvalidRequest)?
         }
     };
-    let b: ReserveBody = body::read_json(req, state.config.body_limit_bytes).await?;
+    let bytes = body::read_body(req, state.config.body_limit_bytes).await?;
+    let b: ReserveBody = body::decode(&bytes)?;
     let request = ReserveRequest {
         sku: Sku::parse(&b.sku).map_err(ApiError::InvalidRequest)?,
         qty: Qty::parse(b.qty, state.config.max_qty_per_request)
@@ -432,6 +436,17 @@ mod tests {
         assert!(!matches!(long.as_slice(), ["v1", ..]));
         assert_eq!(route_name(&Method::GET, "/v1/a/b/c/d/e/f/g"), "not_found");
         assert_eq!(Segments::of("/a/b/c/d/e/f").as_slice().len(), 6);
+    }
+
+    #[test]
+    fn a_reserve_body_borrows_its_strings_and_copies_only_escaped_ones() {
+        let raw = br#"{"sku":"A-1","qty":2,"user_id":"u\u0031"}"#;
+        let b: ReserveBody = body::decode(raw).unwrap();
+        assert!(matches!(b.sku, std::borrow::Cow::Borrowed("A-1")));
+        assert_eq!(b.user_id, "u1");
+        assert_eq!((b.qty, b.waitlist), (2, false));
+        let unknown = body::decode::<ReserveBody>(br#"{"sku":"A","qty":1,"user_id":"u","x":1}"#);
+        assert!(matches!(unknown, Err(ApiError::InvalidRequest(_))));
     }
 
     #[test]
