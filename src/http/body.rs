@@ -32,7 +32,11 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
 
 /// The body of a JSON request, at most `limit` bytes, under the same rules as
 /// [`read_json`]; [`decode`] it.
-pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let is_json = req
         .headers()
         .get(CONTENT_TYPE)
@@ -44,18 +48,37 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
             "Content-Type must be application/json".into(),
         ));
     }
-    let bytes = Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
+    // Frame by frame rather than `collect`: a small body arrives as one
+    // frame, which is then the answer as it is (no buffer list, no copy).
+    let mut body = Limited::new(req.into_body(), limit);
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 ApiError::InvalidRequest(format!("request body is larger than {limit} bytes"))
             } else {
                 ApiError::InvalidRequest(format!("cannot read request body: {e}"))
             }
-        })?
-        .to_bytes();
-    Ok(bytes)
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers: not part of the JSON
+        };
+        match (&mut joined, first.take()) {
+            (Some(all), _) => all.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(one)) => {
+                let mut all = bytes::BytesMut::with_capacity(one.len() + data.len());
+                all.extend_from_slice(&one);
+                all.extend_from_slice(&data);
+                joined = Some(all);
+            }
+        }
+    }
+    Ok(match joined {
+        Some(all) => all.freeze(),
+        None => first.unwrap_or_default(),
+    })
 }
 
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
@@ -138,6 +161,49 @@ pub fn error(e: &ApiError) -> Response<Body> {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    type Frames = http_body_util::StreamBody<
+        futures::stream::Iter<
+            std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>,
+        >,
+    >;
+
+    /// A JSON request whose body arrives in these frames.
+    fn chunked(parts: &[&'static str]) -> Request<Frames> {
+        let frames: Vec<_> = parts
+            .iter()
+            .map(|p| Ok(hyper::body::Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        Request::builder()
+            .header(CONTENT_TYPE, "application/json; charset=utf-8")
+            .body(http_body_util::StreamBody::new(futures::stream::iter(
+                frames,
+            )))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_body_in_one_frame_or_many_reads_the_same() {
+        let whole = r#"{"sku":"A","qty":1,"user_id":"u"}"#;
+        assert_eq!(read_body(chunked(&[whole]), 1024).await.unwrap(), whole);
+        let parts = [r#"{"sku":"#, r#""A","qty":1,"#, r#""user_id":"u"}"#];
+        assert_eq!(read_body(chunked(&parts), 1024).await.unwrap(), whole);
+        assert_eq!(read_body(chunked(&[]), 1024).await.unwrap(), "");
+        // the limit counts every frame
+        let err = read_body(chunked(&parts), 20).await.unwrap_err();
+        assert!(
+            matches!(&err, ApiError::InvalidRequest(m) if m.contains("larger than 20 bytes")),
+            "{err:?}"
+        );
+        let mut plain = chunked(&[whole]);
+        plain
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(matches!(
+            read_body(plain, 1024).await,
+            Err(ApiError::InvalidRequest(_))
+        ));
+    }
 
     #[tokio::test]
     async fn the_cached_sold_out_body_is_the_encoded_error() {

@@ -19,6 +19,7 @@ use crate::error::ApiError;
 use crate::inventory::{ReserveOutcome, ReserveRequest};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Handle one request: route it, time it, count it, tag it with a request id.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
@@ -350,7 +351,7 @@ struct ReserveBody<'a> {
 }
 
 async fn reserve(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let key = match req.headers().get("idempotency-key") {
+    let key = match req.headers().get(&IDEMPOTENCY_KEY) {
         None => {
             return Err(ApiError::InvalidRequest(
                 "the Idempotency-Key header is required".into(),
