@@ -85,6 +85,9 @@ pub struct Report {
     pub sold_out_phase: Option<SoldOutPhase>,
     pub followup: PhaseSummary,
     pub healthz: PhaseSummary,
+    /// `/healthz` right before the sold-out phase, as long as it: the sold-out
+    /// ratio is over its mean with [`Report::healthz`] (right after it).
+    pub soldout_healthz_before: Option<PhaseSummary>,
     pub books: BookReport,
     /// Reserve on a SKU that cannot run out: the sustained rate.
     pub capacity: Option<PhaseSummary>,
@@ -370,6 +373,16 @@ pub fn render(r: &Report) -> String {
         h.latency.p99_ms,
         h.requests - h.count(Outcome::Ok)
     );
+    if let Some(h) = &r.soldout_healthz_before {
+        let _ = writeln!(
+            o,
+            "  HTTP ceiling  before sold-out, {:.1} s: {} req/s, p99 {:.2} ms (non-200: {})",
+            h.duration_s,
+            f(h.per_sec),
+            h.latency.p99_ms,
+            h.requests - h.count(Outcome::Ok)
+        );
+    }
     if let Some(hz) = &r.capacity_healthz {
         for (when, h) in ["before", "after "].iter().zip(hz) {
             let _ = writeln!(
@@ -491,7 +504,7 @@ pub fn render(r: &Report) -> String {
             ra.admitted_reserves_over_redis_reserve,
         ),
         (
-            "sold-out answers/s / healthz req/s",
+            "sold-out answers/s / healthz req/s (around it)",
             ra.sold_out_answers_over_healthz,
         ),
         (
