@@ -88,8 +88,9 @@ fn fresh_request_id() -> HeaderValue {
 const MAX_SEGMENTS: usize = 6;
 
 /// The segments of a path between its slashes, without allocating (this
-/// runs on every request). More than [`MAX_SEGMENTS`] come out as
-/// `MAX_SEGMENTS` segments, a shape no route has, so such a path is not found.
+/// runs on every request). A path of more than [`MAX_SEGMENTS`] comes out as
+/// `MAX_SEGMENTS` segments of "\0" (a byte no URI carries), which no route and
+/// no prefix pattern like `["v1", ..]` matches: such a path is not found.
 struct Segments<'a> {
     segs: [&'a str; MAX_SEGMENTS],
     n: usize,
