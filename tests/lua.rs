@@ -421,6 +421,84 @@ async fn concurrent_reserves_for_one_shard_share_script_calls() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_replica_acks_for_one_shard_share_one_touch_and_one_wait() {
+    use flashgate::inventory::batch::{AckBatch, Lanes};
+    let f = fixture().await;
+    // 40 records that exist, 10 that a failover lost
+    let mut records = Vec::new();
+    for i in 0..50 {
+        let rid = f.rid();
+        let record = f.k.record(&rid);
+        if i < 40 {
+            let _: i64 = f
+                .pool
+                .next()
+                .hset(&record, ("status", "held"))
+                .await
+                .unwrap();
+        }
+        records.push((record, i < 40));
+    }
+    // no replica: every WAIT 1 blocks its connection for the whole timeout
+    let acks = Lanes::new(
+        AckBatch {
+            nodes: flashgate::inventory::nodes::Nodes::pool_only(f.pool.clone()),
+            metrics: std::sync::Arc::new(Metrics::new(10)),
+            script: f.scripts.touch.clone(),
+            replicas: 1,
+            timeout_ms: 200,
+            record_ttl_ms: "90000000".into(),
+        },
+        64,
+    );
+    let (evalsha_before, wait_before) = (evalsha_calls(&f._redis), calls_of(&f._redis, "wait"));
+    let tag = keys::default_tag(&f.sku, 0);
+    let replies = futures::future::join_all(records.iter().map(|(record, _)| {
+        let (acks, tag) = (acks.clone(), tag.clone());
+        async move { acks.submit(&tag, record.clone()).await.unwrap() }
+    }))
+    .await;
+    for ((record, exists), reply) in records.iter().zip(replies) {
+        let items = scripts::array(reply).unwrap();
+        let touched = scripts::int(&items[0]).unwrap();
+        let acked = scripts::int(&items[1]).unwrap();
+        assert_eq!((touched == 1, acked), (*exists, 0), "{record}");
+        let pttl: i64 = f.pool.next().pttl(record).await.unwrap();
+        if *exists {
+            assert!(pttl > 0 && pttl <= 90_000_000, "{record} PTTL {pttl}");
+        } else {
+            assert_eq!(pttl, -2, "a lost record is not created by the touch");
+        }
+    }
+    // 50 acknowledgements at once: the first alone, the rest behind its WAIT
+    // in one batch (a NOSCRIPT reload adds one script call)
+    let touches = evalsha_calls(&f._redis) - evalsha_before;
+    let waits = calls_of(&f._redis, "wait") - wait_before;
+    assert!(
+        touches <= 4,
+        "50 concurrent acks took {touches} touch calls"
+    );
+    assert!(waits <= 3, "50 concurrent acks took {waits} WAITs");
+}
+
+/// `calls=` of `cmdstat_<cmd>` in `INFO commandstats` (0 before the first).
+fn calls_of(r: &RedisServer, cmd: &str) -> u64 {
+    let prefix = format!("cmdstat_{cmd}:");
+    r.cli(&["INFO", "commandstats"])
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 fn evalsha_calls(r: &RedisServer) -> u64 {
     r.cli(&["INFO", "commandstats"])
         .lines()

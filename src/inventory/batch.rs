@@ -239,6 +239,72 @@ impl Batch for ClaimBatch {
     }
 }
 
+/// `replica_ack` (durability.rs): the acknowledgements of the holds of one
+/// shard, the lane being the shard's hash tag. One call is `touch.lua` over
+/// every queued record, then `WAIT replicas timeout` on the same connection:
+/// one wait for the whole batch, and as many blocking WAITs in flight as
+/// there are shards being held, not as there are requests (a WAIT holds back
+/// everything after it on its connection, reserve calls included).
+pub struct AckBatch {
+    pub nodes: Nodes,
+    pub metrics: Arc<Metrics>,
+    pub script: Script,
+    pub replicas: u32,
+    pub timeout_ms: u64,
+    pub record_ttl_ms: String,
+}
+
+impl Batch for AckBatch {
+    /// A reservation record key.
+    type Item = String;
+
+    /// One reply per record: `[touched (0/1), replicas that acknowledged]`.
+    async fn call(&self, tag: &str, records: Vec<String>) -> Result<Vec<Value>, InventoryError> {
+        use fred::interfaces::ClientLike;
+        use fred::types::{ClusterHash, CustomCommand};
+
+        let slot = super::placement::slot_of(tag);
+        // one client, one connection: the touch and the WAIT behind it
+        let client = self.nodes.client_for_slot(Some(slot));
+        let touched = scripts::run_on(
+            &client,
+            &self.metrics,
+            &self.script,
+            &records,
+            &[self.record_ttl_ms.as_str()],
+        )
+        .await
+        .map_err(|e| scripts::classify(&self.metrics, e))?;
+        let touched = array(touched)?;
+        if touched.len() != records.len() {
+            return Err(InventoryError::Protocol(format!(
+                "touch.lua answered {} of {} records",
+                touched.len(),
+                records.len()
+            )));
+        }
+        let acked: i64 = if touched.iter().any(|t| matches!(t, Value::Integer(1))) {
+            let wait = CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), false);
+            client
+                .custom(
+                    wait,
+                    vec![
+                        Value::from(i64::from(self.replicas)),
+                        Value::from(self.timeout_ms as i64),
+                    ],
+                )
+                .await
+                .map_err(|e| scripts::classify(&self.metrics, e))?
+        } else {
+            0 // every hold is gone: nothing to wait for
+        };
+        Ok(touched
+            .into_iter()
+            .map(|t| Value::Array(vec![t, Value::Integer(acked)]))
+            .collect())
+    }
+}
+
 fn flag(b: bool) -> &'static str {
     if b {
         "1"

@@ -12,20 +12,25 @@
 //! `WAIT` counts the replicas that have every write *of the connection it is
 //! sent on*, and a pool spreads commands over several connections. So the
 //! acknowledgment goes on one client, routed by the shard's slot to its
-//! master: first `PEXPIRE` of the reservation's record (a write, so
-//! the connection's replication offset moves past the hold's, whichever
-//! connection created it — this also covers a replay), then `WAIT`. A
-//! `PEXPIRE` that finds no record means the hold itself is gone (a failover
-//! lost it since): 503 as well, never a 200 for a hold that does not exist.
+//! master: first `lua/touch.lua`, a `PEXPIRE` of the reservation's record (a
+//! write, so the connection's replication offset moves past the hold's,
+//! whichever connection created it — this also covers a replay), then
+//! `WAIT`. A touch that finds no record means the hold itself is gone (a
+//! failover lost it since): 503 as well, never a 200 for a hold that does
+//! not exist.
 //!
-//! `WAIT` is sent as a custom, non-blocking command so that fred keeps
-//! pipelining the client's other commands meanwhile (the server holds back
-//! only this connection's later replies). Off (N = 0) by default.
+//! The acknowledgements of one shard are coalesced (`batch::AckBatch`, the
+//! lanes of batch.rs): one touch of every queued record, one `WAIT` for all
+//! of them. `WAIT` blocks its connection on the server — every command sent
+//! after it on that connection, reserve scripts included, waits for it — so
+//! one `WAIT` per shard in flight instead of one per request matters most
+//! when the replicas lag: measured, a burst against a replica still in its
+//! first sync took 1.0–1.7 s per 503 with a WAIT per request, on a 100 ms
+//! timeout (bench/README.md). `WAIT` is sent as a custom, non-blocking
+//! command on the fred side, so the client's other commands keep being
+//! written meanwhile. Off (N = 0) by default.
 
-use fred::interfaces::{ClientLike, KeysInterface};
-use fred::types::{ClusterHash, CustomCommand, Value};
-
-use super::placement;
+use super::scripts::{array, at, int};
 use super::{Inventory, ReserveOutcome, SkuMeta};
 use crate::domain::ReservationId;
 use crate::error::InventoryError;
@@ -71,38 +76,21 @@ impl Inventory {
         result
     }
 
-    /// `PEXPIRE record` then `WAIT n timeout`, one after the other on one
-    /// client, to the shard's master. Returns (record exists, replicas that
-    /// acknowledged). Two round trips rather than a pipeline, so that a
-    /// `MOVED` on the first (a reshard) re-routes the `WAIT` too.
+    /// The record's touch then `WAIT n timeout`, on one connection to the
+    /// shard's master, shared with the other holds of the shard queued at the
+    /// moment (`batch::AckBatch`). Returns (record exists, replicas that
+    /// acknowledged).
     async fn wait_for_replicas(
         &self,
         record: &str,
         tag: &str,
         n: u32,
     ) -> Result<(bool, i64), InventoryError> {
-        // one client, one connection: the shard's master's own client on a
-        // cluster (nodes.rs), so a master down elsewhere does not hold it up
-        let client = self.nodes.client_for_slot(Some(placement::slot_of(tag)));
-        let touched: i64 = client
-            .pexpire(record, self.settings.record_ttl_ms as i64, None)
-            .await
-            .map_err(|e| self.err(e))?;
-        let wait =
-            CustomCommand::new_static("WAIT", ClusterHash::Custom(placement::slot_of(tag)), false);
-        if touched != 1 {
-            return Ok((false, 0));
-        }
-        let acked: i64 = client
-            .custom(
-                wait,
-                vec![
-                    Value::from(i64::from(n)),
-                    Value::from(self.settings.replica_ack_timeout_ms as i64),
-                ],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok((true, acked))
+        debug_assert_eq!(n, self.settings.replica_ack);
+        let reply = self.acks.submit(tag, record.to_owned()).await?;
+        let items = array(reply)?;
+        let touched = int(at(&items, 0)?)?;
+        let acked = int(at(&items, 1)?)?;
+        Ok((touched == 1, acked))
     }
 }

@@ -211,7 +211,6 @@ impl SkuMeta {
 struct Settings {
     /// Replicas a hold must reach before it is answered (0 = off; durability.rs).
     replica_ack: u32,
-    replica_ack_timeout_ms: u64,
     sold_out_cache: Duration,
     waitlist_capacity: u64,
     ticket_ttl_ms: u64,
@@ -219,7 +218,6 @@ struct Settings {
     extend_ms: u64,
     max_hold_ms: u64,
     idem_ttl_ms: u64,
-    record_ttl_ms: u64,
     sweep_batch: u32,
 }
 
@@ -242,6 +240,8 @@ pub struct Inventory {
     reserver: Arc<batch::Lanes<batch::ReserveBatch>>,
     /// claim.lua calls, coalesced per bucket of idempotency records.
     claims: Arc<batch::Lanes<batch::ClaimBatch>>,
+    /// `replica_ack` acknowledgements, coalesced per shard (durability.rs).
+    acks: Arc<batch::Lanes<batch::AckBatch>>,
     metrics: Arc<Metrics>,
     settings: Settings,
     meta: RwLock<HashMap<Sku, (Arc<SkuMeta>, Instant)>>,
@@ -378,21 +378,31 @@ impl Inventory {
             },
             config.reserve_batch_max,
         );
+        let acks = batch::Lanes::new(
+            batch::AckBatch {
+                nodes: nodes.clone(),
+                metrics: metrics.clone(),
+                script: scripts.touch.clone(),
+                replicas: config.replica_ack,
+                timeout_ms: config.replica_ack_timeout_ms,
+                record_ttl_ms: record_ttl_ms.to_string(),
+            },
+            config.reserve_batch_max,
+        );
         Ok(Inventory {
             pool,
             nodes,
             scripts,
             reserver,
             claims,
+            acks,
             metrics,
             settings: Settings {
                 replica_ack: config.replica_ack,
-                replica_ack_timeout_ms: config.replica_ack_timeout_ms,
                 extend_ms: config.extend_seconds * 1000,
                 max_hold_ms,
                 idem_ttl_ms,
                 // the record outlives its longest possible hold by the key retention
-                record_ttl_ms,
                 sweep_batch: config.sweep_batch,
                 waitlist_capacity: config.waitlist_capacity,
                 sold_out_cache: Duration::from_millis(config.sold_out_cache_ms),

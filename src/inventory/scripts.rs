@@ -56,6 +56,8 @@ pub struct Scripts {
     pub wl_lease: Script,
     pub wl_gate: Script,
     pub wl_bump: Script,
+    /// `replica_ack`: the write a batch of acknowledgements waits behind.
+    pub touch: Script,
 }
 
 impl Default for Scripts {
@@ -86,10 +88,11 @@ impl Scripts {
             wl_gate: Script::new("wl_gate", include_str!("../../lua/wl_gate.lua")),
             wl_bump: Script::new("wl_bump", include_str!("../../lua/wl_bump.lua")),
             fix: Script::new("fix", include_str!("../../lua/fix.lua")),
+            touch: Script::new("touch", include_str!("../../lua/touch.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 19] {
+    pub fn all(&self) -> [&Script; 20] {
         [
             &self.claim,
             &self.reserve,
@@ -110,6 +113,7 @@ impl Scripts {
             &self.wl_lease,
             &self.wl_gate,
             &self.wl_bump,
+            &self.touch,
         ]
     }
 
@@ -232,6 +236,20 @@ fn pack<K: AsRef<str>, A: AsRef<str>>(keys: &[K], args: &[A]) -> (Vec<Key>, Vec<
         .map(|a| Value::Bytes(next(a.as_ref().len())))
         .collect();
     (keys, args)
+}
+
+/// `script` on this `client` (one connection), with `NOSCRIPT` handled as in
+/// [`run`] but no re-routing: for a call that must share its connection with
+/// the next command (`WAIT` after `touch.lua`, durability.rs).
+pub async fn run_on<K: AsRef<str>, A: AsRef<str>>(
+    client: &Client,
+    metrics: &Metrics,
+    script: &Script,
+    keys: &[K],
+    args: &[A],
+) -> Result<Value, fred::error::Error> {
+    let (keys, args) = pack(keys, args);
+    run_once(client, metrics, script, &keys, &args).await
 }
 
 async fn run_once(
