@@ -786,3 +786,52 @@ async fn sold_out_fast_path_reopens_within_its_bound_across_instances() {
     let st = a.assert_books("fast").await;
     assert_eq!((st.available, st.held), (0, 2));
 }
+
+/// `replica_ack`'s WAIT blocks its connection on the server. It has a
+/// connection of its own: with one pooled connection and no replica (every
+/// WAIT runs into its timeout), a reserve that needs no acknowledgement is
+/// answered while the acknowledged one is still waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_replica_ack_holds_up_no_other_reserve() {
+    let redis = RedisServer::start();
+    let app = Arc::new(
+        app_with(&redis, |c| {
+            c.redis_pool_size = 1;
+            c.replica_ack = 1;
+            c.replica_ack_timeout_ms = 3_000;
+            c.redis_timeout_ms = 5_000;
+            c.request_timeout_ms = 10_000;
+        })
+        .await,
+    );
+    app.preload("ACKED", 5, 1).await;
+    app.preload("EMPTY", 0, 1).await;
+    let waiting = {
+        let app = app.clone();
+        tokio::spawn(async move { app.reserve("ack-1", "ACKED", 1, "u1").await })
+    };
+    // until the WAIT is blocked on the server
+    let mut blocked = false;
+    for _ in 0..200 {
+        if redis
+            .cli(&["INFO", "clients"])
+            .lines()
+            .any(|l| l.starts_with("blocked_clients:") && l.trim_end() != "blocked_clients:0")
+        {
+            blocked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(blocked, "the acknowledgement never reached WAIT");
+    let other = app.reserve("ack-2", "EMPTY", 1, "u2").await;
+    assert_eq!(other.status, StatusCode::CONFLICT, "{:?}", other.body);
+    assert!(
+        !waiting.is_finished(),
+        "the sold-out answer waited for the other request's WAIT"
+    );
+    // no replica: the hold is kept and answered 503, retry with the key
+    let a = waiting.await.unwrap();
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", a.body);
+    assert_eq!(a.code(), "redis_unavailable");
+}

@@ -264,8 +264,9 @@ impl Batch for AckBatch {
         use fred::types::{ClusterHash, CustomCommand};
 
         let slot = super::placement::slot_of(tag);
-        // one client, one connection: the touch and the WAIT behind it
-        let client = self.nodes.client_for_slot(Some(slot));
+        // one client, one connection: the touch and the WAIT behind it (the
+        // acknowledgements' own, so the WAIT holds up no reserve script)
+        let client = self.nodes.ack_client_for_slot(slot);
         let touched = scripts::run_on(
             &client,
             &self.metrics,

@@ -21,6 +21,11 @@
 //! client closed. Refreshes run one at a time and at most every
 //! [`MIN_REFRESH`].
 //!
+//! With `replica_ack`, every master (or the one Redis) also gets a client for
+//! the acknowledgements alone (`ack_client_for_slot`): `WAIT` blocks its
+//! connection on the server, and on a connection of its own it holds up
+//! only other acknowledgements, never a reserve script.
+//!
 //! A change of the map is passed on to the pool (`sync_cluster`). The pool
 //! keeps everything else (multi-key reads, `SCRIPT LOAD` on every
 //! primary, the ledger's stream reads, status), and stays the fallback for a
@@ -50,6 +55,8 @@ const MIN_REFRESH: Duration = Duration::from_millis(100);
 pub struct Nodes {
     pool: Pool,
     cluster: Option<Arc<Masters>>,
+    /// One Redis with `replica_ack`: the acknowledgements' own client.
+    ack: Option<Client>,
 }
 
 /// One client per cluster master, and the slot map they serve.
@@ -63,6 +70,8 @@ struct Masters {
     /// A background refresh is queued or running.
     pending: AtomicBool,
     pool: Pool,
+    /// `replica_ack` is on: each master gets an acknowledgement client too.
+    acks: bool,
 }
 
 #[derive(Default)]
@@ -70,6 +79,8 @@ struct Routes {
     /// (first slot, last slot, master `host:port`), sorted.
     ranges: Vec<(u16, u16, String)>,
     clients: HashMap<String, Client>,
+    /// The acknowledgement clients (only with `replica_ack`).
+    ack_clients: HashMap<String, Client>,
 }
 
 impl Routes {
@@ -88,10 +99,17 @@ impl Nodes {
     pub fn new(pool: Pool, config: &Config) -> Result<Nodes, InventoryError> {
         let template = RedisConfig::from_url(&config.redis_url)
             .map_err(|e| InventoryError::Unavailable(format!("bad redis_url: {e}")))?;
+        let acks = config.replica_ack > 0;
         if !template.server.is_clustered() {
+            let ack = if acks {
+                Some(connected(template, config.redis_timeout())?)
+            } else {
+                None
+            };
             return Ok(Nodes {
                 pool,
                 cluster: None,
+                ack,
             });
         }
         let masters = Arc::new(Masters {
@@ -101,6 +119,7 @@ impl Nodes {
             refreshed: tokio::sync::Mutex::new(Instant::now()),
             pending: AtomicBool::new(false),
             pool: pool.clone(),
+            acks,
         });
         if let Some(routing) = pool.next().cached_cluster_state() {
             masters.install(&routing);
@@ -108,6 +127,7 @@ impl Nodes {
         Ok(Nodes {
             pool,
             cluster: Some(masters),
+            ack: None,
         })
     }
 
@@ -116,7 +136,28 @@ impl Nodes {
         Nodes {
             pool,
             cluster: None,
+            ack: None,
         }
+    }
+
+    /// The client for `replica_ack`'s touch + `WAIT` of a shard on `slot`: the
+    /// master's (or the one Redis's) acknowledgement client, else (acks off,
+    /// or no such client yet) the one [`Nodes::client_for_slot`] gives.
+    pub fn ack_client_for_slot(&self, slot: u16) -> Client {
+        if let Some(c) = &self.ack {
+            return c.clone();
+        }
+        if let Some(m) = &self.cluster {
+            if let Ok(routes) = m.routes.read() {
+                if let Some(c) = routes
+                    .master_of(slot)
+                    .and_then(|n| routes.ack_clients.get(n))
+                {
+                    return c.clone();
+                }
+            }
+        }
+        self.client_for_slot(Some(slot))
     }
 
     pub fn pool(&self) -> &Pool {
@@ -191,16 +232,17 @@ impl Nodes {
         }
     }
 
-    /// Close every per-master client.
+    /// Close every per-master client (and the acknowledgement clients).
     pub async fn close(&self) {
+        let mut clients: Vec<Client> = self.ack.iter().cloned().collect();
         if let Some(m) = &self.cluster {
-            let clients: Vec<Client> = match m.routes.read() {
-                Ok(r) => r.clients.values().cloned().collect(),
-                Err(_) => Vec::new(),
-            };
-            for c in clients {
-                let _ = tokio::time::timeout(Duration::from_secs(1), c.quit()).await;
+            if let Ok(r) = m.routes.read() {
+                clients.extend(r.clients.values().cloned());
+                clients.extend(r.ack_clients.values().cloned());
             }
+        }
+        for c in clients {
+            let _ = tokio::time::timeout(Duration::from_secs(1), c.quit()).await;
         }
     }
 }
@@ -274,6 +316,7 @@ impl Masters {
             return;
         }
         let mut clients = HashMap::new();
+        let mut ack_clients = HashMap::new();
         for r in routing.slots() {
             let name = format!("{}:{}", r.primary.host, r.primary.port);
             if clients.contains_key(&name) {
@@ -292,9 +335,21 @@ impl Masters {
                     }
                 },
             };
+            if self.acks {
+                let ack = match routes.ack_clients.get(&name) {
+                    Some(c) => Some(c.clone()),
+                    None => self
+                        .client(&r.primary.host, r.primary.port)
+                        .inspect_err(|e| tracing::warn!(master = %name, error = %e, "no acknowledgement client for a cluster master; its WAITs share the master's client"))
+                        .ok(),
+                };
+                if let Some(ack) = ack {
+                    ack_clients.insert(name.clone(), ack);
+                }
+            }
             clients.insert(name, client);
         }
-        for (name, old) in routes.clients.iter() {
+        for (name, old) in routes.clients.iter().chain(routes.ack_clients.iter()) {
             if !clients.contains_key(name) {
                 tracing::info!(master = %name, "no longer a cluster master: closing its client");
                 let old = old.clone();
@@ -304,7 +359,11 @@ impl Masters {
             }
         }
         let first = routes.ranges.is_empty();
-        *routes = Arc::new(Routes { ranges, clients });
+        *routes = Arc::new(Routes {
+            ranges,
+            clients,
+            ack_clients,
+        });
         if !first {
             // the pool learns of the change too (it meets fewer MOVED now
             // that the scripts go elsewhere), for the commands it still sends
@@ -321,13 +380,19 @@ impl Masters {
     fn client(&self, host: &str, port: u16) -> Result<Client, InventoryError> {
         let mut config = self.template.clone();
         config.server = ServerConfig::new_centralized(host, port);
-        let client = super::builder(config, self.timeout, 2, 0)
-            .build()
-            .map_err(|e| InventoryError::Unavailable(e.to_string()))?;
-        // the handle is the connection task; it ends when the client quits
-        drop(client.connect());
-        Ok(client)
+        connected(config, self.timeout)
     }
+}
+
+/// A client of its own (one connection, the pool's fail-fast settings),
+/// connecting in the background.
+fn connected(config: RedisConfig, timeout: Duration) -> Result<Client, InventoryError> {
+    let client = super::builder(config, timeout, 2, 0)
+        .build()
+        .map_err(|e| InventoryError::Unavailable(e.to_string()))?;
+    // the handle is the connection task; it ends when the client quits
+    drop(client.connect());
+    Ok(client)
 }
 
 #[cfg(test)]
@@ -343,6 +408,7 @@ mod tests {
                 (10924, 16383, "c:3".to_string()),
             ],
             clients: HashMap::new(),
+            ack_clients: HashMap::new(),
         };
         assert_eq!(routes.master_of(0), Some("a:1"));
         assert_eq!(routes.master_of(5460), Some("a:1"));
