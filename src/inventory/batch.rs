@@ -239,12 +239,14 @@ impl Batch for ClaimBatch {
     }
 }
 
-/// `replica_ack` (durability.rs): the acknowledgements of the holds of one
-/// shard, the lane being the shard's hash tag. One call is `touch.lua` over
-/// every queued record, then `WAIT replicas timeout` on the same connection:
-/// one wait for the whole batch, and as many blocking WAITs in flight as
-/// there are shards being held, not as there are requests (a WAIT holds back
-/// everything after it on its connection, reserve calls included).
+/// `replica_ack` (durability.rs): the acknowledgements of the holds waiting
+/// at the moment on one master (the lane: the master, or the shard's tag
+/// when its master is unknown). One call is `touch.lua` over the queued
+/// records of each shard (a script stays in one slot), then one `WAIT
+/// replicas timeout` on the same connection, the master's acknowledgement
+/// client: one wait for the whole batch, one at a time per connection (a WAIT
+/// holds back everything after it on its connection — so that connection
+/// carries nothing else).
 pub struct AckBatch {
     pub nodes: Nodes,
     pub metrics: Arc<Metrics>,
@@ -254,35 +256,57 @@ pub struct AckBatch {
     pub record_ttl_ms: String,
 }
 
-impl Batch for AckBatch {
-    /// A reservation record key.
-    type Item = String;
+/// One hold's acknowledgement: its shard's hash tag and its record key.
+pub struct Ack {
+    pub tag: String,
+    pub record: String,
+}
 
-    /// One reply per record: `[touched (0/1), replicas that acknowledged]`.
-    async fn call(&self, tag: &str, records: Vec<String>) -> Result<Vec<Value>, InventoryError> {
+impl Batch for AckBatch {
+    type Item = Ack;
+
+    /// One reply per hold: `[touched (0/1), replicas that acknowledged]`.
+    async fn call(&self, _master: &str, acks: Vec<Ack>) -> Result<Vec<Value>, InventoryError> {
         use fred::interfaces::ClientLike;
         use fred::types::{ClusterHash, CustomCommand};
 
-        let slot = super::placement::slot_of(tag);
-        // one client, one connection: the touch and the WAIT behind it (the
-        // acknowledgements' own, so the WAIT holds up no reserve script)
+        let Some(first) = acks.first() else {
+            return Ok(Vec::new());
+        };
+        let slot = super::placement::slot_of(&first.tag);
+        // one client, one connection: the touches and the WAIT behind them
         let client = self.nodes.ack_client_for_slot(slot);
-        let touched = scripts::run_on(
-            &client,
-            &self.metrics,
-            &self.script,
-            &records,
-            &[self.record_ttl_ms.as_str()],
-        )
-        .await
-        .map_err(|e| scripts::classify(&self.metrics, e))?;
-        let touched = array(touched)?;
-        if touched.len() != records.len() {
-            return Err(InventoryError::Protocol(format!(
-                "touch.lua answered {} of {} records",
-                touched.len(),
-                records.len()
-            )));
+        let mut touched = vec![Value::Integer(0); acks.len()];
+        let mut tags: Vec<&str> = acks.iter().map(|a| a.tag.as_str()).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        for tag in tags {
+            let (at, records): (Vec<usize>, Vec<&str>) = acks
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.tag == tag)
+                .map(|(i, a)| (i, a.record.as_str()))
+                .unzip();
+            let reply = scripts::run_on(
+                &client,
+                &self.metrics,
+                &self.script,
+                &records,
+                &[self.record_ttl_ms.as_str()],
+            )
+            .await
+            .map_err(|e| scripts::classify(&self.metrics, e))?;
+            let reply = array(reply)?;
+            if reply.len() != records.len() {
+                return Err(InventoryError::Protocol(format!(
+                    "touch.lua answered {} of {} records",
+                    reply.len(),
+                    records.len()
+                )));
+            }
+            for (i, t) in at.into_iter().zip(reply) {
+                touched[i] = t;
+            }
         }
         let acked: i64 = if touched.iter().any(|t| matches!(t, Value::Integer(1))) {
             let wait = CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), false);

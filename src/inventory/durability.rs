@@ -19,14 +19,15 @@
 //! failover lost it since): 503 as well, never a 200 for a hold that does
 //! not exist.
 //!
-//! The acknowledgements of one shard are coalesced (`batch::AckBatch`, the
-//! lanes of batch.rs): one touch of every queued record, one `WAIT` for all
-//! of them. `WAIT` blocks its connection on the server — every command sent
-//! after it on that connection, reserve scripts included, waits for it — so
-//! one `WAIT` per shard in flight instead of one per request matters most
-//! when the replicas lag: measured, a burst against a replica still in its
-//! first sync took 1.0–1.7 s per 503 with a WAIT per request, on a 100 ms
-//! timeout (bench/README.md). `WAIT` is sent as a custom, non-blocking
+//! The acknowledgements waiting on one master are coalesced
+//! (`batch::AckBatch`, the lanes of batch.rs): one touch per shard of its
+//! queued records, one `WAIT` for all of them, on a connection that carries
+//! nothing else (`Nodes::ack_client_for_slot`). `WAIT` blocks its connection
+//! on the server — every command sent after it there waits for it — which
+//! matters most when the replicas lag: measured, a burst against a replica
+//! still in its first sync took 1.0–1.7 s per 503 with a WAIT per request on
+//! the pooled connections, on a 100 ms timeout, and held up the sold-out
+//! answers behind them (bench/README.md). `WAIT` is sent as a custom, non-blocking
 //! command on the fred side, so the client's other commands keep being
 //! written meanwhile. Off (N = 0) by default.
 
@@ -87,7 +88,17 @@ impl Inventory {
         n: u32,
     ) -> Result<(bool, i64), InventoryError> {
         debug_assert_eq!(n, self.settings.replica_ack);
-        let reply = self.acks.submit(tag, record.to_owned()).await?;
+        // the lane: the master serving the shard (one Redis: one lane)
+        let lane = match self.nodes.master_of(super::placement::slot_of(tag)) {
+            Some(master) => master,
+            None if self.nodes.per_master() => tag.to_owned(),
+            None => String::new(),
+        };
+        let ack = super::batch::Ack {
+            tag: tag.to_owned(),
+            record: record.to_owned(),
+        };
+        let reply = self.acks.submit(&lane, ack).await?;
         let items = array(reply)?;
         let touched = int(at(&items, 0)?)?;
         let acked = int(at(&items, 1)?)?;
