@@ -256,6 +256,19 @@ pub struct AckBatch {
     pub record_ttl_ms: String,
 }
 
+/// How many acknowledgements one `WAIT` covers at most: far more than a
+/// reserve batch, since a WAIT takes up to the whole timeout when the
+/// replicas lag and the next batch waits behind it (a touch of a thousand
+/// records is still cheap). Coalescing off (`reserve_batch_max = 1`) turns
+/// it off here too.
+pub fn ack_batch_max(reserve_batch_max: usize) -> usize {
+    if reserve_batch_max <= 1 {
+        1
+    } else {
+        reserve_batch_max.max(1024)
+    }
+}
+
 /// One hold's acknowledgement: its shard's hash tag and its record key.
 pub struct Ack {
     pub tag: String,

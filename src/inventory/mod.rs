@@ -387,7 +387,7 @@ impl Inventory {
                 timeout_ms: config.replica_ack_timeout_ms,
                 record_ttl_ms: record_ttl_ms.to_string(),
             },
-            config.reserve_batch_max,
+            batch::ack_batch_max(config.reserve_batch_max),
         );
         Ok(Inventory {
             pool,
