@@ -506,18 +506,7 @@ fn calls_of(r: &RedisServer, cmd: &str) -> u64 {
 }
 
 fn evalsha_calls(r: &RedisServer) -> u64 {
-    r.cli(&["INFO", "commandstats"])
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    calls_of(r, "evalsha")
 }
 
 #[tokio::test]

@@ -373,27 +373,24 @@ pub fn render(r: &Report) -> String {
         h.latency.p99_ms,
         h.requests - h.count(Outcome::Ok)
     );
+    // the windows around the sold-out and capacity phases
+    let mut windows: Vec<(&str, &PhaseSummary)> = Vec::new();
     if let Some(h) = &r.soldout_healthz_before {
+        windows.push(("before sold-out", h));
+    }
+    if let Some([before, after]) = &r.capacity_healthz {
+        windows.push(("before capacity", before));
+        windows.push(("after  capacity", after));
+    }
+    for (when, h) in windows {
         let _ = writeln!(
             o,
-            "  HTTP ceiling  before sold-out, {:.1} s: {} req/s, p99 {:.2} ms (non-200: {})",
+            "  HTTP ceiling  {when}, {:.1} s: {} req/s, p99 {:.2} ms (non-200: {})",
             h.duration_s,
             f(h.per_sec),
             h.latency.p99_ms,
             h.requests - h.count(Outcome::Ok)
         );
-    }
-    if let Some(hz) = &r.capacity_healthz {
-        for (when, h) in ["before", "after "].iter().zip(hz) {
-            let _ = writeln!(
-                o,
-                "  HTTP ceiling  {when} capacity, {:.1} s: {} req/s, p99 {:.2} ms (non-200: {})",
-                h.duration_s,
-                f(h.per_sec),
-                h.latency.p99_ms,
-                h.requests - h.count(Outcome::Ok)
-            );
-        }
     }
     if let Some(c) = &r.capacity {
         let _ = writeln!(
