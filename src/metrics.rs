@@ -423,17 +423,17 @@ fn status_label(status: u16) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn status_labels_are_the_codes() {
-        assert_eq!(super::status_label(200), "200");
-        assert_eq!(super::status_label(100), "100");
-        assert_eq!(super::status_label(409), "409");
-        assert_eq!(super::status_label(999), "999");
-        assert_eq!(super::status_label(99), "other");
-        assert_eq!(super::status_label(1000), "other");
+        assert_eq!(status_label(200), "200");
+        assert_eq!(status_label(100), "100");
+        assert_eq!(status_label(409), "409");
+        assert_eq!(status_label(999), "999");
+        assert_eq!(status_label(99), "other");
+        assert_eq!(status_label(1000), "other");
     }
-
-    use super::*;
 
     /// Names from the `# TYPE` lines of a rendered page.
     fn families(page: &str) -> Vec<(String, String)> {

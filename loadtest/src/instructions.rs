@@ -167,21 +167,15 @@ fn which(tool: &str) -> anyhow::Result<PathBuf> {
 }
 
 async fn control(pid: u32, what: &str) -> anyhow::Result<()> {
-    let out = tokio::time::timeout(
+    let args = [what.to_string(), pid.to_string()];
+    let bin = Path::new("callgrind_control");
+    procs::run_tool(
+        Command::new(bin).args(&args),
+        bin,
+        &args,
         Duration::from_secs(60),
-        Command::new("callgrind_control")
-            .arg(what)
-            .arg(pid.to_string())
-            .output(),
     )
-    .await
-    .context("callgrind_control timed out")??;
-    if !out.status.success() {
-        bail!(
-            "callgrind_control {what} {pid} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    .await?;
     Ok(())
 }
 

@@ -188,7 +188,7 @@ async fn redis_cli(bin: &Path, args: &[String], limit: Duration) -> anyhow::Resu
 
 /// Run a command to its end within `limit`; its stdout + stderr, or an error
 /// naming the command when it fails, runs over or cannot start.
-async fn run_tool(
+pub async fn run_tool(
     cmd: &mut Command,
     bin: &Path,
     args: &[String],

@@ -87,7 +87,7 @@ pub struct Report {
     pub healthz: PhaseSummary,
     /// `/healthz` right before the sold-out phase, as long as it: the sold-out
     /// ratio is over its mean with [`Report::healthz`] (right after it).
-    pub soldout_healthz_before: Option<PhaseSummary>,
+    pub soldout_healthz_before: PhaseSummary,
     pub books: BookReport,
     /// Reserve on a SKU that cannot run out: the sustained rate.
     pub capacity: Option<PhaseSummary>,
@@ -375,9 +375,7 @@ pub fn render(r: &Report) -> String {
     );
     // the windows around the sold-out and capacity phases
     let mut windows: Vec<(&str, &PhaseSummary)> = Vec::new();
-    if let Some(h) = &r.soldout_healthz_before {
-        windows.push(("before sold-out", h));
-    }
+    windows.push(("before sold-out", &r.soldout_healthz_before));
     if let Some([before, after]) = &r.capacity_healthz {
         windows.push(("before capacity", before));
         windows.push(("after  capacity", after));

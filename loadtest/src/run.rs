@@ -604,7 +604,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         followup,
         healthz,
         books: book_report,
-        soldout_healthz_before: Some(soldout_healthz_before),
+        soldout_healthz_before,
         capacity,
         capacity_healthz,
         capacity_redis,

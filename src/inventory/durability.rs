@@ -60,7 +60,7 @@ impl Inventory {
             .cloned()
             .unwrap_or_else(|| super::keys::default_tag(&meta.sku, shard));
         let (touched, acked) = self
-            .wait_for_replicas(&meta.keys(shard).record(&rid), &tag, n)
+            .wait_for_replicas(&meta.keys(shard).record(&rid), &tag)
             .await?;
         if !touched {
             tracing::warn!(rid = %rid, "the hold is gone from its shard (lost in a failover?)");
@@ -77,7 +77,7 @@ impl Inventory {
         result
     }
 
-    /// The record's touch then `WAIT n timeout`, on one connection to the
+    /// The record's touch then `WAIT replica_ack timeout`, on one connection to the
     /// shard's master, shared with the other holds of the shard queued at the
     /// moment (`batch::AckBatch`). Returns (record exists, replicas that
     /// acknowledged).
@@ -85,9 +85,7 @@ impl Inventory {
         &self,
         record: &str,
         tag: &str,
-        n: u32,
     ) -> Result<(bool, i64), InventoryError> {
-        debug_assert_eq!(n, self.settings.replica_ack);
         // the lane: the master serving the shard (one Redis: one lane)
         let lane = match self.nodes.master_of(super::placement::slot_of(tag)) {
             Some(master) => master,
