@@ -80,11 +80,32 @@ impl Auth {
 fn find(keys: &[Vec<u8>], token: &[u8]) -> Option<usize> {
     let mut found = None;
     for (i, k) in keys.iter().enumerate() {
-        if bool::from(k.as_slice().ct_eq(token)) {
+        if bool::from(same(k, token)) {
             found = Some(i);
         }
     }
     found
+}
+
+/// `a == b` in time that depends on the lengths only (as `subtle`'s slice
+/// comparison, which also answers unequal lengths at once): the XOR of 8
+/// bytes at a time is OR-ed together, and `subtle` turns the one word into
+/// its answer. A byte at a time through `subtle` was ≈ 500 instructions
+/// per request for two 40-byte keys (callgrind), 1.5 % of a sold-out answer.
+fn same(a: &[u8], b: &[u8]) -> subtle::Choice {
+    if a.len() != b.len() {
+        return subtle::Choice::from(0);
+    }
+    let (wa, ra) = a.as_chunks::<8>();
+    let (wb, rb) = b.as_chunks::<8>();
+    let mut diff = 0u64;
+    for (x, y) in wa.iter().zip(wb) {
+        diff |= u64::from_ne_bytes(*x) ^ u64::from_ne_bytes(*y);
+    }
+    for (x, y) in ra.iter().zip(rb) {
+        diff |= u64::from(x ^ y);
+    }
+    diff.ct_eq(&0)
 }
 
 #[cfg(test)]
@@ -135,6 +156,26 @@ mod tests {
             "forbidden"
         );
         assert!(a.require_admin(Caller::Admin(0)).is_ok());
+    }
+
+    #[test]
+    fn equal_only_when_every_byte_is() {
+        // whole words, a tail, and both: a difference in any one byte counts
+        for len in [0, 1, 7, 8, 9, 16, 21, 40] {
+            let a: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(bool::from(same(&a, &a.clone())), "len {len}");
+            for at in 0..len {
+                for bit in [0x01, 0x80] {
+                    let mut b = a.clone();
+                    b[at] ^= bit;
+                    assert!(!bool::from(same(&a, &b)), "len {len}, byte {at}");
+                }
+            }
+            let mut longer = a.clone();
+            longer.push(b'x');
+            assert!(!bool::from(same(&a, &longer)));
+            assert!(!bool::from(same(&longer, &a)));
+        }
     }
 
     #[test]

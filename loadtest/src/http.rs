@@ -1,6 +1,7 @@
 //! The HTTP client side of the v1 API: one request in, one [`Answer`] out,
 //! timed against the run's epoch. Requests go to 127.0.0.1 only.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -9,6 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::stats::{Outcome, Phase, Sample};
@@ -84,7 +86,10 @@ impl Api {
     }
 
     /// Send one request and read the whole answer. Never fails: a transport
-    /// error or timeout is an outcome like any other.
+    /// error or timeout is an outcome like any other. The body comes back as
+    /// bytes; only the fields the sale needs are decoded ([`Reply`]), the
+    /// same way for every endpoint, so a POST's answer costs this client no
+    /// more to read than a `/healthz` of the same size.
     async fn send(
         &self,
         phase: Phase,
@@ -92,7 +97,7 @@ impl Api {
         method: Method,
         path: &str,
         body: Option<(String, &str)>,
-    ) -> (Answer, Option<Value>) {
+    ) -> (Answer, Bytes) {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path));
@@ -118,25 +123,20 @@ impl Api {
         })
         .await;
         let recv_us = self.now_us();
-        let (outcome, status, json) = match result {
-            Err(_) => (Outcome::Timeout, 0, None),
-            Ok(Err(_)) => (Outcome::Transport, 0, None),
+        let (outcome, status, bytes, reservation_id) = match result {
+            Err(_) => (Outcome::Timeout, 0, Bytes::new(), None),
+            Ok(Err(_)) => (Outcome::Transport, 0, Bytes::new(), None),
             Ok(Ok((status, bytes))) => {
-                let json: Option<Value> = serde_json::from_slice(&bytes).ok();
-                let code = json
-                    .as_ref()
-                    .and_then(|j| j.pointer("/error/code"))
-                    .and_then(Value::as_str);
-                (Outcome::classify(reserve, status, code), status, json)
+                let reply: Reply = serde_json::from_slice(&bytes).unwrap_or_default();
+                let code = reply.error.as_ref().map(|e| e.code.as_ref());
+                let outcome = Outcome::classify(reserve, status, code);
+                let rid = if reserve && matches!(outcome, Outcome::Held | Outcome::Replayed) {
+                    reply.reservation_id.map(Cow::into_owned)
+                } else {
+                    None
+                };
+                (outcome, status, bytes.clone(), rid)
             }
-        };
-        let reservation_id = if reserve && matches!(outcome, Outcome::Held | Outcome::Replayed) {
-            json.as_ref()
-                .and_then(|j| j.get("reservation_id"))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        } else {
-            None
         };
         let sample = Sample {
             phase,
@@ -150,12 +150,17 @@ impl Api {
                 status,
                 reservation_id,
             },
-            json,
+            bytes,
         )
     }
 
     pub async fn reserve(&self, phase: Phase, sku: &str, user: &str, key: &str) -> Answer {
-        let body = serde_json::json!({ "sku": sku, "qty": 1, "user_id": user }).to_string();
+        let body = serde_json::to_string(&ReserveBody {
+            sku,
+            qty: 1,
+            user_id: user,
+        })
+        .unwrap_or_default();
         self.send(
             phase,
             true,
@@ -190,21 +195,23 @@ impl Api {
     /// `status` of `GET /v1/reservations/{id}`, if it answered 200.
     pub async fn reservation_status(&self, id: &str) -> Option<String> {
         let path = format!("/v1/reservations/{id}");
-        let (a, json) = self
+        let (a, bytes) = self
             .send(Phase::Followup, false, Method::GET, &path, None)
             .await;
         if a.status != 200 {
             return None;
         }
-        json?.get("status")?.as_str().map(str::to_owned)
+        let json: Value = serde_json::from_slice(&bytes).ok()?;
+        json.get("status")?.as_str().map(str::to_owned)
     }
 
     /// `GET /v1/skus/{sku}` as JSON.
     pub async fn sku(&self, sku: &str) -> anyhow::Result<Value> {
         let path = format!("/v1/skus/{sku}");
-        let (a, json) = self
+        let (a, bytes) = self
             .send(Phase::Followup, false, Method::GET, &path, None)
             .await;
+        let json: Option<Value> = serde_json::from_slice(&bytes).ok();
         match (a.status, json) {
             (200, Some(j)) => Ok(j),
             (status, j) => bail!(
@@ -227,6 +234,30 @@ impl Api {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A reserve request's body.
+#[derive(Serialize)]
+struct ReserveBody<'a> {
+    sku: &'a str,
+    qty: u32,
+    user_id: &'a str,
+}
+
+/// The fields of an answer the sale looks at; every other field is skipped
+/// unread. Strings are borrowed from the body unless they hold escapes.
+#[derive(Deserialize, Default)]
+struct Reply<'a> {
+    #[serde(borrow, default)]
+    reservation_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    error: Option<ReplyError<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ReplyError<'a> {
+    #[serde(borrow)]
+    code: Cow<'a, str>,
 }
 
 /// The totals of a `GET /v1/skus/{sku}` body.
@@ -255,6 +286,33 @@ mod tests {
         assert!(loopback_base("http://10.0.0.1:8080").is_err());
         assert!(loopback_base("http://example.com").is_err());
         assert!(loopback_base("https://127.0.0.1:8443").is_err());
+    }
+
+    #[test]
+    fn replies_give_the_code_and_the_reservation() {
+        let r: Reply = serde_json::from_slice(
+            br#"{"error":{"code":"sold_out","message":"SKU \"A\" is sold out"},"request_id":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.error.unwrap().code, "sold_out");
+        assert!(r.reservation_id.is_none());
+        let r: Reply = serde_json::from_slice(
+            br#"{"reservation_id":"r-1","sku":"A","qty":1,"expires_at":"2026-12-02T00:00:00Z","extra":[1,{"a":null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.reservation_id.as_deref(), Some("r-1"));
+        assert!(r.error.is_none());
+        let r: Reply = serde_json::from_slice(br#"{"status":"ok"}"#).unwrap();
+        assert!(r.reservation_id.is_none() && r.error.is_none());
+        assert_eq!(
+            serde_json::to_string(&ReserveBody {
+                sku: "S\"1",
+                qty: 1,
+                user_id: "u"
+            })
+            .unwrap(),
+            r#"{"sku":"S\"1","qty":1,"user_id":"u"}"#
+        );
     }
 
     #[test]
