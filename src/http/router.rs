@@ -379,7 +379,7 @@ async fn reserve(state: &AppState, req: Request<Incoming>) -> Result<Response<Bo
         .limiter
         .check_user(request.user.as_str())
         .map_err(|l| limited(state, l))?;
-    let outcome = match Box::pin(state.inventory.reserve(&request)).await {
+    let outcome = match state.inventory.reserve(&request).await {
         Err(crate::error::InventoryError::Api(e)) if matches!(*e, ApiError::PurchaseLimit) => {
             state.metrics.outcome("purchase_limit");
             return Err(*e);
