@@ -107,8 +107,11 @@ impl Api {
         let body = match body {
             Some((json, idem)) => {
                 req = req
-                    .header("content-type", "application/json")
-                    .header("idempotency-key", idem);
+                    .header(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    )
+                    .header(IDEMPOTENCY_KEY.clone(), idem);
                 Full::new(Bytes::from(json))
             }
             None => Full::new(Bytes::new()),
@@ -235,6 +238,9 @@ impl Api {
         }
     }
 }
+
+static IDEMPOTENCY_KEY: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("idempotency-key");
 
 /// A reserve request's body.
 #[derive(Serialize)]
