@@ -24,6 +24,13 @@ mod stats;
 
 use clap::Parser;
 
+// The same allocator as the server's: with glibc malloc, allocation was the
+// load generator's largest user-space item (perf, 2026-12-02), and a reserve
+// allocates more than a /healthz, so the client's own cost leaned on the
+// sold-out ratio.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let args = cli::Args::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
