@@ -194,7 +194,8 @@ pub async fn run_with<K: AsRef<str> + Sync, A: AsRef<str> + Sync>(
             || details.contains("Too many redirections");
         if again && started.elapsed() < TRYAGAIN_BUDGET {
             if redirected {
-                nodes.refresh().await;
+                // (rare: boxed, so the common path's future stays small)
+                Box::pin(nodes.refresh()).await;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(50));
@@ -267,12 +268,16 @@ async fn run_once(
         Err(e) if e.details().starts_with("NOSCRIPT") => {
             metrics.redis_error("noscript");
             tracing::info!(script = script.name, "NOSCRIPT: reloading the script");
-            client
-                .script_load_cluster::<String, _>(script.source.as_str())
-                .await?;
-            client
-                .evalsha::<Value, _, _, _>(script.sha.as_str(), keys.to_vec(), args.to_vec())
-                .await
+            // (rare: boxed, so the common path's future stays small)
+            Box::pin(async {
+                client
+                    .script_load_cluster::<String, _>(script.source.as_str())
+                    .await?;
+                client
+                    .evalsha::<Value, _, _, _>(script.sha.as_str(), keys.to_vec(), args.to_vec())
+                    .await
+            })
+            .await
         }
         other => other,
     };
