@@ -41,12 +41,18 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     // the request's own warnings and errors below carry the id either way.
     let span = tracing::debug_span!("request", id = %request_id_str, method = %req.method(), path = %req.uri().path());
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
+    // The path's segments, split once for the route label and the dispatch
+    // (a clone of the parsed URI shares its buffer: the request itself moves
+    // into the endpoint).
+    let uri = req.uri().clone();
+    let segs = Segments::of(uri.path());
     let (route, result) = async {
-        let route = route_name(req.method(), req.uri().path());
+        let route = route_name(segs.as_slice());
         // Boxed: the endpoint futures are kilobytes big, and hyper and tokio
         // move the request's future by value a few times — measured as 8 % of
         // the server's CPU in memcpy before (see bench/README.md).
-        match tokio::time::timeout(timeout, Box::pin(dispatch(&state, req, route))).await {
+        let endpoint = dispatch(&state, req, route, uri.path(), segs.as_slice());
+        match tokio::time::timeout(timeout, Box::pin(endpoint)).await {
             Ok(result) => (route, result),
             Err(_) => (route, Err(ApiError::Timeout)),
         }
@@ -117,37 +123,33 @@ impl<'a> Segments<'a> {
 }
 
 /// The route label for metrics: a fixed set, never the raw path.
-fn route_name(method: &Method, path: &str) -> &'static str {
-    let segs = Segments::of(path);
-    match (method, segs.as_slice()) {
-        (_, ["v1", "reservations"]) => "reserve",
-        (_, ["v1", "reservations", _]) => "get_reservation",
-        (_, ["v1", "reservations", _, "confirm"]) => "confirm",
-        (_, ["v1", "reservations", _, "release"]) => "release",
-        (_, ["v1", "reservations", _, "extend"]) => "extend",
-        (_, ["v1", "skus", _]) => "sku",
-        (_, ["v1", "waitlist", _]) => "waitlist",
-        (_, ["admin", "v1", "skus", _]) => "admin_sku",
-        (_, ["admin", "v1", "skus", _, "preload"]) => "admin_preload",
-        (_, ["healthz"]) => "healthz",
-        (_, ["readyz"]) => "readyz",
-        (_, ["metrics"]) => "metrics",
+fn route_name(segs: &[&str]) -> &'static str {
+    match segs {
+        ["v1", "reservations"] => "reserve",
+        ["v1", "reservations", _] => "get_reservation",
+        ["v1", "reservations", _, "confirm"] => "confirm",
+        ["v1", "reservations", _, "release"] => "release",
+        ["v1", "reservations", _, "extend"] => "extend",
+        ["v1", "skus", _] => "sku",
+        ["v1", "waitlist", _] => "waitlist",
+        ["admin", "v1", "skus", _] => "admin_sku",
+        ["admin", "v1", "skus", _, "preload"] => "admin_preload",
+        ["healthz"] => "healthz",
+        ["readyz"] => "readyz",
+        ["metrics"] => "metrics",
         _ => "not_found",
     }
 }
 
-/// `route` is [`route_name`] of this request, computed once by [`handle`].
+/// `route` is [`route_name`] of this request's `segs` (of its `path`), all
+/// computed once by [`handle`].
 async fn dispatch(
     state: &AppState,
     req: Request<Incoming>,
     route: &'static str,
+    path: &str,
+    segs: &[&str],
 ) -> Result<Response<Body>, ApiError> {
-    // (a clone of the parsed URI shares its buffer: the request itself moves
-    // into the endpoint below)
-    let uri = req.uri().clone();
-    let path = uri.path();
-    let segs = Segments::of(path);
-    let segs = segs.as_slice();
     let method = req.method().clone();
     match segs {
         ["healthz"] | ["readyz"] | ["metrics"] => return Box::pin(ops(state, &method, segs)).await,
@@ -415,28 +417,23 @@ async fn reserve(state: &AppState, req: Request<Incoming>) -> Result<Response<Bo
 mod tests {
     use super::*;
 
+    fn route_of(path: &str) -> &'static str {
+        route_name(Segments::of(path).as_slice())
+    }
+
     #[test]
     fn routes_are_found_by_their_segments_and_longer_paths_are_not() {
-        assert_eq!(route_name(&Method::POST, "/v1/reservations"), "reserve");
-        assert_eq!(route_name(&Method::POST, "/v1/reservations/"), "reserve");
-        assert_eq!(
-            route_name(&Method::POST, "/v1/reservations/abc/confirm"),
-            "confirm"
-        );
-        assert_eq!(
-            route_name(&Method::POST, "/admin/v1/skus/A/preload"),
-            "admin_preload"
-        );
-        assert_eq!(route_name(&Method::GET, "/healthz"), "healthz");
-        assert_eq!(route_name(&Method::GET, "/"), "not_found");
-        assert_eq!(
-            route_name(&Method::GET, "/v1/reservations/a/b/c"),
-            "not_found"
-        );
+        assert_eq!(route_of("/v1/reservations"), "reserve");
+        assert_eq!(route_of("/v1/reservations/"), "reserve");
+        assert_eq!(route_of("/v1/reservations/abc/confirm"), "confirm");
+        assert_eq!(route_of("/admin/v1/skus/A/preload"), "admin_preload");
+        assert_eq!(route_of("/healthz"), "healthz");
+        assert_eq!(route_of("/"), "not_found");
+        assert_eq!(route_of("/v1/reservations/a/b/c"), "not_found");
         // more segments than any route has: nothing matches, not even a prefix
         let long = Segments::of("/v1/reservations/a/confirm/b/c/d");
         assert!(!matches!(long.as_slice(), ["v1", ..]));
-        assert_eq!(route_name(&Method::GET, "/v1/a/b/c/d/e/f/g"), "not_found");
+        assert_eq!(route_of("/v1/a/b/c/d/e/f/g"), "not_found");
         assert_eq!(Segments::of("/a/b/c/d/e/f").as_slice().len(), 6);
     }
 
