@@ -18,6 +18,9 @@ local ts = now_ms()
 if ts >= exp then return {'conflict', 'expired', qty, user, exp} end
 local new_exp = math.min(math.max(exp, ts + grace), created + max_total)
 if new_exp > exp then
+  -- the deadline of the hold's first answer, which a replay of its
+  -- idempotency key answers again (reserve.lua); set once, at the first move
+  redis.call('HSETNX', rkey, 'first_exp', r[4])
   redis.call('HSET', rkey, 'exp', new_exp)
   redis.call('ZADD', holds, 'XX', new_exp, rid)
   -- keep the record alive at least as long past its new deadline as before

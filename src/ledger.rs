@@ -130,6 +130,62 @@ struct Entry {
     fields: Option<HashMap<String, String>>,
 }
 
+/// One row of `ledger_events` from an outbox entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// The stream entry's id; `<id>/<i>` for the i-th hold of a batched
+    /// `held` entry, so that each has its own unique `(stream, entry_id)`.
+    pub entry_id: String,
+    pub kind: String,
+    pub rid: String,
+    pub qty: i64,
+    pub user: String,
+    /// Milliseconds, the Redis server's clock.
+    pub ts: i64,
+}
+
+/// The events of one outbox entry (`fields`: its field/value pairs). Every
+/// script writes one event per entry — `type`, `rid`, `qty`, `user`, `ts` —
+/// except `reserve.lua`, which writes the holds of one call as one `held`
+/// entry whose `holds` field has a line `rid|qty|user` per hold (the user
+/// last: it may contain `|`, never a line break).
+pub fn events_of(entry_id: &str, fields: &HashMap<String, String>) -> Vec<Event> {
+    let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
+    let kind = get("type");
+    // the entry id's milliseconds are the server's clock too
+    let ts = get("ts")
+        .parse::<i64>()
+        .unwrap_or_else(|_| id_ms(entry_id).unwrap_or(0));
+    match fields.get("holds") {
+        Some(holds) => holds
+            .split('\n')
+            .enumerate()
+            .map(|(i, line)| {
+                let mut p = line.splitn(3, '|');
+                let rid = p.next().unwrap_or_default().to_owned();
+                let qty = p.next().and_then(|q| q.parse().ok()).unwrap_or(0);
+                let user = p.next().unwrap_or_default().to_owned();
+                Event {
+                    entry_id: format!("{entry_id}/{i}"),
+                    kind: kind.clone(),
+                    rid,
+                    qty,
+                    user,
+                    ts,
+                }
+            })
+            .collect(),
+        None => vec![Event {
+            entry_id: entry_id.to_owned(),
+            kind,
+            rid: get("rid"),
+            qty: get("qty").parse::<i64>().unwrap_or(0),
+            user: get("user"),
+            ts,
+        }],
+    }
+}
+
 /// What one pass did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PassStats {
@@ -323,21 +379,17 @@ impl Writer {
         let mut ts = Vec::with_capacity(n);
         for e in entries {
             let Some(f) = &e.fields else { continue };
-            let get = |k: &str| f.get(k).cloned().unwrap_or_default();
-            stream.push(s.key.clone());
-            id.push(e.id.clone());
-            sku.push(s.sku.clone());
-            shard.push(i32::from(s.shard));
-            kind.push(get("type"));
-            rid.push(get("rid"));
-            qty.push(get("qty").parse::<i64>().unwrap_or(0));
-            user.push(get("user"));
-            // the entry id's milliseconds are the server's clock too
-            ts.push(
-                get("ts")
-                    .parse::<i64>()
-                    .unwrap_or_else(|_| id_ms(&e.id).unwrap_or(0)),
-            );
+            for ev in events_of(&e.id, f) {
+                stream.push(s.key.clone());
+                id.push(ev.entry_id);
+                sku.push(s.sku.clone());
+                shard.push(i32::from(s.shard));
+                kind.push(ev.kind);
+                rid.push(ev.rid);
+                qty.push(ev.qty);
+                user.push(ev.user);
+                ts.push(ev.ts);
+            }
         }
         let client = self.db.get().await?;
         let stmt = client.prepare_cached(INSERT).await?;
@@ -873,6 +925,61 @@ mod tests {
         assert!(!id_lt("10-10", "10-2"));
         assert!(!id_lt("x", "10-2"));
         assert_eq!(parse_id("1700000000000-3"), Some((1_700_000_000_000, 3)));
+    }
+
+    #[test]
+    fn a_batched_held_entry_is_a_row_per_hold_and_other_entries_one_row() {
+        let f = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let held = f(&[
+            ("type", "held"),
+            ("ts", "1700000000123"),
+            ("holds", "s.0.a|1|u-1\ns.0.b|3|name with | bar"),
+        ]);
+        let rows = events_of("1700000000124-0", &held);
+        assert_eq!(
+            rows,
+            [
+                Event {
+                    entry_id: "1700000000124-0/0".into(),
+                    kind: "held".into(),
+                    rid: "s.0.a".into(),
+                    qty: 1,
+                    user: "u-1".into(),
+                    ts: 1_700_000_000_123,
+                },
+                Event {
+                    entry_id: "1700000000124-0/1".into(),
+                    kind: "held".into(),
+                    rid: "s.0.b".into(),
+                    qty: 3,
+                    user: "name with | bar".into(),
+                    ts: 1_700_000_000_123,
+                },
+            ]
+        );
+        let confirmed = f(&[
+            ("type", "confirmed"),
+            ("rid", "s.0.a"),
+            ("qty", "1"),
+            ("user", "u-1"),
+        ]);
+        assert_eq!(
+            events_of("1700000000999-2", &confirmed),
+            [Event {
+                entry_id: "1700000000999-2".into(),
+                kind: "confirmed".into(),
+                rid: "s.0.a".into(),
+                qty: 1,
+                user: "u-1".into(),
+                // no ts field: the entry id's milliseconds
+                ts: 1_700_000_000_999,
+            }]
+        );
     }
 
     #[test]

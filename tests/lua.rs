@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use flashgate::domain::{IdempotencyKey, ReservationId, Sku};
+use flashgate::inventory::batch::{decode_reserve, ReserveReply};
 use flashgate::inventory::keys::{self, ShardKeys};
 use flashgate::inventory::scripts::{self, Script, Scripts};
 use flashgate::metrics::Metrics;
@@ -94,37 +95,37 @@ impl Fixture {
         let replies = self
             .run(
                 &self.scripts.reserve,
-                vec![
-                    self.k.stock(),
-                    self.k.books(),
-                    self.k.holds(),
-                    self.k.events(),
-                    self.k.wlopen(),
-                    self.k.reserved_keys(),
-                    self.k.idem(&key),
-                    self.k.record(rid),
-                    self.k.idem(&key), // no claim in this call
-                ],
+                self.shard_keys(),
                 vec![
                     hold_ms.to_string(),
                     "86400000".into(),
                     "90000000".into(),
-                    self.sku.to_string(),
+                    key.as_str().into(),
                     rid.to_string(),
                     qty.to_string(),
                     "user-1".into(),
                     fp.into(),
-                    if mark { "1" } else { "0" }.into(),
-                    "1".into(),
-                    key.as_str().into(),
+                    if mark { "3" } else { "2" }.into(),
+                    String::new(), // no claim in this call
                     String::new(),
                 ],
             )
             .await;
-        match replies {
-            fred::types::Value::Array(mut r) if r.len() == 1 => strs(r.remove(0)),
-            other => panic!("reserve.lua must answer one reply per request: {other:?}"),
-        }
+        let mut replies = decode_reserve(replies).expect("reserve.lua's reply");
+        assert_eq!(replies.len(), 1, "one reply per request");
+        parts(replies.remove(0), rid)
+    }
+
+    /// reserve.lua's KEYS: the shard's own keys.
+    fn shard_keys(&self) -> Vec<String> {
+        vec![
+            self.k.stock(),
+            self.k.books(),
+            self.k.holds(),
+            self.k.events(),
+            self.k.wlopen(),
+            self.k.reserved_keys(),
+        ]
     }
 
     async fn reserve(&self, key: &str, qty: u32, hold_ms: u64) -> Vec<String> {
@@ -190,8 +191,18 @@ impl Fixture {
         books_of(&self.pool, &self.k).await
     }
 
+    /// The shard's outbox events (a batched `held` entry counts each hold).
     async fn events(&self) -> i64 {
-        self.pool.next().xlen(self.k.events()).await.unwrap()
+        let entries: Vec<(String, HashMap<String, String>)> = self
+            .pool
+            .next()
+            .xrange(self.k.events(), "-", "+", None)
+            .await
+            .unwrap();
+        entries
+            .iter()
+            .map(|(id, fields)| flashgate::ledger::events_of(id, fields).len() as i64)
+            .sum()
     }
 }
 
@@ -288,44 +299,53 @@ async fn reserve_batch_claiming(
     reqs: &[(&str, u32, Option<&str>)],
     rids: &[ReservationId],
 ) -> Vec<Vec<String>> {
-    let mut keys = vec![
-        f.k.stock(),
-        f.k.books(),
-        f.k.holds(),
-        f.k.events(),
-        f.k.wlopen(),
-        f.k.reserved_keys(),
-    ];
-    let mut args: Vec<String> = vec![
-        "60000".into(),
-        "86400000".into(),
-        "90000000".into(),
-        f.sku.to_string(),
-    ];
+    let mut args: Vec<String> = vec!["60000".into(), "86400000".into(), "90000000".into()];
     for ((key, qty, claim), rid) in reqs.iter().zip(rids) {
         let key = IdempotencyKey::parse(key).unwrap();
-        keys.push(f.k.idem(&key));
-        keys.push(f.k.record(rid));
-        keys.push(match claim {
-            Some(_) => keys::idem_global(&key).1,
-            None => f.k.idem(&key), // no claim: the idem key again
-        });
         args.extend([
+            key.as_str().to_string(),
             rid.to_string(),
             qty.to_string(),
             "user-1".into(),
             format!("{qty}:user-1"),
-            "1".into(),
-            "1".into(),
-            key.as_str().to_string(),
+            "3".into(),
+            match claim {
+                Some(_) => keys::idem_global(&key).1,
+                None => String::new(),
+            },
             claim.unwrap_or_default().to_string(),
         ]);
     }
-    scripts::array(f.run(&f.scripts.reserve, keys, args).await)
-        .unwrap()
+    let replies = decode_reserve(f.run(&f.scripts.reserve, f.shard_keys(), args).await)
+        .expect("reserve.lua's reply");
+    assert_eq!(replies.len(), reqs.len(), "one reply per request");
+    replies
         .into_iter()
-        .map(strs)
+        .zip(rids)
+        .map(|(r, rid)| parts(r, rid))
         .collect()
+}
+
+/// A reply as the words and values it carries: `held rid expires_at`,
+/// `replay rid qty user expires_at`, `claimed body`, `moved n`, `dry n`,
+/// `mismatch`, `unloaded` (`sent`: the rid the request carried).
+fn parts(r: ReserveReply, sent: &ReservationId) -> Vec<String> {
+    match r {
+        ReserveReply::Held { expires_at_ms } => {
+            vec!["held".into(), sent.to_string(), expires_at_ms.to_string()]
+        }
+        ReserveReply::Replay {
+            rid,
+            qty,
+            user,
+            expires_at_ms,
+        } => vec!["replay".into(), rid, qty, user, expires_at_ms.to_string()],
+        ReserveReply::Claimed(body) => vec!["claimed".into(), body],
+        ReserveReply::Moved(n) => vec!["moved".into(), n.to_string()],
+        ReserveReply::Dry(n) => vec!["dry".into(), n.to_string()],
+        ReserveReply::Mismatch => vec!["mismatch".into()],
+        ReserveReply::Unloaded => vec!["unloaded".into()],
+    }
 }
 
 #[tokio::test]
@@ -388,19 +408,16 @@ async fn concurrent_reserves_for_one_shard_share_script_calls() {
             let key = IdempotencyKey::parse(&format!("c{i}")).unwrap();
             let rid = f.rid();
             let call = ReserveCall {
-                sku: f.sku.to_string(),
-                idem_key: f.k.idem(&key),
-                record_key: f.k.record(&rid),
+                key: key.as_str().to_string(),
                 rid: rid.to_string(),
                 qty: "1".into(),
                 user: format!("u{i}"),
                 fingerprint: format!("1:u{i}"),
                 mark_moved: true,
                 gate: true,
-                key: key.as_str().to_string(),
                 claim: None,
             };
-            strs(reserver.submit(&tag, call).await.unwrap())
+            parts(reserver.submit(&tag, call).await.unwrap(), &rid)
         }
     }))
     .await;
@@ -718,6 +735,12 @@ async fn extend_moves_the_deadline_within_the_maximum() {
         .await
         .unwrap();
     assert_eq!(score as i64, exp1, "the expiry list follows the deadline");
+    // a second extend moves nothing further (the maximum), and a replay of
+    // the key answers what its first answer said, not the moved deadline
+    assert_eq!(f.extend(&rid, 5_000, 3_000).await[4], exp1.to_string());
+    let replay = f.reserve("a", 1, 1_000).await;
+    assert_eq!(replay[..2], ["replay".to_string(), rid.clone()]);
+    assert_eq!(replay[4], exp0.to_string(), "the first answer's deadline");
     // ended holds cannot be extended
     f.end(&f.scripts.release, &rid).await;
     assert_eq!(

@@ -434,17 +434,17 @@ impl BenchTarget {
 pub fn benchmark_args(t: &BenchTarget, sha: &str, sku: &str) -> Vec<String> {
     let p = t.prefix();
     let [stock, books, holds, events, wlopen, keys] = t.keys();
-    // A batch of one request (lua/reserve.lua): KEYS stock books holds events
-    // wlopen keys, then the request's idem, record and claim keys; ARGV
-    // hold_ms idem_ttl_ms record_ttl_ms sku, then the request's rid qty user
-    // fp mark_moved gate key claim_body: the same work as the service's call.
-    let idem = format!("{p}idem:bk__rand_int__");
+    // A batch of one request (lua/reserve.lua): KEYS stock books holds
+    // events wlopen keys; ARGV hold_ms idem_ttl_ms record_ttl_ms, then the
+    // request's key rid qty user fp flags claim_record claim_body (the
+    // script names the request's verdict and record keys from the shard's
+    // prefix): the same work as the service's call.
     let (claim_key, claim_body) = if t.claim {
         // (the service's body is `<sku>\n<fingerprint>`; a newline would
         // break redis-benchmark's CSV line, which repeats the command)
         (format!("{p}claim:bk__rand_int__"), format!("{sku}:fp"))
     } else {
-        (idem.clone(), String::new())
+        (String::new(), String::new())
     };
     [
         "-h",
@@ -460,27 +460,23 @@ pub fn benchmark_args(t: &BenchTarget, sha: &str, sku: &str) -> Vec<String> {
         "--csv",
         "EVALSHA",
         sha,
-        "9",
+        "6",
         &stock,
         &books,
         &holds,
         &events,
         &wlopen,
         &keys,
-        &idem,
-        &format!("{p}r:br__rand_int__"),
-        &claim_key,
         "600000",
         "120000",
         "120000",
-        sku,
-        "br__rand_int__",
+        "bk__rand_int__",
+        &format!("{sku}.0.br__rand_int__"),
         "1",
         "bench-user",
         "fp",
-        "1",
-        "1",
-        "bk__rand_int__",
+        "3",
+        &claim_key,
         &claim_body,
     ]
     .iter()
@@ -816,8 +812,8 @@ mod tests {
         };
         let args = benchmark_args(&t, "abc", "LT1-redisbase");
         let at = args.iter().position(|a| a == "EVALSHA").unwrap();
-        assert_eq!(&args[at + 1..at + 3], ["abc", "9"]);
-        let keys = &args[at + 3..at + 12];
+        assert_eq!(&args[at + 1..at + 3], ["abc", "6"]);
+        let keys = &args[at + 3..at + 9];
         assert!(
             keys.iter()
                 .all(|k| k.starts_with("fg:{LT1-redisbase#7001.42}:")),

@@ -33,24 +33,27 @@ use crate::metrics::Metrics;
 /// A script call that can carry many requests of one lane.
 pub trait Batch: Send + Sync + 'static {
     type Item: Send + 'static;
+    type Reply: Send + 'static;
     /// One call for `items` of `lane`: one reply per item, in order.
     fn call(
         &self,
         lane: &str,
         items: Vec<Self::Item>,
-    ) -> impl Future<Output = Result<Vec<Value>, InventoryError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Self::Reply>, InventoryError>> + Send;
 }
 
-type Waiter = oneshot::Sender<Result<Value, InventoryError>>;
+type Waiter<R> = oneshot::Sender<Result<R, InventoryError>>;
 /// Requests waiting for a lane's next call.
-type Queue<I> = Vec<(I, Waiter)>;
+type Queue<I, R> = Vec<(I, Waiter<R>)>;
+/// Every lane with a drain in flight, and what queued behind it.
+type Queues<B> = Mutex<HashMap<String, Queue<<B as Batch>::Item, <B as Batch>::Reply>>>;
 
 /// The lanes of one kind of call.
 pub struct Lanes<B: Batch> {
     batch: B,
     max_batch: usize,
     /// Lanes with a drain in flight, and what queued behind it.
-    queued: Mutex<HashMap<String, Queue<B::Item>>>,
+    queued: Queues<B>,
 }
 
 impl<B: Batch> Lanes<B> {
@@ -68,7 +71,7 @@ impl<B: Batch> Lanes<B> {
         self: &Arc<Self>,
         lane: &str,
         item: B::Item,
-    ) -> Result<Value, InventoryError> {
+    ) -> Result<B::Reply, InventoryError> {
         if self.max_batch == 1 {
             let mut replies = self.batch.call(lane, vec![item]).await?;
             return replies
@@ -118,7 +121,7 @@ impl<B: Batch> Lanes<B> {
                 Err(_) => None,
             };
             let Some(batch) = taken else { return };
-            let (items, waiters): (Vec<B::Item>, Vec<Waiter>) = batch.into_iter().unzip();
+            let (items, waiters): (Vec<B::Item>, Vec<Waiter<B::Reply>>) = batch.into_iter().unzip();
             let n = items.len();
             // The call's future (the script, its retries) is large: on the
             // heap, the spawned drain stays small, and spawning no longer
@@ -145,21 +148,88 @@ impl<B: Batch> Lanes<B> {
     }
 }
 
-/// One request's part of a `reserve.lua` call.
+/// One request's part of a `reserve.lua` call (its own keys are named in
+/// the script from the shard's prefix).
 pub struct ReserveCall {
-    pub sku: String,
-    pub idem_key: String,
-    pub record_key: String,
+    /// The idempotency key.
+    pub key: String,
     pub rid: String,
     pub qty: String,
     pub user: String,
     pub fingerprint: String,
     pub mark_moved: bool,
     pub gate: bool,
-    pub key: String,
     /// The key's claim, made inside this call (one Redis server only; see
     /// `lua/reserve.lua`), or None when it was made apart or earlier.
     pub claim: Option<Claim>,
+}
+
+/// `reserve.lua`'s answer to one request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReserveReply {
+    /// A new hold, with the request's own rid, until `expires_at_ms`.
+    Held { expires_at_ms: i64 },
+    /// The claim made in this call found another request body (this one).
+    Claimed(String),
+    /// The key already holds this reservation here; `expires_at_ms` is the
+    /// deadline its first answer gave (0 if the record is gone).
+    Replay {
+        rid: String,
+        qty: String,
+        user: String,
+        expires_at_ms: i64,
+    },
+    /// The key was refused here before (walk on); the shard's units now.
+    Moved(i64),
+    /// The key was used with another request body.
+    Mismatch,
+    /// Too few units here (this many).
+    Dry(i64),
+    /// The shard has no counters.
+    Unloaded,
+}
+
+/// `reserve.lua`'s flat reply (the calls' shared deadline, then one string
+/// per request) as one [`ReserveReply`] per request.
+pub fn decode_reserve(reply: Value) -> Result<Vec<ReserveReply>, InventoryError> {
+    let bad = |what: &str| InventoryError::Protocol(format!("reserve.lua replied {what}"));
+    let mut items = array(reply)?.into_iter();
+    let exp = items
+        .next()
+        .and_then(|v| v.as_i64())
+        .ok_or_else(|| bad("no deadline"))?;
+    items
+        .map(|v| {
+            let s = v.as_str().ok_or_else(|| bad("a non-string"))?;
+            let s: &str = &s;
+            let (kind, rest) = s.split_at(s.len().min(1));
+            let num = || rest.parse::<i64>().map_err(|_| bad(&format!("{s:?}")));
+            Ok(match kind {
+                "h" => ReserveReply::Held { expires_at_ms: exp },
+                "c" => ReserveReply::Claimed(rest.to_owned()),
+                "r" => {
+                    // rid|qty|expires_at|user (the user last: it may hold '|')
+                    let mut p = rest.splitn(4, '|');
+                    let (Some(rid), Some(qty), Some(e), Some(user)) =
+                        (p.next(), p.next(), p.next(), p.next())
+                    else {
+                        return Err(bad(&format!("{s:?}")));
+                    };
+                    ReserveReply::Replay {
+                        rid: rid.to_owned(),
+                        qty: qty.to_owned(),
+                        user: user.to_owned(),
+                        expires_at_ms: e.parse().unwrap_or(0),
+                    }
+                }
+                "v" => ReserveReply::Moved(num()?),
+                "m" => ReserveReply::Mismatch,
+                "d" => ReserveReply::Dry(num()?),
+                "u" => ReserveReply::Unloaded,
+                _ => return Err(bad(&format!("{s:?}"))),
+            })
+        })
+        .collect()
 }
 
 /// `reserve.lua` on one shard; the lane is the shard's hash tag.
@@ -173,10 +243,15 @@ pub struct ReserveBatch {
 
 impl Batch for ReserveBatch {
     type Item = ReserveCall;
+    type Reply = ReserveReply;
 
-    async fn call(&self, tag: &str, calls: Vec<ReserveCall>) -> Result<Vec<Value>, InventoryError> {
+    async fn call(
+        &self,
+        tag: &str,
+        calls: Vec<ReserveCall>,
+    ) -> Result<Vec<ReserveReply>, InventoryError> {
         let sk = ShardKeys::new(tag);
-        let shard_keys = [
+        let keys = [
             sk.stock(),
             sk.books(),
             sk.holds(),
@@ -185,31 +260,27 @@ impl Batch for ReserveBatch {
             sk.reserved_keys(),
         ];
         // borrowed from the requests: packed once into one buffer by run_with
-        let n = calls.len();
-        let mut keys: Vec<&str> = Vec::with_capacity(6 + 3 * n);
-        keys.extend(shard_keys.iter().map(String::as_str));
-        let mut args: Vec<&str> = Vec::with_capacity(4 + 8 * n);
+        let mut args: Vec<&str> = Vec::with_capacity(3 + 8 * calls.len());
         args.extend(self.ttls.iter().map(String::as_str));
-        args.push(calls.first().map_or("", |c| c.sku.as_str()));
         for c in &calls {
             let (claim_key, claim_body) = match &c.claim {
                 Some(claim) => (claim.record.as_str(), claim.body.as_str()),
-                // no claim: the idem key again keeps every key in the slot
-                None => (c.idem_key.as_str(), ""),
+                None => ("", ""),
             };
-            keys.extend([c.idem_key.as_str(), c.record_key.as_str(), claim_key]);
             args.extend([
+                c.key.as_str(),
                 c.rid.as_str(),
                 c.qty.as_str(),
                 c.user.as_str(),
                 c.fingerprint.as_str(),
-                flag(c.mark_moved),
-                flag(c.gate),
-                c.key.as_str(),
+                flags(c.mark_moved, c.gate),
+                claim_key,
                 claim_body,
             ]);
         }
-        array(scripts::run_with(&self.nodes, &self.metrics, &self.script, &keys, &args).await?)
+        decode_reserve(
+            scripts::run_with(&self.nodes, &self.metrics, &self.script, &keys, &args).await?,
+        )
     }
 }
 
@@ -229,6 +300,7 @@ pub struct ClaimBatch {
 
 impl Batch for ClaimBatch {
     type Item = Claim;
+    type Reply = Value;
 
     async fn call(&self, _bucket: &str, claims: Vec<Claim>) -> Result<Vec<Value>, InventoryError> {
         let mut keys = Vec::with_capacity(claims.len());
@@ -280,6 +352,7 @@ pub struct Ack {
 
 impl Batch for AckBatch {
     type Item = Ack;
+    type Reply = Value;
 
     /// One reply per hold: `[touched (0/1), replicas that acknowledged]`.
     async fn call(&self, _master: &str, acks: Vec<Ack>) -> Result<Vec<Value>, InventoryError> {
@@ -346,11 +419,13 @@ impl Batch for AckBatch {
     }
 }
 
-fn flag(b: bool) -> &'static str {
-    if b {
-        "1"
-    } else {
-        "0"
+/// reserve.lua's flags argument: 1 = mark_moved, + 2 = gate.
+fn flags(mark_moved: bool, gate: bool) -> &'static str {
+    match (mark_moved, gate) {
+        (false, false) => "0",
+        (true, false) => "1",
+        (false, true) => "2",
+        (true, true) => "3",
     }
 }
 
@@ -360,5 +435,72 @@ fn same(e: &InventoryError) -> InventoryError {
         InventoryError::Unavailable(m) => InventoryError::Unavailable(m.clone()),
         InventoryError::Protocol(m) => InventoryError::Protocol(m.clone()),
         InventoryError::Api(api) => InventoryError::Protocol(format!("batch: {api}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: &str) -> Value {
+        Value::String(x.into())
+    }
+
+    #[test]
+    fn reserve_replies_decode_one_per_request() {
+        let reply = Value::Array(vec![
+            Value::Integer(1_700_000_060_000),
+            s("h"),
+            s("csku\n1:u"),
+            s("rsku.0.ab|2|1700000050000|user | with bars"),
+            s("rsku.0.cd|||"),
+            s("v7"),
+            s("m"),
+            s("d0"),
+            s("u"),
+        ]);
+        assert_eq!(
+            decode_reserve(reply).unwrap(),
+            [
+                ReserveReply::Held {
+                    expires_at_ms: 1_700_000_060_000
+                },
+                ReserveReply::Claimed("sku\n1:u".into()),
+                ReserveReply::Replay {
+                    rid: "sku.0.ab".into(),
+                    qty: "2".into(),
+                    user: "user | with bars".into(),
+                    expires_at_ms: 1_700_000_050_000,
+                },
+                // the record is gone: the id still answers
+                ReserveReply::Replay {
+                    rid: "sku.0.cd".into(),
+                    qty: "".into(),
+                    user: "".into(),
+                    expires_at_ms: 0,
+                },
+                ReserveReply::Moved(7),
+                ReserveReply::Mismatch,
+                ReserveReply::Dry(0),
+                ReserveReply::Unloaded,
+            ]
+        );
+        for bad in [
+            vec![s("h")],                       // no deadline
+            vec![Value::Integer(0), s("x1")],   // unknown kind
+            vec![Value::Integer(0), s("dzz")],  // no number
+            vec![Value::Integer(0), s("r1|2")], // a short replay
+            vec![Value::Integer(0), s("")],
+        ] {
+            assert!(decode_reserve(Value::Array(bad)).is_err());
+        }
+    }
+
+    #[test]
+    fn flags_carry_both_switches() {
+        assert_eq!(flags(false, false), "0");
+        assert_eq!(flags(true, false), "1");
+        assert_eq!(flags(false, true), "2");
+        assert_eq!(flags(true, true), "3");
     }
 }

@@ -14,6 +14,7 @@
 //! | `fg:{SKU#s}:r:<rid>`      | hash   | the reservation                                   |
 //! | `fg:{SKU#s}:idem:<key>`   | string | `R|<rid>|<fp>` or the tombstone `M|<fp>`          |
 //! | `fg:{SKU#s}:events`       | stream | outbox of every stock change (for the ledger)     |
+//! |                           |        | (a reserve.lua call's holds: one `held` entry)     |
 //! | `fg:{SKU#s}:xfers`        | hash   | transfers out of this shard not yet applied       |
 //! | `fg:{SKU#s}:xin`          | zset   | transfer ids applied to this shard (a day)        |
 //! | `fg:{idem~NN}:<key>`      | string | `<sku>\n<fingerprint>`: the key's first request   |

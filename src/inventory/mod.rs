@@ -65,8 +65,9 @@ use crate::config::Config;
 use crate::domain::{IdempotencyKey, Qty, ReservationId, Sku, UserId};
 use crate::error::{ApiError, InventoryError};
 use crate::metrics::Metrics;
+use batch::ReserveReply;
 use keys::ShardKeys;
-use scripts::{array, at, int, text, word, Scripts};
+use scripts::{array, at, int, text, Scripts};
 
 /// Largest shard count one SKU may have.
 pub const MAX_SHARDS: u16 = 256;
@@ -898,28 +899,21 @@ impl Inventory {
         gate: bool,
         claim: Option<batch::Claim>,
     ) -> Result<Step, InventoryError> {
-        let sk = meta.keys(shard);
         let rid_s = ReservationId::text_of(&req.sku, shard, token);
         let tag = match meta.tags.get(usize::from(shard)) {
             Some(t) => std::borrow::Cow::Borrowed(t.as_str()),
             None => std::borrow::Cow::Owned(keys::default_tag(&req.sku, shard)),
         };
         let call = batch::ReserveCall {
-            sku: req.sku.as_str().to_owned(),
-            idem_key: sk.idem(&req.key),
-            record_key: sk.record_of(&rid_s),
+            key: req.key.as_str().to_owned(),
             rid: rid_s.clone(),
             qty: itoa::Buffer::new().format(req.qty.get()).to_owned(),
-            user: req.user.as_str().to_string(),
-            fingerprint: fp.to_string(),
+            user: req.user.as_str().to_owned(),
+            fingerprint: fp.to_owned(),
             mark_moved,
             gate,
-            key: req.key.as_str().to_string(),
             claim,
         };
-        let reply = self.reserver.submit(&tag, call).await?;
-        let items = array(reply)?;
-        let kind = word(at(&items, 0)?)?;
         let view = |id: String, exp: i64| Reservation {
             reservation_id: id,
             sku: req.sku.as_str().to_owned(),
@@ -928,28 +922,23 @@ impl Inventory {
             status: "held",
             expires_at: ms_to_rfc3339(exp),
         };
-        Ok(match kind {
-            "held" => Step::Held(view(text(at(&items, 1)?)?, int(at(&items, 2)?)?)),
-            "replay" => {
-                let id = text(at(&items, 1)?)?;
-                let exp = int(at(&items, 4)?).unwrap_or(0);
+        Ok(match self.reserver.submit(&tag, call).await? {
+            ReserveReply::Held { expires_at_ms } => Step::Held(view(rid_s, expires_at_ms)),
+            ReserveReply::Replay {
+                rid, expires_at_ms, ..
+            } => {
                 // our own attempt, resent by the client library after a lost reply
-                if id == rid_s {
-                    Step::Held(view(id, exp))
+                if rid == rid_s {
+                    Step::Held(view(rid, expires_at_ms))
                 } else {
-                    Step::Replay(view(id, exp))
+                    Step::Replay(view(rid, expires_at_ms))
                 }
             }
-            "moved" => Step::Moved(int(at(&items, 1)?)?),
-            "mismatch" => Step::Mismatch,
-            "claimed" => Step::Claimed(text(at(&items, 1)?)?),
-            "dry" => Step::Dry(int(at(&items, 1)?)?),
-            "unloaded" => Step::Unloaded,
-            other => {
-                return Err(InventoryError::Protocol(format!(
-                    "reserve replied {other:?}"
-                )))
-            }
+            ReserveReply::Moved(avail) => Step::Moved(avail),
+            ReserveReply::Mismatch => Step::Mismatch,
+            ReserveReply::Claimed(earlier) => Step::Claimed(earlier),
+            ReserveReply::Dry(avail) => Step::Dry(avail),
+            ReserveReply::Unloaded => Step::Unloaded,
         })
     }
 
