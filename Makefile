@@ -37,3 +37,12 @@ bench-instructions:
 	cargo build --release -p flashgate -p flashgate-loadtest
 	$(BENCH_TARGET_DIR)/release/flashgate-loadtest --instructions $(INSTRUCTIONS_N) \
 		--flashgate-bin $(BENCH_TARGET_DIR)/release/flashgate --out-dir bench-results
+
+# Redis's own instructions per hold of lua/reserve.lua (redis-server under
+# callgrind, batches of 1, 25 and 64 fresh requests per call): the figure for
+# A/B comparisons of the Lua side (bench/README.md). Installs valgrind with
+# apt-get when missing and run as root.
+.PHONY: bench-redis-instructions
+bench-redis-instructions:
+	@command -v valgrind >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y valgrind; } || { echo "install valgrind" >&2; exit 1; }
+	python3 bench/redis_instructions.py --lua-dir lua
