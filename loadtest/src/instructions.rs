@@ -9,6 +9,9 @@
 //! comparisons of the request path. It counts user-space instructions only
 //! (no kernel, no cache misses) of requests sent one at a time over one
 //! kept-alive connection: a hold here is a batch of one, unlike under load.
+//! So a fourth kind, `hold_x64`, sends the same holds 64 at a time over 64
+//! connections: they queue on flashgate's shard lanes and share script
+//! calls as under load (the line also gives the script calls per hold).
 //!
 //! The run: a throw-away redis-server, two SKUs preloaded (one with as many
 //! units as shards, sold out before counting; one with stock to spare),
@@ -36,7 +39,12 @@ pub struct Count {
     pub instructions_per_request: f64,
     /// ÷ the `/healthz` figure of the same run.
     pub vs_healthz: f64,
+    /// `EVALSHA` calls Redis ran per request of this kind.
+    pub script_calls_per_request: f64,
 }
+
+/// Requests in flight at once for `hold_x64`.
+const CONCURRENT: usize = 64;
 
 pub async fn run(args: &Args, n: u64) -> anyhow::Result<bool> {
     for tool in ["valgrind", "callgrind_control"] {
@@ -84,6 +92,9 @@ pub async fn run(args: &Args, n: u64) -> anyhow::Result<bool> {
     let pid = fg.pid().context("flashgate exited")?;
     let api =
         Api::new(&base, 1, Duration::from_secs(60), Instant::now()).with_api_key(Some(&key))?;
+    let crowd = Api::new(&base, CONCURRENT, Duration::from_secs(120), Instant::now())
+        .with_api_key(Some(&key))?;
+    let stats = crate::redis::connect(&url).await?;
     eprintln!("[instructions] flashgate under callgrind at {base}; {n} requests per kind");
 
     let mut seq = 0u64;
@@ -106,26 +117,49 @@ pub async fn run(args: &Args, n: u64) -> anyhow::Result<bool> {
 
     let mut counts = Vec::new();
     let mut healthz = None;
-    for (kind, want) in [("healthz", 200u16), ("sold_out", 409), ("hold", 201)] {
+    for (kind, want) in [
+        ("healthz", 200u16),
+        ("sold_out", 409),
+        ("hold", 201),
+        ("hold_x64", 201),
+    ] {
+        let calls_before = evalsha_calls(&stats).await?;
         control(pid, "--zero").await?;
-        let mut wrong = 0u64;
-        for _ in 0..n {
-            let status = match kind {
-                "healthz" => api.healthz().await.status,
-                _ => {
-                    let (user, k) = next();
-                    let sku = if kind == "hold" {
-                        "IC-HOLD"
-                    } else {
-                        "IC-SOLDOUT"
-                    };
-                    api.reserve(Phase::Capacity, sku, &user, &k).await.status
-                }
-            };
-            if status != want {
-                wrong += 1;
+        let statuses: Vec<u16> = if kind == "hold_x64" {
+            use futures::stream::{self, StreamExt};
+            let reqs: Vec<(String, String)> = (0..n).map(|_| next()).collect();
+            stream::iter(reqs)
+                .map(|(user, k)| {
+                    let crowd = &crowd;
+                    async move {
+                        crowd
+                            .reserve(Phase::Capacity, "IC-HOLD", &user, &k)
+                            .await
+                            .status
+                    }
+                })
+                .buffer_unordered(CONCURRENT)
+                .collect()
+                .await
+        } else {
+            let mut statuses = Vec::new();
+            for _ in 0..n {
+                statuses.push(match kind {
+                    "healthz" => api.healthz().await.status,
+                    _ => {
+                        let (user, k) = next();
+                        let sku = if kind == "hold" {
+                            "IC-HOLD"
+                        } else {
+                            "IC-SOLDOUT"
+                        };
+                        api.reserve(Phase::Capacity, sku, &user, &k).await.status
+                    }
+                });
             }
-        }
+            statuses
+        };
+        let wrong = statuses.iter().filter(|&&s| s != want).count();
         control(pid, "--dump").await?;
         if wrong > 0 {
             bail!("{wrong} of {n} {kind} requests did not answer {want}");
@@ -133,29 +167,40 @@ pub async fn run(args: &Args, n: u64) -> anyhow::Result<bool> {
         let total = newest_total(&out).await?;
         let per = total as f64 / n as f64;
         let h = *healthz.get_or_insert(per);
+        let calls = evalsha_calls(&stats).await?.saturating_sub(calls_before);
         counts.push(Count {
             kind,
             requests: n,
             instructions_per_request: per,
             vs_healthz: per / h,
+            script_calls_per_request: calls as f64 / n as f64,
         });
     }
     fg.stop().await;
     redis.stop().await;
 
     println!(
-        "flashgate instructions per answer (callgrind, user space, one request at a time, {n} each)"
+        "flashgate instructions per answer (callgrind, user space, one request at a time, {n} each; hold_x64: {CONCURRENT} at a time)"
     );
     for c in &counts {
         println!(
-            "  {:9} {:>9.0}   {:.2}x healthz",
-            c.kind, c.instructions_per_request, c.vs_healthz
+            "  {:9} {:>9.0}   {:.2}x healthz   {:.3} script calls per answer",
+            c.kind, c.instructions_per_request, c.vs_healthz, c.script_calls_per_request
         );
     }
     let json = run_dir.join("instructions.json");
     std::fs::write(&json, serde_json::to_vec_pretty(&counts)?)?;
     println!("  written to {}", json.display());
     Ok(true)
+}
+
+/// `EVALSHA` calls the server has run (INFO commandstats).
+async fn evalsha_calls(client: &fred::clients::Client) -> anyhow::Result<u64> {
+    Ok(crate::redis::commandstats(client)
+        .await?
+        .get("evalsha")
+        .copied()
+        .unwrap_or(0))
 }
 
 fn which(tool: &str) -> anyhow::Result<PathBuf> {
