@@ -175,7 +175,7 @@ async fn dispatch(
         (&Method::POST, ["v1", "reservations"]) => Box::pin(reserve(state, req)).await,
         (&Method::GET, ["v1", "reservations", id]) => {
             let rid = parse_rid(id)?;
-            Ok(body::json(
+            Ok(body::reservation(
                 StatusCode::OK,
                 &Box::pin(state.inventory.get(&rid)).await?,
             ))
@@ -196,7 +196,7 @@ async fn dispatch(
                 "release" => state.metrics.outcome("released"),
                 _ => {}
             }
-            Ok(body::json(StatusCode::OK, &r))
+            Ok(body::reservation(StatusCode::OK, &r))
         }
         (&Method::GET, ["v1", "skus", sku]) => {
             let sku = parse_sku(sku)?;
@@ -392,11 +392,11 @@ async fn reserve(state: &AppState, req: Request<Incoming>) -> Result<Response<Bo
     match outcome {
         ReserveOutcome::Held(r) => {
             state.metrics.outcome("held");
-            Ok(body::json(StatusCode::CREATED, &r))
+            Ok(body::reservation(StatusCode::CREATED, &r))
         }
         ReserveOutcome::Replayed(r) => {
             state.metrics.outcome("replayed");
-            Ok(body::json(StatusCode::OK, &r))
+            Ok(body::reservation(StatusCode::OK, &r))
         }
         ReserveOutcome::SoldOut => {
             state.metrics.outcome("sold_out");

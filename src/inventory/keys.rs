@@ -156,9 +156,23 @@ pub const IDEM_BUCKETS: u64 = 16;
 /// over a cluster's masters — so that the claims of one bucket that arrive
 /// together go to Redis as one `claim.lua` call.
 pub fn idem_global(key: &IdempotencyKey) -> (String, String) {
-    let bucket = format!("idem~{:02}", key.stable_hash() % IDEM_BUCKETS);
-    let record = ["fg:{", &bucket, "}:", key.as_str()].concat();
-    (bucket, record)
+    let bucket = idem_bucket(key);
+    let record = ["fg:{", bucket, "}:", key.as_str()].concat();
+    (bucket.to_owned(), record)
+}
+
+/// The record of [`idem_global`] alone (one Redis server needs no bucket).
+pub fn idem_record(key: &IdempotencyKey) -> String {
+    ["fg:{", idem_bucket(key), "}:", key.as_str()].concat()
+}
+
+/// `idem~NN`: the hash tag of `key`'s bucket.
+fn idem_bucket(key: &IdempotencyKey) -> &'static str {
+    const BUCKETS: [&str; IDEM_BUCKETS as usize] = [
+        "idem~00", "idem~01", "idem~02", "idem~03", "idem~04", "idem~05", "idem~06", "idem~07",
+        "idem~08", "idem~09", "idem~10", "idem~11", "idem~12", "idem~13", "idem~14", "idem~15",
+    ];
+    BUCKETS[(key.stable_hash() % IDEM_BUCKETS) as usize]
 }
 
 #[cfg(test)]
@@ -199,6 +213,11 @@ mod tests {
         assert_eq!(k.record(&rid), format!("fg:{{hot-1#2}}:r:{rid}"));
         let (bucket, record) = idem_global(&key);
         assert_eq!(record, format!("fg:{{{bucket}}}:k-9"));
+        assert_eq!(
+            bucket,
+            format!("idem~{:02}", key.stable_hash() % IDEM_BUCKETS)
+        );
+        assert_eq!(idem_record(&key), record);
         assert!(bucket.starts_with("idem~") && bucket.len() == 7, "{bucket}");
         let w = WaitKeys::new(&sku);
         assert_eq!(w.queue(), "fg:{wl:hot-1}:queue");

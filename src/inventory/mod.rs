@@ -116,7 +116,8 @@ impl ReserveRequest {
     /// What makes two requests with one key "the same request".
     fn fingerprint(&self) -> String {
         let w = if self.waitlist { "w:" } else { "" };
-        format!("{}:{w}{}", self.qty.get(), self.user.as_str())
+        let mut qty = itoa::Buffer::new();
+        [qty.format(self.qty.get()), ":", w, self.user.as_str()].concat()
     }
 }
 
@@ -596,16 +597,17 @@ impl Inventory {
         // The first request also fixes the shards the key's walks leave out:
         // those whose master is known to be down right now (see the module
         // docs: sound because no request with this key ever reaches them).
-        let mine = format!("{}\n{}", req.sku, fp);
-        let (bucket, record) = keys::idem_global(&req.key);
+        let mine = [req.sku.as_str(), "\n", &fp].concat();
         // On one Redis server no master can be down and a script may touch
         // any slot: the claim rides in the walk's first reserve.lua call
         // (one round trip instead of two; bench/README.md). Not with a
         // purchase cap, which is counted between the claim and the walk.
         let (left_out, in_walk) = if !self.nodes.per_master() && meta.max_per_user == 0 {
+            let record = keys::idem_record(&req.key);
             let body = claim_body(&mine, &[]);
             (Vec::new(), Some(batch::Claim { record, body }))
         } else {
+            let (bucket, record) = keys::idem_global(&req.key);
             // (one Redis: no master can be known down, so no slot is hashed)
             let down: Vec<u16> = if self.nodes.per_master() {
                 (0..meta.shards)
