@@ -90,14 +90,18 @@ class Sale:
         if self.old_layout:
             return self.call_old(batch)
         for _ in range(batch):
-            self.n += 1
-            i = self.n
-            key = "k-%016x-%08d" % (i * 2654435761 % 2**64, i)
-            rid = "%s.0.%032x" % (self.sku, i * 0x9E3779B97F4A7C15 % 2**128)
-            user = "user-%07d" % i
-            fp = "1:" + user
-            args += [key, rid, "1", user, fp, "3", "fg:{idem~%02d}:%s" % (i % 16, key), "%s\n%s" % (self.sku, fp)]
+            key, rid, user, fp, claim = self.request()
+            args += [key, rid, "1", user, fp, "3", claim, "%s\n%s" % (self.sku, fp)]
         return resp(["EVALSHA", self.sha, len(self.keys)] + self.keys + args)
+
+    def request(self):
+        """A fresh request: key, rid, user, fingerprint, claim record."""
+        self.n += 1
+        i = self.n
+        key = "k-%016x-%08d" % (i * 2654435761 % 2**64, i)
+        rid = "%s.0.%032x" % (self.sku, i * 0x9E3779B97F4A7C15 % 2**128)
+        user = "user-%07d" % i
+        return key, rid, user, "1:" + user, "fg:{idem~%02d}:%s" % (i % 16, key)
 
     def call_old(self, batch):
         # reserve.lua before 1d3c1e8 (for comparison): KEYS the shard's six,
@@ -107,13 +111,8 @@ class Sale:
         keys, args = list(self.keys), ["600000", "86400000", "90000000", self.sku]
         prefix = self.keys[0][: -len("stock")]
         for _ in range(batch):
-            self.n += 1
-            i = self.n
-            key = "k-%016x-%08d" % (i * 2654435761 % 2**64, i)
-            rid = "%s.0.%032x" % (self.sku, i * 0x9E3779B97F4A7C15 % 2**128)
-            user = "user-%07d" % i
-            fp = "1:" + user
-            keys += [prefix + "idem:" + key, prefix + "r:" + rid, "fg:{idem~%02d}:%s" % (i % 16, key)]
+            key, rid, user, fp, claim = self.request()
+            keys += [prefix + "idem:" + key, prefix + "r:" + rid, claim]
             args += [rid, "1", user, fp, "1", "1", key, "%s\n%s" % (self.sku, fp)]
         return resp(["EVALSHA", self.sha, len(keys)] + keys + args)
 
