@@ -101,7 +101,7 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
     if kind == 'M' then
       if string.sub(seen, 3) ~= fp then return 'm' end
       if gated then return 'v0' end
-      return 'v' .. (available or 0)
+      return 'v' .. string.format('%d', available or 0)
     end
     -- 'R|<rid>|<fp>' (rids never contain '|')
     local bar = string.find(seen, '|', 3, true)
@@ -119,7 +119,7 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
     if flags == '1' or flags == '3' then
       redis.call('SET', idem, 'M|' .. fp, 'PX', idem_ttl)
     end
-    return 'd' .. here
+    return 'd' .. string.format('%d', here)
   end
 
   if not ts then
