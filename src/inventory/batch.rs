@@ -202,12 +202,17 @@ pub fn decode_reserve(reply: Value) -> Result<Vec<ReserveReply>, InventoryError>
         .map(|v| {
             let s = v.as_str().ok_or_else(|| bad("a non-string"))?;
             let s: &str = &s;
-            let (kind, rest) = s.split_at(s.len().min(1));
+            // the kind is the first byte, always ASCII (anything else is a
+            // bad reply, never a split inside a character)
+            let (kind, rest) = match s.as_bytes().first() {
+                Some(&k) if k.is_ascii() => (k, &s[1..]),
+                _ => return Err(bad(&format!("{s:?}"))),
+            };
             let num = || rest.parse::<i64>().map_err(|_| bad(&format!("{s:?}")));
             Ok(match kind {
-                "h" => ReserveReply::Held { expires_at_ms: exp },
-                "c" => ReserveReply::Claimed(rest.to_owned()),
-                "r" => {
+                b'h' => ReserveReply::Held { expires_at_ms: exp },
+                b'c' => ReserveReply::Claimed(rest.to_owned()),
+                b'r' => {
                     // rid|qty|expires_at|user (the user last: it may hold '|')
                     let mut p = rest.splitn(4, '|');
                     let (Some(rid), Some(qty), Some(e), Some(user)) =
@@ -222,10 +227,10 @@ pub fn decode_reserve(reply: Value) -> Result<Vec<ReserveReply>, InventoryError>
                         expires_at_ms: e.parse().unwrap_or(0),
                     }
                 }
-                "v" => ReserveReply::Moved(num()?),
-                "m" => ReserveReply::Mismatch,
-                "d" => ReserveReply::Dry(num()?),
-                "u" => ReserveReply::Unloaded,
+                b'v' => ReserveReply::Moved(num()?),
+                b'm' => ReserveReply::Mismatch,
+                b'd' => ReserveReply::Dry(num()?),
+                b'u' => ReserveReply::Unloaded,
                 _ => return Err(bad(&format!("{s:?}"))),
             })
         })
@@ -491,6 +496,7 @@ mod tests {
             vec![Value::Integer(0), s("dzz")],  // no number
             vec![Value::Integer(0), s("r1|2")], // a short replay
             vec![Value::Integer(0), s("")],
+            vec![Value::Integer(0), s("éh")], // never split inside a character
         ] {
             assert!(decode_reserve(Value::Array(bad)).is_err());
         }
