@@ -13,6 +13,14 @@
 -- verdict `idem:<key>` and its record `r:<rid>` — so they share the shard's
 -- slot (Redis Cluster checks every key a script touches against the slot of
 -- its declared keys); passing them in costs Redis more than building them.
+-- While the slot is half-moved to another master, touching such a key that
+-- is not on this one ends the script with "non local key" (the service
+-- resends it, src/inventory/scripts.rs). It ends before anything was
+-- written: a request writes (its hold, its tombstone) only after its
+-- verdict's GET found no verdict, and that GET of a key not here is what
+-- fails — for every request of the call alike, since the slot's state does
+-- not change during a script. (A claim made in the call writes first, but
+-- claims ride in this script on one Redis server only, never in a cluster.)
 --
 -- ARGV[1] hold_ms   ARGV[2] idem_ttl_ms   ARGV[3] record_ttl_ms (garbage
 -- collection of the record, never stock return)

@@ -363,6 +363,116 @@ async fn a_shard_slot_migrated_mid_sale_loses_nothing() {
     assert_eq!(st.per_shard[0].node, Some(format!("127.0.0.1:{to}")));
 }
 
+/// A reserve that meets its shard's slot half-moved between two masters is
+/// resent until the move is done, never answered 503, and writes once.
+/// First move: one of the script's declared keys (the waitlist gate) is on
+/// neither master, so Redis refuses the call before it runs (`TRYAGAIN`).
+/// Second move, back: the gate is set (the SKU's waitlist has waiters), so
+/// every declared key is on the old master and the script runs there, until
+/// it touches a key it names itself — the request's verdict, on neither
+/// master yet — and Redis ends it with "non local key", before it has
+/// written anything (lua/reserve.lua). That call is resent too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserve_while_its_slot_is_migrating_is_resent_and_writes_once() {
+    let cluster = Arc::new(Cluster::start(3, 0));
+    let app = Arc::new(spawn_app(cluster_config(&cluster)).await);
+    app.preload("mv", 100, 1).await;
+    let sku = flashgate::domain::Sku::parse("mv").expect("sku");
+    let meta = app
+        .state
+        .inventory
+        .meta(&sku)
+        .await
+        .expect("meta")
+        .expect("loaded");
+    let tag = meta.tags[0].clone();
+    let slot = keyslot(&format!("{{{tag}}}"));
+    let home = cluster.owner(slot);
+    let other = *cluster
+        .masters()
+        .keys()
+        .find(|p| **p != home)
+        .expect("another master");
+    // a hold before the moves, so that keys of requests exist too
+    assert_eq!(
+        app.reserve("mv-before", "mv", 1, "u-before").await.status,
+        StatusCode::CREATED
+    );
+
+    // During the move: the buyer's request meets the half-moved slot for
+    // 300 ms, then the move ends. Its answer, and the shard's held units
+    // while the slot was half-moved.
+    let reserve_across_a_move = |to: u16, key: &'static str| {
+        let (cluster, app, tag) = (cluster.clone(), app.clone(), tag.clone());
+        async move {
+            let c = cluster.clone();
+            let migration = tokio::task::spawn_blocking(move || c.begin_migration(slot, to))
+                .await
+                .expect("migrating");
+            let buyer = {
+                let app = app.clone();
+                tokio::spawn(async move { app.reserve(key, "mv", 1, key).await })
+            };
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let held_mid_move = support::cluster::cli(
+                migration.from,
+                &["HGET", &format!("fg:{{{tag}}}:books"), "held"],
+            );
+            let c = cluster.clone();
+            tokio::task::spawn_blocking(move || c.finish_migration(&migration, || {}))
+                .await
+                .expect("migrated");
+            assert_eq!(cluster.owner(slot), to, "the slot moved");
+            (buyer.await.expect("buyer"), held_mid_move)
+        }
+    };
+
+    let (answer, held_mid_move) = reserve_across_a_move(other, "mv-during").await;
+    assert_eq!(
+        answer.status,
+        StatusCode::CREATED,
+        "resent across the move: {}",
+        answer.body
+    );
+    assert_eq!(
+        held_mid_move, "1",
+        "nothing held while the slot was half-moved"
+    );
+    let st = app.assert_books("mv").await;
+    assert_eq!((st.available, st.held), (98, 2));
+    let again = app.reserve("mv-during", "mv", 1, "mv-during").await;
+    assert_eq!(again.status, StatusCode::OK, "the hold moved with the slot");
+    assert_eq!(again.body, answer.body);
+
+    // the gate: units coming back belong to the waitlist, so a new buyer is
+    // refused — once the script can run where all its keys are
+    let gate = format!("fg:{{{tag}}}:wlopen");
+    assert_eq!(support::cluster::cli(other, &["SET", &gate, "1"]), "OK");
+    let (answer, held_mid_move) = reserve_across_a_move(home, "mv-gated").await;
+    assert_eq!(
+        answer.status,
+        StatusCode::CONFLICT,
+        "resent across the move, then refused for the waitlist: {}",
+        answer.body
+    );
+    assert_eq!(held_mid_move, "2", "nothing written while half-moved");
+    let st = app.assert_books("mv").await;
+    assert_eq!((st.available, st.held), (98, 2));
+    // with the gate gone, the shard sells on its old master again (once the
+    // sold-out mark the refusal left has been re-checked)
+    assert_eq!(support::cluster::cli(home, &["DEL", &gate]), "1");
+    let tries = AtomicUsize::new(0);
+    assert!(
+        support::eventually(WAIT, || async {
+            let key = format!("mv-after-{}", tries.fetch_add(1, Ordering::SeqCst));
+            app.reserve(&key, "mv", 1, &key).await.status == StatusCode::CREATED
+        })
+        .await,
+        "the shard sells again"
+    );
+    assert_eq!(app.assert_books("mv").await.held, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_mid_sale_fails_over_without_a_wrong_answer() {
     let mut cluster = Cluster::start(3, 1);

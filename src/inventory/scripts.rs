@@ -147,8 +147,16 @@ const TRYAGAIN_BUDGET: Duration = Duration::from_secs(1);
 /// the script, so the slot map is refreshed and the script resent, with a
 /// short backoff, for up to [`TRYAGAIN_BUDGET`] — the resend after the move
 /// reaches the new owner; past the budget the caller gets 503 (retry with
-/// the same key). A script therefore only ever runs on a master that has all
-/// of its keys. A script that could not reach its master (timeout, lost
+/// the same key). A script whose declared keys are all still on the old
+/// master runs there, and a key it names itself (same slot: `reserve.lua`'s
+/// verdicts and records, `expire.lua`'s records) that is not on it — moved
+/// already, or not created yet — ends it with "non local key": resent the
+/// same way. That is sound because such a script has written nothing that a
+/// resend would not see: `reserve.lua` reads a request's verdict before it
+/// writes anything for the request, and in a half-moved slot that read fails
+/// for every request that could get a unit (lua/reserve.lua); `expire.lua`
+/// ends each hold completely before it reads the next. A script therefore
+/// only ever completes on a master that has all of its keys. A script that could not reach its master (timeout, lost
 /// connection, `CLUSTERDOWN`) is not resent — its outcome is unknown — but
 /// the slot map is refreshed in the background, so that the client's retry
 /// reaches a promoted replica.
@@ -191,6 +199,7 @@ pub async fn run_with<K: AsRef<str> + Sync, A: AsRef<str> + Sync>(
         let redirected = e.is_moved() || e.is_ask();
         let again = redirected
             || details.starts_with("TRYAGAIN")
+            || details.contains("non local key")
             || details.contains("Too many redirections");
         if again && started.elapsed() < TRYAGAIN_BUDGET {
             if redirected {

@@ -391,7 +391,14 @@ impl Cluster {
     /// `MIGRATE` in batches (clients meanwhile get `ASK`), then `SETSLOT NODE`
     /// everywhere (clients then get `MOVED`). `pause` runs between the
     /// batches, so a sale can go on while keys are half-moved.
-    pub fn migrate_slot(&self, slot: u16, to: u16, mut pause: impl FnMut()) {
+    pub fn migrate_slot(&self, slot: u16, to: u16, pause: impl FnMut()) {
+        let m = self.begin_migration(slot, to);
+        self.finish_migration(&m, pause);
+    }
+
+    /// The first half of [`Cluster::migrate_slot`]: `slot` IMPORTING on `to`,
+    /// MIGRATING on its master; every key still on the master.
+    pub fn begin_migration(&self, slot: u16, to: u16) -> Migration {
         let from = self.owner(slot);
         assert_ne!(from, to, "slot already there");
         let layout = self.layout();
@@ -412,6 +419,19 @@ impl Cluster {
             cli(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]),
             "OK"
         );
+        Migration {
+            slot,
+            from,
+            to,
+            to_id,
+        }
+    }
+
+    /// The second half: the keys in batches (`pause` between them), then
+    /// the slot's new owner everywhere.
+    pub fn finish_migration(&self, m: &Migration, mut pause: impl FnMut()) {
+        let (from, to, s) = (m.from, m.to, m.slot.to_string());
+        let to_id = m.to_id.as_str();
         loop {
             let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]);
             let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
@@ -428,9 +448,17 @@ impl Cluster {
             pause();
         }
         // the new owner first, so it never refuses its own slot
-        cli(to, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]);
+        cli(to, &["CLUSTER", "SETSLOT", &s, "NODE", to_id]);
         for n in self.live_ports() {
-            cli(n, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]);
+            cli(n, &["CLUSTER", "SETSLOT", &s, "NODE", to_id]);
         }
     }
+}
+
+/// A slot half-way between two masters ([`Cluster::begin_migration`]).
+pub struct Migration {
+    pub slot: u16,
+    pub from: u16,
+    pub to: u16,
+    to_id: String,
 }
