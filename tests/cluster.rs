@@ -273,26 +273,38 @@ async fn held_now(app: &TestApp, sku: &str) -> i64 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shard_slot_migrated_mid_sale_loses_nothing() {
-    let cluster = Arc::new(Cluster::start(3, 1));
-    let app = Arc::new(spawn_app(cluster_config(&cluster)).await);
-    app.preload("mig", 100_000, 4).await;
-    let sku = flashgate::domain::Sku::parse("mig").expect("sku");
+/// Shard 0 of a preloaded `sku`: its hash tag and slot, and a master other
+/// than the one serving it (where a test moves the slot).
+async fn shard_0_and_another_master(
+    cluster: &Cluster,
+    app: &TestApp,
+    sku: &flashgate::domain::Sku,
+) -> (String, u16, u16) {
     let meta = app
         .state
         .inventory
-        .meta(&sku)
+        .meta(sku)
         .await
         .expect("meta")
         .expect("loaded");
-    let slot = keyslot(&format!("{{{}}}", meta.tags[0]));
+    let tag = meta.tags[0].clone();
+    let slot = keyslot(&format!("{{{tag}}}"));
     let from = cluster.owner(slot);
     let to = *cluster
         .masters()
         .keys()
         .find(|p| **p != from)
         .expect("another master");
+    (tag, slot, to)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_slot_migrated_mid_sale_loses_nothing() {
+    let cluster = Arc::new(Cluster::start(3, 1));
+    let app = Arc::new(spawn_app(cluster_config(&cluster)).await);
+    app.preload("mig", 100_000, 4).await;
+    let sku = flashgate::domain::Sku::parse("mig").expect("sku");
+    let (_, slot, to) = shard_0_and_another_master(&cluster, &app, &sku).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicUsize::new(0));
@@ -378,21 +390,8 @@ async fn a_reserve_while_its_slot_is_migrating_is_resent_and_writes_once() {
     let app = Arc::new(spawn_app(cluster_config(&cluster)).await);
     app.preload("mv", 100, 1).await;
     let sku = flashgate::domain::Sku::parse("mv").expect("sku");
-    let meta = app
-        .state
-        .inventory
-        .meta(&sku)
-        .await
-        .expect("meta")
-        .expect("loaded");
-    let tag = meta.tags[0].clone();
-    let slot = keyslot(&format!("{{{tag}}}"));
+    let (tag, slot, other) = shard_0_and_another_master(&cluster, &app, &sku).await;
     let home = cluster.owner(slot);
-    let other = *cluster
-        .masters()
-        .keys()
-        .find(|p| **p != home)
-        .expect("another master");
     // a hold before the moves, so that keys of requests exist too
     assert_eq!(
         app.reserve("mv-before", "mv", 1, "u-before").await.status,
