@@ -81,11 +81,7 @@ impl ShardKeys {
         [self.prefix.as_str(), "r:"].concat()
     }
     pub fn record(&self, rid: &ReservationId) -> String {
-        self.record_of(&rid.to_string())
-    }
-    /// [`Self::record`] of an id already formatted.
-    pub fn record_of(&self, rid: &str) -> String {
-        [self.prefix.as_str(), "r:", rid].concat()
+        [self.prefix.as_str(), "r:", &rid.to_string()].concat()
     }
 }
 
@@ -209,7 +205,6 @@ mod tests {
         assert_eq!(k.reserved_keys(), "fg:{hot-1#2}:keys");
         assert_eq!(k.idem(&key), "fg:{hot-1#2}:idem:k-9");
         assert_eq!(k.record_prefix(), "fg:{hot-1#2}:r:");
-        assert_eq!(k.record_of(&rid.to_string()), k.record(&rid));
         assert_eq!(k.record(&rid), format!("fg:{{hot-1#2}}:r:{rid}"));
         let (bucket, record) = idem_global(&key);
         assert_eq!(record, format!("fg:{{{bucket}}}:k-9"));

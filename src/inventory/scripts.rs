@@ -328,18 +328,6 @@ pub fn text(v: &Value) -> Result<String, InventoryError> {
     }
 }
 
-/// A short status word of a reply (`held`, `dry`, …), borrowed from it.
-pub fn word(v: &Value) -> Result<&str, InventoryError> {
-    match v {
-        Value::String(s) => Ok(s),
-        Value::Bytes(b) => std::str::from_utf8(b)
-            .map_err(|_| InventoryError::Protocol("expected a word, got bytes".into())),
-        other => Err(InventoryError::Protocol(format!(
-            "expected a word, got {other:?}"
-        ))),
-    }
-}
-
 pub fn int(v: &Value) -> Result<i64, InventoryError> {
     match v {
         Value::Integer(i) => Ok(*i),
