@@ -138,7 +138,7 @@ def total_instructions(path):
     return int(m.group(1).replace(",", ""))
 
 
-def measure(lua_dir, batch, calls, old_layout=False):
+def measure(lua_dir, batch, calls, old_layout=False, keep=None):
     src = open(os.path.join(lua_dir, "lib.lua")).read() + "\n" + open(os.path.join(lua_dir, "reserve.lua")).read()
     port = free_port()
     d = tempfile.mkdtemp(prefix="fg-redis-cg-")
@@ -172,7 +172,10 @@ def measure(lua_dir, batch, calls, old_layout=False):
         dumps = sorted((f for f in os.listdir(d) if f.startswith("cg.out")), key=lambda f: os.path.getmtime(os.path.join(d, f)))
         if not dumps:
             raise RuntimeError("callgrind wrote no dump")
-        return total_instructions(os.path.join(d, dumps[-1])) / (batch * calls)
+        dump = os.path.join(d, dumps[-1])
+        if keep:
+            shutil.copy(dump, os.path.join(keep, "redis-callgrind-b%d.out" % batch))
+        return total_instructions(dump) / (batch * calls)
     finally:
         proc.terminate()
         try:
@@ -189,6 +192,8 @@ def main():
     p.add_argument("--calls", type=int, default=0, help="measured calls per batch size (default: 5,000 holds' worth)")
     p.add_argument("--old-layout", action="store_true",
                    help="the arguments of reserve.lua before 1d3c1e8 (with --lua-dir holding that version)")
+    p.add_argument("--keep", metavar="DIR",
+                   help="copy each measured dump to DIR/redis-callgrind-b<B>.out, for callgrind_annotate")
     a = p.parse_args()
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate", "redis-server"):
         if not shutil.which(tool):
@@ -196,7 +201,7 @@ def main():
     print("redis-server instructions per hold of reserve.lua (callgrind, user space; every request a new hold with its claim)")
     for b in a.batch or [1, 25, 64]:
         calls = a.calls or max(20, 5000 // b)
-        per = measure(a.lua_dir, b, calls, a.old_layout)
+        per = measure(a.lua_dir, b, calls, a.old_layout, a.keep)
         print("  batch %3d  %8.0f instructions per hold  (%d calls)" % (b, per, calls))
 
 

@@ -12,18 +12,19 @@
 -- answers 'conflict'/'expired'. Deadline and confirm share the server clock.
 local rkey, stock, books, holds, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local rid = ARGV[1]
-local r = redis.call('HMGET', rkey, 'status', 'qty', 'user', 'exp', 'idem')
-local status, qty, user, exp, idem = r[1], tonumber(r[2]), r[3], r[4], r[5] or ''
-if not status then return {'missing'} end
+local r = rec_load(rkey)
+if not r then return {'missing'} end
+local status, qty, user, exp, idem = r.status, tonumber(r.qty), r.user, r.exp, r.idem
 if status == 'held' then
   local ts = now_ms()
   if ts >= tonumber(exp) then
-    end_hold(rkey, stock, books, holds, events, rid, qty, user, 'expired', ts)
+    end_hold(rkey, r, stock, books, holds, events, rid, 'expired', ts)
     return {'conflict', 'expired', qty, user, exp, idem}
   end
   redis.call('HINCRBY', books, 'held', -qty)
   redis.call('HINCRBY', books, 'sold', qty)
-  redis.call('HSET', rkey, 'status', 'confirmed', 'ended', ts)
+  r.status, r.ended = 'confirmed', string.format('%d', ts)
+  rec_save(rkey, r)
   redis.call('ZREM', holds, rid)
   emit(events, 'confirmed', rid, qty, user, ts)
   return {'ok', 'confirmed', qty, user, exp, idem}

@@ -22,14 +22,14 @@ for i = 1, #due, 2 do
   local rid = due[i]
   if i == 1 then lateness = ts - tonumber(due[i + 1]) end
   local rkey = prefix .. rid
-  local r = redis.call('HMGET', rkey, 'status', 'qty', 'user', 'exp', 'idem')
-  local status, qty, exp = r[1], tonumber(r[2]), tonumber(r[4])
+  local r = rec_load(rkey)
+  local status, qty, exp = r and r.status, r and tonumber(r.qty), r and tonumber(r.exp)
   if status == 'held' and exp and ts >= exp then
-    end_hold(rkey, stock, books, holds, events, rid, qty, r[3], 'expired', ts)
+    end_hold(rkey, r, stock, books, holds, events, rid, 'expired', ts)
     count = count + 1
     units = units + qty
-    ended[#ended + 1] = r[3]
-    ended[#ended + 1] = r[5] or ''
+    ended[#ended + 1] = r.user
+    ended[#ended + 1] = r.idem
   elseif status == 'held' and exp then
     redis.call('ZADD', holds, exp, rid)   -- stale score: put it back at its deadline
   else

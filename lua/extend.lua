@@ -10,9 +10,9 @@
 --   'missing'   no such reservation
 local rkey, holds = KEYS[1], KEYS[2]
 local rid, grace, max_total = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local r = redis.call('HMGET', rkey, 'status', 'qty', 'user', 'exp', 'created')
-local status, qty, user, exp, created = r[1], r[2], r[3], tonumber(r[4]), tonumber(r[5])
-if not status then return {'missing'} end
+local r = rec_load(rkey)
+if not r then return {'missing'} end
+local status, qty, user, exp, created = r.status, r.qty, r.user, tonumber(r.exp), tonumber(r.created)
 if status ~= 'held' then return {'conflict', status, qty, user, exp} end
 local ts = now_ms()
 if ts >= exp then return {'conflict', 'expired', qty, user, exp} end
@@ -20,11 +20,15 @@ local new_exp = math.min(math.max(exp, ts + grace), created + max_total)
 if new_exp > exp then
   -- the deadline of the hold's first answer, which a replay of its
   -- idempotency key answers again (reserve.lua); set once, at the first move
-  redis.call('HSETNX', rkey, 'first_exp', r[4])
-  redis.call('HSET', rkey, 'exp', new_exp)
+  if r.first_exp == '' then r.first_exp = r.exp end
+  r.exp = string.format('%d', new_exp)
   redis.call('ZADD', holds, 'XX', new_exp, rid)
   -- keep the record alive at least as long past its new deadline as before
   local ttl = redis.call('PTTL', rkey)
-  if ttl > 0 then redis.call('PEXPIRE', rkey, ttl + (new_exp - exp)) end
+  if ttl > 0 then
+    redis.call('SET', rkey, rec_encode(r), 'PX', ttl + (new_exp - exp))
+  else
+    rec_save(rkey, r)
+  end
 end
 return {'ok', 'held', qty, user, new_exp}

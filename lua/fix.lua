@@ -51,9 +51,10 @@ local ts = now_ms()
 for i = 5, #KEYS do
   local j = 8 + 2 * (i - 5)
   local rid, status = ARGV[j], ARGV[j + 1]
-  local cur = redis.call('HGET', KEYS[i], 'status')
-  if cur and cur ~= status then   -- a record gone meanwhile stays gone
-    redis.call('HSET', KEYS[i], 'status', status, 'ended', ts, 'fixed', 'reconcile')
+  local r = rec_load(KEYS[i])
+  if r and r.status ~= status then   -- a record gone meanwhile stays gone
+    r.status, r.ended, r.fixed = status, string.format('%d', ts), 'reconcile'
+    rec_save(KEYS[i], r)
   end
   redis.call('ZREM', holds, rid)
 end

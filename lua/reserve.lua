@@ -70,8 +70,8 @@
 --
 -- Cost (bench/README.md, "Redis instructions per hold"): each request pays
 -- its arguments, SET NX GET of its claim (if any), GET of its verdict (unless
--- the claim was new) and, when it gets a unit, HSET + PEXPIRE of its record
--- and SET of its verdict; the stock, books, expiry list, key set and outbox
+-- the claim was new) and, when it gets a unit, SET PX of its record (one
+-- string, lib.lua) and SET of its verdict; the stock, books, expiry list, key set and outbox
 -- change once per call. Numbers go to Redis as the strings they came in (or
 -- formatted once per call with %d): Redis formats a Lua number argument with
 -- %.17g, a measurable share of the script's time.
@@ -116,8 +116,11 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
     local old = string.sub(seen, 3, bar - 1)
     if string.sub(seen, bar + 1) ~= fp then return 'm' end
     -- first_exp: written by extend.lua when it first moves the deadline
-    local r = redis.call('HMGET', record_prefix .. old, 'qty', 'user', 'first_exp', 'exp')
-    return 'r' .. old .. '|' .. (r[1] or '') .. '|' .. (r[3] or r[4] or '') .. '|' .. (r[2] or '')
+    local r = rec_load(record_prefix .. old)
+    if not r then return 'r' .. old .. '|||' end
+    local first = r.first_exp
+    if first == '' then first = r.exp end
+    return 'r' .. old .. '|' .. r.qty .. '|' .. first .. '|' .. r.user
   end
 
   if not available then return 'u' end
@@ -138,9 +141,9 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   available = available - qty
   taken = taken + qty
   local rkey = record_prefix .. rid
-  redis.call('HSET', rkey, 'qty', qty_s, 'user', user, 'status', 'held',
-    'created', ts_s, 'exp', exp_s, 'idem', key)
-  redis.call('PEXPIRE', rkey, record_ttl)
+  -- the record as lib.lua's rec_encode writes it, built in place
+  redis.call('SET', rkey, 'held|' .. qty_s .. '|' .. ts_s .. '|' .. exp_s .. '||||' .. user ..
+    '\n' .. key, 'PX', record_ttl)
   redis.call('SET', idem, 'R|' .. rid .. '|' .. fp, 'PX', idem_ttl)
   zadd[#zadd + 1] = exp_s
   zadd[#zadd + 1] = rid

@@ -699,44 +699,41 @@ impl Reconciler {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let client = self.inventory.pool().next();
-        // pipelined, a chunk at a time: a big sale has many reservations
+        // one records.lua call per chunk: the shard's records share its slot
         for chunk in rids.chunks(RECORD_CHUNK) {
-            let pipe = client.pipeline();
-            for rid in chunk {
-                let key = format!("{}{}", sk.record_prefix(), rid);
-                let _: () = pipe
-                    .hmget(key, vec!["status", "qty", "user", "created", "ended"])
-                    .await
-                    .map_err(|e| self.err(e))?;
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|rid| format!("{}{}", sk.record_prefix(), rid))
+                .collect();
+            let reply = scripts::run(
+                self.inventory.nodes(),
+                &self.metrics,
+                &self.inventory.scripts().records,
+                keys,
+                vec![],
+            )
+            .await?;
+            let records = scripts::decode_records(reply)?;
+            if records.len() != chunk.len() {
+                return Err(InventoryError::Protocol(format!(
+                    "records.lua answered {} of {} records",
+                    records.len(),
+                    chunk.len()
+                ))
+                .into());
             }
-            let replies: Value = pipe.all().await.map_err(|e| self.err(e))?;
-            let replies = match replies {
-                Value::Array(a) if chunk.len() > 1 => a,
-                // one command: its reply, possibly wrapped in an array of one
-                Value::Array(mut a) if a.len() == 1 && matches!(a[0], Value::Array(_)) => {
-                    vec![a.remove(0)]
-                }
-                one => vec![one],
-            };
-            for (rid, reply) in chunk.iter().zip(replies) {
-                let f: Vec<String> = array(reply)?
-                    .iter()
-                    .map(|v| text(v).unwrap_or_default())
-                    .collect();
-                let get = |i: usize| f.get(i).cloned().unwrap_or_default();
-                let n = |i: usize| get(i).parse::<i64>().unwrap_or(0);
-                if get(0).is_empty() {
+            for (rid, record) in chunk.iter().zip(records) {
+                let Some(r) = record else {
                     continue; // no record
-                }
+                };
                 snap.records.insert(
                     (*rid).clone(),
                     Record {
-                        status: get(0),
-                        qty: n(1),
-                        user: get(2),
-                        created: n(3),
-                        ended: n(4),
+                        status: r.status,
+                        qty: r.qty,
+                        user: r.user,
+                        created: r.created,
+                        ended: r.ended,
                     },
                 );
             }

@@ -615,7 +615,12 @@ async fn induced_drift_is_found_fixed_audited_and_then_clean() {
         .and_then(|s| s.parse().ok())
         .expect("shard");
     let tag = format!("fg:{{drift#{unpaid_shard}}}");
-    redis.cli(&["HSET", &format!("{tag}:r:{unpaid}"), "status", "held"]);
+    let record = format!("{tag}:r:{unpaid}");
+    let stored = redis.cli(&["GET", &record]);
+    let back = stored
+        .strip_prefix("confirmed|")
+        .expect("a confirmed record");
+    redis.cli(&["SET", &record, &format!("held|{back}"), "KEEPTTL"]);
     redis.cli(&["HINCRBY", &format!("{tag}:books"), "sold", "-1"]);
     redis.cli(&["HINCRBY", &format!("{tag}:books"), "held", "1"]);
     redis.cli(&["ZADD", &format!("{tag}:holds"), "99999999999999", &unpaid]);

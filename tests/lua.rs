@@ -10,7 +10,7 @@ use std::time::Duration;
 use flashgate::domain::{IdempotencyKey, ReservationId, Sku};
 use flashgate::inventory::batch::{decode_reserve, ReserveReply};
 use flashgate::inventory::keys::{self, ShardKeys};
-use flashgate::inventory::scripts::{self, Script, Scripts};
+use flashgate::inventory::scripts::{self, Script, Scripts, StoredRecord};
 use flashgate::metrics::Metrics;
 use fred::clients::Pool;
 use fred::interfaces::{HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface};
@@ -90,6 +90,21 @@ impl Fixture {
         hold_ms: u64,
         mark: bool,
     ) -> Vec<String> {
+        self.reserve_as(rid, key, qty, "user-1", fp, hold_ms, mark)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn reserve_as(
+        &self,
+        rid: &ReservationId,
+        key: &str,
+        qty: u32,
+        user: &str,
+        fp: &str,
+        hold_ms: u64,
+        mark: bool,
+    ) -> Vec<String> {
         let key = IdempotencyKey::parse(key).unwrap();
         // a batch of one (lua/reserve.lua answers one reply per request)
         let replies = self
@@ -103,7 +118,7 @@ impl Fixture {
                     key.as_str().into(),
                     rid.to_string(),
                     qty.to_string(),
-                    "user-1".into(),
+                    user.into(),
                     fp.into(),
                     if mark { "3" } else { "2" }.into(),
                     String::new(), // no claim in this call
@@ -156,6 +171,15 @@ impl Fixture {
             )
             .await,
         )
+    }
+
+    /// The reservation's record, as records.lua reads it.
+    async fn record(&self, rid: &str) -> Option<StoredRecord> {
+        let rid = ReservationId::parse(rid).unwrap();
+        let v = self
+            .run(&self.scripts.records, vec![self.k.record(&rid)], vec![])
+            .await;
+        scripts::decode_records(v).unwrap().pop().flatten()
     }
 
     async fn extend(&self, rid: &str, grace: u64, max_total: u64) -> Vec<String> {
@@ -662,6 +686,133 @@ async fn confirm_release_are_idempotent_and_exclusive() {
 }
 
 #[tokio::test]
+async fn a_record_keeps_free_text_users_and_keys_through_extend_replay_and_confirm() {
+    let f = fixture().await;
+    f.preload(5, false).await;
+    // a record is one string (lua/lib.lua): the user's length tells where
+    // it ends, so '|' in the user or the key cannot shift a field
+    let (user, key) = ("ann|o'neil \"7\" \u{fc}|", "k|1|2");
+    let rid = f.rid();
+    let held = f.reserve_as(&rid, key, 2, user, "fp", 60_000, true).await;
+    assert_eq!(held[0], "held");
+    let exp0: i64 = held[2].parse().unwrap();
+    let r = f.record(&held[1]).await.expect("the record");
+    assert_eq!(
+        (r.status.as_str(), r.qty, r.user.as_str(), r.idem.as_str()),
+        ("held", 2, user, key)
+    );
+    assert_eq!((r.exp, r.first_exp, r.ended), (exp0, None, 0));
+    assert!(r.created > 0 && r.created < exp0);
+
+    // extend moves the deadline and the record's TTL with it, and keeps the
+    // first deadline for replays
+    let rkey = f.k.record(&rid);
+    let ttl0: i64 = f.pool.next().pttl(&rkey).await.unwrap();
+    let e = f.extend(&held[1], 120_000, 600_000).await;
+    assert_eq!(e[..4], ["ok", "held", "2", user]);
+    let exp1: i64 = e[4].parse().unwrap();
+    assert!(exp1 > exp0);
+    let ttl1: i64 = f.pool.next().pttl(&rkey).await.unwrap();
+    assert!(
+        ttl1 >= ttl0 + (exp1 - exp0) - 5_000,
+        "TTL {ttl0} -> {ttl1} for a deadline moved by {}",
+        exp1 - exp0
+    );
+    let r = f.record(&held[1]).await.expect("the record");
+    assert_eq!((r.exp, r.first_exp), (exp1, Some(exp0)));
+    assert_eq!((r.user.as_str(), r.idem.as_str()), (user, key));
+
+    let again = f
+        .reserve_as(&f.rid(), key, 2, user, "fp", 60_000, true)
+        .await;
+    assert_eq!(again, ["replay", &held[1], "2", user, &held[2]]);
+
+    let c = f.end(&f.scripts.confirm, &held[1]).await;
+    assert_eq!(c, ["ok", "confirmed", "2", user, &exp1.to_string(), key]);
+    let r = f.record(&held[1]).await.expect("the record");
+    assert_eq!(r.status, "confirmed");
+    assert!(r.ended >= r.created);
+    assert_eq!((r.qty, r.user.as_str(), r.idem.as_str()), (2, user, key));
+    assert_eq!((r.exp, r.first_exp), (exp1, Some(exp0)));
+    assert_eq!(f.books().await, (3, 0, 2));
+    assert_eq!(f.record(&f.rid().to_string()).await, None);
+}
+
+#[tokio::test]
+async fn records_an_earlier_version_wrote_as_hashes_still_replay_and_end_exactly_once() {
+    let f = fixture().await;
+    f.preload(6, false).await;
+    // three holds whose records are rewritten the way versions before
+    // 2026-12-02 wrote them: a hash of fields with a TTL
+    let mut held = Vec::new();
+    for (key, hold_ms) in [("old-c", 60_000), ("old-r", 60_000), ("old-x", 30)] {
+        let h = f.reserve(key, 1, hold_ms).await;
+        assert_eq!(h[0], "held");
+        let rec = f.record(&h[1]).await.expect("the record");
+        let rkey = f.k.record(&ReservationId::parse(&h[1]).unwrap());
+        let c = f.pool.next();
+        let _: i64 = c.del(&rkey).await.unwrap();
+        let _: i64 = c
+            .hset(
+                &rkey,
+                vec![
+                    ("qty", "1".to_string()),
+                    ("user", "user-1".into()),
+                    ("status", "held".into()),
+                    ("created", rec.created.to_string()),
+                    ("exp", rec.exp.to_string()),
+                    ("idem", key.into()),
+                ],
+            )
+            .await
+            .unwrap();
+        let _: bool = c.pexpire(&rkey, 90_000_000, None).await.unwrap();
+        held.push((h, rkey));
+    }
+    let kind: String = f.pool.next().r#type(&held[0].1).await.unwrap();
+    assert_eq!(kind, "hash");
+    let r = f
+        .record(&held[0].0[1])
+        .await
+        .expect("records.lua reads a hash");
+    assert_eq!((r.status.as_str(), r.qty), ("held", 1));
+    assert_eq!((r.user.as_str(), r.idem.as_str()), ("user-1", "old-c"));
+
+    let again = f.reserve("old-c", 1, 60_000).await;
+    assert_eq!(
+        again,
+        ["replay", &held[0].0[1], "1", "user-1", &held[0].0[2]]
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            f.end(&f.scripts.confirm, &held[0].0[1]).await[..2],
+            ["ok", "confirmed"]
+        );
+        assert_eq!(
+            f.end(&f.scripts.release, &held[1].0[1]).await[..2],
+            ["ok", "released"]
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let swept = f.expire().await;
+    assert_eq!((swept[0].as_str(), swept[2].as_str()), ("1", "1"));
+    assert_eq!(swept[3..], ["user-1", "old-x"]);
+    assert_eq!(f.expire().await[0], "0", "a second sweep changes nothing");
+    assert_eq!(f.books().await, (5, 0, 1));
+
+    // each was written back as a string, its TTL kept
+    for ((h, rkey), status) in held.iter().zip(["confirmed", "released", "expired"]) {
+        let kind: String = f.pool.next().r#type(rkey).await.unwrap();
+        assert_eq!(kind, "string");
+        let ttl: i64 = f.pool.next().pttl(rkey).await.unwrap();
+        assert!(ttl > 80_000_000, "TTL kept: {ttl}");
+        let r = f.record(&h[1]).await.expect("the record");
+        assert_eq!((r.status.as_str(), r.qty), (status, 1));
+        assert!(r.ended > 0);
+    }
+}
+
+#[tokio::test]
 async fn confirm_after_the_deadline_loses_to_expiry_even_before_the_sweeper() {
     let f = fixture().await;
     f.preload(2, false).await;
@@ -720,12 +871,7 @@ async fn extend_moves_the_deadline_within_the_maximum() {
     let e = f.extend(&rid, 5_000, 3_000).await;
     assert_eq!(e[..2], ["ok", "held"]);
     let exp1: i64 = e[4].parse().unwrap();
-    let created: i64 = f
-        .pool
-        .next()
-        .hget(f.k.record(&ReservationId::parse(&rid).unwrap()), "created")
-        .await
-        .unwrap();
+    let created = f.record(&rid).await.expect("the record").created;
     assert_eq!(exp1, created + 3_000, "bounded by the maximum total hold");
     assert!(exp1 > exp0);
     let score: f64 = f

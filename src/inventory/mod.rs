@@ -1086,21 +1086,12 @@ impl Inventory {
 
     pub async fn get(&self, rid: &ReservationId) -> Result<Reservation, InventoryError> {
         let key = self.shard_keys_of(rid).await?.record(rid);
-        let fields: HashMap<String, String> = self
-            .nodes
-            .client_for_key(&key)
-            .hgetall(key)
-            .await
-            .map_err(|e| self.err(e))?;
-        let (Some(status), Some(qty), Some(exp)) =
-            (fields.get("status"), fields.get("qty"), fields.get("exp"))
-        else {
+        let reply = self.run(&self.scripts.records, vec![key], vec![]).await?;
+        let Some(Some(record)) = scripts::decode_records(reply)?.into_iter().next() else {
             return Err(ApiError::ReservationNotFound.into());
         };
-        let exp: i64 = exp
-            .parse()
-            .map_err(|_| InventoryError::Protocol("bad exp".into()))?;
-        let mut status = status_name(status)?;
+        let exp = record.exp;
+        let mut status = status_name(&record.status)?;
         // Past its deadline a hold is expired, whether or not the sweeper has
         // returned its units yet: confirm would refuse it.
         if status == "held" && now_ms() >= exp {
@@ -1109,10 +1100,9 @@ impl Inventory {
         Ok(Reservation {
             reservation_id: rid.to_string(),
             sku: rid.sku().to_string(),
-            qty: qty
-                .parse()
+            qty: u32::try_from(record.qty)
                 .map_err(|_| InventoryError::Protocol("bad qty".into()))?,
-            user_id: fields.get("user").cloned().unwrap_or_default(),
+            user_id: record.user,
             status,
             expires_at: ms_to_rfc3339(exp),
         })

@@ -58,6 +58,8 @@ pub struct Scripts {
     pub wl_bump: Script,
     /// `replica_ack`: the write a batch of acknowledgements waits behind.
     pub touch: Script,
+    /// Reservation records, read (their format is `lua/lib.lua`'s).
+    pub records: Script,
 }
 
 impl Default for Scripts {
@@ -89,10 +91,11 @@ impl Scripts {
             wl_bump: Script::new("wl_bump", include_str!("../../lua/wl_bump.lua")),
             fix: Script::new("fix", include_str!("../../lua/fix.lua")),
             touch: Script::new("touch", include_str!("../../lua/touch.lua")),
+            records: Script::new("records", include_str!("../../lua/records.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 20] {
+    pub fn all(&self) -> [&Script; 21] {
         [
             &self.claim,
             &self.reserve,
@@ -114,6 +117,7 @@ impl Scripts {
             &self.wl_gate,
             &self.wl_bump,
             &self.touch,
+            &self.records,
         ]
     }
 
@@ -307,6 +311,60 @@ pub fn classify(metrics: &Metrics, e: fred::error::Error) -> InventoryError {
 
 // ---- reply parsing: Redis answers arrays of strings and integers ----
 
+/// A reservation record as `records.lua` answers it (`lua/lib.lua` owns the
+/// format); times in server ms, 0 when not set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub status: String,
+    pub qty: i64,
+    pub created: i64,
+    pub exp: i64,
+    /// The deadline of the first answer, once `extend` moved `exp`.
+    pub first_exp: Option<i64>,
+    pub ended: i64,
+    pub user: String,
+    pub idem: String,
+}
+
+/// `records.lua`'s reply: one entry per key asked for, `None` where there is
+/// no record.
+pub fn decode_records(v: Value) -> Result<Vec<Option<StoredRecord>>, InventoryError> {
+    let ms = |v: &Value| -> Result<i64, InventoryError> {
+        let s = text(v)?;
+        if s.is_empty() {
+            return Ok(0);
+        }
+        s.parse()
+            .map_err(|_| InventoryError::Protocol(format!("record: bad number {s:?}")))
+    };
+    array(v)?
+        .into_iter()
+        .map(|entry| {
+            let f = match entry {
+                Value::Null | Value::Boolean(false) => return Ok(None),
+                other => array(other)?,
+            };
+            if f.len() != 8 {
+                return Err(InventoryError::Protocol(format!(
+                    "record: {} fields, expected 8",
+                    f.len()
+                )));
+            }
+            let first_exp = ms(&f[4])?;
+            Ok(Some(StoredRecord {
+                status: text(&f[0])?,
+                qty: ms(&f[1])?,
+                created: ms(&f[2])?,
+                exp: ms(&f[3])?,
+                first_exp: (first_exp != 0).then_some(first_exp),
+                ended: ms(&f[5])?,
+                user: text(&f[6])?,
+                idem: text(&f[7])?,
+            }))
+        })
+        .collect()
+}
+
 pub fn array(v: Value) -> Result<Vec<Value>, InventoryError> {
     match v {
         Value::Array(items) => Ok(items),
@@ -348,4 +406,56 @@ pub fn at(items: &[Value], i: usize) -> Result<&Value, InventoryError> {
     items
         .get(i)
         .ok_or_else(|| InventoryError::Protocol(format!("reply has no item {i}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: &str) -> Value {
+        Value::String(x.into())
+    }
+
+    #[test]
+    fn records_decode_fields_and_refuse_malformed_replies() {
+        let one = Value::Array(vec![
+            s("held"),
+            s("2"),
+            s("100"),
+            s("200"),
+            s(""),
+            s(""),
+            s("ann|x"),
+            s("k|1"),
+        ]);
+        let got = decode_records(Value::Array(vec![one, Value::Null])).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Some(StoredRecord {
+                    status: "held".into(),
+                    qty: 2,
+                    created: 100,
+                    exp: 200,
+                    first_exp: None,
+                    ended: 0,
+                    user: "ann|x".into(),
+                    idem: "k|1".into(),
+                }),
+                None
+            ]
+        );
+        for bad in [
+            s("held"),
+            Value::Array(vec![Value::Array(vec![s("held"), s("2")])]),
+            Value::Array(vec![Value::Array(
+                ["held", "two", "1", "2", "", "", "u", "k"].map(s).to_vec(),
+            )]),
+        ] {
+            assert!(matches!(
+                decode_records(bad),
+                Err(InventoryError::Protocol(_))
+            ));
+        }
+    }
 }
