@@ -141,7 +141,8 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   available = available - qty
   taken = taken + qty
   local rkey = record_prefix .. rid
-  -- the record as lib.lua's rec_encode writes it, built in place
+  -- the record as lib.lua's rec_encode writes it, built in place: a table
+  -- for rec_encode costs ~6k instructions more per hold (80.0k vs 74.2k)
   redis.call('SET', rkey, 'held|' .. qty_s .. '|' .. ts_s .. '|' .. exp_s .. '||||' .. user ..
     '\n' .. key, 'PX', record_ttl)
   redis.call('SET', idem, 'R|' .. rid .. '|' .. fp, 'PX', idem_ttl)
