@@ -18,11 +18,19 @@ local ts = now_ms()
 local due = redis.call('ZRANGEBYSCORE', holds, '-inf', ts, 'WITHSCORES', 'LIMIT', 0, limit)
 local count, units, lateness = 0, 0, 0
 local ended = {}
+-- Every due record is read before anything is written. While the shard's
+-- slot is half-moved to another master, a record already moved ends the
+-- script ("non local key", resent by src/inventory/scripts.rs) — with
+-- nothing changed, so the resend finds every hold still due and names
+-- every buyer (the caps the service gives back), instead of losing the
+-- names of holds ended before that record.
+local recs = {}
+for i = 1, #due, 2 do recs[i] = rec_load(prefix .. due[i]) or false end
 for i = 1, #due, 2 do
   local rid = due[i]
   if i == 1 then lateness = ts - tonumber(due[i + 1]) end
   local rkey = prefix .. rid
-  local r = rec_load(rkey)
+  local r = recs[i] or nil
   local status, qty, exp = r and r.status, r and tonumber(r.qty), r and tonumber(r.exp)
   if status == 'held' and exp and ts >= exp then
     end_hold(rkey, r, stock, books, holds, events, rid, 'expired', ts)

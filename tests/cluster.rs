@@ -1163,3 +1163,133 @@ async fn throughput_one_node_vs_cluster() {
         .expect("reload");
     run(acked, "cluster with replica_ack = 1").await;
 }
+
+/// The sweeper meets a half-moved slot: one of the due holds' records has
+/// already gone to the slot's new master. `expire.lua` reads every due
+/// record before it writes anything, so that call ends with "non local key"
+/// having changed nothing; the service resends it (scripts::run), and once
+/// the move is done the resend ends every due hold exactly once and names
+/// every buyer — the names the service gives purchase caps back by. (Ended
+/// one by one, the hold before the moved record would have been ended with
+/// its buyer's name lost in the failed call.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_meeting_a_half_moved_slot_changes_nothing_until_it_ends_every_hold() {
+    use flashgate::domain::{ReservationId, Sku};
+    use flashgate::inventory::keys::{self, ShardKeys};
+    use flashgate::inventory::nodes::Nodes;
+    use flashgate::inventory::scripts::{self, Scripts};
+    use flashgate::metrics::Metrics;
+
+    let cluster = Arc::new(Cluster::start(3, 0));
+    let pool = flashgate::inventory::connect(&cluster_config(&cluster))
+        .await
+        .expect("connect");
+    let nodes = Nodes::pool_only(pool.clone());
+    let (metrics, s) = (Metrics::new(10), Scripts::new());
+    let sku = Sku::parse("sweep").expect("sku");
+    let tag = keys::default_tag(&sku, 0);
+    let k = ShardKeys::new(&tag);
+    let run = |script, keys: Vec<String>, args: Vec<String>| {
+        let (nodes, metrics) = (&nodes, &metrics);
+        async move { scripts::run(nodes, metrics, script, keys, args).await }
+    };
+    run(
+        &s.preload,
+        vec![k.stock(), k.books(), k.events()],
+        vec!["10".into(), "0".into()],
+    )
+    .await
+    .expect("preload");
+    // three holds of 1 ms, one call
+    let mut args: Vec<String> = ["1", "86400000", "90000000"].map(String::from).to_vec();
+    for i in 0..3 {
+        let rid = ReservationId::new(&sku, 0, &uuid::Uuid::new_v4());
+        args.extend([
+            format!("sw-{i}"),
+            rid.to_string(),
+            "1".into(),
+            format!("buyer-{i}"),
+            format!("fp-{i}"),
+            "1".into(),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    let shard = vec![
+        k.stock(),
+        k.books(),
+        k.holds(),
+        k.events(),
+        k.wlopen(),
+        k.reserved_keys(),
+    ];
+    run(&s.reserve, shard, args).await.expect("reserve");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let slot = keyslot(&k.stock());
+    let home = cluster.owner(slot);
+    let to = *cluster
+        .masters()
+        .keys()
+        .find(|p| **p != home)
+        .expect("another master");
+    let c = cluster.clone();
+    let migration = tokio::task::spawn_blocking(move || c.begin_migration(slot, to))
+        .await
+        .expect("migrating");
+    // the record of the last hold in the sweep's order moves first
+    let due = support::cluster::cli(home, &["ZRANGE", &k.holds(), "0", "-1"]);
+    let last = due.lines().last().expect("due holds").to_string();
+    let moved = format!("{}{}", k.record_prefix(), last);
+    let out = support::cluster::cli(
+        home,
+        &[
+            "MIGRATE",
+            "127.0.0.1",
+            &to.to_string(),
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            &moved,
+        ],
+    );
+    assert_eq!(out, "OK", "MIGRATE of {moved}");
+
+    let sweep = {
+        let (nodes, metrics, script) = (nodes.clone(), Metrics::new(10), s.expire.clone());
+        let (keys, args) = (
+            vec![k.holds(), k.stock(), k.books(), k.events()],
+            vec![k.record_prefix(), "100".to_string()],
+        );
+        tokio::spawn(async move { scripts::run(&nodes, &metrics, &script, keys, args).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held_mid_move = support::cluster::cli(home, &["HGET", &k.books(), "held"]);
+    assert_eq!(held_mid_move, "3", "nothing ended while half-moved");
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.finish_migration(&migration, || {}))
+        .await
+        .expect("migrated");
+
+    let reply =
+        scripts::array(sweep.await.expect("sweep task").expect("the resent sweep")).expect("array");
+    let reply: Vec<String> = reply
+        .iter()
+        .map(|v| scripts::text(v).expect("text"))
+        .collect();
+    assert_eq!(
+        (reply[0].as_str(), reply[2].as_str()),
+        ("3", "3"),
+        "{reply:?}"
+    );
+    let mut buyers: Vec<&str> = reply[3..].iter().step_by(2).map(String::as_str).collect();
+    buyers.sort_unstable();
+    assert_eq!(buyers, ["buyer-0", "buyer-1", "buyer-2"]);
+    assert_eq!(support::cluster::cli(to, &["GET", &k.stock()]), "10");
+    assert_eq!(
+        support::cluster::cli(to, &["HGET", &k.books(), "held"]),
+        "0"
+    );
+    drop(pool);
+}

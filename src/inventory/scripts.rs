@@ -159,7 +159,7 @@ const TRYAGAIN_BUDGET: Duration = Duration::from_secs(1);
 /// resend would not see: `reserve.lua` reads a request's verdict before it
 /// writes anything for the request, and in a half-moved slot that read fails
 /// for every request that could get a unit (lua/reserve.lua); `expire.lua`
-/// ends each hold completely before it reads the next. A script therefore
+/// reads every due record before it writes anything. A script therefore
 /// only ever completes on a master that has all of its keys. A script that could not reach its master (timeout, lost
 /// connection, `CLUSTERDOWN`) is not resent — its outcome is unknown — but
 /// the slot map is refreshed in the background, so that the client's retry
