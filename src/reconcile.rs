@@ -50,7 +50,7 @@ use crate::config::Config;
 use crate::db::{Db, DbError};
 use crate::domain::Sku;
 use crate::error::InventoryError;
-use crate::inventory::scripts::{self, array, at, int, text};
+use crate::inventory::scripts::{self, array, at, int, text, StoredRecord};
 use crate::inventory::{Inventory, PreloadOutcome, SkuMeta, MAX_SHARDS};
 use crate::ledger::{self, LedgerError, LedgerSettings, Writer};
 use crate::metrics::Metrics;
@@ -249,16 +249,6 @@ impl Report {
     }
 }
 
-/// Redis's reservation record.
-#[derive(Clone, Debug)]
-struct Record {
-    status: String,
-    qty: i64,
-    user: String,
-    created: i64,
-    ended: i64,
-}
-
 /// One reservation as the ledger has it.
 #[derive(Clone, Debug, Default)]
 struct LedgerRid {
@@ -302,7 +292,7 @@ struct Snapshot {
     last_id: String,
     books: Books,
     holds: Vec<String>,
-    records: HashMap<String, Record>,
+    records: HashMap<String, StoredRecord>,
 }
 
 /// A ledger row reconcile adds (source `reconcile`).
@@ -723,19 +713,9 @@ impl Reconciler {
                 .into());
             }
             for (rid, record) in chunk.iter().zip(records) {
-                let Some(r) = record else {
-                    continue; // no record
-                };
-                snap.records.insert(
-                    (*rid).clone(),
-                    Record {
-                        status: r.status,
-                        qty: r.qty,
-                        user: r.user,
-                        created: r.created,
-                        ended: r.ended,
-                    },
-                );
+                if let Some(r) = record {
+                    snap.records.insert((*rid).clone(), r);
+                }
             }
         }
         let l3 = ledger::last_id(&self.inventory, &self.metrics, &sk.events()).await?;
