@@ -25,12 +25,12 @@ local ended = {}
 -- every buyer (the caps the service gives back), instead of losing the
 -- names of holds ended before that record.
 local recs = {}
-for i = 1, #due, 2 do recs[i] = rec_load(prefix .. due[i]) or false end
+for i = 1, #due, 2 do recs[i] = rec_load(prefix .. due[i]) end
 for i = 1, #due, 2 do
   local rid = due[i]
   if i == 1 then lateness = ts - tonumber(due[i + 1]) end
   local rkey = prefix .. rid
-  local r = recs[i] or nil
+  local r = recs[i]
   local status, qty, exp = r and r.status, r and tonumber(r.qty), r and tonumber(r.exp)
   if status == 'held' and exp and ts >= exp then
     end_hold(rkey, r, stock, books, holds, events, rid, 'expired', ts)

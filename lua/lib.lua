@@ -30,8 +30,9 @@ end
 -- it; empty fields are ''. User and key are free text that may hold '|',
 -- but never a control character (src/domain.rs refuses them; the outbox's
 -- batched `held` entry relies on that too), so a newline ends the user.
--- One SET with its TTL costs Redis ~8k fewer instructions per hold than a
--- hash and its PEXPIRE (bench/README.md, "Reservation records as strings").
+-- One SET with its TTL costs Redis ~10k fewer instructions per hold than a
+-- hash and its PEXPIRE (84.5k -> 74.2k at batches of 25; bench/README.md,
+-- "Reservation records as strings").
 local REC_FIELDS = {'status', 'qty', 'created', 'exp', 'first_exp', 'ended', 'fixed'}
 
 local function rec_encode(r)
