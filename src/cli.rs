@@ -92,6 +92,14 @@ pub struct ServeArgs {
     pub body_limit_bytes: Option<usize>,
     #[arg(long, env = "FLASHGATE_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    #[arg(long, env = "FLASHGATE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    #[arg(long, env = "FLASHGATE_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    #[arg(long, env = "FLASHGATE_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    #[arg(long, env = "FLASHGATE_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
     #[arg(long, env = "FLASHGATE_SWEEP_INTERVAL_MS")]
     pub sweep_interval_ms: Option<u64>,
     #[arg(long, env = "FLASHGATE_SWEEP_BATCH")]
@@ -172,6 +180,10 @@ impl ServeArgs {
             max_qty_per_request,
             body_limit_bytes,
             request_timeout_ms,
+            max_connections,
+            max_header_bytes,
+            header_read_timeout_ms,
+            write_timeout_ms,
             sweep_interval_ms,
             sweep_batch,
             drain_seconds,

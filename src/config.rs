@@ -58,6 +58,20 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// A request that takes longer than this answers 503 `timeout`.
     pub request_timeout_ms: u64,
+    /// Open client connections at most; one more is answered `503
+    /// too_many_connections` and closed at once. Keep it below the process's
+    /// file limit (`ulimit -n`), which Redis connections and logs share.
+    pub max_connections: usize,
+    /// A request's head (request line and headers) larger than this answers
+    /// `431 headers_too_large`; one larger than twice this is refused by the
+    /// HTTP parser itself (bare 431, connection closed) before it is buffered.
+    pub max_header_bytes: usize,
+    /// A client must send a request's head within this long, and an idle
+    /// keep-alive connection is closed after it.
+    pub header_read_timeout_ms: u64,
+    /// A connection whose response makes no progress for this long (a client
+    /// that stopped reading) is closed.
+    pub write_timeout_ms: u64,
     /// How often the expiry sweeper visits every shard.
     pub sweep_interval_ms: u64,
     /// Holds returned per shard per sweeper step (bounds one script's run time).
@@ -90,9 +104,12 @@ pub struct Config {
     pub user_rate_per_second: u32,
     pub user_burst: u32,
     /// Per-storefront (API key) bucket on every `/v1/` request (0 = off).
+    /// On by default, below the instance's: one storefront cannot take all
+    /// of it (docs/rate-limits.md).
     pub client_rate_per_second: u32,
     pub client_burst: u32,
-    /// Whole-instance bucket on every `/v1/` request (0 = off).
+    /// Whole-instance bucket on every `/v1/` request (0 = off). On by
+    /// default, at a rate a 2-core instance serves as holds (docs/rate-limits.md).
     pub global_rate_per_second: u32,
     pub global_burst: u32,
     /// How often idle buckets are forgotten, to keep memory bounded.
@@ -122,6 +139,10 @@ impl Default for Config {
             max_qty_per_request: 10,
             body_limit_bytes: 8 * 1024,
             request_timeout_ms: 5_000,
+            max_connections: 10_000,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
             sweep_interval_ms: 200,
             sweep_batch: 200,
             drain_seconds: 10,
@@ -136,10 +157,12 @@ impl Default for Config {
             insecure_no_auth: false,
             user_rate_per_second: 5,
             user_burst: 10,
-            client_rate_per_second: 0,
-            client_burst: 0,
-            global_rate_per_second: 0,
-            global_burst: 0,
+            // on by default: a buyer's bucket stops no one who invents
+            // user ids; sized in docs/rate-limits.md
+            client_rate_per_second: 5_000,
+            client_burst: 5_000,
+            global_rate_per_second: 10_000,
+            global_burst: 10_000,
             limiter_prune_seconds: 30,
         }
     }
@@ -218,6 +241,15 @@ impl Config {
         if self.sweep_interval_ms == 0 || self.sweep_batch == 0 {
             return bad("sweep_interval_ms and sweep_batch must be > 0");
         }
+        if self.max_connections == 0 {
+            return bad("max_connections must be > 0");
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
+            return bad("max_header_bytes must be within 1024..=1048576");
+        }
+        if self.header_read_timeout_ms == 0 || self.write_timeout_ms == 0 {
+            return bad("header_read_timeout_ms and write_timeout_ms must be > 0");
+        }
         if self.body_limit_bytes < 64 {
             return bad("body_limit_bytes must be >= 64");
         }
@@ -259,9 +291,11 @@ impl Config {
         Ok(())
     }
 
-    pub fn limiter(&self) -> crate::limiter::Limiter {
+    /// The token buckets, in the order [`crate::limiter::Limiter::new`]
+    /// takes them: the whole instance, a storefront, a buyer.
+    pub fn buckets(&self) -> [crate::limiter::Bucket; 3] {
         use crate::limiter::Bucket;
-        crate::limiter::Limiter::new(
+        [
             Bucket {
                 rate_per_second: self.global_rate_per_second,
                 burst: self.global_burst,
@@ -274,7 +308,12 @@ impl Config {
                 rate_per_second: self.user_rate_per_second,
                 burst: self.user_burst,
             },
-        )
+        ]
+    }
+
+    pub fn limiter(&self) -> crate::limiter::Limiter {
+        let [instance, client, user] = self.buckets();
+        crate::limiter::Limiter::new(instance, client, user)
     }
 
     pub fn hold(&self) -> Duration {

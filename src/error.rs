@@ -16,8 +16,15 @@ pub enum ApiError {
     ReservationNotFound,
     #[error("no route for {0}")]
     RouteNotFound(String),
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// Carries the path's methods, for the `Allow` header (RFC 9110).
+    #[error("method not allowed; this path allows {0}")]
+    MethodNotAllowed(&'static str),
+    /// The request's head (request line and headers) is over the limit.
+    #[error("the request line and headers are larger than {0} bytes")]
+    HeadersTooLarge(usize),
+    /// Refused at accept: `max_connections` are open.
+    #[error("too many open connections; retry shortly")]
+    TooManyConnections,
     #[error("sold out")]
     SoldOut,
     #[error("the waitlist of this SKU is full")]
@@ -60,7 +67,8 @@ impl ApiError {
             | ApiError::ReservationNotFound
             | ApiError::TicketNotFound
             | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::SoldOut
             | ApiError::ReservationState(_)
             | ApiError::PurchaseLimit
@@ -71,7 +79,9 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::RedisUnavailable(_) | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RedisUnavailable(_) | ApiError::Timeout | ApiError::TooManyConnections => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,7 +94,9 @@ impl ApiError {
             ApiError::UnknownSku(_) => "unknown_sku",
             ApiError::ReservationNotFound => "reservation_not_found",
             ApiError::RouteNotFound(_) => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::HeadersTooLarge(_) => "headers_too_large",
+            ApiError::TooManyConnections => "too_many_connections",
             ApiError::SoldOut => "sold_out",
             ApiError::WaitlistFull => "waitlist_full",
             ApiError::AlreadyWaitlisted(_) => "already_waitlisted",
@@ -106,13 +118,24 @@ impl ApiError {
     }
 
     /// The human message. Internal causes stay in the log.
+    ///
+    /// A 503 says what is known of the outcome: Redis refused the command or
+    /// was never reached (it did not run), or it did not answer in time (it
+    /// may have run). Either way a retry is safe — every script is idempotent
+    /// and a reserve replays its key's first outcome — but only the first
+    /// may say the request was not carried out.
     pub fn message(&self) -> String {
         match self {
-            ApiError::RedisUnavailable(_) => {
-                "the stock store is unavailable; nothing was changed, retry with the same Idempotency-Key".into()
+            ApiError::RedisUnavailable(InventoryError::OutcomeUnknown(_)) | ApiError::Timeout => {
+                "the stock store did not answer in time: the outcome of this request is unknown \
+                 (it may have taken effect); retrying with the same Idempotency-Key is safe and \
+                 answers with the first outcome, never a second reservation"
+                    .into()
             }
-            ApiError::Timeout => {
-                "the request took too long; retry with the same Idempotency-Key".into()
+            ApiError::RedisUnavailable(_) => {
+                "the stock store is unavailable and this request was not carried out; \
+                 retry with the same Idempotency-Key"
+                    .into()
             }
             ApiError::Internal(_) => "internal error".into(),
             other => other.to_string(),
@@ -123,15 +146,31 @@ impl ApiError {
 /// What can go wrong below the HTTP layer.
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
-    /// Redis could not be reached or did not answer in time. The outcome of
-    /// the command is unknown; every script is idempotent, so a retry is safe.
+    /// Redis refused the command (LOADING, READONLY, a full command queue…)
+    /// or could not be reached before it was sent: it did not run.
     #[error("redis unavailable: {0}")]
     Unavailable(String),
+    /// Redis did not answer in time, or the connection broke with the command
+    /// in flight: it may or may not have run. Every script is idempotent, so
+    /// a retry is safe.
+    #[error("no answer from redis: {0}")]
+    OutcomeUnknown(String),
     /// Redis answered something the protocol does not allow: a bug.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
     #[error(transparent)]
     Api(Box<ApiError>),
+}
+
+impl InventoryError {
+    /// Redis is out of reach or did not answer: [`Self::Unavailable`] or
+    /// [`Self::OutcomeUnknown`] (both a 503, both "retry later").
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            InventoryError::Unavailable(_) | InventoryError::OutcomeUnknown(_)
+        )
+    }
 }
 
 impl From<ApiError> for InventoryError {
@@ -143,7 +182,9 @@ impl From<ApiError> for InventoryError {
 impl From<InventoryError> for ApiError {
     fn from(e: InventoryError) -> Self {
         match e {
-            InventoryError::Unavailable(_) => ApiError::RedisUnavailable(e),
+            InventoryError::Unavailable(_) | InventoryError::OutcomeUnknown(_) => {
+                ApiError::RedisUnavailable(e)
+            }
             InventoryError::Protocol(_) => ApiError::Internal(e),
             InventoryError::Api(api) => *api,
         }
@@ -154,13 +195,15 @@ impl From<fred::error::Error> for InventoryError {
     fn from(e: fred::error::Error) -> Self {
         use fred::error::ErrorKind;
         match e.kind() {
-            ErrorKind::IO
-            | ErrorKind::Timeout
-            | ErrorKind::Canceled
-            | ErrorKind::Backpressure
-            | ErrorKind::Routing
-            | ErrorKind::Cluster
-            | ErrorKind::Auth => InventoryError::Unavailable(e.to_string()),
+            // sent, or perhaps sent, and no answer: it may have run
+            ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled => {
+                InventoryError::OutcomeUnknown(e.to_string())
+            }
+            // never queued (a full command buffer), no route to a node, a
+            // redirection, a refused login: it did not run
+            ErrorKind::Backpressure | ErrorKind::Routing | ErrorKind::Cluster | ErrorKind::Auth => {
+                InventoryError::Unavailable(e.to_string())
+            }
             // LOADING / MASTERDOWN / CLUSTERDOWN / TRYAGAIN: the server is there but
             // cannot serve yet — the same "retry later" for the client.
             _ if [
@@ -177,5 +220,46 @@ impl From<fred::error::Error> for InventoryError {
             }
             _ => InventoryError::Protocol(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::error::{Error, ErrorKind};
+
+    fn answer(e: Error) -> (StatusCode, &'static str, String) {
+        let api = ApiError::from(InventoryError::from(e));
+        (api.status(), api.code(), api.message())
+    }
+
+    #[test]
+    fn a_503_says_whether_the_command_ran() {
+        // no answer: it may have run
+        for kind in [ErrorKind::Timeout, ErrorKind::IO, ErrorKind::Canceled] {
+            let (status, code, msg) = answer(Error::new(kind.clone(), "x"));
+            assert_eq!(
+                (status, code),
+                (StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable")
+            );
+            assert!(msg.contains("unknown"), "{kind:?}: {msg}");
+        }
+        // refused or never sent: it did not run
+        for e in [
+            Error::new(ErrorKind::Backpressure, "queue full"),
+            Error::new(
+                ErrorKind::Unknown,
+                "LOADING Redis is loading the dataset in memory",
+            ),
+        ] {
+            let (status, code, msg) = answer(e);
+            assert_eq!(
+                (status, code),
+                (StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable")
+            );
+            assert!(msg.contains("not carried out"), "{msg}");
+            assert!(!msg.contains("unknown"), "{msg}");
+        }
+        assert!(ApiError::Timeout.message().contains("unknown"));
     }
 }

@@ -1,8 +1,14 @@
 //! Admission control: token buckets (governor's GCRA) that shed abusive
-//! clients before they cost Redis anything. Three optional layers, checked in
-//! this order: the whole instance, the storefront (API key), the buyer
-//! (`user_id`). A refusal carries the earliest time a retry can pass, which
-//! becomes `Retry-After`.
+//! clients before they cost Redis anything. Three layers, checked in this
+//! order: the whole instance, the storefront (API key), the buyer
+//! (`user_id`); each can be turned off. A refusal carries the earliest time a
+//! retry can pass, which becomes `Retry-After`.
+//!
+//! The buyer's layer only slows honest clients: `user_id` is the client's
+//! word, and a bot that invents a fresh one per request has a fresh bucket
+//! each time. The storefront's and the instance's layers are the ones no
+//! client can step around, which is why they are on by default (sized in
+//! docs/rate-limits.md).
 //!
 //! Buckets are per instance: N flashgate instances admit N× the configured
 //! rate. (The purchase cap is global: it lives in Redis.)

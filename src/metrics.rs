@@ -139,6 +139,12 @@ pub struct Metrics {
     /// `flashgate_rate_limiter_buckets` — per-user buckets held in memory by this instance;
     /// should fall back after each prune, growth without bound is a leak.
     pub limiter_buckets: IntGauge,
+    /// `flashgate_http_connections_open` — client connections being served now;
+    /// near `max_connections` means the next ones are refused.
+    pub connections_open: IntGauge,
+    /// `flashgate_http_connections_refused_total` — connections closed at accept
+    /// because `max_connections` were open (answered `503 too_many_connections`).
+    pub connections_refused: IntCounter,
     /// The most distinct SKUs the per-SKU gauges track; later SKUs are refused.
     pub sku_gauge_cap: usize,
     /// `flashgate_sku_series_refused_total` — per-SKU updates refused because the cap was
@@ -241,6 +247,14 @@ impl Metrics {
             "flashgate_rate_limiter_buckets",
             "Per-user rate limiter buckets held in memory by this instance.",
         ));
+        let connections_open = reg.add(IntGauge::new(
+            "flashgate_http_connections_open",
+            "Client connections being served.",
+        ));
+        let connections_refused = reg.add(IntCounter::new(
+            "flashgate_http_connections_refused_total",
+            "Client connections refused at accept because max_connections were open.",
+        ));
         let sku_refused = reg.add(IntCounter::new(
             "flashgate_sku_series_refused_total",
             "Per-SKU gauge updates refused because sku_gauge_cap SKUs are already tracked.",
@@ -280,6 +294,8 @@ impl Metrics {
             ledger_lag,
             ledger_written,
             limiter_buckets,
+            connections_open,
+            connections_refused,
             sku_gauge_cap,
             sku_refused,
             tracked_skus: Mutex::new(HashSet::new()),
@@ -499,6 +515,8 @@ mod tests {
             ("flashgate_ledger_lag_events", "gauge"),
             ("flashgate_ledger_events_written_total", "counter"),
             ("flashgate_rate_limiter_buckets", "gauge"),
+            ("flashgate_http_connections_open", "gauge"),
+            ("flashgate_http_connections_refused_total", "counter"),
             ("flashgate_sku_series_refused_total", "counter"),
             ("flashgate_build_info", "gauge"),
         ];

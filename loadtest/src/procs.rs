@@ -336,6 +336,10 @@ pub async fn spawn_flashgate_under(
             &hold_seconds.to_string(),
         ])
         .env("FLASHGATE_API_KEYS", api_key)
+        // the run measures the service's capacity: the shipped protective
+        // buckets (docs/rate-limits.md) would measure themselves instead
+        .env("FLASHGATE_CLIENT_RATE_PER_SECOND", "0")
+        .env("FLASHGATE_GLOBAL_RATE_PER_SECOND", "0")
         .envs(env.iter().copied())
         .stdout(log_file(log_dir, "flashgate.log")?)
         .stderr(log_file(log_dir, "flashgate.err.log")?)

@@ -170,7 +170,7 @@ static SOLD_OUT: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
 });
 
 /// `{"error":{"code":"...","message":"..."}}` with the error's status (and
-/// `Retry-After` on 429, `WWW-Authenticate` on 401).
+/// `Retry-After` on 429 and 503, `WWW-Authenticate` on 401, `Allow` on 405).
 pub fn error(e: &ApiError) -> Response<Body> {
     let mut resp = match e {
         // the answer most of a sale's crowd gets: encoded once
@@ -189,10 +189,31 @@ pub fn error(e: &ApiError) -> Response<Body> {
                 HeaderValue::from_static("Bearer"),
             );
         }
+        ApiError::MethodNotAllowed(allow) => {
+            resp.headers_mut()
+                .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+        }
+        _ if e.status() == StatusCode::SERVICE_UNAVAILABLE => {
+            // Redis is back within a reconnect or two, and a retry is safe
+            resp.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         _ => {}
     }
     resp
 }
+
+/// The whole HTTP/1.1 answer to a connection refused at accept
+/// (`max_connections` open), written before it is closed: no request was read.
+pub static TOO_MANY_CONNECTIONS: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
+    let e = ApiError::TooManyConnections;
+    let body = serde_json::to_string(&error_body(&e)).unwrap_or_default();
+    Bytes::from(format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+});
 
 #[cfg(test)]
 mod tests {

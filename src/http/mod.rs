@@ -1,8 +1,17 @@
 //! The HTTP server: accept loop, per-connection hyper service, graceful drain.
 //! Requests go through [`router::handle`], which owns the one `match` on
 //! (method, path) and the one mapping from errors to responses.
+//!
+//! What one client can make the server hold is bounded here: connections
+//! (`max_connections`; one more is answered 503 and closed at accept), a
+//! request's head (`max_header_bytes`: the router answers 431 past it, hyper
+//! refuses a head past twice it before buffering more), the time to send a
+//! head or to come back on an idle keep-alive connection
+//! (`header_read_timeout_ms`), and the time a response may stall because the
+//! client stopped reading (`write_timeout_ms`, [`io::WriteTimeout`]).
 
 pub mod body;
+pub mod io;
 pub mod router;
 
 use std::convert::Infallible;
@@ -13,7 +22,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::app::AppState;
 
@@ -25,6 +35,15 @@ pub async fn serve(
     stop: impl std::future::Future<Output = Duration>,
 ) {
     let graceful = GracefulShutdown::new();
+    let config = &state.config;
+    let places = Arc::new(Semaphore::new(config.max_connections));
+    let header_read_timeout = Duration::from_millis(config.header_read_timeout_ms);
+    let write_timeout = Duration::from_millis(config.write_timeout_ms);
+    // hyper's own ceiling on a head: past it, a bare 431 and the connection
+    // closed, before more of the head is buffered; below it the router
+    // answers 431 with the JSON body. The read buffer holds a head and a body.
+    let head_ceiling = config.max_header_bytes.saturating_mul(2);
+    let read_buffer = (head_ceiling + config.body_limit_bytes).max(8192);
     tokio::pin!(stop);
     let drain = loop {
         tokio::select! {
@@ -39,6 +58,11 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Ok(place) = places.clone().try_acquire_owned() else {
+                    refuse(&state, stream);
+                    continue;
+                };
+                let place = Place::new(place, &state);
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
                 let service = service_fn(move |req| {
@@ -48,14 +72,17 @@ pub async fn serve(
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
+                    .header_read_timeout(header_read_timeout)
+                    .max_header_size(head_ceiling)
+                    .max_buf_size(read_buffer)
                     .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service);
+                    .serve_connection(TokioIo::new(io::WriteTimeout::new(stream, write_timeout)), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
+                    drop(place);
                 });
             }
         }
@@ -71,4 +98,37 @@ pub async fn serve(
     {
         tracing::warn!("drain time over; closing the remaining connections");
     }
+}
+
+/// A connection's place under `max_connections`, counted in
+/// `flashgate_http_connections_open` while it is held.
+struct Place {
+    _permit: OwnedSemaphorePermit,
+    open: prometheus::IntGauge,
+}
+
+impl Place {
+    fn new(permit: OwnedSemaphorePermit, state: &AppState) -> Place {
+        let open = state.metrics.connections_open.clone();
+        open.inc();
+        Place {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// `max_connections` are open: answer this one 503 and close it, at once and
+/// without reading from it (a single non-blocking write into an empty send
+/// buffer; if even that fails the close alone says it).
+fn refuse(state: &AppState, stream: TcpStream) {
+    state.metrics.connections_refused.inc();
+    let _ = stream.try_write(&body::TOO_MANY_CONNECTIONS);
+    tracing::debug!("max_connections open: a connection refused");
 }

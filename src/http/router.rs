@@ -48,6 +48,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     let segs = Segments::of(uri.path());
     let (route, result) = async {
         let route = route_name(segs.as_slice());
+        let cap = state.config.max_header_bytes;
+        if head_bytes(&req) > cap {
+            return (route, Err(ApiError::HeadersTooLarge(cap)));
+        }
         // Boxed: the endpoint futures are kilobytes big, and hyper and tokio
         // move the request's future by value a few times — measured as 8 % of
         // the server's CPU in memcpy before (see bench/README.md).
@@ -81,6 +85,19 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         .metrics
         .observe_http(route, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+/// The size of the request's head as it came on the wire (request line,
+/// headers, the blank line), within a few bytes: what `max_header_bytes`
+/// caps. hyper refuses a head past twice that itself (src/http/mod.rs).
+fn head_bytes<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len() + 8);
+    let line = req.method().as_str().len() + target + 12;
+    req.headers()
+        .iter()
+        .fold(line + 2, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 /// A v4 UUID as 32 hex digits, formatted on the stack.
@@ -237,7 +254,17 @@ async fn dispatch(
         (&Method::POST, ["admin", "v1", "skus", sku, "preload"]) => {
             Box::pin(admin_preload(state, sku, req)).await
         }
-        _ => Err(ApiError::MethodNotAllowed),
+        _ => Err(ApiError::MethodNotAllowed(allowed(route))),
+    }
+}
+
+/// The methods a route answers, for the `Allow` header of a 405 (RFC 9110):
+/// the arms of [`dispatch`]'s `match` and [`ops`], by route.
+fn allowed(route: &str) -> &'static str {
+    match route {
+        "reserve" | "confirm" | "release" | "extend" | "admin_preload" => "POST",
+        "waitlist" => "GET, DELETE",
+        _ => "GET",
     }
 }
 
@@ -245,7 +272,7 @@ async fn dispatch(
 /// internal network; they reveal no sale data beyond the per-SKU gauges).
 async fn ops(state: &AppState, method: &Method, segs: &[&str]) -> Result<Response<Body>, ApiError> {
     if method != Method::GET {
-        return Err(ApiError::MethodNotAllowed);
+        return Err(ApiError::MethodNotAllowed(allowed("healthz")));
     }
     match segs {
         ["healthz"] => Ok(body::json(

@@ -100,8 +100,11 @@ impl<B: Batch> Lanes<B> {
             let lane = lane.to_owned();
             tokio::spawn(async move { me.drain(lane).await });
         }
-        rx.await
-            .unwrap_or_else(|_| Err(InventoryError::Unavailable("the batch was dropped".into())))
+        rx.await.unwrap_or_else(|_| {
+            Err(InventoryError::OutcomeUnknown(
+                "the batch was dropped".into(),
+            ))
+        })
     }
 
     /// Send the lane's queue as calls until it is empty, then close the lane.
@@ -438,6 +441,7 @@ fn flags(mark_moved: bool, gate: bool) -> &'static str {
 fn same(e: &InventoryError) -> InventoryError {
     match e {
         InventoryError::Unavailable(m) => InventoryError::Unavailable(m.clone()),
+        InventoryError::OutcomeUnknown(m) => InventoryError::OutcomeUnknown(m.clone()),
         InventoryError::Protocol(m) => InventoryError::Protocol(m.clone()),
         InventoryError::Api(api) => InventoryError::Protocol(format!("batch: {api}")),
     }

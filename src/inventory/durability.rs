@@ -64,13 +64,13 @@ impl Inventory {
             .await?;
         if !touched {
             tracing::warn!(rid = %rid, "the hold is gone from its shard (lost in a failover?)");
-            return Err(InventoryError::Unavailable(
+            return Err(InventoryError::OutcomeUnknown(
                 "the hold was lost by its Redis shard; retry with the same Idempotency-Key".into(),
             ));
         }
         if acked < i64::from(n) {
             tracing::warn!(rid = %rid, acked, wanted = n, "replicas did not acknowledge the hold in time");
-            return Err(InventoryError::Unavailable(format!(
+            return Err(InventoryError::OutcomeUnknown(format!(
                 "the hold reached {acked} of {n} replicas in time; retry with the same Idempotency-Key"
             )));
         }

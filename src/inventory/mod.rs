@@ -457,7 +457,7 @@ impl Inventory {
     /// (or met a slot move) has the cluster's slot map re-read (nodes.rs).
     fn err(&self, e: fred::error::Error) -> InventoryError {
         let e = scripts::classify(&self.metrics, e);
-        if matches!(e, InventoryError::Unavailable(_)) {
+        if e.is_unavailable() {
             self.nodes.refresh_soon();
         }
         e
@@ -507,7 +507,7 @@ impl Inventory {
                 // keep the layout last read rather than failing every
                 // request of the SKU.
                 return match (stale, &e) {
-                    (Some(m), InventoryError::Unavailable(_)) => {
+                    (Some(m), e) if e.is_unavailable() => {
                         tracing::debug!(error = %e, sku = %sku, "meta unreadable: using the last layout read");
                         Ok(Some(m))
                     }

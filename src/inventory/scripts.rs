@@ -215,7 +215,7 @@ pub async fn run_with<K: AsRef<str> + Sync, A: AsRef<str> + Sync>(
             continue;
         }
         let e = classify(metrics, e);
-        if matches!(e, InventoryError::Unavailable(_)) {
+        if e.is_unavailable() {
             nodes.refresh_soon();
         }
         return Err(e);

@@ -132,6 +132,27 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the server hangs with its connections open (commands sent to
+    /// it are neither answered nor refused) until [`RedisServer::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// Run one command with redis-cli; returns its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
@@ -166,7 +187,11 @@ pub fn test_config(redis: &RedisServer) -> Config {
         sweep_interval_ms: 50,
         drain_seconds: 1,
         insecure_no_auth: true,
+        // tests fire bursts far beyond the shipped protective buckets; the
+        // tests of those buckets set them explicitly
         user_rate_per_second: 0,
+        client_rate_per_second: 0,
+        global_rate_per_second: 0,
         ..Config::default()
     }
 }
