@@ -97,6 +97,10 @@ async fn app(
         insecure_no_auth: true,
         user_rate_per_second: user_rate,
         user_burst: 1,
+        // the buyer's layer alone: the shipped instance bucket would refuse
+        // the measured requests too
+        global_rate_per_second: 0,
+        client_rate_per_second: 0,
         ..Config::default()
     };
     let app = App::build(config).await.expect("app");
