@@ -126,12 +126,10 @@ impl ApiError {
     /// may say the request was not carried out.
     pub fn message(&self) -> String {
         match self {
-            ApiError::RedisUnavailable(InventoryError::OutcomeUnknown(_)) | ApiError::Timeout => {
-                "the stock store did not answer in time: the outcome of this request is unknown \
-                 (it may have taken effect); retrying with the same Idempotency-Key is safe and \
-                 answers with the first outcome, never a second reservation"
-                    .into()
+            ApiError::RedisUnavailable(InventoryError::OutcomeUnknown(_)) => {
+                format!("the stock store did not answer in time: {UNKNOWN_OUTCOME}")
             }
+            ApiError::Timeout => format!("the request took too long: {UNKNOWN_OUTCOME}"),
             ApiError::RedisUnavailable(_) => {
                 "the stock store is unavailable and this request was not carried out; \
                  retry with the same Idempotency-Key"
@@ -142,6 +140,11 @@ impl ApiError {
         }
     }
 }
+
+/// The second half of a 503's message when the request may have run.
+const UNKNOWN_OUTCOME: &str = "the outcome of this request is unknown (it may have taken \
+     effect); retrying with the same Idempotency-Key is safe and answers with the first \
+     outcome, never a second reservation";
 
 /// What can go wrong below the HTTP layer.
 #[derive(Debug, thiserror::Error)]

@@ -229,6 +229,34 @@ async fn a_client_that_stops_reading_is_disconnected() {
 }
 
 #[tokio::test]
+async fn a_head_sent_too_slowly_and_an_idle_connection_are_closed() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(&redis, |c| c.header_read_timeout_ms = 300).await;
+    let open = || app.state.metrics.connections_open.get();
+    // half a head, then nothing (slowloris)
+    let mut slow = TcpStream::connect(app.addr).await.expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-a: ")
+        .await
+        .expect("write");
+    assert!(eventually(Duration::from_secs(5), || async { open() == 1 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async { open() == 0 }).await,
+        "a head that never ends holds its connection"
+    );
+    // a served request, then the keep-alive connection left idle
+    let mut idle = TcpStream::connect(app.addr).await.expect("connect");
+    let (status, _) = get_on(&mut idle, "/healthz").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(
+        eventually(Duration::from_secs(5), || async { open() == 0 }).await,
+        "an idle keep-alive connection is held"
+    );
+    assert!(read_to_close(&mut idle, Duration::from_secs(5))
+        .await
+        .is_empty());
+}
+
+#[tokio::test]
 async fn method_not_allowed_names_the_allowed_methods() {
     let redis = RedisServer::start();
     let app = spawn_app_with(&redis, |_| {}).await;

@@ -36,7 +36,15 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let config = &state.config;
-    let places = Arc::new(Semaphore::new(config.max_connections));
+    let max_connections = within_file_limit(config.max_connections, file_limit());
+    if max_connections < config.max_connections {
+        tracing::warn!(
+            configured = config.max_connections,
+            serving = max_connections,
+            "max_connections is above what the open-file limit (ulimit -n) leaves; serving fewer"
+        );
+    }
+    let places = Arc::new(Semaphore::new(max_connections));
     let header_read_timeout = Duration::from_millis(config.header_read_timeout_ms);
     let write_timeout = Duration::from_millis(config.write_timeout_ms);
     // hyper's own ceiling on a head: past it, a bare 431 and the connection
@@ -131,4 +139,50 @@ fn refuse(state: &AppState, stream: TcpStream) {
     state.metrics.connections_refused.inc();
     let _ = stream.try_write(&body::TOO_MANY_CONNECTIONS);
     tracing::debug!("max_connections open: a connection refused");
+}
+
+/// File descriptors kept for everything but client connections: Redis and
+/// Postgres pools, the listener, logs, a restarting ledger writer.
+const OTHER_FILES: u64 = 256;
+
+/// `want` connections, or fewer if the open-file limit cannot hold them and
+/// the other files: at the limit `accept` fails (EMFILE) and a client waits in
+/// the backlog instead of being told 503.
+fn within_file_limit(want: usize, limit: Option<u64>) -> usize {
+    let Some(limit) = limit else { return want };
+    let room = limit.saturating_sub(OTHER_FILES).max(limit / 2).max(1);
+    want.min(usize::try_from(room).unwrap_or(usize::MAX))
+}
+
+/// This process's soft open-file limit (Linux: /proc/self/limits), if known.
+fn file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_file_limit(&limits)
+}
+
+fn parse_file_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_connections_leaves_room_under_the_file_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             63448                63448                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(parse_file_limit(limits), Some(1024));
+        assert_eq!(
+            parse_file_limit("Max open files  unlimited unlimited files"),
+            None
+        );
+        assert_eq!(within_file_limit(10_000, Some(1024)), 768);
+        assert_eq!(within_file_limit(10_000, Some(300)), 150);
+        assert_eq!(within_file_limit(10_000, Some(1_048_576)), 10_000);
+        assert_eq!(within_file_limit(10_000, None), 10_000);
+        assert!(file_limit().is_some(), "readable on Linux");
+    }
 }
