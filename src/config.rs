@@ -59,8 +59,8 @@ pub struct Config {
     /// A request that takes longer than this answers 503 `timeout`.
     pub request_timeout_ms: u64,
     /// Open client connections at most; one more is answered `503
-    /// too_many_connections` and closed at once. Keep it below the process's
-    /// file limit (`ulimit -n`), which Redis connections and logs share.
+    /// too_many_connections` and closed at once. Capped below the process's
+    /// open-file limit (`ulimit -n`), which Redis connections and logs share.
     pub max_connections: usize,
     /// A request's head (request line and headers) larger than this answers
     /// `431 headers_too_large`; one larger than twice this is refused by the
