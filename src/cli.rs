@@ -220,11 +220,13 @@ pub struct PreloadArgs {
     pub from_postgres: bool,
     #[arg(long, required_unless_present = "from_postgres", default_value = "")]
     pub sku: String,
-    /// Units for sale, split evenly over the shards.
-    #[arg(long, required_unless_present = "from_postgres", default_value_t = 0)]
+    /// Units for sale, split evenly over the shards (at most 10^12).
+    #[arg(long, required_unless_present = "from_postgres", default_value_t = 0,
+          value_parser = clap::value_parser!(i64).range(0..=crate::inventory::MAX_STOCK))]
     pub stock: i64,
-    /// Shard keys to spread the SKU over (more shards: more Redis Cluster masters can serve it).
-    #[arg(long, default_value_t = 4)]
+    /// Shard keys to spread the SKU over (more shards: more Redis Cluster masters can serve it; 1..=256).
+    #[arg(long, default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::inventory::MAX_SHARDS)))]
     pub shards: u16,
     /// Overwrite a SKU that is already loaded (holds and sales already made stay on the books).
     #[arg(long)]

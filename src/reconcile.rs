@@ -1368,25 +1368,31 @@ pub async fn preload_from_postgres(args: PreloadArgs) -> Result<(), String> {
             None => format!("the skus table at {} is empty", db.url()),
         });
     }
-    let inventory = connect(&config, Arc::new(Metrics::new(1))).await?;
-    let mut refused = Vec::new();
+    // every row is checked before any is loaded: a bad row refuses the run
+    // and nothing is written
+    let mut specs = Vec::with_capacity(rows.len());
     for row in rows {
-        let sku = Sku::parse(&row.sku)?;
+        let sku = Sku::parse(&row.sku).map_err(|e| format!("skus row {:?}: {e}", row.sku))?;
         let shards = u16::try_from(row.shards).map_err(|_| format!("{sku}: bad shard count"))?;
         let max_per_user = row
             .max_per_user
-            .map(|m| u32::try_from(m).map_err(|_| format!("{sku}: bad max_per_user")))
+            .map(|m| u32::try_from(m).map_err(|_| format!("{sku}: bad max_per_user {m}")))
             .transpose()?;
+        let spec = crate::inventory::PreloadSpec {
+            stock: row.stock,
+            shards,
+            force: args.force,
+            max_per_user,
+        };
+        spec.validate()
+            .map_err(|e| format!("{sku}: {}; nothing was loaded", e.message()))?;
+        specs.push((sku, spec));
+    }
+    let inventory = connect(&config, Arc::new(Metrics::new(1))).await?;
+    let mut refused = Vec::new();
+    for (sku, spec) in specs {
         let outcome = inventory
-            .preload_with(
-                &sku,
-                crate::inventory::PreloadSpec {
-                    stock: row.stock,
-                    shards,
-                    force: args.force,
-                    max_per_user,
-                },
-            )
+            .preload_with(&sku, spec)
             .await
             .map_err(|e| crate::error::ApiError::from(e).message())?;
         match outcome {
@@ -1395,8 +1401,8 @@ pub async fn preload_from_postgres(args: PreloadArgs) -> Result<(), String> {
                     .await
                     .map_err(|e| e.to_string())?;
                 println!(
-                    "loaded {sku}: {} units over {shards} shards {per_shard:?}",
-                    row.stock
+                    "loaded {sku}: {} units over {} shards {per_shard:?}",
+                    spec.stock, spec.shards
                 );
             }
             PreloadOutcome::AlreadyLoaded if args.if_absent => {

@@ -71,6 +71,12 @@ use scripts::{array, at, int, text, Scripts};
 
 /// Largest shard count one SKU may have.
 pub const MAX_SHARDS: u16 = 256;
+/// Most units one SKU may be preloaded with. Every counter of a shard
+/// (stock, initial, held, sold, transfers) then stays far below 10^14, the
+/// largest integer Lua's number formatting (`%.14g`, used when a script
+/// hands a number back to Redis) writes exactly: above it `SET` would store
+/// "1e+17" and every later `INCRBY` on the key would fail.
+pub const MAX_STOCK: i64 = 1_000_000_000_000;
 /// How long SKU metadata (shard count) is cached before it is read again.
 const META_TTL: Duration = Duration::from_secs(2);
 
@@ -178,6 +184,37 @@ pub struct PreloadSpec {
     pub shards: u16,
     pub force: bool,
     pub max_per_user: Option<u32>,
+}
+
+impl PreloadSpec {
+    /// The bounds of a preload, checked before anything is written: stock
+    /// within `0..=MAX_STOCK`, shards within `1..=MAX_SHARDS`.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if !(1..=MAX_SHARDS).contains(&self.shards) {
+            return Err(ApiError::InvalidRequest(format!(
+                "shards must be within 1..={MAX_SHARDS}, not {}",
+                self.shards
+            )));
+        }
+        if !(0..=MAX_STOCK).contains(&self.stock) {
+            return Err(ApiError::InvalidRequest(format!(
+                "stock must be an integer within 0..={MAX_STOCK}, not {}",
+                self.stock
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How preload.lua treats one shard's counters.
+#[derive(Clone, Copy)]
+enum ShardLoad {
+    /// Leave a shard that has counters alone.
+    Keep,
+    /// Set its available units; holds and sales stay on the books.
+    Force,
+    /// A shard no meta names yet (never served): start it afresh.
+    New,
 }
 
 /// What `preload` did.
@@ -1190,27 +1227,28 @@ impl Inventory {
 
     /// [`Inventory::preload`] with every option; `max_per_user: None` keeps
     /// the SKU's current cap (none for a new SKU).
+    ///
+    /// All or nothing, as the service sees it: the SKU exists once its meta
+    /// names its shards, and that is written last, after every shard has its
+    /// counters (and after the sweeper's list has the SKU). Before the first
+    /// shard is written, the layout this preload is about to write is noted in
+    /// the meta (`pending`), so a preload that fails half-way (a timeout, a
+    /// stray key of the wrong type) can be repeated: "already loaded" is
+    /// decided by the meta alone, the shards the failed attempt wrote are
+    /// overwritten (they were never served: no meta named them), and shards
+    /// it wrote that the new layout lacks are deleted.
     pub async fn preload_with(
         &self,
         sku: &Sku,
         spec: PreloadSpec,
     ) -> Result<PreloadOutcome, InventoryError> {
+        spec.validate()?;
         let PreloadSpec {
             stock,
             shards,
             force,
             max_per_user,
         } = spec;
-        if !(1..=MAX_SHARDS).contains(&shards) {
-            return Err(ApiError::InvalidRequest(format!(
-                "shards must be within 1..={MAX_SHARDS}"
-            ))
-            .into());
-        }
-        if stock < 0 {
-            return Err(ApiError::InvalidRequest("stock must be >= 0".into()).into());
-        }
-        let client = self.pool.next();
         // read past the cache: preload must see what is there now
         if let Ok(mut cache) = self.meta.write() {
             cache.remove(sku);
@@ -1229,12 +1267,39 @@ impl Inventory {
                 .into());
             }
         }
+        let meta_key = keys::meta(sku);
+        let client = self.nodes.client_for_key(&meta_key);
+        let pending: Vec<String> = client
+            .hget::<Option<String>, _, _>(&meta_key, "pending")
+            .await
+            .map_err(|e| self.err(e))?
+            .map(|t| t.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+        let loaded = old.as_ref().map(|m| m.shards).unwrap_or(0);
+        let old_tags = old.as_ref().map(|m| m.tags.clone()).unwrap_or_default();
+        // an earlier attempt's layout extends the loaded one (placement keeps
+        // existing tags): keep its tags, so its shards are found again
+        let base = if pending.len() > old_tags.len() && pending.starts_with(&old_tags) {
+            pending.clone()
+        } else {
+            old_tags
+        };
         let max_per_user = max_per_user
             .or(old.as_ref().map(|m| m.max_per_user))
             .unwrap_or(0);
         // new shards are placed on the cluster's least-loaded masters
-        let old_tags = old.map(|m| m.tags.clone()).unwrap_or_default();
-        let tags = placement::tags_for(&self.pool, sku, &old_tags, shards);
+        let tags = placement::tags_for(&self.pool, sku, &base, shards);
+        // shards an earlier attempt wrote beyond this layout: never served
+        let stray: Vec<String> = base
+            .get(tags.len().max(usize::from(loaded))..)
+            .unwrap_or_default()
+            .to_vec();
+        let mut noted = tags.clone();
+        noted.extend(stray.iter().cloned());
+        let _: () = client
+            .hset(&meta_key, [("pending", noted.join(","))])
+            .await
+            .map_err(|e| self.err(e))?;
         let meta = SkuMeta {
             sku: sku.clone(),
             shards,
@@ -1243,18 +1308,43 @@ impl Inventory {
         };
         let per_shard = split(stock, shards);
         for (s, units) in per_shard.iter().enumerate() {
-            // s < shards <= MAX_SHARDS
+            // s < shards <= MAX_SHARDS. A shard the meta does not name yet
+            // (a new SKU, or one this preload adds) was never served: what
+            // an earlier failed attempt left there is overwritten.
+            let mode = if s >= usize::from(loaded) {
+                ShardLoad::New
+            } else if force {
+                ShardLoad::Force
+            } else {
+                ShardLoad::Keep
+            };
             if !self
-                .preload_shard(&meta.keys(s as u16), *units, force)
+                .preload_shard(&meta.keys(s as u16), *units, mode)
                 .await?
             {
                 return Ok(PreloadOutcome::AlreadyLoaded);
             }
         }
+        for tag in &stray {
+            let sk = ShardKeys::new(tag);
+            let _: i64 = self
+                .nodes
+                .client_for_key(&sk.stock())
+                .del(vec![sk.stock(), sk.books(), sk.events()])
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        let _: () = self
+            .pool
+            .next()
+            .sadd(keys::SKUS, sku.as_str())
+            .await
+            .map_err(|e| self.err(e))?;
+        // last: from here on the SKU exists with this layout
         let now = now_ms().to_string();
         let _: () = client
             .hset(
-                keys::meta(sku),
+                &meta_key,
                 [
                     ("shards", shards.to_string()),
                     ("tags", meta.tags.join(",")),
@@ -1264,8 +1354,8 @@ impl Inventory {
             )
             .await
             .map_err(|e| self.err(e))?;
-        let _: () = client
-            .sadd(keys::SKUS, sku.as_str())
+        let _: i64 = client
+            .hdel(&meta_key, "pending")
             .await
             .map_err(|e| self.err(e))?;
         if let Ok(mut cache) = self.meta.write() {
@@ -1279,13 +1369,18 @@ impl Inventory {
         &self,
         sk: &ShardKeys,
         units: i64,
-        force: bool,
+        mode: ShardLoad,
     ) -> Result<bool, InventoryError> {
+        let mode = match mode {
+            ShardLoad::Keep => "0",
+            ShardLoad::Force => "1",
+            ShardLoad::New => "2",
+        };
         let reply = array(
             self.run(
                 &self.scripts.preload,
                 vec![sk.stock(), sk.books(), sk.events()],
-                vec![units.to_string(), if force { "1" } else { "0" }.to_string()],
+                vec![units.to_string(), mode.to_string()],
             )
             .await?,
         )?;
