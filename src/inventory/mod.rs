@@ -113,11 +113,18 @@ pub struct ReserveRequest {
 }
 
 impl ReserveRequest {
-    /// What makes two requests with one key "the same request".
+    /// What makes two requests with one key "the same request":
+    /// `<qty>:<user>`, or `<qty>;w:<user>` with `waitlist`. Unambiguous:
+    /// qty is digits only, so the character after them tells the two apart
+    /// and the rest is the user id, whatever it holds (an earlier
+    /// `<qty>:[w:]<user>` gave user `w:bob` and user `bob` with `waitlist`
+    /// one fingerprint). Plain requests — the promoter's among them — keep
+    /// the earlier form, so only `waitlist` keys in flight across an upgrade
+    /// see a change (README, "Upgrading").
     fn fingerprint(&self) -> String {
-        let w = if self.waitlist { "w:" } else { "" };
+        let sep = if self.waitlist { ";w:" } else { ":" };
         let mut qty = itoa::Buffer::new();
-        [qty.format(self.qty.get()), ":", w, self.user.as_str()].concat()
+        [qty.format(self.qty.get()), sep, self.user.as_str()].concat()
     }
 }
 
@@ -1036,13 +1043,17 @@ impl Inventory {
                     sk.books(),
                     sk.holds(),
                     sk.events(),
+                    sk.reserved_keys(),
                 ],
                 vec![rid.to_string()],
             )
             .await?;
         let items = array(reply)?;
         let status = text(at(&items, 1).unwrap_or(&Value::Null))?;
-        if status == "released" || status == "expired" {
+        // Only units that came back now lift the sold-out mark: a release or
+        // confirm of a hold that had already ended returns none (a client
+        // looping them must not switch the shield off), nor does a sale.
+        if items.len() >= 7 && int(at(&items, 6)?)? > 0 {
             self.units_returned(rid.sku());
         }
         if meta.max_per_user > 0 && items.len() >= 6 {
@@ -1304,7 +1315,13 @@ impl Inventory {
         let reply = array(
             self.run(
                 &self.scripts.expire,
-                vec![sk.holds(), sk.stock(), sk.books(), sk.events()],
+                vec![
+                    sk.holds(),
+                    sk.stock(),
+                    sk.books(),
+                    sk.events(),
+                    sk.reserved_keys(),
+                ],
                 vec![sk.record_prefix(), self.settings.sweep_batch.to_string()],
             )
             .await?,
@@ -1358,6 +1375,10 @@ impl Inventory {
             tracing::warn!(sku = %meta.sku, from = shard, to, units = n, "completing an interrupted transfer");
             self.transfer_in(meta, shard, to, &xid, n).await?;
             recovered += n;
+        }
+        if recovered > 0 {
+            // units in transit are in no shard's stock: they came back now
+            self.units_returned(&meta.sku);
         }
         Ok(recovered)
     }
@@ -1420,6 +1441,31 @@ mod tests {
         for (n, k) in [(100, 4), (7, 3), (1, 1), (999, 16)] {
             assert_eq!(split(n, k).iter().sum::<i64>(), n);
         }
+    }
+
+    #[test]
+    fn fingerprints_tell_every_body_apart() {
+        let req = |qty: i64, user: &str, waitlist: bool| ReserveRequest {
+            sku: Sku::parse("s").unwrap(),
+            qty: Qty::parse(qty, 100).unwrap(),
+            user: UserId::parse(user).unwrap(),
+            key: IdempotencyKey::parse("k").unwrap(),
+            waitlist,
+        };
+        let bodies = [
+            req(1, "w:bob", false),
+            req(1, "bob", true),
+            req(1, "bob", false),
+            req(1, ";w:bob", false),
+            req(11, "bob", false),
+            req(1, "1:bob", false),
+            req(1, "w:bob", true),
+        ];
+        let fps: std::collections::HashSet<String> =
+            bodies.iter().map(ReserveRequest::fingerprint).collect();
+        assert_eq!(fps.len(), bodies.len(), "{fps:?}");
+        // plain requests (the promoter's among them) keep the earlier form
+        assert_eq!(req(2, "bob", false).fingerprint(), "2:bob");
     }
 
     #[test]

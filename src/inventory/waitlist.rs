@@ -158,8 +158,16 @@ impl Inventory {
         let kind = text(at(&reply, 0)?)?;
         match kind.as_str() {
             "joined" | "replay" => {
-                // gates on every shard: returned units now go to the queue
-                self.set_gates(meta).await?;
+                // A new ticket: gates on every shard, returned units now go
+                // to the queue. A replay raises none: its ticket may have
+                // left the queue long ago (promoted, expired), and gates
+                // raised for an empty queue would keep returned units from
+                // every new buyer. (A joiner that died before its gates were
+                // set is covered by the promoter, which sets them while
+                // anyone waits.)
+                if kind == "joined" {
+                    self.set_gates(meta).await?;
+                }
                 let id =
                     TicketId::parse(&text(at(&reply, 1)?)?).map_err(InventoryError::Protocol)?;
                 let t = self.ticket(&id).await?;
@@ -178,7 +186,18 @@ impl Inventory {
         }
     }
 
+    /// Raise the gates of every shard. The waitlist's state says `open`
+    /// first, whoever raises them: gates are only ever up while the state
+    /// is there, and the promoter lifts them (`lift_gates`) once the queue
+    /// is empty and the state is there — so no gate raised by a join that
+    /// raced with a lift stays up for good.
     async fn set_gates(&self, meta: &SkuMeta) -> Result<(), InventoryError> {
+        let _: () = self
+            .pool
+            .next()
+            .set(WaitKeys::new(&meta.sku).state(), "open", None, None, false)
+            .await
+            .map_err(|e| self.err(e))?;
         for s in 0..meta.shards {
             let _: () = self
                 .pool
