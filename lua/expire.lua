@@ -8,11 +8,11 @@
 -- so a hold could be lost for ever. The sorted set is the durable work list.
 --
 -- KEYS[1] fg:{SKU#s}:holds   KEYS[2] fg:{SKU#s}:stock   KEYS[3] fg:{SKU#s}:books
--- KEYS[4] fg:{SKU#s}:events
+-- KEYS[4] fg:{SKU#s}:events  KEYS[5] fg:{SKU#s}:keys (an expired hold's key leaves it)
 -- ARGV[1] record key prefix fg:{SKU#s}:r:   ARGV[2] batch limit
 -- Returns {expired_count, lateness_ms_of_oldest, units_returned, user1, key1, user2, key2, ...}
 -- (buyer and idempotency key of each expired hold, to free purchase caps)
-local holds, stock, books, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local holds, stock, books, events, reserved = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local prefix, limit = ARGV[1], tonumber(ARGV[2])
 local ts = now_ms()
 local due = redis.call('ZRANGEBYSCORE', holds, '-inf', ts, 'WITHSCORES', 'LIMIT', 0, limit)
@@ -33,7 +33,7 @@ for i = 1, #due, 2 do
   local r = recs[i]
   local status, qty, exp = r and r.status, r and tonumber(r.qty), r and tonumber(r.exp)
   if status == 'held' and exp and ts >= exp then
-    end_hold(rkey, r, stock, books, holds, events, rid, 'expired', ts)
+    end_hold(rkey, r, stock, books, holds, events, reserved, rid, 'expired', ts)
     count = count + 1
     units = units + qty
     ended[#ended + 1] = r.user

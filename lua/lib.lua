@@ -77,15 +77,19 @@ local function rec_save(rkey, r)
   redis.call('SET', rkey, rec_encode(r), 'KEEPTTL')
 end
 
--- End a live hold: its units go back to stock exactly once (the status moves
--- away from 'held' in the same step, and only 'held' records get here).
--- r: the hold's record, as rec_load read it.
-local function end_hold(rkey, r, stock, books, holds, events, rid, status, ts)
+-- End a live hold without a sale: its units go back to stock exactly once
+-- (the status moves away from 'held' in the same step, and only 'held'
+-- records get here), and its idempotency key leaves the shard's key set
+-- fg:{SKU#s}:keys (reserve.lua), which so holds the keys of live and sold
+-- holds only: never more than the shard's units, however many holds come
+-- and go. r: the hold's record, as rec_load read it.
+local function end_hold(rkey, r, stock, books, holds, events, reserved, rid, status, ts)
   local qty = tonumber(r.qty)
   redis.call('INCRBY', stock, qty)
   redis.call('HINCRBY', books, 'held', -qty)
   r.status, r.ended = status, string.format('%d', ts)
   rec_save(rkey, r)
   redis.call('ZREM', holds, rid)
+  redis.call('SREM', reserved, r.idem)
   emit(events, status, rid, qty, r.user, ts)
 end

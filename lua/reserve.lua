@@ -6,9 +6,11 @@
 -- KEYS (the shard's, all with its hash tag):
 -- KEYS[1] fg:{SKU#s}:stock   KEYS[2] fg:{SKU#s}:books   KEYS[3] fg:{SKU#s}:holds
 -- KEYS[4] fg:{SKU#s}:events  KEYS[5] fg:{SKU#s}:wlopen (the waitlist gate)
--- KEYS[6] fg:{SKU#s}:keys: the idempotency keys of every reservation made here
---   (the sold-out fast path loads it, so a retry of a key that got a unit is
---   replayed, not refused from memory; bounded by the shard's units)
+-- KEYS[6] fg:{SKU#s}:keys: the idempotency keys of the live and sold holds
+--   made here (the sold-out fast path loads it, so a retry of a key that got a
+--   unit is replayed, not refused from memory). A key leaves it when its hold
+--   ends without a sale (lib.lua's end_hold: release, expiry), so it is
+--   bounded by the shard's units, not by the holds ever made.
 -- A request's own keys are named from KEYS[1]'s prefix `fg:{SKU#s}:` — its
 -- verdict `idem:<key>` and its record `r:<rid>` — so they share the shard's
 -- slot (Redis Cluster checks every key a script touches against the slot of

@@ -1263,7 +1263,13 @@ async fn a_sweep_meeting_a_half_moved_slot_changes_nothing_until_it_ends_every_h
     let sweep = {
         let (nodes, metrics, script) = (nodes.clone(), Metrics::new(10), s.expire.clone());
         let (keys, args) = (
-            vec![k.holds(), k.stock(), k.books(), k.events()],
+            vec![
+                k.holds(),
+                k.stock(),
+                k.books(),
+                k.events(),
+                k.reserved_keys(),
+            ],
             vec![k.record_prefix(), "100".to_string()],
         );
         tokio::spawn(async move { scripts::run(&nodes, &metrics, &script, keys, args).await })

@@ -166,6 +166,7 @@ impl Fixture {
                     self.k.books(),
                     self.k.holds(),
                     self.k.events(),
+                    self.k.reserved_keys(),
                 ],
                 vec![rid.to_string()],
             )
@@ -203,6 +204,7 @@ impl Fixture {
                     self.k.stock(),
                     self.k.books(),
                     self.k.events(),
+                    self.k.reserved_keys(),
                 ],
                 vec![self.k.record_prefix(), "100".into()],
             )
@@ -728,7 +730,10 @@ async fn a_record_keeps_free_text_users_and_keys_through_extend_replay_and_confi
     assert_eq!(again, ["replay", &held[1], "2", user, &held[2]]);
 
     let c = f.end(&f.scripts.confirm, &held[1]).await;
-    assert_eq!(c, ["ok", "confirmed", "2", user, &exp1.to_string(), key]);
+    assert_eq!(
+        c,
+        ["ok", "confirmed", "2", user, &exp1.to_string(), key, "0"]
+    );
     let r = f.record(&held[1]).await.expect("the record");
     assert_eq!(r.status, "confirmed");
     assert!(r.ended >= r.created);

@@ -39,6 +39,38 @@
 //! bucket is on the dead master get 503; keys needing only live masters are
 //! served throughout, each master having its own client (`nodes.rs`;
 //! `tests/cluster.rs`, `a_master_killed_mid_sale…`).
+//!
+//! **Refusals leave nothing behind; tombstones are never taken back.** A
+//! walk that ends "sold out" has written its key's claim and a `moved`
+//! tombstone on every shard, kept for the key retention (24 h). Deleting
+//! them after the refusal would break the sticky verdicts: request B with
+//! key K is past shard 0 when A (also K) ends its walk and deletes K's
+//! tombstones; stock comes back to shard 0, C (K again) reserves there
+//! while B reserves on shard 1 — two holds for one key. A short TTL on a
+//! refusal's tombstones has the same hole for any duplicate slower than the
+//! TTL (a fred resend, a client retry), so neither is done. Instead, while
+//! the SKU is known empty, refusals do not reach the shards at all: the
+//! sold-out mark (see `reserve`) answers `sold_out` — and `waitlist_full`
+//! for `waitlist: true` requests while the waitlist is known full — from
+//! memory. That is sound because such an answer reads no verdict and
+//! writes nothing: the key has no state from this request, so whatever its
+//! other requests do (one in flight, a retry later) is decided by the
+//! verdicts they write themselves, exactly as if this request had never
+//! come; the only difference a client can see is that a later retry of a
+//! refused key may succeed. Keys that *do* have state are kept off that
+//! path: the keys of the SKU's live and sold holds (the mark's winners,
+//! each shard's `fg:{SKU#s}:keys`) walk and are replayed, and a
+//! `waitlist: true` key that joined the waitlist (one `EXISTS` of its
+//! `fg:{wl:SKU}:idem:<key>`) walks to its ticket. When the mark runs out,
+//! one request re-checks it (single flight) read-only — each shard's stock,
+//! gate and key set, and the waitlist's length — and only a shard with
+//! units for new buyers sends requests back to walking. So refused requests
+//! cost Redis memory only for the walks made before the SKU is first seen
+//! empty and after each real return of units (a release, an expiry, not a
+//! no-op release), never per refusal. The promoter, likewise, reads the
+//! stock before it walks for the head ticket: a round that finds too little
+//! writes nothing (a walk would tombstone every shard for the attempt's key,
+//! and the next round would use a fresh key).
 
 pub mod batch;
 mod durability;
@@ -119,11 +151,18 @@ pub struct ReserveRequest {
 }
 
 impl ReserveRequest {
-    /// What makes two requests with one key "the same request".
+    /// What makes two requests with one key "the same request":
+    /// `<qty>:<user>`, or `<qty>;w:<user>` with `waitlist`. Unambiguous:
+    /// qty is digits only, so the character after them tells the two apart
+    /// and the rest is the user id, whatever it holds (an earlier
+    /// `<qty>:[w:]<user>` gave user `w:bob` and user `bob` with `waitlist`
+    /// one fingerprint). Plain requests — the promoter's among them — keep
+    /// the earlier form, so only `waitlist` keys in flight across an upgrade
+    /// see a change (README, "Upgrading").
     fn fingerprint(&self) -> String {
-        let w = if self.waitlist { "w:" } else { "" };
+        let sep = if self.waitlist { ";w:" } else { ":" };
         let mut qty = itoa::Buffer::new();
-        [qty.format(self.qty.get()), ":", w, self.user.as_str()].concat()
+        [qty.format(self.qty.get()), sep, self.user.as_str()].concat()
     }
 }
 
@@ -298,18 +337,26 @@ type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 struct SoldOutMark {
     until: Instant,
     probing: bool,
-    /// The idempotency keys that hold (or held) a reservation of the SKU when
-    /// the mark was made: their retries are replayed, everyone else is
-    /// refused from memory.
+    /// The idempotency keys of the SKU's live and sold holds when the mark
+    /// was made: their retries are replayed, everyone else is refused from
+    /// memory.
     winners: FastSet<String>,
+    /// The SKU's waitlist was full when last seen (a join answered `full`,
+    /// or the probe counted it): `waitlist: true` requests are refused from
+    /// memory too, unless their key already joined.
+    waitlist_full: bool,
 }
 
 /// What the sold-out fast path says about one request.
 #[derive(Debug, PartialEq)]
 enum FastPath {
-    /// Refuse from memory: no Redis command.
-    SoldOut,
-    /// Walk the shards (not marked, this request re-checks, or the key won).
+    /// Refuse from memory: no Redis command (a `waitlist: true` request
+    /// also needs the waitlist known full).
+    SoldOut { waitlist_full: bool },
+    /// The mark ran out and this request re-checks it (single flight):
+    /// a read-only look at the shards and the waitlist ([`Inventory::probe`]).
+    Probe,
+    /// Walk the shards (not marked, or the key won).
     Walk,
 }
 
@@ -618,8 +665,26 @@ impl Inventory {
         // claim, the shards) and a sold-out answer need not build it: it
         // lives on the heap, made only when there is something to walk
         // (its copy was ≈ 4 % of a sold-out answer's instructions).
-        if !req.waitlist && self.fast_path(&req.sku, &req.key) == FastPath::SoldOut {
-            return Ok(ReserveOutcome::SoldOut);
+        let waitlist_full = match self.fast_path(&req.sku, &req.key) {
+            FastPath::SoldOut { waitlist_full } => Some(waitlist_full),
+            FastPath::Probe => match self.probe(&req.sku).await {
+                Ok(still) => still,
+                Err(e) => {
+                    // the request walks; the mark is re-made by a walk
+                    tracing::debug!(error = %e, sku = %req.sku, "sold-out probe failed");
+                    None
+                }
+            },
+            FastPath::Walk => None,
+        };
+        if let Some(full) = waitlist_full {
+            if !req.waitlist {
+                return Ok(ReserveOutcome::SoldOut);
+            }
+            // a key that joined already walks to its ticket (a replay)
+            if full && !self.joined_waitlist(&req.sku, &req.key).await? {
+                return Err(ApiError::WaitlistFull.into());
+            }
         }
         Box::pin(self.reserve_walk(req)).await
     }
@@ -731,17 +796,93 @@ impl Inventory {
             return FastPath::Walk; // a retry of a request that got a unit
         }
         let now = Instant::now();
+        let answer = FastPath::SoldOut {
+            waitlist_full: mark.waitlist_full,
+        };
         if now < mark.until {
-            return FastPath::SoldOut;
+            return answer;
         }
         if !mark.probing {
             mark.probing = true;
-            return FastPath::Walk; // this request is the probe
+            return FastPath::Probe;
         }
         if now < mark.until + self.settings.sold_out_cache {
-            FastPath::SoldOut
+            answer
         } else {
             FastPath::Walk
+        }
+    }
+
+    /// The sold-out mark's re-check, read-only: is every shard still empty
+    /// for new buyers (no stock, or gated for the waitlist)? Then the mark is
+    /// made again, with the winners read anew and the waitlist counted, and
+    /// `Some(waitlist full)` is the answer; else the mark goes and the
+    /// request walks (`None`). Writing nothing is what lets the re-check
+    /// refuse: a walk would leave its key's claim and a tombstone on every
+    /// shard, for 24 h, for a refusal (see the module docs, "Refusals").
+    async fn probe(&self, sku: &Sku) -> Result<Option<bool>, InventoryError> {
+        let seen = self.returns_seen.load(std::sync::atomic::Ordering::SeqCst);
+        let meta = self.meta_of(sku).await?;
+        let mut winners = FastSet::default();
+        for s in 0..meta.shards {
+            let sk = meta.keys(s);
+            let client = self.nodes.client_for_key(&sk.stock());
+            let (stock, gated, keys) = tokio::try_join!(
+                client.get::<Option<i64>, _>(sk.stock()),
+                client.exists::<i64, _>(sk.wlopen()),
+                client.smembers::<Vec<String>, _>(sk.reserved_keys()),
+            )
+            .map_err(|e| self.err(e))?;
+            if stock.unwrap_or(0) > 0 && gated == 0 {
+                self.clear_sold_out(sku);
+                return Ok(None);
+            }
+            winners.extend(keys);
+        }
+        let waiting = self.waitlist_len(sku).await?;
+        let waitlist_full = u64::try_from(waiting).unwrap_or(0) >= self.settings.waitlist_capacity;
+        if let Ok(mut marks) = self.sold_out.lock() {
+            if seen != self.returns_seen.load(std::sync::atomic::Ordering::SeqCst) {
+                // units came back meanwhile: walk
+                return Ok(None);
+            }
+            marks.insert(
+                sku.clone(),
+                SoldOutMark {
+                    until: Instant::now() + self.settings.sold_out_cache,
+                    probing: false,
+                    winners,
+                    waitlist_full,
+                },
+            );
+        }
+        Ok(Some(waitlist_full))
+    }
+
+    /// Did `key` join the SKU's waitlist? (Its retry is answered its ticket,
+    /// never `waitlist_full`.) One EXISTS, no write.
+    async fn joined_waitlist(
+        &self,
+        sku: &Sku,
+        key: &IdempotencyKey,
+    ) -> Result<bool, InventoryError> {
+        let idem = keys::WaitKeys::new(sku).idem(key);
+        let n: i64 = self
+            .nodes
+            .client_for_key(&idem)
+            .exists(idem)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    /// What a join found about the SKU's waitlist: full, or not. Kept with
+    /// the SKU's sold-out mark, if there is one.
+    pub(super) fn waitlist_seen_full(&self, sku: &Sku, full: bool) {
+        if let Ok(mut marks) = self.sold_out.lock() {
+            if let Some(mark) = marks.get_mut(sku) {
+                mark.waitlist_full = full;
+            }
         }
     }
 
@@ -782,6 +923,7 @@ impl Inventory {
                     until: Instant::now() + self.settings.sold_out_cache,
                     probing: false,
                     winners,
+                    waitlist_full: false,
                 },
             );
         }
@@ -1073,13 +1215,17 @@ impl Inventory {
                     sk.books(),
                     sk.holds(),
                     sk.events(),
+                    sk.reserved_keys(),
                 ],
                 vec![rid.to_string()],
             )
             .await?;
         let items = array(reply)?;
         let status = text(at(&items, 1).unwrap_or(&Value::Null))?;
-        if status == "released" || status == "expired" {
+        // Only units that came back now lift the sold-out mark: a release or
+        // confirm of a hold that had already ended returns none (a client
+        // looping them must not switch the shield off), nor does a sale.
+        if items.len() >= 7 && int(at(&items, 6)?)? > 0 {
             self.units_returned(rid.sku());
         }
         if meta.max_per_user > 0 && items.len() >= 6 {
@@ -1399,7 +1545,13 @@ impl Inventory {
         let reply = array(
             self.run(
                 &self.scripts.expire,
-                vec![sk.holds(), sk.stock(), sk.books(), sk.events()],
+                vec![
+                    sk.holds(),
+                    sk.stock(),
+                    sk.books(),
+                    sk.events(),
+                    sk.reserved_keys(),
+                ],
                 vec![sk.record_prefix(), self.settings.sweep_batch.to_string()],
             )
             .await?,
@@ -1453,6 +1605,10 @@ impl Inventory {
             tracing::warn!(sku = %meta.sku, from = shard, to, units = n, "completing an interrupted transfer");
             self.transfer_in(meta, shard, to, &xid, n).await?;
             recovered += n;
+        }
+        if recovered > 0 {
+            // units in transit are in no shard's stock: they came back now
+            self.units_returned(&meta.sku);
         }
         Ok(recovered)
     }
@@ -1515,6 +1671,31 @@ mod tests {
         for (n, k) in [(100, 4), (7, 3), (1, 1), (999, 16)] {
             assert_eq!(split(n, k).iter().sum::<i64>(), n);
         }
+    }
+
+    #[test]
+    fn fingerprints_tell_every_body_apart() {
+        let req = |qty: i64, user: &str, waitlist: bool| ReserveRequest {
+            sku: Sku::parse("s").unwrap(),
+            qty: Qty::parse(qty, 100).unwrap(),
+            user: UserId::parse(user).unwrap(),
+            key: IdempotencyKey::parse("k").unwrap(),
+            waitlist,
+        };
+        let bodies = [
+            req(1, "w:bob", false),
+            req(1, "bob", true),
+            req(1, "bob", false),
+            req(1, ";w:bob", false),
+            req(11, "bob", false),
+            req(1, "1:bob", false),
+            req(1, "w:bob", true),
+        ];
+        let fps: std::collections::HashSet<String> =
+            bodies.iter().map(ReserveRequest::fingerprint).collect();
+        assert_eq!(fps.len(), bodies.len(), "{fps:?}");
+        // plain requests (the promoter's among them) keep the earlier form
+        assert_eq!(req(2, "bob", false).fingerprint(), "2:bob");
     }
 
     #[test]

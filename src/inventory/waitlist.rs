@@ -158,8 +158,16 @@ impl Inventory {
         let kind = text(at(&reply, 0)?)?;
         match kind.as_str() {
             "joined" | "replay" => {
-                // gates on every shard: returned units now go to the queue
-                self.set_gates(meta).await?;
+                // A new ticket: gates on every shard, returned units now go
+                // to the queue. A replay raises none: its ticket may have
+                // left the queue long ago (promoted, expired), and gates
+                // raised for an empty queue would keep returned units from
+                // every new buyer. (A joiner that died before its gates were
+                // set is covered by the promoter, which sets them while
+                // anyone waits.)
+                if kind == "joined" {
+                    self.set_gates(meta).await?;
+                }
                 let id =
                     TicketId::parse(&text(at(&reply, 1)?)?).map_err(InventoryError::Protocol)?;
                 let t = self.ticket(&id).await?;
@@ -170,7 +178,11 @@ impl Inventory {
                 })
             }
             "mismatch" => Err(ApiError::IdempotencyKeyReused.into()),
-            "full" => Err(ApiError::WaitlistFull.into()),
+            "full" => {
+                // the sold-out mark refuses further joins from memory
+                self.waitlist_seen_full(&req.sku, true);
+                Err(ApiError::WaitlistFull.into())
+            }
             "already" => Err(ApiError::AlreadyWaitlisted(text(at(&reply, 1)?)?).into()),
             other => Err(InventoryError::Protocol(format!(
                 "wl_join replied {other:?}"
@@ -178,7 +190,18 @@ impl Inventory {
         }
     }
 
+    /// Raise the gates of every shard. The waitlist's state says `open`
+    /// first, whoever raises them: gates are only ever up while the state
+    /// is there, and the promoter lifts them (`lift_gates`) once the queue
+    /// is empty and the state is there — so no gate raised by a join that
+    /// raced with a lift stays up for good.
     async fn set_gates(&self, meta: &SkuMeta) -> Result<(), InventoryError> {
+        let _: () = self
+            .pool
+            .next()
+            .set(WaitKeys::new(&meta.sku).state(), "open", None, None, false)
+            .await
+            .map_err(|e| self.err(e))?;
         for s in 0..meta.shards {
             let _: () = self
                 .pool
@@ -296,7 +319,11 @@ impl Inventory {
             .await?,
         )?;
         match text(at(&reply, 0)?)?.as_str() {
-            "ok" => Ok(EndTicket::Ended),
+            "ok" => {
+                // a place in the queue came free
+                self.waitlist_seen_full(sku, false);
+                Ok(EndTicket::Ended)
+            }
             "ended" => Ok(EndTicket::Was(text(at(&reply, 1)?)?)),
             "missing" => Err(ApiError::TicketNotFound.into()),
             other => Err(InventoryError::Protocol(format!(
@@ -320,12 +347,16 @@ impl Inventory {
     /// Returns the tickets promoted.
     pub async fn promote(&self, meta: &SkuMeta, me: &str) -> Result<Vec<Ticket>, InventoryError> {
         let wk = WaitKeys::new(&meta.sku);
-        self.run(
-            &self.scripts.wl_expire,
-            vec![wk.queue(), wk.exp(), wk.users(), wk.stream()],
-            vec![wk.ticket_prefix(), "100".into()],
-        )
-        .await?;
+        let expired = int(&self
+            .run(
+                &self.scripts.wl_expire,
+                vec![wk.queue(), wk.exp(), wk.users(), wk.stream()],
+                vec![wk.ticket_prefix(), "100".into()],
+            )
+            .await?)?;
+        if expired > 0 {
+            self.waitlist_seen_full(&meta.sku, false);
+        }
         let waiting = self.waitlist_len(&meta.sku).await?;
         let mut promoted = Vec::new();
         if waiting == 0 {
@@ -398,6 +429,19 @@ impl Inventory {
             self.end_ticket(&meta.sku, ticket, "expired", "", 0, "")
                 .await?;
             return Ok((Step::Done, None));
+        }
+        // Not enough stock on all shards together: stop without walking. A
+        // walk that finds nothing leaves a tombstone on every shard for its
+        // attempt's key (kept for the key retention) and a fresh key next
+        // round: a head ticket waiting for returns would write K keys per
+        // round for as long as it waits. Reading the stock writes nothing;
+        // a walk that still finds too little is handled below as before.
+        let want = f
+            .get("qty")
+            .and_then(|q| q.parse::<i64>().ok())
+            .unwrap_or(1);
+        if self.stock_total(meta).await? < want {
+            return Ok((Step::NoStock, None));
         }
         let attempt = f.get("attempt").cloned().unwrap_or_else(|| "0".into());
         let (Some(qty), Some(user)) = (
@@ -477,6 +521,22 @@ impl Inventory {
                 InventoryError::Protocol("a promotion cannot join the waitlist".into()),
             ),
         }
+    }
+
+    /// Units available on all of the SKU's shards together (read-only).
+    async fn stock_total(&self, meta: &SkuMeta) -> Result<i64, InventoryError> {
+        let mut total = 0;
+        for s in 0..meta.shards {
+            let stock = meta.keys(s).stock();
+            let n: Option<i64> = self
+                .nodes
+                .client_for_key(&stock)
+                .get(stock)
+                .await
+                .map_err(|e| self.err(e))?;
+            total += n.unwrap_or(0);
+        }
+        Ok(total)
     }
 
     /// Nobody waits: lift the gates, unless a buyer joined meanwhile.

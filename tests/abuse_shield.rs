@@ -1,0 +1,348 @@
+//! The sold-out shield against a hostile crowd, on a real Redis: a client
+//! cannot switch it off with no-op releases, refused requests leave (almost)
+//! nothing in Redis, the shard key sets stay bounded, a replayed waitlist
+//! join does not leave the gates up, and request fingerprints do not collide.
+//! Every figure is a count read from Redis itself (INFO commandstats, DBSIZE,
+//! used_memory), never a wall-clock time.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+use support::{eventually, spawn_app_with, RedisServer, TestApp};
+
+async fn reserve_body(app: &TestApp, key: &str, body: Value) -> support::Answer {
+    app.request(
+        Method::POST,
+        "/v1/reservations",
+        &[
+            ("content-type", "application/json"),
+            ("idempotency-key", key),
+        ],
+        body.to_string().into_bytes(),
+    )
+    .await
+}
+
+async fn join(app: &TestApp, key: &str, sku: &str, user: &str) -> support::Answer {
+    let body = serde_json::json!({"sku": sku, "qty": 1, "user_id": user, "waitlist": true});
+    reserve_body(app, key, body).await
+}
+
+fn rid_of(a: &support::Answer) -> String {
+    a.body["reservation_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no reservation id in {:?}", a.body))
+        .to_string()
+}
+
+/// `cmdstat_<name>` → calls, from INFO commandstats.
+fn command_calls(redis: &RedisServer) -> HashMap<String, u64> {
+    let info = redis.cli(&["INFO", "commandstats"]);
+    let mut calls = HashMap::new();
+    for line in info.lines() {
+        let Some(rest) = line.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let Some((name, stats)) = rest.split_once(':') else {
+            continue;
+        };
+        let n = stats
+            .split(',')
+            .find_map(|f| f.strip_prefix("calls="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        calls.insert(name.to_string(), n);
+    }
+    calls
+}
+
+/// Commands the service sent between two readings (the readings' own INFO,
+/// and the CLI's connection chatter, left out).
+fn commands_between(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> u64 {
+    after
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "info" | "command" | "hello"))
+        .map(|(name, n)| n - before.get(name).copied().unwrap_or(0))
+        .sum()
+}
+
+/// Redis's `used_memory` less its connections' buffers (`mem_clients_normal`):
+/// what requests leave behind, not the query buffers of the connections
+/// that happen to be open at the reading (bounded by the connections, and
+/// tens of KB either way between two readings).
+fn used_memory(redis: &RedisServer) -> i64 {
+    let info = redis.cli(&["INFO", "memory"]);
+    let field = |name: &str| -> i64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in INFO memory"))
+    };
+    field("used_memory:") - field("mem_clients_normal:")
+}
+
+fn dbsize(redis: &RedisServer) -> i64 {
+    redis.cli(&["DBSIZE"]).parse().expect("DBSIZE")
+}
+
+/// 17.1: a looping client re-releasing one reservation that already ended
+/// changes nothing, so it must not switch the sold-out shield off. The mark
+/// lasts longer than the test (no re-check probes), the sweeper and the
+/// promoter sleep: every command the loop causes is the no-op release
+/// itself (one script call each) or something the release wrongly set off.
+#[tokio::test]
+async fn no_op_releases_do_not_switch_the_sold_out_shield_off() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(&redis, |c| {
+        c.sold_out_cache_ms = 600_000;
+        c.sweep_interval_ms = 600_000;
+    })
+    .await;
+    app.preload("loop", 1, 2).await;
+    let a = app.reserve("loop-a", "loop", 1, "alice").await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    let dead = rid_of(&a);
+    assert_eq!(app.action(&dead, "release").await.status, StatusCode::OK);
+    let b = app.reserve("loop-b", "loop", 1, "bob").await;
+    assert_eq!(b.status, StatusCode::CREATED);
+    // a confirmed one too: confirm never returns units
+    assert_eq!(
+        app.action(&rid_of(&b), "confirm").await.status,
+        StatusCode::OK
+    );
+    // the walk that makes the mark
+    assert_eq!(
+        app.reserve("loop-first", "loop", 1, "x").await.code(),
+        "sold_out"
+    );
+
+    let rounds = 300u64;
+    let no_ops = || async {
+        let r = app.action(&dead, "release").await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        let c = app.action(&rid_of(&b), "confirm").await;
+        assert_eq!(c.status, StatusCode::OK, "{:?}", c.body);
+    };
+    // what the no-op calls cost by themselves (their scripts' commands)
+    let before = command_calls(&redis);
+    for _ in 0..rounds {
+        no_ops().await;
+    }
+    let own = commands_between(&before, &command_calls(&redis));
+    let before = command_calls(&redis);
+    for i in 0..rounds {
+        no_ops().await;
+        let s = app
+            .reserve(&format!("loop-{i}"), "loop", 1, &format!("bot-{i}"))
+            .await;
+        assert_eq!(s.code(), "sold_out");
+    }
+    let after = command_calls(&redis);
+    let extra = commands_between(&before, &after).saturating_sub(own);
+    let per_answer = extra as f64 / rounds as f64;
+    eprintln!("{rounds} sold-out answers amid no-op calls: {extra} extra Redis commands");
+    let by_name: Vec<(&String, u64)> = after
+        .iter()
+        .map(|(name, n)| (name, n - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert!(
+        per_answer <= 0.05,
+        "{extra} Redis commands beyond the no-op calls for {rounds} sold-out answers ({per_answer:.2} per answer): {by_name:?}"
+    );
+    app.assert_books("loop").await;
+}
+
+/// 17.1: the shard key set (the winners the fast path loads) stays bounded
+/// by the live and sold holds, however many holds come and go.
+#[tokio::test]
+async fn the_shard_key_set_stays_bounded_across_hold_and_release_cycles() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(&redis, |c| c.hold_seconds = 1).await;
+    app.preload("cycle", 3, 1).await;
+    for i in 0..200 {
+        let a = app
+            .reserve(&format!("cycle-{i}"), "cycle", 1, &format!("u{i}"))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        assert_eq!(
+            app.action(&rid_of(&a), "release").await.status,
+            StatusCode::OK
+        );
+    }
+    // one sold, two that expire through the sweeper
+    let sold = app.reserve("cycle-sold", "cycle", 1, "s").await;
+    assert_eq!(
+        app.action(&rid_of(&sold), "confirm").await.status,
+        StatusCode::OK
+    );
+    for i in 0..2 {
+        let a = app
+            .reserve(&format!("cycle-exp-{i}"), "cycle", 1, "e")
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+    }
+    let swept = eventually(Duration::from_secs(10), || async {
+        app.sku("cycle").await["available"].as_i64() == Some(2)
+    })
+    .await;
+    assert!(swept, "the two holds expired");
+    let members: i64 = redis
+        .cli(&["SCARD", "fg:{cycle#0}:keys"])
+        .parse()
+        .expect("SCARD");
+    assert!(
+        members <= 1,
+        "the key set holds {members} members for 1 sold unit and no live hold"
+    );
+    // and the key that bought is still replayed while the SKU is sold out
+    let live = app.reserve("cycle-live-1", "cycle", 1, "l").await;
+    assert_eq!(live.status, StatusCode::CREATED);
+    let live2 = app.reserve("cycle-live-2", "cycle", 1, "l").await;
+    assert_eq!(live2.status, StatusCode::CREATED);
+    assert_eq!(
+        app.reserve("cycle-none", "cycle", 1, "n").await.code(),
+        "sold_out"
+    );
+    let again = app.reserve("cycle-sold", "cycle", 1, "s").await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+    app.assert_books("cycle").await;
+}
+
+/// 17.4: refused requests — `waitlist: true` ones answered `waitlist_full`
+/// and plain ones answered `sold_out` — leave no per-request state in Redis.
+#[tokio::test]
+async fn refused_requests_leave_no_state_in_redis() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(&redis, |c| c.waitlist_capacity = 1).await;
+    app.preload("full", 1, 8).await;
+    let a = app.reserve("full-a", "full", 1, "alice").await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    let b = join(&app, "full-b", "full", "bob").await;
+    assert_eq!(b.status, StatusCode::ACCEPTED, "{:?}", b.body);
+    // warm up: the first refusals walk and make the marks
+    assert_eq!(
+        join(&app, "full-w", "full", "w").await.code(),
+        "waitlist_full"
+    );
+    assert_eq!(
+        app.reserve("full-p", "full", 1, "p").await.code(),
+        "sold_out"
+    );
+
+    let n = 2000i64;
+    let (keys0, mem0) = (dbsize(&redis), used_memory(&redis));
+
+    for i in 0..n {
+        let r = join(&app, &format!("wf-{i}"), "full", &format!("bot-{i}")).await;
+        assert_eq!(r.code(), "waitlist_full", "{:?}", r.body);
+        let p = app
+            .reserve(&format!("so-{i}"), "full", 1, &format!("bot-{i}"))
+            .await;
+        assert_eq!(p.code(), "sold_out", "{:?}", p.body);
+    }
+    let (keys1, mem1) = (dbsize(&redis), used_memory(&redis));
+
+    let refused = 2 * n;
+    let per_request = (mem1 - mem0) as f64 / refused as f64;
+    eprintln!(
+        "{refused} refused requests: {} new keys, {} bytes ({per_request:.2} per request)",
+        keys1 - keys0,
+        mem1 - mem0
+    );
+    assert!(
+        keys1 - keys0 <= 3,
+        "{} new keys after {refused} refused requests",
+        keys1 - keys0
+    );
+    assert!(
+        per_request <= 1.0,
+        "{} bytes of Redis memory after {refused} refused requests ({per_request:.1} per request)",
+        mem1 - mem0
+    );
+    // the buyer who joined still gets their ticket back, not "full"
+    let again = join(&app, "full-b", "full", "bob").await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+    let st = app.assert_books("full").await;
+    assert_eq!(st.held + st.sold + st.available, 1, "0 oversold");
+}
+
+/// 24.2: a replayed join after the queue emptied must not put the gates
+/// back up for good.
+#[tokio::test]
+async fn a_replayed_join_does_not_leave_the_gates_up() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(&redis, |_| {}).await;
+    app.preload("gate", 1, 1).await;
+    let a = app.reserve("gate-a", "gate", 1, "alice").await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    let b = join(&app, "gate-b", "gate", "bob").await;
+    assert_eq!(b.status, StatusCode::ACCEPTED, "{:?}", b.body);
+    let ticket = b.body["ticket_id"].as_str().expect("ticket").to_string();
+    assert_eq!(
+        app.action(&rid_of(&a), "release").await.status,
+        StatusCode::OK
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let b_rid = loop {
+        let t = app.get(&format!("/v1/waitlist/{ticket}")).await.body;
+        if t["status"] == "promoted" {
+            break t["reservation_id"].as_str().unwrap_or("").to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob's ticket was not promoted: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(app.action(&b_rid, "release").await.status, StatusCode::OK);
+    let replay = join(&app, "gate-b", "gate", "bob").await;
+    assert_eq!(replay.status, StatusCode::OK, "{:?}", replay.body);
+    assert_eq!(replay.body["status"], "promoted");
+    let mut n = 0;
+    let sold = eventually(Duration::from_secs(5), || {
+        n += 1;
+        let key = format!("gate-c-{n}");
+        let app = &app;
+        async move { app.reserve(&key, "gate", 1, "carol").await.status == StatusCode::CREATED }
+    })
+    .await;
+    let st = app.sku("gate").await;
+    assert!(
+        sold,
+        "the returned unit stays unsellable: {st} (waitlist empty, gates up)"
+    );
+    app.assert_books("gate").await;
+}
+
+/// 24.3: `qty`, `waitlist` and `user_id` are encoded so that no two
+/// different bodies share a fingerprint.
+#[tokio::test]
+async fn a_waitlist_flag_cannot_hide_in_the_user_id() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(&redis, |_| {}).await;
+    app.preload("fp", 5, 1).await;
+    let first = app.reserve("fp-k", "fp", 1, "w:bob").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let second = join(&app, "fp-k", "fp", "bob").await;
+    assert_eq!(
+        second.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        second.body
+    );
+    assert_eq!(second.code(), "idempotency_key_reused");
+    // and the other way round
+    let w = join(&app, "fp-k2", "fp", "bob").await;
+    assert_eq!(w.status, StatusCode::CREATED, "{:?}", w.body);
+    let plain = app.reserve("fp-k2", "fp", 1, "w:bob").await;
+    assert_eq!(plain.code(), "idempotency_key_reused", "{:?}", plain.body);
+    // the same bodies are still the same request
+    let again = join(&app, "fp-k2", "fp", "bob").await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+    app.assert_books("fp").await;
+}
