@@ -185,6 +185,47 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub instructions: Option<u64>,
 
+    /// What to run: `sale` (the sale and its baselines) or `hostile` (the
+    /// sale with bots, no-op release loopers and waitlist poisoners alongside
+    /// it, and the figures of issue 17; needs --spawn; bench/README.md).
+    #[arg(long, value_enum, default_value_t = Scenario::Sale)]
+    pub scenario: Scenario,
+
+    /// hostile: refused fresh-key requests the Redis-bytes figure averages
+    /// over, half with `"waitlist": false`, half with `true` (the official
+    /// figure needs 100000).
+    #[arg(long, default_value_t = 20_000)]
+    pub hostile_refused: u64,
+
+    /// hostile: time limit of each refused-request window, seconds.
+    #[arg(long, default_value_t = 120)]
+    pub hostile_refused_max_seconds: u64,
+
+    /// hostile: no-op release loopers (one dead reservation each).
+    #[arg(long, default_value_t = 4)]
+    pub hostile_loopers: usize,
+
+    /// hostile: waitlist poisoners (one ticket each, at the head of the queue).
+    #[arg(long, default_value_t = 2)]
+    pub hostile_poisoners: usize,
+
+    /// hostile: connections of the bots that run alongside the wave.
+    #[arg(long, default_value_t = 32)]
+    pub hostile_bot_connections: usize,
+
+    /// hostile: length of each commands-per-answer window, seconds.
+    #[arg(long, default_value_t = 5)]
+    pub hostile_window_seconds: u64,
+
+    /// hostile: the spawned flashgate's waitlist_capacity (small, so bots fill it).
+    #[arg(long, default_value_t = 100)]
+    pub hostile_waitlist_capacity: u64,
+
+    /// hostile: how long after the last returned unit a ticket still waiting
+    /// beside an available unit counts as stalled, seconds.
+    #[arg(long, default_value_t = 5)]
+    pub hostile_stall_seconds: u64,
+
     /// Seed for buyer roles (retry, abusive, confirm/release/abandon).
     #[arg(long, default_value_t = 8)]
     pub seed: u64,
@@ -203,6 +244,13 @@ pub struct Args {
         default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
     )]
     pub font: PathBuf,
+}
+
+/// The run's scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    Sale,
+    Hostile,
 }
 
 impl Args {
@@ -231,6 +279,36 @@ impl Args {
         );
         anyhow::ensure!(self.bucket_ms > 0, "--bucket-ms must be > 0");
         anyhow::ensure!(self.threads > 0, "--threads must be > 0");
+        if self.scenario == Scenario::Hostile {
+            anyhow::ensure!(
+                self.spawn,
+                "--scenario hostile needs --spawn (it configures the flashgate it starts)"
+            );
+            anyhow::ensure!(
+                self.hostile_loopers > 0 && self.hostile_loopers <= 64,
+                "--hostile-loopers must be within 1..=64"
+            );
+            anyhow::ensure!(
+                self.hostile_poisoners <= 64,
+                "--hostile-poisoners must be within 0..=64"
+            );
+            anyhow::ensure!(
+                (1..=10_000).contains(&self.hostile_bot_connections),
+                "--hostile-bot-connections must be within 1..=10000"
+            );
+            anyhow::ensure!(
+                (1..=10_000_000).contains(&self.hostile_refused),
+                "--hostile-refused must be within 1..=10000000"
+            );
+            anyhow::ensure!(
+                (1..=100_000).contains(&self.hostile_waitlist_capacity),
+                "--hostile-waitlist-capacity must be within 1..=100000"
+            );
+            anyhow::ensure!(
+                self.hostile_window_seconds > 0,
+                "--hostile-window-seconds must be > 0"
+            );
+        }
         if let Some(m) = self.cluster_masters {
             anyhow::ensure!(
                 (MIN_CLUSTER_MASTERS..=MAX_CLUSTER_MASTERS).contains(&m),
@@ -264,6 +342,25 @@ mod tests {
         assert_eq!(a.cluster_masters, Some(3));
         assert_eq!(a.redis_cli_bin, PathBuf::from("redis-cli"));
         assert!(a.validate().is_ok());
+    }
+
+    #[test]
+    fn the_hostile_scenario_needs_spawn() {
+        let a = parse(&["--scenario", "hostile"]).unwrap();
+        assert_eq!(a.scenario, Scenario::Hostile);
+        assert!(a.validate().unwrap_err().to_string().contains("--spawn"));
+        let a = parse(&[
+            "--scenario",
+            "hostile",
+            "--spawn",
+            "--hostile-refused",
+            "100000",
+        ])
+        .unwrap();
+        assert!(a.validate().is_ok());
+        assert_eq!(a.hostile_refused, 100_000);
+        assert_eq!(parse(&["--spawn"]).unwrap().scenario, Scenario::Sale);
+        assert!(parse(&["--scenario", "friendly"]).is_err());
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Answer {
     pub status: u16,
     /// `reservation_id` of a 201/200 reserve answer.
     pub reservation_id: Option<String>,
+    /// `ticket_id` of a 202 (or its 200 replay) waitlist answer.
+    pub ticket_id: Option<String>,
 }
 
 #[derive(Clone)]
@@ -126,19 +128,28 @@ impl Api {
         })
         .await;
         let recv_us = self.now_us();
-        let (outcome, status, bytes, reservation_id) = match result {
-            Err(_) => (Outcome::Timeout, 0, Bytes::new(), None),
-            Ok(Err(_)) => (Outcome::Transport, 0, Bytes::new(), None),
+        let (outcome, status, bytes, reservation_id, ticket_id) = match result {
+            Err(_) => (Outcome::Timeout, 0, Bytes::new(), None, None),
+            Ok(Err(_)) => (Outcome::Transport, 0, Bytes::new(), None, None),
             Ok(Ok((status, bytes))) => {
                 let reply: Reply = serde_json::from_slice(&bytes).unwrap_or_default();
                 let code = reply.error.as_ref().map(|e| e.code.as_ref());
-                let outcome = Outcome::classify(reserve, status, code);
+                let mut outcome = Outcome::classify(reserve, status, code);
+                let tid = if reserve && matches!(outcome, Outcome::Waitlisted | Outcome::Replayed) {
+                    reply.ticket_id.map(Cow::into_owned)
+                } else {
+                    None
+                };
+                // a 200 that names a ticket replays a waitlist join, not a hold
+                if tid.is_some() {
+                    outcome = Outcome::Waitlisted;
+                }
                 let rid = if reserve && matches!(outcome, Outcome::Held | Outcome::Replayed) {
                     reply.reservation_id.map(Cow::into_owned)
                 } else {
                     None
                 };
-                (outcome, status, bytes.clone(), rid)
+                (outcome, status, bytes.clone(), rid, tid)
             }
         };
         let sample = Sample {
@@ -152,16 +163,31 @@ impl Api {
                 sample,
                 status,
                 reservation_id,
+                ticket_id,
             },
             bytes,
         )
     }
 
     pub async fn reserve(&self, phase: Phase, sku: &str, user: &str, key: &str) -> Answer {
+        self.reserve_or_wait(phase, sku, user, key, false).await
+    }
+
+    /// A reserve of one unit; with `waitlist`, a sold-out answer is a
+    /// waitlist join (`202` with a `ticket_id`, or `409 waitlist_full`).
+    pub async fn reserve_or_wait(
+        &self,
+        phase: Phase,
+        sku: &str,
+        user: &str,
+        key: &str,
+        waitlist: bool,
+    ) -> Answer {
         let body = serde_json::to_string(&ReserveBody {
             sku,
             qty: 1,
             user_id: user,
+            waitlist,
         })
         .unwrap_or_default();
         self.send(
@@ -187,6 +213,41 @@ impl Api {
         self.send(Phase::Followup, false, Method::POST, &path, None)
             .await
             .0
+    }
+
+    /// `POST /v1/reservations/{id}/release` or `/confirm` in a given phase.
+    pub async fn end(&self, phase: Phase, id: &str, confirm: bool) -> Answer {
+        let verb = if confirm { "confirm" } else { "release" };
+        let path = format!("/v1/reservations/{id}/{verb}");
+        self.send(phase, false, Method::POST, &path, None).await.0
+    }
+
+    /// `GET /v1/waitlist/{ticket}`: its `status` and, once promoted, its
+    /// `reservation_id` (None if it did not answer 200).
+    pub async fn ticket(&self, id: &str) -> Option<(String, Option<String>)> {
+        let path = format!("/v1/waitlist/{id}");
+        let (a, bytes) = self
+            .send(Phase::Followup, false, Method::GET, &path, None)
+            .await;
+        if a.status != 200 {
+            return None;
+        }
+        let json: Value = serde_json::from_slice(&bytes).ok()?;
+        let status = json.get("status")?.as_str()?.to_owned();
+        let rid = json
+            .get("reservation_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Some((status, rid))
+    }
+
+    /// `DELETE /v1/waitlist/{ticket}`: the HTTP status (0 without an answer).
+    pub async fn cancel_ticket(&self, id: &str) -> u16 {
+        let path = format!("/v1/waitlist/{id}");
+        self.send(Phase::Followup, false, Method::DELETE, &path, None)
+            .await
+            .0
+            .status
     }
 
     pub async fn healthz(&self) -> Answer {
@@ -242,12 +303,15 @@ impl Api {
 static IDEMPOTENCY_KEY: hyper::header::HeaderName =
     hyper::header::HeaderName::from_static("idempotency-key");
 
-/// A reserve request's body.
+/// A reserve request's body (`waitlist` only sent when true, so a plain
+/// reserve's body is the same as before waitlists existed).
 #[derive(Serialize)]
 struct ReserveBody<'a> {
     sku: &'a str,
     qty: u32,
     user_id: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    waitlist: bool,
 }
 
 /// The fields of an answer the sale looks at; every other field is skipped
@@ -256,6 +320,8 @@ struct ReserveBody<'a> {
 struct Reply<'a> {
     #[serde(borrow, default)]
     reservation_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    ticket_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     error: Option<ReplyError<'a>>,
 }
@@ -314,11 +380,27 @@ mod tests {
             serde_json::to_string(&ReserveBody {
                 sku: "S\"1",
                 qty: 1,
-                user_id: "u"
+                user_id: "u",
+                waitlist: false,
             })
             .unwrap(),
             r#"{"sku":"S\"1","qty":1,"user_id":"u"}"#
         );
+        assert_eq!(
+            serde_json::to_string(&ReserveBody {
+                sku: "S",
+                qty: 1,
+                user_id: "u",
+                waitlist: true,
+            })
+            .unwrap(),
+            r#"{"sku":"S","qty":1,"user_id":"u","waitlist":true}"#
+        );
+        let r: Reply = serde_json::from_slice(
+            br#"{"ticket_id":"S.w.abc","sku":"S","qty":1,"user_id":"u","status":"waiting","position":1}"#,
+        )
+        .unwrap();
+        assert_eq!(r.ticket_id.as_deref(), Some("S.w.abc"));
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //! (books, commandstats, redis-benchmark), `sql` (hot-row baseline), `procs`
 //! (spawned redis-server/flashgate) → `stats`, `books` (pure maths, unit
 //! tested) → `report`, `chart` (outputs). `instructions` counts flashgate's
-//! CPU instructions per answer under callgrind instead of running a sale.
+//! CPU instructions per answer under callgrind instead of running a sale;
+//! `hostile` runs the sale with abusive clients alongside it (issue 17).
 
 mod books;
 mod chart;
 mod cli;
+mod hostile;
 mod http;
 mod instructions;
 mod procs;
@@ -46,9 +48,10 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         let sale = async {
-            match args.instructions {
-                Some(n) => instructions::run(&args, n).await,
-                None => run::run(args).await,
+            match (args.instructions, args.scenario) {
+                (Some(n), _) => instructions::run(&args, n).await,
+                (None, cli::Scenario::Hostile) => hostile::run(args).await,
+                (None, cli::Scenario::Sale) => run::run(args).await,
             }
         };
         tokio::select! {

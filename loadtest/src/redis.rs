@@ -279,6 +279,62 @@ pub async fn commandstats(client: &Client) -> anyhow::Result<BTreeMap<String, u6
     Ok(sum_commandstats(per_master))
 }
 
+/// Redis's memory and key count at one moment, summed over every master:
+/// `used_memory` (INFO memory) and the keys of every database (INFO
+/// keyspace, the figure `DBSIZE` gives per database).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Footprint {
+    pub used_memory: u64,
+    pub keys: u64,
+}
+
+pub async fn footprint(client: &Client) -> anyhow::Result<Footprint> {
+    let mut f = Footprint::default();
+    for node in masters(client)? {
+        let (mem, keyspace): (String, String) = match node {
+            Some(server) => {
+                let c = client.with_cluster_node(server);
+                (
+                    c.info(Some(InfoKind::Memory)).await?,
+                    c.info(Some(InfoKind::Keyspace)).await?,
+                )
+            }
+            None => (
+                client.info(Some(InfoKind::Memory)).await?,
+                client.info(Some(InfoKind::Keyspace)).await?,
+            ),
+        };
+        f.used_memory +=
+            parse_info_u64(&mem, "used_memory").context("no used_memory in INFO memory")?;
+        f.keys += parse_keyspace_keys(&keyspace);
+    }
+    Ok(f)
+}
+
+/// One integer field (`name:123`) of an INFO section.
+pub fn parse_info_u64(info: &str, name: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Keys over every database of `INFO keyspace` (`db0:keys=12,expires=3,…`).
+pub fn parse_keyspace_keys(info: &str) -> u64 {
+    info.lines()
+        .filter(|l| l.trim().starts_with("db"))
+        .filter_map(|l| {
+            l.split_once(':')?
+                .1
+                .split(',')
+                .find_map(|kv| kv.trim().strip_prefix("keys="))?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// Calls per command summed over several servers.
 pub fn sum_commandstats(
     parts: impl IntoIterator<Item = BTreeMap<String, u64>>,
@@ -693,6 +749,17 @@ mod tests {
         assert_eq!(d.get("evalsha"), Some(&15));
         assert_eq!(d.get("get"), None);
         assert_eq!(d.get("config|get"), Some(&1));
+    }
+
+    #[test]
+    fn memory_and_keyspace_parse() {
+        let mem = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nused_memory_rss:2000000\r\n";
+        assert_eq!(parse_info_u64(mem, "used_memory"), Some(1_048_576));
+        assert_eq!(parse_info_u64(mem, "used_memory_rss"), Some(2_000_000));
+        assert_eq!(parse_info_u64(mem, "maxmemory"), None);
+        let ks = "# Keyspace\r\ndb0:keys=120,expires=7,avg_ttl=0,subexpiry=0\r\ndb3:keys=5,expires=0,avg_ttl=0\r\n";
+        assert_eq!(parse_keyspace_keys(ks), 125);
+        assert_eq!(parse_keyspace_keys("# Keyspace\r\n"), 0);
     }
 
     #[test]

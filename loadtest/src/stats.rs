@@ -49,6 +49,10 @@ pub enum Outcome {
     SoldOut,
     /// 409 `purchase_limit`: the buyer's cap for the SKU is reached.
     PurchaseLimit,
+    /// 202 on reserve with `"waitlist": true`: a waitlist ticket.
+    Waitlisted,
+    /// 409 `waitlist_full`.
+    WaitlistFull,
     /// 429 `rate_limited`.
     RateLimited,
     /// 503 (`redis_unavailable`).
@@ -74,6 +78,8 @@ impl Outcome {
             Outcome::Replayed => "replayed_200",
             Outcome::SoldOut => "sold_out_409",
             Outcome::PurchaseLimit => "purchase_limit_409",
+            Outcome::Waitlisted => "waitlisted_202",
+            Outcome::WaitlistFull => "waitlist_full_409",
             Outcome::RateLimited => "rate_limited_429",
             Outcome::Unavailable => "unavailable_503",
             Outcome::Ok => "ok_200",
@@ -90,9 +96,11 @@ impl Outcome {
         match (status, code) {
             (201, _) => Outcome::Held,
             (200, _) if reserve => Outcome::Replayed,
+            (202, _) if reserve => Outcome::Waitlisted,
             (200..=299, _) => Outcome::Ok,
             (409, Some("sold_out")) => Outcome::SoldOut,
             (409, Some("purchase_limit")) => Outcome::PurchaseLimit,
+            (409, Some("waitlist_full")) => Outcome::WaitlistFull,
             (409, _) => Outcome::Conflict,
             (429, _) => Outcome::RateLimited,
             (503, _) => Outcome::Unavailable,
