@@ -60,7 +60,10 @@ fn limiter(c: &mut Criterion) {
 
 fn shard_choice(c: &mut Criterion) {
     let sku = Sku::parse("hot-sneaker-42").expect("sku");
-    let key = IdempotencyKey::parse("order-7f3a9c2e-0001").expect("key");
+    let key = flashgate::domain::ScopedKey::new(
+        &flashgate::domain::Tenant::Anonymous,
+        &IdempotencyKey::parse("order-7f3a9c2e-0001").expect("key"),
+    );
     c.bench_function("shard choice + key names", |b| {
         b.iter(|| {
             let s = (black_box(&key).stable_hash() % 8) as u16;

@@ -2,11 +2,12 @@
 --
 -- KEYS[1] fg:{SKU#s}:r:<rid>   KEYS[2] fg:{SKU#s}:stock   KEYS[3] fg:{SKU#s}:books
 -- KEYS[4] fg:{SKU#s}:holds     KEYS[5] fg:{SKU#s}:events   KEYS[6] fg:{SKU#s}:keys
--- ARGV[1] rid
+-- ARGV[1] rid   ARGV[2] the caller's scope ('*' = any; lib.lua's rec_visible)
 -- Returns {code, status, qty, user, expires_at_ms, idempotency key, returned}; code is
 --   'ok'        the reservation is confirmed (now, or already before)
 --   'conflict'  it ended otherwise (status 'released' or 'expired')
---   'missing'   no such reservation (the reply is just {'missing'})
+--   'missing'   no such reservation, or another storefront's (nothing changes;
+--               the reply is just {'missing'})
 -- returned: the units this call gave back to stock — qty only when it
 -- expired the hold itself (below), else 0: a sale returns nothing, so a
 -- confirm never lifts the service's sold-out mark otherwise.
@@ -14,9 +15,9 @@
 -- has not run yet: it expires the hold itself (units back to stock) and
 -- answers 'conflict'/'expired'. Deadline and confirm share the server clock.
 local rkey, stock, books, holds, events, reserved = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local rid = ARGV[1]
+local rid, scope = ARGV[1], ARGV[2]
 local r = rec_load(rkey)
-if not r then return {'missing'} end
+if not r or not rec_visible(r, scope) then return {'missing'} end
 local status, qty, user, exp, idem = r.status, tonumber(r.qty), r.user, r.exp, r.idem
 if status == 'held' then
   local ts = now_ms()

@@ -3,15 +3,16 @@
 --
 -- KEYS[1] fg:{SKU#s}:r:<rid>   KEYS[2] fg:{SKU#s}:holds
 -- ARGV[1] rid   ARGV[2] grace_ms   ARGV[3] max_total_ms
+-- ARGV[4] the caller's scope ('*' = any; lib.lua's rec_visible)
 -- Returns {code, status, qty, user, expires_at_ms}; code is
 --   'ok'        still held; expires_at is the (possibly unchanged) new deadline
 --   'conflict'  not held any more (or past its deadline: the sweeper or the next
 --               confirm/release ends it; extend never revives a dead hold)
---   'missing'   no such reservation
+--   'missing'   no such reservation, or another storefront's (nothing changes)
 local rkey, holds = KEYS[1], KEYS[2]
-local rid, grace, max_total = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local rid, grace, max_total, scope = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local r = rec_load(rkey)
-if not r then return {'missing'} end
+if not r or not rec_visible(r, scope) then return {'missing'} end
 local status, qty, user, exp, created = r.status, r.qty, r.user, tonumber(r.exp), tonumber(r.created)
 if status ~= 'held' then return {'conflict', status, qty, user, exp} end
 local ts = now_ms()

@@ -72,6 +72,21 @@ local function rec_load(rkey)
     idem = h[9] or ''}
 end
 
+-- May a caller of scope `scope` see (and act on) the record r? Its owner is
+-- the scope of its idempotency key: the text before the key's first space,
+-- '' when unscoped (src/domain.rs, ScopedKey). A storefront sees its own
+-- records and unscoped ones (made before keys were scoped, or with no keys
+-- configured); scope '*' (an admin key, or no keys configured) sees all.
+-- Another storefront's record answers 'missing', as a record that does not
+-- exist: a storefront cannot tell them apart.
+local function rec_visible(r, scope)
+  if scope == '*' then return true end
+  local sp = string.find(r.idem, ' ', 1, true)
+  if not sp then return true end
+  local owner = string.sub(r.idem, 1, sp - 1)
+  return owner == '' or owner == scope
+end
+
 -- Write back a record read by rec_load, its TTL unchanged.
 local function rec_save(rkey, r)
   redis.call('SET', rkey, rec_encode(r), 'KEEPTTL')

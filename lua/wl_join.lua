@@ -9,11 +9,14 @@
 -- KEYS[8] fg:{wl:SKU}:state  'open' while the shards' gates may be set
 -- ARGV[1] ticket   ARGV[2] qty   ARGV[3] user   ARGV[4] fingerprint   ARGV[5] capacity
 -- ARGV[6] ticket_ttl_ms   ARGV[7] idem_ttl_ms   ARGV[8] ticket key prefix fg:{wl:SKU}:t:
+-- ARGV[9] owner: the scope of the request's idempotency key ('' = unscoped),
+--   kept in the ticket's field `owner` (only its storefront sees the ticket)
 -- Returns {'joined', ticket, position} | {'replay', ticket} | {'mismatch'}
 --       | {'full'} | {'already', ticket}
 local queue, stream, users, idem, seqkey, tkey, expz, state = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local ticket, qty, user, fp = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local capacity, ttl, idem_ttl, prefix = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local owner = ARGV[9] or ''
 
 local seen = redis.call('GET', idem)
 if seen then
@@ -35,6 +38,7 @@ redis.pcall('XGROUP', 'CREATE', stream, 'promoters', '0', 'MKSTREAM')
 local entry = redis.call('XADD', stream, '*', 'ticket', ticket)
 redis.call('HSET', tkey, 'qty', qty, 'user', user, 'status', 'waiting', 'created', ts,
   'expires', ts + ttl, 'seq', seq, 'entry', entry, 'attempt', 0)
+if owner ~= '' then redis.call('HSET', tkey, 'owner', owner) end
 redis.call('PEXPIRE', tkey, ttl + idem_ttl)
 redis.call('ZADD', queue, seq, ticket)
 redis.call('ZADD', expz, ts + ttl, ticket)

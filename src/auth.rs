@@ -2,15 +2,27 @@
 //! keys, for `/admin/` and also `/v1/`). Keys are Bearer tokens, compared in
 //! constant time against every configured key (no early exit, so the time
 //! taken does not tell which key nearly matched), and never logged.
+//!
+//! **A storefront's identity** owns its idempotency keys, reservations and
+//! tickets (docs/tenancy.md), so it must stay the same across restarts,
+//! config edits and instances whose key lists are ordered differently: a
+//! key's position would not. An entry `name:secret` names its storefront;
+//! several secrets may name one storefront (key rotation). An entry without
+//! a name is the storefront `SHA-256("flashgate storefront\0" + secret)`,
+//! first 16 hex digits — stable as long as the secret is; to rotate such a
+//! key, give the new secret that id as its name.
 
 use hyper::header::HeaderValue;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
+use crate::domain::{StorefrontId, Tenant};
 use crate::error::ApiError;
 
 /// An authenticated caller. The number identifies the key (its position in
-/// the configuration) for per-storefront rate limits, without carrying it.
+/// the configuration; for a storefront, its first key's) for rate limits,
+/// without carrying it: it is no identity to store (see [`Auth::tenant`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Caller {
     Storefront(usize),
@@ -32,17 +44,79 @@ impl Caller {
 
 pub struct Auth {
     api: Vec<Vec<u8>>,
+    /// The storefront of each of `api`'s keys.
+    storefronts: Vec<StorefrontId>,
+    /// For each of `api`'s keys, the first key of its storefront: a
+    /// storefront's keys share its rate-limit bucket.
+    first_of: Vec<usize>,
     admin: Vec<Vec<u8>>,
     open: bool,
 }
 
+/// One `api_keys` entry: its storefront and its secret. `name:secret` when
+/// the text before the first `:` is a storefront name (else the whole entry
+/// is the secret — a secret with a `:` in it needs a name in front).
+pub fn api_key(entry: &str) -> (StorefrontId, &str) {
+    if let Some((name, secret)) = entry.split_once(':') {
+        if let Ok(id) = StorefrontId::parse(name) {
+            return (id, secret);
+        }
+    }
+    (derived_id(entry), entry)
+}
+
+/// The storefront of an unnamed secret: 16 hex digits of a SHA-256 with a
+/// prefix of its own (so the id is no plain hash of the secret).
+fn derived_id(secret: &str) -> StorefrontId {
+    let digest = Sha256::new()
+        .chain_update(b"flashgate storefront\0")
+        .chain_update(secret.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    StorefrontId::derived(u64::from_be_bytes(first))
+}
+
 impl Auth {
     pub fn from_config(c: &Config) -> Auth {
+        let (storefronts, api): (Vec<StorefrontId>, Vec<Vec<u8>>) = c
+            .api_keys
+            .iter()
+            .map(|k| {
+                let (id, secret) = api_key(k);
+                (id, secret.as_bytes().to_vec())
+            })
+            .unzip();
+        let first_of = (0..storefronts.len())
+            .map(|i| {
+                storefronts
+                    .iter()
+                    .position(|s| *s == storefronts[i])
+                    .unwrap_or(i)
+            })
+            .collect();
         Auth {
-            api: c.api_keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            api,
+            storefronts,
+            first_of,
             admin: c.admin_keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
             open: c.insecure_no_auth && c.api_keys.is_empty() && c.admin_keys.is_empty(),
         }
+    }
+
+    /// Whose keys, reservations and tickets the caller makes and sees
+    /// (`identify` answers only configured keys: any other is unauthorized).
+    pub fn tenant(&self, caller: Caller) -> Result<Tenant, ApiError> {
+        Ok(match caller {
+            Caller::Storefront(i) => Tenant::Storefront(
+                self.storefronts
+                    .get(i)
+                    .ok_or(ApiError::Unauthorized)?
+                    .clone(),
+            ),
+            Caller::Admin(_) => Tenant::Operator,
+            Caller::Anonymous => Tenant::Anonymous,
+        })
     }
 
     pub fn storefronts(&self) -> usize {
@@ -62,7 +136,7 @@ impl Auth {
             return Ok(Caller::Admin(i));
         }
         find(&self.api, token)
-            .map(Caller::Storefront)
+            .map(|i| Caller::Storefront(self.first_of.get(i).copied().unwrap_or(i)))
             .ok_or(ApiError::Unauthorized)
     }
 
@@ -176,6 +250,58 @@ mod tests {
             assert!(!bool::from(same(&a, &longer)));
             assert!(!bool::from(same(&longer, &a)));
         }
+    }
+
+    #[test]
+    fn a_storefront_is_its_keys_name_or_a_hash_of_its_secret_not_its_position() {
+        let a = Auth::from_config(&Config {
+            api_keys: vec![
+                "shop-a:storefront-key-000001".into(),
+                "storefront-key-000002".into(),
+                "shop-a:storefront-key-000003".into(),
+            ],
+            admin_keys: vec!["admin-key-0000000001".into()],
+            ..Config::default()
+        });
+        let tenant = |token: &str| {
+            let caller = a.identify(Some(&h(&format!("Bearer {token}")))).unwrap();
+            (caller, a.tenant(caller).unwrap())
+        };
+        let shop_a = Tenant::Storefront(StorefrontId::parse("shop-a").unwrap());
+        // both secrets of shop-a: one storefront, one rate-limit bucket
+        assert_eq!(
+            tenant("storefront-key-000001"),
+            (Caller::Storefront(0), shop_a.clone())
+        );
+        assert_eq!(
+            tenant("storefront-key-000003"),
+            (Caller::Storefront(0), shop_a)
+        );
+        assert!(a
+            .identify(Some(&h("Bearer shop-a:storefront-key-000001")))
+            .is_err());
+        let (_, unnamed) = tenant("storefront-key-000002");
+        assert_eq!(
+            unnamed,
+            Tenant::Storefront(api_key("storefront-key-000002").0)
+        );
+        assert_eq!(unnamed.scope().len(), 16);
+        assert!(unnamed.scope().bytes().all(|b| b.is_ascii_hexdigit()));
+        // the same secret elsewhere in another list: the same storefront
+        let b = Auth::from_config(&Config {
+            api_keys: vec!["storefront-key-000002".into()],
+            ..Config::default()
+        });
+        let caller = b
+            .identify(Some(&h("Bearer storefront-key-000002")))
+            .unwrap();
+        assert_eq!(b.tenant(caller).unwrap(), unnamed);
+        assert_eq!(tenant("admin-key-0000000001").1, Tenant::Operator);
+        // a secret with a ':' but no name in front is a secret
+        assert_eq!(
+            api_key("not a name:storefront-key").1,
+            "not a name:storefront-key"
+        );
     }
 
     #[test]

@@ -94,7 +94,10 @@ pub struct Config {
     /// Optional: POST each promotion to this URL (http://…), with retries.
     pub waitlist_webhook_url: String,
 
-    /// Storefront API keys (`Authorization: Bearer <key>`) for `/v1/`.
+    /// Storefront API keys (`Authorization: Bearer <secret>`) for `/v1/`:
+    /// `name:secret` names the storefront that owns what the key makes
+    /// (several secrets may share a name), a bare `secret` is a storefront
+    /// of its own (docs/tenancy.md).
     pub api_keys: Vec<String>,
     /// Admin keys for `/admin/` (an admin key also works on `/v1/`).
     pub admin_keys: Vec<String>,
@@ -273,10 +276,20 @@ impl Config {
         if self
             .api_keys
             .iter()
-            .chain(&self.admin_keys)
+            .map(|k| crate::auth::api_key(k).1)
+            .chain(self.admin_keys.iter().map(String::as_str))
             .any(|k| k.len() < 16 || k.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
             return bad("API and admin keys must be at least 16 characters, without spaces");
+        }
+        let mut secrets: Vec<&str> = self
+            .api_keys
+            .iter()
+            .map(|k| crate::auth::api_key(k).1)
+            .collect();
+        secrets.sort_unstable();
+        if secrets.windows(2).any(|w| w[0] == w[1]) {
+            return bad("an API key's secret is listed twice");
         }
         Ok(())
     }
@@ -330,7 +343,12 @@ impl Config {
         let mut c = self.clone();
         c.redis_url = redact_url(&c.redis_url);
         c.postgres_url = crate::db::redact(&c.postgres_url);
-        for k in c.api_keys.iter_mut().chain(c.admin_keys.iter_mut()) {
+        // a storefront's id is no secret (it is in Redis key names), and the
+        // operator needs it to rotate an unnamed key (docs/tenancy.md)
+        for k in c.api_keys.iter_mut() {
+            *k = format!("{}:***", crate::auth::api_key(k).0);
+        }
+        for k in c.admin_keys.iter_mut() {
             *k = "***".into();
         }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
@@ -380,6 +398,19 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err(), "weak keys are refused");
+        let c = Config {
+            api_keys: vec!["shop-a:short".into()],
+            ..Config::default()
+        };
+        assert!(c.validate().is_err(), "a name does not count as secret");
+        let c = Config {
+            api_keys: vec![
+                "shop-a:storefront-secret-0001".into(),
+                "shop-b:storefront-secret-0001".into(),
+            ],
+            ..Config::default()
+        };
+        assert!(c.validate().is_err(), "one secret, two storefronts");
     }
 
     #[test]
@@ -417,6 +448,13 @@ mod tests {
             ..Config::default()
         };
         let shown = c.redacted_toml();
+        assert!(!shown.contains("secret"), "{shown}");
+        let c = Config {
+            api_keys: vec!["shop-a:storefront-secret-0001".into()],
+            ..Config::default()
+        };
+        let shown = c.redacted_toml();
+        assert!(shown.contains("\"shop-a:***\""), "{shown}");
         assert!(!shown.contains("secret"), "{shown}");
     }
 }

@@ -86,7 +86,9 @@ impl Qty {
     }
 }
 
-/// The client's `Idempotency-Key`: 1..=255 visible ASCII characters.
+/// The client's `Idempotency-Key`: 1..=255 visible ASCII characters. No
+/// space: [`ScopedKey`]'s namespaces rely on it. Redis sees it only inside
+/// a [`ScopedKey`], in its owner's namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey(String);
 
@@ -107,6 +109,147 @@ impl IdempotencyKey {
             return Err("Idempotency-Key must be visible ASCII without spaces".into());
         }
         Ok(IdempotencyKey(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A storefront's stable name: the name given to its API key in the
+/// configuration (`name:secret`), else derived from the secret (see
+/// `auth.rs`). 1..=64 characters of `[A-Za-z0-9_-]`: never a space, which
+/// [`ScopedKey`] relies on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StorefrontId(std::sync::Arc<str>);
+
+impl StorefrontId {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(s: &str) -> Result<StorefrontId, String> {
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return Err(format!(
+                "a storefront name has 1..={} characters",
+                Self::MAX_LEN
+            ));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("a storefront name may contain only letters, digits, '-' and '_'".into());
+        }
+        Ok(StorefrontId(s.into()))
+    }
+
+    /// The id of an unnamed key: `hash` as 16 hex digits.
+    pub fn derived(hash: u64) -> StorefrontId {
+        StorefrontId(format!("{hash:016x}").into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StorefrontId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whose idempotency keys, reservations and tickets a caller makes, and
+/// which it may see (docs/tenancy.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tenant {
+    /// A storefront: its own keys; it sees what it made, and what was made
+    /// unscoped (before keys were scoped, or by an instance without keys).
+    Storefront(StorefrontId),
+    /// An admin key: keys of the operators' own scope; sees everything.
+    Operator,
+    /// `insecure_no_auth`, the one implicit storefront: unscoped keys (the
+    /// layout of earlier versions); sees everything, as it may use `/admin/`.
+    Anonymous,
+}
+
+/// The owner scope of flashgate's admin keys in a [`ScopedKey`]: not a
+/// storefront name (`~` is refused there).
+const OPERATOR_SCOPE: &str = "~";
+
+impl Tenant {
+    /// May this caller see a reservation or ticket whose owner scope is
+    /// `owner` (see [`ScopedKey::owner`]; "" is unscoped)?
+    pub fn sees(&self, owner: &str) -> bool {
+        match self {
+            Tenant::Storefront(id) => owner.is_empty() || owner == id.as_str(),
+            Tenant::Operator | Tenant::Anonymous => true,
+        }
+    }
+
+    /// The scope its new keys get ("" = unscoped).
+    pub fn scope(&self) -> &str {
+        match self {
+            Tenant::Storefront(id) => id.as_str(),
+            Tenant::Operator => OPERATOR_SCOPE,
+            Tenant::Anonymous => "",
+        }
+    }
+
+    /// What the Lua scripts that check ownership are passed: the scope a
+    /// record must have (or be unscoped), or `*` for "any".
+    pub fn lua_scope(&self) -> &str {
+        match self {
+            Tenant::Storefront(id) => id.as_str(),
+            Tenant::Operator | Tenant::Anonymous => "*",
+        }
+    }
+}
+
+/// The idempotency key as flashgate stores it: the client's key in its
+/// owner's namespace, or a key flashgate makes for itself. Every Redis name
+/// and record that carries a key carries this form. The forms, by shape:
+///
+/// | form                       | made for                                  |
+/// |----------------------------|-------------------------------------------|
+/// | `<client key>`             | the implicit storefront (no auth): unscoped, the layout of earlier versions |
+/// | `<scope> <client key>`     | a storefront (`<scope>` its id) or an admin key (`~`) |
+/// | `<scope>  wl:<ticket>:<n>` | the waitlist promoter, for a ticket of `<scope>` ("" for an unscoped ticket) |
+///
+/// A client key is visible ASCII without spaces, and a scope has no space
+/// either, so a client's key has at most one space and never two in a row:
+/// no client value can produce a promoter's key (issue 17, finding 2), and
+/// two storefronts' keys differ in their scope (finding 3). The owner of a
+/// stored key is the text before its first space ("" when none).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ScopedKey(String);
+
+impl ScopedKey {
+    /// The client's `key` in `tenant`'s namespace.
+    pub fn new(tenant: &Tenant, key: &IdempotencyKey) -> ScopedKey {
+        let scope = tenant.scope();
+        if scope.is_empty() {
+            return ScopedKey(key.as_str().to_owned());
+        }
+        ScopedKey([scope, " ", key.as_str()].concat())
+    }
+
+    /// The promoter's key for attempt `attempt` of waitlist ticket `ticket`
+    /// owned by `owner` (a scope as [`ScopedKey::owner`] answers it). An
+    /// owner with a space (a corrupt ticket) is refused.
+    pub fn promotion(owner: &str, ticket: &str, attempt: &str) -> Result<ScopedKey, String> {
+        if owner.contains(' ') || ticket.contains(' ') || attempt.contains(' ') {
+            return Err(format!("bad waitlist ticket {ticket:?} of {owner:?}"));
+        }
+        Ok(ScopedKey([owner, "  wl:", ticket, ":", attempt].concat()))
+    }
+
+    /// The owner scope of a stored key: "" when unscoped.
+    pub fn owner_of(stored: &str) -> &str {
+        stored.split_once(' ').map_or("", |(scope, _)| scope)
+    }
+
+    pub fn owner(&self) -> &str {
+        Self::owner_of(&self.0)
     }
 
     pub fn as_str(&self) -> &str {
@@ -262,12 +405,64 @@ mod tests {
         assert!(IdempotencyKey::parse("").is_err());
         assert!(IdempotencyKey::parse("has space").is_err());
         let k = IdempotencyKey::parse("order-123456789").unwrap();
-        assert_eq!(k.redacted(), "…6789");
+        let scoped = ScopedKey::new(&Tenant::Anonymous, &k);
+        assert_eq!(scoped.redacted(), "…6789");
         assert_eq!(
-            k.stable_hash(),
-            IdempotencyKey::parse("order-123456789")
-                .unwrap()
-                .stable_hash()
+            scoped.stable_hash(),
+            ScopedKey::new(&Tenant::Anonymous, &k.clone()).stable_hash()
         );
+    }
+
+    fn shop(name: &str) -> Tenant {
+        Tenant::Storefront(StorefrontId::parse(name).unwrap())
+    }
+
+    #[test]
+    fn scoped_keys_keep_owners_apart_and_no_client_key_is_a_promoters() {
+        let k = IdempotencyKey::parse("order-1").unwrap();
+        let a = ScopedKey::new(&shop("shop-a"), &k);
+        let b = ScopedKey::new(&shop("shop-b"), &k);
+        let anon = ScopedKey::new(&Tenant::Anonymous, &k);
+        let op = ScopedKey::new(&Tenant::Operator, &k);
+        assert_eq!(a.as_str(), "shop-a order-1");
+        assert_eq!(anon.as_str(), "order-1", "unscoped: the earlier layout");
+        assert_eq!(op.as_str(), "~ order-1");
+        assert_eq!(
+            [a.owner(), b.owner(), anon.owner(), op.owner()],
+            ["shop-a", "shop-b", "", "~"]
+        );
+        // a storefront named like another's key, or a key that looks scoped
+        let tricky = ScopedKey::new(
+            &Tenant::Anonymous,
+            &IdempotencyKey::parse("shop-a").unwrap(),
+        );
+        assert_eq!(tricky.owner(), "", "an unscoped key has no owner");
+        assert!(StorefrontId::parse("~").is_err());
+        assert!(StorefrontId::parse("a b").is_err());
+        // the promoter's key of a ticket, for every owner: no client key of
+        // any tenant is it, however the client spells it
+        for owner in ["", "shop-a", "~"] {
+            let p = ScopedKey::promotion(owner, "drop.w.0123", "0").unwrap();
+            assert_eq!(p.owner(), owner);
+            assert!(p.as_str().contains("  "), "{p:?}");
+            for client in ["wl:drop.w.0123:0", " wl:drop.w.0123:0", "a"] {
+                if let Ok(c) = IdempotencyKey::parse(client) {
+                    for t in [shop("shop-a"), Tenant::Anonymous, Tenant::Operator] {
+                        assert_ne!(ScopedKey::new(&t, &c), p);
+                    }
+                }
+            }
+        }
+        assert!(ScopedKey::promotion("a b", "t", "0").is_err());
+    }
+
+    #[test]
+    fn a_storefront_sees_its_own_and_unscoped_things_only() {
+        let a = shop("shop-a");
+        assert!(a.sees("shop-a") && a.sees(""));
+        assert!(!a.sees("shop-b") && !a.sees("~"));
+        assert!(Tenant::Operator.sees("shop-b") && Tenant::Anonymous.sees("shop-b"));
+        assert_eq!(a.lua_scope(), "shop-a");
+        assert_eq!(Tenant::Operator.lua_scope(), "*");
     }
 }

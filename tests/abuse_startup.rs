@@ -299,7 +299,11 @@ fn a_catalogue_with_one_absurd_row_loads_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("z-bad") && err.contains("stock"), "{err}");
-    assert_eq!(all_keys(&redis), Vec::<String>::new(), "a refused catalogue wrote");
+    assert_eq!(
+        all_keys(&redis),
+        Vec::<String>::new(),
+        "a refused catalogue wrote"
+    );
     assert_eq!(
         pg.psql("SELECT count(*) FROM skus WHERE loaded_at IS NOT NULL"),
         "0"

@@ -177,7 +177,7 @@ async fn replica_ack_waits_for_the_replica_and_fails_closed_without_it() {
         .expect("loaded");
     let key = "stalled-1";
     let first = {
-        let k = flashgate::domain::IdempotencyKey::parse(key).expect("key");
+        let k = anon(key);
         (k.stable_hash() % u64::from(meta.shards)) as usize
     };
     let master = cluster.owner(keyslot(&format!("{{{}}}", meta.tags[first])));
@@ -527,11 +527,11 @@ async fn a_master_killed_mid_sale_fails_over_without_a_wrong_answer() {
     };
     let on_victim = |shard: u16| victim_has(&format!("{{{}}}", meta.tags[usize::from(shard)]));
     let bucket_on_victim = |key: &str| {
-        let ik = flashgate::domain::IdempotencyKey::parse(key).expect("key");
+        let ik = anon(key);
         victim_has(&flashgate::inventory::keys::idem_global(&ik).1)
     };
     let first_shard = |key: &str| {
-        let ik = flashgate::domain::IdempotencyKey::parse(key).expect("key");
+        let ik = anon(key);
         (ik.stable_hash() % u64::from(meta.shards)) as u16
     };
     let good: Vec<String> = (0..)
@@ -705,7 +705,7 @@ async fn a_master_killed_mid_sale_fails_over_without_a_wrong_answer() {
     let mut k = 0;
     let key = loop {
         let key = format!("after-{k}");
-        let ik = flashgate::domain::IdempotencyKey::parse(&key).expect("key");
+        let ik = anon(&key);
         if ik.stable_hash().is_multiple_of(u64::from(meta.shards)) {
             break key;
         }
@@ -720,12 +720,18 @@ async fn a_master_killed_mid_sale_fails_over_without_a_wrong_answer() {
     assert_eq!(st.per_shard[0].node, Some(format!("127.0.0.1:{replica}")));
 }
 
+/// A client's key as the implicit storefront (no auth) stores it.
+fn anon(key: &str) -> flashgate::domain::ScopedKey {
+    let k = flashgate::domain::IdempotencyKey::parse(key).expect("key");
+    flashgate::domain::ScopedKey::new(&flashgate::domain::Tenant::Anonymous, &k)
+}
+
 /// An idempotency key whose walk starts on `shard` (of `shards`).
 fn key_on_shard(prefix: &str, shard: u16, shards: u16) -> String {
     (0..)
         .map(|i| format!("{prefix}-{i}"))
         .find(|k| {
-            let ik = flashgate::domain::IdempotencyKey::parse(k).expect("key");
+            let ik = anon(k);
             ik.stable_hash() % u64::from(shards) == u64::from(shard)
         })
         .expect("some key hashes to every shard")

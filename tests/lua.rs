@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use flashgate::domain::{IdempotencyKey, ReservationId, Sku};
+use flashgate::domain::{IdempotencyKey, ReservationId, ScopedKey, Sku, Tenant};
 use flashgate::inventory::batch::{decode_reserve, ReserveReply};
 use flashgate::inventory::keys::{self, ShardKeys};
 use flashgate::inventory::scripts::{self, Script, Scripts, StoredRecord};
@@ -105,7 +105,7 @@ impl Fixture {
         hold_ms: u64,
         mark: bool,
     ) -> Vec<String> {
-        let key = IdempotencyKey::parse(key).unwrap();
+        let key = ScopedKey::new(&Tenant::Anonymous, &IdempotencyKey::parse(key).unwrap());
         // a batch of one (lua/reserve.lua answers one reply per request)
         let replies = self
             .run(
@@ -168,7 +168,7 @@ impl Fixture {
                     self.k.events(),
                     self.k.reserved_keys(),
                 ],
-                vec![rid.to_string()],
+                vec![rid.to_string(), "*".into()],
             )
             .await,
         )
@@ -189,7 +189,12 @@ impl Fixture {
             self.run(
                 &self.scripts.extend,
                 vec![self.k.record(&rid), self.k.holds()],
-                vec![rid.to_string(), grace.to_string(), max_total.to_string()],
+                vec![
+                    rid.to_string(),
+                    grace.to_string(),
+                    max_total.to_string(),
+                    "*".into(),
+                ],
             )
             .await,
         )
@@ -327,7 +332,7 @@ async fn reserve_batch_claiming(
 ) -> Vec<Vec<String>> {
     let mut args: Vec<String> = vec!["60000".into(), "86400000".into(), "90000000".into()];
     for ((key, qty, claim), rid) in reqs.iter().zip(rids) {
-        let key = IdempotencyKey::parse(key).unwrap();
+        let key = ScopedKey::new(&Tenant::Anonymous, &IdempotencyKey::parse(key).unwrap());
         args.extend([
             key.as_str().to_string(),
             rid.to_string(),
@@ -431,7 +436,10 @@ async fn concurrent_reserves_for_one_shard_share_script_calls() {
     let answers = futures::future::join_all((0..200).map(|i| {
         let (reserver, f, tag) = (reserver.clone(), &f, tag.clone());
         async move {
-            let key = IdempotencyKey::parse(&format!("c{i}")).unwrap();
+            let key = ScopedKey::new(
+                &Tenant::Anonymous,
+                &IdempotencyKey::parse(&format!("c{i}")).unwrap(),
+            );
             let rid = f.rid();
             let call = ReserveCall {
                 key: key.as_str().to_string(),
@@ -557,7 +565,7 @@ async fn a_claim_inside_reserve_stops_a_reused_key_before_the_shard_changes() {
     let f = fixture().await;
     f.preload(3, false).await;
     // "x1" was first used for another request (another SKU, say)
-    let x1 = keys::idem_global(&IdempotencyKey::parse("x1").unwrap()).1;
+    let x1 = keys::idem_global(&anon("x1")).1;
     let _: Value = f
         .run(
             &f.scripts.claim,
@@ -581,17 +589,12 @@ async fn a_claim_inside_reserve_stops_a_reused_key_before_the_shard_changes() {
     assert_eq!(first[2][1], "OTHER\n1:u");
     assert_eq!(f.books().await, (0, 3, 0));
     assert_eq!(f.events().await, 1 + 3, "preload + three holds");
-    let x1_here: bool = f
-        .pool
-        .next()
-        .exists(f.k.idem(&IdempotencyKey::parse("x1").unwrap()))
-        .await
-        .unwrap();
+    let x1_here: bool = f.pool.next().exists(f.k.idem(&anon("x1"))).await.unwrap();
     assert!(!x1_here, "a refused claim leaves no trace on the shard");
     let a1: String = f
         .pool
         .next()
-        .get(keys::idem_global(&IdempotencyKey::parse("a1").unwrap()).1)
+        .get(keys::idem_global(&anon("a1")).1)
         .await
         .unwrap();
     assert_eq!(a1, body, "the first request's body is the key's claim");
@@ -613,7 +616,7 @@ async fn a_claim_inside_reserve_stops_a_reused_key_before_the_shard_changes() {
 #[tokio::test]
 async fn a_claim_fixes_the_first_body_of_each_key_and_a_resend_changes_nothing() {
     let f = fixture().await;
-    let rec = |k: &str| keys::idem_global(&IdempotencyKey::parse(k).unwrap()).1;
+    let rec = |k: &str| keys::idem_global(&anon(k)).1;
     let claim = |pairs: Vec<(&str, &str)>| {
         let keys: Vec<String> = pairs.iter().map(|(k, _)| rec(k)).collect();
         let mut args = vec!["60000".to_string()];
@@ -994,4 +997,9 @@ async fn expire_names_the_buyers_whose_holds_ended() {
             "short-key".into()
         ]
     );
+}
+
+/// A client's key as the implicit storefront (no auth) stores it.
+fn anon(key: &str) -> ScopedKey {
+    ScopedKey::new(&Tenant::Anonymous, &IdempotencyKey::parse(key).unwrap())
 }

@@ -8,7 +8,7 @@ use support::spawn_app_with as app_with;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashgate::domain::{ReservationId, Sku};
+use flashgate::domain::{ReservationId, Sku, Tenant};
 use flashgate::inventory::waitlist::TicketId;
 use flashgate::inventory::Inventory;
 use flashgate::metrics::Metrics;
@@ -383,7 +383,7 @@ async fn a_promoter_killed_mid_promotion_still_promotes_exactly_once() {
     }
     app.stop().await; // no background promoter from here on
     for rid in &holds {
-        inv.release(&ReservationId::parse(rid).unwrap())
+        inv.release(&ReservationId::parse(rid).unwrap(), &Tenant::Operator)
             .await
             .unwrap();
     }
@@ -408,7 +408,10 @@ async fn a_promoter_killed_mid_promotion_still_promotes_exactly_once() {
     }
     let mut rids = std::collections::HashSet::new();
     for (i, t) in tickets.iter().enumerate() {
-        let t = inv.ticket(&TicketId::parse(t).unwrap()).await.unwrap();
+        let t = inv
+            .ticket(&TicketId::parse(t).unwrap(), &Tenant::Operator)
+            .await
+            .unwrap();
         if i < 10 {
             assert_eq!(t.status, "promoted", "ticket {i}");
             assert!(

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::body::{self, Body};
 use crate::app::AppState;
-use crate::domain::{IdempotencyKey, Qty, ReservationId, Sku, UserId};
+use crate::domain::{IdempotencyKey, Qty, ReservationId, ScopedKey, Sku, Tenant, UserId};
 use crate::error::ApiError;
 use crate::inventory::{ReserveOutcome, ReserveRequest};
 
@@ -188,13 +188,15 @@ async fn dispatch(
             .check_client(caller.client_id(state.auth.storefronts()))
             .map_err(|l| limited(state, l))?;
     }
+    // whose keys, reservations and tickets these are (docs/tenancy.md)
+    let tenant = state.auth.tenant(caller)?;
     match (&method, segs) {
-        (&Method::POST, ["v1", "reservations"]) => Box::pin(reserve(state, req)).await,
+        (&Method::POST, ["v1", "reservations"]) => Box::pin(reserve(state, req, &tenant)).await,
         (&Method::GET, ["v1", "reservations", id]) => {
             let rid = parse_rid(id)?;
             Ok(body::reservation(
                 StatusCode::OK,
-                &Box::pin(state.inventory.get(&rid)).await?,
+                &Box::pin(state.inventory.get(&rid, &tenant)).await?,
             ))
         }
         (
@@ -203,9 +205,9 @@ async fn dispatch(
         ) => {
             let rid = parse_rid(id)?;
             let r = match *action {
-                "confirm" => Box::pin(state.inventory.confirm(&rid)).await,
-                "release" => Box::pin(state.inventory.release(&rid)).await,
-                _ => Box::pin(state.inventory.extend(&rid)).await,
+                "confirm" => Box::pin(state.inventory.confirm(&rid, &tenant)).await,
+                "release" => Box::pin(state.inventory.release(&rid, &tenant)).await,
+                _ => Box::pin(state.inventory.extend(&rid, &tenant)).await,
             }
             .map_err(ApiError::from)?;
             match *action {
@@ -234,14 +236,14 @@ async fn dispatch(
             let id = parse_ticket(id)?;
             Ok(body::json(
                 StatusCode::OK,
-                &Box::pin(state.inventory.ticket(&id)).await?,
+                &Box::pin(state.inventory.ticket(&id, &tenant)).await?,
             ))
         }
         (&Method::DELETE, ["v1", "waitlist", id]) => {
             let id = parse_ticket(id)?;
             Ok(body::json(
                 StatusCode::OK,
-                &Box::pin(state.inventory.cancel_ticket(&id)).await?,
+                &Box::pin(state.inventory.cancel_ticket(&id, &tenant)).await?,
             ))
         }
         (&Method::GET, ["admin", "v1", "skus", sku]) => {
@@ -380,7 +382,11 @@ struct ReserveBody<'a> {
     waitlist: bool,
 }
 
-async fn reserve(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn reserve(
+    state: &AppState,
+    req: Request<Incoming>,
+    tenant: &Tenant,
+) -> Result<Response<Body>, ApiError> {
     let key = match req.headers().get(&IDEMPOTENCY_KEY) {
         None => {
             return Err(ApiError::InvalidRequest(
@@ -391,7 +397,11 @@ async fn reserve(state: &AppState, req: Request<Incoming>) -> Result<Response<Bo
             let v = v.to_str().map_err(|_| {
                 ApiError::InvalidRequest("Idempotency-Key must be visible ASCII".into())
             })?;
-            IdempotencyKey::parse(v).map_err(ApiError::InvalidRequest)?
+            // the client's key, in its storefront's namespace
+            ScopedKey::new(
+                tenant,
+                &IdempotencyKey::parse(v).map_err(ApiError::InvalidRequest)?,
+            )
         }
     };
     let bytes = body::read_body(req, state.config.body_limit_bytes).await?;

@@ -13,6 +13,7 @@
 //! | `fg:{SKU#s}:holds`        | zset   | reservation id → deadline (ms): the expiry list   |
 //! | `fg:{SKU#s}:r:<rid>`      | hash   | the reservation                                   |
 //! | `fg:{SKU#s}:idem:<key>`   | string | `R|<rid>|<fp>` or the tombstone `M|<fp>`          |
+//! |                           |        | (`<key>`: always a `ScopedKey`, domain.rs)         |
 //! | `fg:{SKU#s}:events`       | stream | outbox of every stock change (for the ledger)     |
 //! |                           |        | (a reserve.lua call's holds: one `held` entry)     |
 //! | `fg:{SKU#s}:xfers`        | hash   | transfers out of this shard not yet applied       |
@@ -23,7 +24,7 @@
 //! | `fg:{SKU#s}:keys`         | set    | idempotency keys of the shard's reservations       |
 //! | `fg:{wl:SKU}:…`           | …      | the waitlist: queue, stream, tickets (waitlist.rs) |
 
-use crate::domain::{IdempotencyKey, ReservationId, Sku};
+use crate::domain::{ReservationId, ScopedKey, Sku};
 
 /// The keys of one shard of one SKU.
 #[derive(Clone, Debug)]
@@ -73,7 +74,7 @@ impl ShardKeys {
     pub fn reserved_keys(&self) -> String {
         [self.prefix.as_str(), "keys"].concat()
     }
-    pub fn idem(&self, key: &IdempotencyKey) -> String {
+    pub fn idem(&self, key: &ScopedKey) -> String {
         [self.prefix.as_str(), "idem:", key.as_str()].concat()
     }
     /// Prefix of reservation records; the expiry script appends the id.
@@ -106,7 +107,7 @@ impl WaitKeys {
     pub fn users(&self) -> String {
         [self.prefix.as_str(), "users"].concat()
     }
-    pub fn idem(&self, key: &IdempotencyKey) -> String {
+    pub fn idem(&self, key: &ScopedKey) -> String {
         [self.prefix.as_str(), "idem:", key.as_str()].concat()
     }
     pub fn seq(&self) -> String {
@@ -151,19 +152,19 @@ pub const IDEM_BUCKETS: u64 = 16;
 /// records are spread over [`IDEM_BUCKETS`] hash tags — enough slots to spread
 /// over a cluster's masters — so that the claims of one bucket that arrive
 /// together go to Redis as one `claim.lua` call.
-pub fn idem_global(key: &IdempotencyKey) -> (String, String) {
+pub fn idem_global(key: &ScopedKey) -> (String, String) {
     let bucket = idem_bucket(key);
     let record = ["fg:{", bucket, "}:", key.as_str()].concat();
     (bucket.to_owned(), record)
 }
 
 /// The record of [`idem_global`] alone (one Redis server needs no bucket).
-pub fn idem_record(key: &IdempotencyKey) -> String {
+pub fn idem_record(key: &ScopedKey) -> String {
     ["fg:{", idem_bucket(key), "}:", key.as_str()].concat()
 }
 
 /// `idem~NN`: the hash tag of `key`'s bucket.
-fn idem_bucket(key: &IdempotencyKey) -> &'static str {
+fn idem_bucket(key: &ScopedKey) -> &'static str {
     const BUCKETS: [&str; IDEM_BUCKETS as usize] = [
         "idem~00", "idem~01", "idem~02", "idem~03", "idem~04", "idem~05", "idem~06", "idem~07",
         "idem~08", "idem~09", "idem~10", "idem~11", "idem~12", "idem~13", "idem~14", "idem~15",
@@ -199,7 +200,10 @@ mod tests {
     fn the_key_names_are_exactly_the_layout() {
         let sku = Sku::parse("hot-1").unwrap();
         let k = ShardKeys::new(&default_tag(&sku, 2));
-        let key = IdempotencyKey::parse("k-9").unwrap();
+        let key = ScopedKey::new(
+            &crate::domain::Tenant::Anonymous,
+            &crate::domain::IdempotencyKey::parse("k-9").unwrap(),
+        );
         let rid = ReservationId::new(&sku, 2, &uuid::Uuid::nil());
         assert_eq!(k.stock(), "fg:{hot-1#2}:stock");
         assert_eq!(k.reserved_keys(), "fg:{hot-1#2}:keys");

@@ -94,7 +94,7 @@ use fred::types::Value;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::domain::{IdempotencyKey, Qty, ReservationId, Sku, UserId};
+use crate::domain::{Qty, ReservationId, ScopedKey, Sku, Tenant, UserId};
 use crate::error::{ApiError, InventoryError};
 use crate::metrics::Metrics;
 use batch::ReserveReply;
@@ -145,7 +145,8 @@ pub struct ReserveRequest {
     pub sku: Sku,
     pub qty: Qty,
     pub user: UserId,
-    pub key: IdempotencyKey,
+    /// The key in its owner's namespace: the caller's, or the promoter's.
+    pub key: ScopedKey,
     /// Join the SKU's waitlist when it is sold out.
     pub waitlist: bool,
 }
@@ -785,7 +786,7 @@ impl Inventory {
     /// request re-checks the shards (single flight) while the others keep
     /// the answer for at most one more period; so a crowd costs one walk per
     /// period, and returned units are seen within two periods at the most.
-    fn fast_path(&self, sku: &Sku, key: &IdempotencyKey) -> FastPath {
+    fn fast_path(&self, sku: &Sku, key: &ScopedKey) -> FastPath {
         let Ok(mut marks) = self.sold_out.lock() else {
             return FastPath::Walk;
         };
@@ -861,11 +862,7 @@ impl Inventory {
 
     /// Did `key` join the SKU's waitlist? (Its retry is answered its ticket,
     /// never `waitlist_full`.) One EXISTS, no write.
-    async fn joined_waitlist(
-        &self,
-        sku: &Sku,
-        key: &IdempotencyKey,
-    ) -> Result<bool, InventoryError> {
+    async fn joined_waitlist(&self, sku: &Sku, key: &ScopedKey) -> Result<bool, InventoryError> {
         let idem = keys::WaitKeys::new(sku).idem(key);
         let n: i64 = self
             .nodes
@@ -1191,18 +1188,34 @@ impl Inventory {
 
     // -------------------------------------------------- confirm, release, extend
 
-    pub async fn confirm(&self, rid: &ReservationId) -> Result<Reservation, InventoryError> {
-        self.end(&self.scripts.confirm, rid).await
+    // Ownership (docs/tenancy.md): confirm, release and extend check it in
+    // their script, which reads the record anyway (no extra round trip);
+    // `get` checks the record it read. Another storefront's reservation is
+    // not found, exactly as one that does not exist.
+
+    /// `viewer` confirms `rid` (404 unless it may see it).
+    pub async fn confirm(
+        &self,
+        rid: &ReservationId,
+        viewer: &Tenant,
+    ) -> Result<Reservation, InventoryError> {
+        self.end(&self.scripts.confirm, rid, viewer).await
     }
 
-    pub async fn release(&self, rid: &ReservationId) -> Result<Reservation, InventoryError> {
-        self.end(&self.scripts.release, rid).await
+    /// `viewer` releases `rid` (404 unless it may see it).
+    pub async fn release(
+        &self,
+        rid: &ReservationId,
+        viewer: &Tenant,
+    ) -> Result<Reservation, InventoryError> {
+        self.end(&self.scripts.release, rid, viewer).await
     }
 
     async fn end(
         &self,
         script: &scripts::Script,
         rid: &ReservationId,
+        viewer: &Tenant,
     ) -> Result<Reservation, InventoryError> {
         let meta = self.meta_for(rid).await?;
         let sk = meta.keys(rid.shard());
@@ -1217,7 +1230,7 @@ impl Inventory {
                     sk.events(),
                     sk.reserved_keys(),
                 ],
-                vec![rid.to_string()],
+                vec![rid.to_string(), viewer.lua_scope().to_owned()],
             )
             .await?;
         let items = array(reply)?;
@@ -1238,7 +1251,12 @@ impl Inventory {
         hold_reply(rid, Value::Array(items))
     }
 
-    pub async fn extend(&self, rid: &ReservationId) -> Result<Reservation, InventoryError> {
+    /// `viewer` extends `rid` (404 unless it may see it).
+    pub async fn extend(
+        &self,
+        rid: &ReservationId,
+        viewer: &Tenant,
+    ) -> Result<Reservation, InventoryError> {
         let sk = self.shard_keys_of(rid).await?;
         let reply = self
             .run(
@@ -1248,6 +1266,7 @@ impl Inventory {
                     rid.to_string(),
                     self.settings.extend_ms.to_string(),
                     self.settings.max_hold_ms.to_string(),
+                    viewer.lua_scope().to_owned(),
                 ],
             )
             .await?;
@@ -1267,12 +1286,21 @@ impl Inventory {
         }
     }
 
-    pub async fn get(&self, rid: &ReservationId) -> Result<Reservation, InventoryError> {
+    /// The reservation `rid` as `viewer` may see it (404 when it may not).
+    pub async fn get(
+        &self,
+        rid: &ReservationId,
+        viewer: &Tenant,
+    ) -> Result<Reservation, InventoryError> {
         let key = self.shard_keys_of(rid).await?.record(rid);
         let reply = self.run(&self.scripts.records, vec![key], vec![]).await?;
         let Some(Some(record)) = scripts::decode_records(reply)?.into_iter().next() else {
             return Err(ApiError::ReservationNotFound.into());
         };
+        // the owner never changes: reading it with the record is race-free
+        if !viewer.sees(ScopedKey::owner_of(&record.idem)) {
+            return Err(ApiError::ReservationNotFound.into());
+        }
         let exp = record.exp;
         let mut status = status_name(&record.status)?;
         // Past its deadline a hold is expired, whether or not the sweeper has
@@ -1662,6 +1690,7 @@ pub fn split(stock: i64, shards: u16) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::IdempotencyKey;
 
     #[test]
     fn split_is_even_and_complete() {
@@ -1679,7 +1708,7 @@ mod tests {
             sku: Sku::parse("s").unwrap(),
             qty: Qty::parse(qty, 100).unwrap(),
             user: UserId::parse(user).unwrap(),
-            key: IdempotencyKey::parse("k").unwrap(),
+            key: ScopedKey::new(&Tenant::Anonymous, &IdempotencyKey::parse("k").unwrap()),
             waitlist,
         };
         let bodies = [

@@ -20,7 +20,10 @@
 //! group — first everything still pending (claimed with XAUTOCLAIM, e.g. from a
 //! promoter that died mid-promotion), then new ones. A ticket is promoted by
 //! the ordinary sharded reserve walk under the idempotency key
-//! `wl:<ticket>:<attempt>`, so running a promotion twice (two promoters, or a
+//! `<owner>  wl:<ticket>:<attempt>` (the ticket owner's scope, then two
+//! spaces: a form no client key can take, `ScopedKey` in domain.rs — a
+//! client that could send it could make every round fail as a reused key),
+//! so running a promotion twice (two promoters, or a
 //! retry after a crash between creating the hold and acknowledging the entry)
 //! replays the same hold instead of making a second. `wl_end.lua` then moves
 //! the ticket from waiting to promoted exactly once and acknowledges the
@@ -39,7 +42,7 @@ use tokio::sync::watch;
 use super::keys::WaitKeys;
 use super::scripts::{array, at, int, text};
 use super::{ms_to_rfc3339, now_ms, Inventory, ReserveOutcome, ReserveRequest, SkuMeta};
-use crate::domain::{IdempotencyKey, Qty, Sku, UserId};
+use crate::domain::{Qty, ScopedKey, Sku, Tenant, UserId};
 use crate::error::{ApiError, InventoryError};
 use crate::metrics::Metrics;
 
@@ -151,6 +154,7 @@ impl Inventory {
                     self.settings.ticket_ttl_ms.to_string(),
                     self.settings.idem_ttl_ms.to_string(),
                     wk.ticket_prefix(),
+                    req.key.owner().to_string(),
                 ],
             )
             .await?,
@@ -170,7 +174,8 @@ impl Inventory {
                 }
                 let id =
                     TicketId::parse(&text(at(&reply, 1)?)?).map_err(InventoryError::Protocol)?;
-                let t = self.ticket(&id).await?;
+                // the key's own ticket: the key's scope is its owner
+                let t = self.ticket(&id, &Tenant::Operator).await?;
                 Ok(if kind == "joined" {
                     ReserveOutcome::Waitlisted(t)
                 } else {
@@ -225,8 +230,10 @@ impl Inventory {
         Ok(())
     }
 
-    /// A ticket as it is now (404 when unknown).
-    pub async fn ticket(&self, id: &TicketId) -> Result<Ticket, InventoryError> {
+    /// A ticket as it is now, as `viewer` may see it (404 when unknown, or
+    /// another storefront's: a ticket belongs to the storefront whose
+    /// request made it, field `owner`; none for a ticket made unscoped).
+    pub async fn ticket(&self, id: &TicketId, viewer: &Tenant) -> Result<Ticket, InventoryError> {
         let wk = WaitKeys::new(id.sku());
         let key = id.to_string();
         let f: std::collections::HashMap<String, String> = self
@@ -243,6 +250,9 @@ impl Inventory {
         ) else {
             return Err(ApiError::TicketNotFound.into());
         };
+        if !viewer.sees(f.get("owner").map_or("", String::as_str)) {
+            return Err(ApiError::TicketNotFound.into());
+        }
         let mut status = status.clone();
         let mut position = None;
         if status == "waiting" {
@@ -276,11 +286,17 @@ impl Inventory {
 
     /// The buyer leaves the queue. Idempotent; a ticket already promoted,
     /// expired or cancelled is answered as it is (409 for promoted/expired).
-    pub async fn cancel_ticket(&self, id: &TicketId) -> Result<Ticket, InventoryError> {
-        let t = self.ticket(id).await?;
+    /// 404 unless `viewer` may see the ticket (its owner never changes, so
+    /// the check before the change is race-free).
+    pub async fn cancel_ticket(
+        &self,
+        id: &TicketId,
+        viewer: &Tenant,
+    ) -> Result<Ticket, InventoryError> {
+        let t = self.ticket(id, viewer).await?;
         self.end_ticket(id.sku(), &t.ticket_id, "cancelled", "", 0, "")
             .await?;
-        let t = self.ticket(id).await?;
+        let t = self.ticket(id, viewer).await?;
         match t.status.as_str() {
             "cancelled" => Ok(t),
             "promoted" => Err(ApiError::TicketState("promoted").into()),
@@ -452,8 +468,15 @@ impl Inventory {
                 .await?;
             return Ok((Step::Done, None));
         };
-        let key = IdempotencyKey::parse(&format!("wl:{ticket}:{attempt}"))
-            .map_err(InventoryError::Protocol)?;
+        // the promoter's own key, in the ticket owner's namespace: no client
+        // key can be it (domain.rs), and the hold belongs to the ticket's
+        // storefront
+        let owner = f.get("owner").map_or("", String::as_str);
+        let Ok(key) = ScopedKey::promotion(owner, ticket, &attempt) else {
+            self.end_ticket(&meta.sku, ticket, "cancelled", "", 0, "corrupt")
+                .await?;
+            return Ok((Step::Done, None));
+        };
         let req = ReserveRequest {
             sku: meta.sku.clone(),
             qty: Qty::parse(qty, u32::MAX).map_err(InventoryError::Protocol)?,
@@ -486,14 +509,14 @@ impl Inventory {
                 {
                     EndTicket::Ended => {
                         let id = TicketId::parse(ticket).map_err(InventoryError::Protocol)?;
-                        Ok((Step::Done, Some(self.ticket(&id).await?)))
+                        Ok((Step::Done, Some(self.ticket(&id, &Tenant::Operator).await?)))
                     }
                     EndTicket::Was(other) => {
                         // cancelled while we reserved: give the units back
                         if other != "promoted" {
                             let rid = crate::domain::ReservationId::parse(&r.reservation_id)
                                 .map_err(InventoryError::Protocol)?;
-                            match self.release(&rid).await {
+                            match self.release(&rid, &Tenant::Operator).await {
                                 Ok(_) => {}
                                 Err(InventoryError::Api(e))
                                     if matches!(*e, ApiError::ReservationState(_)) => {}
