@@ -120,6 +120,9 @@ pub struct ServeArgs {
     /// Serve without authentication (local demos only).
     #[arg(long, env = "FLASHGATE_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// Run on a Redis whose maxmemory-policy is not noeviction (docs/operations.md).
+    #[arg(long, env = "FLASHGATE_ALLOW_EVICTION_POLICY")]
+    pub allow_eviction_policy: bool,
     #[arg(long, env = "FLASHGATE_USER_RATE_PER_SECOND")]
     pub user_rate_per_second: Option<u32>,
     #[arg(long, env = "FLASHGATE_USER_BURST")]
@@ -192,6 +195,9 @@ impl ServeArgs {
         );
         if self.insecure_no_auth {
             c.insecure_no_auth = true;
+        }
+        if self.allow_eviction_policy {
+            c.allow_eviction_policy = true;
         }
         // empty entries from "a,,b" or an empty variable are not keys
         c.api_keys.retain(|k| !k.is_empty());

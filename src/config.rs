@@ -97,6 +97,10 @@ pub struct Config {
     pub global_burst: u32,
     /// How often idle buckets are forgotten, to keep memory bounded.
     pub limiter_prune_seconds: u64,
+    /// Run on a Redis whose `maxmemory-policy` is not `noeviction` (or whose
+    /// policy cannot be read). Off: such a Redis refuses the start and fails
+    /// `/readyz` (docs/operations.md).
+    pub allow_eviction_policy: bool,
 }
 
 impl Default for Config {
@@ -141,6 +145,7 @@ impl Default for Config {
             global_rate_per_second: 0,
             global_burst: 0,
             limiter_prune_seconds: 30,
+            allow_eviction_policy: false,
         }
     }
 }

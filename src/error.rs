@@ -48,6 +48,10 @@ pub enum ApiError {
     Timeout,
     #[error("internal error")]
     Internal(#[source] InventoryError),
+    /// `/readyz`: not ready for a reason other than Redis being unreachable
+    /// (a Redis flashgate must not run on, a stalled background task).
+    #[error("{message}")]
+    NotReady { code: &'static str, message: String },
 }
 
 impl ApiError {
@@ -71,7 +75,9 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::RedisUnavailable(_) | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RedisUnavailable(_) | ApiError::Timeout | ApiError::NotReady { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -102,6 +108,7 @@ impl ApiError {
             ApiError::RedisUnavailable(_) => "redis_unavailable",
             ApiError::Timeout => "timeout",
             ApiError::Internal(_) => "internal",
+            ApiError::NotReady { code, .. } => code,
         }
     }
 
@@ -130,6 +137,10 @@ pub enum InventoryError {
     /// Redis answered something the protocol does not allow: a bug.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
+    /// Redis is reachable but not one flashgate may run on (too old, or it
+    /// may evict keys: `inventory/preflight.rs`). The message says why.
+    #[error("{0}")]
+    Unsuitable(String),
     #[error(transparent)]
     Api(Box<ApiError>),
 }
@@ -145,6 +156,10 @@ impl From<InventoryError> for ApiError {
         match e {
             InventoryError::Unavailable(_) => ApiError::RedisUnavailable(e),
             InventoryError::Protocol(_) => ApiError::Internal(e),
+            InventoryError::Unsuitable(message) => ApiError::NotReady {
+                code: "redis_unsuitable",
+                message,
+            },
             InventoryError::Api(api) => *api,
         }
     }

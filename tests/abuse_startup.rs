@@ -299,9 +299,149 @@ fn a_catalogue_with_one_absurd_row_loads_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("z-bad") && err.contains("stock"), "{err}");
-    assert_eq!(all_keys(&redis), Vec::<String>::new(), "a refused catalogue wrote");
+    assert_eq!(
+        all_keys(&redis),
+        Vec::<String>::new(),
+        "a refused catalogue wrote"
+    );
     assert_eq!(
         pg.psql("SELECT count(*) FROM skus WHERE loaded_at IS NOT NULL"),
         "0"
     );
+}
+
+// ------------------------------------ #17.9 eviction, #24.8 Redis version
+
+/// `/readyz` until it answers `want` (a deadline for waiting, not a
+/// performance bound); the last answer.
+async fn poll_readyz(app: &support::TestApp, want: StatusCode) -> support::Answer {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let a = app.get("/readyz").await;
+        if a.status == want {
+            return a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz stayed {} {:?}",
+            a.status,
+            a.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_redis_that_may_evict_keys_is_refused_at_start_unless_overridden() {
+    let redis = RedisServer::start_with_args(&["--maxmemory-policy", "allkeys-lru"]);
+    let err = match flashgate::app::App::build(support::test_config(&redis)).await {
+        Ok(_) => panic!("started on a Redis that evicts keys"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("maxmemory-policy")
+            && err.contains("allkeys-lru")
+            && err.contains("noeviction")
+            && err.contains("allow-eviction-policy"),
+        "{err}"
+    );
+    // the override is explicit, and then the service serves
+    let app = spawn_app_with(&redis, |c| c.allow_eviction_policy = true).await;
+    assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
+    app.preload("evict", 3, 1).await;
+    let r = app.reserve("k1", "evict", 1, "u1").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+}
+
+#[test]
+fn the_cli_refuses_a_redis_that_may_evict_keys() {
+    let redis = RedisServer::start_with_args(&["--maxmemory-policy", "volatile-ttl"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_flashgate"))
+        .args(["preload", "--sku", "cli-evict", "--stock", "5"])
+        .env("FLASHGATE_REDIS_URL", redis.url())
+        .output()
+        .expect("run flashgate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("volatile-ttl"), "{err}");
+    assert_eq!(all_keys(&redis), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn readyz_fails_while_the_eviction_policy_is_changed_at_runtime() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(&redis, |_| {}).await;
+    assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]),
+        "OK"
+    );
+    let a = poll_readyz(&app, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(a.code(), "redis_unsuitable", "{:?}", a.body);
+    let msg = a.body["error"]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("volatile-lru"), "{msg}");
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    poll_readyz(&app, StatusCode::OK).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_every_master_is_checked() {
+    let cluster = support::cluster::Cluster::start(3, 0);
+    let masters: Vec<u16> = cluster.masters().keys().copied().collect();
+    let last = *masters.last().expect("masters");
+    support::cluster::cli(
+        last,
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-random"],
+    );
+    let mut config = flashgate::config::Config {
+        redis_url: cluster.url(),
+        ..flashgate::config::Config::default()
+    };
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.insecure_no_auth = true;
+    config.redis_timeout_ms = 2000;
+    let err = match flashgate::app::App::build(config.clone()).await {
+        Ok(_) => panic!("started on a cluster with a master that evicts keys"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("allkeys-random") && err.contains(&last.to_string()),
+        "{err}"
+    );
+    support::cluster::cli(last, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let app = flashgate::app::App::build(config).await.expect("starts");
+    drop(app);
+}
+
+#[test]
+fn a_redis_older_than_7_is_refused() {
+    use flashgate::inventory::preflight;
+    // the real INFO text of the test redis (7.x), and the same text as a
+    // Redis 6.2 would write it
+    let redis = RedisServer::start();
+    let info = redis.cli(&["INFO", "server"]);
+    let v = preflight::redis_version(&info).expect("a version in INFO");
+    assert!(v >= preflight::Version(7, 0, 0), "{v:?}");
+    assert!(preflight::check_version("127.0.0.1:1", &info).is_ok());
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("redis_version:"))
+        .expect("redis_version line");
+    let old = info.replace(line, "redis_version:6.2.14");
+    let err = preflight::check_version("127.0.0.1:1", &old).unwrap_err();
+    assert!(
+        err.contains("6.2.14") && err.contains("7.0") && err.contains("127.0.0.1:1"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_7_is_accepted_at_start() {
+    let redis = RedisServer::start();
+    let app = flashgate::app::App::build(support::test_config(&redis))
+        .await
+        .expect("starts on redis 7");
+    let versions = app.state().inventory.server_versions().await.expect("INFO");
+    assert_eq!(versions.len(), 1);
+    assert!(versions[0].1 >= flashgate::inventory::preflight::Version(7, 0, 0));
 }

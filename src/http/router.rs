@@ -257,6 +257,7 @@ async fn ops(state: &AppState, method: &Method, segs: &[&str]) -> Result<Respons
                 StatusCode::OK,
                 &serde_json::json!({"status": "ready"}),
             )),
+            Err(e @ crate::error::InventoryError::Unsuitable(_)) => Err(e.into()),
             Err(e) => Err(ApiError::RedisUnavailable(e)),
         },
         _ => Ok(body::with_type(

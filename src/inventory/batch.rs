@@ -439,6 +439,7 @@ fn same(e: &InventoryError) -> InventoryError {
     match e {
         InventoryError::Unavailable(m) => InventoryError::Unavailable(m.clone()),
         InventoryError::Protocol(m) => InventoryError::Protocol(m.clone()),
+        InventoryError::Unsuitable(m) => InventoryError::Unsuitable(m.clone()),
         InventoryError::Api(api) => InventoryError::Protocol(format!("batch: {api}")),
     }
 }
