@@ -145,6 +145,11 @@ pub struct ServeArgs {
     pub waitlist_ticket_seconds: Option<u64>,
     #[arg(long, env = "FLASHGATE_WAITLIST_WEBHOOK_URL")]
     pub waitlist_webhook_url: Option<String>,
+    #[arg(long, env = "FLASHGATE_TASK_STALL_MS")]
+    pub task_stall_ms: Option<u64>,
+    /// Tests only: `task:N` makes a background task panic in its first N rounds.
+    #[arg(long, env = "FLASHGATE_FAULT_TASK_PANICS", hide = true)]
+    pub fault_task_panics: Option<String>,
 }
 
 impl ServeArgs {
@@ -191,7 +196,9 @@ impl ServeArgs {
             sold_out_cache_ms,
             waitlist_capacity,
             waitlist_ticket_seconds,
-            waitlist_webhook_url
+            waitlist_webhook_url,
+            task_stall_ms,
+            fault_task_panics
         );
         if self.insecure_no_auth {
             c.insecure_no_auth = true;

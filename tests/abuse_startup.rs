@@ -445,3 +445,57 @@ async fn a_redis_7_is_accepted_at_start() {
     assert_eq!(versions.len(), 1);
     assert!(versions[0].1 >= flashgate::inventory::preflight::Version(7, 0, 0));
 }
+
+// --------------------------------------------- #17.8 supervised background tasks
+
+/// The value of `flashgate_task_restarts_total{task="<task>"}` on /metrics.
+async fn restarts(app: &support::TestApp, task: &str) -> Option<u64> {
+    let page = app.get("/metrics").await.body;
+    let page = page.as_str().unwrap_or("").to_owned();
+    let series = format!("flashgate_task_restarts_total{{task=\"{task}\"}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_sweeper_that_panics_is_restarted_counted_and_named_by_readyz() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(&redis, |c| {
+        c.sweep_interval_ms = 20;
+        // stalled after max(200 ms, 5 x 20 ms) without a completed round
+        c.task_stall_ms = 200;
+        // the sweeper panics at the end of its first 4 rounds; restarts
+        // back off 0.1 + 0.2 + 0.4 + 0.8 s, so it is stalled for ~1.5 s
+        c.fault_task_panics = "sweeper:4".into();
+        c.hold_seconds = 1;
+        c.max_hold_seconds = 1;
+    })
+    .await;
+    app.preload("sup", 1, 1).await;
+    let held = app.reserve("k1", "sup", 1, "u1").await;
+    assert_eq!(held.status, StatusCode::CREATED, "{:?}", held.body);
+
+    let stalled = poll_readyz(&app, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(stalled.code(), "task_stalled", "{:?}", stalled.body);
+    let msg = stalled.body["error"]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("sweeper"), "{msg}");
+    assert!(
+        !msg.contains("promoter") && !msg.contains("ledger"),
+        "only the sweeper is stalled: {msg}"
+    );
+
+    // restarted until the fault is spent, then ready again
+    poll_readyz(&app, StatusCode::OK).await;
+    assert_eq!(restarts(&app, "sweeper").await, Some(4));
+    assert_eq!(restarts(&app, "promoter").await, Some(0));
+    // and the restarted sweeper does its work: the 1 s hold expires
+    assert!(
+        support::eventually(std::time::Duration::from_secs(10), || async {
+            app.sku("sup").await["available"] == 1
+        })
+        .await,
+        "the hold never came back: the sweeper is not running"
+    );
+    app.assert_books("sup").await;
+}

@@ -253,6 +253,10 @@ async fn ops(state: &AppState, method: &Method, segs: &[&str]) -> Result<Respons
             &serde_json::json!({"status": "ok"}),
         )),
         ["readyz"] => match state.inventory.ready().await {
+            Ok(()) if !state.tasks.stalled().is_empty() => Err(ApiError::NotReady {
+                code: "task_stalled",
+                message: state.tasks.stalled().join("; "),
+            }),
             Ok(()) => Ok(body::json(
                 StatusCode::OK,
                 &serde_json::json!({"status": "ready"}),
