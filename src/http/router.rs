@@ -252,12 +252,17 @@ async fn ops(state: &AppState, method: &Method, segs: &[&str]) -> Result<Respons
             StatusCode::OK,
             &serde_json::json!({"status": "ok"}),
         )),
-        ["readyz"] => match state.inventory.ready().await {
-            Ok(()) if !state.tasks.stalled().is_empty() => Err(ApiError::NotReady {
+        ["readyz"] => match state
+            .inventory
+            .ready()
+            .await
+            .map(|()| state.tasks.stalled())
+        {
+            Ok(stalled) if !stalled.is_empty() => Err(ApiError::NotReady {
                 code: "task_stalled",
-                message: state.tasks.stalled().join("; "),
+                message: stalled.join("; "),
             }),
-            Ok(()) => Ok(body::json(
+            Ok(_) => Ok(body::json(
                 StatusCode::OK,
                 &serde_json::json!({"status": "ready"}),
             )),

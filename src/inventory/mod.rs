@@ -210,8 +210,6 @@ impl PreloadSpec {
 /// How preload.lua treats one shard's counters.
 #[derive(Clone, Copy)]
 enum ShardLoad {
-    /// Leave a shard that has counters alone.
-    Keep,
     /// Set its available units; holds and sales stay on the books.
     Force,
     /// A shard no meta names yet (never served): start it afresh.
@@ -1357,12 +1355,12 @@ impl Inventory {
             // s < shards <= MAX_SHARDS. A shard the meta does not name yet
             // (a new SKU, or one this preload adds) was never served: what
             // an earlier failed attempt left there is overwritten.
+            // (a loaded shard is only reached with force: without it, a
+            // loaded SKU was refused above)
             let mode = if s >= usize::from(loaded) {
                 ShardLoad::New
-            } else if force {
-                ShardLoad::Force
             } else {
-                ShardLoad::Keep
+                ShardLoad::Force
             };
             if !self
                 .preload_shard(&meta.keys(s as u16), *units, mode)
@@ -1418,7 +1416,6 @@ impl Inventory {
         mode: ShardLoad,
     ) -> Result<bool, InventoryError> {
         let mode = match mode {
-            ShardLoad::Keep => "0",
             ShardLoad::Force => "1",
             ShardLoad::New => "2",
         };
