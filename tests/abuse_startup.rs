@@ -240,6 +240,19 @@ async fn a_preload_that_failed_midway_completes_on_the_next_try() {
     );
     let st = app.assert_books("partial").await;
     assert_eq!((st.initial, st.available, st.shards), (10, 10, 4));
+    // the outbox agrees: each shard's preload events add up to its initial
+    // units (the failed attempt's events were not left behind to count twice)
+    for s in &st.per_shard {
+        let events = ShardKeys::new(&keys::default_tag(&sku, s.shard)).events();
+        let dump = redis.cli(&["XRANGE", &events, "-", "+"]);
+        let lines: Vec<&str> = dump.lines().collect();
+        let preloaded: i64 = lines
+            .windows(2)
+            .filter(|w| w[0] == "qty")
+            .map(|w| w[1].parse::<i64>().expect("qty"))
+            .sum();
+        assert_eq!(preloaded, s.initial, "shard {}: {dump}", s.shard);
+    }
     for i in 0..10 {
         let r = app
             .reserve(&format!("k{i}"), "partial", 1, &format!("u{i}"))
@@ -365,6 +378,37 @@ fn the_cli_refuses_a_redis_that_may_evict_keys() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("volatile-ttl"), "{err}");
     assert_eq!(all_keys(&redis), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_redis_that_hides_config_is_refused_unless_overridden() {
+    let redis = RedisServer::start();
+    // an ACL user without CONFIG, as managed Redis services hand out
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "fg",
+        "on",
+        ">fg-password",
+        "+@all",
+        "-config",
+        "~*",
+        "&*",
+    ];
+    assert_eq!(redis.cli(&acl), "OK");
+    let mut config = support::test_config(&redis);
+    config.redis_url = format!("redis://fg:fg-password@127.0.0.1:{}", redis.port);
+    let err = match flashgate::app::App::build(config.clone()).await {
+        Ok(_) => panic!("started without knowing the eviction policy"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("cannot read maxmemory-policy") && err.contains("allow-eviction-policy"),
+        "{err}"
+    );
+    config.allow_eviction_policy = true;
+    let app = support::spawn_app(config).await;
+    assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
 }
 
 #[tokio::test]
