@@ -1,5 +1,16 @@
 //! Builds the service from a [`Config`] and runs it: the HTTP server and the
-//! background tasks (expiry sweeper), all stopped by one shutdown signal.
+//! background tasks (expiry sweeper, waitlist promoter, ledger writer, rate
+//! limiter pruner), all stopped by one shutdown signal.
+//!
+//! **Supervision.** Every background task runs under [`supervise`]: a task
+//! that panics (a bug; nothing a client or Redis sends should make one) is
+//! restarted after a backoff (0.1 s doubling to 5 s, reset once it has run a
+//! while), and counted in `flashgate_task_restarts_total{task}`. Each task
+//! beats a [`Heartbeat`] after every round it completes — a failed round
+//! still counts: the task is alive and retrying, and Redis or Postgres being
+//! down is reported elsewhere. One that has not beaten for max(`task_stall_ms`,
+//! 5 × its interval) — crash-looping, or hung on an await — fails `/readyz`
+//! with `503 task_stalled` naming it ([`Tasks::stalled`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +26,7 @@ use crate::error::InventoryError;
 use crate::inventory::{expiry, Inventory};
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
+use crate::shutdown::Heartbeat;
 
 /// Everything a request handler may use.
 pub struct AppState {
@@ -23,6 +35,126 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub auth: Auth,
     pub limiter: Limiter,
+    /// The supervised background tasks (filled by [`App::run_until`]).
+    pub tasks: Tasks,
+}
+
+/// The background tasks' heartbeats, for `/readyz`.
+#[derive(Default)]
+pub struct Tasks {
+    entries: std::sync::Mutex<Vec<TaskEntry>>,
+}
+
+struct TaskEntry {
+    name: &'static str,
+    heartbeat: Heartbeat,
+    /// Stalled after this long without a completed round.
+    bound: Duration,
+}
+
+impl Tasks {
+    fn register(&self, name: &'static str, heartbeat: Heartbeat, bound: Duration) {
+        if let Ok(mut e) = self.entries.lock() {
+            e.push(TaskEntry {
+                name,
+                heartbeat,
+                bound,
+            });
+        }
+    }
+
+    /// One line per task that has not completed a round within its bound.
+    pub fn stalled(&self) -> Vec<String> {
+        let Ok(entries) = self.entries.lock() else {
+            return vec!["task registry poisoned".into()];
+        };
+        entries
+            .iter()
+            .filter_map(|t| {
+                let since = t.heartbeat.since();
+                (since > t.bound).then(|| {
+                    format!(
+                        "background task {} has not completed a round for {:.1} s (bound {:.1} s)",
+                        t.name,
+                        since.as_secs_f64(),
+                        t.bound.as_secs_f64()
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// The first restart of a panicked task waits this long, the next ones
+/// twice as long as the one before, up to [`RESTART_BACKOFF_MAX`].
+const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A task that ran this long before it failed restarts with the short backoff.
+const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(60);
+
+/// Run the task `make` builds under supervision, as `name` (one of
+/// `metrics::TASKS`), whose rounds come every `interval`: restart it after
+/// a panic (or an end that was not asked for) with a backoff, count the
+/// restart, and register its heartbeat for `/readyz`. Ends when `shutdown`
+/// turns true and the task has returned.
+fn supervise<F, Fut>(
+    state: &Arc<AppState>,
+    name: &'static str,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    make: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Heartbeat, watch::Receiver<bool>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let panics = state
+        .config
+        .fault_panics()
+        .filter(|(task, _)| *task == name)
+        .map_or(0, |(_, n)| n);
+    let heartbeat = Heartbeat::new(panics);
+    let bound = Duration::from_millis(state.config.task_stall_ms).max(interval * 5);
+    state.tasks.register(name, heartbeat.clone(), bound);
+    let metrics = state.metrics.clone();
+    tokio::spawn(async move {
+        let mut backoff = RESTART_BACKOFF_MIN;
+        loop {
+            let started = std::time::Instant::now();
+            let ended = tokio::spawn(make(heartbeat.clone(), shutdown.clone())).await;
+            if *shutdown.borrow() {
+                return;
+            }
+            match ended {
+                Ok(()) => {
+                    tracing::error!(task = name, "background task ended by itself; restarting")
+                }
+                Err(e) => {
+                    let why = match e.try_into_panic() {
+                        Ok(p) => p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic".into()),
+                        Err(e) => e.to_string(),
+                    };
+                    tracing::error!(task = name, panic = %why, backoff_ms = backoff.as_millis() as u64, "background task panicked; restarting");
+                }
+            }
+            metrics.task_restarts.with_label_values(&[name]).inc();
+            if started.elapsed() >= RESTART_BACKOFF_RESET {
+                backoff = RESTART_BACKOFF_MIN;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+        }
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +199,7 @@ impl App {
             state: Arc::new(AppState {
                 auth: Auth::from_config(&config),
                 limiter: config.limiter(),
+                tasks: Tasks::default(),
                 config,
                 inventory,
                 metrics,
@@ -89,21 +222,56 @@ impl App {
     /// Redis connections close.
     pub async fn run_until(self, stop: impl Future<Output = Duration>) {
         let (tx, rx) = watch::channel(false);
-        let sweeper = tokio::spawn(expiry::run(
-            self.state.inventory.clone(),
-            self.state.metrics.clone(),
-            Duration::from_millis(self.state.config.sweep_interval_ms),
-            rx,
-        ));
-        let pruner = tokio::spawn(prune_limiter(self.state.clone(), tx.subscribe()));
-        let promoter = tokio::spawn(crate::inventory::waitlist::run(
-            self.state.inventory.clone(),
-            self.state.metrics.clone(),
-            Duration::from_millis(self.state.config.sweep_interval_ms),
-            crate::webhook::Webhook::from_url(&self.state.config.waitlist_webhook_url),
-            tx.subscribe(),
-        ));
-        let ledger = crate::ledger::spawn(&self.state, tx.subscribe());
+        let state = &self.state;
+        let sweep_interval = Duration::from_millis(state.config.sweep_interval_ms);
+        let (inventory, metrics) = (state.inventory.clone(), state.metrics.clone());
+        let sweeper = supervise(state, "sweeper", sweep_interval, rx, move |beat, stop| {
+            expiry::run(
+                inventory.clone(),
+                metrics.clone(),
+                sweep_interval,
+                beat,
+                stop,
+            )
+        });
+        let pruner = {
+            let s = state.clone();
+            let every = Duration::from_secs(state.config.limiter_prune_seconds);
+            supervise(
+                state,
+                "limiter_pruner",
+                every,
+                tx.subscribe(),
+                move |beat, stop| prune_limiter(s.clone(), beat, stop),
+            )
+        };
+        let promoter = {
+            let (inventory, metrics) = (state.inventory.clone(), state.metrics.clone());
+            let webhook = crate::webhook::Webhook::from_url(&state.config.waitlist_webhook_url);
+            supervise(
+                state,
+                "promoter",
+                sweep_interval,
+                tx.subscribe(),
+                move |beat, stop| {
+                    crate::inventory::waitlist::run(
+                        inventory.clone(),
+                        metrics.clone(),
+                        sweep_interval,
+                        webhook.clone(),
+                        beat,
+                        stop,
+                    )
+                },
+            )
+        };
+        // the ledger writer's idle wait grows to ledger::MAX_BACKOFF while
+        // Postgres is down
+        let ledger = crate::ledger::task(state).map(|make| {
+            let every = Duration::from_millis(state.config.ledger_interval_ms)
+                .max(crate::ledger::MAX_BACKOFF);
+            supervise(state, "ledger", every, tx.subscribe(), make)
+        });
         tracing::info!(addr = %self.local_addr(), "flashgate serving");
         crate::http::serve(self.listener, self.state.clone(), stop).await;
         let _ = tx.send(true);
@@ -120,7 +288,11 @@ impl App {
 
 /// Forget idle rate-limit buckets on a timer so a crowd of distinct users
 /// cannot grow memory without bound; export the bucket count.
-async fn prune_limiter(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+async fn prune_limiter(
+    state: Arc<AppState>,
+    heartbeat: Heartbeat,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(state.config.limiter_prune_seconds));
     loop {
         tokio::select! {
@@ -132,5 +304,6 @@ async fn prune_limiter(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>
         }
         let left = state.limiter.prune();
         state.metrics.limiter_buckets.set(left as i64);
+        heartbeat.beat();
     }
 }

@@ -128,6 +128,9 @@ pub struct ServeArgs {
     /// Serve without authentication (local demos only).
     #[arg(long, env = "FLASHGATE_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// Run on a Redis whose maxmemory-policy is not noeviction (docs/operations.md).
+    #[arg(long, env = "FLASHGATE_ALLOW_EVICTION_POLICY")]
+    pub allow_eviction_policy: bool,
     #[arg(long, env = "FLASHGATE_USER_RATE_PER_SECOND")]
     pub user_rate_per_second: Option<u32>,
     #[arg(long, env = "FLASHGATE_USER_BURST")]
@@ -150,6 +153,11 @@ pub struct ServeArgs {
     pub waitlist_ticket_seconds: Option<u64>,
     #[arg(long, env = "FLASHGATE_WAITLIST_WEBHOOK_URL")]
     pub waitlist_webhook_url: Option<String>,
+    #[arg(long, env = "FLASHGATE_TASK_STALL_MS")]
+    pub task_stall_ms: Option<u64>,
+    /// Tests only: `task:N` makes a background task panic in its first N rounds.
+    #[arg(long, env = "FLASHGATE_FAULT_TASK_PANICS", hide = true)]
+    pub fault_task_panics: Option<String>,
 }
 
 impl ServeArgs {
@@ -200,10 +208,15 @@ impl ServeArgs {
             sold_out_cache_ms,
             waitlist_capacity,
             waitlist_ticket_seconds,
-            waitlist_webhook_url
+            waitlist_webhook_url,
+            task_stall_ms,
+            fault_task_panics
         );
         if self.insecure_no_auth {
             c.insecure_no_auth = true;
+        }
+        if self.allow_eviction_policy {
+            c.allow_eviction_policy = true;
         }
         // empty entries from "a,,b" or an empty variable are not keys
         c.api_keys.retain(|k| !k.is_empty());

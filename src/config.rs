@@ -117,6 +117,17 @@ pub struct Config {
     pub global_burst: u32,
     /// How often idle buckets are forgotten, to keep memory bounded.
     pub limiter_prune_seconds: u64,
+    /// Run on a Redis whose `maxmemory-policy` is not `noeviction` (or whose
+    /// policy cannot be read). Off: such a Redis refuses the start and fails
+    /// `/readyz` (docs/operations.md).
+    pub allow_eviction_policy: bool,
+    /// A background task (sweeper, promoter, ledger writer, limiter pruner)
+    /// that has not completed a round for max(this, 5 × its interval) fails
+    /// `/readyz`; a task that panics is restarted (docs/operations.md).
+    pub task_stall_ms: u64,
+    /// Tests only (fault injection), empty = off: `task:N` makes the named
+    /// task panic in its first N rounds.
+    pub fault_task_panics: String,
 }
 
 impl Default for Config {
@@ -167,6 +178,9 @@ impl Default for Config {
             global_rate_per_second: 10_000,
             global_burst: 10_000,
             limiter_prune_seconds: 30,
+            allow_eviction_policy: false,
+            task_stall_ms: 10_000,
+            fault_task_panics: String::new(),
         }
     }
 }
@@ -270,6 +284,12 @@ impl Config {
         {
             return bad("waitlist_webhook_url must be an http:// URL (or empty)");
         }
+        if self.task_stall_ms == 0 {
+            return bad("task_stall_ms must be > 0");
+        }
+        if !self.fault_task_panics.is_empty() && self.fault_panics().is_none() {
+            return bad("fault_task_panics must be task:N, task one of sweeper, promoter, ledger, limiter_pruner");
+        }
         if self.limiter_prune_seconds == 0 {
             return bad("limiter_prune_seconds must be > 0");
         }
@@ -327,6 +347,13 @@ impl Config {
     pub fn limiter(&self) -> crate::limiter::Limiter {
         let [instance, client, user] = self.buckets();
         crate::limiter::Limiter::new(instance, client, user)
+    }
+
+    /// `fault_task_panics` parsed: the task and how many rounds panic.
+    pub fn fault_panics(&self) -> Option<(&str, u32)> {
+        let (task, n) = self.fault_task_panics.split_once(':')?;
+        let n = n.parse().ok()?;
+        crate::metrics::TASKS.contains(&task).then_some((task, n))
     }
 
     pub fn hold(&self) -> Duration {

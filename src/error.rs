@@ -55,6 +55,10 @@ pub enum ApiError {
     Timeout,
     #[error("internal error")]
     Internal(#[source] InventoryError),
+    /// `/readyz`: not ready for a reason other than Redis being unreachable
+    /// (a Redis flashgate must not run on, a stalled background task).
+    #[error("{message}")]
+    NotReady { code: &'static str, message: String },
 }
 
 impl ApiError {
@@ -79,9 +83,10 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::RedisUnavailable(_) | ApiError::Timeout | ApiError::TooManyConnections => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::RedisUnavailable(_)
+            | ApiError::Timeout
+            | ApiError::TooManyConnections
+            | ApiError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -114,6 +119,7 @@ impl ApiError {
             ApiError::RedisUnavailable(_) => "redis_unavailable",
             ApiError::Timeout => "timeout",
             ApiError::Internal(_) => "internal",
+            ApiError::NotReady { code, .. } => code,
         }
     }
 
@@ -161,6 +167,10 @@ pub enum InventoryError {
     /// Redis answered something the protocol does not allow: a bug.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
+    /// Redis is reachable but not one flashgate may run on (too old, or it
+    /// may evict keys: `inventory/preflight.rs`). The message says why.
+    #[error("{0}")]
+    Unsuitable(String),
     #[error(transparent)]
     Api(Box<ApiError>),
 }
@@ -189,6 +199,10 @@ impl From<InventoryError> for ApiError {
                 ApiError::RedisUnavailable(e)
             }
             InventoryError::Protocol(_) => ApiError::Internal(e),
+            InventoryError::Unsuitable(message) => ApiError::NotReady {
+                code: "redis_unsuitable",
+                message,
+            },
             InventoryError::Api(api) => *api,
         }
     }

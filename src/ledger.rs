@@ -56,7 +56,7 @@ const FORGET_IDLE_MS: i64 = 3_600_000;
 /// How long a stopping writer lets its batch in flight finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Longest pause between attempts while Postgres or Redis is down.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 const INSERT: &str = "INSERT INTO ledger_events
         (stream, entry_id, sku, shard, kind, rid, qty, user_id, event_at)
@@ -741,11 +741,18 @@ pub async fn last_id(
 /// Run a writer until `shutdown` turns true: apply the migrations (retrying
 /// while Postgres is down), then drain every `interval`, backing off while
 /// Postgres or Redis fails. The current batch finishes before it stops.
-pub async fn run(mut writer: Writer, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    mut writer: Writer,
+    heartbeat: crate::shutdown::Heartbeat,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = writer.settings.interval;
     let mut failing = false;
     // migrations first: the writer cannot insert before the table exists
     loop {
+        // a round that fails (Postgres down) still completes: the writer is
+        // alive and retrying, and the sale goes on (the outbox holds the events)
+        heartbeat.beat();
         match writer.db.migrate().await {
             Ok(applied) => {
                 if !applied.is_empty() {
@@ -768,6 +775,7 @@ pub async fn run(mut writer: Writer, mut shutdown: watch::Receiver<bool>) {
     tracing::info!(consumer = %writer.consumer(), "ledger writer started");
     let mut last_chores: Option<Instant> = None;
     loop {
+        heartbeat.beat();
         let chores = last_chores.is_none_or(|t| t.elapsed() >= CHORE_INTERVAL);
         if chores {
             last_chores = Some(Instant::now());
@@ -815,11 +823,18 @@ pub async fn run(mut writer: Writer, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// The ledger writer of `flashgate serve`, when a `postgres_url` is configured.
-pub fn spawn(
+/// The ledger writer of `flashgate serve`, when a `postgres_url` is
+/// configured: a function that starts a fresh writer each time it is called
+/// (the supervisor in `app.rs` calls it again after a panic).
+#[allow(clippy::type_complexity)]
+pub fn task(
     state: &crate::app::AppState,
-    shutdown: watch::Receiver<bool>,
-) -> Option<tokio::task::JoinHandle<()>> {
+) -> Option<
+    impl Fn(
+        crate::shutdown::Heartbeat,
+        watch::Receiver<bool>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+> {
     let c = &state.config;
     if c.postgres_url.is_empty() {
         return None;
@@ -831,13 +846,21 @@ pub fn spawn(
             return None;
         }
     };
-    let writer = Writer::new(
+    let (inventory, metrics, settings) = (
         state.inventory.clone(),
-        db,
         state.metrics.clone(),
         LedgerSettings::from_config(c),
     );
-    Some(tokio::spawn(run(writer, shutdown)))
+    Some(move |heartbeat, shutdown| {
+        let writer = Writer::new(
+            inventory.clone(),
+            db.clone(),
+            metrics.clone(),
+            settings.clone(),
+        );
+        Box::pin(run(writer, heartbeat, shutdown))
+            as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    })
 }
 
 /// Sleep for `d`; true when shutdown was asked for.

@@ -7,12 +7,17 @@
 //! (`lua/*.lua`, run by `inventory::scripts`) → a typed outcome → the
 //! response (errors mapped to HTTP in `error` and `http::body`).
 //!
-//! Background tasks, owned by `app::App` and stopped by one shutdown signal:
-//! the expiry sweeper (`inventory::expiry`), which returns expired holds to
-//! stock, completes interrupted transfers and refreshes the per-SKU gauges.
-//! With a `postgres_url`, the ledger writer (`ledger`) drains every shard's
-//! outbox stream into PostgreSQL (`db`); `reconcile` proves the books after
-//! the sale (Redis against the ledger) and repairs Redis (`lua/fix.lua`).
+//! Background tasks, owned by `app::App`, each restarted after a panic and
+//! watched by `/readyz` (`app::supervise`), all stopped by one shutdown
+//! signal: the expiry sweeper (`inventory::expiry`), which returns expired
+//! holds to stock, completes interrupted transfers and refreshes the per-SKU
+//! gauges; the waitlist promoter (`inventory::waitlist`); the rate-limiter
+//! pruner. With a `postgres_url`, the ledger writer (`ledger`) drains every
+//! shard's outbox stream into PostgreSQL (`db`); `reconcile` proves the books
+//! after the sale (Redis against the ledger) and repairs Redis (`lua/fix.lua`).
+//!
+//! Before anything is served, `inventory::preflight` checks every Redis
+//! master: version >= 7.0, `maxmemory-policy noeviction`.
 //!
 //! Ground floor every module may use: `config`, `error`, `domain`, `metrics`.
 

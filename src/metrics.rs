@@ -71,6 +71,9 @@ pub const OUTCOMES: [&str; 10] = [
     "expired",
 ];
 
+/// Values of the `task` label: the background tasks `app.rs` supervises.
+pub const TASKS: [&str; 4] = ["sweeper", "promoter", "ledger", "limiter_pruner"];
+
 /// Values of the `kind` label of [`Metrics::redis_errors`].
 pub const REDIS_ERROR_KINDS: [&str; 4] = ["timeout", "connection", "noscript", "other"];
 
@@ -145,6 +148,9 @@ pub struct Metrics {
     /// `flashgate_http_connections_refused_total` — connections closed at accept
     /// because `max_connections` were open (answered `503 too_many_connections`).
     pub connections_refused: IntCounter,
+    /// `flashgate_task_restarts_total{task}` — background tasks restarted after a panic
+    /// (one of [`TASKS`]); any increase is a bug to read in the logs.
+    pub task_restarts: IntCounterVec,
     /// The most distinct SKUs the per-SKU gauges track; later SKUs are refused.
     pub sku_gauge_cap: usize,
     /// `flashgate_sku_series_refused_total` — per-SKU updates refused because the cap was
@@ -255,6 +261,16 @@ impl Metrics {
             "flashgate_http_connections_refused_total",
             "Client connections refused at accept because max_connections were open.",
         ));
+        let task_restarts = reg.add(IntCounterVec::new(
+            Opts::new(
+                "flashgate_task_restarts_total",
+                "Background tasks restarted after a panic, by task.",
+            ),
+            &["task"],
+        ));
+        for task in TASKS {
+            task_restarts.with_label_values(&[task]);
+        }
         let sku_refused = reg.add(IntCounter::new(
             "flashgate_sku_series_refused_total",
             "Per-SKU gauge updates refused because sku_gauge_cap SKUs are already tracked.",
@@ -296,6 +312,7 @@ impl Metrics {
             limiter_buckets,
             connections_open,
             connections_refused,
+            task_restarts,
             sku_gauge_cap,
             sku_refused,
             tracked_skus: Mutex::new(HashSet::new()),
@@ -518,6 +535,7 @@ mod tests {
             ("flashgate_http_connections_open", "gauge"),
             ("flashgate_http_connections_refused_total", "counter"),
             ("flashgate_sku_series_refused_total", "counter"),
+            ("flashgate_task_restarts_total", "counter"),
             ("flashgate_build_info", "gauge"),
         ];
         for (name, kind) in expected {

@@ -1293,7 +1293,11 @@ pub async fn ledger(args: ServeArgs) -> Result<(), String> {
         metrics,
         LedgerSettings::from_config(&config),
     );
-    let task = tokio::spawn(ledger::run(writer, rx));
+    let task = tokio::spawn(ledger::run(
+        writer,
+        crate::shutdown::Heartbeat::default(),
+        rx,
+    ));
     crate::shutdown::signal(Duration::from_secs(config.drain_seconds)).await;
     let _ = tx.send(true);
     let _ = task.await;

@@ -1,5 +1,6 @@
 //! Signals, each with one meaning. SIGTERM: stop accepting, let in-flight
 //! requests finish within the drain time. SIGINT (Ctrl-C): leave quickly.
+//! Also the [`Heartbeat`] each background task beats between its rounds.
 
 use std::time::Duration;
 
@@ -24,5 +25,60 @@ pub async fn signal(drain: Duration) -> Duration {
     tokio::select! {
         _ = ctrl_c => { tracing::info!("SIGINT: leaving"); Duration::from_millis(500) }
         _ = term => { tracing::info!("SIGTERM: draining"); drain }
+    }
+}
+
+/// What a background task reports after each round it completes (whatever
+/// the round's outcome: a sweep that met a Redis error still completed);
+/// the supervisor in `app.rs` reads it to tell a stalled task from a live
+/// one (`/readyz`).
+///
+/// Fault injection, for tests only and off by default: a heartbeat armed
+/// with `panics` (config `fault_task_panics`) panics instead of beating that
+/// many times, counted across restarts — a task that panics in the middle of
+/// its loop, as a bug would make it.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    epoch: std::time::Instant,
+    /// Milliseconds from `epoch` to the last completed round (or the start).
+    last: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    panics: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat::new(0)
+    }
+}
+
+impl Heartbeat {
+    /// A heartbeat that beat just now; it panics instead of its next
+    /// `panics` beats (0: never).
+    pub fn new(panics: u32) -> Heartbeat {
+        Heartbeat {
+            epoch: std::time::Instant::now(),
+            last: Default::default(),
+            panics: std::sync::Arc::new(std::sync::atomic::AtomicU32::new(panics)),
+        }
+    }
+
+    /// A round completed.
+    pub fn beat(&self) {
+        use std::sync::atomic::Ordering;
+        let armed = self
+            .panics
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if armed {
+            panic!("fault injection (fault_task_panics): a background task panics");
+        }
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::SeqCst);
+    }
+
+    /// How long since the last completed round.
+    pub fn since(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(std::sync::atomic::Ordering::SeqCst));
+        self.epoch.elapsed().saturating_sub(last)
     }
 }

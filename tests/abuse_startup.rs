@@ -240,6 +240,19 @@ async fn a_preload_that_failed_midway_completes_on_the_next_try() {
     );
     let st = app.assert_books("partial").await;
     assert_eq!((st.initial, st.available, st.shards), (10, 10, 4));
+    // the outbox agrees: each shard's preload events add up to its initial
+    // units (the failed attempt's events were not left behind to count twice)
+    for s in &st.per_shard {
+        let events = ShardKeys::new(&keys::default_tag(&sku, s.shard)).events();
+        let dump = redis.cli(&["XRANGE", &events, "-", "+"]);
+        let lines: Vec<&str> = dump.lines().collect();
+        let preloaded: i64 = lines
+            .windows(2)
+            .filter(|w| w[0] == "qty")
+            .map(|w| w[1].parse::<i64>().expect("qty"))
+            .sum();
+        assert_eq!(preloaded, s.initial, "shard {}: {dump}", s.shard);
+    }
     for i in 0..10 {
         let r = app
             .reserve(&format!("k{i}"), "partial", 1, &format!("u{i}"))
@@ -308,4 +321,225 @@ fn a_catalogue_with_one_absurd_row_loads_nothing() {
         pg.psql("SELECT count(*) FROM skus WHERE loaded_at IS NOT NULL"),
         "0"
     );
+}
+
+// ------------------------------------ #17.9 eviction, #24.8 Redis version
+
+/// `/readyz` until it answers `want` (a deadline for waiting, not a
+/// performance bound); the last answer.
+async fn poll_readyz(app: &support::TestApp, want: StatusCode) -> support::Answer {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let a = app.get("/readyz").await;
+        if a.status == want {
+            return a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz stayed {} {:?}",
+            a.status,
+            a.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_redis_that_may_evict_keys_is_refused_at_start_unless_overridden() {
+    let redis = RedisServer::start_with_args(&["--maxmemory-policy", "allkeys-lru"]);
+    let err = match flashgate::app::App::build(support::test_config(&redis)).await {
+        Ok(_) => panic!("started on a Redis that evicts keys"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("maxmemory-policy")
+            && err.contains("allkeys-lru")
+            && err.contains("noeviction")
+            && err.contains("allow-eviction-policy"),
+        "{err}"
+    );
+    // the override is explicit, and then the service serves
+    let app = spawn_app_with(&redis, |c| c.allow_eviction_policy = true).await;
+    assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
+    app.preload("evict", 3, 1).await;
+    let r = app.reserve("k1", "evict", 1, "u1").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+}
+
+#[test]
+fn the_cli_refuses_a_redis_that_may_evict_keys() {
+    let redis = RedisServer::start_with_args(&["--maxmemory-policy", "volatile-ttl"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_flashgate"))
+        .args(["preload", "--sku", "cli-evict", "--stock", "5"])
+        .env("FLASHGATE_REDIS_URL", redis.url())
+        .output()
+        .expect("run flashgate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("volatile-ttl"), "{err}");
+    assert_eq!(all_keys(&redis), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_redis_that_hides_config_is_refused_unless_overridden() {
+    let redis = RedisServer::start();
+    // an ACL user without CONFIG, as managed Redis services hand out
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "fg",
+        "on",
+        ">fg-password",
+        "+@all",
+        "-config",
+        "~*",
+        "&*",
+    ];
+    assert_eq!(redis.cli(&acl), "OK");
+    let mut config = support::test_config(&redis);
+    config.redis_url = format!("redis://fg:fg-password@127.0.0.1:{}", redis.port);
+    let err = match flashgate::app::App::build(config.clone()).await {
+        Ok(_) => panic!("started without knowing the eviction policy"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("cannot read maxmemory-policy") && err.contains("allow-eviction-policy"),
+        "{err}"
+    );
+    config.allow_eviction_policy = true;
+    let app = support::spawn_app(config).await;
+    assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn readyz_fails_while_the_eviction_policy_is_changed_at_runtime() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(&redis, |_| {}).await;
+    assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]),
+        "OK"
+    );
+    let a = poll_readyz(&app, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(a.code(), "redis_unsuitable", "{:?}", a.body);
+    let msg = a.body["error"]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("volatile-lru"), "{msg}");
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    poll_readyz(&app, StatusCode::OK).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_every_master_is_checked() {
+    let cluster = support::cluster::Cluster::start(3, 0);
+    let masters: Vec<u16> = cluster.masters().keys().copied().collect();
+    let last = *masters.last().expect("masters");
+    support::cluster::cli(
+        last,
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-random"],
+    );
+    let mut config = flashgate::config::Config {
+        redis_url: cluster.url(),
+        ..flashgate::config::Config::default()
+    };
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.insecure_no_auth = true;
+    config.redis_timeout_ms = 2000;
+    let err = match flashgate::app::App::build(config.clone()).await {
+        Ok(_) => panic!("started on a cluster with a master that evicts keys"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("allkeys-random") && err.contains(&last.to_string()),
+        "{err}"
+    );
+    support::cluster::cli(last, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let app = flashgate::app::App::build(config).await.expect("starts");
+    drop(app);
+}
+
+#[test]
+fn a_redis_older_than_7_is_refused() {
+    use flashgate::inventory::preflight;
+    // the real INFO text of the test redis (7.x), and the same text as a
+    // Redis 6.2 would write it
+    let redis = RedisServer::start();
+    let info = redis.cli(&["INFO", "server"]);
+    let v = preflight::redis_version(&info).expect("a version in INFO");
+    assert!(v >= preflight::Version(7, 0, 0), "{v:?}");
+    assert!(preflight::check_version("127.0.0.1:1", &info).is_ok());
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("redis_version:"))
+        .expect("redis_version line");
+    let old = info.replace(line, "redis_version:6.2.14");
+    let err = preflight::check_version("127.0.0.1:1", &old).unwrap_err();
+    assert!(
+        err.contains("6.2.14") && err.contains("7.0") && err.contains("127.0.0.1:1"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_7_is_accepted_at_start() {
+    let redis = RedisServer::start();
+    let app = flashgate::app::App::build(support::test_config(&redis))
+        .await
+        .expect("starts on redis 7");
+    let versions = app.state().inventory.server_versions().await.expect("INFO");
+    assert_eq!(versions.len(), 1);
+    assert!(versions[0].1 >= flashgate::inventory::preflight::Version(7, 0, 0));
+}
+
+// --------------------------------------------- #17.8 supervised background tasks
+
+/// The value of `flashgate_task_restarts_total{task="<task>"}` on /metrics.
+async fn restarts(app: &support::TestApp, task: &str) -> Option<u64> {
+    let page = app.get("/metrics").await.body;
+    let page = page.as_str().unwrap_or("").to_owned();
+    let series = format!("flashgate_task_restarts_total{{task=\"{task}\"}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_sweeper_that_panics_is_restarted_counted_and_named_by_readyz() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(&redis, |c| {
+        c.sweep_interval_ms = 20;
+        // stalled after max(200 ms, 5 x 20 ms) without a completed round
+        c.task_stall_ms = 200;
+        // the sweeper panics at the end of its first 4 rounds; restarts
+        // back off 0.1 + 0.2 + 0.4 + 0.8 s, so it is stalled for ~1.5 s
+        c.fault_task_panics = "sweeper:4".into();
+        c.hold_seconds = 1;
+        c.max_hold_seconds = 1;
+    })
+    .await;
+    app.preload("sup", 1, 1).await;
+    let held = app.reserve("k1", "sup", 1, "u1").await;
+    assert_eq!(held.status, StatusCode::CREATED, "{:?}", held.body);
+
+    let stalled = poll_readyz(&app, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(stalled.code(), "task_stalled", "{:?}", stalled.body);
+    let msg = stalled.body["error"]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("sweeper"), "{msg}");
+    assert!(
+        !msg.contains("promoter") && !msg.contains("ledger"),
+        "only the sweeper is stalled: {msg}"
+    );
+
+    // restarted until the fault is spent, then ready again
+    poll_readyz(&app, StatusCode::OK).await;
+    assert_eq!(restarts(&app, "sweeper").await, Some(4));
+    assert_eq!(restarts(&app, "promoter").await, Some(0));
+    // and the restarted sweeper does its work: the 1 s hold expires
+    assert!(
+        support::eventually(std::time::Duration::from_secs(10), || async {
+            app.sku("sup").await["available"] == 1
+        })
+        .await,
+        "the hold never came back: the sweeper is not running"
+    );
+    app.assert_books("sup").await;
 }

@@ -281,11 +281,21 @@ async fn ops(state: &AppState, method: &Method, segs: &[&str]) -> Result<Respons
             StatusCode::OK,
             &serde_json::json!({"status": "ok"}),
         )),
-        ["readyz"] => match state.inventory.ready().await {
-            Ok(()) => Ok(body::json(
+        ["readyz"] => match state
+            .inventory
+            .ready()
+            .await
+            .map(|()| state.tasks.stalled())
+        {
+            Ok(stalled) if !stalled.is_empty() => Err(ApiError::NotReady {
+                code: "task_stalled",
+                message: stalled.join("; "),
+            }),
+            Ok(_) => Ok(body::json(
                 StatusCode::OK,
                 &serde_json::json!({"status": "ready"}),
             )),
+            Err(e @ crate::error::InventoryError::Unsuitable(_)) => Err(e.into()),
             Err(e) => Err(ApiError::RedisUnavailable(e)),
         },
         _ => Ok(body::with_type(

@@ -443,6 +443,7 @@ fn same(e: &InventoryError) -> InventoryError {
         InventoryError::Unavailable(m) => InventoryError::Unavailable(m.clone()),
         InventoryError::OutcomeUnknown(m) => InventoryError::OutcomeUnknown(m.clone()),
         InventoryError::Protocol(m) => InventoryError::Protocol(m.clone()),
+        InventoryError::Unsuitable(m) => InventoryError::Unsuitable(m.clone()),
         InventoryError::Api(api) => InventoryError::Protocol(format!("batch: {api}")),
     }
 }

@@ -22,6 +22,7 @@ pub async fn run(
     inventory: Arc<Inventory>,
     metrics: Arc<Metrics>,
     interval: Duration,
+    heartbeat: crate::shutdown::Heartbeat,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -42,6 +43,7 @@ pub async fn run(
         if let Err(e) = sweep(&inventory, &metrics, chores).await {
             tracing::warn!(error = %e, "expiry sweep failed; retrying next tick");
         }
+        heartbeat.beat();
     }
 }
 

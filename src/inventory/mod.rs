@@ -78,6 +78,7 @@ pub mod expiry;
 pub mod keys;
 pub mod nodes;
 pub mod placement;
+pub mod preflight;
 pub mod scripts;
 pub mod waitlist;
 
@@ -249,8 +250,6 @@ impl PreloadSpec {
 /// How preload.lua treats one shard's counters.
 #[derive(Clone, Copy)]
 enum ShardLoad {
-    /// Leave a shard that has counters alone.
-    Keep,
     /// Set its available units; holds and sales stay on the books.
     Force,
     /// A shard no meta names yet (never served): start it afresh.
@@ -324,6 +323,10 @@ pub struct Inventory {
     metrics: Arc<Metrics>,
     settings: Settings,
     meta: RwLock<FastMap<Sku, (Arc<SkuMeta>, Instant)>>,
+    /// `allow_eviction_policy`, and the last preflight verdict `/readyz`
+    /// gave (re-checked at most every `preflight::RECHECK`).
+    allow_eviction: bool,
+    preflight: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 /// The maps every reserve reads (the sold-out marks, the layout cache, the
@@ -451,6 +454,12 @@ impl Inventory {
         let scripts = Scripts::new();
         scripts.load_all(&pool).await?;
         let nodes = nodes::Nodes::new(pool.clone(), config)?;
+        for c in preflight::require(&nodes, config.allow_eviction_policy).await? {
+            tracing::info!(master = %c.node, version = ?c.version, "redis checked");
+        }
+        if config.allow_eviction_policy {
+            tracing::warn!("allow_eviction_policy: running on a Redis that may evict keys; claims, records and caps can vanish under memory pressure");
+        }
         let hold_ms = config.hold_seconds * 1000;
         let max_hold_ms = config.max_hold_seconds * 1000;
         let idem_ttl_ms = config.idempotency_ttl_seconds * 1000;
@@ -508,7 +517,40 @@ impl Inventory {
             returned: tokio::sync::Notify::new(),
             sold_out: std::sync::Mutex::new(FastMap::default()),
             returns_seen: std::sync::atomic::AtomicU64::new(0),
+            allow_eviction: config.allow_eviction_policy,
+            preflight: tokio::sync::Mutex::new(Some((Instant::now(), Ok(())))),
         })
+    }
+
+    /// Every master's `host:port` and Redis version (`INFO server`).
+    pub async fn server_versions(
+        &self,
+    ) -> Result<Vec<(String, preflight::Version)>, InventoryError> {
+        let checks = preflight::check(&self.nodes, true).await?;
+        Ok(checks
+            .into_iter()
+            .filter_map(|c| Some((c.node, c.version?)))
+            .collect())
+    }
+
+    /// The preflight checks again (version, eviction policy on every
+    /// master), at most every `preflight::RECHECK`: a policy changed at
+    /// runtime fails `/readyz` until it is put back.
+    async fn recheck_server(&self) -> Result<(), InventoryError> {
+        let mut last = self.preflight.lock().await;
+        if let Some((at, verdict)) = last.as_ref() {
+            if at.elapsed() < preflight::RECHECK {
+                return verdict.clone().map_err(InventoryError::Unsuitable);
+            }
+        }
+        let verdict = match preflight::require(&self.nodes, self.allow_eviction).await {
+            Ok(_) => Ok(()),
+            Err(InventoryError::Unsuitable(m)) => Err(m),
+            // unreachable: not cached, reported as it is
+            Err(e) => return Err(e),
+        };
+        *last = Some((Instant::now(), verdict.clone()));
+        verdict.map_err(InventoryError::Unsuitable)
     }
 
     pub fn pool(&self) -> &Pool {
@@ -548,8 +590,10 @@ impl Inventory {
         e
     }
 
-    /// Ready to serve: Redis answers and every script is in its cache.
+    /// Ready to serve: Redis answers, every master passes the preflight
+    /// checks (`preflight.rs`) and every script is in its cache.
     pub async fn ready(&self) -> Result<(), InventoryError> {
+        self.recheck_server().await?;
         let shas: Vec<String> = self.scripts.all().iter().map(|s| s.sha.clone()).collect();
         let loaded: Vec<bool> = self
             .pool
@@ -1485,12 +1529,12 @@ impl Inventory {
             // s < shards <= MAX_SHARDS. A shard the meta does not name yet
             // (a new SKU, or one this preload adds) was never served: what
             // an earlier failed attempt left there is overwritten.
+            // (a loaded shard is only reached with force: without it, a
+            // loaded SKU was refused above)
             let mode = if s >= usize::from(loaded) {
                 ShardLoad::New
-            } else if force {
-                ShardLoad::Force
             } else {
-                ShardLoad::Keep
+                ShardLoad::Force
             };
             if !self
                 .preload_shard(&meta.keys(s as u16), *units, mode)
@@ -1546,7 +1590,6 @@ impl Inventory {
         mode: ShardLoad,
     ) -> Result<bool, InventoryError> {
         let mode = match mode {
-            ShardLoad::Keep => "0",
             ShardLoad::Force => "1",
             ShardLoad::New => "2",
         };

@@ -204,6 +204,30 @@ impl Nodes {
             .is_some_and(|c| !c.is_connected())
     }
 
+    /// Every master, as `host:port` and a client that reaches it alone: on a
+    /// cluster, the per-master clients of the current slot map; on one Redis,
+    /// the pool. (`preflight.rs` asks each of them.)
+    pub fn masters(&self) -> Vec<(String, Client)> {
+        let Some(m) = &self.cluster else {
+            let client = self.pool.next().clone();
+            let name = match &client.client_config().server {
+                ServerConfig::Centralized { server } => format!("{}:{}", server.host, server.port),
+                _ => "redis".to_string(),
+            };
+            return vec![(name, client)];
+        };
+        let Ok(routes) = m.routes.read() else {
+            return Vec::new();
+        };
+        let mut all: Vec<(String, Client)> = routes
+            .clients
+            .iter()
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// Whether commands are routed per master (Redis Cluster).
     pub fn per_master(&self) -> bool {
         self.cluster.is_some()

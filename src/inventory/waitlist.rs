@@ -602,10 +602,12 @@ pub async fn run(
     metrics: Arc<Metrics>,
     interval: Duration,
     webhook: Option<crate::webhook::Webhook>,
+    heartbeat: crate::shutdown::Heartbeat,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let me = format!("promoter-{}", uuid::Uuid::new_v4().simple());
     loop {
+        heartbeat.beat();
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = inventory.returned.notified() => {}

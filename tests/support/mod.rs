@@ -35,6 +35,8 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: TempDir,
     persistent: bool,
+    /// More `redis-server` arguments (`start_with_args`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -49,13 +51,24 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// Memory only, with more `redis-server` arguments (e.g.
+    /// `["--maxmemory-policy", "allkeys-lru"]`).
+    pub fn start_with_args(args: &[&str]) -> RedisServer {
+        Self::start_full(false, args)
+    }
+
     fn start_with(persistent: bool) -> RedisServer {
+        Self::start_full(persistent, &[])
+    }
+
+    fn start_full(persistent: bool, args: &[&str]) -> RedisServer {
         for _ in 0..5 {
             let mut s = RedisServer {
                 port: free_port(),
                 child: None,
                 dir: tempfile::tempdir().expect("temp dir"),
                 persistent,
+                extra: args.iter().map(|a| a.to_string()).collect(),
             };
             if s.spawn() {
                 return s;
@@ -83,6 +96,7 @@ impl RedisServer {
         } else {
             cmd.args(["--appendonly", "no"]);
         }
+        cmd.args(&self.extra);
         let Ok(child) = cmd.spawn() else { return false };
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
