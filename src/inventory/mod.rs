@@ -67,7 +67,9 @@
 //! units for new buyers sends requests back to walking. So refused requests
 //! cost Redis memory only for the walks made before the SKU is first seen
 //! empty and after each real return of units (a release, an expiry, not a
-//! no-op release), never per refusal. The promoter, likewise, reads the
+//! no-op release) — and not even then while every shard is gated, since
+//! returned units then go to the waitlist's queue, not to new buyers (the
+//! mark stands until the promoter lifts the gates) — never per refusal. The promoter, likewise, reads the
 //! stock before it walks for the head ticket: a round that finds too little
 //! writes nothing (a walk would tombstone every shard for the attempt's key,
 //! and the next round would use a fresh key).
@@ -308,6 +310,11 @@ struct SoldOutMark {
     /// or the probe counted it): `waitlist: true` requests are refused from
     /// memory too, unless their key already joined.
     waitlist_full: bool,
+    /// Every shard carried the waitlist's gate when last seen: units that
+    /// come back go to the queue, not to new buyers, so a return keeps the
+    /// mark (the promoter clears it when it lifts the gates; a lift by
+    /// another instance is seen by the next re-check).
+    gated: bool,
 }
 
 /// What the sold-out fast path says about one request.
@@ -787,6 +794,7 @@ impl Inventory {
         let seen = self.returns_seen.load(std::sync::atomic::Ordering::SeqCst);
         let meta = self.meta_of(sku).await?;
         let mut winners = FastSet::default();
+        let mut all_gated = true;
         for s in 0..meta.shards {
             let sk = meta.keys(s);
             let client = self.nodes.client_for_key(&sk.stock());
@@ -801,6 +809,7 @@ impl Inventory {
                 return Ok(None);
             }
             winners.extend(keys);
+            all_gated &= gated > 0;
         }
         let waiting = self.waitlist_len(sku).await?;
         let waitlist_full = u64::try_from(waiting).unwrap_or(0) >= self.settings.waitlist_capacity;
@@ -816,6 +825,7 @@ impl Inventory {
                     probing: false,
                     winners,
                     waitlist_full,
+                    gated: all_gated,
                 },
             );
         }
@@ -866,15 +876,17 @@ impl Inventory {
             return Ok(());
         }
         let mut winners = FastSet::default();
+        let mut gated = true;
         for s in 0..meta.shards {
-            let set = meta.keys(s).reserved_keys();
-            let keys: Vec<String> = self
-                .nodes
-                .client_for_key(&set)
-                .smembers(set)
-                .await
-                .map_err(|e| self.err(e))?;
+            let sk = meta.keys(s);
+            let client = self.nodes.client_for_key(&sk.stock());
+            let (keys, gate) = tokio::try_join!(
+                client.smembers::<Vec<String>, _>(sk.reserved_keys()),
+                client.exists::<i64, _>(sk.wlopen()),
+            )
+            .map_err(|e| self.err(e))?;
             winners.extend(keys);
+            gated &= gate > 0;
         }
         if let Ok(mut marks) = self.sold_out.lock() {
             if seen != self.returns_seen.load(std::sync::atomic::Ordering::SeqCst) {
@@ -887,6 +899,7 @@ impl Inventory {
                     probing: false,
                     winners,
                     waitlist_full: false,
+                    gated,
                 },
             );
         }
@@ -901,9 +914,19 @@ impl Inventory {
         }
     }
 
-    /// Units came back to `sku` through this instance: stop answering sold out.
+    /// Units came back to `sku` through this instance: stop answering sold
+    /// out — unless every shard is gated, when they belong to the waitlist
+    /// (a crowd of refusals would otherwise walk, and leave tombstones, after
+    /// every return). The promoter is woken either way.
     fn units_returned(&self, sku: &Sku) {
-        self.clear_sold_out(sku);
+        let gated = self
+            .sold_out
+            .lock()
+            .map(|m| m.get(sku).is_some_and(|m| m.gated))
+            .unwrap_or(false);
+        if !gated {
+            self.clear_sold_out(sku);
+        }
         self.returned.notify_one();
     }
 
@@ -1417,7 +1440,9 @@ impl Inventory {
         if let Ok(mut cache) = self.meta.write() {
             cache.remove(sku);
         }
-        self.units_returned(sku);
+        // new units, maybe on new shards without a gate: open up at once
+        self.clear_sold_out(sku);
+        self.returned.notify_one();
         Ok(PreloadOutcome::Loaded { per_shard })
     }
 
