@@ -69,10 +69,11 @@
 //! empty and after each real return of units (a release, an expiry, not a
 //! no-op release) — and not even then while every shard is gated, since
 //! returned units then go to the waitlist's queue, not to new buyers (the
-//! mark stands until the promoter lifts the gates) — never per refusal. The promoter, likewise, reads the
-//! stock before it walks for the head ticket: a round that finds too little
-//! writes nothing (a walk would tombstone every shard for the attempt's key,
-//! and the next round would use a fresh key).
+//! mark stands until the promoter lifts the gates) — never per refusal.
+//! The promoter, likewise, reads the stock before it walks for the head
+//! ticket: a round that finds too little writes nothing (a walk would
+//! tombstone every shard for the attempt's key, and the next round would
+//! use a fresh key).
 
 pub mod batch;
 mod durability;
