@@ -799,18 +799,24 @@ impl Inventory {
         for s in 0..meta.shards {
             let sk = meta.keys(s);
             let client = self.nodes.client_for_key(&sk.stock());
-            let (stock, gated, keys) = tokio::try_join!(
-                client.get::<Option<i64>, _>(sk.stock()),
-                client.exists::<i64, _>(sk.wlopen()),
+            // stock and gate in one MGET (one slot): two commands a shard
+            let (counters, keys) = tokio::try_join!(
+                client.mget::<Vec<Option<String>>, _>(vec![sk.stock(), sk.wlopen()]),
                 client.smembers::<Vec<String>, _>(sk.reserved_keys()),
             )
             .map_err(|e| self.err(e))?;
-            if stock.unwrap_or(0) > 0 && gated == 0 {
+            let stock = counters
+                .first()
+                .and_then(|v| v.as_deref())
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0);
+            let gated = counters.get(1).is_some_and(Option::is_some);
+            if stock > 0 && !gated {
                 self.clear_sold_out(sku);
                 return Ok(None);
             }
             winners.extend(keys);
-            all_gated &= gated > 0;
+            all_gated &= gated;
         }
         let waiting = self.waitlist_len(sku).await?;
         let waitlist_full = u64::try_from(waiting).unwrap_or(0) >= self.settings.waitlist_capacity;
