@@ -21,7 +21,7 @@
 //! | `fg:{idem~NN}:<key>`      | string | `<sku>\n<fingerprint>`: the key's first request   |
 //! | `fg:{cap:SKU:<user>}`     | hash   | purchase cap: total, k:<key> → qty per reservation |
 //! | `fg:{SKU#s}:wlopen`       | string | gate: present while the SKU's waitlist has waiters |
-//! | `fg:{SKU#s}:keys`         | set    | idempotency keys of the shard's reservations       |
+//! | `fg:{SKU#s}:keys`         | set    | idempotency keys of the shard's live and sold holds |
 //! | `fg:{wl:SKU}:…`           | …      | the waitlist: queue, stream, tickets (waitlist.rs) |
 
 use crate::domain::{ReservationId, ScopedKey, Sku};
@@ -69,8 +69,8 @@ impl ShardKeys {
     pub fn wlopen(&self) -> String {
         [self.prefix.as_str(), "wlopen"].concat()
     }
-    /// The idempotency keys of every reservation made on the shard (read by
-    /// the sold-out fast path).
+    /// The idempotency keys of the shard's live and sold holds (read by the
+    /// sold-out fast path; a key leaves it when its hold ends unsold).
     pub fn reserved_keys(&self) -> String {
         [self.prefix.as_str(), "keys"].concat()
     }

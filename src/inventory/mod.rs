@@ -67,10 +67,13 @@
 //! units for new buyers sends requests back to walking. So refused requests
 //! cost Redis memory only for the walks made before the SKU is first seen
 //! empty and after each real return of units (a release, an expiry, not a
-//! no-op release), never per refusal. The promoter, likewise, reads the
-//! stock before it walks for the head ticket: a round that finds too little
-//! writes nothing (a walk would tombstone every shard for the attempt's key,
-//! and the next round would use a fresh key).
+//! no-op release) — and not even then while every shard is gated, since
+//! returned units then go to the waitlist's queue, not to new buyers (the
+//! mark stands until the promoter lifts the gates) — never per refusal.
+//! The promoter, likewise, reads the stock before it walks for the head
+//! ticket: a round that finds too little writes nothing (a walk would
+//! tombstone every shard for the attempt's key, and the next round would
+//! use a fresh key).
 
 pub mod batch;
 mod durability;
@@ -349,6 +352,11 @@ struct SoldOutMark {
     /// or the probe counted it): `waitlist: true` requests are refused from
     /// memory too, unless their key already joined.
     waitlist_full: bool,
+    /// Every shard carried the waitlist's gate when last seen: units that
+    /// come back go to the queue, not to new buyers, so a return keeps the
+    /// mark (the promoter clears it when it lifts the gates; a lift by
+    /// another instance is seen by the next re-check).
+    gated: bool,
 }
 
 /// What the sold-out fast path says about one request.
@@ -869,20 +877,28 @@ impl Inventory {
         let seen = self.returns_seen.load(std::sync::atomic::Ordering::SeqCst);
         let meta = self.meta_of(sku).await?;
         let mut winners = FastSet::default();
+        let mut all_gated = true;
         for s in 0..meta.shards {
             let sk = meta.keys(s);
             let client = self.nodes.client_for_key(&sk.stock());
-            let (stock, gated, keys) = tokio::try_join!(
-                client.get::<Option<i64>, _>(sk.stock()),
-                client.exists::<i64, _>(sk.wlopen()),
+            // stock and gate in one MGET (one slot): two commands a shard
+            let (counters, keys) = tokio::try_join!(
+                client.mget::<Vec<Option<String>>, _>(vec![sk.stock(), sk.wlopen()]),
                 client.smembers::<Vec<String>, _>(sk.reserved_keys()),
             )
             .map_err(|e| self.err(e))?;
-            if stock.unwrap_or(0) > 0 && gated == 0 {
+            let stock = counters
+                .first()
+                .and_then(|v| v.as_deref())
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0);
+            let gated = counters.get(1).is_some_and(Option::is_some);
+            if stock > 0 && !gated {
                 self.clear_sold_out(sku);
                 return Ok(None);
             }
             winners.extend(keys);
+            all_gated &= gated;
         }
         let waiting = self.waitlist_len(sku).await?;
         let waitlist_full = u64::try_from(waiting).unwrap_or(0) >= self.settings.waitlist_capacity;
@@ -898,6 +914,7 @@ impl Inventory {
                     probing: false,
                     winners,
                     waitlist_full,
+                    gated: all_gated,
                 },
             );
         }
@@ -944,15 +961,17 @@ impl Inventory {
             return Ok(());
         }
         let mut winners = FastSet::default();
+        let mut gated = true;
         for s in 0..meta.shards {
-            let set = meta.keys(s).reserved_keys();
-            let keys: Vec<String> = self
-                .nodes
-                .client_for_key(&set)
-                .smembers(set)
-                .await
-                .map_err(|e| self.err(e))?;
+            let sk = meta.keys(s);
+            let client = self.nodes.client_for_key(&sk.stock());
+            let (keys, gate) = tokio::try_join!(
+                client.smembers::<Vec<String>, _>(sk.reserved_keys()),
+                client.exists::<i64, _>(sk.wlopen()),
+            )
+            .map_err(|e| self.err(e))?;
             winners.extend(keys);
+            gated &= gate > 0;
         }
         if let Ok(mut marks) = self.sold_out.lock() {
             if seen != self.returns_seen.load(std::sync::atomic::Ordering::SeqCst) {
@@ -965,6 +984,7 @@ impl Inventory {
                     probing: false,
                     winners,
                     waitlist_full: false,
+                    gated,
                 },
             );
         }
@@ -979,9 +999,19 @@ impl Inventory {
         }
     }
 
-    /// Units came back to `sku` through this instance: stop answering sold out.
+    /// Units came back to `sku` through this instance: stop answering sold
+    /// out — unless every shard is gated, when they belong to the waitlist
+    /// (a crowd of refusals would otherwise walk, and leave tombstones, after
+    /// every return). The promoter is woken either way.
     fn units_returned(&self, sku: &Sku) {
-        self.clear_sold_out(sku);
+        let gated = self
+            .sold_out
+            .lock()
+            .map(|m| m.get(sku).is_some_and(|m| m.gated))
+            .unwrap_or(false);
+        if !gated {
+            self.clear_sold_out(sku);
+        }
         self.returned.notify_one();
     }
 
@@ -1579,7 +1609,9 @@ impl Inventory {
         if let Ok(mut cache) = self.meta.write() {
             cache.remove(sku);
         }
-        self.units_returned(sku);
+        // new units, maybe on new shards without a gate: open up at once
+        self.clear_sold_out(sku);
+        self.returned.notify_one();
         Ok(PreloadOutcome::Loaded { per_shard })
     }
 

@@ -584,6 +584,9 @@ impl Inventory {
             .await?)?;
         if closed != 1 {
             self.set_gates(meta).await?;
+        } else {
+            // gates down: units in stock are for new buyers again
+            self.clear_sold_out(&meta.sku);
         }
         Ok(())
     }
