@@ -71,6 +71,16 @@ pub fn stalled(available: i64, waiting: i64) -> u64 {
     available.min(waiting).max(0) as u64
 }
 
+/// The stall that lasted through every reading of a period (none without
+/// readings).
+pub fn persistent_stall(readings: &[(i64, i64)]) -> u64 {
+    readings
+        .iter()
+        .map(|&(a, w)| stalled(a, w))
+        .min()
+        .unwrap_or(0)
+}
+
 /// Commands Redis ran in a window: every `INFO commandstats` call count
 /// (commands inside scripts included, so an upper bound on what the service
 /// sent), less this tool's own `INFO` reads at the window's edges.
@@ -174,8 +184,11 @@ pub struct StallCheck {
     /// Units returned by the follow-ups (releases that answered 200).
     pub units_returned: u64,
     pub bound_seconds: f64,
+    /// The last reading.
     pub available: i64,
     pub waiting: i64,
+    /// Units available beside waiting tickets in every reading of the
+    /// bound's last second.
     pub stalled: u64,
     /// The poisoners' tickets' statuses at the end of the bound.
     pub poisoned_tickets: BTreeMap<String, u64>,
@@ -1078,17 +1091,30 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         units_returned: returned,
         ..StallCheck::default()
     };
+    // readings of (available, waiting) in the bound's last second: a unit
+    // that came back a moment ago (an expiring hold) and is being promoted
+    // is not a stall; one that sits beside waiters for a whole second is
+    let mut last_second: Vec<(Instant, i64, i64)> = Vec::new();
     loop {
         if let Some((t, waiting)) = sku_now(&setup, &sku).await {
-            (stall.available, stall.waiting) = (t.available, waiting);
+            last_second.push((Instant::now(), t.available, waiting));
         }
         if returns_done.elapsed() >= bound {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let edge = Instant::now() - Duration::from_secs(1);
+    let readings: Vec<(i64, i64)> = last_second
+        .iter()
+        .filter(|(at, _, _)| *at >= edge)
+        .map(|&(_, a, w)| (a, w))
+        .collect();
     stall.bound_seconds = returns_done.elapsed().as_secs_f64();
-    stall.stalled = stalled(stall.available, stall.waiting);
+    stall.stalled = persistent_stall(&readings);
+    if let Some(&(a, w)) = readings.last() {
+        (stall.available, stall.waiting) = (a, w);
+    }
     for (_, t) in &poison {
         let st = setup
             .ticket(t)
@@ -1361,6 +1387,10 @@ mod tests {
         assert_eq!(stalled(0, 10), 0);
         assert_eq!(stalled(5, 0), 0);
         assert_eq!(stalled(-1, 4), 0);
+        // a unit promoted within the period was not stalled
+        assert_eq!(persistent_stall(&[(1, 5), (0, 4), (0, 4)]), 0);
+        assert_eq!(persistent_stall(&[(3, 9), (4, 9), (3, 8)]), 3);
+        assert_eq!(persistent_stall(&[]), 0);
     }
 
     #[test]
