@@ -29,7 +29,7 @@ bench:
 # The hostile crowd (issue 17, bench/README.md): the sale with bots (fresh
 # keys and user ids), no-op release loopers, waitlist poisoners and a second
 # storefront alongside it; prints each figure next to its target. Fails only
-# on wrong books or an oversell (the rest are benchmarks). About 1-2 min.
+# on wrong books or an oversell (the rest are benchmarks). ~40 s on 2 cores.
 # The official bytes figure: make bench-hostile HOSTILE_REFUSED=100000
 HOSTILE_REFUSED ?= 20000
 HOSTILE_ARGS ?= --buyers 5000 --stock 200 --shards 8 --hold-seconds 20
