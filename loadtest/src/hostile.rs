@@ -143,6 +143,10 @@ pub struct Window {
     pub looper_requests: u64,
     /// Requests the poisoners sent in the window.
     pub poison_requests: u64,
+    /// The loopers' answers (re-release, re-confirm of a dead reservation).
+    pub looper_answers: BTreeMap<&'static str, u64>,
+    /// The poisoners' answers (reserves under `wl:<ticket>:<n>`).
+    pub poison_answers: BTreeMap<&'static str, u64>,
     pub redis_calls: BTreeMap<String, u64>,
     pub commands: u64,
     pub script_calls: u64,
@@ -409,6 +413,13 @@ pub fn render(r: &HostileReport) -> String {
             w.commands_per_sold_out.map_or_else(|| "n/a".into(), num),
             w.commands_per_sold_out_net.map_or_else(|| "n/a".into(), num),
         );
+        if !w.looper_answers.is_empty() || !w.poison_answers.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {:<26} loopers' answers {:?}, poisoners' answers {:?}",
+                "", w.looper_answers, w.poison_answers
+            );
+        }
     }
     for w in &r.refused_windows {
         let _ = writeln!(
@@ -557,17 +568,17 @@ fn start_loopers(
     api: &Api,
     dead: &[String],
     stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<u64>> {
+) -> Vec<tokio::task::JoinHandle<Vec<Outcome>>> {
     dead.iter()
         .map(|rid| {
             let (api, rid, stop) = (api.clone(), rid.clone(), stop.clone());
             tokio::spawn(async move {
-                let mut n = 0u64;
+                let mut out = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    api.end(Phase::Followup, &rid, n % 2 == 1).await;
-                    n += 1;
+                    let confirm = out.len() % 2 == 1;
+                    out.push(api.end(Phase::Followup, &rid, confirm).await.sample.outcome);
                 }
-                n
+                out
             })
         })
         .collect()
@@ -582,7 +593,7 @@ fn start_poisoners(
     sku: &str,
     tickets: &[(String, String)],
     stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<u64>> {
+) -> Vec<tokio::task::JoinHandle<Vec<Outcome>>> {
     tickets
         .iter()
         .map(|(user, ticket)| {
@@ -590,28 +601,28 @@ fn start_poisoners(
                 (api.clone(), crowd.clone(), sku.to_owned(), stop.clone());
             let (user, keys) = (user.clone(), poison_keys(ticket));
             tokio::spawn(async move {
-                let mut n = 0u64;
+                let mut out = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     for (a, key) in keys.iter().enumerate() {
                         let other = format!("{user}-x{a}");
                         let ans = api.reserve(Phase::SoldOut, &sku, &other, key).await;
                         crowd.keep(&ans, &other, 0);
-                        n += 1;
+                        out.push(ans.sample.outcome);
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                n
+                out
             })
         })
         .collect()
 }
 
-async fn join_all(tasks: Vec<tokio::task::JoinHandle<u64>>) -> u64 {
-    let mut n = 0;
+async fn join_all(tasks: Vec<tokio::task::JoinHandle<Vec<Outcome>>>) -> Vec<Outcome> {
+    let mut all = Vec::new();
     for t in tasks {
-        n += t.await.unwrap_or(0);
+        all.extend(t.await.unwrap_or_default());
     }
-    n
+    all
 }
 
 /// Commands per second Redis runs on its own (sweeper, promoter), over 1 s.
@@ -669,8 +680,10 @@ async fn window(
         Vec::new()
     };
     stop.store(true, Ordering::Relaxed);
-    let looper_requests = join_all(loopers).await;
-    let poison_requests = join_all(poisoners).await;
+    let looper_outcomes = join_all(loopers).await;
+    let poison_outcomes = join_all(poisoners).await;
+    let (looper_requests, poison_requests) =
+        (looper_outcomes.len() as u64, poison_outcomes.len() as u64);
     let seconds = t0.elapsed().as_secs_f64();
     let cs1 = redis::commandstats(rc).await?;
     let calls = redis::delta(&cs0, &cs1);
@@ -683,6 +696,8 @@ async fn window(
         sold_out,
         looper_requests,
         poison_requests,
+        looper_answers: tally_outcomes(looper_outcomes),
+        poison_answers: tally_outcomes(poison_outcomes),
         script_calls: script_calls(&calls),
         commands,
         background_commands_per_sec: background,
@@ -1440,6 +1455,8 @@ mod tests {
             sold_out,
             looper_requests: loopers,
             poison_requests: 0,
+            looper_answers: BTreeMap::new(),
+            poison_answers: BTreeMap::new(),
             redis_calls: BTreeMap::new(),
             commands,
             script_calls: 0,
