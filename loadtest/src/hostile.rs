@@ -71,6 +71,16 @@ pub fn stalled(available: i64, waiting: i64) -> u64 {
     available.min(waiting).max(0) as u64
 }
 
+/// The stall that lasted through every reading of a period (none without
+/// readings).
+pub fn persistent_stall(readings: &[(i64, i64)]) -> u64 {
+    readings
+        .iter()
+        .map(|&(a, w)| stalled(a, w))
+        .min()
+        .unwrap_or(0)
+}
+
 /// Commands Redis ran in a window: every `INFO commandstats` call count
 /// (commands inside scripts included, so an upper bound on what the service
 /// sent), less this tool's own `INFO` reads at the window's edges.
@@ -133,6 +143,10 @@ pub struct Window {
     pub looper_requests: u64,
     /// Requests the poisoners sent in the window.
     pub poison_requests: u64,
+    /// The loopers' answers (re-release, re-confirm of a dead reservation).
+    pub looper_answers: BTreeMap<&'static str, u64>,
+    /// The poisoners' answers (reserves under `wl:<ticket>:<n>`).
+    pub poison_answers: BTreeMap<&'static str, u64>,
     pub redis_calls: BTreeMap<String, u64>,
     pub commands: u64,
     pub script_calls: u64,
@@ -174,8 +188,11 @@ pub struct StallCheck {
     /// Units returned by the follow-ups (releases that answered 200).
     pub units_returned: u64,
     pub bound_seconds: f64,
+    /// The last reading.
     pub available: i64,
     pub waiting: i64,
+    /// Units available beside waiting tickets in every reading of the
+    /// bound's last second.
     pub stalled: u64,
     /// The poisoners' tickets' statuses at the end of the bound.
     pub poisoned_tickets: BTreeMap<String, u64>,
@@ -396,6 +413,13 @@ pub fn render(r: &HostileReport) -> String {
             w.commands_per_sold_out.map_or_else(|| "n/a".into(), num),
             w.commands_per_sold_out_net.map_or_else(|| "n/a".into(), num),
         );
+        if !w.looper_answers.is_empty() || !w.poison_answers.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {:<26} loopers' answers {:?}, poisoners' answers {:?}",
+                "", w.looper_answers, w.poison_answers
+            );
+        }
     }
     for w in &r.refused_windows {
         let _ = writeln!(
@@ -544,17 +568,17 @@ fn start_loopers(
     api: &Api,
     dead: &[String],
     stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<u64>> {
+) -> Vec<tokio::task::JoinHandle<Vec<Outcome>>> {
     dead.iter()
         .map(|rid| {
             let (api, rid, stop) = (api.clone(), rid.clone(), stop.clone());
             tokio::spawn(async move {
-                let mut n = 0u64;
+                let mut out = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    api.end(Phase::Followup, &rid, n % 2 == 1).await;
-                    n += 1;
+                    let confirm = out.len() % 2 == 1;
+                    out.push(api.end(Phase::Followup, &rid, confirm).await.sample.outcome);
                 }
-                n
+                out
             })
         })
         .collect()
@@ -569,7 +593,7 @@ fn start_poisoners(
     sku: &str,
     tickets: &[(String, String)],
     stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<u64>> {
+) -> Vec<tokio::task::JoinHandle<Vec<Outcome>>> {
     tickets
         .iter()
         .map(|(user, ticket)| {
@@ -577,28 +601,28 @@ fn start_poisoners(
                 (api.clone(), crowd.clone(), sku.to_owned(), stop.clone());
             let (user, keys) = (user.clone(), poison_keys(ticket));
             tokio::spawn(async move {
-                let mut n = 0u64;
+                let mut out = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     for (a, key) in keys.iter().enumerate() {
                         let other = format!("{user}-x{a}");
                         let ans = api.reserve(Phase::SoldOut, &sku, &other, key).await;
                         crowd.keep(&ans, &other, 0);
-                        n += 1;
+                        out.push(ans.sample.outcome);
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                n
+                out
             })
         })
         .collect()
 }
 
-async fn join_all(tasks: Vec<tokio::task::JoinHandle<u64>>) -> u64 {
-    let mut n = 0;
+async fn join_all(tasks: Vec<tokio::task::JoinHandle<Vec<Outcome>>>) -> Vec<Outcome> {
+    let mut all = Vec::new();
     for t in tasks {
-        n += t.await.unwrap_or(0);
+        all.extend(t.await.unwrap_or_default());
     }
-    n
+    all
 }
 
 /// Commands per second Redis runs on its own (sweeper, promoter), over 1 s.
@@ -656,8 +680,10 @@ async fn window(
         Vec::new()
     };
     stop.store(true, Ordering::Relaxed);
-    let looper_requests = join_all(loopers).await;
-    let poison_requests = join_all(poisoners).await;
+    let looper_outcomes = join_all(loopers).await;
+    let poison_outcomes = join_all(poisoners).await;
+    let (looper_requests, poison_requests) =
+        (looper_outcomes.len() as u64, poison_outcomes.len() as u64);
     let seconds = t0.elapsed().as_secs_f64();
     let cs1 = redis::commandstats(rc).await?;
     let calls = redis::delta(&cs0, &cs1);
@@ -670,6 +696,8 @@ async fn window(
         sold_out,
         looper_requests,
         poison_requests,
+        looper_answers: tally_outcomes(looper_outcomes),
+        poison_answers: tally_outcomes(poison_outcomes),
         script_calls: script_calls(&calls),
         commands,
         background_commands_per_sec: background,
@@ -1078,17 +1106,30 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         units_returned: returned,
         ..StallCheck::default()
     };
+    // readings of (available, waiting) in the bound's last second: a unit
+    // that came back a moment ago (an expiring hold) and is being promoted
+    // is not a stall; one that sits beside waiters for a whole second is
+    let mut last_second: Vec<(Instant, i64, i64)> = Vec::new();
     loop {
         if let Some((t, waiting)) = sku_now(&setup, &sku).await {
-            (stall.available, stall.waiting) = (t.available, waiting);
+            last_second.push((Instant::now(), t.available, waiting));
         }
         if returns_done.elapsed() >= bound {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let edge = Instant::now() - Duration::from_secs(1);
+    let readings: Vec<(i64, i64)> = last_second
+        .iter()
+        .filter(|(at, _, _)| *at >= edge)
+        .map(|&(_, a, w)| (a, w))
+        .collect();
     stall.bound_seconds = returns_done.elapsed().as_secs_f64();
-    stall.stalled = stalled(stall.available, stall.waiting);
+    stall.stalled = persistent_stall(&readings);
+    if let Some(&(a, w)) = readings.last() {
+        (stall.available, stall.waiting) = (a, w);
+    }
     for (_, t) in &poison {
         let st = setup
             .ticket(t)
@@ -1361,6 +1402,10 @@ mod tests {
         assert_eq!(stalled(0, 10), 0);
         assert_eq!(stalled(5, 0), 0);
         assert_eq!(stalled(-1, 4), 0);
+        // a unit promoted within the period was not stalled
+        assert_eq!(persistent_stall(&[(1, 5), (0, 4), (0, 4)]), 0);
+        assert_eq!(persistent_stall(&[(3, 9), (4, 9), (3, 8)]), 3);
+        assert_eq!(persistent_stall(&[]), 0);
     }
 
     #[test]
@@ -1410,6 +1455,8 @@ mod tests {
             sold_out,
             looper_requests: loopers,
             poison_requests: 0,
+            looper_answers: BTreeMap::new(),
+            poison_answers: BTreeMap::new(),
             redis_calls: BTreeMap::new(),
             commands,
             script_calls: 0,
