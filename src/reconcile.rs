@@ -317,6 +317,8 @@ const SNAPSHOT_RETRY: Duration = Duration::from_millis(100);
 const BUSY_RETRY: Duration = Duration::from_millis(10);
 /// Reservation records read per pipeline.
 const RECORD_CHUNK: usize = 500;
+/// Keys asked for per SCAN call when looking for a shard's records.
+const SCAN_COUNT: usize = 1000;
 const TERMINAL: [&str; 3] = ["confirmed", "released", "expired"];
 
 impl Reconciler {
@@ -682,10 +684,16 @@ impl Reconciler {
         ledger: &LedgerShard,
     ) -> Result<Option<Snapshot>, ReconcileError> {
         let sk = meta.keys(shard);
+        // Every record the shard has, not only those the ledger or the
+        // expiry list name: a reservation whose outbox entries were all lost
+        // (the stream capped while the ledger was down) is known to neither,
+        // and its record is the only proof of the sale.
+        let scanned = self.scan_records(&sk).await?;
         let rids: Vec<&String> = ledger
             .rids
             .keys()
             .chain(snap.holds.iter())
+            .chain(scanned.iter())
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -720,6 +728,51 @@ impl Reconciler {
         }
         let l3 = ledger::last_id(&self.inventory, &self.metrics, &sk.events()).await?;
         Ok((l3 == snap.last_id).then_some(snap))
+    }
+
+    /// The ids of every reservation record of one shard: `SCAN … MATCH
+    /// fg:{tag}:r:*` on the node that owns the shard's slot (on a cluster, its
+    /// master; SCAN walks only that node's keys). Costs a walk of that node's
+    /// keyspace, which reconcile, after the sale, can afford.
+    async fn scan_records(
+        &self,
+        sk: &crate::inventory::keys::ShardKeys,
+    ) -> Result<Vec<String>, ReconcileError> {
+        let prefix = sk.record_prefix();
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let slot = fred::util::redis_keyslot(prefix.as_bytes());
+        let client = self.inventory.pool().next();
+        let mut cursor = "0".to_string();
+        let mut out = Vec::new();
+        loop {
+            let v: Value = client
+                .custom(
+                    CustomCommand::new_static("SCAN", ClusterHash::Custom(slot), false),
+                    vec![
+                        cursor.clone(),
+                        "MATCH".into(),
+                        pattern.clone(),
+                        "COUNT".into(),
+                        SCAN_COUNT.to_string(),
+                    ],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            let parts = array(v)?;
+            cursor = text(at(&parts, 0)?)?;
+            let keys = match parts.into_iter().nth(1) {
+                Some(v) => array(v)?,
+                None => Vec::new(),
+            };
+            for k in &keys {
+                if let Some(rid) = text(k)?.strip_prefix(prefix.as_str()) {
+                    out.push(rid.to_string());
+                }
+            }
+            if cursor == "0" {
+                return Ok(out);
+            }
+        }
     }
 
     /// Every entry of `stream` up to `id` is committed to the ledger: the group
@@ -1128,6 +1181,19 @@ fn compare(
     )
 }
 
+/// `s` with the glob characters of SCAN's MATCH escaped (a placement tag
+/// is free text to the pattern).
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn kinds(rows: &[Backfill]) -> String {
     rows.iter()
         .map(|b| b.kind.as_str())
@@ -1479,6 +1545,12 @@ mod tests {
                 end: end.map(str::to_string),
             },
         );
+    }
+
+    #[test]
+    fn a_tag_cannot_widen_the_record_scan() {
+        assert_eq!(glob_escape("fg:{a*b#0}:r:"), "fg:{a\\*b#0}:r:");
+        assert_eq!(glob_escape("fg:{s#1}:r:"), "fg:{s#1}:r:");
     }
 
     #[test]
