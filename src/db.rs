@@ -179,6 +179,21 @@ impl Db {
             .collect())
     }
 
+    /// The units the ledger has preloaded for `sku`, summed over its
+    /// shards; None when it has no preload at all (never loaded).
+    pub async fn ledger_preloaded(&self, sku: &str) -> Result<Option<i64>, DbError> {
+        let client = self.get().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*), coalesce(sum(qty), 0)::bigint FROM ledger_events
+                 WHERE sku = $1 AND kind = 'preload'",
+                &[&sku],
+            )
+            .await?;
+        let n: i64 = row.get(0);
+        Ok((n > 0).then(|| row.get(1)))
+    }
+
     /// Record that a catalogue row was loaded into Redis.
     pub async fn mark_loaded(&self, sku: &str) -> Result<(), DbError> {
         let client = self.get().await?;

@@ -205,12 +205,18 @@ pub struct SkuReport {
     /// Redis had lost the SKU; `--fix` loaded its layout back from the ledger
     /// (shard count and hash tags) and its books with the shards' fixes.
     pub restored: bool,
+    /// What reconcile could not decide for the SKU as a whole, and why (its
+    /// fix is refused while any is left).
+    pub problems: Vec<String>,
     pub per_shard: Vec<ShardReport>,
 }
 
 impl SkuReport {
     pub fn drift(&self) -> bool {
-        self.missing_in_redis || self.restored || self.per_shard.iter().any(ShardReport::drift)
+        self.missing_in_redis
+            || self.restored
+            || !self.problems.is_empty()
+            || self.per_shard.iter().any(ShardReport::drift)
     }
 }
 
@@ -233,6 +239,7 @@ impl Report {
     pub fn repaired(&self) -> bool {
         self.skus.iter().all(|s| {
             !s.missing_in_redis
+                && s.problems.is_empty()
                 && s.per_shard
                     .iter()
                     .all(|sh| !sh.drift() || sh.fix.as_deref() == Some("fixed"))
@@ -262,6 +269,8 @@ struct LedgerRid {
 #[derive(Clone, Debug, Default)]
 struct LedgerShard {
     initial: i64,
+    /// First loads of the shard (more than one: reloaded after a loss).
+    loads: u32,
     xfer_in: i64,
     xfer_out: i64,
     rids: BTreeMap<String, LedgerRid>,
@@ -430,6 +439,7 @@ impl Reconciler {
                     live: None,
                     missing_in_redis: true,
                     restored: false,
+                    problems: Vec::new(),
                     per_shard: Vec::new(),
                 })
             }
@@ -439,12 +449,25 @@ impl Reconciler {
             read.push(self.read_shard(&meta, s, deadline).await?);
         }
         let live = self.live(&meta, &read, opts.quiet_ms).await?;
+        let mut problems = Vec::new();
+        // Reconcile never invents units: stock the ledger says was loaded
+        // beyond what the catalogue has is not restored (an older reload
+        // counted twice, a preload row added by hand): a human decides.
+        let ledger_initial: i64 = read.iter().map(|(_, l)| l.initial).sum();
+        if let Some(c) = catalogue_stock.filter(|c| ledger_initial > *c) {
+            problems.push(format!(
+                "the ledger's preloads ({ledger_initial} units) exceed the catalogue's stock ({c}): \
+                 reconcile invents no units; correct the ledger or the catalogue"
+            ));
+        }
         let mut per_shard = Vec::new();
         for (s, (snap, ledger)) in read.into_iter().enumerate() {
             let s = s as u16; // < meta.shards
             let (mut report, plan) = compare(&meta, s, &snap, ledger);
             if opts.fix && report.drift() {
-                report.fix = Some(if live.is_some() && !opts.force {
+                report.fix = Some(if let Some(p) = problems.first() {
+                    format!("refused: {p}")
+                } else if live.is_some() && !opts.force {
                     format!(
                         "refused: the sale looks live ({}); use --force",
                         live.as_deref().unwrap_or_default()
@@ -463,6 +486,7 @@ impl Reconciler {
             live,
             missing_in_redis: false,
             restored,
+            problems,
             per_shard,
         })
     }
@@ -833,7 +857,7 @@ impl Reconciler {
         let rows = client
             .query(
                 "SELECT kind, rid, qty, user_id FROM ledger_events
-                 WHERE sku = $1 AND shard = $2 ORDER BY id",
+                 WHERE sku = $1 AND shard = $2 ORDER BY event_at, id",
                 &[&sku.as_str(), &i32::from(shard)],
             )
             .await
@@ -845,6 +869,15 @@ impl Reconciler {
             let qty: i64 = r.get(2);
             let user: String = r.get(3);
             match kind.as_str() {
+                // a first load of the shard (rid 'load') replaces what came
+                // before: it only happens on a shard with no counters, i.e.
+                // a new SKU or a Redis that lost it, so an earlier load's
+                // units are not there to add to (a reload after a wipe
+                // would otherwise count the stock twice)
+                "preload" if rid == "load" => {
+                    l.loads += 1;
+                    l.initial = qty;
+                }
                 "preload" => l.initial += qty,
                 "xfer_in" => l.xfer_in += qty,
                 "xfer_out" => l.xfer_out += qty,
@@ -1233,6 +1266,9 @@ pub fn table(report: &Report) -> String {
             );
             continue;
         }
+        for p in &s.problems {
+            out.push_str(&format!("  cannot decide: {p}\n"));
+        }
         if s.restored {
             out.push_str(
                 "  Redis had lost this SKU: layout restored from the ledger, books below\n",
@@ -1434,10 +1470,74 @@ pub async fn preload_from_postgres(args: PreloadArgs) -> Result<(), String> {
             None => format!("the skus table at {} is empty", db.url()),
         });
     }
-    let inventory = connect(&config, Arc::new(Metrics::new(1))).await?;
+    let metrics = Arc::new(Metrics::new(1));
+    let inventory = connect(&config, metrics.clone()).await?;
     let mut refused = Vec::new();
     for row in rows {
         let sku = Sku::parse(&row.sku)?;
+        // A SKU Redis does not have but the ledger has loaded before is a
+        // reload after loss (a wipe, a restart without persistence): its
+        // sales happened, so it is restored from the ledger (what is sold
+        // stays sold, no unit is counted twice), not loaded afresh.
+        let absent = inventory
+            .meta(&sku)
+            .await
+            .map_err(|e| crate::error::ApiError::from(e).message())?
+            .is_none();
+        let loaded_before = absent
+            && db
+                .ledger_preloaded(sku.as_str())
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some();
+        if loaded_before {
+            let mut settings = LedgerSettings::from_config(&config);
+            settings.consumer = ledger::default_consumer("preload");
+            let mut r = Reconciler::new(inventory.clone(), db.clone(), metrics.clone(), settings);
+            let report = r
+                .run(&Options {
+                    sku: Some(sku.clone()),
+                    fix: true,
+                    force: true,
+                    wait: Duration::from_secs(60),
+                    quiet_ms: 0,
+                })
+                .await
+                .map_err(|e| format!("{sku}: reload after loss: {e}"))?;
+            if report.exit_code() != 0 {
+                print!("{}", table(&report));
+                refused.push(format!("{sku} (reload after loss left drift)"));
+                continue;
+            }
+            let (available, sold): (i64, i64) = report
+                .skus
+                .iter()
+                .flat_map(|s| s.per_shard.iter())
+                .fold((0, 0), |(a, s), sh| {
+                    (a + sh.ledger.available, s + sh.ledger.sold)
+                });
+            let initial: i64 = report
+                .skus
+                .iter()
+                .flat_map(|s| s.per_shard.iter())
+                .map(|sh| sh.ledger.initial)
+                .sum();
+            println!(
+                "{sku}: reload after loss: restored from the ledger ({available} available, {sold} sold of {initial}), not loaded afresh{}",
+                if initial == row.stock {
+                    String::new()
+                } else {
+                    format!(
+                        "; the catalogue says {} units: `preload --force` changes the stock",
+                        row.stock
+                    )
+                }
+            );
+            db.mark_loaded(sku.as_str())
+                .await
+                .map_err(|e| e.to_string())?;
+            continue;
+        }
         let shards = u16::try_from(row.shards).map_err(|_| format!("{sku}: bad shard count"))?;
         let max_per_user = row
             .max_per_user

@@ -187,3 +187,150 @@ async fn a_paid_sale_whose_events_were_lost_stays_sold_after_fix() {
 async fn spawn(c: Config) -> TestApp {
     support::spawn_app(c).await
 }
+
+// ------------------------------------------------------------------ item 2
+
+fn preload_cli(redis: &RedisServer, pg: &PostgresServer, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "preload",
+        "--from-postgres",
+        "--redis-url",
+        &*Box::leak(redis.url().into_boxed_str()),
+        "--postgres-url",
+        &*Box::leak(pg.url().into_boxed_str()),
+    ];
+    args.extend_from_slice(extra);
+    flashgate(&args)
+}
+
+/// The sum of the ledger's preload rows of one SKU.
+fn ledger_preloaded(pg: &PostgresServer, sku: &str) -> String {
+    pg.psql(&format!(
+        "SELECT coalesce(sum(qty), 0) FROM ledger_events WHERE sku = '{sku}' AND kind = 'preload'"
+    ))
+}
+
+/// A SKU sold one unit, then Redis lost everything (a restart without
+/// persistence). Returns the app (its writer drains into `pg`).
+async fn sold_one_then_wiped(redis: &mut RedisServer, pg: &PostgresServer, sku: &str) -> TestApp {
+    let app = spawn(config(redis, Some(pg))).await;
+    let out = flashgate(&["migrate", "--postgres-url", &pg.url()]);
+    assert!(out.status.success(), "{}", text(&out));
+    pg.psql(&format!(
+        "INSERT INTO skus (sku, stock, shards) VALUES ('{sku}', 4, 1)"
+    ));
+    let out = preload_cli(redis, pg, &["--sku", sku]);
+    assert!(out.status.success(), "{}", text(&out));
+    let a = app.reserve("k-1", sku, 1, "buyer").await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    let rid = rid_of(&a);
+    assert_eq!(app.action(&rid, "confirm").await.status, StatusCode::OK);
+    assert!(
+        support::eventually(WAIT, || async {
+            ledger_rows(pg, sku)
+                .await
+                .contains_key(&("confirmed".to_string(), rid.clone()))
+        })
+        .await,
+        "the sale reaches the ledger"
+    );
+    redis.restart();
+    app
+}
+
+/// `preload --from-postgres --if-absent` after a wipe is a reload after loss:
+/// it restores the SKU from the ledger (1 sold, 3 on sale) instead of loading
+/// the catalogue's 4 units again and emitting them a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_after_a_redis_wipe_counts_the_stock_once() {
+    let mut redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let app = sold_one_then_wiped(&mut redis, &pg, "wiped").await;
+
+    let out = preload_cli(&redis, &pg, &["--if-absent", "--sku", "wiped"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reload after loss"),
+        "the preload says it is a reload: {}",
+        text(&out)
+    );
+    let st = app.assert_books("wiped").await;
+    assert_eq!(
+        (st.available, st.sold, st.initial),
+        (3, 1, 4),
+        "the sold unit is not back on sale: {st:?}"
+    );
+    // the writer may still be draining: wait until the stream is on the ledger
+    let report = reconcile(&app, &pg, true).await;
+    assert_eq!(
+        report.exit_code(),
+        0,
+        "{}",
+        flashgate::reconcile::table(&report)
+    );
+    assert_eq!(ledger_preloaded(&pg, "wiped"), "4", "stock counted once");
+    let st = app.assert_books("wiped").await;
+    assert_eq!((st.available, st.sold, st.initial), (3, 1, 4), "{st:?}");
+}
+
+/// A SKU loaded again by hand after a wipe (`preload` without the ledger):
+/// a second first load of the shard replaces the first on the ledger's
+/// books, so `--fix` sets 1 sold + 3 on sale, never 7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_first_load_replaces_the_first_and_fix_invents_no_units() {
+    let mut redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let app = sold_one_then_wiped(&mut redis, &pg, "again").await;
+    app.preload("again", 4, 1).await; // the catalogue's 4, again
+    let fixed = reconciler(&app, &pg)
+        .run(&Options {
+            force: true,
+            ..options(true)
+        })
+        .await
+        .expect("reconcile runs");
+    let table = flashgate::reconcile::table(&fixed);
+    assert_eq!(fixed.exit_code(), 0, "{table}");
+    let st = app.assert_books("again").await;
+    assert_eq!(
+        (st.available, st.sold, st.initial),
+        (3, 1, 4),
+        "no unit invented: {table}"
+    );
+    let again = reconcile(&app, &pg, false).await;
+    assert!(!again.drift(), "{}", flashgate::reconcile::table(&again));
+}
+
+/// A ledger whose preloads exceed the catalogue's stock (an older flashgate
+/// counted a reload twice) is not trusted to raise stock: `--fix` refuses and
+/// says why, exit 1, Redis untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fix_refuses_to_raise_stock_above_the_catalogue() {
+    let mut redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let app = sold_one_then_wiped(&mut redis, &pg, "dup").await;
+    let out = preload_cli(&redis, &pg, &["--if-absent", "--sku", "dup"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // as an old reload would have left it: a second full preload row
+    pg.psql(
+        "INSERT INTO ledger_events (stream, entry_id, sku, shard, kind, rid, qty, event_at)
+         VALUES ('fg:{dup#0}:events', '1-1', 'dup', 0, 'preload', '', 4, now())",
+    );
+    let before = app.assert_books("dup").await;
+    let report = reconciler(&app, &pg)
+        .run(&Options {
+            force: true,
+            ..options(true)
+        })
+        .await
+        .expect("reconcile runs");
+    let table = flashgate::reconcile::table(&report);
+    assert_eq!(report.exit_code(), 1, "{table}");
+    assert!(table.contains("catalogue"), "{table}");
+    let after = app.assert_books("dup").await;
+    assert_eq!(
+        (after.available, after.sold, after.initial),
+        (before.available, before.sold, before.initial),
+        "{table}"
+    );
+}
