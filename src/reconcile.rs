@@ -208,6 +208,10 @@ pub struct SkuReport {
     /// What reconcile could not decide for the SKU as a whole, and why (its
     /// fix is refused while any is left).
     pub problems: Vec<String>,
+    /// Transfers between the SKU's shards still in transit (a pending
+    /// record on the donor, not yet applied): `<id>: <n> units <from> -> <to>`.
+    /// The sweeper completes them; not drift.
+    pub pending_transfers: Vec<String>,
     pub per_shard: Vec<ShardReport>,
 }
 
@@ -273,6 +277,10 @@ struct LedgerShard {
     loads: u32,
     xfer_in: i64,
     xfer_out: i64,
+    /// Transfers into this shard: transfer id → (donor shard, units).
+    ins: BTreeMap<String, (u16, i64)>,
+    /// Transfers out of this shard: transfer id → (recipient shard, units).
+    outs: BTreeMap<String, (u16, i64)>,
     rids: BTreeMap<String, LedgerRid>,
 }
 
@@ -302,6 +310,9 @@ struct Snapshot {
     books: Books,
     holds: Vec<String>,
     records: HashMap<String, StoredRecord>,
+    /// Transfers out of the shard not yet applied (its `xfers` hash):
+    /// transfer id → (recipient shard, units).
+    pending_xfers: BTreeMap<String, (u16, i64)>,
 }
 
 /// A ledger row reconcile adds (source `reconcile`).
@@ -440,6 +451,7 @@ impl Reconciler {
                     missing_in_redis: true,
                     restored: false,
                     problems: Vec::new(),
+                    pending_transfers: Vec::new(),
                     per_shard: Vec::new(),
                 })
             }
@@ -460,10 +472,15 @@ impl Reconciler {
                  reconcile invents no units; correct the ledger or the catalogue"
             ));
         }
+        let (mut fills, pending_transfers) = balance_transfers(&mut read, &mut problems);
         let mut per_shard = Vec::new();
         for (s, (snap, ledger)) in read.into_iter().enumerate() {
             let s = s as u16; // < meta.shards
-            let (mut report, plan) = compare(&meta, s, &snap, ledger);
+            let (mut report, mut plan) = compare(&meta, s, &snap, ledger);
+            for (drift, fill) in fills.remove(&s).unwrap_or_default() {
+                report.records.push(drift);
+                plan.backfill.push(fill);
+            }
             if opts.fix && report.drift() {
                 report.fix = Some(if let Some(p) = problems.first() {
                     format!("refused: {p}")
@@ -487,6 +504,7 @@ impl Reconciler {
             missing_in_redis: false,
             restored,
             problems,
+            pending_transfers,
             per_shard,
         })
     }
@@ -646,6 +664,18 @@ impl Reconciler {
                 .zrange(sk.holds(), 0, -1, None, false, None, false)
                 .await
                 .map_err(|e| self.err(e))?;
+            let xfers: HashMap<String, String> =
+                client.hgetall(sk.xfers()).await.map_err(|e| self.err(e))?;
+            // `to|units|ts` (lua/transfer_out.lua)
+            let pending_xfers = xfers
+                .into_iter()
+                .filter_map(|(xid, v)| {
+                    let mut p = v.split('|');
+                    let to = p.next()?.parse::<u16>().ok()?;
+                    let n = p.next()?.parse::<i64>().ok()?;
+                    Some((xid, (to, n)))
+                })
+                .collect();
             let l2 = ledger::last_id(&self.inventory, &self.metrics, &stream).await?;
             if l1 != l2 {
                 if Instant::now() >= deadline {
@@ -671,6 +701,7 @@ impl Reconciler {
                 },
                 holds,
                 records: HashMap::new(),
+                pending_xfers,
             });
         }
     }
@@ -879,8 +910,15 @@ impl Reconciler {
                     l.initial = qty;
                 }
                 "preload" => l.initial += qty,
-                "xfer_in" => l.xfer_in += qty,
-                "xfer_out" => l.xfer_out += qty,
+                // rid: the transfer id; user: the other shard
+                "xfer_in" => {
+                    l.xfer_in += qty;
+                    l.ins.insert(rid, (user.parse().unwrap_or(u16::MAX), qty));
+                }
+                "xfer_out" => {
+                    l.xfer_out += qty;
+                    l.outs.insert(rid, (user.parse().unwrap_or(u16::MAX), qty));
+                }
                 "held" | "confirmed" | "released" | "expired" => {
                     let e = l.rids.entry(rid).or_default();
                     e.qty = qty;
@@ -1214,6 +1252,129 @@ fn compare(
     )
 }
 
+/// Check the SKU's transfers as a whole: every unit a shard sent (ledger
+/// `xfer_out`, or a pending record in Redis) arrived on its recipient
+/// (`xfer_in`) or is still in transit. Each shard's books add up on their own
+/// even when one half of a transfer is lost, so only this finds a unit that
+/// vanished (the `xfer_in` lost) or was created (the `xfer_out` lost). The
+/// half the other proves is backfilled into the ledger (its counters follow
+/// through the shard's fix), and the ledger books in `read` are adjusted.
+/// Returns the backfills per shard and the transfers in transit.
+#[allow(clippy::type_complexity)]
+fn balance_transfers(
+    read: &mut [(Snapshot, LedgerShard)],
+    problems: &mut Vec<String>,
+) -> (BTreeMap<u16, Vec<(RecordDrift, Backfill)>>, Vec<String>) {
+    let mut fills: BTreeMap<u16, Vec<(RecordDrift, Backfill)>> = BTreeMap::new();
+    let mut pending = Vec::new();
+    let shards = read.len();
+    let now = crate::inventory::now_ms();
+    let add = |fills: &mut BTreeMap<u16, Vec<(RecordDrift, Backfill)>>,
+               at: u16,
+               kind: &str,
+               xid: &str,
+               n: i64,
+               other: u16,
+               finding: &'static str,
+               why: String| {
+        fills.entry(at).or_default().push((
+            RecordDrift {
+                rid: xid.to_string(),
+                qty: n,
+                ledger: "none".into(),
+                redis: "-".into(),
+                finding,
+                repair: format!("backfill {kind} into the ledger ({why})"),
+            },
+            Backfill {
+                rid: xid.to_string(),
+                kind: kind.to_string(),
+                qty: n,
+                user: other.to_string(),
+                ts: now,
+            },
+        ));
+    };
+    let mut ins: Vec<(u16, i64)> = Vec::new();
+    let mut outs: Vec<(u16, i64)> = Vec::new();
+    for from in 0..shards {
+        let (snap, l) = &read[from];
+        let from = from as u16; // < shards <= MAX_SHARDS
+                                // sent: on the ledger, or proven by the donor's pending record
+        let mut sent: BTreeMap<&String, (u16, i64)> = l.outs.iter().map(|(x, v)| (x, *v)).collect();
+        for (xid, v) in &snap.pending_xfers {
+            if !sent.contains_key(xid) {
+                add(
+                    &mut fills,
+                    from,
+                    "xfer_out",
+                    xid,
+                    v.1,
+                    v.0,
+                    "transfer_out_missing",
+                    "the donor's pending transfer record proves it".into(),
+                );
+                outs.push((from, v.1));
+                sent.insert(xid, *v);
+            }
+        }
+        for (xid, (to, n)) in sent {
+            let Some((_, rl)) = read.get(usize::from(to)) else {
+                problems.push(format!("transfer {xid} of {n} units from shard {from} names shard {to}, which the SKU does not have"));
+                continue;
+            };
+            if rl.ins.contains_key(xid) {
+                continue;
+            }
+            if snap.pending_xfers.contains_key(xid) {
+                pending.push(format!("{xid}: {n} units {from} -> {to}"));
+                continue;
+            }
+            add(
+                &mut fills,
+                to,
+                "xfer_in",
+                xid,
+                n,
+                from,
+                "transfer_in_lost",
+                format!(
+                    "shard {from} sent {n} units that never arrived and are no longer in transit"
+                ),
+            );
+            ins.push((to, n));
+        }
+        // received without a send on the ledger: the donor's half was lost
+        for (xid, (donor, n)) in &l.ins {
+            let Some((dsnap, dl)) = read.get(usize::from(*donor)) else {
+                problems.push(format!("transfer {xid} of {n} units into shard {from} names shard {donor}, which the SKU does not have"));
+                continue;
+            };
+            if dl.outs.contains_key(xid) || dsnap.pending_xfers.contains_key(xid) {
+                continue;
+            }
+            add(
+                &mut fills,
+                *donor,
+                "xfer_out",
+                xid,
+                *n,
+                from,
+                "transfer_out_lost",
+                format!("shard {from} received {n} units its donor never gave"),
+            );
+            outs.push((*donor, *n));
+        }
+    }
+    for (s, n) in ins {
+        read[usize::from(s)].1.xfer_in += n;
+    }
+    for (s, n) in outs {
+        read[usize::from(s)].1.xfer_out += n;
+    }
+    (fills, pending)
+}
+
 /// `s` with the glob characters of SCAN's MATCH escaped (a placement tag
 /// is free text to the pattern).
 fn glob_escape(s: &str) -> String {
@@ -1268,6 +1429,9 @@ pub fn table(report: &Report) -> String {
         }
         for p in &s.problems {
             out.push_str(&format!("  cannot decide: {p}\n"));
+        }
+        for t in &s.pending_transfers {
+            out.push_str(&format!("  transfer in transit: {t}\n"));
         }
         if s.restored {
             out.push_str(

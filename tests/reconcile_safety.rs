@@ -334,3 +334,153 @@ async fn fix_refuses_to_raise_stock_above_the_catalogue() {
         "{table}"
     );
 }
+
+// ------------------------------------------------------------------ item 3
+
+/// The entries of a stream as (id, fields), parsed from redis-cli's output.
+fn stream_entries(redis: &RedisServer, stream: &str) -> Vec<(String, HashMap<String, String>)> {
+    let raw = redis.cli(&["XRANGE", stream, "-", "+"]);
+    let lines: Vec<&str> = raw.lines().collect();
+    let is_id = |l: &str| {
+        l.split_once('-')
+            .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok())
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if is_id(lines[i]) {
+            let id = lines[i].to_string();
+            let mut f = HashMap::new();
+            i += 1;
+            while i + 1 < lines.len() && !is_id(lines[i]) {
+                f.insert(lines[i].to_string(), lines[i + 1].to_string());
+                i += 2;
+            }
+            out.push((id, f));
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// 4 units over 2 shards (2 + 2); a hold of 3 makes one shard pull a unit
+/// from the other, then is released. Returns (donor, recipient, xid).
+async fn one_transfer(app: &TestApp, redis: &RedisServer, sku: &str) -> (u16, u16, String) {
+    app.preload(sku, 4, 2).await;
+    let a = app.reserve("big", sku, 3, "buyer").await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    assert_eq!(
+        app.action(&rid_of(&a), "release").await.status,
+        StatusCode::OK
+    );
+    for donor in 0..2u16 {
+        let stream = format!("fg:{{{sku}#{donor}}}:events");
+        if let Some((_, f)) = stream_entries(redis, &stream)
+            .into_iter()
+            .find(|(_, f)| f.get("type").map(String::as_str) == Some("xfer_out"))
+        {
+            let to: u16 = f["user"].parse().expect("recipient");
+            assert_eq!(f["qty"], "1", "{f:?}");
+            return (donor, to, f["rid"].clone());
+        }
+    }
+    panic!("no transfer happened");
+}
+
+fn entry_of(redis: &RedisServer, stream: &str, kind: &str, xid: &str) -> String {
+    stream_entries(redis, stream)
+        .into_iter()
+        .find(|(_, f)| {
+            f.get("type").map(String::as_str) == Some(kind)
+                && f.get("rid").map(String::as_str) == Some(xid)
+        })
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| panic!("no {kind} entry for {xid} in {stream}"))
+}
+
+async fn total(app: &TestApp, sku: &str) -> (i64, i64) {
+    let st = app
+        .state
+        .inventory
+        .status(&flashgate::domain::Sku::parse(sku).expect("sku"))
+        .await
+        .expect("status");
+    (st.available + st.held + st.sold, st.drift())
+}
+
+/// A failover loses a transfer's second half and its event: each shard's
+/// books still add up, so only the per-SKU balance sees the unit vanish.
+/// `status` reports it as drift; reconcile reports it and `--fix` puts the
+/// unit back on the recipient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_transfer_in_is_found_per_sku_and_the_unit_comes_back() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let app = spawn(config(&redis, None)).await;
+    let (_donor, to, xid) = one_transfer(&app, &redis, "xlost").await;
+    let tag = format!("fg:{{xlost#{to}}}");
+    let stream = format!("{tag}:events");
+    let id = entry_of(&redis, &stream, "xfer_in", &xid);
+    redis.cli(&["XDEL", &stream, &id]);
+    redis.cli(&["DECRBY", &format!("{tag}:stock"), "1"]);
+    redis.cli(&["HINCRBY", &format!("{tag}:books"), "xin", "-1"]);
+    redis.cli(&["ZREM", &format!("{tag}:xin"), &xid]);
+    assert_eq!(
+        total(&app, "xlost").await,
+        (3, 1),
+        "status shows the unit missing"
+    );
+
+    let report = reconcile(&app, &pg, false).await;
+    let table = flashgate::reconcile::table(&report);
+    assert_eq!(report.exit_code(), 1, "{table}");
+    assert!(table.contains(&xid), "{table}");
+    let fixed = reconcile(&app, &pg, true).await;
+    assert_eq!(
+        fixed.exit_code(),
+        0,
+        "{}",
+        flashgate::reconcile::table(&fixed)
+    );
+    assert_eq!(total(&app, "xlost").await, (4, 0));
+    let again = reconcile(&app, &pg, false).await;
+    assert!(!again.drift(), "{}", flashgate::reconcile::table(&again));
+}
+
+/// A failover loses a transfer's first half and its event: the donor has
+/// its unit again while the recipient has it too — a unit created. `--fix`
+/// takes it back from the donor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_transfer_out_is_found_per_sku_and_no_unit_is_created() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let app = spawn(config(&redis, None)).await;
+    let (donor, _to, xid) = one_transfer(&app, &redis, "xmade").await;
+    let tag = format!("fg:{{xmade#{donor}}}");
+    let stream = format!("{tag}:events");
+    let id = entry_of(&redis, &stream, "xfer_out", &xid);
+    redis.cli(&["XDEL", &stream, &id]);
+    redis.cli(&["INCRBY", &format!("{tag}:stock"), "1"]);
+    redis.cli(&["HINCRBY", &format!("{tag}:books"), "xout", "-1"]);
+    assert_eq!(
+        total(&app, "xmade").await,
+        (5, -1),
+        "status shows the unit created"
+    );
+
+    let report = reconcile(&app, &pg, false).await;
+    let table = flashgate::reconcile::table(&report);
+    assert_eq!(report.exit_code(), 1, "{table}");
+    assert!(table.contains(&xid), "{table}");
+    let fixed = reconcile(&app, &pg, true).await;
+    assert_eq!(
+        fixed.exit_code(),
+        0,
+        "{}",
+        flashgate::reconcile::table(&fixed)
+    );
+    assert_eq!(total(&app, "xmade").await, (4, 0));
+    let again = reconcile(&app, &pg, false).await;
+    assert!(!again.drift(), "{}", flashgate::reconcile::table(&again));
+}
