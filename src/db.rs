@@ -21,6 +21,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "skus_max_per_user",
         include_str!("../migrations/0002_skus_max_per_user.sql"),
     ),
+    (
+        3,
+        "ledger_dead_letters",
+        include_str!("../migrations/0003_ledger_dead_letters.sql"),
+    ),
 ];
 
 /// Serialises concurrent migrators (any constant unique to flashgate).
@@ -39,6 +44,10 @@ pub enum DbError {
     Unavailable { url: String, cause: String },
     #[error("postgres error: {0}")]
     Query(String),
+    /// The statement failed on the data it was given (SQLSTATE class 22, a
+    /// data exception: e.g. a NUL byte in text): sending it again fails again.
+    #[error("postgres refused the data: {0}")]
+    Refused(String),
 }
 
 impl From<tokio_postgres::Error> for DbError {
@@ -48,7 +57,10 @@ impl From<tokio_postgres::Error> for DbError {
         if let Some(db) = e.as_db_error() {
             msg = format!("{msg}: {}", db.message());
         }
-        DbError::Query(msg)
+        match e.code() {
+            Some(c) if c.code().starts_with("22") => DbError::Refused(msg),
+            _ => DbError::Query(msg),
+        }
     }
 }
 

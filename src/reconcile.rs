@@ -367,7 +367,18 @@ impl Reconciler {
         // Until a pass finds nothing new: entries pending with another (live)
         // writer are waited for per shard, below.
         let deadline = Instant::now() + opts.wait;
-        while self.writer.pass(true).await?.delivered > 0 && Instant::now() < deadline {}
+        // A stream that fails here (its master down) is not the other SKUs'
+        // concern: each shard below waits for its own stream, and says so.
+        while Instant::now() < deadline {
+            match self.writer.pass(true).await {
+                Ok(p) if p.delivered > 0 => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconcile: the ledger catch-up met an error; checking per shard");
+                    break;
+                }
+            }
+        }
 
         let mut skus: BTreeSet<String> = self
             .inventory
@@ -860,7 +871,9 @@ impl Reconciler {
                     waited: deadline.elapsed(),
                 });
             }
-            self.writer.pass(true).await?;
+            if let Err(e) = self.writer.pass(true).await {
+                tracing::debug!(error = %e, "reconcile: ledger pass");
+            }
             tokio::time::sleep(SNAPSHOT_RETRY).await;
         }
     }

@@ -484,3 +484,132 @@ async fn a_lost_transfer_out_is_found_per_sku_and_no_unit_is_created() {
     let again = reconcile(&app, &pg, false).await;
     assert!(!again.drift(), "{}", flashgate::reconcile::table(&again));
 }
+
+// ------------------------------------------------------------------ item 4
+
+/// An outbox entry PostgreSQL refuses (a NUL byte, which no text column
+/// takes) is parked in the dead-letter table with a metric, and no stream —
+/// its own included — stalls behind it; reconcile of another SKU runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_entry_is_parked_and_stalls_no_stream() {
+    use fred::interfaces::ClientLike;
+    use fred::types::{ClusterHash, CustomCommand, Value};
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let app = spawn(config(&redis, Some(&pg))).await;
+    let skus = ["pa", "pb", "pc", "pd", "pe"];
+    for s in skus {
+        app.preload(s, 10, 1).await;
+    }
+    // the poison, on the first SKU's stream, ahead of every sale
+    let _: Value = app
+        .state
+        .inventory
+        .pool()
+        .next()
+        .custom(
+            CustomCommand::new_static("XADD", ClusterHash::FirstKey, false),
+            vec![
+                "fg:{pa#0}:events".to_string(),
+                "*".into(),
+                "type".into(),
+                "held".into(),
+                "rid".into(),
+                "bad\0rid".into(),
+                "qty".into(),
+                "1".into(),
+                "user".into(),
+                "u".into(),
+            ],
+        )
+        .await
+        .expect("xadd");
+    let mut rids = Vec::new();
+    for (i, s) in skus.iter().enumerate() {
+        let a = app.reserve(&format!("k{i}"), s, 1, "buyer").await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        rids.push(rid_of(&a));
+    }
+    for (s, rid) in skus.iter().zip(&rids) {
+        assert!(
+            support::eventually(WAIT, || async {
+                ledger_rows(&pg, s)
+                    .await
+                    .contains_key(&("held".to_string(), rid.clone()))
+            })
+            .await,
+            "{s}'s hold reaches the ledger"
+        );
+    }
+    assert_eq!(
+        pg.psql("SELECT count(*) || ' ' || min(stream) FROM ledger_dead_letters"),
+        "1 fg:{pa#0}:events"
+    );
+    assert!(
+        app.state
+            .metrics
+            .render()
+            .contains("flashgate_ledger_dead_letters_total 1"),
+        "the dead letter is counted"
+    );
+    assert!(
+        support::eventually(WAIT, || async { app.state.metrics.ledger_lag.get() == 0 }).await,
+        "nothing stays pending"
+    );
+    let out = flashgate(&[
+        "reconcile",
+        "--sku",
+        "pb",
+        "--redis-url",
+        &redis.url(),
+        "--postgres-url",
+        &pg.url(),
+    ]);
+    assert_ne!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+/// One SKU's stream is broken in Redis (not a stream any more: every command
+/// on it fails). The writer goes on with every other stream, and reconcile of
+/// another SKU runs (it used to exit 2 on the writer's first failing stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broken_stream_stalls_neither_the_others_nor_reconcile() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let app = spawn(config(&redis, Some(&pg))).await;
+    let skus = ["sa", "sb", "sc", "sd", "se", "sf", "sg", "sh"];
+    app.preload("broken", 10, 1).await;
+    for s in skus {
+        app.preload(s, 10, 1).await;
+    }
+    redis.cli(&["DEL", "fg:{broken#0}:events"]);
+    redis.cli(&["SET", "fg:{broken#0}:events", "not a stream"]);
+    let mut rids = Vec::new();
+    for (i, s) in skus.iter().enumerate() {
+        let a = app.reserve(&format!("k{i}"), s, 1, "buyer").await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        rids.push(rid_of(&a));
+    }
+    for (s, rid) in skus.iter().zip(&rids) {
+        assert!(
+            support::eventually(WAIT, || async {
+                ledger_rows(&pg, s)
+                    .await
+                    .contains_key(&("held".to_string(), rid.clone()))
+            })
+            .await,
+            "{s}'s hold reaches the ledger"
+        );
+    }
+    let out = flashgate(&[
+        "reconcile",
+        "--sku",
+        "sb",
+        "--wait-seconds",
+        "10",
+        "--redis-url",
+        &redis.url(),
+        "--postgres-url",
+        &pg.url(),
+    ]);
+    assert_ne!(out.status.code(), Some(2), "{}", text(&out));
+}
