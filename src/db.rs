@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "ledger_dead_letters",
         include_str!("../migrations/0003_ledger_dead_letters.sql"),
     ),
+    (
+        4,
+        "reconcile_audit_state",
+        include_str!("../migrations/0004_reconcile_audit_state.sql"),
+    ),
 ];
 
 /// Serialises concurrent migrators (any constant unique to flashgate).

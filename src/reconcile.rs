@@ -337,6 +337,15 @@ const SNAPSHOT_RETRY: Duration = Duration::from_millis(100);
 const BUSY_RETRY: Duration = Duration::from_millis(10);
 /// Reservation records read per pipeline.
 const RECORD_CHUNK: usize = 500;
+/// Takes the per-SKU lock of `reconcile --fix` on the calling session
+/// (`$1`: the SKU); answers whether it was free. A PostgreSQL advisory lock:
+/// released by `pg_advisory_unlock` or when the session ends (a crashed run
+/// never leaves it held).
+pub const FIX_LOCK_SQL: &str =
+    "SELECT pg_try_advisory_lock(hashtextextended('flashgate reconcile --fix ' || $1, 0))";
+const FIX_UNLOCK_SQL: &str =
+    "SELECT pg_advisory_unlock(hashtextextended('flashgate reconcile --fix ' || $1, 0))";
+
 /// Keys asked for per SCAN call when looking for a shard's records.
 const SCAN_COUNT: usize = 1000;
 const TERMINAL: [&str; 3] = ["confirmed", "released", "expired"];
@@ -413,8 +422,19 @@ impl Reconciler {
             let Ok(sku) = Sku::parse(&name) else {
                 continue; // not a name flashgate could have written
             };
-            let r = self.sku(&sku, opts, deadline, &report.run_id).await?;
-            report.skus.push(r);
+            // one `--fix` per SKU at a time: a second one would pass the
+            // per-shard guard too (fix.lua appends no event) and fix twice
+            let lock = if opts.fix {
+                Some(self.lock(&sku).await?)
+            } else {
+                None
+            };
+            let busy = matches!(lock, Some((_, false)));
+            let r = self.sku(&sku, opts, deadline, &report.run_id, busy).await;
+            if let Some((c, true)) = lock {
+                self.unlock(c, &sku).await;
+            }
+            report.skus.push(r?);
         }
         Ok(report)
     }
@@ -425,6 +445,7 @@ impl Reconciler {
         opts: &Options,
         deadline: Instant,
         run_id: &str,
+        lock_busy: bool,
     ) -> Result<SkuReport, ReconcileError> {
         let catalogue_stock = self
             .db
@@ -445,7 +466,7 @@ impl Reconciler {
             Some(meta) => meta,
             // Redis lost the SKU (a restart without persistence): rebuild its
             // layout from the ledger; the shards' books follow below like any drift
-            None if opts.fix => {
+            None if opts.fix && !lock_busy => {
                 self.restore_layout(sku, run_id).await?;
                 restored = true;
                 match self.inventory.meta(sku).await? {
@@ -493,7 +514,12 @@ impl Reconciler {
                 plan.backfill.push(fill);
             }
             if opts.fix && report.drift() {
-                report.fix = Some(if let Some(p) = problems.first() {
+                report.fix = Some(if lock_busy {
+                    format!(
+                        "refused: another reconcile --fix is running on {} (it holds the SKU's lock); run again after it",
+                        meta.sku
+                    )
+                } else if let Some(p) = problems.first() {
                     format!("refused: {p}")
                 } else if live.is_some() && !opts.force {
                     format!(
@@ -504,6 +530,10 @@ impl Reconciler {
                     self.fix(&meta, s, &snap, &report, &plan, run_id, opts.force)
                         .await
                 });
+            }
+            let settled = !report.drift() || report.fix.as_deref() == Some("fixed");
+            if opts.fix && !lock_busy && settled {
+                self.finish_interrupted(sku, s, run_id).await?;
             }
             per_shard.push(report);
         }
@@ -974,6 +1004,13 @@ impl Reconciler {
         }
     }
 
+    /// The fix of one shard, in three steps so that no Redis correction is
+    /// ever unaudited: (1) the audit rows, as `intended`, committed; (2)
+    /// `fix.lua` (atomic, guarded by the snapshot's newest outbox id); (3)
+    /// the ledger backfills and the audit marked `done`, in one transaction.
+    /// Cut off between (2) and (3), the rows stay `intended`; the next run
+    /// finds the backfills again (their evidence is still there), writes
+    /// them and marks those rows `finished` (see `finish_interrupted`).
     #[allow(clippy::too_many_arguments)]
     async fn try_fix(
         &self,
@@ -994,63 +1031,13 @@ impl Reconciler {
         let sku = meta.sku.as_str();
         let shard_i = i32::from(shard);
         let mut client = self.db.get().await?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        for b in &plan.backfill {
-            tx.execute(
-                "INSERT INTO ledger_events
-                     (stream, entry_id, sku, shard, kind, rid, qty, user_id, event_at, source)
-                 VALUES ('reconcile', $1, $2, $3, $4, $5, $6, $7,
-                         to_timestamp($8::bigint::double precision / 1000.0), 'reconcile')
-                 ON CONFLICT (stream, entry_id) DO NOTHING",
-                &[
-                    &format!("{}:{}", b.rid, b.kind),
-                    &sku,
-                    &shard_i,
-                    &b.kind,
-                    &b.rid,
-                    &b.qty,
-                    &b.user,
-                    &b.ts,
-                ],
-            )
-            .await
-            .map_err(DbError::from)?;
-        }
 
-        // the Redis half, guarded by the newest outbox id of the snapshot
-        let sk = meta.keys(shard);
-        let mut keys = vec![sk.stock(), sk.books(), sk.holds(), sk.events()];
-        let mut args = vec![snap.last_id.clone()];
-        args.extend(target.fields().iter().map(|(_, v)| v.to_string()));
-        for (rid, status) in &plan.settle {
-            keys.push(format!("{}{}", sk.record_prefix(), rid));
-            args.push(rid.clone());
-            args.push(status.clone());
-        }
-        let reply = scripts::run(
-            self.inventory.nodes(),
-            &self.metrics,
-            &self.inventory.scripts().fix,
-            keys,
-            args,
-        )
-        .await?;
-        let items = array(reply)?;
-        if text(at(&items, 0)?)? == "changed" {
-            return Ok("skipped: the shard changed during reconcile; run it again".into());
-        }
-        let before = Books {
-            available: int(at(&items, 1)?)?,
-            held: int(at(&items, 2)?)?,
-            sold: int(at(&items, 3)?)?,
-            initial: int(at(&items, 4)?)?,
-            xfer_in: int(at(&items, 5)?)?,
-            xfer_out: int(at(&items, 6)?)?,
-        };
+        // (1) the audit, durable before Redis changes
+        let tx = client.transaction().await.map_err(DbError::from)?;
         let audit = "INSERT INTO reconcile_audit
-                (run_id, sku, shard, what, rid, redis_before, redis_after, detail, forced)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-        for ((field, was), (_, now)) in before.fields().iter().zip(target.fields().iter()) {
+                (run_id, sku, shard, what, rid, redis_before, redis_after, detail, forced, state)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'intended')";
+        for ((field, was), (_, now)) in snap.books.fields().iter().zip(target.fields().iter()) {
             if was == now {
                 continue;
             }
@@ -1092,13 +1079,109 @@ impl Reconciler {
             .await
             .map_err(DbError::from)?;
         }
-        tx.commit().await.map_err(|e| {
-            // Redis is already at the truth; the ledger rows and audit are not
-            // written. Running reconcile again finds the same findings and
-            // writes them (the backfill keys are deterministic).
-            DbError::from(e)
-        })?;
+        tx.commit().await.map_err(DbError::from)?;
+        let mark = "UPDATE reconcile_audit SET state = $4
+             WHERE run_id = $1 AND sku = $2 AND shard = $3 AND state = 'intended'";
+
+        // (2) the Redis half, guarded by the newest outbox id of the snapshot
+        let sk = meta.keys(shard);
+        let mut keys = vec![sk.stock(), sk.books(), sk.holds(), sk.events()];
+        let mut args = vec![snap.last_id.clone()];
+        args.extend(target.fields().iter().map(|(_, v)| v.to_string()));
+        for (rid, status) in &plan.settle {
+            keys.push(format!("{}{}", sk.record_prefix(), rid));
+            args.push(rid.clone());
+            args.push(status.clone());
+        }
+        // an error here leaves the rows intended: whether the script ran is
+        // unknown, and the next run re-checks the shard either way
+        let reply = scripts::run(
+            self.inventory.nodes(),
+            &self.metrics,
+            &self.inventory.scripts().fix,
+            keys,
+            args,
+        )
+        .await?;
+        let items = array(reply)?;
+        if text(at(&items, 0)?)? == "changed" {
+            client
+                .execute(mark, &[&run_id, &sku, &shard_i, &"abandoned"])
+                .await
+                .map_err(DbError::from)?;
+            return Ok("skipped: the shard changed during reconcile; run it again".into());
+        }
+
+        // (3) the ledger's half, and the audit marked done
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        for b in &plan.backfill {
+            tx.execute(
+                "INSERT INTO ledger_events
+                     (stream, entry_id, sku, shard, kind, rid, qty, user_id, event_at, source)
+                 VALUES ('reconcile', $1, $2, $3, $4, $5, $6, $7,
+                         to_timestamp($8::bigint::double precision / 1000.0), 'reconcile')
+                 ON CONFLICT (stream, entry_id) DO NOTHING",
+                &[
+                    &format!("{}:{}", b.rid, b.kind),
+                    &sku,
+                    &shard_i,
+                    &b.kind,
+                    &b.rid,
+                    &b.qty,
+                    &b.user,
+                    &b.ts,
+                ],
+            )
+            .await
+            .map_err(DbError::from)?;
+        }
+        tx.execute(mark, &[&run_id, &sku, &shard_i, &"done"])
+            .await
+            .map_err(DbError::from)?;
+        tx.commit().await.map_err(DbError::from)?;
         Ok("fixed".into())
+    }
+
+    /// Close the audit rows an earlier run left `intended` on this shard (it
+    /// was cut off after correcting Redis, or before): this run, holding the
+    /// SKU's lock, has just re-checked the shard and repaired what was left.
+    async fn finish_interrupted(
+        &self,
+        sku: &Sku,
+        shard: u16,
+        run_id: &str,
+    ) -> Result<u64, ReconcileError> {
+        let client = self.db.get().await?;
+        Ok(client
+            .execute(
+                "UPDATE reconcile_audit
+                 SET state = 'finished',
+                     detail = detail || ' [cut off before done; re-checked and finished by run ' || $3 || ']'
+                 WHERE sku = $1 AND shard = $2 AND state = 'intended' AND run_id <> $3",
+                &[&sku.as_str(), &i32::from(shard), &run_id],
+            )
+            .await
+            .map_err(DbError::from)?)
+    }
+
+    /// Take the SKU's `--fix` lock on a session of its own; the session is
+    /// kept (and the lock with it) until [`Reconciler::unlock`].
+    async fn lock(&self, sku: &Sku) -> Result<(deadpool_postgres::Object, bool), ReconcileError> {
+        let c = self.db.get().await?;
+        let got: bool = c
+            .query_one(FIX_LOCK_SQL, &[&sku.as_str()])
+            .await
+            .map_err(DbError::from)?
+            .get(0);
+        Ok((c, got))
+    }
+
+    async fn unlock(&self, c: deadpool_postgres::Object, sku: &Sku) {
+        if let Err(e) = c.query_one(FIX_UNLOCK_SQL, &[&sku.as_str()]).await {
+            // the lock stays with the session; drop the session so it goes
+            tracing::warn!(%sku, error = %e, "reconcile: cannot release the fix lock; closing its session");
+            drop(deadpool_postgres::Object::take(c));
+        }
     }
 
     fn err(&self, e: fred::error::Error) -> InventoryError {

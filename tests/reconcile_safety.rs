@@ -613,3 +613,98 @@ async fn a_broken_stream_stalls_neither_the_others_nor_reconcile() {
     ]);
     assert_ne!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+// ------------------------------------------------------------------ item 6
+
+/// Drift on a quiet SKU: 5 units added to shard 0's stock behind flashgate's back.
+async fn drifted(app: &TestApp, redis: &RedisServer, pg: &PostgresServer, sku: &str) {
+    app.preload(sku, 10, 2).await;
+    // the preload events on the ledger first
+    assert!(!reconcile(app, pg, false).await.drift());
+    redis.cli(&["INCRBY", &format!("fg:{{{sku}#0}}:stock"), "5"]);
+}
+
+/// While another `reconcile --fix` holds the SKU's lock (a PostgreSQL
+/// advisory lock), a second one refuses to fix it and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_concurrent_fix_refuses_while_the_first_holds_the_lock() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let app = spawn(config(&redis, None)).await;
+    drifted(&app, &redis, &pg, "locked").await;
+    let holder = pg.client().await;
+    let got: bool = holder
+        .query_one(flashgate::reconcile::FIX_LOCK_SQL, &[&"locked"])
+        .await
+        .expect("lock")
+        .get(0);
+    assert!(got);
+    let report = reconcile(&app, &pg, true).await;
+    let table = flashgate::reconcile::table(&report);
+    assert_eq!(report.exit_code(), 1, "{table}");
+    assert!(table.contains("another reconcile --fix"), "{table}");
+    assert_eq!(redis.cli(&["GET", "fg:{locked#0}:stock"]), "10", "{table}");
+    drop(holder); // the session ends, and its lock with it
+    let fixed = reconcile(&app, &pg, true).await;
+    assert_eq!(
+        fixed.exit_code(),
+        0,
+        "{}",
+        flashgate::reconcile::table(&fixed)
+    );
+    assert_eq!(redis.cli(&["GET", "fg:{locked#0}:stock"]), "5");
+}
+
+/// The audit is written (as `intended`) before Redis is corrected: when
+/// the audit cannot be written, Redis is not touched; when the fix is cut
+/// off after Redis (here: marking it done fails), the intended rows stay,
+/// and the next run finishes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_redis_correction_goes_unaudited() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let app = spawn(config(&redis, None)).await;
+    drifted(&app, &redis, &pg, "audited").await;
+    pg.psql(
+        "CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'audit refused (test)'; END $$;
+         CREATE TRIGGER no_insert BEFORE INSERT ON reconcile_audit
+           FOR EACH ROW EXECUTE FUNCTION no_audit();",
+    );
+    let report = reconcile(&app, &pg, true).await;
+    let table = flashgate::reconcile::table(&report);
+    assert!(table.contains("failed"), "{table}");
+    assert_eq!(
+        redis.cli(&["GET", "fg:{audited#0}:stock"]),
+        "10",
+        "no correction without its audit: {table}"
+    );
+
+    // now the fix is cut off after Redis, before it is marked done
+    pg.psql(
+        "DROP TRIGGER no_insert ON reconcile_audit;
+         CREATE TRIGGER no_done BEFORE UPDATE ON reconcile_audit
+           FOR EACH ROW EXECUTE FUNCTION no_audit();",
+    );
+    let report = reconcile(&app, &pg, true).await;
+    let table = flashgate::reconcile::table(&report);
+    assert!(table.contains("failed"), "{table}");
+    assert_eq!(redis.cli(&["GET", "fg:{audited#0}:stock"]), "5", "{table}");
+    assert_eq!(
+        pg.psql("SELECT what || ' ' || redis_before || '->' || redis_after || ' ' || state FROM reconcile_audit"),
+        "available 10->5 intended"
+    );
+    pg.psql("DROP TRIGGER no_done ON reconcile_audit");
+    let report = reconcile(&app, &pg, true).await;
+    assert_eq!(
+        report.exit_code(),
+        0,
+        "{}",
+        flashgate::reconcile::table(&report)
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM reconcile_audit WHERE state = 'intended'"),
+        "0",
+        "the next run finishes the interrupted fix"
+    );
+}
