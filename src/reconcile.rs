@@ -4,8 +4,8 @@
 //!
 //! **What is compared.** Per shard, Redis's counters (available, held, sold,
 //! initial, transferred in/out) against the same books worked out from the
-//! ledger (initial = Σ preload, sold = units of reservations whose last event
-//! is `confirmed`, held = units of reservations held and not ended, available
+//! ledger (initial = the shard's last first load + later preload changes,
+//! sold = units of reservations with a `confirmed` event, held = units of reservations held and not ended, available
 //! = the rest), and Redis's own invariant `initial + xin - xout = available +
 //! held + sold`. Then per reservation: the ledger's state of every reservation
 //! it knows and of every hold Redis has, against Redis's record of it.
@@ -970,8 +970,14 @@ impl Reconciler {
                     }
                     if kind == "held" {
                         e.held = true;
-                    } else if e.end.is_none() {
-                        // the first end is the end: a hold ends once
+                    } else if kind == "confirmed" || e.end.is_none() {
+                        // A hold ends once in any one Redis history, but a
+                        // failover can leave the ledger two ends (the old
+                        // primary's and the survivor's), in any order of
+                        // writing or of time. A confirm answered 200 to a
+                        // buyer: it is a sale whatever else the ledger shows.
+                        // Otherwise the first end in event order (released
+                        // and expired both return the units).
                         e.end = Some(kind);
                     }
                 }

@@ -708,3 +708,44 @@ async fn no_redis_correction_goes_unaudited() {
         "the next run finishes the interrupted fix"
     );
 }
+
+// ------------------------------------------------------------------ item 5
+
+/// The ledger holds two ends for one reservation (a failover: the old
+/// primary's `expired` reached the ledger first, the surviving primary's
+/// `confirmed`, answered 200 to the buyer, later). A confirm is a sale
+/// whatever else the ledger shows, in whichever order the rows were written
+/// or the events happened: `--fix` keeps it sold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_confirmed_sale_counts_whatever_the_order_of_its_ends_on_the_ledger() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let app = spawn(config(&redis, None)).await;
+    let out = flashgate(&["migrate", "--postgres-url", &pg.url()]);
+    assert!(out.status.success(), "{}", text(&out));
+    app.preload("twoends", 4, 1).await;
+    let a = app.reserve("k-1", "twoends", 1, "buyer").await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    let rid = rid_of(&a);
+    assert_eq!(app.action(&rid, "confirm").await.status, StatusCode::OK);
+    // written before the writer gets the held and confirmed entries, and an
+    // hour earlier in event time: first by both orders
+    pg.psql(&format!(
+        "INSERT INTO ledger_events (stream, entry_id, sku, shard, kind, rid, qty, user_id, event_at)
+         VALUES ('fg:{{twoends#0}}:events', '1-0', 'twoends', 0, 'expired', '{rid}', 1, 'buyer',
+                 now() - interval '1 hour')"
+    ));
+    let fixed = reconciler(&app, &pg)
+        .run(&Options {
+            force: true,
+            ..options(true)
+        })
+        .await
+        .expect("reconcile runs");
+    let table = flashgate::reconcile::table(&fixed);
+    assert_eq!(fixed.exit_code(), 0, "{table}");
+    let r = app.get(&format!("/v1/reservations/{rid}")).await;
+    assert_eq!(r.body["status"], "confirmed", "{table}");
+    let st = app.assert_books("twoends").await;
+    assert_eq!((st.available, st.sold), (3, 1), "{table}");
+}
