@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "reconcile_audit_state",
         include_str!("../migrations/0004_reconcile_audit_state.sql"),
     ),
+    (
+        5,
+        "retired_skus_one_confirm",
+        include_str!("../migrations/0005_retired_skus_one_confirm.sql"),
+    ),
 ];
 
 /// Serialises concurrent migrators (any constant unique to flashgate).

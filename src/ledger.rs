@@ -4,7 +4,9 @@
 //!
 //! **Exactly once on the books, whoever dies when.** Entries are read through
 //! the consumer group [`GROUP`], written in one statement (one transaction)
-//! per batch with `ON CONFLICT (stream, entry_id) DO NOTHING`, and `XACK`ed
+//! per batch with `ON CONFLICT DO NOTHING` (unique: the stream entry, and one
+//! `confirmed` per reservation — a confirm retried after a failover appends
+//! a second one), and `XACK`ed
 //! only after the commit. A writer killed before the commit leaves its batch
 //! pending: it rereads its own pending entries when it comes back, and any
 //! other writer claims them (`XAUTOCLAIM`) once they have been idle for
@@ -64,7 +66,7 @@ const INSERT: &str = "INSERT INTO ledger_events
     FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[],
                 $6::text[], $7::int8[], $8::text[], $9::int8[])
          AS x(s, e, k, sh, t, r, q, u, ts)
-    ON CONFLICT (stream, entry_id) DO NOTHING";
+    ON CONFLICT DO NOTHING";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {

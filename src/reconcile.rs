@@ -67,6 +67,10 @@ pub struct ReconcileArgs {
     /// Fix even a SKU that still looks live (holds outstanding or recent stock changes).
     #[arg(long, requires = "fix")]
     pub force: bool,
+    /// Mark --sku retired (cleaned out of Redis on purpose): later runs skip it and
+    /// --fix never restores it. Refused while the SKU is loaded in Redis.
+    #[arg(long, requires = "sku", conflicts_with = "fix")]
+    pub retire: bool,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// How long to wait for the ledger to catch up with the outbox streams.
@@ -212,25 +216,53 @@ pub struct SkuReport {
     /// record on the donor, not yet applied): `<id>: <n> units <from> -> <to>`.
     /// The sweeper completes them; not drift.
     pub pending_transfers: Vec<String>,
+    /// Reconcile could not check this SKU (the others are still reported).
+    pub error: Option<String>,
     pub per_shard: Vec<ShardReport>,
 }
 
 impl SkuReport {
+    fn failed(sku: &Sku, e: &ReconcileError) -> SkuReport {
+        SkuReport {
+            sku: sku.to_string(),
+            shards: 0,
+            catalogue_stock: None,
+            live: None,
+            missing_in_redis: false,
+            restored: false,
+            problems: Vec::new(),
+            pending_transfers: Vec::new(),
+            error: Some(e.to_string()),
+            per_shard: Vec::new(),
+        }
+    }
+
     pub fn drift(&self) -> bool {
         self.missing_in_redis
             || self.restored
+            || self.error.is_some()
             || !self.problems.is_empty()
             || self.per_shard.iter().any(ShardReport::drift)
     }
 }
 
+/// The version of the JSON report's layout; raised when a field changes meaning.
+pub const REPORT_VERSION: u32 = 2;
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Report {
+    /// [`REPORT_VERSION`].
+    pub version: u32,
+    /// `clean`, `repaired` (exit 0), `drift` (exit 1), or `failed` (exit 2:
+    /// a SKU could not be checked or a fix failed).
+    pub verdict: &'static str,
     pub run_id: String,
     pub fix: bool,
     pub force: bool,
     /// Outbox entries not yet on the ledger when reconcile started.
     pub ledger_lag_at_start: i64,
+    /// Retired SKUs (`--retire`) the ledger still has, not checked.
+    pub retired: Vec<String>,
     pub skus: Vec<SkuReport>,
 }
 
@@ -243,6 +275,7 @@ impl Report {
     pub fn repaired(&self) -> bool {
         self.skus.iter().all(|s| {
             !s.missing_in_redis
+                && s.error.is_none()
                 && s.problems.is_empty()
                 && s.per_shard
                     .iter()
@@ -250,12 +283,36 @@ impl Report {
         })
     }
 
-    /// 0: clean (or every drift repaired), 1: drift left.
-    pub fn exit_code(&self) -> u8 {
-        if !self.drift() || (self.fix && self.repaired()) {
-            0
+    /// A SKU could not be checked, or a fix failed.
+    pub fn failed(&self) -> bool {
+        self.skus.iter().any(|s| {
+            s.error.is_some()
+                || s.per_shard
+                    .iter()
+                    .any(|sh| sh.fix.as_deref().is_some_and(|f| f.starts_with("failed")))
+        })
+    }
+
+    /// `clean`, `repaired`, `drift` or `failed`; see [`Report::exit_code`].
+    pub fn verdict(&self) -> &'static str {
+        if self.failed() {
+            "failed"
+        } else if !self.drift() {
+            "clean"
+        } else if self.fix && self.repaired() {
+            "repaired"
         } else {
-            1
+            "drift"
+        }
+    }
+
+    /// 0: clean (or every drift repaired), 1: drift left, 2: a SKU could
+    /// not be checked or a fix failed (the report still covers every SKU).
+    pub fn exit_code(&self) -> u8 {
+        match self.verdict() {
+            "failed" => 2,
+            "drift" => 1,
+            _ => 0,
         }
     }
 }
@@ -404,18 +461,42 @@ impl Reconciler {
         {
             skus.insert(row.get(0));
         }
+        // retired SKUs stay on the ledger but out of reconcile, unless a
+        // SKU of that name is loaded in Redis again
+        let loaded: BTreeSet<String> = self
+            .inventory
+            .skus()
+            .await?
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut retired = Vec::new();
+        for row in client
+            .query("SELECT sku FROM retired_skus ORDER BY sku", &[])
+            .await
+            .map_err(DbError::from)?
+        {
+            let name: String = row.get(0);
+            if !loaded.contains(&name) && skus.remove(&name) {
+                retired.push(name);
+            }
+        }
         drop(client);
         if let Some(only) = &opts.sku {
-            if !skus.contains(only.as_str()) {
+            retired.retain(|s| s == only.as_str());
+            if !skus.contains(only.as_str()) && retired.is_empty() {
                 return Err(ReconcileError::UnknownSku(only.to_string()));
             }
             skus.retain(|s| s == only.as_str());
         }
         let mut report = Report {
+            version: REPORT_VERSION,
+            verdict: "clean",
             run_id,
             fix: opts.fix,
             force: opts.force,
             ledger_lag_at_start: lag_at_start,
+            retired,
             skus: Vec::new(),
         };
         for name in skus {
@@ -425,7 +506,13 @@ impl Reconciler {
             // one `--fix` per SKU at a time: a second one would pass the
             // per-shard guard too (fix.lua appends no event) and fix twice
             let lock = if opts.fix {
-                Some(self.lock(&sku).await?)
+                match self.lock(&sku).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        report.skus.push(SkuReport::failed(&sku, &e));
+                        continue;
+                    }
+                }
             } else {
                 None
             };
@@ -434,8 +521,17 @@ impl Reconciler {
             if let Some((c, true)) = lock {
                 self.unlock(c, &sku).await;
             }
-            report.skus.push(r?);
+            // an error on one SKU does not hide the others (some may be
+            // fixed already): it is reported, and the run exits 2
+            report.skus.push(match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(%sku, error = %e, "reconcile: cannot check this SKU");
+                    SkuReport::failed(&sku, &e)
+                }
+            });
         }
+        report.verdict = report.verdict();
         Ok(report)
     }
 
@@ -484,6 +580,7 @@ impl Reconciler {
                     restored: false,
                     problems: Vec::new(),
                     pending_transfers: Vec::new(),
+                    error: None,
                     per_shard: Vec::new(),
                 })
             }
@@ -546,6 +643,7 @@ impl Reconciler {
             restored,
             problems,
             pending_transfers,
+            error: None,
             per_shard,
         })
     }
@@ -1126,7 +1224,7 @@ impl Reconciler {
                      (stream, entry_id, sku, shard, kind, rid, qty, user_id, event_at, source)
                  VALUES ('reconcile', $1, $2, $3, $4, $5, $6, $7,
                          to_timestamp($8::bigint::double precision / 1000.0), 'reconcile')
-                 ON CONFLICT (stream, entry_id) DO NOTHING",
+                 ON CONFLICT DO NOTHING",
                 &[
                     &format!("{}:{}", b.rid, b.kind),
                     &sku,
@@ -1145,6 +1243,28 @@ impl Reconciler {
             .await
             .map_err(DbError::from)?;
         tx.commit().await.map_err(DbError::from)?;
+        // A hold the fix ended (held in Redis, released or expired on the
+        // ledger) gives its buyer's purchase cap back, as release and expiry
+        // do. The cap is its own slot, so this is a call of its own after
+        // fix.lua; cap_give is idempotent per key, so a rerun is harmless,
+        // and a crash before it leaves the buyer capped too tightly (the safe side).
+        let mut caps = 0;
+        for (rid, status) in &plan.settle {
+            let Some(r) = snap.records.get(rid) else {
+                continue;
+            };
+            if r.status == "held" && status != "confirmed" && !r.idem.is_empty() {
+                caps += self.inventory.cap_give(meta, &r.user, &r.idem).await?;
+            }
+        }
+        if caps > 0 {
+            tracing::info!(
+                sku,
+                shard,
+                units = caps,
+                "reconcile: purchase caps given back"
+            );
+        }
         Ok("fixed".into())
     }
 
@@ -1523,6 +1643,10 @@ pub fn table(report: &Report) -> String {
                 .map(|l| format!(", live: {l}"))
                 .unwrap_or_default(),
         ));
+        if let Some(e) = &s.error {
+            out.push_str(&format!("  could not be checked: {e}\n"));
+            continue;
+        }
         if s.missing_in_redis {
             out.push_str(
                 "  not loaded in Redis, but the ledger has events for it (Redis lost it?): `--fix` restores it from the ledger\n",
@@ -1598,9 +1722,13 @@ pub fn table(report: &Report) -> String {
             }
         }
     }
+    for r in &report.retired {
+        out.push_str(&format!("\nsku {r}  retired (not checked)\n"));
+    }
     out.push_str(&format!(
         "\n{}\n",
         match (report.drift(), report.fix && report.repaired()) {
+            _ if report.failed() => "FAILED: a SKU could not be checked or a fix failed (see above); exit 2".to_string(),
             (false, _) => "no drift: every unit is accounted for".to_string(),
             (true, true) => "drift found and repaired (see reconcile_audit); run reconcile again to confirm".to_string(),
             (true, false) => "DRIFT: the books above do not agree (redis≠ledger); `--fix` repairs Redis from the ledger".to_string(),
@@ -1854,6 +1982,18 @@ pub async fn preload_from_postgres(args: PreloadArgs) -> Result<(), String> {
 /// `flashgate reconcile`: exit 0 when clean (or every drift repaired by
 /// `--fix`), 1 when drift is left, 2 when reconcile could not run.
 pub async fn main(args: ReconcileArgs) -> ExitCode {
+    if args.retire {
+        return match retire_cmd(&args).await {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(msg) => {
+                eprintln!("flashgate reconcile --retire: {msg}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match reconcile_cmd(&args).await {
         Ok(report) => {
             match args.format {
@@ -1873,6 +2013,38 @@ pub async fn main(args: ReconcileArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `flashgate reconcile --retire --sku S`: S was cleaned out of Redis on
+/// purpose; record it so reconcile stops reporting it and never restores it.
+async fn retire_cmd(args: &ReconcileArgs) -> Result<String, String> {
+    let config = args.common.resolve().map_err(|e| e.to_string())?;
+    let sku = Sku::parse(args.sku.as_deref().unwrap_or_default())?;
+    let db = db_of(&config)?;
+    db.migrate().await.map_err(|e| e.to_string())?;
+    let inventory = connect(&config, Arc::new(Metrics::new(1))).await?;
+    let loaded = inventory
+        .meta(&sku)
+        .await
+        .map_err(|e| crate::error::ApiError::from(e).message())?
+        .is_some();
+    inventory.close().await;
+    if loaded {
+        return Err(format!(
+            "{sku} is loaded in Redis; retire a SKU only once its keys are cleaned out"
+        ));
+    }
+    let client = db.get().await.map_err(|e| e.to_string())?;
+    client
+        .execute(
+            "INSERT INTO retired_skus (sku) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&sku.as_str()],
+        )
+        .await
+        .map_err(|e| DbError::from(e).to_string())?;
+    Ok(format!(
+        "{sku} retired: reconcile skips it and --fix never restores it (its ledger rows stay)"
+    ))
 }
 
 async fn reconcile_cmd(args: &ReconcileArgs) -> Result<Report, String> {

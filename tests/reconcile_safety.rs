@@ -749,3 +749,195 @@ async fn a_confirmed_sale_counts_whatever_the_order_of_its_ends_on_the_ledger() 
     let st = app.assert_books("twoends").await;
     assert_eq!((st.available, st.sold), (3, 1), "{table}");
 }
+
+// ------------------------------------------------------------------ item 7
+
+fn reconcile_cli(redis: &RedisServer, pg: &PostgresServer, extra: &[&str]) -> Output {
+    let (r, p) = (redis.url(), pg.url());
+    let mut args = vec!["reconcile", "--redis-url", &r, "--postgres-url", &p];
+    args.extend_from_slice(extra);
+    flashgate(&args)
+}
+
+/// A fix that fails exits 2 (reconcile could not do its job), not 1, and
+/// the JSON report says so in a versioned, machine-readable verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_fix_exits_2_and_the_json_report_has_a_version_and_a_verdict() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let app = spawn(config(&redis, None)).await;
+    drifted(&app, &redis, &pg, "failing").await;
+    let out = reconcile_cli(&redis, &pg, &["--format", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["version"], 2, "{j}");
+    assert_eq!(j["verdict"], "drift", "{j}");
+    pg.psql(
+        "CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'audit refused (test)'; END $$;
+         CREATE TRIGGER no_insert BEFORE INSERT ON reconcile_audit
+           FOR EACH ROW EXECUTE FUNCTION no_audit();",
+    );
+    let out = reconcile_cli(&redis, &pg, &["--fix", "--force", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["verdict"], "failed", "{j}");
+    pg.psql("DROP TRIGGER no_insert ON reconcile_audit");
+    let out = reconcile_cli(&redis, &pg, &["--fix", "--force", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["verdict"], "repaired", "{j}");
+}
+
+/// One SKU reconcile cannot read (its books key is broken) does not hide
+/// the others: the report covers every SKU, names the error, exits 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_error_on_one_sku_still_reports_every_other() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let app = spawn(config(&redis, None)).await;
+    for s in ["e1", "e2", "e3"] {
+        app.preload(s, 4, 1).await;
+    }
+    redis.cli(&["DEL", "fg:{e2#0}:books"]);
+    redis.cli(&["SET", "fg:{e2#0}:books", "not a hash"]);
+    let out = reconcile_cli(&redis, &pg, &["--format", "json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let skus = j["skus"].as_array().expect("skus");
+    assert_eq!(skus.len(), 3, "{j}");
+    let e2 = skus.iter().find(|s| s["sku"] == "e2").expect("e2");
+    assert!(
+        e2["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("WRONGTYPE")),
+        "{j}"
+    );
+    assert_eq!(j["verdict"], "failed", "{j}");
+}
+
+/// A SKU cleaned out of Redis on purpose is retired: later runs do not
+/// report it missing, and `--fix` does not bring its old sales back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retired_sku_is_neither_missing_nor_restored() {
+    let mut redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let _app = sold_one_then_wiped(&mut redis, &pg, "old").await;
+    let out = reconcile_cli(&redis, &pg, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "missing in Redis: {}",
+        text(&out)
+    );
+    let out = reconcile_cli(&redis, &pg, &["--retire", "--sku", "old"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = reconcile_cli(&redis, &pg, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = reconcile_cli(&redis, &pg, &["--fix"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(redis.cli(&["EXISTS", "fg:{old}:meta"]), "0", "not restored");
+}
+
+/// A confirm retried after a failover appends a second `confirmed` entry
+/// for the same reservation: the ledger keeps one row, and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_confirm_leaves_one_confirmed_row() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let app = spawn(config(&redis, Some(&pg))).await;
+    app.preload("retry", 4, 1).await;
+    let a = app.reserve("k-1", "retry", 1, "buyer").await;
+    let rid = rid_of(&a);
+    assert_eq!(app.action(&rid, "confirm").await.status, StatusCode::OK);
+    redis.cli(&[
+        "XADD",
+        "fg:{retry#0}:events",
+        "*",
+        "type",
+        "confirmed",
+        "rid",
+        &rid,
+        "qty",
+        "1",
+        "user",
+        "buyer",
+        "ts",
+        "1",
+    ]);
+    let b = app.reserve("k-2", "retry", 1, "other").await;
+    let rid2 = rid_of(&b);
+    assert!(
+        support::eventually(WAIT, || async {
+            ledger_rows(&pg, "retry")
+                .await
+                .contains_key(&("held".to_string(), rid2.clone()))
+        })
+        .await,
+        "the writer goes on"
+    );
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT count(*) FROM ledger_events WHERE kind = 'confirmed' AND rid = '{rid}'"
+        )),
+        "1"
+    );
+}
+
+/// A hold Redis still shows as held but the ledger has released: `--fix`
+/// settles the record and gives the buyer's purchase cap back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_closed_by_fix_gives_the_purchase_cap_back() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let app = spawn(config(&redis, None)).await;
+    let sku = flashgate::domain::Sku::parse("capped").expect("sku");
+    app.state
+        .inventory
+        .preload_with(
+            &sku,
+            flashgate::inventory::PreloadSpec {
+                stock: 4,
+                shards: 1,
+                force: false,
+                max_per_user: Some(1),
+            },
+        )
+        .await
+        .expect("preload");
+    let a = app.reserve("k-1", "capped", 1, "buyer").await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    let rid = rid_of(&a);
+    assert_eq!(
+        app.reserve("k-2", "capped", 1, "buyer").await.code(),
+        "purchase_limit"
+    );
+    assert!(!reconcile(&app, &pg, false).await.drift());
+    // the release reached the ledger, Redis lost it (the record is back to held)
+    pg.psql(&format!(
+        "INSERT INTO ledger_events (stream, entry_id, sku, shard, kind, rid, qty, user_id, event_at)
+         VALUES ('fg:{{capped#0}}:events', '9999999999999-0', 'capped', 0, 'released', '{rid}', 1,
+                 'buyer', now())"
+    ));
+    let fixed = reconciler(&app, &pg)
+        .run(&Options {
+            force: true,
+            ..options(true)
+        })
+        .await
+        .expect("reconcile runs");
+    let table = flashgate::reconcile::table(&fixed);
+    assert_eq!(fixed.exit_code(), 0, "{table}");
+    assert_eq!(
+        app.get(&format!("/v1/reservations/{rid}")).await.body["status"],
+        "released",
+        "{table}"
+    );
+    let again = app.reserve("k-3", "capped", 1, "buyer").await;
+    assert_eq!(
+        again.status,
+        StatusCode::CREATED,
+        "the cap is given back: {:?} {table}",
+        again.body
+    );
+}
