@@ -26,7 +26,15 @@
 //! (equal, or it is read again), the ledger is read only once the consumer
 //! group has every entry up to that id committed, and the fix
 //! (`lua/fix.lua`) refuses to write if the shard's newest id moved since. A
-//! fix computed from a stale snapshot therefore never lands.
+//! fix computed from a stale snapshot therefore never lands. One `--fix` per
+//! SKU at a time (a PostgreSQL advisory lock), and its audit is committed
+//! before Redis is touched (see `try_fix`).
+//!
+//! **Never worse.** Every record of a shard is read (a SCAN), so a sale
+//! whose events were all lost is backfilled, not undone; a confirm on the
+//! ledger is a sale whatever other end it shows; transfers are balanced per
+//! SKU; ledger preloads above the catalogue's stock are refused. The rules
+//! and the exit codes are in docs/reconcile.md.
 //!
 //! **Live sales.** `--fix` refuses a SKU that still has holds outstanding in
 //! Redis or whose last stock change is younger than `--quiet-seconds`: its
