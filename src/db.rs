@@ -216,6 +216,18 @@ impl Db {
         Ok((n > 0).then(|| row.get(1)))
     }
 
+    /// Whether `sku` was retired (`reconcile --retire`).
+    pub async fn retired(&self, sku: &str) -> Result<bool, DbError> {
+        let client = self.get().await?;
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM retired_skus WHERE sku = $1)",
+                &[&sku],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
     /// Record that a catalogue row was loaded into Redis.
     pub async fn mark_loaded(&self, sku: &str) -> Result<(), DbError> {
         let client = self.get().await?;

@@ -1875,6 +1875,7 @@ pub async fn preload_from_postgres(args: PreloadArgs) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new(1));
     let inventory = connect(&config, metrics.clone()).await?;
     let mut refused = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
     for row in rows {
         let sku = Sku::parse(&row.sku)?;
         // A SKU Redis does not have but the ledger has loaded before is a
@@ -1886,6 +1887,12 @@ pub async fn preload_from_postgres(args: PreloadArgs) -> Result<(), String> {
             .await
             .map_err(|e| crate::error::ApiError::from(e).message())?
             .is_none();
+        if absent && db.retired(sku.as_str()).await.map_err(|e| e.to_string())? {
+            // its old sales are on the ledger under this name: a new sale
+            // loaded under it would be reconciled against them
+            failed.push(format!("{sku} (retired: sell it under a new SKU name)"));
+            continue;
+        }
         let loaded_before = absent
             && db
                 .ledger_preloaded(sku.as_str())
@@ -1908,7 +1915,7 @@ pub async fn preload_from_postgres(args: PreloadArgs) -> Result<(), String> {
                 .map_err(|e| format!("{sku}: reload after loss: {e}"))?;
             if report.exit_code() != 0 {
                 print!("{}", table(&report));
-                refused.push(format!("{sku} (reload after loss left drift)"));
+                failed.push(format!("{sku} (reload after loss left drift)"));
                 continue;
             }
             let (available, sold): (i64, i64) = report
@@ -1977,13 +1984,16 @@ pub async fn preload_from_postgres(args: PreloadArgs) -> Result<(), String> {
         }
     }
     inventory.close().await;
-    if refused.is_empty() {
+    if refused.is_empty() && failed.is_empty() {
         Ok(())
-    } else {
+    } else if failed.is_empty() {
         Err(format!(
             "{} already loaded, nothing changed for them; --force overwrites available units, --if-absent accepts this",
             refused.join(", ")
         ))
+    } else {
+        refused.extend(failed);
+        Err(format!("nothing changed for {}", refused.join(", ")))
     }
 }
 

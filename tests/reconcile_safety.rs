@@ -837,6 +837,10 @@ async fn a_retired_sku_is_neither_missing_nor_restored() {
     let out = reconcile_cli(&redis, &pg, &["--fix"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(redis.cli(&["EXISTS", "fg:{old}:meta"]), "0", "not restored");
+    let out = preload_cli(&redis, &pg, &["--sku", "old"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("retired"), "{}", text(&out));
+    assert_eq!(redis.cli(&["EXISTS", "fg:{old}:meta"]), "0", "not loaded");
 }
 
 /// A confirm retried after a failover appends a second `confirmed` entry
