@@ -945,3 +945,94 @@ async fn a_hold_closed_by_fix_gives_the_purchase_cap_back() {
         again.body
     );
 }
+
+// ------------------------------------------------------------------ together
+
+/// The "done when": lost outbox entries (a sale's and a transfer's
+/// second half), a poison entry, then a Redis wipe and reload. After
+/// `--fix`, and again after the reload, every confirmed reservation is sold
+/// and the SKU has exactly the catalogue's units.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_lost_entries_a_poison_entry_and_a_wipe_every_sale_stands_and_no_unit_is_invented() {
+    let mut redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let app = spawn(config(&redis, None)).await; // entries wait in Redis
+    let out = flashgate(&["migrate", "--postgres-url", &pg.url()]);
+    assert!(out.status.success(), "{}", text(&out));
+    pg.psql("INSERT INTO skus (sku, stock, shards) VALUES ('mix', 8, 2)");
+    let out = preload_cli(&redis, &pg, &["--sku", "mix"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // the poison: a NUL byte, which no PostgreSQL text column takes
+    let _ = redis.cli(&[
+        "EVAL",
+        "redis.call('XADD', KEYS[1], '*', 'type', 'held', 'rid', 'bad\\0', 'qty', '1')",
+        "1",
+        "fg:{mix#0}:events",
+    ]);
+    // 5 units in one hold: one shard has 4, so a unit is transferred
+    let big = app.reserve("k-big", "mix", 5, "a").await;
+    assert_eq!(big.status, StatusCode::CREATED, "{:?}", big.body);
+    let big = rid_of(&big);
+    assert_eq!(app.action(&big, "confirm").await.status, StatusCode::OK);
+    let one = app.reserve("k-one", "mix", 1, "b").await;
+    let one = rid_of(&one);
+    assert_eq!(app.action(&one, "confirm").await.status, StatusCode::OK);
+    let gone = app.reserve("k-gone", "mix", 1, "c").await;
+    let gone = rid_of(&gone);
+    assert_eq!(app.action(&gone, "release").await.status, StatusCode::OK);
+    // lost before the ledger got them: the single sale's entries, and the
+    // transfer's second half (Redis applied it)
+    let shard_of = |rid: &str| rid.split('.').nth(1).unwrap_or("0").to_string();
+    let stream = format!("fg:{{mix#{}}}:events", shard_of(&one));
+    for id in entries_naming(&redis, &stream, &one) {
+        redis.cli(&["XDEL", &stream, &id]);
+    }
+    for s in 0..2 {
+        let stream = format!("fg:{{mix#{s}}}:events");
+        for (id, f) in stream_entries(&redis, &stream) {
+            if f.get("type").map(String::as_str) == Some("xfer_in") {
+                redis.cli(&["XDEL", &stream, &id]);
+            }
+        }
+    }
+
+    let fixed = reconciler(&app, &pg)
+        .run(&Options {
+            force: true,
+            ..options(true)
+        })
+        .await
+        .expect("reconcile runs");
+    let table = flashgate::reconcile::table(&fixed);
+    assert_eq!(fixed.exit_code(), 0, "{table}");
+    for rid in [&big, &one] {
+        assert_eq!(
+            app.get(&format!("/v1/reservations/{rid}")).await.body["status"],
+            "confirmed",
+            "{table}"
+        );
+    }
+    let st = app.assert_books("mix").await;
+    assert_eq!((st.sold, st.held, st.available), (6, 0, 2), "{table}");
+    assert_eq!(st.drift(), 0, "{st:?}");
+    assert!(!reconcile(&app, &pg, false).await.drift());
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM ledger_dead_letters"),
+        "1",
+        "the poison is parked"
+    );
+
+    // Redis loses everything; the catalogue is loaded again
+    redis.restart();
+    let out = preload_cli(&redis, &pg, &["--if-absent", "--sku", "mix"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let st = app.assert_books("mix").await;
+    assert_eq!(
+        (st.sold, st.held, st.available, st.initial),
+        (6, 0, 2, 8),
+        "{}",
+        text(&out)
+    );
+    let again = reconcile(&app, &pg, false).await;
+    assert!(!again.drift(), "{}", flashgate::reconcile::table(&again));
+}
