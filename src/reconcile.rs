@@ -1482,6 +1482,9 @@ fn compare(
     )
 }
 
+/// Ledger backfills per shard, each with the finding it repairs.
+type Fills = BTreeMap<u16, Vec<(RecordDrift, Backfill)>>;
+
 /// Check the SKU's transfers as a whole: every unit a shard sent (ledger
 /// `xfer_out`, or a pending record in Redis) arrived on its recipient
 /// (`xfer_in`) or is still in transit. Each shard's books add up on their own
@@ -1490,16 +1493,15 @@ fn compare(
 /// half the other proves is backfilled into the ledger (its counters follow
 /// through the shard's fix), and the ledger books in `read` are adjusted.
 /// Returns the backfills per shard and the transfers in transit.
-#[allow(clippy::type_complexity)]
 fn balance_transfers(
     read: &mut [(Snapshot, LedgerShard)],
     problems: &mut Vec<String>,
-) -> (BTreeMap<u16, Vec<(RecordDrift, Backfill)>>, Vec<String>) {
-    let mut fills: BTreeMap<u16, Vec<(RecordDrift, Backfill)>> = BTreeMap::new();
+) -> (Fills, Vec<String>) {
+    let mut fills = Fills::new();
     let mut pending = Vec::new();
     let shards = read.len();
     let now = crate::inventory::now_ms();
-    let add = |fills: &mut BTreeMap<u16, Vec<(RecordDrift, Backfill)>>,
+    let add = |fills: &mut Fills,
                at: u16,
                kind: &str,
                xid: &str,
@@ -1529,8 +1531,9 @@ fn balance_transfers(
     let mut outs: Vec<(u16, i64)> = Vec::new();
     for from in 0..shards {
         let (snap, l) = &read[from];
-        let from = from as u16; // < shards <= MAX_SHARDS
-                                // sent: on the ledger, or proven by the donor's pending record
+        // < shards <= MAX_SHARDS
+        let from = from as u16;
+        // sent: on the ledger, or proven by the donor's pending record
         let mut sent: BTreeMap<&String, (u16, i64)> = l.outs.iter().map(|(x, v)| (x, *v)).collect();
         for (xid, v) in &snap.pending_xfers {
             if !sent.contains_key(xid) {
