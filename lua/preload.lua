@@ -7,6 +7,12 @@
 --         what an earlier, failed preload left on it is deleted first)
 -- Returns {'ok', units} | {'exists', stock}; an error, having written nothing,
 -- for units out of bounds or a stock key that does not hold a counter.
+-- The outbox event is `preload` with qty the change of available units and
+-- rid 'load' for a first load of the shard (it had no counters: a new SKU, a
+-- Redis that lost it, or a shard an earlier failed preload left half-made)
+-- or 'change' for a forced change. Reconcile takes a shard's last 'load' as
+-- its initial stock, so a reload after a wipe never counts the stock twice on
+-- the ledger.
 -- Without force, a shard that already has counters is left alone, so a typo
 -- cannot wipe a running sale. With force, `stock` becomes ARGV[1] and `initial`
 -- moves by the same delta: holds and sales already made stay on the books.
@@ -42,10 +48,10 @@ if raw then
   end
   redis.call('SET', stock, units)
   redis.call('HINCRBY', books, 'initial', units - old)
-  emit(events, 'preload', '', units - old, '', ts)
+  emit(events, 'preload', 'change', units - old, '', ts)
   return {'ok', units}
 end
 redis.call('SET', stock, units)
 redis.call('HSET', books, 'initial', units, 'held', 0, 'sold', 0, 'xin', 0, 'xout', 0)
-emit(events, 'preload', '', units, '', ts)
+emit(events, 'preload', 'load', units, '', ts)
 return {'ok', units}

@@ -386,6 +386,12 @@ pub fn status_table(st: &SkuStatus) -> String {
         st.waitlist,
         st.drift()
     );
+    if st.transfer_imbalance != 0 {
+        out.push_str(&format!(
+            "  transfers between shards do not balance by {} units (sent - received - in transit {}): run reconcile\n",
+            st.transfer_imbalance, st.in_transit
+        ));
+    }
     out.push_str(&format!(
         "{:>5} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}\n",
         "shard", "available", "held", "sold", "initial", "xfer_in", "xfer_out", "drift"

@@ -21,6 +21,21 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "skus_max_per_user",
         include_str!("../migrations/0002_skus_max_per_user.sql"),
     ),
+    (
+        3,
+        "ledger_dead_letters",
+        include_str!("../migrations/0003_ledger_dead_letters.sql"),
+    ),
+    (
+        4,
+        "reconcile_audit_state",
+        include_str!("../migrations/0004_reconcile_audit_state.sql"),
+    ),
+    (
+        5,
+        "retired_skus_one_confirm",
+        include_str!("../migrations/0005_retired_skus_one_confirm.sql"),
+    ),
 ];
 
 /// Serialises concurrent migrators (any constant unique to flashgate).
@@ -39,6 +54,10 @@ pub enum DbError {
     Unavailable { url: String, cause: String },
     #[error("postgres error: {0}")]
     Query(String),
+    /// The statement failed on the data it was given (SQLSTATE class 22, a
+    /// data exception: e.g. a NUL byte in text): sending it again fails again.
+    #[error("postgres refused the data: {0}")]
+    Refused(String),
 }
 
 impl From<tokio_postgres::Error> for DbError {
@@ -48,7 +67,10 @@ impl From<tokio_postgres::Error> for DbError {
         if let Some(db) = e.as_db_error() {
             msg = format!("{msg}: {}", db.message());
         }
-        DbError::Query(msg)
+        match e.code() {
+            Some(c) if c.code().starts_with("22") => DbError::Refused(msg),
+            _ => DbError::Query(msg),
+        }
     }
 }
 
@@ -177,6 +199,33 @@ impl Db {
                 max_per_user: r.get(3),
             })
             .collect())
+    }
+
+    /// The units the ledger has preloaded for `sku`, summed over its
+    /// shards; None when it has no preload at all (never loaded).
+    pub async fn ledger_preloaded(&self, sku: &str) -> Result<Option<i64>, DbError> {
+        let client = self.get().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*), coalesce(sum(qty), 0)::bigint FROM ledger_events
+                 WHERE sku = $1 AND kind = 'preload'",
+                &[&sku],
+            )
+            .await?;
+        let n: i64 = row.get(0);
+        Ok((n > 0).then(|| row.get(1)))
+    }
+
+    /// Whether `sku` was retired (`reconcile --retire`).
+    pub async fn retired(&self, sku: &str) -> Result<bool, DbError> {
+        let client = self.get().await?;
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM retired_skus WHERE sku = $1)",
+                &[&sku],
+            )
+            .await?;
+        Ok(row.get(0))
     }
 
     /// Record that a catalogue row was loaded into Redis.

@@ -4,7 +4,9 @@
 //!
 //! **Exactly once on the books, whoever dies when.** Entries are read through
 //! the consumer group [`GROUP`], written in one statement (one transaction)
-//! per batch with `ON CONFLICT (stream, entry_id) DO NOTHING`, and `XACK`ed
+//! per batch with `ON CONFLICT DO NOTHING` (unique: the stream entry, and one
+//! `confirmed` per reservation — a confirm retried after a failover appends
+//! a second one), and `XACK`ed
 //! only after the commit. A writer killed before the commit leaves its batch
 //! pending: it rereads its own pending entries when it comes back, and any
 //! other writer claims them (`XAUTOCLAIM`) once they have been idle for
@@ -64,7 +66,7 @@ const INSERT: &str = "INSERT INTO ledger_events
     FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[],
                 $6::text[], $7::int8[], $8::text[], $9::int8[])
          AS x(s, e, k, sh, t, r, q, u, ts)
-    ON CONFLICT (stream, entry_id) DO NOTHING";
+    ON CONFLICT DO NOTHING";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -267,6 +269,9 @@ impl Writer {
         }
         let mut stats = PassStats::default();
         let mut failed = None;
+        // Streams are isolated: one that fails (its master down, a slot
+        // moving) is retried next pass while the others go on. Only Postgres
+        // being down stops the pass: every stream would fail the same way, slowly.
         for s in &streams {
             if let Err(e) = self.drain(s, chores, &mut stats).await {
                 // our own reads of this stream may be pending now
@@ -274,18 +279,30 @@ impl Writer {
                 if is_nogroup(&e) {
                     self.grouped.remove(&s.key);
                 }
-                // Postgres down: every stream would fail the same way, slowly
-                failed = Some(e);
-                break;
+                tracing::warn!(stream = %s.key, error = %e, "ledger: stream skipped this pass");
+                let stop = matches!(e, LedgerError::Db(DbError::Unavailable { .. }));
+                failed.get_or_insert(e);
+                if stop {
+                    break;
+                }
             }
         }
         if chores {
-            // also while Postgres is down: the lag is what an alert watches
+            // also while Postgres is down: the lag is what an alert watches;
+            // a stream that cannot be measured does not freeze the others'
             let mut lag = 0;
             for s in &streams {
-                let g = self.group_state(&s.key).await?;
+                let g = match self.group_state(&s.key).await {
+                    Ok(g) => g,
+                    Err(e) => {
+                        failed.get_or_insert(e.into());
+                        continue;
+                    }
+                };
                 lag += g.unledgered;
-                self.trim(&s.key, &g).await?;
+                if let Err(e) = self.trim(&s.key, &g).await {
+                    failed.get_or_insert(e.into());
+                }
             }
             self.metrics.ledger_lag.set(lag);
             if self
@@ -294,7 +311,9 @@ impl Writer {
             {
                 self.last_forget = Some(Instant::now());
                 for s in &streams {
-                    self.forget_idle_consumers(&s.key).await?;
+                    if let Err(e) = self.forget_idle_consumers(&s.key).await {
+                        failed.get_or_insert(e.into());
+                    }
                 }
             }
         }
@@ -357,11 +376,58 @@ impl Writer {
             );
         }
         if !live.is_empty() {
-            let written = self.insert(s, &live).await?;
+            let written = match self.insert(s, &live).await {
+                Ok(n) => n,
+                // some entry of the batch holds a value Postgres refuses:
+                // write them one by one and park the ones refused, so one
+                // poison entry is not re-read for ever, blocking its stream
+                Err(DbError::Refused(_)) => {
+                    let mut n = 0;
+                    for e in &live {
+                        match self.insert(s, &[*e]).await {
+                            Ok(w) => n += w,
+                            Err(DbError::Refused(why)) => self.dead_letter(s, e, &why).await?,
+                            Err(other) => return Err(other.into()),
+                        }
+                    }
+                    n
+                }
+                Err(e) => return Err(e.into()),
+            };
             stats.written += written;
             self.metrics.ledger_written.inc_by(written);
         }
         self.ack(&s.key, ids).await?;
+        Ok(())
+    }
+
+    /// Park an entry Postgres refused in `ledger_dead_letters` (its fields
+    /// escaped, so the row itself is always accepted) and count it.
+    async fn dead_letter(&self, s: &Stream, e: &Entry, why: &str) -> Result<(), DbError> {
+        let fields: std::collections::BTreeMap<&String, &String> =
+            e.fields.iter().flatten().collect();
+        let fields = format!("{fields:?}").escape_default().to_string();
+        let client = self.db.get().await?;
+        let parked = client
+            .execute(
+                "INSERT INTO ledger_dead_letters (stream, entry_id, sku, shard, fields, error)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (stream, entry_id) DO NOTHING",
+                &[
+                    &s.key,
+                    &e.id,
+                    &s.sku,
+                    &i32::from(s.shard),
+                    &fields,
+                    &why.escape_default().to_string(),
+                ],
+            )
+            .await?;
+        if parked > 0 {
+            self.metrics.ledger_dead_letters.inc();
+        }
+        tracing::error!(stream = %s.key, entry = %e.id, error = %why,
+            "ledger: an outbox entry Postgres refuses was parked in ledger_dead_letters");
         Ok(())
     }
 
@@ -592,7 +658,11 @@ impl Writer {
     pub async fn lag(&self) -> Result<i64, InventoryError> {
         let mut lag = 0;
         for s in self.streams().await? {
-            lag += self.group_state(&s.key).await?.unledgered;
+            // a stream that cannot be read does not hide the others' lag
+            match self.group_state(&s.key).await {
+                Ok(g) => lag += g.unledgered,
+                Err(e) => tracing::warn!(stream = %s.key, error = %e, "ledger: cannot measure lag"),
+            }
         }
         self.metrics.ledger_lag.set(lag);
         Ok(lag)

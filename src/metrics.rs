@@ -139,6 +139,9 @@ pub struct Metrics {
     pub ledger_lag: IntGauge,
     /// `flashgate_ledger_events_written_total` — outbox events written to Postgres.
     pub ledger_written: IntCounter,
+    /// `flashgate_ledger_dead_letters_total` — outbox entries Postgres refused, parked
+    /// in `ledger_dead_letters` so their stream goes on.
+    pub ledger_dead_letters: IntCounter,
     /// `flashgate_rate_limiter_buckets` — per-user buckets held in memory by this instance;
     /// should fall back after each prune, growth without bound is a leak.
     pub limiter_buckets: IntGauge,
@@ -249,6 +252,10 @@ impl Metrics {
             "flashgate_ledger_events_written_total",
             "Outbox events written to Postgres.",
         ));
+        let ledger_dead_letters = reg.add(IntCounter::new(
+            "flashgate_ledger_dead_letters_total",
+            "Outbox entries Postgres refused, parked in ledger_dead_letters.",
+        ));
         let limiter_buckets = reg.add(IntGauge::new(
             "flashgate_rate_limiter_buckets",
             "Per-user rate limiter buckets held in memory by this instance.",
@@ -309,6 +316,7 @@ impl Metrics {
             sweeper_lag,
             ledger_lag,
             ledger_written,
+            ledger_dead_letters,
             limiter_buckets,
             connections_open,
             connections_refused,
@@ -531,6 +539,7 @@ mod tests {
             ("flashgate_sweeper_lag_seconds", "gauge"),
             ("flashgate_ledger_lag_events", "gauge"),
             ("flashgate_ledger_events_written_total", "counter"),
+            ("flashgate_ledger_dead_letters_total", "counter"),
             ("flashgate_rate_limiter_buckets", "gauge"),
             ("flashgate_http_connections_open", "gauge"),
             ("flashgate_http_connections_refused_total", "counter"),

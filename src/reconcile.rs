@@ -4,8 +4,8 @@
 //!
 //! **What is compared.** Per shard, Redis's counters (available, held, sold,
 //! initial, transferred in/out) against the same books worked out from the
-//! ledger (initial = Σ preload, sold = units of reservations whose last event
-//! is `confirmed`, held = units of reservations held and not ended, available
+//! ledger (initial = the shard's last first load + later preload changes,
+//! sold = units of reservations with a `confirmed` event, held = units of reservations held and not ended, available
 //! = the rest), and Redis's own invariant `initial + xin - xout = available +
 //! held + sold`. Then per reservation: the ledger's state of every reservation
 //! it knows and of every hold Redis has, against Redis's record of it.
@@ -26,7 +26,15 @@
 //! (equal, or it is read again), the ledger is read only once the consumer
 //! group has every entry up to that id committed, and the fix
 //! (`lua/fix.lua`) refuses to write if the shard's newest id moved since. A
-//! fix computed from a stale snapshot therefore never lands.
+//! fix computed from a stale snapshot therefore never lands. One `--fix` per
+//! SKU at a time (a PostgreSQL advisory lock), and its audit is committed
+//! before Redis is touched (see `try_fix`).
+//!
+//! **Never worse.** Every record of a shard is read (a SCAN), so a sale
+//! whose events were all lost is backfilled, not undone; a confirm on the
+//! ledger is a sale whatever other end it shows; transfers are balanced per
+//! SKU; ledger preloads above the catalogue's stock are refused. The rules
+//! and the exit codes are in docs/reconcile.md.
 //!
 //! **Live sales.** `--fix` refuses a SKU that still has holds outstanding in
 //! Redis or whose last stock change is younger than `--quiet-seconds`: its
@@ -67,6 +75,10 @@ pub struct ReconcileArgs {
     /// Fix even a SKU that still looks live (holds outstanding or recent stock changes).
     #[arg(long, requires = "fix")]
     pub force: bool,
+    /// Mark --sku retired (cleaned out of Redis on purpose): later runs skip it and
+    /// --fix never restores it. Refused while the SKU is loaded in Redis.
+    #[arg(long, requires = "sku", conflicts_with = "fix")]
+    pub retire: bool,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// How long to wait for the ledger to catch up with the outbox streams.
@@ -205,22 +217,60 @@ pub struct SkuReport {
     /// Redis had lost the SKU; `--fix` loaded its layout back from the ledger
     /// (shard count and hash tags) and its books with the shards' fixes.
     pub restored: bool,
+    /// What reconcile could not decide for the SKU as a whole, and why (its
+    /// fix is refused while any is left).
+    pub problems: Vec<String>,
+    /// Transfers between the SKU's shards still in transit (a pending
+    /// record on the donor, not yet applied): `<id>: <n> units <from> -> <to>`.
+    /// The sweeper completes them; not drift.
+    pub pending_transfers: Vec<String>,
+    /// Reconcile could not check this SKU (the others are still reported).
+    pub error: Option<String>,
     pub per_shard: Vec<ShardReport>,
 }
 
 impl SkuReport {
+    fn failed(sku: &Sku, e: &ReconcileError) -> SkuReport {
+        SkuReport {
+            sku: sku.to_string(),
+            shards: 0,
+            catalogue_stock: None,
+            live: None,
+            missing_in_redis: false,
+            restored: false,
+            problems: Vec::new(),
+            pending_transfers: Vec::new(),
+            error: Some(e.to_string()),
+            per_shard: Vec::new(),
+        }
+    }
+
     pub fn drift(&self) -> bool {
-        self.missing_in_redis || self.restored || self.per_shard.iter().any(ShardReport::drift)
+        self.missing_in_redis
+            || self.restored
+            || self.error.is_some()
+            || !self.problems.is_empty()
+            || self.per_shard.iter().any(ShardReport::drift)
     }
 }
 
+/// The version of the JSON report's layout; raised when a field changes meaning.
+pub const REPORT_VERSION: u32 = 2;
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Report {
+    /// [`REPORT_VERSION`].
+    pub version: u32,
+    /// `clean`, `repaired` (exit 0), `drift` (exit 1), or `failed` (exit 2:
+    /// a SKU could not be checked or a fix failed).
+    pub verdict: &'static str,
     pub run_id: String,
     pub fix: bool,
     pub force: bool,
     /// Outbox entries not yet on the ledger when reconcile started.
     pub ledger_lag_at_start: i64,
+    /// Retired SKUs (`--retire`) the ledger still has, not checked.
+    pub retired: Vec<String>,
     pub skus: Vec<SkuReport>,
 }
 
@@ -233,18 +283,44 @@ impl Report {
     pub fn repaired(&self) -> bool {
         self.skus.iter().all(|s| {
             !s.missing_in_redis
+                && s.error.is_none()
+                && s.problems.is_empty()
                 && s.per_shard
                     .iter()
                     .all(|sh| !sh.drift() || sh.fix.as_deref() == Some("fixed"))
         })
     }
 
-    /// 0: clean (or every drift repaired), 1: drift left.
-    pub fn exit_code(&self) -> u8 {
-        if !self.drift() || (self.fix && self.repaired()) {
-            0
+    /// A SKU could not be checked, or a fix failed.
+    pub fn failed(&self) -> bool {
+        self.skus.iter().any(|s| {
+            s.error.is_some()
+                || s.per_shard
+                    .iter()
+                    .any(|sh| sh.fix.as_deref().is_some_and(|f| f.starts_with("failed")))
+        })
+    }
+
+    /// `clean`, `repaired`, `drift` or `failed`; see [`Report::exit_code`].
+    pub fn verdict(&self) -> &'static str {
+        if self.failed() {
+            "failed"
+        } else if !self.drift() {
+            "clean"
+        } else if self.fix && self.repaired() {
+            "repaired"
         } else {
-            1
+            "drift"
+        }
+    }
+
+    /// 0: clean (or every drift repaired), 1: drift left, 2: a SKU could
+    /// not be checked or a fix failed (the report still covers every SKU).
+    pub fn exit_code(&self) -> u8 {
+        match self.verdict() {
+            "failed" => 2,
+            "drift" => 1,
+            _ => 0,
         }
     }
 }
@@ -262,8 +338,14 @@ struct LedgerRid {
 #[derive(Clone, Debug, Default)]
 struct LedgerShard {
     initial: i64,
+    /// First loads of the shard (more than one: reloaded after a loss).
+    loads: u32,
     xfer_in: i64,
     xfer_out: i64,
+    /// Transfers into this shard: transfer id → (donor shard, units).
+    ins: BTreeMap<String, (u16, i64)>,
+    /// Transfers out of this shard: transfer id → (recipient shard, units).
+    outs: BTreeMap<String, (u16, i64)>,
     rids: BTreeMap<String, LedgerRid>,
 }
 
@@ -293,6 +375,9 @@ struct Snapshot {
     books: Books,
     holds: Vec<String>,
     records: HashMap<String, StoredRecord>,
+    /// Transfers out of the shard not yet applied (its `xfers` hash):
+    /// transfer id → (recipient shard, units).
+    pending_xfers: BTreeMap<String, (u16, i64)>,
 }
 
 /// A ledger row reconcile adds (source `reconcile`).
@@ -317,6 +402,17 @@ const SNAPSHOT_RETRY: Duration = Duration::from_millis(100);
 const BUSY_RETRY: Duration = Duration::from_millis(10);
 /// Reservation records read per pipeline.
 const RECORD_CHUNK: usize = 500;
+/// Takes the per-SKU lock of `reconcile --fix` on the calling session
+/// (`$1`: the SKU); answers whether it was free. A PostgreSQL advisory lock:
+/// released by `pg_advisory_unlock` or when the session ends (a crashed run
+/// never leaves it held).
+pub const FIX_LOCK_SQL: &str =
+    "SELECT pg_try_advisory_lock(hashtextextended('flashgate reconcile --fix ' || $1, 0))";
+const FIX_UNLOCK_SQL: &str =
+    "SELECT pg_advisory_unlock(hashtextextended('flashgate reconcile --fix ' || $1, 0))";
+
+/// Keys asked for per SCAN call when looking for a shard's records.
+const SCAN_COUNT: usize = 1000;
 const TERMINAL: [&str; 3] = ["confirmed", "released", "expired"];
 
 impl Reconciler {
@@ -345,7 +441,18 @@ impl Reconciler {
         // Until a pass finds nothing new: entries pending with another (live)
         // writer are waited for per shard, below.
         let deadline = Instant::now() + opts.wait;
-        while self.writer.pass(true).await?.delivered > 0 && Instant::now() < deadline {}
+        // A stream that fails here (its master down) is not the other SKUs'
+        // concern: each shard below waits for its own stream, and says so.
+        while Instant::now() < deadline {
+            match self.writer.pass(true).await {
+                Ok(p) if p.delivered > 0 => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconcile: the ledger catch-up met an error; checking per shard");
+                    break;
+                }
+            }
+        }
 
         let mut skus: BTreeSet<String> = self
             .inventory
@@ -362,27 +469,77 @@ impl Reconciler {
         {
             skus.insert(row.get(0));
         }
+        // retired SKUs stay on the ledger but out of reconcile, unless a
+        // SKU of that name is loaded in Redis again
+        let loaded: BTreeSet<String> = self
+            .inventory
+            .skus()
+            .await?
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut retired = Vec::new();
+        for row in client
+            .query("SELECT sku FROM retired_skus ORDER BY sku", &[])
+            .await
+            .map_err(DbError::from)?
+        {
+            let name: String = row.get(0);
+            if !loaded.contains(&name) && skus.remove(&name) {
+                retired.push(name);
+            }
+        }
         drop(client);
         if let Some(only) = &opts.sku {
-            if !skus.contains(only.as_str()) {
+            retired.retain(|s| s == only.as_str());
+            if !skus.contains(only.as_str()) && retired.is_empty() {
                 return Err(ReconcileError::UnknownSku(only.to_string()));
             }
             skus.retain(|s| s == only.as_str());
         }
         let mut report = Report {
+            version: REPORT_VERSION,
+            verdict: "clean",
             run_id,
             fix: opts.fix,
             force: opts.force,
             ledger_lag_at_start: lag_at_start,
+            retired,
             skus: Vec::new(),
         };
         for name in skus {
             let Ok(sku) = Sku::parse(&name) else {
                 continue; // not a name flashgate could have written
             };
-            let r = self.sku(&sku, opts, deadline, &report.run_id).await?;
-            report.skus.push(r);
+            // one `--fix` per SKU at a time: a second one would pass the
+            // per-shard guard too (fix.lua appends no event) and fix twice
+            let lock = if opts.fix {
+                match self.lock(&sku).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        report.skus.push(SkuReport::failed(&sku, &e));
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let busy = matches!(lock, Some((_, false)));
+            let r = self.sku(&sku, opts, deadline, &report.run_id, busy).await;
+            if let Some((c, true)) = lock {
+                self.unlock(c, &sku).await;
+            }
+            // an error on one SKU does not hide the others (some may be
+            // fixed already): it is reported, and the run exits 2
+            report.skus.push(match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(%sku, error = %e, "reconcile: cannot check this SKU");
+                    SkuReport::failed(&sku, &e)
+                }
+            });
         }
+        report.verdict = report.verdict();
         Ok(report)
     }
 
@@ -392,6 +549,7 @@ impl Reconciler {
         opts: &Options,
         deadline: Instant,
         run_id: &str,
+        lock_busy: bool,
     ) -> Result<SkuReport, ReconcileError> {
         let catalogue_stock = self
             .db
@@ -412,7 +570,7 @@ impl Reconciler {
             Some(meta) => meta,
             // Redis lost the SKU (a restart without persistence): rebuild its
             // layout from the ledger; the shards' books follow below like any drift
-            None if opts.fix => {
+            None if opts.fix && !lock_busy => {
                 self.restore_layout(sku, run_id).await?;
                 restored = true;
                 match self.inventory.meta(sku).await? {
@@ -428,6 +586,9 @@ impl Reconciler {
                     live: None,
                     missing_in_redis: true,
                     restored: false,
+                    problems: Vec::new(),
+                    pending_transfers: Vec::new(),
+                    error: None,
                     per_shard: Vec::new(),
                 })
             }
@@ -437,12 +598,35 @@ impl Reconciler {
             read.push(self.read_shard(&meta, s, deadline).await?);
         }
         let live = self.live(&meta, &read, opts.quiet_ms).await?;
+        let mut problems = Vec::new();
+        // Reconcile never invents units: stock the ledger says was loaded
+        // beyond what the catalogue has is not restored (an older reload
+        // counted twice, a preload row added by hand): a human decides.
+        let ledger_initial: i64 = read.iter().map(|(_, l)| l.initial).sum();
+        if let Some(c) = catalogue_stock.filter(|c| ledger_initial > *c) {
+            problems.push(format!(
+                "the ledger's preloads ({ledger_initial} units) exceed the catalogue's stock ({c}): \
+                 reconcile invents no units; correct the ledger or the catalogue"
+            ));
+        }
+        let (mut fills, pending_transfers) = balance_transfers(&mut read, &mut problems);
         let mut per_shard = Vec::new();
         for (s, (snap, ledger)) in read.into_iter().enumerate() {
             let s = s as u16; // < meta.shards
-            let (mut report, plan) = compare(&meta, s, &snap, ledger);
+            let (mut report, mut plan) = compare(&meta, s, &snap, ledger);
+            for (drift, fill) in fills.remove(&s).unwrap_or_default() {
+                report.records.push(drift);
+                plan.backfill.push(fill);
+            }
             if opts.fix && report.drift() {
-                report.fix = Some(if live.is_some() && !opts.force {
+                report.fix = Some(if lock_busy {
+                    format!(
+                        "refused: another reconcile --fix is running on {} (it holds the SKU's lock); run again after it",
+                        meta.sku
+                    )
+                } else if let Some(p) = problems.first() {
+                    format!("refused: {p}")
+                } else if live.is_some() && !opts.force {
                     format!(
                         "refused: the sale looks live ({}); use --force",
                         live.as_deref().unwrap_or_default()
@@ -451,6 +635,10 @@ impl Reconciler {
                     self.fix(&meta, s, &snap, &report, &plan, run_id, opts.force)
                         .await
                 });
+            }
+            let settled = !report.drift() || report.fix.as_deref() == Some("fixed");
+            if opts.fix && !lock_busy && settled {
+                self.finish_interrupted(sku, s, run_id).await?;
             }
             per_shard.push(report);
         }
@@ -461,6 +649,9 @@ impl Reconciler {
             live,
             missing_in_redis: false,
             restored,
+            problems,
+            pending_transfers,
+            error: None,
             per_shard,
         })
     }
@@ -620,6 +811,18 @@ impl Reconciler {
                 .zrange(sk.holds(), 0, -1, None, false, None, false)
                 .await
                 .map_err(|e| self.err(e))?;
+            let xfers: HashMap<String, String> =
+                client.hgetall(sk.xfers()).await.map_err(|e| self.err(e))?;
+            // `to|units|ts` (lua/transfer_out.lua)
+            let pending_xfers = xfers
+                .into_iter()
+                .filter_map(|(xid, v)| {
+                    let mut p = v.split('|');
+                    let to = p.next()?.parse::<u16>().ok()?;
+                    let n = p.next()?.parse::<i64>().ok()?;
+                    Some((xid, (to, n)))
+                })
+                .collect();
             let l2 = ledger::last_id(&self.inventory, &self.metrics, &stream).await?;
             if l1 != l2 {
                 if Instant::now() >= deadline {
@@ -645,6 +848,7 @@ impl Reconciler {
                 },
                 holds,
                 records: HashMap::new(),
+                pending_xfers,
             });
         }
     }
@@ -682,10 +886,16 @@ impl Reconciler {
         ledger: &LedgerShard,
     ) -> Result<Option<Snapshot>, ReconcileError> {
         let sk = meta.keys(shard);
+        // Every record the shard has, not only those the ledger or the
+        // expiry list name: a reservation whose outbox entries were all lost
+        // (the stream capped while the ledger was down) is known to neither,
+        // and its record is the only proof of the sale.
+        let scanned = self.scan_records(&sk).await?;
         let rids: Vec<&String> = ledger
             .rids
             .keys()
             .chain(snap.holds.iter())
+            .chain(scanned.iter())
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -722,6 +932,51 @@ impl Reconciler {
         Ok((l3 == snap.last_id).then_some(snap))
     }
 
+    /// The ids of every reservation record of one shard: `SCAN … MATCH
+    /// fg:{tag}:r:*` on the node that owns the shard's slot (on a cluster, its
+    /// master; SCAN walks only that node's keys). Costs a walk of that node's
+    /// keyspace, which reconcile, after the sale, can afford.
+    async fn scan_records(
+        &self,
+        sk: &crate::inventory::keys::ShardKeys,
+    ) -> Result<Vec<String>, ReconcileError> {
+        let prefix = sk.record_prefix();
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let slot = fred::util::redis_keyslot(prefix.as_bytes());
+        let client = self.inventory.pool().next();
+        let mut cursor = "0".to_string();
+        let mut out = Vec::new();
+        loop {
+            let v: Value = client
+                .custom(
+                    CustomCommand::new_static("SCAN", ClusterHash::Custom(slot), false),
+                    vec![
+                        cursor.clone(),
+                        "MATCH".into(),
+                        pattern.clone(),
+                        "COUNT".into(),
+                        SCAN_COUNT.to_string(),
+                    ],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            let parts = array(v)?;
+            cursor = text(at(&parts, 0)?)?;
+            let keys = match parts.into_iter().nth(1) {
+                Some(v) => array(v)?,
+                None => Vec::new(),
+            };
+            for k in &keys {
+                if let Some(rid) = text(k)?.strip_prefix(prefix.as_str()) {
+                    out.push(rid.to_string());
+                }
+            }
+            if cursor == "0" {
+                return Ok(out);
+            }
+        }
+    }
+
     /// Every entry of `stream` up to `id` is committed to the ledger: the group
     /// delivered it and no entry at or below it is still pending.
     async fn wait_for_ledger(
@@ -752,7 +1007,9 @@ impl Reconciler {
                     waited: deadline.elapsed(),
                 });
             }
-            self.writer.pass(true).await?;
+            if let Err(e) = self.writer.pass(true).await {
+                tracing::debug!(error = %e, "reconcile: ledger pass");
+            }
             tokio::time::sleep(SNAPSHOT_RETRY).await;
         }
     }
@@ -780,7 +1037,7 @@ impl Reconciler {
         let rows = client
             .query(
                 "SELECT kind, rid, qty, user_id FROM ledger_events
-                 WHERE sku = $1 AND shard = $2 ORDER BY id",
+                 WHERE sku = $1 AND shard = $2 ORDER BY event_at, id",
                 &[&sku.as_str(), &i32::from(shard)],
             )
             .await
@@ -792,9 +1049,25 @@ impl Reconciler {
             let qty: i64 = r.get(2);
             let user: String = r.get(3);
             match kind.as_str() {
+                // a first load of the shard (rid 'load') replaces what came
+                // before: it only happens on a shard with no counters, i.e.
+                // a new SKU or a Redis that lost it, so an earlier load's
+                // units are not there to add to (a reload after a wipe
+                // would otherwise count the stock twice)
+                "preload" if rid == "load" => {
+                    l.loads += 1;
+                    l.initial = qty;
+                }
                 "preload" => l.initial += qty,
-                "xfer_in" => l.xfer_in += qty,
-                "xfer_out" => l.xfer_out += qty,
+                // rid: the transfer id; user: the other shard
+                "xfer_in" => {
+                    l.xfer_in += qty;
+                    l.ins.insert(rid, (user.parse().unwrap_or(u16::MAX), qty));
+                }
+                "xfer_out" => {
+                    l.xfer_out += qty;
+                    l.outs.insert(rid, (user.parse().unwrap_or(u16::MAX), qty));
+                }
                 "held" | "confirmed" | "released" | "expired" => {
                     let e = l.rids.entry(rid).or_default();
                     e.qty = qty;
@@ -803,8 +1076,14 @@ impl Reconciler {
                     }
                     if kind == "held" {
                         e.held = true;
-                    } else if e.end.is_none() {
-                        // the first end is the end: a hold ends once
+                    } else if kind == "confirmed" || e.end.is_none() {
+                        // A hold ends once in any one Redis history, but a
+                        // failover can leave the ledger two ends (the old
+                        // primary's and the survivor's), in any order of
+                        // writing or of time. A confirm answered 200 to a
+                        // buyer: it is a sale whatever else the ledger shows.
+                        // Otherwise the first end in event order (released
+                        // and expired both return the units).
                         e.end = Some(kind);
                     }
                 }
@@ -837,6 +1116,13 @@ impl Reconciler {
         }
     }
 
+    /// The fix of one shard, in three steps so that no Redis correction is
+    /// ever unaudited: (1) the audit rows, as `intended`, committed; (2)
+    /// `fix.lua` (atomic, guarded by the snapshot's newest outbox id); (3)
+    /// the ledger backfills and the audit marked `done`, in one transaction.
+    /// Cut off between (2) and (3), the rows stay `intended`; the next run
+    /// finds the backfills again (their evidence is still there), writes
+    /// them and marks those rows `finished` (see `finish_interrupted`).
     #[allow(clippy::too_many_arguments)]
     async fn try_fix(
         &self,
@@ -857,63 +1143,13 @@ impl Reconciler {
         let sku = meta.sku.as_str();
         let shard_i = i32::from(shard);
         let mut client = self.db.get().await?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        for b in &plan.backfill {
-            tx.execute(
-                "INSERT INTO ledger_events
-                     (stream, entry_id, sku, shard, kind, rid, qty, user_id, event_at, source)
-                 VALUES ('reconcile', $1, $2, $3, $4, $5, $6, $7,
-                         to_timestamp($8::bigint::double precision / 1000.0), 'reconcile')
-                 ON CONFLICT (stream, entry_id) DO NOTHING",
-                &[
-                    &format!("{}:{}", b.rid, b.kind),
-                    &sku,
-                    &shard_i,
-                    &b.kind,
-                    &b.rid,
-                    &b.qty,
-                    &b.user,
-                    &b.ts,
-                ],
-            )
-            .await
-            .map_err(DbError::from)?;
-        }
 
-        // the Redis half, guarded by the newest outbox id of the snapshot
-        let sk = meta.keys(shard);
-        let mut keys = vec![sk.stock(), sk.books(), sk.holds(), sk.events()];
-        let mut args = vec![snap.last_id.clone()];
-        args.extend(target.fields().iter().map(|(_, v)| v.to_string()));
-        for (rid, status) in &plan.settle {
-            keys.push(format!("{}{}", sk.record_prefix(), rid));
-            args.push(rid.clone());
-            args.push(status.clone());
-        }
-        let reply = scripts::run(
-            self.inventory.nodes(),
-            &self.metrics,
-            &self.inventory.scripts().fix,
-            keys,
-            args,
-        )
-        .await?;
-        let items = array(reply)?;
-        if text(at(&items, 0)?)? == "changed" {
-            return Ok("skipped: the shard changed during reconcile; run it again".into());
-        }
-        let before = Books {
-            available: int(at(&items, 1)?)?,
-            held: int(at(&items, 2)?)?,
-            sold: int(at(&items, 3)?)?,
-            initial: int(at(&items, 4)?)?,
-            xfer_in: int(at(&items, 5)?)?,
-            xfer_out: int(at(&items, 6)?)?,
-        };
+        // (1) the audit, durable before Redis changes
+        let tx = client.transaction().await.map_err(DbError::from)?;
         let audit = "INSERT INTO reconcile_audit
-                (run_id, sku, shard, what, rid, redis_before, redis_after, detail, forced)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-        for ((field, was), (_, now)) in before.fields().iter().zip(target.fields().iter()) {
+                (run_id, sku, shard, what, rid, redis_before, redis_after, detail, forced, state)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'intended')";
+        for ((field, was), (_, now)) in snap.books.fields().iter().zip(target.fields().iter()) {
             if was == now {
                 continue;
             }
@@ -955,13 +1191,131 @@ impl Reconciler {
             .await
             .map_err(DbError::from)?;
         }
-        tx.commit().await.map_err(|e| {
-            // Redis is already at the truth; the ledger rows and audit are not
-            // written. Running reconcile again finds the same findings and
-            // writes them (the backfill keys are deterministic).
-            DbError::from(e)
-        })?;
+        tx.commit().await.map_err(DbError::from)?;
+        let mark = "UPDATE reconcile_audit SET state = $4
+             WHERE run_id = $1 AND sku = $2 AND shard = $3 AND state = 'intended'";
+
+        // (2) the Redis half, guarded by the newest outbox id of the snapshot
+        let sk = meta.keys(shard);
+        let mut keys = vec![sk.stock(), sk.books(), sk.holds(), sk.events()];
+        let mut args = vec![snap.last_id.clone()];
+        args.extend(target.fields().iter().map(|(_, v)| v.to_string()));
+        for (rid, status) in &plan.settle {
+            keys.push(format!("{}{}", sk.record_prefix(), rid));
+            args.push(rid.clone());
+            args.push(status.clone());
+        }
+        // an error here leaves the rows intended: whether the script ran is
+        // unknown, and the next run re-checks the shard either way
+        let reply = scripts::run(
+            self.inventory.nodes(),
+            &self.metrics,
+            &self.inventory.scripts().fix,
+            keys,
+            args,
+        )
+        .await?;
+        let items = array(reply)?;
+        if text(at(&items, 0)?)? == "changed" {
+            client
+                .execute(mark, &[&run_id, &sku, &shard_i, &"abandoned"])
+                .await
+                .map_err(DbError::from)?;
+            return Ok("skipped: the shard changed during reconcile; run it again".into());
+        }
+
+        // (3) the ledger's half, and the audit marked done
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        for b in &plan.backfill {
+            tx.execute(
+                "INSERT INTO ledger_events
+                     (stream, entry_id, sku, shard, kind, rid, qty, user_id, event_at, source)
+                 VALUES ('reconcile', $1, $2, $3, $4, $5, $6, $7,
+                         to_timestamp($8::bigint::double precision / 1000.0), 'reconcile')
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &format!("{}:{}", b.rid, b.kind),
+                    &sku,
+                    &shard_i,
+                    &b.kind,
+                    &b.rid,
+                    &b.qty,
+                    &b.user,
+                    &b.ts,
+                ],
+            )
+            .await
+            .map_err(DbError::from)?;
+        }
+        tx.execute(mark, &[&run_id, &sku, &shard_i, &"done"])
+            .await
+            .map_err(DbError::from)?;
+        tx.commit().await.map_err(DbError::from)?;
+        // A hold the fix ended (held in Redis, released or expired on the
+        // ledger) gives its buyer's purchase cap back, as release and expiry
+        // do. The cap is its own slot, so this is a call of its own after
+        // fix.lua; cap_give is idempotent per key, so a rerun is harmless,
+        // and a crash before it leaves the buyer capped too tightly (the safe side).
+        let mut caps = 0;
+        for (rid, status) in &plan.settle {
+            let Some(r) = snap.records.get(rid) else {
+                continue;
+            };
+            if r.status == "held" && status != "confirmed" && !r.idem.is_empty() {
+                caps += self.inventory.cap_give(meta, &r.user, &r.idem).await?;
+            }
+        }
+        if caps > 0 {
+            tracing::info!(
+                sku,
+                shard,
+                units = caps,
+                "reconcile: purchase caps given back"
+            );
+        }
         Ok("fixed".into())
+    }
+
+    /// Close the audit rows an earlier run left `intended` on this shard (it
+    /// was cut off after correcting Redis, or before): this run, holding the
+    /// SKU's lock, has just re-checked the shard and repaired what was left.
+    async fn finish_interrupted(
+        &self,
+        sku: &Sku,
+        shard: u16,
+        run_id: &str,
+    ) -> Result<u64, ReconcileError> {
+        let client = self.db.get().await?;
+        Ok(client
+            .execute(
+                "UPDATE reconcile_audit
+                 SET state = 'finished',
+                     detail = detail || ' [cut off before done; re-checked and finished by run ' || $3 || ']'
+                 WHERE sku = $1 AND shard = $2 AND state = 'intended' AND run_id <> $3",
+                &[&sku.as_str(), &i32::from(shard), &run_id],
+            )
+            .await
+            .map_err(DbError::from)?)
+    }
+
+    /// Take the SKU's `--fix` lock on a session of its own; the session is
+    /// kept (and the lock with it) until [`Reconciler::unlock`].
+    async fn lock(&self, sku: &Sku) -> Result<(deadpool_postgres::Object, bool), ReconcileError> {
+        let c = self.db.get().await?;
+        let got: bool = c
+            .query_one(FIX_LOCK_SQL, &[&sku.as_str()])
+            .await
+            .map_err(DbError::from)?
+            .get(0);
+        Ok((c, got))
+    }
+
+    async fn unlock(&self, c: deadpool_postgres::Object, sku: &Sku) {
+        if let Err(e) = c.query_one(FIX_UNLOCK_SQL, &[&sku.as_str()]).await {
+            // the lock stays with the session; drop the session so it goes
+            tracing::warn!(%sku, error = %e, "reconcile: cannot release the fix lock; closing its session");
+            drop(deadpool_postgres::Object::take(c));
+        }
     }
 
     fn err(&self, e: fred::error::Error) -> InventoryError {
@@ -1128,6 +1482,145 @@ fn compare(
     )
 }
 
+/// Ledger backfills per shard, each with the finding it repairs.
+type Fills = BTreeMap<u16, Vec<(RecordDrift, Backfill)>>;
+
+/// Check the SKU's transfers as a whole: every unit a shard sent (ledger
+/// `xfer_out`, or a pending record in Redis) arrived on its recipient
+/// (`xfer_in`) or is still in transit. Each shard's books add up on their own
+/// even when one half of a transfer is lost, so only this finds a unit that
+/// vanished (the `xfer_in` lost) or was created (the `xfer_out` lost). The
+/// half the other proves is backfilled into the ledger (its counters follow
+/// through the shard's fix), and the ledger books in `read` are adjusted.
+/// Returns the backfills per shard and the transfers in transit.
+fn balance_transfers(
+    read: &mut [(Snapshot, LedgerShard)],
+    problems: &mut Vec<String>,
+) -> (Fills, Vec<String>) {
+    let mut fills = Fills::new();
+    let mut pending = Vec::new();
+    let shards = read.len();
+    let now = crate::inventory::now_ms();
+    let add = |fills: &mut Fills,
+               at: u16,
+               kind: &str,
+               xid: &str,
+               n: i64,
+               other: u16,
+               finding: &'static str,
+               why: String| {
+        fills.entry(at).or_default().push((
+            RecordDrift {
+                rid: xid.to_string(),
+                qty: n,
+                ledger: "none".into(),
+                redis: "-".into(),
+                finding,
+                repair: format!("backfill {kind} into the ledger ({why})"),
+            },
+            Backfill {
+                rid: xid.to_string(),
+                kind: kind.to_string(),
+                qty: n,
+                user: other.to_string(),
+                ts: now,
+            },
+        ));
+    };
+    let mut ins: Vec<(u16, i64)> = Vec::new();
+    let mut outs: Vec<(u16, i64)> = Vec::new();
+    for from in 0..shards {
+        let (snap, l) = &read[from];
+        // < shards <= MAX_SHARDS
+        let from = from as u16;
+        // sent: on the ledger, or proven by the donor's pending record
+        let mut sent: BTreeMap<&String, (u16, i64)> = l.outs.iter().map(|(x, v)| (x, *v)).collect();
+        for (xid, v) in &snap.pending_xfers {
+            if !sent.contains_key(xid) {
+                add(
+                    &mut fills,
+                    from,
+                    "xfer_out",
+                    xid,
+                    v.1,
+                    v.0,
+                    "transfer_out_missing",
+                    "the donor's pending transfer record proves it".into(),
+                );
+                outs.push((from, v.1));
+                sent.insert(xid, *v);
+            }
+        }
+        for (xid, (to, n)) in sent {
+            let Some((_, rl)) = read.get(usize::from(to)) else {
+                problems.push(format!("transfer {xid} of {n} units from shard {from} names shard {to}, which the SKU does not have"));
+                continue;
+            };
+            if rl.ins.contains_key(xid) {
+                continue;
+            }
+            if snap.pending_xfers.contains_key(xid) {
+                pending.push(format!("{xid}: {n} units {from} -> {to}"));
+                continue;
+            }
+            add(
+                &mut fills,
+                to,
+                "xfer_in",
+                xid,
+                n,
+                from,
+                "transfer_in_lost",
+                format!(
+                    "shard {from} sent {n} units that never arrived and are no longer in transit"
+                ),
+            );
+            ins.push((to, n));
+        }
+        // received without a send on the ledger: the donor's half was lost
+        for (xid, (donor, n)) in &l.ins {
+            let Some((dsnap, dl)) = read.get(usize::from(*donor)) else {
+                problems.push(format!("transfer {xid} of {n} units into shard {from} names shard {donor}, which the SKU does not have"));
+                continue;
+            };
+            if dl.outs.contains_key(xid) || dsnap.pending_xfers.contains_key(xid) {
+                continue;
+            }
+            add(
+                &mut fills,
+                *donor,
+                "xfer_out",
+                xid,
+                *n,
+                from,
+                "transfer_out_lost",
+                format!("shard {from} received {n} units its donor never gave"),
+            );
+            outs.push((*donor, *n));
+        }
+    }
+    for (s, n) in ins {
+        read[usize::from(s)].1.xfer_in += n;
+    }
+    for (s, n) in outs {
+        read[usize::from(s)].1.xfer_out += n;
+    }
+    (fills, pending)
+}
+
+/// `s` with the glob characters of SCAN's MATCH escaped (a placement tag
+/// is free text to the pattern).
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn kinds(rows: &[Backfill]) -> String {
     rows.iter()
         .map(|b| b.kind.as_str())
@@ -1161,11 +1654,21 @@ pub fn table(report: &Report) -> String {
                 .map(|l| format!(", live: {l}"))
                 .unwrap_or_default(),
         ));
+        if let Some(e) = &s.error {
+            out.push_str(&format!("  could not be checked: {e}\n"));
+            continue;
+        }
         if s.missing_in_redis {
             out.push_str(
                 "  not loaded in Redis, but the ledger has events for it (Redis lost it?): `--fix` restores it from the ledger\n",
             );
             continue;
+        }
+        for p in &s.problems {
+            out.push_str(&format!("  cannot decide: {p}\n"));
+        }
+        for t in &s.pending_transfers {
+            out.push_str(&format!("  transfer in transit: {t}\n"));
         }
         if s.restored {
             out.push_str(
@@ -1230,9 +1733,13 @@ pub fn table(report: &Report) -> String {
             }
         }
     }
+    for r in &report.retired {
+        out.push_str(&format!("\nsku {r}  retired (not checked)\n"));
+    }
     out.push_str(&format!(
         "\n{}\n",
         match (report.drift(), report.fix && report.repaired()) {
+            _ if report.failed() => "FAILED: a SKU could not be checked or a fix failed (see above); exit 2".to_string(),
             (false, _) => "no drift: every unit is accounted for".to_string(),
             (true, true) => "drift found and repaired (see reconcile_audit); run reconcile again to confirm".to_string(),
             (true, false) => "DRIFT: the books above do not agree (redis≠ledger); `--fix` repairs Redis from the ledger".to_string(),
@@ -1392,9 +1899,80 @@ pub async fn preload_from_postgres(args: PreloadArgs) -> Result<(), String> {
             .map_err(|e| format!("{sku}: {}; nothing was loaded", e.message()))?;
         specs.push((sku, spec));
     }
-    let inventory = connect(&config, Arc::new(Metrics::new(1))).await?;
+    let metrics = Arc::new(Metrics::new(1));
+    let inventory = connect(&config, metrics.clone()).await?;
     let mut refused = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
     for (sku, spec) in specs {
+        // A SKU Redis does not have but the ledger has loaded before is a
+        // reload after loss (a wipe, a restart without persistence): its
+        // sales happened, so it is restored from the ledger (what is sold
+        // stays sold, no unit is counted twice), not loaded afresh.
+        let absent = inventory
+            .meta(&sku)
+            .await
+            .map_err(|e| crate::error::ApiError::from(e).message())?
+            .is_none();
+        if absent && db.retired(sku.as_str()).await.map_err(|e| e.to_string())? {
+            // its old sales are on the ledger under this name: a new sale
+            // loaded under it would be reconciled against them
+            failed.push(format!("{sku} (retired: sell it under a new SKU name)"));
+            continue;
+        }
+        let loaded_before = absent
+            && db
+                .ledger_preloaded(sku.as_str())
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some();
+        if loaded_before {
+            let mut settings = LedgerSettings::from_config(&config);
+            settings.consumer = ledger::default_consumer("preload");
+            let mut r = Reconciler::new(inventory.clone(), db.clone(), metrics.clone(), settings);
+            let report = r
+                .run(&Options {
+                    sku: Some(sku.clone()),
+                    fix: true,
+                    force: true,
+                    wait: Duration::from_secs(60),
+                    quiet_ms: 0,
+                })
+                .await
+                .map_err(|e| format!("{sku}: reload after loss: {e}"))?;
+            if report.exit_code() != 0 {
+                print!("{}", table(&report));
+                failed.push(format!("{sku} (reload after loss left drift)"));
+                continue;
+            }
+            let (available, sold): (i64, i64) = report
+                .skus
+                .iter()
+                .flat_map(|s| s.per_shard.iter())
+                .fold((0, 0), |(a, s), sh| {
+                    (a + sh.ledger.available, s + sh.ledger.sold)
+                });
+            let initial: i64 = report
+                .skus
+                .iter()
+                .flat_map(|s| s.per_shard.iter())
+                .map(|sh| sh.ledger.initial)
+                .sum();
+            println!(
+                "{sku}: reload after loss: restored from the ledger ({available} available, {sold} sold of {initial}), not loaded afresh{}",
+                if initial == spec.stock {
+                    String::new()
+                } else {
+                    format!(
+                        "; the catalogue says {} units: `preload --force` changes the stock",
+                        spec.stock
+                    )
+                }
+            );
+            db.mark_loaded(sku.as_str())
+                .await
+                .map_err(|e| e.to_string())?;
+            continue;
+        }
         let outcome = inventory
             .preload_with(&sku, spec)
             .await
@@ -1419,19 +1997,34 @@ pub async fn preload_from_postgres(args: PreloadArgs) -> Result<(), String> {
         }
     }
     inventory.close().await;
-    if refused.is_empty() {
+    if refused.is_empty() && failed.is_empty() {
         Ok(())
-    } else {
+    } else if failed.is_empty() {
         Err(format!(
             "{} already loaded, nothing changed for them; --force overwrites available units, --if-absent accepts this",
             refused.join(", ")
         ))
+    } else {
+        refused.extend(failed);
+        Err(format!("nothing changed for {}", refused.join(", ")))
     }
 }
 
 /// `flashgate reconcile`: exit 0 when clean (or every drift repaired by
 /// `--fix`), 1 when drift is left, 2 when reconcile could not run.
 pub async fn main(args: ReconcileArgs) -> ExitCode {
+    if args.retire {
+        return match retire_cmd(&args).await {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(msg) => {
+                eprintln!("flashgate reconcile --retire: {msg}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match reconcile_cmd(&args).await {
         Ok(report) => {
             match args.format {
@@ -1451,6 +2044,38 @@ pub async fn main(args: ReconcileArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `flashgate reconcile --retire --sku S`: S was cleaned out of Redis on
+/// purpose; record it so reconcile stops reporting it and never restores it.
+async fn retire_cmd(args: &ReconcileArgs) -> Result<String, String> {
+    let config = args.common.resolve().map_err(|e| e.to_string())?;
+    let sku = Sku::parse(args.sku.as_deref().unwrap_or_default())?;
+    let db = db_of(&config)?;
+    db.migrate().await.map_err(|e| e.to_string())?;
+    let inventory = connect(&config, Arc::new(Metrics::new(1))).await?;
+    let loaded = inventory
+        .meta(&sku)
+        .await
+        .map_err(|e| crate::error::ApiError::from(e).message())?
+        .is_some();
+    inventory.close().await;
+    if loaded {
+        return Err(format!(
+            "{sku} is loaded in Redis; retire a SKU only once its keys are cleaned out"
+        ));
+    }
+    let client = db.get().await.map_err(|e| e.to_string())?;
+    client
+        .execute(
+            "INSERT INTO retired_skus (sku) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&sku.as_str()],
+        )
+        .await
+        .map_err(|e| DbError::from(e).to_string())?;
+    Ok(format!(
+        "{sku} retired: reconcile skips it and --fix never restores it (its ledger rows stay)"
+    ))
 }
 
 async fn reconcile_cmd(args: &ReconcileArgs) -> Result<Report, String> {
@@ -1489,6 +2114,12 @@ mod tests {
                 end: end.map(str::to_string),
             },
         );
+    }
+
+    #[test]
+    fn a_tag_cannot_widen_the_record_scan() {
+        assert_eq!(glob_escape("fg:{a*b#0}:r:"), "fg:{a\\*b#0}:r:");
+        assert_eq!(glob_escape("fg:{s#1}:r:"), "fg:{s#1}:r:");
     }
 
     #[test]

@@ -208,16 +208,23 @@ pub struct SkuStatus {
     pub shards: u16,
     pub initial: i64,
     pub in_transit: i64,
+    /// Units sent between the SKU's shards that neither arrived nor are in
+    /// transit (`Σ xout - Σ xin - in_transit`): positive when a transfer's
+    /// second half was lost (units vanished), negative when its first half
+    /// was (units created). Each shard's own books add up either way.
+    pub transfer_imbalance: i64,
     /// Buyers waiting on the SKU's waitlist.
     pub waitlist: i64,
     pub per_shard: Vec<ShardStatus>,
 }
 
 impl SkuStatus {
-    /// Units unaccounted for, summed over the shards (0 when the books add up;
-    /// units in transit between shards are accounted on both sides).
+    /// Units unaccounted for: the shards' own drift plus the transfer
+    /// imbalance between them (0 when the books add up; units in transit are
+    /// accounted on both sides). The shards are read one after the other, so
+    /// a transfer completing during the read can show for one call.
     pub fn drift(&self) -> i64 {
-        self.per_shard.iter().map(ShardStatus::drift).sum()
+        self.per_shard.iter().map(ShardStatus::drift).sum::<i64>() + self.transfer_imbalance
     }
 }
 
@@ -1444,6 +1451,9 @@ impl Inventory {
             sold: sum(|s| s.sold),
             initial: sum(|s| s.initial),
             in_transit: sum(|s| s.in_transit),
+            transfer_imbalance: sum(|s| s.transferred_out)
+                - sum(|s| s.transferred_in)
+                - sum(|s| s.in_transit),
             waitlist: self.waitlist_len(sku).await?,
             shards: k,
             per_shard,
