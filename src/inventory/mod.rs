@@ -549,6 +549,14 @@ impl Inventory {
         Ok(Some(m))
     }
 
+    /// The SKU's layout as Redis has it now, past the cache.
+    async fn meta_past_cache(&self, sku: &Sku) -> Result<Arc<SkuMeta>, InventoryError> {
+        if let Ok(mut cache) = self.meta.write() {
+            cache.remove(sku);
+        }
+        self.meta_of(sku).await
+    }
+
     /// The SKU's layout, or `unknown_sku`.
     async fn meta_of(&self, sku: &Sku) -> Result<Arc<SkuMeta>, InventoryError> {
         match self.meta(sku).await? {
@@ -602,10 +610,12 @@ impl Inventory {
         // any slot: the claim rides in the walk's first reserve.lua call
         // (one round trip instead of two; bench/README.md). Not with a
         // purchase cap, which is counted between the claim and the walk.
-        let (left_out, in_walk) = if !self.nodes.per_master() && meta.max_per_user == 0 {
+        // The claim also fixes the shard count the key walks for good (see
+        // `walk`): the SKU's count now, as this instance knows it.
+        let (shards, left_out, in_walk) = if !self.nodes.per_master() && meta.max_per_user == 0 {
             let record = keys::idem_record(&req.key);
-            let body = claim_body(&mine, &[]);
-            (Vec::new(), Some(batch::Claim { record, body }))
+            let body = claim_body(&mine, meta.shards, &[]);
+            (meta.shards, Vec::new(), Some(batch::Claim { record, body }))
         } else {
             let (bucket, record) = keys::idem_global(&req.key);
             // (one Redis: no master can be known down, so no slot is hashed)
@@ -619,19 +629,19 @@ impl Inventory {
             } else {
                 Vec::new()
             };
-            let body = claim_body(&mine, &down);
+            let body = claim_body(&mine, meta.shards, &down);
             let earlier = self
                 .claims
                 .submit(&bucket, batch::Claim { record, body })
                 .await?;
-            let left_out = match earlier {
-                Value::Null => down,
+            let (shards, left_out) = match earlier {
+                Value::Null => (meta.shards, down),
                 v => match parse_claim(&text(&v)?, &mine) {
-                    Some(left_out) => left_out,
+                    Some(c) => (c.shards.unwrap_or(meta.shards), c.left_out),
                     None => return Err(ApiError::IdempotencyKeyReused.into()),
                 },
             };
-            (left_out, None)
+            (shards, left_out, None)
         };
 
         // The purchase cap: counted before the walk, given back when the walk
@@ -649,7 +659,9 @@ impl Inventory {
             }
         }
         let in_walk = in_walk.map(|c| (mine.as_str(), c));
-        let mut result = self.walk(req, &meta, &fp, true, &left_out, in_walk).await;
+        let mut result = self
+            .walk(req, &meta, &fp, true, shards, &left_out, in_walk)
+            .await;
         if matches!(result, Ok(ReserveOutcome::Held(_))) {
             // a probe (or anyone) found stock: the SKU is open again
             self.clear_sold_out(&req.sku);
@@ -766,16 +778,27 @@ impl Inventory {
     }
 
     /// Walk the shards for `req` (see the module docs).
+    /// `shards`: the key's shard count, fixed by its claim — the SKU's count
+    /// at the key's first request. The key walks shards `0..shards` only,
+    /// starting at `hash % shards`, whatever the SKU's count is now: a
+    /// forced preload that adds shards changes neither the start nor the
+    /// order of a key that was already seen, so its sticky verdicts stay
+    /// first in its walk (a holder is replayed, a sold-out key stays sold
+    /// out); the new shards serve keys first seen after it. An instance
+    /// still caching the older, smaller count (`META_TTL`) reads the
+    /// layout again when a key's claim names more shards than it knows.
     /// `left_out`: shards this key's walks never visit (its claim fixed
     /// them); a walk that meets no unit on the others cannot say "sold out".
     /// `claim`: the request body (`<sku>\n<fingerprint>`) and the key's
     /// claim, to be made in the first step's call (one Redis server only).
+    #[allow(clippy::too_many_arguments)]
     async fn walk(
         &self,
         req: &ReserveRequest,
         meta: &SkuMeta,
         fp: &str,
         gate: bool,
+        shards: u16,
         left_out: &[u16],
         claim: Option<(&str, batch::Claim)>,
     ) -> Result<ReserveOutcome, InventoryError> {
@@ -783,7 +806,20 @@ impl Inventory {
             Some((mine, c)) => (mine, Some(c)),
             None => ("", None),
         };
-        let k = meta.shards;
+        let fresh;
+        let meta = if shards > meta.shards {
+            fresh = self.meta_past_cache(&req.sku).await?;
+            if fresh.shards < shards {
+                return Err(InventoryError::Protocol(format!(
+                    "{} has {} shards, a claim names {shards}",
+                    req.sku, fresh.shards
+                )));
+            }
+            &*fresh
+        } else {
+            meta
+        };
+        let k = shards;
         let returns_seen = self.returns_seen.load(std::sync::atomic::Ordering::SeqCst);
         let token = uuid::Uuid::new_v4();
         let start = (req.key.stable_hash() % u64::from(k)) as u16;
@@ -824,7 +860,10 @@ impl Inventory {
                 Step::Claimed(earlier) => {
                     return match parse_claim(&earlier, mine) {
                         None => Err(ApiError::IdempotencyKeyReused.into()),
-                        Some(lo) => Box::pin(self.walk(req, meta, fp, gate, &lo, None)).await,
+                        Some(c) => {
+                            let k = c.shards.unwrap_or(meta.shards);
+                            Box::pin(self.walk(req, meta, fp, gate, k, &c.left_out, None)).await
+                        }
                     };
                 }
                 Step::Moved(avail) | Step::Dry(avail) => {
@@ -1428,27 +1467,56 @@ mod tests {
     }
 }
 
-/// The claim record's body: the request's `<sku>\n<fingerprint>`, then the
-/// shards its walks leave out, if any (`\nx:1,3`).
-fn claim_body(request: &str, left_out: &[u16]) -> String {
-    if left_out.is_empty() {
-        return request.to_string();
+/// The claim record's body: the request's `<sku>\n<fingerprint>`, the
+/// shard count its walks use (`\nk:4`), then the shards its walks leave
+/// out, if any (`\nx:1,3`). (An instance older than the count reads such a
+/// body as another request's: 422, never a walk over the wrong shards.)
+fn claim_body(request: &str, shards: u16, left_out: &[u16]) -> String {
+    let mut body = format!("{request}\nk:{shards}");
+    if !left_out.is_empty() {
+        let list: Vec<String> = left_out.iter().map(u16::to_string).collect();
+        body.push_str("\nx:");
+        body.push_str(&list.join(","));
     }
-    let list: Vec<String> = left_out.iter().map(u16::to_string).collect();
-    format!("{request}\nx:{}", list.join(","))
+    body
 }
 
-/// The shards left out by an earlier claim with the same request body, or
-/// None when the earlier body is another request's (a reused key).
-fn parse_claim(earlier: &str, request: &str) -> Option<Vec<u16>> {
-    let rest = earlier.strip_prefix(request)?;
-    if rest.is_empty() {
-        return Some(Vec::new());
+/// What an earlier claim with the same request body fixed.
+#[derive(Debug, PartialEq)]
+struct ClaimInfo {
+    /// The key's shard count; None in a claim written before it was recorded
+    /// (its walks used the SKU's count of the moment).
+    shards: Option<u16>,
+    left_out: Vec<u16>,
+}
+
+/// The earlier claim's count and left-out shards, or None when the earlier
+/// body is another request's (a reused key).
+fn parse_claim(earlier: &str, request: &str) -> Option<ClaimInfo> {
+    let mut rest = earlier.strip_prefix(request)?;
+    let mut shards = None;
+    if let Some(r) = rest.strip_prefix("\nk:") {
+        let end = r.find('\n').unwrap_or(r.len());
+        shards = Some(
+            r[..end]
+                .parse()
+                .ok()
+                .filter(|k| (1..=MAX_SHARDS).contains(k))?,
+        );
+        rest = &r[end..];
     }
-    rest.strip_prefix("\nx:")?
+    if rest.is_empty() {
+        return Some(ClaimInfo {
+            shards,
+            left_out: Vec::new(),
+        });
+    }
+    let left_out = rest
+        .strip_prefix("\nx:")?
         .split(',')
         .map(|s| s.parse().ok())
-        .collect()
+        .collect::<Option<Vec<u16>>>()?;
+    Some(ClaimInfo { shards, left_out })
 }
 
 #[cfg(test)]
@@ -1457,10 +1525,23 @@ mod claim_tests {
 
     #[test]
     fn a_claim_carries_the_left_out_shards_and_only_the_same_request_matches() {
-        assert_eq!(claim_body("A\n1:u", &[]), "A\n1:u");
-        assert_eq!(claim_body("A\n1:u", &[1, 3]), "A\n1:u\nx:1,3");
-        assert_eq!(parse_claim("A\n1:u", "A\n1:u"), Some(vec![]));
-        assert_eq!(parse_claim("A\n1:u\nx:1,3", "A\n1:u"), Some(vec![1, 3]));
+        let c = |shards, left_out: &[u16]| {
+            Some(ClaimInfo {
+                shards,
+                left_out: left_out.to_vec(),
+            })
+        };
+        assert_eq!(claim_body("A\n1:u", 2, &[]), "A\n1:u\nk:2");
+        assert_eq!(claim_body("A\n1:u", 4, &[1, 3]), "A\n1:u\nk:4\nx:1,3");
+        assert_eq!(parse_claim("A\n1:u\nk:2", "A\n1:u"), c(Some(2), &[]));
+        assert_eq!(
+            parse_claim("A\n1:u\nk:4\nx:1,3", "A\n1:u"),
+            c(Some(4), &[1, 3])
+        );
+        // written before the count was recorded
+        assert_eq!(parse_claim("A\n1:u", "A\n1:u"), c(None, &[]));
+        assert_eq!(parse_claim("A\n1:u\nx:1,3", "A\n1:u"), c(None, &[1, 3]));
+        assert_eq!(parse_claim("A\n1:u\nk:0", "A\n1:u"), None);
         // another body, also one that merely starts like this one
         assert_eq!(parse_claim("A\n1:v", "A\n1:u"), None);
         assert_eq!(parse_claim("A\n1:uu", "A\n1:u"), None);

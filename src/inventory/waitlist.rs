@@ -430,7 +430,11 @@ impl Inventory {
             }
         }
         let fp = req.fingerprint();
-        match self.walk(&req, meta, &fp, false, &[], None).await? {
+        // (no claim: the attempt key walks the SKU's count of the moment)
+        match self
+            .walk(&req, meta, &fp, false, meta.shards, &[], None)
+            .await?
+        {
             ReserveOutcome::Held(r) | ReserveOutcome::Replayed(r) => {
                 let exp = humantime::parse_rfc3339(&r.expires_at)
                     .ok()
