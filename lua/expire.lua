@@ -8,22 +8,28 @@
 -- so a hold could be lost for ever. The sorted set is the durable work list.
 --
 -- KEYS[1] fg:{SKU#s}:holds   KEYS[2] fg:{SKU#s}:stock   KEYS[3] fg:{SKU#s}:books
--- KEYS[4] fg:{SKU#s}:events
+-- KEYS[4] fg:{SKU#s}:events  KEYS[5] fg:{SKU#s}:capback (hash: `<buyer>\n<idempotency key>` -> '')
 -- ARGV[1] record key prefix fg:{SKU#s}:r:   ARGV[2] batch limit
+-- ARGV[3] '1' when the SKU has a purchase cap: each expired hold's give-back
+--         is written to capback in the same step that ends it
 -- Returns {expired_count, lateness_ms_of_oldest, units_returned, user1, key1, user2, key2, ...}
--- (buyer and idempotency key of each expired hold, to free purchase caps)
-local holds, stock, books, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local prefix, limit = ARGV[1], tonumber(ARGV[2])
+-- the pairs: purchase-cap give-backs still owed on this shard (buyer,
+-- idempotency key), this step's and any an earlier step left (about `limit`
+-- of them, HSCAN). The caller gives each back (cap_give.lua, idempotent) and
+-- only then HDELs its field `<buyer>\n<key>` from capback: a lost reply or a
+-- failed give-back leaves it owed, and the next step names it again. (A
+-- buyer never holds a newline, src/domain.rs.)
+local holds, stock, books, events, capback = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local prefix, limit, caps = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local ts = now_ms()
 local due = redis.call('ZRANGEBYSCORE', holds, '-inf', ts, 'WITHSCORES', 'LIMIT', 0, limit)
 local count, units, lateness = 0, 0, 0
-local ended = {}
 -- Every due record is read before anything is written. While the shard's
 -- slot is half-moved to another master, a record already moved ends the
 -- script ("non local key", resent by src/inventory/scripts.rs) — with
--- nothing changed, so the resend finds every hold still due and names
--- every buyer (the caps the service gives back), instead of losing the
--- names of holds ended before that record.
+-- nothing changed, so the resend finds every hold still due and records
+-- every buyer's give-back, instead of losing the names of holds ended
+-- before that record.
 local recs = {}
 for i = 1, #due, 2 do recs[i] = rec_load(prefix .. due[i]) end
 for i = 1, #due, 2 do
@@ -36,8 +42,7 @@ for i = 1, #due, 2 do
     end_hold(rkey, r, stock, books, holds, events, rid, 'expired', ts)
     count = count + 1
     units = units + qty
-    ended[#ended + 1] = r.user
-    ended[#ended + 1] = r.idem
+    if caps then redis.call('HSET', capback, r.user .. '\n' .. r.idem, '') end
   elseif status == 'held' and exp then
     redis.call('ZADD', holds, exp, rid)   -- stale score: put it back at its deadline
   else
@@ -45,5 +50,13 @@ for i = 1, #due, 2 do
   end
 end
 local reply = {count, lateness, units}
-for i = 1, #ended do reply[#reply + 1] = ended[i] end
+local owed = redis.call('HSCAN', capback, 0, 'COUNT', limit)[2]
+for i = 1, #owed, 2 do
+  local f = owed[i]
+  local nl = string.find(f, '\n', 1, true)
+  if nl then
+    reply[#reply + 1] = string.sub(f, 1, nl - 1)
+    reply[#reply + 1] = string.sub(f, nl + 1)
+  end
+end
 return reply

@@ -203,8 +203,10 @@ impl Fixture {
                     self.k.stock(),
                     self.k.books(),
                     self.k.events(),
+                    self.k.capback(),
                 ],
-                vec![self.k.record_prefix(), "100".into()],
+                // "1": the SKU has a purchase cap, its buyers are named
+                vec![self.k.record_prefix(), "100".into(), "1".into()],
             )
             .await,
         )

@@ -120,3 +120,162 @@ async fn adding_shards_keeps_every_key_to_its_first_answer_without_a_cap() {
 async fn adding_shards_keeps_every_key_to_its_first_answer_with_a_cap() {
     adding_shards_keeps_every_key_to_its_first_answer(1).await;
 }
+
+// ------------------------------------------------- 24.4 purchase caps
+
+const CAP_U: &str = "fg:{cap:capped:u}";
+
+/// A 1-shard SKU `capped` with `stock` units and a cap of 1 per buyer.
+async fn capped_app(redis: &RedisServer, stock: i64) -> TestApp {
+    let app = app_with(redis, |c| {
+        c.sold_out_cache_ms = 0;
+        c.hold_seconds = 1;
+        c.max_hold_seconds = 2;
+        // the service's own sweeper stays out of the way: tests sweep by hand
+        c.sweep_interval_ms = 3_600_000;
+    })
+    .await;
+    preload(&app, "capped", stock, 1, false, 1).await;
+    app
+}
+
+async fn sweep(app: &TestApp) -> Result<i64, String> {
+    flashgate::inventory::expiry::sweep(&app.state.inventory, &app.state.metrics, true)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn wait_past_deadline(answer: &support::Answer) {
+    let exp = humantime::parse_rfc3339(answer.body["expires_at"].as_str().expect("exp"))
+        .expect("rfc3339");
+    while std::time::SystemTime::now() <= exp + Duration::from_millis(50) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_replay_of_a_released_hold_does_not_count_the_cap_again() {
+    let redis = RedisServer::start();
+    let app = capped_app(&redis, 5).await;
+    let first = app.reserve("k1", "capped", 1, "u").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let rid = first.body["reservation_id"].as_str().unwrap().to_string();
+    assert_eq!(app.action(&rid, "release").await.status, StatusCode::OK);
+    let replay = app.reserve("k1", "capped", 1, "u").await;
+    assert_eq!(replay.status, StatusCode::OK, "{:?}", replay.body);
+    assert_eq!(
+        redis.cli(&["HGET", CAP_U, "total"]),
+        "",
+        "the ended hold still counts"
+    );
+    let next = app.reserve("k2", "capped", 1, "u").await;
+    assert_eq!(next.status, StatusCode::CREATED, "{:?}", next.body);
+    app.assert_books("capped").await;
+}
+
+#[tokio::test]
+async fn a_cap_counted_by_an_earlier_attempt_is_given_back_when_the_walk_sells_out() {
+    let redis = RedisServer::start();
+    let app = capped_app(&redis, 1).await;
+    let w = app.reserve("kw", "capped", 1, "w").await;
+    assert_eq!(w.status, StatusCode::CREATED);
+    // an earlier attempt with key kx counted the cap, and its walk timed out
+    redis.cli(&["HSET", CAP_U, "total", "1", "k:kx", "1"]);
+    let r = app.reserve("kx", "capped", 1, "u").await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "sold_out"));
+    assert_eq!(
+        redis.cli(&["HGET", CAP_U, "total"]),
+        "",
+        "sold out, yet counted"
+    );
+    // the same with the waitlist: the ticket counts the cap when promoted
+    redis.cli(&["HSET", CAP_U, "total", "1", "k:ky", "1"]);
+    let body = serde_json::json!({"sku": "capped", "qty": 1, "user_id": "u", "waitlist": true});
+    let r = app
+        .request(
+            hyper::Method::POST,
+            "/v1/reservations",
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", "ky"),
+            ],
+            body.to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    assert_eq!(
+        redis.cli(&["HGET", CAP_U, "total"]),
+        "",
+        "waitlisted, yet counted"
+    );
+}
+
+#[tokio::test]
+async fn the_sweeper_gives_caps_back_after_a_failed_give_back() {
+    let redis = RedisServer::start();
+    let app = capped_app(&redis, 5).await;
+    let first = app.reserve("k1", "capped", 1, "u").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    // the cap's slot answers errors for a while (WRONGTYPE stands in for a
+    // lost reply or an unreachable master)
+    redis.cli(&["RENAME", CAP_U, "saved-cap"]);
+    redis.cli(&["SET", CAP_U, "broken"]);
+    wait_past_deadline(&first).await;
+    assert!(sweep(&app).await.is_err(), "the give-back must fail here");
+    assert_eq!(app.assert_books("capped").await.held, 0, "the hold ended");
+    redis.cli(&["DEL", CAP_U]);
+    redis.cli(&["RENAME", "saved-cap", CAP_U]);
+    sweep(&app).await.expect("sweep");
+    assert_eq!(redis.cli(&["HGET", CAP_U, "total"]), "", "the cap was lost");
+    let next = app.reserve("k2", "capped", 1, "u").await;
+    assert_eq!(next.status, StatusCode::CREATED, "{:?}", next.body);
+}
+
+#[tokio::test]
+async fn reconcile_fix_settling_a_held_record_gives_its_cap_back() {
+    let redis = RedisServer::start();
+    let app = capped_app(&redis, 5).await;
+    let first = app.reserve("k1", "capped", 1, "u").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let rid = first.body["reservation_id"].as_str().unwrap().to_string();
+    let inv = &app.state.inventory;
+    let meta = inv.meta(&sku("capped")).await.unwrap().unwrap();
+    let k = meta.keys(0);
+    let newest = redis.cli(&["XREVRANGE", &k.events(), "+", "-", "COUNT", "1"]);
+    let newest = newest.lines().next().unwrap().to_string();
+    // the ledger says the hold expired: books 5 available, nothing held
+    let mut args = vec![newest];
+    args.extend(["5", "0", "0", "5", "0", "0"].map(String::from));
+    args.extend([rid.clone(), "expired".into()]);
+    let keys = vec![
+        k.stock(),
+        k.books(),
+        k.holds(),
+        k.events(),
+        format!("{}{rid}", k.record_prefix()),
+    ];
+    let reply = flashgate::inventory::scripts::run(
+        inv.nodes(),
+        &app.state.metrics,
+        &inv.scripts().fix,
+        keys,
+        args,
+    )
+    .await
+    .expect("fix");
+    assert_eq!(
+        flashgate::inventory::scripts::text(
+            &flashgate::inventory::scripts::array(reply).unwrap()[0]
+        )
+        .unwrap(),
+        "ok"
+    );
+    sweep(&app).await.expect("sweep");
+    assert_eq!(
+        redis.cli(&["HGET", CAP_U, "total"]),
+        "",
+        "the settled hold still counts"
+    );
+    let next = app.reserve("k2", "capped", 1, "u").await;
+    assert_eq!(next.status, StatusCode::CREATED, "{:?}", next.body);
+}

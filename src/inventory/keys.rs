@@ -61,6 +61,12 @@ impl ShardKeys {
     pub fn xfers(&self) -> String {
         [self.prefix.as_str(), "xfers"].concat()
     }
+    /// Purchase-cap give-backs owed for holds that ended here without a
+    /// sale (expired by the sweeper, settled by reconcile): fields
+    /// `<buyer>\n<idempotency key>`, drained by the sweeper (`lua/expire.lua`).
+    pub fn capback(&self) -> String {
+        [self.prefix.as_str(), "capback"].concat()
+    }
     pub fn xin(&self) -> String {
         [self.prefix.as_str(), "xin"].concat()
     }

@@ -666,29 +666,54 @@ impl Inventory {
             // a probe (or anyone) found stock: the SKU is open again
             self.clear_sold_out(&req.sku);
         }
+        // The cap's count for this key is given back whenever the key
+        // definitely holds no live unit, whoever counted it: this request
+        // (`counted_now`) or an earlier attempt whose outcome was unknown
+        // (cap_take answered "already counted"). A sold-out walk is definite:
+        // every shard of the key's walk holds its `moved` tombstone, so no
+        // request with the key can ever hold a unit (until the key expires).
+        let capped = meta.max_per_user > 0;
         if req.waitlist && matches!(result, Ok(ReserveOutcome::SoldOut)) {
-            if counted_now {
+            if capped {
                 // the cap is counted again when the ticket is promoted
                 self.cap_give(&meta, req.user.as_str(), req.key.as_str())
                     .await?;
-                counted_now = false;
             }
             result = self.join_waitlist(&meta, req, &fp).await;
-        }
-        if counted_now
-            && matches!(
-                result,
-                Ok(ReserveOutcome::SoldOut) | Err(InventoryError::Api(_))
-            )
-        {
-            if let Err(e) = self
-                .cap_give(&meta, req.user.as_str(), req.key.as_str())
-                .await
-            {
-                tracing::warn!(error = %e, sku = %req.sku, "could not give back a purchase-cap count; the buyer stays capped until reconcile");
+        } else if capped {
+            let give = match &result {
+                Ok(ReserveOutcome::SoldOut) => true,
+                // (a mismatch: the count under this key is the other request's)
+                Err(InventoryError::Api(_)) => counted_now,
+                // a replay of a hold that ended unsold: the cap_take above
+                // counted it again (or an earlier give-back failed)
+                Ok(ReserveOutcome::Replayed(r)) => self.ended_unsold(r).await,
+                _ => false,
+            };
+            if give {
+                if let Err(e) = self
+                    .cap_give(&meta, req.user.as_str(), req.key.as_str())
+                    .await
+                {
+                    tracing::warn!(error = %e, sku = %req.sku, "could not give back a purchase-cap count; the buyer stays capped until reconcile");
+                }
             }
         }
         self.replicated(result, &meta).await
+    }
+
+    /// Did the reservation a replay answered end without a sale (released,
+    /// expired, or its record gone)? Unknown (Redis unreachable) counts as
+    /// no: the cap stays counted, too tight rather than too loose.
+    async fn ended_unsold(&self, r: &Reservation) -> bool {
+        let Ok(rid) = ReservationId::parse(&r.reservation_id) else {
+            return false;
+        };
+        match self.get(&rid).await {
+            Ok(now) => now.status == "released" || now.status == "expired",
+            Err(InventoryError::Api(e)) => matches!(*e, ApiError::ReservationNotFound),
+            Err(_) => false,
+        }
     }
 
     /// Answer "sold out" from memory? When the mark runs out, exactly one
@@ -1340,22 +1365,40 @@ impl Inventory {
         shard: u16,
     ) -> Result<(i64, i64), InventoryError> {
         let sk = meta.keys(shard);
+        let capback = sk.capback();
         let reply = array(
             self.run(
                 &self.scripts.expire,
-                vec![sk.holds(), sk.stock(), sk.books(), sk.events()],
-                vec![sk.record_prefix(), self.settings.sweep_batch.to_string()],
+                vec![
+                    sk.holds(),
+                    sk.stock(),
+                    sk.books(),
+                    sk.events(),
+                    capback.clone(),
+                ],
+                vec![
+                    sk.record_prefix(),
+                    self.settings.sweep_batch.to_string(),
+                    if meta.max_per_user > 0 { "1" } else { "0" }.to_string(),
+                ],
             )
             .await?,
         )?;
         if int(at(&reply, 0)?)? > 0 {
             self.units_returned(&meta.sku);
         }
-        if meta.max_per_user > 0 {
-            for pair in reply.get(3..).unwrap_or_default().chunks(2) {
-                if let [user, key] = pair {
-                    self.cap_give(meta, &text(user)?, &text(key)?).await?;
-                }
+        // the give-backs owed (durable in capback until done: a failure here
+        // leaves the rest for the next step)
+        for pair in reply.get(3..).unwrap_or_default().chunks(2) {
+            if let [user, key] = pair {
+                let (user, key) = (text(user)?, text(key)?);
+                self.cap_give(meta, &user, &key).await?;
+                let _: i64 = self
+                    .nodes
+                    .client_for_key(&capback)
+                    .hdel(&capback, [user, key].join("\n"))
+                    .await
+                    .map_err(|e| self.err(e))?;
             }
         }
         Ok((int(at(&reply, 0)?)?, int(at(&reply, 1)?)?))

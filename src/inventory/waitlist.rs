@@ -417,17 +417,10 @@ impl Inventory {
             key,
             waitlist: false,
         };
-        let mut counted_now = false;
-        if meta.max_per_user > 0 {
-            match self.cap_take(meta, &req).await? {
-                0 => {
-                    self.end_ticket(&meta.sku, ticket, "cancelled", "", 0, "purchase_limit")
-                        .await?;
-                    return Ok((Step::Done, None));
-                }
-                1 => counted_now = true,
-                _ => {}
-            }
+        if meta.max_per_user > 0 && self.cap_take(meta, &req).await? == 0 {
+            self.end_ticket(&meta.sku, ticket, "cancelled", "", 0, "purchase_limit")
+                .await?;
+            return Ok((Step::Done, None));
         }
         let fp = req.fingerprint();
         // (no claim: the attempt key walks the SKU's count of the moment)
@@ -465,7 +458,9 @@ impl Inventory {
                 }
             }
             ReserveOutcome::SoldOut => {
-                if counted_now {
+                // definite: no hold under this attempt's key, whichever
+                // attempt counted it (an earlier one may have, and failed)
+                if meta.max_per_user > 0 {
                     self.cap_give(meta, req.user.as_str(), req.key.as_str())
                         .await?;
                 }
