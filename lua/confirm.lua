@@ -26,6 +26,7 @@ if status == 'held' then
   r.status, r.ended = 'confirmed', string.format('%d', ts)
   rec_save(rkey, r)
   redis.call('ZREM', holds, rid)
+  redis.call('HDEL', live_of(holds), rid)
   emit(events, 'confirmed', rid, qty, user, ts)
   return {'ok', 'confirmed', qty, user, exp, idem}
 end

@@ -3,6 +3,11 @@
 -- the same step that takes it off the work list. Running it twice, or from two
 -- flashgate instances at once, changes nothing the second time.
 --
+-- A due hold whose record is gone (TTL run out while the sweeper stalled,
+-- eviction) still returns its units: its qty is in fg:{SKU#s}:live (lib.lua).
+-- A hold made by a version before `live` has no field there: its entry is
+-- dropped as before.
+--
 -- Why a sorted set and not key TTLs: keyspace notifications for expired keys
 -- are fire-and-forget (lost while no subscriber listens, delayed under load),
 -- so a hold could be lost for ever. The sorted set is the durable work list.
@@ -21,6 +26,7 @@
 -- buyer never holds a newline, src/domain.rs.)
 local holds, stock, books, events, capback = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local prefix, limit, caps = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
+local live = live_of(holds)
 local ts = now_ms()
 local due = redis.call('ZRANGEBYSCORE', holds, '-inf', ts, 'WITHSCORES', 'LIMIT', 0, limit)
 local count, units, lateness = 0, 0, 0
@@ -45,8 +51,24 @@ for i = 1, #due, 2 do
     if caps then redis.call('HSET', capback, r.user .. '\n' .. r.idem, '') end
   elseif status == 'held' and exp then
     redis.call('ZADD', holds, exp, rid)   -- stale score: put it back at its deadline
+  elseif r then
+    redis.call('ZREM', holds, rid)        -- ended elsewhere
+    redis.call('HDEL', live, rid)
   else
-    redis.call('ZREM', holds, rid)        -- ended elsewhere (or record gone)
+    -- The record is gone (its TTL ran out while the sweeper stalled, or it
+    -- was evicted) but the hold never ended: its units are still in `held`.
+    -- Its qty is in `live`: they come back to stock, exactly once (the
+    -- field goes in the same step). The buyer is unknown: no cap give-back.
+    local q = tonumber(redis.call('HGET', live, rid))
+    if q then
+      redis.call('INCRBY', stock, q)
+      redis.call('HINCRBY', books, 'held', -q)
+      redis.call('HDEL', live, rid)
+      emit(events, 'expired', rid, q, '', ts)
+      count = count + 1
+      units = units + q
+    end
+    redis.call('ZREM', holds, rid)
   end
 end
 local reply = {count, lateness, units}

@@ -69,6 +69,7 @@ for i = 5, #KEYS do
     rec_save(KEYS[i], r)
   end
   redis.call('ZREM', holds, rid)
+  redis.call('HDEL', live_of(holds), rid)
 end
 
 redis.call('SET', stock, available)

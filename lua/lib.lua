@@ -77,6 +77,22 @@ local function rec_save(rkey, r)
   redis.call('SET', rkey, rec_encode(r), 'KEEPTTL')
 end
 
+-- Another key of the same shard, `fg:{SKU#s}:<name>`, named from one of its
+-- keys (so in the same slot: Redis Cluster checks a script's keys against
+-- the slot of its declared keys).
+local function sibling(key, name)
+  return string.sub(key, 1, #key - #string.match(key, '[^:]*$')) .. name
+end
+
+-- The shard's live holds, fg:{SKU#s}:live: hash rid -> qty, one field per
+-- hold from reserve.lua until it ends (end_hold, confirm.lua, fix.lua). The
+-- expiry list holds only rids: when a due hold's record is gone (its TTL
+-- ran out while the sweeper stalled, or eviction), this is where expire.lua
+-- finds the units to return.
+local function live_of(holds)
+  return sibling(holds, 'live')
+end
+
 -- End a live hold: its units go back to stock exactly once (the status moves
 -- away from 'held' in the same step, and only 'held' records get here).
 -- r: the hold's record, as rec_load read it.
@@ -87,5 +103,6 @@ local function end_hold(rkey, r, stock, books, holds, events, rid, status, ts)
   r.status, r.ended = status, string.format('%d', ts)
   rec_save(rkey, r)
   redis.call('ZREM', holds, rid)
+  redis.call('HDEL', live_of(holds), rid)
   emit(events, status, rid, qty, r.user, ts)
 end

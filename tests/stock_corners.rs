@@ -279,3 +279,41 @@ async fn reconcile_fix_settling_a_held_record_gives_its_cap_back() {
     let next = app.reserve("k2", "capped", 1, "u").await;
     assert_eq!(next.status, StatusCode::CREATED, "{:?}", next.body);
 }
+
+// ------------------------------------------------- 24.5 a vanished record
+
+#[tokio::test]
+async fn a_due_hold_whose_record_vanished_still_returns_its_units() {
+    let redis = RedisServer::start();
+    let app = capped_app(&redis, 5).await;
+    let gone = app.reserve("k1", "capped", 1, "u").await;
+    assert_eq!(gone.status, StatusCode::CREATED, "{:?}", gone.body);
+    let kept = app.reserve("k2", "capped", 1, "v").await;
+    assert_eq!(kept.status, StatusCode::CREATED);
+    let rid = gone.body["reservation_id"].as_str().unwrap().to_string();
+    let meta = app
+        .state
+        .inventory
+        .meta(&sku("capped"))
+        .await
+        .unwrap()
+        .unwrap();
+    let k = meta.keys(0);
+    // evicted, or expired by its TTL while the sweeper stalled
+    assert_eq!(
+        redis.cli(&["DEL", &format!("{}{rid}", k.record_prefix())]),
+        "1"
+    );
+    wait_past_deadline(&gone).await;
+    wait_past_deadline(&kept).await;
+    sweep(&app).await.expect("sweep");
+    let st = app.assert_books("capped").await;
+    assert_eq!((st.available, st.held, st.sold), (5, 0, 0), "{st:?}");
+    assert_eq!(st.per_shard[0].outstanding_holds, 0);
+    assert_eq!(
+        sweep(&app).await.expect("sweep"),
+        0,
+        "a second sweep changes nothing"
+    );
+    assert_eq!(app.assert_books("capped").await.available, 5);
+}

@@ -67,6 +67,11 @@ impl ShardKeys {
     pub fn capback(&self) -> String {
         [self.prefix.as_str(), "capback"].concat()
     }
+    /// The shard's live holds: rid -> qty (`lua/lib.lua`, `live_of`), so the
+    /// sweeper can return a due hold whose record vanished.
+    pub fn live(&self) -> String {
+        [self.prefix.as_str(), "live"].concat()
+    }
     pub fn xin(&self) -> String {
         [self.prefix.as_str(), "xin"].concat()
     }
@@ -192,6 +197,8 @@ mod tests {
             k.events(),
             k.xfers(),
             k.xin(),
+            k.capback(),
+            k.live(),
         ] {
             assert!(key.starts_with("fg:{hot-1#2}:"), "{key}");
         }
@@ -209,6 +216,8 @@ mod tests {
         let rid = ReservationId::new(&sku, 2, &uuid::Uuid::nil());
         assert_eq!(k.stock(), "fg:{hot-1#2}:stock");
         assert_eq!(k.reserved_keys(), "fg:{hot-1#2}:keys");
+        assert_eq!(k.live(), "fg:{hot-1#2}:live");
+        assert_eq!(k.capback(), "fg:{hot-1#2}:capback");
         assert_eq!(k.idem(&key), "fg:{hot-1#2}:idem:k-9");
         assert_eq!(k.record_prefix(), "fg:{hot-1#2}:r:");
         assert_eq!(k.record(&rid), format!("fg:{{hot-1#2}}:r:{rid}"));
