@@ -915,7 +915,13 @@ async fn transfers_move_units_once_and_keep_the_books() {
     let out = |xid: &str, want: i64| {
         f.run(
             &f.scripts.transfer_out,
-            vec![f.k.stock(), f.k.books(), f.k.xfers(), f.k.events()],
+            vec![
+                f.k.stock(),
+                f.k.books(),
+                f.k.xfers(),
+                f.k.events(),
+                f.k.xdone(),
+            ],
             vec![xid.into(), "1".into(), want.to_string()],
         )
     };

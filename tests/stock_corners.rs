@@ -317,3 +317,47 @@ async fn a_due_hold_whose_record_vanished_still_returns_its_units() {
     );
     assert_eq!(app.assert_books("capped").await.available, 5);
 }
+
+// ------------------------------------------------- 24.6 transfers and clocks
+
+#[tokio::test]
+async fn a_transfer_out_resent_after_recovery_completed_takes_nothing() {
+    let redis = RedisServer::start();
+    let app = app_with(&redis, |c| c.sweep_interval_ms = 3_600_000).await;
+    preload(&app, "moving", 10, 2, false, 0).await;
+    let inv = &app.state.inventory;
+    let meta = inv.meta(&sku("moving")).await.unwrap().unwrap();
+    let donor = meta.keys(0);
+    let transfer_out = || {
+        flashgate::inventory::scripts::run(
+            inv.nodes(),
+            &app.state.metrics,
+            &inv.scripts().transfer_out,
+            vec![
+                donor.stock(),
+                donor.books(),
+                donor.xfers(),
+                donor.events(),
+                donor.xdone(),
+            ],
+            vec!["x1".into(), "1".into(), "2".into()],
+        )
+    };
+    let taken = transfer_out().await.expect("transfer_out");
+    assert_eq!(flashgate::inventory::scripts::int(&taken).unwrap(), 2);
+    // its mover died: recovery completes it
+    assert_eq!(inv.recover_transfers(&meta, 0, 0).await.unwrap(), 2);
+    // the client library resends the first call
+    transfer_out().await.expect("resent transfer_out");
+    inv.recover_transfers(&meta, 0, 0).await.unwrap();
+    let st = app.assert_books("moving").await;
+    assert_eq!(
+        (
+            st.per_shard[0].available,
+            st.per_shard[1].available,
+            st.available
+        ),
+        (3, 7, 10),
+        "{st:?}"
+    );
+}

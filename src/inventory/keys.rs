@@ -72,6 +72,11 @@ impl ShardKeys {
     pub fn live(&self) -> String {
         [self.prefix.as_str(), "live"].concat()
     }
+    /// Transfers out of this shard that were completed: transfer id ->
+    /// completion time (ms), kept while a resend of `transfer_out` is possible.
+    pub fn xdone(&self) -> String {
+        [self.prefix.as_str(), "xdone"].concat()
+    }
     pub fn xin(&self) -> String {
         [self.prefix.as_str(), "xin"].concat()
     }
@@ -199,6 +204,7 @@ mod tests {
             k.xin(),
             k.capback(),
             k.live(),
+            k.xdone(),
         ] {
             assert!(key.starts_with("fg:{hot-1#2}:"), "{key}");
         }

@@ -1039,7 +1039,13 @@ impl Inventory {
         let taken = int(&self
             .run(
                 &self.scripts.transfer_out,
-                vec![donor.stock(), donor.books(), donor.xfers(), donor.events()],
+                vec![
+                    donor.stock(),
+                    donor.books(),
+                    donor.xfers(),
+                    donor.events(),
+                    donor.xdone(),
+                ],
                 vec![xid.clone(), to.to_string(), want.to_string()],
             )
             .await?)?;
@@ -1058,19 +1064,25 @@ impl Inventory {
         units: i64,
     ) -> Result<(), InventoryError> {
         let rec = meta.keys(to);
+        let keep = self.settings.idem_ttl_ms.to_string();
         self.run(
             &self.scripts.transfer_in,
             vec![rec.stock(), rec.books(), rec.xin(), rec.events()],
-            vec![xid.to_string(), units.to_string(), from.to_string()],
+            vec![
+                xid.to_string(),
+                units.to_string(),
+                from.to_string(),
+                keep.clone(),
+            ],
         )
         .await?;
-        let xfers = meta.keys(from).xfers();
-        let _: i64 = self
-            .nodes
-            .client_for_key(&xfers)
-            .hdel(xfers, xid)
-            .await
-            .map_err(|e| self.err(e))?;
+        let donor = meta.keys(from);
+        self.run(
+            &self.scripts.transfer_done,
+            vec![donor.xfers(), donor.xdone()],
+            vec![xid.to_string(), keep],
+        )
+        .await?;
         Ok(())
     }
 
@@ -1150,15 +1162,18 @@ impl Inventory {
 
     pub async fn get(&self, rid: &ReservationId) -> Result<Reservation, InventoryError> {
         let key = self.shard_keys_of(rid).await?.record(rid);
-        let reply = self.run(&self.scripts.records, vec![key], vec![]).await?;
+        let reply = self
+            .run(&self.scripts.records, vec![key.clone()], vec![])
+            .await?;
         let Some(Some(record)) = scripts::decode_records(reply)?.into_iter().next() else {
             return Err(ApiError::ReservationNotFound.into());
         };
         let exp = record.exp;
         let mut status = status_name(&record.status)?;
         // Past its deadline a hold is expired, whether or not the sweeper has
-        // returned its units yet: confirm would refuse it.
-        if status == "held" && now_ms() >= exp {
+        // returned its units yet: confirm would refuse it. The deadline is
+        // judged on the Redis clock, as confirm judges it.
+        if status == "held" && self.redis_now_ms(&key).await? >= exp {
             status = "expired";
         }
         Ok(Reservation {
@@ -1404,12 +1419,40 @@ impl Inventory {
         Ok((int(at(&reply, 0)?)?, int(at(&reply, 1)?)?))
     }
 
+    /// The clock (ms) of the Redis master serving `key`: the clock every
+    /// script decides by (lib.lua's now_ms), not this machine's.
+    pub async fn redis_now_ms(&self, key: &str) -> Result<i64, InventoryError> {
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        let v: Value = self
+            .nodes
+            .client_for_key(key)
+            .custom(
+                fred::types::CustomCommand::new_static(
+                    "TIME",
+                    fred::types::ClusterHash::Custom(slot),
+                    false,
+                ),
+                Vec::<String>::new(),
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let parts = array(v)?;
+        Ok(int(at(&parts, 0)?)? * 1000 + int(at(&parts, 1)?)? / 1000)
+    }
+
     pub fn sweep_batch(&self) -> i64 {
         i64::from(self.settings.sweep_batch)
     }
 
     /// Complete transfers that left shard `shard` more than `older_than_ms`
     /// ago and were never applied (their mover died between the halves).
+    /// Their age is read on the donor's Redis clock, the clock that stamped
+    /// them: a local clock running ahead would complete a transfer while its
+    /// mover (or a resend of its `transfer_out`) is still under way. One
+    /// older than the applied-id retention (`idempotency_ttl_seconds`, less
+    /// a minute for clocks of different masters) is left pending, with an
+    /// error in the log: whether it was applied can no longer be told, and
+    /// a unit shown in transit beats one counted twice.
     pub async fn recover_transfers(
         &self,
         meta: &SkuMeta,
@@ -1420,10 +1463,14 @@ impl Inventory {
         let pending: HashMap<String, String> = self
             .nodes
             .client_for_key(&xfers)
-            .hgetall(xfers)
+            .hgetall(&xfers)
             .await
             .map_err(|e| self.err(e))?;
-        let now = now_ms();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let now = self.redis_now_ms(&xfers).await?;
+        let too_old = self.settings.idem_ttl_ms as i64 - 60_000;
         let mut recovered = 0;
         for (xid, v) in pending {
             let mut parts = v.split('|');
@@ -1435,6 +1482,10 @@ impl Inventory {
                 continue;
             };
             if now - ts < older_than_ms {
+                continue;
+            }
+            if now - ts >= too_old {
+                tracing::error!(sku = %meta.sku, from = shard, to, units = n, transfer = %xid, "a transfer pending longer than the applied-id retention: left in transit for an operator (reconcile)");
                 continue;
             }
             tracing::warn!(sku = %meta.sku, from = shard, to, units = n, "completing an interrupted transfer");

@@ -38,7 +38,7 @@ use tokio::sync::watch;
 
 use super::keys::WaitKeys;
 use super::scripts::{array, at, int, text};
-use super::{ms_to_rfc3339, now_ms, Inventory, ReserveOutcome, ReserveRequest, SkuMeta};
+use super::{ms_to_rfc3339, Inventory, ReserveOutcome, ReserveRequest, SkuMeta};
 use crate::domain::{IdempotencyKey, Qty, Sku, UserId};
 use crate::error::{ApiError, InventoryError};
 use crate::metrics::Metrics;
@@ -223,7 +223,9 @@ impl Inventory {
         let mut status = status.clone();
         let mut position = None;
         if status == "waiting" {
-            if expires.parse::<i64>().unwrap_or(0) <= now_ms() {
+            // the deadline was stamped by the Redis clock: judged by it too
+            let now = self.redis_now_ms(&wk.ticket(&key)).await?;
+            if expires.parse::<i64>().unwrap_or(0) <= now {
                 status = "expired".into();
             } else {
                 let rank: Option<i64> = self
@@ -393,7 +395,7 @@ impl Inventory {
         if f.get("expires")
             .and_then(|e| e.parse::<i64>().ok())
             .unwrap_or(0)
-            <= now_ms()
+            <= self.redis_now_ms(&wk.ticket(ticket)).await?
         {
             self.end_ticket(&meta.sku, ticket, "expired", "", 0, "")
                 .await?;
