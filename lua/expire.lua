@@ -36,8 +36,11 @@ local count, units, lateness = 0, 0, 0
 -- nothing changed, so the resend finds every hold still due and records
 -- every buyer's give-back, instead of losing the names of holds ended
 -- before that record.
+-- The same for `live` and `capback` (not declared keys either): touched here,
+-- before any write.
 local recs = {}
 for i = 1, #due, 2 do recs[i] = rec_load(prefix .. due[i]) end
+redis.call('EXISTS', live, capback)
 for i = 1, #due, 2 do
   local rid = due[i]
   if i == 1 then lateness = ts - tonumber(due[i + 1]) end

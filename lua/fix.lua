@@ -53,6 +53,9 @@ local before = redis.call('HMGET', books, 'held', 'sold', 'initial', 'xin', 'xou
 local reply = {'ok', tonumber(redis.call('GET', stock) or '0')}
 for i = 1, 5 do reply[i + 2] = tonumber(before[i] or '0') end
 
+-- live and capback are not declared keys: touched before any write, so that
+-- a half-moved slot ends the script with nothing written (see expire.lua)
+redis.call('EXISTS', live_of(holds), capback)
 local ts = now_ms()
 for i = 5, #KEYS do
   local j = 8 + 2 * (i - 5)

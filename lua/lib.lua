@@ -98,11 +98,14 @@ end
 -- r: the hold's record, as rec_load read it.
 local function end_hold(rkey, r, stock, books, holds, events, rid, status, ts)
   local qty = tonumber(r.qty)
+  -- `live` is not a declared key, so Redis Cluster does not check it before
+  -- the script runs: while the slot is half-moved, touching it when it has
+  -- moved ends the script. First, so that it ends with nothing written.
+  redis.call('HDEL', live_of(holds), rid)
   redis.call('INCRBY', stock, qty)
   redis.call('HINCRBY', books, 'held', -qty)
   r.status, r.ended = status, string.format('%d', ts)
   rec_save(rkey, r)
   redis.call('ZREM', holds, rid)
-  redis.call('HDEL', live_of(holds), rid)
   emit(events, status, rid, qty, r.user, ts)
 end
