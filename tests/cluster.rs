@@ -1259,8 +1259,9 @@ async fn a_sweep_meeting_a_half_moved_slot_changes_nothing_until_it_ends_every_h
     let sweep = {
         let (nodes, metrics, script) = (nodes.clone(), Metrics::new(10), s.expire.clone());
         let (keys, args) = (
-            vec![k.holds(), k.stock(), k.books(), k.events()],
-            vec![k.record_prefix(), "100".to_string()],
+            vec![k.holds(), k.stock(), k.books(), k.events(), k.capback()],
+            // "1": a capped SKU, its buyers are named
+            vec![k.record_prefix(), "100".to_string(), "1".to_string()],
         );
         tokio::spawn(async move { scripts::run(&nodes, &metrics, &script, keys, args).await })
     };
