@@ -361,3 +361,63 @@ async fn a_transfer_out_resent_after_recovery_completed_takes_nothing() {
         "{st:?}"
     );
 }
+
+#[tokio::test]
+async fn a_transfer_pending_past_the_applied_id_retention_is_not_applied_blind() {
+    let redis = RedisServer::start();
+    let app = app_with(&redis, |c| {
+        c.sweep_interval_ms = 3_600_000;
+        c.hold_seconds = 30;
+        c.max_hold_seconds = 60;
+        c.idempotency_ttl_seconds = 120;
+    })
+    .await;
+    preload(&app, "old-xfer", 10, 2, false, 0).await;
+    let inv = &app.state.inventory;
+    let meta = inv.meta(&sku("old-xfer")).await.unwrap().unwrap();
+    let (donor, to) = (meta.keys(0), meta.keys(1));
+    let run = |script, keys, args| {
+        flashgate::inventory::scripts::run(inv.nodes(), &app.state.metrics, script, keys, args)
+    };
+    let s = inv.scripts();
+    run(
+        &s.transfer_out,
+        vec![
+            donor.stock(),
+            donor.books(),
+            donor.xfers(),
+            donor.events(),
+            donor.xdone(),
+        ],
+        vec!["x1".into(), "1".into(), "2".into()],
+    )
+    .await
+    .expect("out");
+    run(
+        &s.transfer_in,
+        vec![to.stock(), to.books(), to.xin(), to.events()],
+        vec!["x1".into(), "2".into(), "0".into(), "120000".into()],
+    )
+    .await
+    .expect("in");
+    // its mover died before the donor's record was cleared, and it stayed
+    // pending longer than the recipient keeps applied ids (they trimmed it)
+    let now = inv.redis_now_ms(&donor.xfers()).await.unwrap();
+    redis.cli(&[
+        "HSET",
+        &donor.xfers(),
+        "x1",
+        &format!("1|2|{}", now - 100_000),
+    ]);
+    redis.cli(&["ZREM", &to.xin(), "x1"]);
+    inv.recover_transfers(&meta, 0, 5_000)
+        .await
+        .expect("recovery");
+    let st = inv.status(&sku("old-xfer")).await.unwrap();
+    assert_eq!(
+        (st.per_shard[0].available, st.per_shard[1].available),
+        (3, 7),
+        "applied twice: {st:?}"
+    );
+    assert_eq!(st.in_transit, 2, "left in transit for an operator: {st:?}");
+}
