@@ -421,3 +421,48 @@ async fn a_transfer_pending_past_the_applied_id_retention_is_not_applied_blind()
     );
     assert_eq!(st.in_transit, 2, "left in transit for an operator: {st:?}");
 }
+
+/// 24.1, the sold-out mark: a key that walks the old, smaller shard count
+/// and finds it empty says nothing about the shards added since.
+#[tokio::test]
+async fn an_old_key_sold_out_on_the_old_shards_does_not_mark_the_sku_sold_out() {
+    let redis = RedisServer::start();
+    let app = app_with(&redis, |c| c.sold_out_cache_ms = 60_000).await;
+    preload(&app, "grown", 1, 1, false, 0).await;
+    assert_eq!(
+        app.reserve("a", "grown", 1, "ua").await.status,
+        StatusCode::CREATED
+    );
+    let b = app.reserve("b", "grown", 1, "ub").await;
+    assert_eq!((b.status, b.code()), (StatusCode::CONFLICT, "sold_out"));
+    // one unit more on each of 2 shards
+    preload(&app, "grown", 2, 2, true, 0).await;
+    // a new key that starts on shard 0 takes its unit
+    let c = (0..)
+        .map(|i| format!("c{i}"))
+        .find(|k| {
+            flashgate::domain::IdempotencyKey::parse(k)
+                .unwrap()
+                .stable_hash()
+                .is_multiple_of(2)
+        })
+        .unwrap();
+    let r = app.reserve(&c, "grown", 1, "uc").await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert!(r.body["reservation_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("grown.0."));
+    // b walks shard 0 only, and it is empty: still sold out for b
+    let b = app.reserve("b", "grown", 1, "ub").await;
+    assert_eq!((b.status, b.code()), (StatusCode::CONFLICT, "sold_out"));
+    // but shard 1 has a unit for a new key
+    let d = app.reserve("d", "grown", 1, "ud").await;
+    assert_eq!(
+        d.status,
+        StatusCode::CREATED,
+        "a false sold out: {:?}",
+        d.body
+    );
+    app.assert_books("grown").await;
+}

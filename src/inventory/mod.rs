@@ -909,9 +909,11 @@ impl Inventory {
                 "shards {left_out:?} were unreachable at this key's first request and the others have no unit for it"
             )));
         }
-        if donors.is_empty() {
+        if donors.is_empty() && k == meta.shards {
             // every shard reported no unit at all (not just too few, and not
             // just a sticky verdict of this key): the SKU is empty right now
+            // (a key walking a count from before shards were added saw only
+            // some of them: no mark)
             if let Err(e) = self.mark_sold_out(meta, returns_seen).await {
                 // the answer stands; the next request simply walks again
                 tracing::debug!(error = %e, sku = %req.sku, "could not load the sold-out mark");
