@@ -4,9 +4,9 @@
 -- flashgate instances at once, changes nothing the second time.
 --
 -- A due hold whose record is gone (TTL run out while the sweeper stalled,
--- eviction) still returns its units: its qty is in fg:{SKU#s}:live (lib.lua).
--- A hold made by a version before `live` has no field there: its entry is
--- dropped as before.
+-- eviction) still returns its units: its qty is in fg:{SKU#s}:live, or 1
+-- when it has no field there (lib.lua). (A hold made by a version before
+-- `live` has no field either: it is taken for 1 unit.)
 --
 -- Why a sorted set and not key TTLs: keyspace notifications for expired keys
 -- are fire-and-forget (lost while no subscriber listens, delayed under load),
@@ -60,17 +60,16 @@ for i = 1, #due, 2 do
   else
     -- The record is gone (its TTL ran out while the sweeper stalled, or it
     -- was evicted) but the hold never ended: its units are still in `held`.
-    -- Its qty is in `live`: they come back to stock, exactly once (the
-    -- field goes in the same step). The buyer is unknown: no cap give-back.
-    local q = tonumber(redis.call('HGET', live, rid))
-    if q then
-      redis.call('INCRBY', stock, q)
-      redis.call('HINCRBY', books, 'held', -q)
-      redis.call('HDEL', live, rid)
-      emit(events, 'expired', rid, q, '', ts)
-      count = count + 1
-      units = units + q
-    end
+    -- Its qty is in `live` (no field: 1 unit): they come back to stock,
+    -- exactly once (the rid leaves the list in the same step). The buyer
+    -- is unknown: no cap give-back.
+    local q = tonumber(redis.call('HGET', live, rid)) or 1
+    redis.call('INCRBY', stock, q)
+    redis.call('HINCRBY', books, 'held', -q)
+    redis.call('HDEL', live, rid)
+    emit(events, 'expired', rid, q, '', ts)
+    count = count + 1
+    units = units + q
     redis.call('ZREM', holds, rid)
   end
 end

@@ -9,8 +9,8 @@
 -- KEYS[6] fg:{SKU#s}:keys: the idempotency keys of every reservation made here
 --   (the sold-out fast path loads it, so a retry of a key that got a unit is
 --   replayed, not refused from memory; bounded by the shard's units)
--- (and fg:{SKU#s}:live, named from KEYS[3], lib.lua's live_of: each hold's
--- qty, for the sweeper should its record vanish)
+-- (and fg:{SKU#s}:live, named from KEYS[3], lib.lua's live_of: the qty of
+-- each hold of more than one unit, for the sweeper should its record vanish)
 -- A request's own keys are named from KEYS[1]'s prefix `fg:{SKU#s}:` — its
 -- verdict `idem:<key>` and its record `r:<rid>` — so they share the shard's
 -- slot (Redis Cluster checks every key a script touches against the slot of
@@ -150,8 +150,10 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   redis.call('SET', idem, 'R|' .. rid .. '|' .. fp, 'PX', idem_ttl)
   zadd[#zadd + 1] = exp_s
   zadd[#zadd + 1] = rid
-  live[#live + 1] = rid
-  live[#live + 1] = qty_s
+  if qty ~= 1 then   -- a hold with no field in `live` held 1 unit (lib.lua)
+    live[#live + 1] = rid
+    live[#live + 1] = qty_s
+  end
   won[#won + 1] = key
   held[#held + 1] = rid .. '|' .. qty_s .. '|' .. user
   return 'h'
@@ -169,7 +171,7 @@ if taken > 0 then
   redis.call('DECRBY', stock, taken)
   redis.call('HINCRBY', books, 'held', taken)
   redis.call('ZADD', holds, unpack(zadd))
-  redis.call('HSET', live_of(holds), unpack(live))
+  if #live > 0 then redis.call('HSET', live_of(holds), unpack(live)) end
   redis.call('SADD', reserved, unpack(won))
   redis.call('PEXPIRE', reserved, record_ttl)
   redis.call('XADD', events, 'MAXLEN', '~', EVENTS_MAXLEN, '*',

@@ -316,6 +316,33 @@ async fn a_due_hold_whose_record_vanished_still_returns_its_units() {
         "a second sweep changes nothing"
     );
     assert_eq!(app.assert_books("capped").await.available, 5);
+
+    // a hold of more than one unit (its qty is kept apart: lib.lua's live_of)
+    preload(&app, "plain", 5, 1, false, 0).await;
+    let gone = app.reserve("k3", "plain", 3, "u").await;
+    assert_eq!(gone.status, StatusCode::CREATED, "{:?}", gone.body);
+    let rid = gone.body["reservation_id"].as_str().unwrap().to_string();
+    let k = app
+        .state
+        .inventory
+        .meta(&sku("plain"))
+        .await
+        .unwrap()
+        .unwrap()
+        .keys(0);
+    assert_eq!(
+        redis.cli(&["DEL", &format!("{}{rid}", k.record_prefix())]),
+        "1"
+    );
+    wait_past_deadline(&gone).await;
+    sweep(&app).await.expect("sweep");
+    let st = app.assert_books("plain").await;
+    assert_eq!((st.available, st.held, st.sold), (5, 0, 0), "{st:?}");
+    assert_eq!(
+        redis.cli(&["EXISTS", &k.live()]),
+        "0",
+        "nothing left behind"
+    );
 }
 
 // ------------------------------------------------- 24.6 transfers and clocks

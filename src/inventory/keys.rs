@@ -67,8 +67,9 @@ impl ShardKeys {
     pub fn capback(&self) -> String {
         [self.prefix.as_str(), "capback"].concat()
     }
-    /// The shard's live holds: rid -> qty (`lua/lib.lua`, `live_of`), so the
-    /// sweeper can return a due hold whose record vanished.
+    /// The shard's live holds of more than one unit: rid -> qty
+    /// (`lua/lib.lua`, `live_of`), so the sweeper can return a due hold whose
+    /// record vanished (no field: 1 unit).
     pub fn live(&self) -> String {
         [self.prefix.as_str(), "live"].concat()
     }
