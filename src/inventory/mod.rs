@@ -5,7 +5,9 @@
 //! script replies into typed outcomes.
 //!
 //! **Idempotency across shards.** A key's first shard is a stable hash of the
-//! key; after that the walk goes round the shards in one fixed order. A shard
+//! key; after that the walk goes round the shards in one fixed order — over
+//! the SKU's shard count at the key's first request, which its claim records,
+//! so shards added later do not reorder it (`walk`, docs/resharding.md). A shard
 //! that cannot serve a key writes the `moved` tombstone for it in the same step
 //! that refuses it; a shard that serves it records the reservation. Those
 //! verdicts are sticky, so every request carrying the key — a retry, a
