@@ -74,7 +74,8 @@
 -- its arguments, SET NX GET of its claim (if any), GET of its verdict (unless
 -- the claim was new) and, when it gets a unit, SET PX of its record (one
 -- string, lib.lua) and SET of its verdict; the stock, books, expiry list,
--- live holds, key set and outbox change once per call. Numbers go to Redis as the strings they came in (or
+-- live holds (only holds of more than one unit), key set and outbox change
+-- once per call. Numbers go to Redis as the strings they came in (or
 -- formatted once per call with %d): Redis formats a Lua number argument with
 -- %.17g, a measurable share of the script's time.
 local stock, books, holds, events, wlopen, reserved = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
