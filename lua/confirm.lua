@@ -25,6 +25,7 @@ if status == 'held' then
     end_hold(rkey, r, stock, books, holds, events, reserved, rid, 'expired', ts)
     return {'conflict', 'expired', qty, user, exp, idem, qty}
   end
+  if qty ~= 1 then redis.call('HDEL', live_of(holds), rid) end   -- first: see lib.lua's end_hold
   redis.call('HINCRBY', books, 'held', -qty)
   redis.call('HINCRBY', books, 'sold', qty)
   r.status, r.ended = 'confirmed', string.format('%d', ts)

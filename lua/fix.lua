@@ -10,6 +10,10 @@
 -- ARGV[2..7] available, held, sold, initial, xin, xout: the books to set
 -- ARGV[8..] for each record KEYS[4 + i]: its rid and its ledger status
 --           (confirmed | released | expired), as pairs
+-- A record moved from held or confirmed to released or expired owes its
+-- buyer's purchase-cap give-back: written to fg:{SKU#s}:capback (the
+-- sweeper gives it back, see expire.lua); one of a SKU without a cap is
+-- harmless (nothing to give back).
 -- Returns {'ok', available, held, sold, initial, xin, xout}: the values before
 --       | {'changed', newest id}: the shard moved since the snapshot; nothing written
 --       | an error when the books to set break the invariant: nothing written
@@ -22,6 +26,8 @@
 -- appends no event itself: the ledger already holds the truth it restores,
 -- and reconcile writes an audit row per correction.
 local stock, books, holds, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- fg:{SKU#s}:capback, named from the stock key (same slot, see reserve.lua)
+local capback = string.sub(stock, 1, #stock - #'stock') .. 'capback'
 local seen = ARGV[1]
 local newest = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
 local now_id = ''
@@ -47,16 +53,26 @@ local before = redis.call('HMGET', books, 'held', 'sold', 'initial', 'xin', 'xou
 local reply = {'ok', tonumber(redis.call('GET', stock) or '0')}
 for i = 1, 5 do reply[i + 2] = tonumber(before[i] or '0') end
 
+-- live and capback are not declared keys: touched before any write, so that
+-- a half-moved slot ends the script with nothing written (see expire.lua)
+redis.call('EXISTS', live_of(holds), capback)
 local ts = now_ms()
 for i = 5, #KEYS do
   local j = 8 + 2 * (i - 5)
   local rid, status = ARGV[j], ARGV[j + 1]
   local r = rec_load(KEYS[i])
   if r and r.status ~= status then   -- a record gone meanwhile stays gone
+    -- a hold (or sale) the ledger has ended unsold owes its purchase-cap
+    -- give-back: the sweeper drains capback (expire.lua)
+    if (r.status == 'held' or r.status == 'confirmed') and
+        (status == 'released' or status == 'expired') then
+      redis.call('HSET', capback, r.user .. '\n' .. r.idem, '')
+    end
     r.status, r.ended, r.fixed = status, string.format('%d', ts), 'reconcile'
     rec_save(KEYS[i], r)
   end
   redis.call('ZREM', holds, rid)
+  redis.call('HDEL', live_of(holds), rid)
 end
 
 redis.call('SET', stock, available)

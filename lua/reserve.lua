@@ -11,6 +11,8 @@
 --   unit is replayed, not refused from memory). A key leaves it when its hold
 --   ends without a sale (lib.lua's end_hold: release, expiry), so it is
 --   bounded by the shard's units, not by the holds ever made.
+-- (and fg:{SKU#s}:live, named from KEYS[3], lib.lua's live_of: the qty of
+-- each hold of more than one unit, for the sweeper should its record vanish)
 -- A request's own keys are named from KEYS[1]'s prefix `fg:{SKU#s}:` — its
 -- verdict `idem:<key>` and its record `r:<rid>` — so they share the shard's
 -- slot (Redis Cluster checks every key a script touches against the slot of
@@ -73,8 +75,9 @@
 -- Cost (bench/README.md, "Redis instructions per hold"): each request pays
 -- its arguments, SET NX GET of its claim (if any), GET of its verdict (unless
 -- the claim was new) and, when it gets a unit, SET PX of its record (one
--- string, lib.lua) and SET of its verdict; the stock, books, expiry list, key set and outbox
--- change once per call. Numbers go to Redis as the strings they came in (or
+-- string, lib.lua) and SET of its verdict; the stock, books, expiry list,
+-- live holds (only holds of more than one unit), key set and outbox change
+-- once per call. Numbers go to Redis as the strings they came in (or
 -- formatted once per call with %d): Redis formats a Lua number argument with
 -- %.17g, a measurable share of the script's time.
 local stock, books, holds, events, wlopen, reserved = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -86,7 +89,7 @@ local ts, exp, ts_s, exp_s -- one clock reading per call, taken at the first hol
 local gate_open                -- EXISTS wlopen, read at most once per call
 local available                -- the shard's stock as this call has left it
 local taken = 0                -- units held by this call: one DECRBY/HINCRBY at the end
-local zadd, won, held = {}, {}, {} -- one ZADD, SADD and XADD at the end
+local zadd, won, held, live = {}, {}, {}, {} -- one ZADD, SADD, XADD and HSET at the end
 
 local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   local fresh = false
@@ -150,6 +153,10 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   redis.call('SET', idem, 'R|' .. rid .. '|' .. fp, 'PX', idem_ttl)
   zadd[#zadd + 1] = exp_s
   zadd[#zadd + 1] = rid
+  if qty ~= 1 then   -- a hold with no field in `live` held 1 unit (lib.lua)
+    live[#live + 1] = rid
+    live[#live + 1] = qty_s
+  end
   won[#won + 1] = key
   held[#held + 1] = rid .. '|' .. qty_s .. '|' .. user
   return 'h'
@@ -167,6 +174,7 @@ if taken > 0 then
   redis.call('DECRBY', stock, taken)
   redis.call('HINCRBY', books, 'held', taken)
   redis.call('ZADD', holds, unpack(zadd))
+  if #live > 0 then redis.call('HSET', live_of(holds), unpack(live)) end
   redis.call('SADD', reserved, unpack(won))
   redis.call('PEXPIRE', reserved, record_ttl)
   redis.call('XADD', events, 'MAXLEN', '~', EVENTS_MAXLEN, '*',

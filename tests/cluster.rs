@@ -1275,8 +1275,10 @@ async fn a_sweep_meeting_a_half_moved_slot_changes_nothing_until_it_ends_every_h
                 k.books(),
                 k.events(),
                 k.reserved_keys(),
+                k.capback(),
             ],
-            vec![k.record_prefix(), "100".to_string()],
+            // "1": a capped SKU, its buyers are named
+            vec![k.record_prefix(), "100".to_string(), "1".to_string()],
         );
         tokio::spawn(async move { scripts::run(&nodes, &metrics, &script, keys, args).await })
     };

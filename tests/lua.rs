@@ -210,8 +210,10 @@ impl Fixture {
                     self.k.books(),
                     self.k.events(),
                     self.k.reserved_keys(),
+                    self.k.capback(),
                 ],
-                vec![self.k.record_prefix(), "100".into()],
+                // "1": the SKU has a purchase cap, its buyers are named
+                vec![self.k.record_prefix(), "100".into(), "1".into()],
             )
             .await,
         )
@@ -921,7 +923,13 @@ async fn transfers_move_units_once_and_keep_the_books() {
     let out = |xid: &str, want: i64| {
         f.run(
             &f.scripts.transfer_out,
-            vec![f.k.stock(), f.k.books(), f.k.xfers(), f.k.events()],
+            vec![
+                f.k.stock(),
+                f.k.books(),
+                f.k.xfers(),
+                f.k.events(),
+                f.k.xdone(),
+            ],
             vec![xid.into(), "1".into(), want.to_string()],
         )
     };

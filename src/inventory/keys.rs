@@ -62,6 +62,23 @@ impl ShardKeys {
     pub fn xfers(&self) -> String {
         [self.prefix.as_str(), "xfers"].concat()
     }
+    /// Purchase-cap give-backs owed for holds that ended here without a
+    /// sale (expired by the sweeper, settled by reconcile): fields
+    /// `<buyer>\n<idempotency key>`, drained by the sweeper (`lua/expire.lua`).
+    pub fn capback(&self) -> String {
+        [self.prefix.as_str(), "capback"].concat()
+    }
+    /// The shard's live holds of more than one unit: rid -> qty
+    /// (`lua/lib.lua`, `live_of`), so the sweeper can return a due hold whose
+    /// record vanished (no field: 1 unit).
+    pub fn live(&self) -> String {
+        [self.prefix.as_str(), "live"].concat()
+    }
+    /// Transfers out of this shard that were completed: transfer id ->
+    /// completion time (ms), kept while a resend of `transfer_out` is possible.
+    pub fn xdone(&self) -> String {
+        [self.prefix.as_str(), "xdone"].concat()
+    }
     pub fn xin(&self) -> String {
         [self.prefix.as_str(), "xin"].concat()
     }
@@ -187,6 +204,9 @@ mod tests {
             k.events(),
             k.xfers(),
             k.xin(),
+            k.capback(),
+            k.live(),
+            k.xdone(),
         ] {
             assert!(key.starts_with("fg:{hot-1#2}:"), "{key}");
         }
@@ -207,6 +227,8 @@ mod tests {
         let rid = ReservationId::new(&sku, 2, &uuid::Uuid::nil());
         assert_eq!(k.stock(), "fg:{hot-1#2}:stock");
         assert_eq!(k.reserved_keys(), "fg:{hot-1#2}:keys");
+        assert_eq!(k.live(), "fg:{hot-1#2}:live");
+        assert_eq!(k.capback(), "fg:{hot-1#2}:capback");
         assert_eq!(k.idem(&key), "fg:{hot-1#2}:idem:k-9");
         assert_eq!(k.record_prefix(), "fg:{hot-1#2}:r:");
         assert_eq!(k.record(&rid), format!("fg:{{hot-1#2}}:r:{rid}"));

@@ -5,7 +5,9 @@
 //! script replies into typed outcomes.
 //!
 //! **Idempotency across shards.** A key's first shard is a stable hash of the
-//! key; after that the walk goes round the shards in one fixed order. A shard
+//! key; after that the walk goes round the shards in one fixed order — over
+//! the SKU's shard count at the key's first request, which its claim records,
+//! so shards added later do not reorder it (`walk`, docs/resharding.md). A shard
 //! that cannot serve a key writes the `moved` tombstone for it in the same step
 //! that refuses it; a shard that serves it records the reservation. Those
 //! verdicts are sticky, so every request carrying the key — a retry, a
@@ -693,6 +695,14 @@ impl Inventory {
         Ok(Some(m))
     }
 
+    /// The SKU's layout as Redis has it now, past the cache.
+    async fn meta_past_cache(&self, sku: &Sku) -> Result<Arc<SkuMeta>, InventoryError> {
+        if let Ok(mut cache) = self.meta.write() {
+            cache.remove(sku);
+        }
+        self.meta_of(sku).await
+    }
+
     /// The SKU's layout, or `unknown_sku`.
     async fn meta_of(&self, sku: &Sku) -> Result<Arc<SkuMeta>, InventoryError> {
         match self.meta(sku).await? {
@@ -764,10 +774,12 @@ impl Inventory {
         // any slot: the claim rides in the walk's first reserve.lua call
         // (one round trip instead of two; bench/README.md). Not with a
         // purchase cap, which is counted between the claim and the walk.
-        let (left_out, in_walk) = if !self.nodes.per_master() && meta.max_per_user == 0 {
+        // The claim also fixes the shard count the key walks for good (see
+        // `walk`): the SKU's count now, as this instance knows it.
+        let (shards, left_out, in_walk) = if !self.nodes.per_master() && meta.max_per_user == 0 {
             let record = keys::idem_record(&req.key);
-            let body = claim_body(&mine, &[]);
-            (Vec::new(), Some(batch::Claim { record, body }))
+            let body = claim_body(&mine, meta.shards, &[]);
+            (meta.shards, Vec::new(), Some(batch::Claim { record, body }))
         } else {
             let (bucket, record) = keys::idem_global(&req.key);
             // (one Redis: no master can be known down, so no slot is hashed)
@@ -781,19 +793,19 @@ impl Inventory {
             } else {
                 Vec::new()
             };
-            let body = claim_body(&mine, &down);
+            let body = claim_body(&mine, meta.shards, &down);
             let earlier = self
                 .claims
                 .submit(&bucket, batch::Claim { record, body })
                 .await?;
-            let left_out = match earlier {
-                Value::Null => down,
+            let (shards, left_out) = match earlier {
+                Value::Null => (meta.shards, down),
                 v => match parse_claim(&text(&v)?, &mine) {
-                    Some(left_out) => left_out,
+                    Some(c) => (c.shards.unwrap_or(meta.shards), c.left_out),
                     None => return Err(ApiError::IdempotencyKeyReused.into()),
                 },
             };
-            (left_out, None)
+            (shards, left_out, None)
         };
 
         // The purchase cap: counted before the walk, given back when the walk
@@ -811,34 +823,63 @@ impl Inventory {
             }
         }
         let in_walk = in_walk.map(|c| (mine.as_str(), c));
-        let mut result = self.walk(req, &meta, &fp, true, &left_out, in_walk).await;
+        let mut result = self
+            .walk(req, &meta, &fp, true, shards, &left_out, in_walk)
+            .await;
         if matches!(result, Ok(ReserveOutcome::Held(_))) {
             // a probe (or anyone) found stock: the SKU is open again
             self.clear_sold_out(&req.sku);
         }
+        // The cap's count for this key is given back whenever the key
+        // definitely holds no live unit, whoever counted it: this request
+        // (`counted_now`) or an earlier attempt whose outcome was unknown
+        // (cap_take answered "already counted"). A sold-out walk is definite:
+        // every shard of the key's walk holds its `moved` tombstone, so no
+        // request with the key can ever hold a unit (until the key expires).
+        let capped = meta.max_per_user > 0;
         if req.waitlist && matches!(result, Ok(ReserveOutcome::SoldOut)) {
-            if counted_now {
+            if capped {
                 // the cap is counted again when the ticket is promoted
                 self.cap_give(&meta, req.user.as_str(), req.key.as_str())
                     .await?;
-                counted_now = false;
             }
             result = self.join_waitlist(&meta, req, &fp).await;
-        }
-        if counted_now
-            && matches!(
-                result,
-                Ok(ReserveOutcome::SoldOut) | Err(InventoryError::Api(_))
-            )
-        {
-            if let Err(e) = self
-                .cap_give(&meta, req.user.as_str(), req.key.as_str())
-                .await
-            {
-                tracing::warn!(error = %e, sku = %req.sku, "could not give back a purchase-cap count; the buyer stays capped until reconcile");
+        } else if capped {
+            let give = match &result {
+                Ok(ReserveOutcome::SoldOut) => true,
+                // (a mismatch: the count under this key is the other request's)
+                Err(InventoryError::Api(_)) => counted_now,
+                // a replay of a hold that ended unsold: the cap_take above
+                // counted it again (or an earlier give-back failed)
+                Ok(ReserveOutcome::Replayed(r)) => self.ended_unsold(r).await,
+                _ => false,
+            };
+            if give {
+                if let Err(e) = self
+                    .cap_give(&meta, req.user.as_str(), req.key.as_str())
+                    .await
+                {
+                    tracing::warn!(error = %e, sku = %req.sku, "could not give back a purchase-cap count; the buyer stays capped until reconcile");
+                }
             }
         }
         self.replicated(result, &meta).await
+    }
+
+    /// Did the reservation a replay answered end without a sale (released,
+    /// expired, or its record gone)? Unknown (Redis unreachable) counts as
+    /// no: the cap stays counted, too tight rather than too loose.
+    async fn ended_unsold(&self, r: &Reservation) -> bool {
+        let Ok(rid) = ReservationId::parse(&r.reservation_id) else {
+            return false;
+        };
+        // the replay answered the caller's own key: its reservation is the
+        // caller's, read here without an owner check
+        match self.get(&rid, &Tenant::Operator).await {
+            Ok(now) => now.status == "released" || now.status == "expired",
+            Err(InventoryError::Api(e)) => matches!(*e, ApiError::ReservationNotFound),
+            Err(_) => false,
+        }
     }
 
     /// Answer "sold out" from memory? When the mark runs out, exactly one
@@ -1023,16 +1064,27 @@ impl Inventory {
     }
 
     /// Walk the shards for `req` (see the module docs).
+    /// `shards`: the key's shard count, fixed by its claim — the SKU's count
+    /// at the key's first request. The key walks shards `0..shards` only,
+    /// starting at `hash % shards`, whatever the SKU's count is now: a
+    /// forced preload that adds shards changes neither the start nor the
+    /// order of a key that was already seen, so its sticky verdicts stay
+    /// first in its walk (a holder is replayed, a sold-out key stays sold
+    /// out); the new shards serve keys first seen after it. An instance
+    /// still caching the older, smaller count (`META_TTL`) reads the
+    /// layout again when a key's claim names more shards than it knows.
     /// `left_out`: shards this key's walks never visit (its claim fixed
     /// them); a walk that meets no unit on the others cannot say "sold out".
     /// `claim`: the request body (`<sku>\n<fingerprint>`) and the key's
     /// claim, to be made in the first step's call (one Redis server only).
+    #[allow(clippy::too_many_arguments)]
     async fn walk(
         &self,
         req: &ReserveRequest,
         meta: &SkuMeta,
         fp: &str,
         gate: bool,
+        shards: u16,
         left_out: &[u16],
         claim: Option<(&str, batch::Claim)>,
     ) -> Result<ReserveOutcome, InventoryError> {
@@ -1040,7 +1092,20 @@ impl Inventory {
             Some((mine, c)) => (mine, Some(c)),
             None => ("", None),
         };
-        let k = meta.shards;
+        let fresh;
+        let meta = if shards > meta.shards {
+            fresh = self.meta_past_cache(&req.sku).await?;
+            if fresh.shards < shards {
+                return Err(InventoryError::Protocol(format!(
+                    "{} has {} shards, a claim names {shards}",
+                    req.sku, fresh.shards
+                )));
+            }
+            &*fresh
+        } else {
+            meta
+        };
+        let k = shards;
         let returns_seen = self.returns_seen.load(std::sync::atomic::Ordering::SeqCst);
         let token = uuid::Uuid::new_v4();
         let start = (req.key.stable_hash() % u64::from(k)) as u16;
@@ -1081,7 +1146,10 @@ impl Inventory {
                 Step::Claimed(earlier) => {
                     return match parse_claim(&earlier, mine) {
                         None => Err(ApiError::IdempotencyKeyReused.into()),
-                        Some(lo) => Box::pin(self.walk(req, meta, fp, gate, &lo, None)).await,
+                        Some(c) => {
+                            let k = c.shards.unwrap_or(meta.shards);
+                            Box::pin(self.walk(req, meta, fp, gate, k, &c.left_out, None)).await
+                        }
                     };
                 }
                 Step::Moved(avail) | Step::Dry(avail) => {
@@ -1102,9 +1170,11 @@ impl Inventory {
                 "shards {left_out:?} were unreachable at this key's first request and the others have no unit for it"
             )));
         }
-        if donors.is_empty() {
+        if donors.is_empty() && k == meta.shards {
             // every shard reported no unit at all (not just too few, and not
             // just a sticky verdict of this key): the SKU is empty right now
+            // (a key walking a count from before shards were added saw only
+            // some of them: no mark)
             if let Err(e) = self.mark_sold_out(meta, returns_seen).await {
                 // the answer stands; the next request simply walks again
                 tracing::debug!(error = %e, sku = %req.sku, "could not load the sold-out mark");
@@ -1232,7 +1302,13 @@ impl Inventory {
         let taken = int(&self
             .run(
                 &self.scripts.transfer_out,
-                vec![donor.stock(), donor.books(), donor.xfers(), donor.events()],
+                vec![
+                    donor.stock(),
+                    donor.books(),
+                    donor.xfers(),
+                    donor.events(),
+                    donor.xdone(),
+                ],
                 vec![xid.clone(), to.to_string(), want.to_string()],
             )
             .await?)?;
@@ -1251,19 +1327,25 @@ impl Inventory {
         units: i64,
     ) -> Result<(), InventoryError> {
         let rec = meta.keys(to);
+        let keep = self.settings.idem_ttl_ms.to_string();
         self.run(
             &self.scripts.transfer_in,
             vec![rec.stock(), rec.books(), rec.xin(), rec.events()],
-            vec![xid.to_string(), units.to_string(), from.to_string()],
+            vec![
+                xid.to_string(),
+                units.to_string(),
+                from.to_string(),
+                keep.clone(),
+            ],
         )
         .await?;
-        let xfers = meta.keys(from).xfers();
-        let _: i64 = self
-            .nodes
-            .client_for_key(&xfers)
-            .hdel(xfers, xid)
-            .await
-            .map_err(|e| self.err(e))?;
+        let donor = meta.keys(from);
+        self.run(
+            &self.scripts.transfer_done,
+            vec![donor.xfers(), donor.xdone()],
+            vec![xid.to_string(), keep],
+        )
+        .await?;
         Ok(())
     }
 
@@ -1374,7 +1456,9 @@ impl Inventory {
         viewer: &Tenant,
     ) -> Result<Reservation, InventoryError> {
         let key = self.shard_keys_of(rid).await?.record(rid);
-        let reply = self.run(&self.scripts.records, vec![key], vec![]).await?;
+        let reply = self
+            .run(&self.scripts.records, vec![key.clone()], vec![])
+            .await?;
         let Some(Some(record)) = scripts::decode_records(reply)?.into_iter().next() else {
             return Err(ApiError::ReservationNotFound.into());
         };
@@ -1385,8 +1469,9 @@ impl Inventory {
         let exp = record.exp;
         let mut status = status_name(&record.status)?;
         // Past its deadline a hold is expired, whether or not the sweeper has
-        // returned its units yet: confirm would refuse it.
-        if status == "held" && now_ms() >= exp {
+        // returned its units yet: confirm would refuse it. The deadline is
+        // judged on the Redis clock, as confirm judges it.
+        if status == "held" && self.redis_now_ms(&key).await? >= exp {
             status = "expired";
         }
         Ok(Reservation {
@@ -1655,6 +1740,7 @@ impl Inventory {
         shard: u16,
     ) -> Result<(i64, i64), InventoryError> {
         let sk = meta.keys(shard);
+        let capback = sk.capback();
         let reply = array(
             self.run(
                 &self.scripts.expire,
@@ -1664,22 +1750,55 @@ impl Inventory {
                     sk.books(),
                     sk.events(),
                     sk.reserved_keys(),
+                    capback.clone(),
                 ],
-                vec![sk.record_prefix(), self.settings.sweep_batch.to_string()],
+                vec![
+                    sk.record_prefix(),
+                    self.settings.sweep_batch.to_string(),
+                    if meta.max_per_user > 0 { "1" } else { "0" }.to_string(),
+                ],
             )
             .await?,
         )?;
         if int(at(&reply, 0)?)? > 0 {
             self.units_returned(&meta.sku);
         }
-        if meta.max_per_user > 0 {
-            for pair in reply.get(3..).unwrap_or_default().chunks(2) {
-                if let [user, key] = pair {
-                    self.cap_give(meta, &text(user)?, &text(key)?).await?;
-                }
+        // the give-backs owed (durable in capback until done: a failure here
+        // leaves the rest for the next step)
+        for pair in reply.get(3..).unwrap_or_default().chunks(2) {
+            if let [user, key] = pair {
+                let (user, key) = (text(user)?, text(key)?);
+                self.cap_give(meta, &user, &key).await?;
+                let _: i64 = self
+                    .nodes
+                    .client_for_key(&capback)
+                    .hdel(&capback, [user, key].join("\n"))
+                    .await
+                    .map_err(|e| self.err(e))?;
             }
         }
         Ok((int(at(&reply, 0)?)?, int(at(&reply, 1)?)?))
+    }
+
+    /// The clock (ms) of the Redis master serving `key`: the clock every
+    /// script decides by (lib.lua's now_ms), not this machine's.
+    pub async fn redis_now_ms(&self, key: &str) -> Result<i64, InventoryError> {
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        let v: Value = self
+            .nodes
+            .client_for_key(key)
+            .custom(
+                fred::types::CustomCommand::new_static(
+                    "TIME",
+                    fred::types::ClusterHash::Custom(slot),
+                    false,
+                ),
+                Vec::<String>::new(),
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let parts = array(v)?;
+        Ok(int(at(&parts, 0)?)? * 1000 + int(at(&parts, 1)?)? / 1000)
     }
 
     pub fn sweep_batch(&self) -> i64 {
@@ -1688,6 +1807,13 @@ impl Inventory {
 
     /// Complete transfers that left shard `shard` more than `older_than_ms`
     /// ago and were never applied (their mover died between the halves).
+    /// Their age is read on the donor's Redis clock, the clock that stamped
+    /// them: a local clock running ahead would complete a transfer while its
+    /// mover (or a resend of its `transfer_out`) is still under way. One
+    /// older than the applied-id retention (`idempotency_ttl_seconds`, less
+    /// a minute for clocks of different masters) is left pending, with an
+    /// error in the log: whether it was applied can no longer be told, and
+    /// a unit shown in transit beats one counted twice.
     pub async fn recover_transfers(
         &self,
         meta: &SkuMeta,
@@ -1698,10 +1824,14 @@ impl Inventory {
         let pending: HashMap<String, String> = self
             .nodes
             .client_for_key(&xfers)
-            .hgetall(xfers)
+            .hgetall(&xfers)
             .await
             .map_err(|e| self.err(e))?;
-        let now = now_ms();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let now = self.redis_now_ms(&xfers).await?;
+        let too_old = self.settings.idem_ttl_ms as i64 - 60_000;
         let mut recovered = 0;
         for (xid, v) in pending {
             let mut parts = v.split('|');
@@ -1713,6 +1843,10 @@ impl Inventory {
                 continue;
             };
             if now - ts < older_than_ms {
+                continue;
+            }
+            if now - ts >= too_old {
+                tracing::error!(sku = %meta.sku, from = shard, to, units = n, transfer = %xid, "a transfer pending longer than the applied-id retention: left in transit for an operator (reconcile)");
                 continue;
             }
             tracing::warn!(sku = %meta.sku, from = shard, to, units = n, "completing an interrupted transfer");
@@ -1818,27 +1952,56 @@ mod tests {
     }
 }
 
-/// The claim record's body: the request's `<sku>\n<fingerprint>`, then the
-/// shards its walks leave out, if any (`\nx:1,3`).
-fn claim_body(request: &str, left_out: &[u16]) -> String {
-    if left_out.is_empty() {
-        return request.to_string();
+/// The claim record's body: the request's `<sku>\n<fingerprint>`, the
+/// shard count its walks use (`\nk:4`), then the shards its walks leave
+/// out, if any (`\nx:1,3`). (An instance older than the count reads such a
+/// body as another request's: 422, never a walk over the wrong shards.)
+fn claim_body(request: &str, shards: u16, left_out: &[u16]) -> String {
+    let mut body = format!("{request}\nk:{shards}");
+    if !left_out.is_empty() {
+        let list: Vec<String> = left_out.iter().map(u16::to_string).collect();
+        body.push_str("\nx:");
+        body.push_str(&list.join(","));
     }
-    let list: Vec<String> = left_out.iter().map(u16::to_string).collect();
-    format!("{request}\nx:{}", list.join(","))
+    body
 }
 
-/// The shards left out by an earlier claim with the same request body, or
-/// None when the earlier body is another request's (a reused key).
-fn parse_claim(earlier: &str, request: &str) -> Option<Vec<u16>> {
-    let rest = earlier.strip_prefix(request)?;
-    if rest.is_empty() {
-        return Some(Vec::new());
+/// What an earlier claim with the same request body fixed.
+#[derive(Debug, PartialEq)]
+struct ClaimInfo {
+    /// The key's shard count; None in a claim written before it was recorded
+    /// (its walks used the SKU's count of the moment).
+    shards: Option<u16>,
+    left_out: Vec<u16>,
+}
+
+/// The earlier claim's count and left-out shards, or None when the earlier
+/// body is another request's (a reused key).
+fn parse_claim(earlier: &str, request: &str) -> Option<ClaimInfo> {
+    let mut rest = earlier.strip_prefix(request)?;
+    let mut shards = None;
+    if let Some(r) = rest.strip_prefix("\nk:") {
+        let end = r.find('\n').unwrap_or(r.len());
+        shards = Some(
+            r[..end]
+                .parse()
+                .ok()
+                .filter(|k| (1..=MAX_SHARDS).contains(k))?,
+        );
+        rest = &r[end..];
     }
-    rest.strip_prefix("\nx:")?
+    if rest.is_empty() {
+        return Some(ClaimInfo {
+            shards,
+            left_out: Vec::new(),
+        });
+    }
+    let left_out = rest
+        .strip_prefix("\nx:")?
         .split(',')
         .map(|s| s.parse().ok())
-        .collect()
+        .collect::<Option<Vec<u16>>>()?;
+    Some(ClaimInfo { shards, left_out })
 }
 
 #[cfg(test)]
@@ -1847,10 +2010,23 @@ mod claim_tests {
 
     #[test]
     fn a_claim_carries_the_left_out_shards_and_only_the_same_request_matches() {
-        assert_eq!(claim_body("A\n1:u", &[]), "A\n1:u");
-        assert_eq!(claim_body("A\n1:u", &[1, 3]), "A\n1:u\nx:1,3");
-        assert_eq!(parse_claim("A\n1:u", "A\n1:u"), Some(vec![]));
-        assert_eq!(parse_claim("A\n1:u\nx:1,3", "A\n1:u"), Some(vec![1, 3]));
+        let c = |shards, left_out: &[u16]| {
+            Some(ClaimInfo {
+                shards,
+                left_out: left_out.to_vec(),
+            })
+        };
+        assert_eq!(claim_body("A\n1:u", 2, &[]), "A\n1:u\nk:2");
+        assert_eq!(claim_body("A\n1:u", 4, &[1, 3]), "A\n1:u\nk:4\nx:1,3");
+        assert_eq!(parse_claim("A\n1:u\nk:2", "A\n1:u"), c(Some(2), &[]));
+        assert_eq!(
+            parse_claim("A\n1:u\nk:4\nx:1,3", "A\n1:u"),
+            c(Some(4), &[1, 3])
+        );
+        // written before the count was recorded
+        assert_eq!(parse_claim("A\n1:u", "A\n1:u"), c(None, &[]));
+        assert_eq!(parse_claim("A\n1:u\nx:1,3", "A\n1:u"), c(None, &[1, 3]));
+        assert_eq!(parse_claim("A\n1:u\nk:0", "A\n1:u"), None);
         // another body, also one that merely starts like this one
         assert_eq!(parse_claim("A\n1:v", "A\n1:u"), None);
         assert_eq!(parse_claim("A\n1:uu", "A\n1:u"), None);

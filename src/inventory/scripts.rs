@@ -45,6 +45,7 @@ pub struct Scripts {
     pub preload: Script,
     pub transfer_out: Script,
     pub transfer_in: Script,
+    pub transfer_done: Script,
     pub cap_take: Script,
     pub cap_give: Script,
     /// `reconcile --fix`: the ledger's books back into one shard.
@@ -80,6 +81,10 @@ impl Scripts {
             preload: Script::new("preload", include_str!("../../lua/preload.lua")),
             transfer_out: Script::new("transfer_out", include_str!("../../lua/transfer_out.lua")),
             transfer_in: Script::new("transfer_in", include_str!("../../lua/transfer_in.lua")),
+            transfer_done: Script::new(
+                "transfer_done",
+                include_str!("../../lua/transfer_done.lua"),
+            ),
             cap_take: Script::new("cap_take", include_str!("../../lua/cap_take.lua")),
             cap_give: Script::new("cap_give", include_str!("../../lua/cap_give.lua")),
             wl_join: Script::new("wl_join", include_str!("../../lua/wl_join.lua")),
@@ -95,7 +100,7 @@ impl Scripts {
         }
     }
 
-    pub fn all(&self) -> [&Script; 21] {
+    pub fn all(&self) -> [&Script; 22] {
         [
             &self.claim,
             &self.reserve,
@@ -106,6 +111,7 @@ impl Scripts {
             &self.preload,
             &self.transfer_out,
             &self.transfer_in,
+            &self.transfer_done,
             &self.cap_take,
             &self.cap_give,
             &self.fix,

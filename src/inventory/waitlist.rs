@@ -41,7 +41,7 @@ use tokio::sync::watch;
 
 use super::keys::WaitKeys;
 use super::scripts::{array, at, int, text};
-use super::{ms_to_rfc3339, now_ms, Inventory, ReserveOutcome, ReserveRequest, SkuMeta};
+use super::{ms_to_rfc3339, Inventory, ReserveOutcome, ReserveRequest, SkuMeta};
 use crate::domain::{Qty, ScopedKey, Sku, Tenant, UserId};
 use crate::error::{ApiError, InventoryError};
 use crate::metrics::Metrics;
@@ -256,7 +256,9 @@ impl Inventory {
         let mut status = status.clone();
         let mut position = None;
         if status == "waiting" {
-            if expires.parse::<i64>().unwrap_or(0) <= now_ms() {
+            // the deadline was stamped by the Redis clock: judged by it too
+            let now = self.redis_now_ms(&wk.ticket(&key)).await?;
+            if expires.parse::<i64>().unwrap_or(0) <= now {
                 status = "expired".into();
             } else {
                 let rank: Option<i64> = self
@@ -440,7 +442,7 @@ impl Inventory {
         if f.get("expires")
             .and_then(|e| e.parse::<i64>().ok())
             .unwrap_or(0)
-            <= now_ms()
+            <= self.redis_now_ms(&wk.ticket(ticket)).await?
         {
             self.end_ticket(&meta.sku, ticket, "expired", "", 0, "")
                 .await?;
@@ -484,20 +486,17 @@ impl Inventory {
             key,
             waitlist: false,
         };
-        let mut counted_now = false;
-        if meta.max_per_user > 0 {
-            match self.cap_take(meta, &req).await? {
-                0 => {
-                    self.end_ticket(&meta.sku, ticket, "cancelled", "", 0, "purchase_limit")
-                        .await?;
-                    return Ok((Step::Done, None));
-                }
-                1 => counted_now = true,
-                _ => {}
-            }
+        if meta.max_per_user > 0 && self.cap_take(meta, &req).await? == 0 {
+            self.end_ticket(&meta.sku, ticket, "cancelled", "", 0, "purchase_limit")
+                .await?;
+            return Ok((Step::Done, None));
         }
         let fp = req.fingerprint();
-        match self.walk(&req, meta, &fp, false, &[], None).await? {
+        // (no claim: the attempt key walks the SKU's count of the moment)
+        match self
+            .walk(&req, meta, &fp, false, meta.shards, &[], None)
+            .await?
+        {
             ReserveOutcome::Held(r) | ReserveOutcome::Replayed(r) => {
                 let exp = humantime::parse_rfc3339(&r.expires_at)
                     .ok()
@@ -528,7 +527,9 @@ impl Inventory {
                 }
             }
             ReserveOutcome::SoldOut => {
-                if counted_now {
+                // definite: no hold under this attempt's key, whichever
+                // attempt counted it (an earlier one may have, and failed)
+                if meta.max_per_user > 0 {
                     self.cap_give(meta, req.user.as_str(), req.key.as_str())
                         .await?;
                 }
