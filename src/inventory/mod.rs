@@ -1277,7 +1277,7 @@ impl Inventory {
     /// counters (and after the sweeper's list has the SKU). Before the first
     /// shard is written, the layout this preload is about to write is noted in
     /// the meta (`pending`), so a preload that fails half-way (a timeout, a
-    /// stray key of the wrong type) can be repeated: "already loaded" is
+    /// lost connection, an ACL that refuses one shard's keys) can be repeated: "already loaded" is
     /// decided by the meta alone, the shards the failed attempt wrote are
     /// overwritten (they were never served: no meta named them), and shards
     /// it wrote that the new layout lacks are deleted.
@@ -1354,9 +1354,9 @@ impl Inventory {
         for (s, units) in per_shard.iter().enumerate() {
             // s < shards <= MAX_SHARDS. A shard the meta does not name yet
             // (a new SKU, or one this preload adds) was never served: what
-            // an earlier failed attempt left there is overwritten.
-            // (a loaded shard is only reached with force: without it, a
-            // loaded SKU was refused above)
+            // an earlier failed attempt left there is replaced. A loaded
+            // shard is only reached with force (a loaded SKU without force
+            // was refused above).
             let mode = if s >= usize::from(loaded) {
                 ShardLoad::New
             } else {
