@@ -406,7 +406,7 @@ impl Inventory {
         let scripts = Scripts::new();
         scripts.load_all(&pool).await?;
         let nodes = nodes::Nodes::new(pool.clone(), config)?;
-        for c in preflight::require(&nodes, config.allow_eviction_policy).await? {
+        for c in preflight::require(&nodes, config.allow_eviction_policy, false).await? {
             tracing::info!(master = %c.node, version = ?c.version, "redis checked");
         }
         if config.allow_eviction_policy {
@@ -478,11 +478,14 @@ impl Inventory {
     pub async fn server_versions(
         &self,
     ) -> Result<Vec<(String, preflight::Version)>, InventoryError> {
-        let checks = preflight::check(&self.nodes, true).await?;
-        Ok(checks
-            .into_iter()
-            .filter_map(|c| Some((c.node, c.version?)))
-            .collect())
+        let mut out = Vec::new();
+        for c in preflight::check(&self.nodes, true).await? {
+            let c = c?;
+            if let Some(v) = c.version {
+                out.push((c.node, v));
+            }
+        }
+        Ok(out)
     }
 
     /// The preflight checks again (version, eviction policy on every
@@ -495,10 +498,10 @@ impl Inventory {
                 return verdict.clone().map_err(InventoryError::Unsuitable);
             }
         }
-        let verdict = match preflight::require(&self.nodes, self.allow_eviction).await {
+        let verdict = match preflight::require(&self.nodes, self.allow_eviction, true).await {
             Ok(_) => Ok(()),
             Err(InventoryError::Unsuitable(m)) => Err(m),
-            // unreachable: not cached, reported as it is
+            // no master known: not cached, reported as it is
             Err(e) => return Err(e),
         };
         *last = Some((Instant::now(), verdict.clone()));
