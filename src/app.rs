@@ -125,6 +125,9 @@ where
             if *shutdown.borrow() {
                 return;
             }
+            if started.elapsed() >= RESTART_BACKOFF_RESET {
+                backoff = RESTART_BACKOFF_MIN;
+            }
             match ended {
                 Ok(()) => {
                     tracing::error!(task = name, "background task ended by itself; restarting")
@@ -142,9 +145,6 @@ where
                 }
             }
             metrics.task_restarts.with_label_values(&[name]).inc();
-            if started.elapsed() >= RESTART_BACKOFF_RESET {
-                backoff = RESTART_BACKOFF_MIN;
-            }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutdown.changed() => {}

@@ -471,7 +471,7 @@ impl Inventory {
         let scripts = Scripts::new();
         scripts.load_all(&pool).await?;
         let nodes = nodes::Nodes::new(pool.clone(), config)?;
-        for c in preflight::require(&nodes, config.allow_eviction_policy).await? {
+        for c in preflight::require(&nodes, config.allow_eviction_policy, false).await? {
             tracing::info!(master = %c.node, version = ?c.version, "redis checked");
         }
         if config.allow_eviction_policy {
@@ -543,11 +543,14 @@ impl Inventory {
     pub async fn server_versions(
         &self,
     ) -> Result<Vec<(String, preflight::Version)>, InventoryError> {
-        let checks = preflight::check(&self.nodes, true).await?;
-        Ok(checks
-            .into_iter()
-            .filter_map(|c| Some((c.node, c.version?)))
-            .collect())
+        let mut out = Vec::new();
+        for c in preflight::check(&self.nodes, true).await? {
+            let c = c?;
+            if let Some(v) = c.version {
+                out.push((c.node, v));
+            }
+        }
+        Ok(out)
     }
 
     /// The preflight checks again (version, eviction policy on every
@@ -560,10 +563,10 @@ impl Inventory {
                 return verdict.clone().map_err(InventoryError::Unsuitable);
             }
         }
-        let verdict = match preflight::require(&self.nodes, self.allow_eviction).await {
+        let verdict = match preflight::require(&self.nodes, self.allow_eviction, true).await {
             Ok(_) => Ok(()),
             Err(InventoryError::Unsuitable(m)) => Err(m),
-            // unreachable: not cached, reported as it is
+            // no master known: not cached, reported as it is
             Err(e) => return Err(e),
         };
         *last = Some((Instant::now(), verdict.clone()));
@@ -1576,7 +1579,7 @@ impl Inventory {
     /// counters (and after the sweeper's list has the SKU). Before the first
     /// shard is written, the layout this preload is about to write is noted in
     /// the meta (`pending`), so a preload that fails half-way (a timeout, a
-    /// stray key of the wrong type) can be repeated: "already loaded" is
+    /// lost connection, an ACL that refuses one shard's keys) can be repeated: "already loaded" is
     /// decided by the meta alone, the shards the failed attempt wrote are
     /// overwritten (they were never served: no meta named them), and shards
     /// it wrote that the new layout lacks are deleted.
@@ -1653,9 +1656,9 @@ impl Inventory {
         for (s, units) in per_shard.iter().enumerate() {
             // s < shards <= MAX_SHARDS. A shard the meta does not name yet
             // (a new SKU, or one this preload adds) was never served: what
-            // an earlier failed attempt left there is overwritten.
-            // (a loaded shard is only reached with force: without it, a
-            // loaded SKU was refused above)
+            // an earlier failed attempt left there is replaced. A loaded
+            // shard is only reached with force (a loaded SKU without force
+            // was refused above).
             let mode = if s >= usize::from(loaded) {
                 ShardLoad::New
             } else {

@@ -109,12 +109,13 @@ pub struct MasterCheck {
     pub verdict: Result<(), String>,
 }
 
-/// Run both checks on every master. An unreachable master is an error
-/// (`Unavailable`); a master that fails a check is reported in its verdict.
+/// Run both checks on every master, concurrently. A master that cannot be
+/// reached is an `Unavailable` error in its place; a master that fails a
+/// check is reported in its verdict.
 pub async fn check(
     nodes: &Nodes,
     allow_eviction: bool,
-) -> Result<Vec<MasterCheck>, InventoryError> {
+) -> Result<Vec<Result<MasterCheck, InventoryError>>, InventoryError> {
     let mut masters = nodes.masters();
     if masters.is_empty() {
         // a cluster whose slot map was not known yet
@@ -126,47 +127,84 @@ pub async fn check(
             "no redis master known to check".into(),
         ));
     }
-    let mut out = Vec::with_capacity(masters.len());
+    let mut asks = tokio::task::JoinSet::new();
     for (node, client) in masters {
-        let info: String = client
-            .custom(
-                CustomCommand::new_static("INFO", ClusterHash::Random, false),
-                vec!["server"],
-            )
-            .await?;
-        let version = check_version(&node, &info);
-        let policy = match client
-            .custom::<Value, _>(
-                CustomCommand::new_static("CONFIG", ClusterHash::Random, false),
-                vec!["GET", "maxmemory-policy"],
-            )
-            .await
-        {
-            Ok(reply) => policy_of(reply).ok_or_else(|| "an empty reply".to_string()),
-            Err(e) => match InventoryError::from(e) {
-                InventoryError::Unavailable(m) => return Err(InventoryError::Unavailable(m)),
-                other => Err(other.to_string()),
-            },
-        };
-        let verdict = match &version {
-            Err(e) => Err(e.clone()),
-            Ok(_) => check_policy(&node, policy, allow_eviction),
-        };
-        out.push(MasterCheck {
-            node,
-            version: version.ok().or_else(|| redis_version(&info)),
-            verdict,
-        });
+        asks.spawn(check_master(node, client, allow_eviction));
+    }
+    let mut out = Vec::new();
+    while let Some(done) = asks.join_next().await {
+        out.push(done.map_err(|e| InventoryError::Protocol(format!("preflight check: {e}")))?);
     }
     Ok(out)
 }
 
-/// [`check`], every failed verdict joined into one `Unsuitable` error.
+async fn check_master(
+    node: String,
+    client: fred::clients::Client,
+    allow_eviction: bool,
+) -> Result<MasterCheck, InventoryError> {
+    let ask = |cmd: &'static str, args: Vec<&'static str>| {
+        let client = client.clone();
+        async move {
+            client
+                .custom::<Value, _>(
+                    CustomCommand::new_static(cmd, ClusterHash::Random, false),
+                    args,
+                )
+                .await
+                .map_err(|e| match InventoryError::from(e) {
+                    InventoryError::Unavailable(m) => Err(InventoryError::Unavailable(m)),
+                    other => Ok(other.to_string()),
+                })
+        }
+    };
+    let info = match ask("INFO", vec!["server"]).await {
+        Ok(v) => v.as_string().unwrap_or_default(),
+        Err(Err(unreachable)) => return Err(unreachable),
+        Err(Ok(refused)) => {
+            return Ok(MasterCheck {
+                verdict: Err(format!(
+                    "cannot read INFO server of redis at {node} ({refused}); flashgate needs Redis >= {MIN_VERSION}"
+                )),
+                node,
+                version: None,
+            })
+        }
+    };
+    let version = check_version(&node, &info);
+    let policy = match ask("CONFIG", vec!["GET", "maxmemory-policy"]).await {
+        Ok(reply) => policy_of(reply).ok_or_else(|| "an empty reply".to_string()),
+        Err(Err(unreachable)) => return Err(unreachable),
+        Err(Ok(refused)) => Err(refused),
+    };
+    let verdict = match &version {
+        Err(e) => Err(e.clone()),
+        Ok(_) => check_policy(&node, policy, allow_eviction),
+    };
+    Ok(MasterCheck {
+        node,
+        version: version.ok().or_else(|| redis_version(&info)),
+        verdict,
+    })
+}
+
+/// [`check`], every failed verdict joined into one `Unsuitable` error. An
+/// unreachable master fails it (`Unavailable`) unless `skip_unreachable`:
+/// `/readyz` leaves a master that is down to the failover (and to the
+/// other readiness checks) and judges the masters it can reach.
 pub async fn require(
     nodes: &Nodes,
     allow_eviction: bool,
+    skip_unreachable: bool,
 ) -> Result<Vec<MasterCheck>, InventoryError> {
-    let checks = check(nodes, allow_eviction).await?;
+    let mut checks = Vec::new();
+    for c in check(nodes, allow_eviction).await? {
+        match c {
+            Ok(c) => checks.push(c),
+            Err(e) if !skip_unreachable => return Err(e),
+            Err(_) => {}
+        }
+    }
     let failed: Vec<&str> = checks
         .iter()
         .filter_map(|c| c.verdict.as_ref().err().map(String::as_str))
