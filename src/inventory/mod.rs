@@ -307,9 +307,10 @@ struct SoldOutMark {
     /// was made: their retries are replayed, everyone else is refused from
     /// memory.
     winners: FastSet<String>,
-    /// The SKU's waitlist was full when last seen (a join answered `full`,
-    /// or the probe counted it): `waitlist: true` requests are refused from
-    /// memory too, unless their key already joined.
+    /// The SKU's waitlist was full when last seen (a join took the last
+    /// place or answered `full`, or the mark's walk or re-check counted the
+    /// queue; a ticket this instance ends clears it): `waitlist: true`
+    /// requests are refused from memory too, unless their key already joined.
     waitlist_full: bool,
     /// Every shard carried the waitlist's gate when last seen: units that
     /// come back go to the queue, not to new buyers, so a return keeps the
