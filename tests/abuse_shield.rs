@@ -409,3 +409,85 @@ async fn a_return_that_goes_to_the_queue_keeps_the_shield_up() {
     assert_eq!(st.held + st.sold, 2);
     assert_eq!(st.waitlist, 1);
 }
+
+/// 17.1 + 17.4 together, concurrently: bots with fresh keys (plain and
+/// `waitlist: true`) and no-op release loopers against an 8-shard SKU that
+/// is sold out with a full waitlist. Nothing is left behind in Redis, and
+/// no refusal walks the shards. The mark period is 1 s here so that a
+/// re-check slowed by a busy test machine cannot overrun it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_crowd_leaves_nothing_behind() {
+    let redis = RedisServer::start();
+    let app = std::sync::Arc::new(
+        spawn_app_with(&redis, |c| {
+            c.waitlist_capacity = 1;
+            c.sold_out_cache_ms = 1000;
+        })
+        .await,
+    );
+    app.preload("crowd", 1, 8).await;
+    let a = app.reserve("crowd-a", "crowd", 1, "alice").await;
+    let dead = rid_of(&a);
+    assert_eq!(app.action(&dead, "release").await.status, StatusCode::OK);
+    let b = app.reserve("crowd-b", "crowd", 1, "bob").await;
+    assert_eq!(b.status, StatusCode::CREATED);
+    let j = join(&app, "crowd-j", "crowd", "joe").await;
+    assert_eq!(j.status, StatusCode::ACCEPTED, "{:?}", j.body);
+
+    let keys_before: std::collections::HashSet<String> = redis
+        .cli(&["KEYS", "*"])
+        .lines()
+        .map(String::from)
+        .collect();
+    let bytes0 = keyspace_bytes(&redis);
+    let mut tasks = Vec::new();
+    for t in 0..24 {
+        let app = app.clone();
+        let dead = dead.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut refused = 0i64;
+            for i in 0..100 {
+                if t < 4 {
+                    let r = app.action(&dead, "release").await;
+                    assert_eq!(r.status, StatusCode::OK);
+                } else if t % 2 == 0 {
+                    let r = app
+                        .reserve(&format!("c-{t}-{i}"), "crowd", 1, &format!("u{t}-{i}"))
+                        .await;
+                    assert_eq!(r.code(), "sold_out", "{:?}", r.body);
+                    refused += 1;
+                } else {
+                    let r = join(&app, &format!("w-{t}-{i}"), "crowd", &format!("u{t}-{i}")).await;
+                    assert_eq!(r.code(), "waitlist_full", "{:?}", r.body);
+                    refused += 1;
+                }
+            }
+            refused
+        }));
+    }
+    let mut refused = 0;
+    for t in tasks {
+        refused += t.await.expect("crowd task");
+    }
+    let keys_after: std::collections::HashSet<String> = redis
+        .cli(&["KEYS", "*"])
+        .lines()
+        .map(String::from)
+        .collect();
+    let mut new: Vec<&String> = keys_after.difference(&keys_before).collect();
+    new.sort();
+    let grown = keyspace_bytes(&redis) - bytes0;
+    eprintln!(
+        "{refused} refused amid no-op loops: {} new keys, {grown} bytes",
+        new.len()
+    );
+    // the promoter's lease may come and go
+    new.retain(|k| !k.ends_with(":lease"));
+    assert!(new.is_empty(), "refusals left keys behind: {new:?}");
+    assert!(
+        grown as f64 / refused as f64 <= 1.0,
+        "{grown} bytes more in Redis's keyspace after {refused} refusals"
+    );
+    let st = app.assert_books("crowd").await;
+    assert_eq!((st.held, st.available, st.waitlist), (1, 0, 1));
+}

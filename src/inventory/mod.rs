@@ -357,9 +357,10 @@ struct SoldOutMark {
     /// was made: their retries are replayed, everyone else is refused from
     /// memory.
     winners: FastSet<String>,
-    /// The SKU's waitlist was full when last seen (a join answered `full`,
-    /// or the probe counted it): `waitlist: true` requests are refused from
-    /// memory too, unless their key already joined.
+    /// The SKU's waitlist was full when last seen (a join took the last
+    /// place or answered `full`, or the mark's walk or re-check counted the
+    /// queue; a ticket this instance ends clears it): `waitlist: true`
+    /// requests are refused from memory too, unless their key already joined.
     waitlist_full: bool,
     /// Every shard carried the waitlist's gate when last seen: units that
     /// come back go to the queue, not to new buyers, so a return keeps the
@@ -927,17 +928,29 @@ impl Inventory {
     async fn probe(&self, sku: &Sku) -> Result<Option<bool>, InventoryError> {
         let seen = self.returns_seen.load(std::sync::atomic::Ordering::SeqCst);
         let meta = self.meta_of(sku).await?;
-        let mut winners = FastSet::default();
-        let mut all_gated = true;
+        // every shard at once (one round trip, not K: while it runs the
+        // crowd keeps the answer for one more period only); per shard, stock
+        // and gate in one MGET (one slot) and the key set
+        let mut reads = tokio::task::JoinSet::new();
         for s in 0..meta.shards {
             let sk = meta.keys(s);
             let client = self.nodes.client_for_key(&sk.stock());
-            // stock and gate in one MGET (one slot): two commands a shard
-            let (counters, keys) = tokio::try_join!(
-                client.mget::<Vec<Option<String>>, _>(vec![sk.stock(), sk.wlopen()]),
-                client.smembers::<Vec<String>, _>(sk.reserved_keys()),
-            )
-            .map_err(|e| self.err(e))?;
+            reads.spawn(async move {
+                tokio::try_join!(
+                    client.mget::<Vec<Option<String>>, _>(vec![sk.stock(), sk.wlopen()]),
+                    client.smembers::<Vec<String>, _>(sk.reserved_keys()),
+                )
+            });
+        }
+        let waiting = self.waitlist_len(sku).await?;
+        let mut shards = Vec::with_capacity(usize::from(meta.shards));
+        while let Some(read) = reads.join_next().await {
+            let read = read.map_err(|e| InventoryError::Protocol(format!("probe task: {e}")))?;
+            shards.push(read.map_err(|e| self.err(e))?);
+        }
+        let mut winners = FastSet::default();
+        let mut all_gated = true;
+        for (counters, keys) in shards {
             let stock = counters
                 .first()
                 .and_then(|v| v.as_deref())
@@ -951,7 +964,6 @@ impl Inventory {
             winners.extend(keys);
             all_gated &= gated;
         }
-        let waiting = self.waitlist_len(sku).await?;
         let waitlist_full = u64::try_from(waiting).unwrap_or(0) >= self.settings.waitlist_capacity;
         if let Ok(mut marks) = self.sold_out.lock() {
             if seen != self.returns_seen.load(std::sync::atomic::Ordering::SeqCst) {
@@ -1011,6 +1023,7 @@ impl Inventory {
         if self.sold_out.lock().map(|m| fresh(&m)).unwrap_or(true) {
             return Ok(());
         }
+        let waiting = self.waitlist_len(&meta.sku).await?;
         let mut winners = FastSet::default();
         let mut gated = true;
         for s in 0..meta.shards {
@@ -1034,7 +1047,8 @@ impl Inventory {
                     until: Instant::now() + self.settings.sold_out_cache,
                     probing: false,
                     winners,
-                    waitlist_full: false,
+                    waitlist_full: u64::try_from(waiting).unwrap_or(0)
+                        >= self.settings.waitlist_capacity,
                     gated,
                 },
             );

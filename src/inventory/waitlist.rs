@@ -171,6 +171,11 @@ impl Inventory {
                 // anyone waits.)
                 if kind == "joined" {
                     self.set_gates(meta).await?;
+                    // the last place taken: later joins are refused from memory
+                    let position = at(&reply, 2).and_then(int).unwrap_or(0);
+                    if u64::try_from(position).unwrap_or(0) >= self.settings.waitlist_capacity {
+                        self.waitlist_seen_full(&req.sku, true);
+                    }
                 }
                 let id =
                     TicketId::parse(&text(at(&reply, 1)?)?).map_err(InventoryError::Protocol)?;
