@@ -234,6 +234,8 @@ pub struct HostileReport {
     pub waitlist_capacity: u64,
     pub refused_requested: u64,
     pub hold_seconds: u64,
+    /// `--serve-env` given to the spawned flashgate.
+    pub serve_env: Vec<String>,
     pub wave: BTreeMap<&'static str, u64>,
     pub wave_bots: BTreeMap<&'static str, u64>,
     pub storefront_probe: StorefrontProbe,
@@ -413,13 +415,11 @@ pub fn render(r: &HostileReport) -> String {
             w.commands_per_sold_out.map_or_else(|| "n/a".into(), num),
             w.commands_per_sold_out_net.map_or_else(|| "n/a".into(), num),
         );
-        if !w.looper_answers.is_empty() || !w.poison_answers.is_empty() {
-            let _ = writeln!(
-                out,
-                "  {:<26} loopers' answers {:?}, poisoners' answers {:?}",
-                "", w.looper_answers, w.poison_answers
-            );
-        }
+        let _ = writeln!(
+            out,
+            "  {:<26} bots' answers {:?}; loopers' {:?}; poisoners' {:?}",
+            "", w.answers, w.looper_answers, w.poison_answers
+        );
     }
     for w in &r.refused_windows {
         let _ = writeln!(
@@ -803,9 +803,12 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         }
     };
     let capacity = args.hostile_waitlist_capacity.to_string();
+    let mut env = vec![("FLASHGATE_WAITLIST_CAPACITY", capacity.as_str())];
+    // validated: FLASHGATE_NAME=VALUE; later ones win over the capacity
+    env.extend(args.serve_env.iter().filter_map(|e| e.split_once('=')));
     let (fg, base) = procs::spawn_flashgate_under(
         &[],
-        &[("FLASHGATE_WAITLIST_CAPACITY", capacity.as_str())],
+        &env,
         &args.flashgate_bin,
         &redis_url,
         args.hold_seconds,
@@ -1347,6 +1350,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         waitlist_capacity: args.hostile_waitlist_capacity,
         refused_requested: args.hostile_refused,
         hold_seconds: args.hold_seconds,
+        serve_env: args.serve_env.clone(),
         wave: wave_tally,
         wave_bots: bots_tally,
         storefront_probe: probe,
@@ -1541,6 +1545,7 @@ mod tests {
             waitlist_capacity: 10,
             refused_requested: 100_000,
             hold_seconds: 20,
+            serve_env: vec![],
             wave: BTreeMap::new(),
             wave_bots: BTreeMap::new(),
             storefront_probe: probe,
