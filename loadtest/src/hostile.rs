@@ -1385,6 +1385,90 @@ impl Window {
 mod tests {
     use super::*;
 
+    /// The whole scenario, tiny, against a real redis-server and a built
+    /// flashgate (`FLASHGATE_BIN`, default `target/release/flashgate` of the
+    /// workspace). Ignored by default: it needs that binary built first.
+    /// `cargo build --release -p flashgate && cargo nextest run -p
+    /// flashgate-loadtest --run-ignored all hostile_scenario_smoke`
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs a built flashgate binary and redis-server"]
+    async fn hostile_scenario_smoke() {
+        use clap::Parser;
+        let bin = std::env::var("FLASHGATE_BIN").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/flashgate").into()
+        });
+        assert!(
+            std::path::Path::new(&bin).exists(),
+            "build flashgate first (or set FLASHGATE_BIN): {bin}"
+        );
+        let out = tempfile::tempdir().unwrap();
+        let lua = concat!(env!("CARGO_MANIFEST_DIR"), "/../lua");
+        let args = Args::try_parse_from([
+            "flashgate-loadtest",
+            "--spawn",
+            "--scenario",
+            "hostile",
+            "--flashgate-bin",
+            &bin,
+            "--lua-dir",
+            lua,
+            "--out-dir",
+            out.path().to_str().unwrap(),
+            "--buyers",
+            "300",
+            "--stock",
+            "40",
+            "--shards",
+            "2",
+            "--connections",
+            "16",
+            "--hostile-bot-connections",
+            "4",
+            "--hostile-loopers",
+            "2",
+            "--hostile-waitlist-capacity",
+            "10",
+            "--hostile-window-seconds",
+            "1",
+            "--hostile-stall-seconds",
+            "2",
+            "--hostile-refused",
+            "200",
+            // outlives the wave and the windows: honest confirms succeed
+            "--hold-seconds",
+            "12",
+        ])
+        .unwrap();
+        assert!(run(args).await.unwrap(), "books or oversell failed");
+        // one run directory with the report, every figure of the table in it
+        let dir = std::fs::read_dir(out.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("hostile.json")).unwrap()).unwrap();
+        assert_eq!(r["books"]["oversold"], 0);
+        assert!(r["books"]["confirmed_ok"].as_u64().unwrap() > 0);
+        assert_eq!(r["windows"].as_array().unwrap().len(), 3);
+        let refused: u64 = r["refused_windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["refused"].as_u64().unwrap())
+            .sum();
+        assert_eq!(refused, 200, "{}", r["refused_windows"]);
+        let loops = &r["windows"][2];
+        assert!(loops["looper_requests"].as_u64().unwrap() > 0);
+        assert!(loops["sold_out"].as_u64().unwrap() > 0);
+        assert!(r["figures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["name"].is_string() && f["target"].is_string()));
+    }
+
     #[test]
     fn poison_keys_are_the_promoters_first_four_attempts() {
         let k = poison_keys("S.w.abc");
