@@ -226,6 +226,12 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub hostile_stall_seconds: u64,
 
+    /// hostile: an environment variable for the spawned `flashgate serve`
+    /// (`FLASHGATE_NAME=value`, repeatable), e.g. a rate limit to try
+    /// against the crowd.
+    #[arg(long, value_name = "FLASHGATE_NAME=VALUE")]
+    pub serve_env: Vec<String>,
+
     /// Seed for buyer roles (retry, abusive, confirm/release/abandon).
     #[arg(long, default_value_t = 8)]
     pub seed: u64,
@@ -308,6 +314,14 @@ impl Args {
                 self.hostile_window_seconds > 0,
                 "--hostile-window-seconds must be > 0"
             );
+            for e in &self.serve_env {
+                anyhow::ensure!(
+                    e.split_once('=').is_some_and(
+                        |(k, _)| k.starts_with("FLASHGATE_") && k != "FLASHGATE_API_KEYS"
+                    ),
+                    "--serve-env takes FLASHGATE_NAME=VALUE (not FLASHGATE_API_KEYS), got {e:?}"
+                );
+            }
         }
         if let Some(m) = self.cluster_masters {
             anyhow::ensure!(
@@ -360,6 +374,18 @@ mod tests {
         assert!(a.validate().is_ok());
         assert_eq!(a.hostile_refused, 100_000);
         assert_eq!(parse(&["--spawn"]).unwrap().scenario, Scenario::Sale);
+        let ok = [
+            "--scenario",
+            "hostile",
+            "--spawn",
+            "--serve-env",
+            "FLASHGATE_CLIENT_RATE_PER_SECOND=500",
+        ];
+        assert!(parse(&ok).unwrap().validate().is_ok());
+        for bad in ["PATH=/tmp", "FLASHGATE_API_KEYS=x", "FLASHGATE_X"] {
+            let a = parse(&["--scenario", "hostile", "--spawn", "--serve-env", bad]).unwrap();
+            assert!(a.validate().is_err(), "{bad}");
+        }
         assert!(parse(&["--scenario", "friendly"]).is_err());
     }
 

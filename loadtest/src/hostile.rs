@@ -234,6 +234,8 @@ pub struct HostileReport {
     pub waitlist_capacity: u64,
     pub refused_requested: u64,
     pub hold_seconds: u64,
+    /// `--serve-env` given to the spawned flashgate.
+    pub serve_env: Vec<String>,
     pub wave: BTreeMap<&'static str, u64>,
     pub wave_bots: BTreeMap<&'static str, u64>,
     pub storefront_probe: StorefrontProbe,
@@ -413,13 +415,11 @@ pub fn render(r: &HostileReport) -> String {
             w.commands_per_sold_out.map_or_else(|| "n/a".into(), num),
             w.commands_per_sold_out_net.map_or_else(|| "n/a".into(), num),
         );
-        if !w.looper_answers.is_empty() || !w.poison_answers.is_empty() {
-            let _ = writeln!(
-                out,
-                "  {:<26} loopers' answers {:?}, poisoners' answers {:?}",
-                "", w.looper_answers, w.poison_answers
-            );
-        }
+        let _ = writeln!(
+            out,
+            "  {:<26} bots' answers {:?}; loopers' {:?}; poisoners' {:?}",
+            "", w.answers, w.looper_answers, w.poison_answers
+        );
     }
     for w in &r.refused_windows {
         let _ = writeln!(
@@ -803,9 +803,12 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         }
     };
     let capacity = args.hostile_waitlist_capacity.to_string();
+    let mut env = vec![("FLASHGATE_WAITLIST_CAPACITY", capacity.as_str())];
+    // validated: FLASHGATE_NAME=VALUE; later ones win over the capacity
+    env.extend(args.serve_env.iter().filter_map(|e| e.split_once('=')));
     let (fg, base) = procs::spawn_flashgate_under(
         &[],
-        &[("FLASHGATE_WAITLIST_CAPACITY", capacity.as_str())],
+        &env,
         &args.flashgate_bin,
         &redis_url,
         args.hold_seconds,
@@ -1347,6 +1350,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         waitlist_capacity: args.hostile_waitlist_capacity,
         refused_requested: args.hostile_refused,
         hold_seconds: args.hold_seconds,
+        serve_env: args.serve_env.clone(),
         wave: wave_tally,
         wave_bots: bots_tally,
         storefront_probe: probe,
@@ -1380,6 +1384,90 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The whole scenario, tiny, against a real redis-server and a built
+    /// flashgate (`FLASHGATE_BIN`, default `target/release/flashgate` of the
+    /// workspace). Ignored by default: it needs that binary built first.
+    /// `cargo build --release -p flashgate && cargo nextest run -p
+    /// flashgate-loadtest --run-ignored all hostile_scenario_smoke`
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs a built flashgate binary and redis-server"]
+    async fn hostile_scenario_smoke() {
+        use clap::Parser;
+        let bin = std::env::var("FLASHGATE_BIN").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/flashgate").into()
+        });
+        assert!(
+            std::path::Path::new(&bin).exists(),
+            "build flashgate first (or set FLASHGATE_BIN): {bin}"
+        );
+        let out = tempfile::tempdir().unwrap();
+        let lua = concat!(env!("CARGO_MANIFEST_DIR"), "/../lua");
+        let args = Args::try_parse_from([
+            "flashgate-loadtest",
+            "--spawn",
+            "--scenario",
+            "hostile",
+            "--flashgate-bin",
+            &bin,
+            "--lua-dir",
+            lua,
+            "--out-dir",
+            out.path().to_str().unwrap(),
+            "--buyers",
+            "300",
+            "--stock",
+            "40",
+            "--shards",
+            "2",
+            "--connections",
+            "16",
+            "--hostile-bot-connections",
+            "4",
+            "--hostile-loopers",
+            "2",
+            "--hostile-waitlist-capacity",
+            "10",
+            "--hostile-window-seconds",
+            "1",
+            "--hostile-stall-seconds",
+            "2",
+            "--hostile-refused",
+            "200",
+            // outlives the wave and the windows: honest confirms succeed
+            "--hold-seconds",
+            "12",
+        ])
+        .unwrap();
+        assert!(run(args).await.unwrap(), "books or oversell failed");
+        // one run directory with the report, every figure of the table in it
+        let dir = std::fs::read_dir(out.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("hostile.json")).unwrap()).unwrap();
+        assert_eq!(r["books"]["oversold"], 0);
+        assert!(r["books"]["confirmed_ok"].as_u64().unwrap() > 0);
+        assert_eq!(r["windows"].as_array().unwrap().len(), 3);
+        let refused: u64 = r["refused_windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["refused"].as_u64().unwrap())
+            .sum();
+        assert_eq!(refused, 200, "{}", r["refused_windows"]);
+        let loops = &r["windows"][2];
+        assert!(loops["looper_requests"].as_u64().unwrap() > 0);
+        assert!(loops["sold_out"].as_u64().unwrap() > 0);
+        assert!(r["figures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["name"].is_string() && f["target"].is_string()));
+    }
 
     #[test]
     fn poison_keys_are_the_promoters_first_four_attempts() {
@@ -1541,6 +1629,7 @@ mod tests {
             waitlist_capacity: 10,
             refused_requested: 100_000,
             hold_seconds: 20,
+            serve_env: vec![],
             wave: BTreeMap::new(),
             wave_bots: BTreeMap::new(),
             storefront_probe: probe,
