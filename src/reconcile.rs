@@ -717,7 +717,8 @@ impl Reconciler {
             .hset(
                 crate::inventory::keys::meta(sku),
                 [
-                    ("shards", shards.to_string()),
+                    ("shard_count", shards.to_string()),
+                    ("layout", crate::inventory::keys::LAYOUT.to_owned()),
                     ("tags", tags.join(",")),
                     ("max_per_user", max_per_user.max(0).to_string()),
                     ("loaded_at", crate::inventory::now_ms().to_string()),

@@ -86,7 +86,12 @@ pub fn default_tag(sku: &str, shard: u32) -> String {
 /// The hash tags of a SKU's shards, as `fg:{SKU}:meta` records them
 /// (`shards`, and `tags` when placement chose other tags than `SKU#s`).
 pub fn tags_from_meta(sku: &str, meta: &BTreeMap<String, String>) -> Option<Vec<String>> {
-    let shards: usize = meta.get("shards")?.parse().ok()?;
+    // `shard_count` since flashgate's data layout 2, `shards` before
+    let shards: usize = meta
+        .get("shard_count")
+        .or_else(|| meta.get("shards"))?
+        .parse()
+        .ok()?;
     let mut tags: Vec<String> = meta
         .get("tags")
         .map(|t| {

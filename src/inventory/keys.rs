@@ -147,6 +147,14 @@ impl WaitKeys {
     }
 }
 
+/// The data layout this version writes, in a SKU's meta (`layout`, beside
+/// the shard count `shard_count`). Layout 1, every version before it, kept
+/// the count in `shards`, the only field those versions read: a meta in
+/// layout 2 has no such field, so an older instance answers its SKU as
+/// unknown instead of misreading what this version writes
+/// (`lua/meta_upgrade.lua`). A meta of a later layout is refused here.
+pub const LAYOUT: &str = "2";
+
 pub fn meta(sku: &Sku) -> String {
     format!("fg:{{{sku}}}:meta")
 }

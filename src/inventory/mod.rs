@@ -665,7 +665,25 @@ impl Inventory {
                 };
             }
         };
-        let Some(shards) = fields.get("shards") else {
+        // A meta an earlier version wrote (layout 1) is converted first: from
+        // then on older instances refuse the SKU (keys.rs, `LAYOUT`).
+        let fields = if fields.contains_key("shards") {
+            self.upgrade_meta(sku).await?
+        } else {
+            fields
+        };
+        match fields.get("layout").map(String::as_str) {
+            Some(keys::LAYOUT) => {}
+            None if !fields.contains_key("shard_count") => return Ok(None),
+            other => {
+                return Err(InventoryError::Unsuitable(format!(
+                    "{sku} was loaded in data layout {other:?}, which this version of flashgate \
+                     (layout {}) cannot read: upgrade this instance",
+                    keys::LAYOUT
+                )))
+            }
+        }
+        let Some(shards) = fields.get("shard_count") else {
             return Ok(None);
         };
         let shards: u16 = shards
@@ -697,6 +715,27 @@ impl Inventory {
             cache.insert(sku.clone(), (m.clone(), Instant::now()));
         }
         Ok(Some(m))
+    }
+
+    /// Convert `sku`'s meta from layout 1 (`lua/meta_upgrade.lua`); its
+    /// fields afterwards.
+    async fn upgrade_meta(&self, sku: &Sku) -> Result<HashMap<String, String>, InventoryError> {
+        let reply = self
+            .run(
+                &self.scripts.meta_upgrade,
+                vec![keys::meta(sku)],
+                vec![keys::LAYOUT.to_owned()],
+            )
+            .await?;
+        let flat = array(reply)?;
+        let mut fields = HashMap::with_capacity(flat.len() / 2);
+        for pair in flat.chunks(2) {
+            if let [k, v] = pair {
+                fields.insert(text(k)?, text(v)?);
+            }
+        }
+        tracing::info!(sku = %sku, "SKU meta converted to data layout {}: older instances now refuse it", keys::LAYOUT);
+        Ok(fields)
     }
 
     /// The SKU's layout as Redis has it now, past the cache.
@@ -1706,7 +1745,8 @@ impl Inventory {
             .hset(
                 &meta_key,
                 [
-                    ("shards", shards.to_string()),
+                    ("shard_count", shards.to_string()),
+                    ("layout", keys::LAYOUT.to_owned()),
                     ("tags", meta.tags.join(",")),
                     ("max_per_user", max_per_user.to_string()),
                     ("loaded_at", now),

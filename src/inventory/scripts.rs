@@ -61,6 +61,8 @@ pub struct Scripts {
     pub touch: Script,
     /// Reservation records, read (their format is `lua/lib.lua`'s).
     pub records: Script,
+    /// A SKU's meta in this version's data layout (keys.rs, `LAYOUT`).
+    pub meta_upgrade: Script,
 }
 
 impl Default for Scripts {
@@ -97,10 +99,11 @@ impl Scripts {
             fix: Script::new("fix", include_str!("../../lua/fix.lua")),
             touch: Script::new("touch", include_str!("../../lua/touch.lua")),
             records: Script::new("records", include_str!("../../lua/records.lua")),
+            meta_upgrade: Script::new("meta_upgrade", include_str!("../../lua/meta_upgrade.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 22] {
+    pub fn all(&self) -> [&Script; 23] {
         [
             &self.claim,
             &self.reserve,
@@ -124,6 +127,7 @@ impl Scripts {
             &self.wl_bump,
             &self.touch,
             &self.records,
+            &self.meta_upgrade,
         ]
     }
 
