@@ -61,3 +61,9 @@ bench-instructions:
 bench-redis-instructions:
 	@command -v valgrind >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y valgrind; } || { echo "install valgrind" >&2; exit 1; }
 	python3 bench/redis_instructions.py --lua-dir lua
+
+# Import circles among src/'s modules (docs/design.md, "Layout"): prints each
+# cycle with the lines that make its arrows; exits 1 while any is left.
+.PHONY: cycles
+cycles:
+	python3 scripts/module_cycles.py
