@@ -31,7 +31,7 @@ end
 -- but never a control character (src/domain.rs refuses them; the outbox's
 -- batched `held` entry relies on that too), so a newline ends the user.
 -- One SET with its TTL costs Redis ~10k fewer instructions per hold than a
--- hash and its PEXPIRE (84.5k -> 74.2k at batches of 25; bench/README.md,
+-- hash and its PEXPIRE (84.5k -> 74.2k at batches of 25; bench/notes/2026-12-02-records-as-strings.md,
 -- "Reservation records as strings").
 local REC_FIELDS = {'status', 'qty', 'created', 'exp', 'first_exp', 'ended', 'fixed'}
 

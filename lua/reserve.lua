@@ -72,7 +72,7 @@
 -- one line `rid|qty|user` per hold (the ledger writer makes a row of each,
 -- src/ledger.rs), instead of one stream entry per hold.
 --
--- Cost (bench/README.md, "Redis instructions per hold"): each request pays
+-- Cost (bench/notes/2026-12-02-redis-instructions-per-hold.md): each request pays
 -- its arguments, SET NX GET of its claim (if any), GET of its verdict (unless
 -- the claim was new) and, when it gets a unit, SET PX of its record (one
 -- string, lib.lua) and SET of its verdict; the stock, books, expiry list,
