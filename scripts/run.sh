@@ -19,7 +19,7 @@ fi
 
 cargo build --release --quiet -p flashgate
 ./target/release/flashgate preload --sku demo-tee --stock 100 --shards 4 --if-absent
-echo "flashgate: try  curl -s localhost:8080/v1/skus/demo-tee  (README: walk-through)" >&2
+echo "flashgate: try  curl -s localhost:8080/v1/skus/demo-tee  (README: quick start)" >&2
 if [ -z "${FLASHGATE_API_KEYS:-}${FLASHGATE_ADMIN_KEYS:-}" ]; then
   echo "flashgate: no API keys set: serving without authentication (local demo)" >&2
   set -- --insecure-no-auth "$@"
