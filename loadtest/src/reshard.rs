@@ -848,6 +848,69 @@ mod tests {
         }
     }
 
+    /// The whole scenario, small, against a real redis-server, PostgreSQL
+    /// and a built flashgate (`FLASHGATE_BIN`, default the workspace's
+    /// `target/release/flashgate`). Ignored by default: it needs that binary.
+    /// `cargo build --release -p flashgate && cargo nextest run -p
+    /// flashgate-loadtest --run-ignored all reshard_scenario_smoke`
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs a built flashgate binary, redis-server and PostgreSQL"]
+    async fn reshard_scenario_smoke() {
+        use clap::Parser;
+        let bin = std::env::var("FLASHGATE_BIN").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/flashgate").into()
+        });
+        assert!(
+            std::path::Path::new(&bin).exists(),
+            "build flashgate first (or set FLASHGATE_BIN): {bin}"
+        );
+        let out = tempfile::tempdir().unwrap();
+        let args = Args::try_parse_from([
+            "flashgate-loadtest",
+            "--spawn",
+            "--scenario",
+            "reshard",
+            "--flashgate-bin",
+            &bin,
+            "--out-dir",
+            out.path().to_str().unwrap(),
+            "--buyers",
+            "120",
+            "--stock",
+            "30",
+            "--shards",
+            "2",
+            "--reshard-to",
+            "4",
+            "--reshard-add",
+            "20",
+            "--reshard-waitlisters",
+            "6",
+            "--connections",
+            "8",
+            "--retry-share",
+            "0.3",
+            // outlives the waves: no unit comes back before the follow-ups
+            "--hold-seconds",
+            "15",
+        ])
+        .unwrap();
+        assert!(run(args).await.unwrap(), "the reshard sale failed");
+        let dir = std::fs::read_dir(out.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("reshard.json")).unwrap()).unwrap();
+        assert_eq!(r["books"]["oversold"], 0);
+        assert_eq!(r["max_reservations_per_key"], 1);
+        assert_eq!(r["expected_initial"], 50);
+        assert_eq!(r["reconcile"]["verdict"], "clean");
+        assert!(r["tickets"].as_u64().unwrap() > 0);
+    }
+
     #[test]
     fn a_replay_of_the_same_hold_is_one_reservation() {
         let mut b = KeyBook::default();
