@@ -67,3 +67,19 @@ bench-redis-instructions:
 .PHONY: cycles
 cycles:
 	python3 scripts/module_cycles.py
+
+# Shards and stock added mid-sale (issue 24, bench/notes/2026-12-04-reshard.md):
+# a SKU on 2 shards, a forced preload to 4 with more units while holds are
+# out, every first-wave key resent inside and after the 2 s layout cache,
+# waitlist joins resent before and after promotion; then books exact, <= 1
+# reservation per Idempotency-Key, no unit stuck behind the gates, and
+# `flashgate reconcile` clean against a ledger in its own PostgreSQL.
+# Needs PostgreSQL's server binaries (initdb). About a minute on 2 cores.
+RESHARD_ARGS ?= --buyers 400 --stock 120 --shards 2 --reshard-to 4 --reshard-add 60 \
+	--reshard-waitlisters 20 --hold-seconds 20 --connections 32 --retry-share 0.3
+.PHONY: bench-reshard
+bench-reshard:
+	cargo build --release -p flashgate -p flashgate-loadtest
+	$(BENCH_TARGET_DIR)/release/flashgate-loadtest --spawn --scenario reshard \
+		--flashgate-bin $(BENCH_TARGET_DIR)/release/flashgate \
+		--lua-dir lua --out-dir bench-results $(RESHARD_ARGS) $(BENCH_ARGS)

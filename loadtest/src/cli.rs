@@ -185,9 +185,12 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub instructions: Option<u64>,
 
-    /// What to run: `sale` (the sale and its baselines) or `hostile` (the
+    /// What to run: `sale` (the sale and its baselines), `hostile` (the
     /// sale with bots, no-op release loopers and waitlist poisoners alongside
-    /// it, and the figures of issue 17; needs --spawn; bench/README.md).
+    /// it, and the figures of issue 17; needs --spawn; bench/README.md) or
+    /// `reshard` (shards and stock added mid-sale, retries and waitlist
+    /// replays, books and `flashgate reconcile` checked; needs --spawn and
+    /// PostgreSQL's server binaries; issue 24).
     #[arg(long, value_enum, default_value_t = Scenario::Sale)]
     pub scenario: Scenario,
 
@@ -232,6 +235,26 @@ pub struct Args {
     #[arg(long, value_name = "FLASHGATE_NAME=VALUE")]
     pub serve_env: Vec<String>,
 
+    /// reshard: the SKU's shard count after the forced preload mid-sale
+    /// (at least --shards: a loaded SKU gains shards, never loses them).
+    #[arg(long, default_value_t = 4)]
+    pub reshard_to: u32,
+
+    /// reshard: units the forced preload adds to what is available then.
+    #[arg(long, default_value_t = 50)]
+    pub reshard_add: u64,
+
+    /// reshard: late buyers who join the waitlist after the sell-out (each
+    /// sends its join twice); about as many second-wave buyers send
+    /// `waitlist: true` too.
+    #[arg(long, default_value_t = 20)]
+    pub reshard_waitlisters: u64,
+
+    /// reshard: how long units available beside waiting tickets are watched
+    /// before wave 3 (a stall if they stay there throughout), seconds.
+    #[arg(long, default_value_t = 3)]
+    pub reshard_stall_seconds: u64,
+
     /// Seed for buyer roles (retry, abusive, confirm/release/abandon).
     #[arg(long, default_value_t = 8)]
     pub seed: u64,
@@ -257,6 +280,7 @@ pub struct Args {
 pub enum Scenario {
     Sale,
     Hostile,
+    Reshard,
 }
 
 impl Args {
@@ -323,6 +347,23 @@ impl Args {
                 );
             }
         }
+        if self.scenario == Scenario::Reshard {
+            anyhow::ensure!(
+                self.spawn && self.cluster_masters.is_none(),
+                "--scenario reshard needs --spawn and one redis-server (it starts Redis, \
+                 PostgreSQL and flashgate itself)"
+            );
+            anyhow::ensure!(
+                (self.shards..=self.shards.max(1) * 16).contains(&self.reshard_to),
+                "--reshard-to must be within --shards..=16 x --shards, got {}",
+                self.reshard_to
+            );
+            anyhow::ensure!(
+                self.reshard_waitlisters <= 100_000,
+                "--reshard-waitlisters must be within 0..=100000"
+            );
+            anyhow::ensure!(self.stock > 0, "--stock must be > 0");
+        }
         if let Some(m) = self.cluster_masters {
             anyhow::ensure!(
                 (MIN_CLUSTER_MASTERS..=MAX_CLUSTER_MASTERS).contains(&m),
@@ -387,6 +428,30 @@ mod tests {
             assert!(a.validate().is_err(), "{bad}");
         }
         assert!(parse(&["--scenario", "friendly"]).is_err());
+    }
+
+    #[test]
+    fn the_reshard_scenario_needs_spawn_and_more_shards() {
+        let a = parse(&["--scenario", "reshard", "--spawn"]).unwrap();
+        assert_eq!(a.scenario, Scenario::Reshard);
+        assert!(a.validate().is_ok());
+        assert!(parse(&["--scenario", "reshard"])
+            .unwrap()
+            .validate()
+            .is_err());
+        let fewer = [
+            "--scenario",
+            "reshard",
+            "--spawn",
+            "--shards",
+            "4",
+            "--reshard-to",
+            "2",
+        ];
+        let err = parse(&fewer).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("--reshard-to"), "{err}");
+        let cluster = ["--scenario", "reshard", "--spawn", "--cluster-masters", "3"];
+        assert!(parse(&cluster).unwrap().validate().is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! (spawned redis-server/flashgate) → `stats`, `books` (pure maths, unit
 //! tested) → `report`, `chart` (outputs). `instructions` counts flashgate's
 //! CPU instructions per answer under callgrind instead of running a sale;
-//! `hostile` runs the sale with abusive clients alongside it (issue 17).
+//! `hostile` runs the sale with abusive clients alongside it (issue 17);
+//! `reshard` adds shards and stock mid-sale and runs `flashgate reconcile`
+//! on a ledger of its own (issue 24).
 
 mod books;
 mod chart;
@@ -19,6 +21,7 @@ mod instructions;
 mod procs;
 mod redis;
 mod report;
+mod reshard;
 mod run;
 mod sale;
 mod sql;
@@ -51,6 +54,7 @@ fn main() -> std::process::ExitCode {
             match (args.instructions, args.scenario) {
                 (Some(n), _) => instructions::run(&args, n).await,
                 (None, cli::Scenario::Hostile) => hostile::run(args).await,
+                (None, cli::Scenario::Reshard) => reshard::run(args).await,
                 (None, cli::Scenario::Sale) => run::run(args).await,
             }
         };

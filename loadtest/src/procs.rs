@@ -512,3 +512,184 @@ mod tests {
         assert!(!cluster_info_ready("", 3));
     }
 }
+
+/// The newest of the PostgreSQL server binary directories found: `pg_config
+/// --bindir` first, else Debian's `/usr/lib/postgresql/<major>/bin` with the
+/// highest major version that has an `initdb`.
+pub fn newest_pg_bin_dir(candidates: &[PathBuf]) -> Option<PathBuf> {
+    candidates
+        .iter()
+        .filter_map(|p| {
+            let major = p
+                .parent()?
+                .file_name()?
+                .to_str()?
+                .parse::<u32>()
+                .unwrap_or(0);
+            Some((major, p))
+        })
+        .max_by_key(|(major, _)| *major)
+        .map(|(_, p)| p.clone())
+}
+
+fn pg_bin_dir() -> anyhow::Result<PathBuf> {
+    if let Ok(out) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+    {
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if p.join("initdb").exists() {
+            return Ok(p);
+        }
+    }
+    let found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    newest_pg_bin_dir(&found)
+        .context("PostgreSQL server binaries not found (install the postgresql package)")
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A throw-away PostgreSQL (the same recipe as tests/support/postgres.rs):
+/// `initdb` into a temp dir, `pg_ctl start` on a free 127.0.0.1 port with
+/// `fsync=off`; as root every server command runs as the `postgres` user
+/// (PostgreSQL refuses root). Stopped (`-m immediate`) on drop.
+pub struct Postgres {
+    pub url: String,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    root: bool,
+    running: bool,
+}
+
+impl Postgres {
+    fn as_server_user(&self, program: &str) -> std::process::Command {
+        let program = self.bin.join(program);
+        if self.root {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            std::process::Command::new(program)
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The server's log (its start-up errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self
+                .as_server_user("pg_ctl")
+                .arg("-D")
+                .arg(self.data())
+                .args(["-m", "immediate", "-w", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Start a [`Postgres`]; blocking (initdb takes a second or two), so it runs
+/// on the blocking pool.
+pub async fn spawn_postgres() -> anyhow::Result<Postgres> {
+    tokio::task::spawn_blocking(start_postgres).await?
+}
+
+fn start_postgres() -> anyhow::Result<Postgres> {
+    let root = is_root();
+    let dir = tempfile::tempdir().context("temp dir for postgres")?;
+    if root {
+        let ok = std::process::Command::new("chown")
+            .args(["-R", "postgres:"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        anyhow::ensure!(ok, "cannot hand the temp dir to the postgres user");
+    }
+    let mut pg = Postgres {
+        url: String::new(),
+        bin: pg_bin_dir()?,
+        dir,
+        root,
+        running: false,
+    };
+    let out = pg
+        .as_server_user("initdb")
+        .arg("-D")
+        .arg(pg.data())
+        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
+        .arg("--no-sync")
+        .stdout(Stdio::null())
+        .output()
+        .context("running initdb")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..5 {
+        let port = free_port()?;
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+            pg.dir.path().display()
+        );
+        let ok = pg
+            .as_server_user("pg_ctl")
+            .arg("-D")
+            .arg(pg.data())
+            .arg("-l")
+            .arg(pg.dir.path().join("postgres.log"))
+            .args(["-o", &opts, "-w", "-t", "30", "start"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            pg.running = true;
+            pg.url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+            return Ok(pg);
+        }
+    }
+    bail!("could not start postgres; log:\n{}", pg.log())
+}
+
+#[cfg(test)]
+mod pg_tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_postgres_major_wins() {
+        let dirs = [
+            PathBuf::from("/usr/lib/postgresql/15/bin"),
+            PathBuf::from("/usr/lib/postgresql/17/bin"),
+            PathBuf::from("/usr/lib/postgresql/9/bin"),
+        ];
+        assert_eq!(
+            newest_pg_bin_dir(&dirs),
+            Some(PathBuf::from("/usr/lib/postgresql/17/bin"))
+        );
+        assert_eq!(newest_pg_bin_dir(&[]), None);
+    }
+}
