@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::body::{self, Body};
-use crate::app::AppState;
 use crate::domain::{IdempotencyKey, Qty, ReservationId, ScopedKey, Sku, Tenant, UserId};
 use crate::error::ApiError;
+use crate::http::AppState;
 use crate::inventory::{ReserveOutcome, ReserveRequest};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
