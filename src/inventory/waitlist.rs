@@ -642,7 +642,7 @@ pub async fn run(
                         metrics.outcome("promoted");
                         tracing::info!(sku = %sku, ticket = %t.ticket_id, "waitlist ticket promoted");
                         if let Some(w) = &webhook {
-                            w.send(&t);
+                            w.send(&t.ticket_id, &t);
                         }
                     }
                 }
