@@ -12,8 +12,9 @@ use fred::types::{Key, Value};
 use fred::util::{redis_keyslot, sha1_hash};
 
 use super::nodes::Nodes;
-
-use crate::error::InventoryError;
+use super::{ms_to_rfc3339, Reservation};
+use crate::domain::ReservationId;
+use crate::error::{ApiError, InventoryError};
 use crate::metrics::Metrics;
 
 const PRELUDE: &str = include_str!("../../lua/lib.lua");
@@ -416,6 +417,42 @@ pub fn at(items: &[Value], i: usize) -> Result<&Value, InventoryError> {
     items
         .get(i)
         .ok_or_else(|| InventoryError::Protocol(format!("reply has no item {i}")))
+}
+
+pub(super) fn status_name(s: &str) -> Result<&'static str, InventoryError> {
+    Ok(match s {
+        "held" => "held",
+        "confirmed" => "confirmed",
+        "released" => "released",
+        "expired" => "expired",
+        other => {
+            return Err(InventoryError::Protocol(format!(
+                "unknown status {other:?}"
+            )))
+        }
+    })
+}
+
+/// Parse the `{code, status, qty, user, exp}` reply of confirm/release/extend.
+pub(super) fn hold_reply(rid: &ReservationId, reply: Value) -> Result<Reservation, InventoryError> {
+    let items = array(reply)?;
+    let code = text(at(&items, 0)?)?;
+    if code == "missing" {
+        return Err(ApiError::ReservationNotFound.into());
+    }
+    let status = status_name(&text(at(&items, 1)?)?)?;
+    if code == "conflict" {
+        return Err(ApiError::ReservationState(status).into());
+    }
+    Ok(Reservation {
+        reservation_id: rid.to_string(),
+        sku: rid.sku().to_string(),
+        qty: u32::try_from(int(at(&items, 2)?)?)
+            .map_err(|_| InventoryError::Protocol("bad qty".into()))?,
+        user_id: text(at(&items, 3)?)?,
+        status,
+        expires_at: ms_to_rfc3339(int(at(&items, 4)?)?),
+    })
 }
 
 #[cfg(test)]
