@@ -76,6 +76,17 @@
 //! ticket: a round that finds too little writes nothing (a walk would
 //! tombstone every shard for the attempt's key, and the next round would
 //! use a fresh key).
+//!
+//! **Where each rule lives.** This file: [`Inventory`], its connection and
+//! settings, the script runner. `layout` (a SKU's meta: shard count, tags,
+//! cap; the cache and the layout upgrade), `reserve` (the claim and the walk
+//! argued above), `sold_out` (the refusals from memory), `cap` (the
+//! purchase cap's count), `holds` (confirm, release, extend, get, the
+//! sweeper's step), `transfers` (units moved between shards), `preload`,
+//! `books` (the shard invariant and `status`), `waitlist`; below them
+//! `scripts` (the Lua scripts, their calls and their replies), `batch`
+//! (coalesced calls), `keys`, `nodes`, `placement`, `durability`,
+//! `preflight`, `expiry` (the sweeper task).
 
 pub mod batch;
 mod books;
