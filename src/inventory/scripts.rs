@@ -8,6 +8,8 @@
 //! (`decode_reserve`, `decode_records`, `hold_reply`, and the `array`, `text`,
 //! `int`, `at` helpers): a reply a script sends in a shape it should not is
 //! a protocol error, never a panic.
+//! (About 640 lines with the decoders' unit tests: every reply shape of
+//! every script in one place, beside the calls that receive them.)
 
 use std::time::{Duration, Instant};
 
