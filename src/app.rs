@@ -24,66 +24,12 @@ use crate::auth::Auth;
 use crate::config::{Config, ConfigError};
 use crate::error::InventoryError;
 use crate::inventory::{expiry, Inventory};
-use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::shutdown::Heartbeat;
 
-/// Everything a request handler may use.
-pub struct AppState {
-    pub config: Config,
-    pub inventory: Arc<Inventory>,
-    pub metrics: Arc<Metrics>,
-    pub auth: Auth,
-    pub limiter: Limiter,
-    /// The supervised background tasks (filled by [`App::run_until`]).
-    pub tasks: Tasks,
-}
-
-/// The background tasks' heartbeats, for `/readyz`.
-#[derive(Default)]
-pub struct Tasks {
-    entries: std::sync::Mutex<Vec<TaskEntry>>,
-}
-
-struct TaskEntry {
-    name: &'static str,
-    heartbeat: Heartbeat,
-    /// Stalled after this long without a completed round.
-    bound: Duration,
-}
-
-impl Tasks {
-    fn register(&self, name: &'static str, heartbeat: Heartbeat, bound: Duration) {
-        if let Ok(mut e) = self.entries.lock() {
-            e.push(TaskEntry {
-                name,
-                heartbeat,
-                bound,
-            });
-        }
-    }
-
-    /// One line per task that has not completed a round within its bound.
-    pub fn stalled(&self) -> Vec<String> {
-        let Ok(entries) = self.entries.lock() else {
-            return vec!["task registry poisoned".into()];
-        };
-        entries
-            .iter()
-            .filter_map(|t| {
-                let since = t.heartbeat.since();
-                (since > t.bound).then(|| {
-                    format!(
-                        "background task {} has not completed a round for {:.1} s (bound {:.1} s)",
-                        t.name,
-                        since.as_secs_f64(),
-                        t.bound.as_secs_f64()
-                    )
-                })
-            })
-            .collect()
-    }
-}
+/// The handlers' state lives in `http`; named here too for the callers that
+/// build an [`App`] and read its state.
+pub use crate::http::{AppState, Tasks};
 
 /// The first restart of a panicked task waits this long, the next ones
 /// twice as long as the one before, up to [`RESTART_BACKOFF_MAX`].
@@ -267,11 +213,12 @@ impl App {
         };
         // the ledger writer's idle wait grows to ledger::MAX_BACKOFF while
         // Postgres is down
-        let ledger = crate::ledger::task(state).map(|make| {
-            let every = Duration::from_millis(state.config.ledger_interval_ms)
-                .max(crate::ledger::MAX_BACKOFF);
-            supervise(state, "ledger", every, tx.subscribe(), make)
-        });
+        let ledger =
+            crate::ledger::task(&state.config, &state.inventory, &state.metrics).map(|make| {
+                let every = Duration::from_millis(state.config.ledger_interval_ms)
+                    .max(crate::ledger::MAX_BACKOFF);
+                supervise(state, "ledger", every, tx.subscribe(), make)
+            });
         tracing::info!(addr = %self.local_addr(), "flashgate serving");
         crate::http::serve(self.listener, self.state.clone(), stop).await;
         let _ = tx.send(true);

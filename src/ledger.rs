@@ -898,14 +898,15 @@ pub async fn run(
 /// (the supervisor in `app.rs` calls it again after a panic).
 #[allow(clippy::type_complexity)]
 pub fn task(
-    state: &crate::app::AppState,
+    c: &Config,
+    inventory: &Arc<Inventory>,
+    metrics: &Arc<Metrics>,
 ) -> Option<
     impl Fn(
         crate::shutdown::Heartbeat,
         watch::Receiver<bool>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 > {
-    let c = &state.config;
     if c.postgres_url.is_empty() {
         return None;
     }
@@ -917,8 +918,8 @@ pub fn task(
         }
     };
     let (inventory, metrics, settings) = (
-        state.inventory.clone(),
-        state.metrics.clone(),
+        inventory.clone(),
+        metrics.clone(),
         LedgerSettings::from_config(c),
     );
     Some(move |heartbeat, shutdown| {

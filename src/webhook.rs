@@ -11,8 +11,7 @@ use hyper::Request;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-
-use crate::inventory::waitlist::Ticket;
+use serde::Serialize;
 
 const ATTEMPTS: u32 = 5;
 
@@ -36,15 +35,18 @@ impl Webhook {
         })
     }
 
-    /// Deliver in the background: up to 5 attempts, 200 ms doubling backoff.
-    pub fn send(&self, ticket: &Ticket) {
+    /// Deliver `ticket` (whatever the waitlist shows for it) in the
+    /// background: up to 5 attempts, 200 ms doubling backoff. `ticket_id`
+    /// names it in the logs. The webhook knows no waitlist type, so the
+    /// arrow points one way: waitlist → webhook.
+    pub fn send(&self, ticket_id: &str, ticket: &impl Serialize) {
         let Ok(body) = serde_json::to_vec(
             &serde_json::json!({"event": "waitlist.promoted", "ticket": ticket}),
         ) else {
             return;
         };
         let this = self.clone();
-        let ticket_id = ticket.ticket_id.clone();
+        let ticket_id = ticket_id.to_owned();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
             for attempt in 1..=ATTEMPTS {

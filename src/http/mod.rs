@@ -13,6 +13,9 @@
 pub mod body;
 pub mod io;
 pub mod router;
+pub mod state;
+
+pub use state::{AppState, Tasks};
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,8 +27,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use crate::app::AppState;
 
 /// Serve `listener` until `stop` resolves, then stop accepting and give
 /// in-flight requests up to the drain time it yields to finish.

@@ -27,6 +27,8 @@ use tokio::sync::oneshot;
 use super::keys::ShardKeys;
 use super::nodes::Nodes;
 use super::scripts::{self, array, Script};
+/// Decoded in `scripts.rs` with the other replies; named here too.
+pub use super::scripts::{decode_reserve, ReserveReply};
 use crate::error::InventoryError;
 use crate::metrics::Metrics;
 
@@ -165,79 +167,6 @@ pub struct ReserveCall {
     /// The key's claim, made inside this call (one Redis server only; see
     /// `lua/reserve.lua`), or None when it was made apart or earlier.
     pub claim: Option<Claim>,
-}
-
-/// `reserve.lua`'s answer to one request.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ReserveReply {
-    /// A new hold, with the request's own rid, until `expires_at_ms`.
-    Held { expires_at_ms: i64 },
-    /// The claim made in this call found another request body (this one).
-    Claimed(String),
-    /// The key already holds this reservation here; `expires_at_ms` is the
-    /// deadline its first answer gave (0 if the record is gone).
-    Replay {
-        rid: String,
-        qty: String,
-        user: String,
-        expires_at_ms: i64,
-    },
-    /// The key was refused here before (walk on); the shard's units now.
-    Moved(i64),
-    /// The key was used with another request body.
-    Mismatch,
-    /// Too few units here (this many).
-    Dry(i64),
-    /// The shard has no counters.
-    Unloaded,
-}
-
-/// `reserve.lua`'s flat reply (the calls' shared deadline, then one string
-/// per request) as one [`ReserveReply`] per request.
-pub fn decode_reserve(reply: Value) -> Result<Vec<ReserveReply>, InventoryError> {
-    let bad = |what: &str| InventoryError::Protocol(format!("reserve.lua replied {what}"));
-    let mut items = array(reply)?.into_iter();
-    let exp = items
-        .next()
-        .and_then(|v| v.as_i64())
-        .ok_or_else(|| bad("no deadline"))?;
-    items
-        .map(|v| {
-            let s = v.as_str().ok_or_else(|| bad("a non-string"))?;
-            let s: &str = &s;
-            // the kind is the first byte, always ASCII (anything else is a
-            // bad reply, never a split inside a character)
-            let (kind, rest) = match s.as_bytes().first() {
-                Some(&k) if k.is_ascii() => (k, &s[1..]),
-                _ => return Err(bad(&format!("{s:?}"))),
-            };
-            let num = || rest.parse::<i64>().map_err(|_| bad(&format!("{s:?}")));
-            Ok(match kind {
-                b'h' => ReserveReply::Held { expires_at_ms: exp },
-                b'c' => ReserveReply::Claimed(rest.to_owned()),
-                b'r' => {
-                    // rid|qty|expires_at|user (the user last: it may hold '|')
-                    let mut p = rest.splitn(4, '|');
-                    let (Some(rid), Some(qty), Some(e), Some(user)) =
-                        (p.next(), p.next(), p.next(), p.next())
-                    else {
-                        return Err(bad(&format!("{s:?}")));
-                    };
-                    ReserveReply::Replay {
-                        rid: rid.to_owned(),
-                        qty: qty.to_owned(),
-                        user: user.to_owned(),
-                        expires_at_ms: e.parse().unwrap_or(0),
-                    }
-                }
-                b'v' => ReserveReply::Moved(num()?),
-                b'm' => ReserveReply::Mismatch,
-                b'd' => ReserveReply::Dry(num()?),
-                b'u' => ReserveReply::Unloaded,
-                _ => return Err(bad(&format!("{s:?}"))),
-            })
-        })
-        .collect()
 }
 
 /// `reserve.lua` on one shard; the lane is the shard's hash tag.
@@ -451,61 +380,6 @@ fn same(e: &InventoryError) -> InventoryError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn s(x: &str) -> Value {
-        Value::String(x.into())
-    }
-
-    #[test]
-    fn reserve_replies_decode_one_per_request() {
-        let reply = Value::Array(vec![
-            Value::Integer(1_700_000_060_000),
-            s("h"),
-            s("csku\n1:u"),
-            s("rsku.0.ab|2|1700000050000|user | with bars"),
-            s("rsku.0.cd|||"),
-            s("v7"),
-            s("m"),
-            s("d0"),
-            s("u"),
-        ]);
-        assert_eq!(
-            decode_reserve(reply).unwrap(),
-            [
-                ReserveReply::Held {
-                    expires_at_ms: 1_700_000_060_000
-                },
-                ReserveReply::Claimed("sku\n1:u".into()),
-                ReserveReply::Replay {
-                    rid: "sku.0.ab".into(),
-                    qty: "2".into(),
-                    user: "user | with bars".into(),
-                    expires_at_ms: 1_700_000_050_000,
-                },
-                // the record is gone: the id still answers
-                ReserveReply::Replay {
-                    rid: "sku.0.cd".into(),
-                    qty: "".into(),
-                    user: "".into(),
-                    expires_at_ms: 0,
-                },
-                ReserveReply::Moved(7),
-                ReserveReply::Mismatch,
-                ReserveReply::Dry(0),
-                ReserveReply::Unloaded,
-            ]
-        );
-        for bad in [
-            vec![s("h")],                       // no deadline
-            vec![Value::Integer(0), s("x1")],   // unknown kind
-            vec![Value::Integer(0), s("dzz")],  // no number
-            vec![Value::Integer(0), s("r1|2")], // a short replay
-            vec![Value::Integer(0), s("")],
-            vec![Value::Integer(0), s("éh")], // never split inside a character
-        ] {
-            assert!(decode_reserve(Value::Array(bad)).is_err());
-        }
-    }
 
     #[test]
     fn flags_carry_both_switches() {

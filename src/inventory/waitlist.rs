@@ -31,6 +31,10 @@
 //! verdicts for its key, so the next attempt uses a fresh key (`wl_bump.lua`).
 //! Promotion is head-of-line: a waiter for 3 units is not skipped for one
 //! asking for 1.
+//!
+//! (About 670 lines: the ticket's whole life — join, read, cancel, promote,
+//! and the promoter task — was left in one file by the restructure that split
+//! `inventory/`; the promoter task is the natural next cut.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -642,7 +646,7 @@ pub async fn run(
                         metrics.outcome("promoted");
                         tracing::info!(sku = %sku, ticket = %t.ticket_id, "waitlist ticket promoted");
                         if let Some(w) = &webhook {
-                            w.send(&t);
+                            w.send(&t.ticket_id, &t);
                         }
                     }
                 }

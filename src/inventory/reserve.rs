@@ -1,0 +1,523 @@
+//! The reserve walk: a request's claim (the first request with a key fixes
+//! its body, its shard count and the shards it leaves out), then one
+//! `lua/reserve.lua` step per shard in the key's fixed order, pulling units
+//! from donor shards before the last step says "sold out". Why this gives at
+//! most one reservation per key is the module doc of `inventory`.
+
+use fred::types::Value;
+
+use super::batch::{self, ReserveReply};
+use super::scripts::text;
+use super::sold_out::FastPath;
+use super::{keys, placement, waitlist};
+use super::{ms_to_rfc3339, Inventory, Reservation, SkuMeta, MAX_SHARDS};
+use crate::domain::{Qty, ReservationId, ScopedKey, Sku, Tenant, UserId};
+use crate::error::{ApiError, InventoryError};
+
+/// What a reserve request came to. Outcomes, not errors: each is a normal
+/// answer of a sale.
+#[derive(Debug)]
+pub enum ReserveOutcome {
+    /// A new hold (201).
+    Held(Reservation),
+    /// The key already holds this reservation; the first answer again (200).
+    Replayed(Reservation),
+    /// Every shard is empty (409).
+    SoldOut,
+    /// Sold out, and the buyer joined the waitlist (202).
+    Waitlisted(waitlist::Ticket),
+    /// The key already joined the waitlist: its ticket as it is now (200).
+    WaitlistReplayed(waitlist::Ticket),
+}
+
+/// A parsed, validated reserve request.
+#[derive(Clone, Debug)]
+pub struct ReserveRequest {
+    pub sku: Sku,
+    pub qty: Qty,
+    pub user: UserId,
+    /// The key in its owner's namespace: the caller's, or the promoter's.
+    pub key: ScopedKey,
+    /// Join the SKU's waitlist when it is sold out.
+    pub waitlist: bool,
+}
+
+impl ReserveRequest {
+    /// What makes two requests with one key "the same request":
+    /// `<qty>:<user>`, or `<qty>;w:<user>` with `waitlist`. Unambiguous:
+    /// qty is digits only, so the character after them tells the two apart
+    /// and the rest is the user id, whatever it holds (an earlier
+    /// `<qty>:[w:]<user>` gave user `w:bob` and user `bob` with `waitlist`
+    /// one fingerprint). Plain requests — the promoter's among them — keep
+    /// the earlier form, so only `waitlist` keys in flight across an upgrade
+    /// see a change (README, "Upgrading").
+    pub(super) fn fingerprint(&self) -> String {
+        let sep = if self.waitlist { ";w:" } else { ":" };
+        let mut qty = itoa::Buffer::new();
+        [qty.format(self.qty.get()), sep, self.user.as_str()].concat()
+    }
+}
+
+/// One shard's verdict on a reserve.
+pub(super) enum Step {
+    Held(Reservation),
+    Replay(Reservation),
+    Moved(i64),
+    Mismatch,
+    /// The claim made in this call found another body (the earlier one).
+    Claimed(String),
+    Dry(i64),
+    Unloaded,
+}
+
+/// The claim record's body: the request's `<sku>\n<fingerprint>`, the
+/// shard count its walks use (`\nk:4`), then the shards its walks leave
+/// out, if any (`\nx:1,3`). (An instance older than the count reads such a
+/// body as another request's: 422, never a walk over the wrong shards.)
+pub(super) fn claim_body(request: &str, shards: u16, left_out: &[u16]) -> String {
+    let mut body = format!("{request}\nk:{shards}");
+    if !left_out.is_empty() {
+        let list: Vec<String> = left_out.iter().map(u16::to_string).collect();
+        body.push_str("\nx:");
+        body.push_str(&list.join(","));
+    }
+    body
+}
+
+/// What an earlier claim with the same request body fixed.
+#[derive(Debug, PartialEq)]
+pub(super) struct ClaimInfo {
+    /// The key's shard count; None in a claim written before it was recorded
+    /// (its walks used the SKU's count of the moment).
+    shards: Option<u16>,
+    left_out: Vec<u16>,
+}
+
+/// The earlier claim's count and left-out shards, or None when the earlier
+/// body is another request's (a reused key).
+pub(super) fn parse_claim(earlier: &str, request: &str) -> Option<ClaimInfo> {
+    let mut rest = earlier.strip_prefix(request)?;
+    let mut shards = None;
+    if let Some(r) = rest.strip_prefix("\nk:") {
+        let end = r.find('\n').unwrap_or(r.len());
+        shards = Some(
+            r[..end]
+                .parse()
+                .ok()
+                .filter(|k| (1..=MAX_SHARDS).contains(k))?,
+        );
+        rest = &r[end..];
+    }
+    if rest.is_empty() {
+        return Some(ClaimInfo {
+            shards,
+            left_out: Vec::new(),
+        });
+    }
+    let left_out = rest
+        .strip_prefix("\nx:")?
+        .split(',')
+        .map(|s| s.parse().ok())
+        .collect::<Option<Vec<u16>>>()?;
+    Some(ClaimInfo { shards, left_out })
+}
+
+impl Inventory {
+    pub async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, InventoryError> {
+        // The sold-out fast path: refuse from memory, no Redis command. The
+        // keys that won a unit are known, so their retries still walk (and
+        // are replayed). Only a preloaded SKU is ever marked (a walk found
+        // its shards empty), and none is ever removed, so the mark comes
+        // before the layout. The walk's future is large (the batches, the
+        // claim, the shards) and a sold-out answer need not build it: it
+        // lives on the heap, made only when there is something to walk
+        // (its copy was ≈ 4 % of a sold-out answer's instructions).
+        let waitlist_full = match self.fast_path(&req.sku, &req.key) {
+            FastPath::SoldOut { waitlist_full } => Some(waitlist_full),
+            FastPath::Probe => match self.probe(&req.sku).await {
+                Ok(still) => still,
+                Err(e) => {
+                    // the request walks; the mark is re-made by a walk
+                    tracing::debug!(error = %e, sku = %req.sku, "sold-out probe failed");
+                    None
+                }
+            },
+            FastPath::Walk => None,
+        };
+        if let Some(full) = waitlist_full {
+            if !req.waitlist {
+                return Ok(ReserveOutcome::SoldOut);
+            }
+            // a key that joined already walks to its ticket (a replay)
+            if full && !self.joined_waitlist(&req.sku, &req.key).await? {
+                return Err(ApiError::WaitlistFull.into());
+            }
+        }
+        Box::pin(self.reserve_walk(req)).await
+    }
+
+    /// [`Inventory::reserve`] past the sold-out fast path.
+    pub(super) async fn reserve_walk(
+        &self,
+        req: &ReserveRequest,
+    ) -> Result<ReserveOutcome, InventoryError> {
+        let meta = self.meta_of(&req.sku).await?;
+        let fp = req.fingerprint();
+
+        // The key's first request fixes its body, across SKUs too: claim.lua
+        // (SET NX GET, batched per bucket) answers the earlier body if any.
+        // The first request also fixes the shards the key's walks leave out:
+        // those whose master is known to be down right now (see the module
+        // docs: sound because no request with this key ever reaches them).
+        let mine = [req.sku.as_str(), "\n", &fp].concat();
+        // On one Redis server no master can be down and a script may touch
+        // any slot: the claim rides in the walk's first reserve.lua call
+        // (one round trip instead of two; bench/README.md). Not with a
+        // purchase cap, which is counted between the claim and the walk.
+        // The claim also fixes the shard count the key walks for good (see
+        // `walk`): the SKU's count now, as this instance knows it.
+        let (shards, left_out, in_walk) = if !self.nodes.per_master() && meta.max_per_user == 0 {
+            let record = keys::idem_record(&req.key);
+            let body = claim_body(&mine, meta.shards, &[]);
+            (meta.shards, Vec::new(), Some(batch::Claim { record, body }))
+        } else {
+            let (bucket, record) = keys::idem_global(&req.key);
+            // (one Redis: no master can be known down, so no slot is hashed)
+            let down: Vec<u16> = if self.nodes.per_master() {
+                (0..meta.shards)
+                    .filter(|&s| match meta.tags.get(usize::from(s)) {
+                        Some(t) => self.nodes.known_down(placement::slot_of(t)),
+                        None => false,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let body = claim_body(&mine, meta.shards, &down);
+            let earlier = self
+                .claims
+                .submit(&bucket, batch::Claim { record, body })
+                .await?;
+            let (shards, left_out) = match earlier {
+                Value::Null => (meta.shards, down),
+                v => match parse_claim(&text(&v)?, &mine) {
+                    Some(c) => (c.shards.unwrap_or(meta.shards), c.left_out),
+                    None => return Err(ApiError::IdempotencyKeyReused.into()),
+                },
+            };
+            (shards, left_out, None)
+        };
+
+        // The purchase cap: counted before the walk, given back when the walk
+        // definitely failed. An unknown outcome (timeout) keeps the count: too
+        // tight rather than too loose.
+        let mut counted_now = false;
+        if meta.max_per_user > 0 {
+            if req.qty.get() > meta.max_per_user {
+                return Err(ApiError::PurchaseLimit.into());
+            }
+            match self.cap_take(&meta, req).await? {
+                0 => return Err(ApiError::PurchaseLimit.into()),
+                1 => counted_now = true,
+                _ => {}
+            }
+        }
+        let in_walk = in_walk.map(|c| (mine.as_str(), c));
+        let mut result = self
+            .walk(req, &meta, &fp, true, shards, &left_out, in_walk)
+            .await;
+        if matches!(result, Ok(ReserveOutcome::Held(_))) {
+            // a probe (or anyone) found stock: the SKU is open again
+            self.clear_sold_out(&req.sku);
+        }
+        // The cap's count for this key is given back whenever the key
+        // definitely holds no live unit, whoever counted it: this request
+        // (`counted_now`) or an earlier attempt whose outcome was unknown
+        // (cap_take answered "already counted"). A sold-out walk is definite:
+        // every shard of the key's walk holds its `moved` tombstone, so no
+        // request with the key can ever hold a unit (until the key expires).
+        let capped = meta.max_per_user > 0;
+        if req.waitlist && matches!(result, Ok(ReserveOutcome::SoldOut)) {
+            if capped {
+                // the cap is counted again when the ticket is promoted
+                self.cap_give(&meta, req.user.as_str(), req.key.as_str())
+                    .await?;
+            }
+            result = self.join_waitlist(&meta, req, &fp).await;
+        } else if capped {
+            let give = match &result {
+                Ok(ReserveOutcome::SoldOut) => true,
+                // (a mismatch: the count under this key is the other request's)
+                Err(InventoryError::Api(_)) => counted_now,
+                // a replay of a hold that ended unsold: the cap_take above
+                // counted it again (or an earlier give-back failed)
+                Ok(ReserveOutcome::Replayed(r)) => self.ended_unsold(r).await,
+                _ => false,
+            };
+            if give {
+                if let Err(e) = self
+                    .cap_give(&meta, req.user.as_str(), req.key.as_str())
+                    .await
+                {
+                    tracing::warn!(error = %e, sku = %req.sku, "could not give back a purchase-cap count; the buyer stays capped until reconcile");
+                }
+            }
+        }
+        self.replicated(result, &meta).await
+    }
+
+    /// Did the reservation a replay answered end without a sale (released,
+    /// expired, or its record gone)? Unknown (Redis unreachable) counts as
+    /// no: the cap stays counted, too tight rather than too loose.
+    pub(super) async fn ended_unsold(&self, r: &Reservation) -> bool {
+        let Ok(rid) = ReservationId::parse(&r.reservation_id) else {
+            return false;
+        };
+        // the replay answered the caller's own key: its reservation is the
+        // caller's, read here without an owner check
+        match self.get(&rid, &Tenant::Operator).await {
+            Ok(now) => now.status == "released" || now.status == "expired",
+            Err(InventoryError::Api(e)) => matches!(*e, ApiError::ReservationNotFound),
+            Err(_) => false,
+        }
+    }
+
+    /// Walk the shards for `req` (see the module docs).
+    /// `shards`: the key's shard count, fixed by its claim — the SKU's count
+    /// at the key's first request. The key walks shards `0..shards` only,
+    /// starting at `hash % shards`, whatever the SKU's count is now: a
+    /// forced preload that adds shards changes neither the start nor the
+    /// order of a key that was already seen, so its sticky verdicts stay
+    /// first in its walk (a holder is replayed, a sold-out key stays sold
+    /// out); the new shards serve keys first seen after it. An instance
+    /// still caching the older, smaller count (`META_TTL`) reads the
+    /// layout again when a key's claim names more shards than it knows.
+    /// `left_out`: shards this key's walks never visit (its claim fixed
+    /// them); a walk that meets no unit on the others cannot say "sold out".
+    /// `claim`: the request body (`<sku>\n<fingerprint>`) and the key's
+    /// claim, to be made in the first step's call (one Redis server only).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn walk(
+        &self,
+        req: &ReserveRequest,
+        meta: &SkuMeta,
+        fp: &str,
+        gate: bool,
+        shards: u16,
+        left_out: &[u16],
+        claim: Option<(&str, batch::Claim)>,
+    ) -> Result<ReserveOutcome, InventoryError> {
+        let (mine, mut claim) = match claim {
+            Some((mine, c)) => (mine, Some(c)),
+            None => ("", None),
+        };
+        let fresh;
+        let meta = if shards > meta.shards {
+            fresh = self.meta_past_cache(&req.sku).await?;
+            if fresh.shards < shards {
+                return Err(InventoryError::Protocol(format!(
+                    "{} has {} shards, a claim names {shards}",
+                    req.sku, fresh.shards
+                )));
+            }
+            &*fresh
+        } else {
+            meta
+        };
+        let k = shards;
+        let returns_seen = self.returns_seen.load(std::sync::atomic::Ordering::SeqCst);
+        let token = uuid::Uuid::new_v4();
+        let start = (req.key.stable_hash() % u64::from(k)) as u16;
+        let order: Vec<u16> = (0..k)
+            .map(|i| (start + i) % k)
+            .filter(|s| !left_out.contains(s))
+            .collect();
+        if order.is_empty() {
+            return Err(InventoryError::Unavailable(
+                "every shard of the SKU was unreachable at this key's first request".into(),
+            ));
+        }
+        // shards seen during this walk with some (but too few) units: donors
+        let mut donors: Vec<(u16, i64)> = Vec::new();
+        let mut all_unloaded = true;
+        for (i, &s) in order.iter().enumerate() {
+            let last = i + 1 == order.len();
+            let mark = !last || donors.is_empty();
+            let mut step = self
+                .reserve_on(req, meta, fp, s, &token, mark, gate, claim.take())
+                .await?;
+            if last && !mark {
+                if let Step::Dry(have) = step {
+                    let need = i64::from(req.qty.get()) - have;
+                    self.pull(meta, s, need, &donors).await?;
+                    step = self
+                        .reserve_on(req, meta, fp, s, &token, true, gate, None)
+                        .await?;
+                }
+            }
+            match step {
+                Step::Held(r) => return Ok(ReserveOutcome::Held(r)),
+                Step::Replay(r) => return Ok(ReserveOutcome::Replayed(r)),
+                Step::Mismatch => return Err(ApiError::IdempotencyKeyReused.into()),
+                // the first step's claim met an earlier body: nothing was
+                // done; the same request with shards left out (written on a
+                // cluster) walks again without them, another one is refused
+                Step::Claimed(earlier) => {
+                    return match parse_claim(&earlier, mine) {
+                        None => Err(ApiError::IdempotencyKeyReused.into()),
+                        Some(c) => {
+                            let k = c.shards.unwrap_or(meta.shards);
+                            Box::pin(self.walk(req, meta, fp, gate, k, &c.left_out, None)).await
+                        }
+                    };
+                }
+                Step::Moved(avail) | Step::Dry(avail) => {
+                    all_unloaded = false;
+                    if avail > 0 {
+                        donors.push((s, avail));
+                    }
+                }
+                Step::Unloaded => {}
+            }
+        }
+        if all_unloaded && left_out.is_empty() {
+            return Err(ApiError::UnknownSku(req.sku.to_string()).into());
+        }
+        if !left_out.is_empty() {
+            // the left-out shards may hold units: no "sold out" (nor a mark)
+            return Err(InventoryError::Unavailable(format!(
+                "shards {left_out:?} were unreachable at this key's first request and the others have no unit for it"
+            )));
+        }
+        if donors.is_empty() && k == meta.shards {
+            // every shard reported no unit at all (not just too few, and not
+            // just a sticky verdict of this key): the SKU is empty right now
+            // (a key walking a count from before shards were added saw only
+            // some of them: no mark)
+            if let Err(e) = self.mark_sold_out(meta, returns_seen).await {
+                // the answer stands; the next request simply walks again
+                tracing::debug!(error = %e, sku = %req.sku, "could not load the sold-out mark");
+            }
+        }
+        Ok(ReserveOutcome::SoldOut)
+    }
+
+    // one shard's step of a walk: the walk's request, layout, fingerprint and
+    // token, plus the shard and the two switches of reserve.lua
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn reserve_on(
+        &self,
+        req: &ReserveRequest,
+        meta: &SkuMeta,
+        fp: &str,
+        shard: u16,
+        token: &uuid::Uuid,
+        mark_moved: bool,
+        gate: bool,
+        claim: Option<batch::Claim>,
+    ) -> Result<Step, InventoryError> {
+        let rid_s = ReservationId::text_of(&req.sku, shard, token);
+        let tag = match meta.tags.get(usize::from(shard)) {
+            Some(t) => std::borrow::Cow::Borrowed(t.as_str()),
+            None => std::borrow::Cow::Owned(keys::default_tag(&req.sku, shard)),
+        };
+        let call = batch::ReserveCall {
+            key: req.key.as_str().to_owned(),
+            rid: rid_s.clone(),
+            qty: itoa::Buffer::new().format(req.qty.get()).to_owned(),
+            user: req.user.as_str().to_owned(),
+            fingerprint: fp.to_owned(),
+            mark_moved,
+            gate,
+            claim,
+        };
+        let view = |id: String, exp: i64| Reservation {
+            reservation_id: id,
+            sku: req.sku.as_str().to_owned(),
+            qty: req.qty.get(),
+            user_id: req.user.as_str().to_string(),
+            status: "held",
+            expires_at: ms_to_rfc3339(exp),
+        };
+        Ok(match self.reserver.submit(&tag, call).await? {
+            ReserveReply::Held { expires_at_ms } => Step::Held(view(rid_s, expires_at_ms)),
+            ReserveReply::Replay {
+                rid, expires_at_ms, ..
+            } => {
+                // our own attempt, resent by the client library after a lost reply
+                if rid == rid_s {
+                    Step::Held(view(rid, expires_at_ms))
+                } else {
+                    Step::Replay(view(rid, expires_at_ms))
+                }
+            }
+            ReserveReply::Moved(avail) => Step::Moved(avail),
+            ReserveReply::Mismatch => Step::Mismatch,
+            ReserveReply::Claimed(earlier) => Step::Claimed(earlier),
+            ReserveReply::Dry(avail) => Step::Dry(avail),
+            ReserveReply::Unloaded => Step::Unloaded,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::IdempotencyKey;
+
+    #[test]
+    fn fingerprints_tell_every_body_apart() {
+        let req = |qty: i64, user: &str, waitlist: bool| ReserveRequest {
+            sku: Sku::parse("s").unwrap(),
+            qty: Qty::parse(qty, 100).unwrap(),
+            user: UserId::parse(user).unwrap(),
+            key: ScopedKey::new(&Tenant::Anonymous, &IdempotencyKey::parse("k").unwrap()),
+            waitlist,
+        };
+        let bodies = [
+            req(1, "w:bob", false),
+            req(1, "bob", true),
+            req(1, "bob", false),
+            req(1, ";w:bob", false),
+            req(11, "bob", false),
+            req(1, "1:bob", false),
+            req(1, "w:bob", true),
+        ];
+        let fps: std::collections::HashSet<String> =
+            bodies.iter().map(ReserveRequest::fingerprint).collect();
+        assert_eq!(fps.len(), bodies.len(), "{fps:?}");
+        // plain requests (the promoter's among them) keep the earlier form
+        assert_eq!(req(2, "bob", false).fingerprint(), "2:bob");
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_carries_the_left_out_shards_and_only_the_same_request_matches() {
+        let c = |shards, left_out: &[u16]| {
+            Some(ClaimInfo {
+                shards,
+                left_out: left_out.to_vec(),
+            })
+        };
+        assert_eq!(claim_body("A\n1:u", 2, &[]), "A\n1:u\nk:2");
+        assert_eq!(claim_body("A\n1:u", 4, &[1, 3]), "A\n1:u\nk:4\nx:1,3");
+        assert_eq!(parse_claim("A\n1:u\nk:2", "A\n1:u"), c(Some(2), &[]));
+        assert_eq!(
+            parse_claim("A\n1:u\nk:4\nx:1,3", "A\n1:u"),
+            c(Some(4), &[1, 3])
+        );
+        // written before the count was recorded
+        assert_eq!(parse_claim("A\n1:u", "A\n1:u"), c(None, &[]));
+        assert_eq!(parse_claim("A\n1:u\nx:1,3", "A\n1:u"), c(None, &[1, 3]));
+        assert_eq!(parse_claim("A\n1:u\nk:0", "A\n1:u"), None);
+        // another body, also one that merely starts like this one
+        assert_eq!(parse_claim("A\n1:v", "A\n1:u"), None);
+        assert_eq!(parse_claim("A\n1:uu", "A\n1:u"), None);
+        assert_eq!(parse_claim("B\n1:u", "A\n1:u"), None);
+        assert_eq!(parse_claim("A\n1:u\nx:zz", "A\n1:u"), None);
+    }
+}
