@@ -89,7 +89,7 @@ impl Db {
             return Err(DbError::NotConfigured);
         }
         let mut pg = tokio_postgres::Config::from_str(url)
-            .map_err(|e| DbError::BadUrl(format!("{}: {e}", redact(url))))?;
+            .map_err(|e| DbError::BadUrl(format!("{}: {e}", crate::config::redact_dsn(url))))?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -119,7 +119,7 @@ impl Db {
             .map_err(|e| DbError::BadUrl(e.to_string()))?;
         Ok(Db {
             pool,
-            url: redact(url),
+            url: crate::config::redact_dsn(url),
         })
     }
 
@@ -228,6 +228,18 @@ impl Db {
         Ok(row.get(0))
     }
 
+    /// Mark `sku` retired (`reconcile --retire`); retiring twice is a no-op.
+    pub async fn retire(&self, sku: &str) -> Result<(), DbError> {
+        let client = self.get().await?;
+        client
+            .execute(
+                "INSERT INTO retired_skus (sku) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&sku],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Record that a catalogue row was loaded into Redis.
     pub async fn mark_loaded(&self, sku: &str) -> Result<(), DbError> {
         let client = self.get().await?;
@@ -260,37 +272,9 @@ fn pool_cause(e: &deadpool_postgres::PoolError) -> String {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, and
-/// `password=secret` → `password=***` in the key-value form.
-pub fn redact(url: &str) -> String {
-    if url.contains("://") {
-        return crate::config::redact_url(url);
-    }
-    url.split_whitespace()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-            _ => kv.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://fg:s3cret@db:5432/flashgate"),
-            "postgres://fg:***@db:5432/flashgate"
-        );
-        assert_eq!(redact("postgres://db/flashgate"), "postgres://db/flashgate");
-        assert_eq!(
-            redact("host=127.0.0.1 password=s3cret user=fg"),
-            "host=127.0.0.1 password=*** user=fg"
-        );
-    }
 
     #[test]
     fn migrations_are_numbered_in_order() {
