@@ -1,11 +1,19 @@
 //! PostgreSQL, the book of record: the connection pool, the schema
 //! migrations of `migrations/` (embedded at compile time), and the SKU
-//! catalogue that `preload --from-postgres` reads.
+//! catalogue that `preload --from-postgres` reads. Every SQL statement of
+//! flashgate lives under this module: the ledger's in `ledger`, those of
+//! `reconcile --fix` in `audit`.
 //!
 //! Redis is where the sale happens; Postgres is where it is remembered. Every
 //! function here fails fast with a [`DbError`] naming the database (password
 //! redacted) instead of hanging while Postgres is down: callers on the sale's
 //! path never wait for it (the ledger writer retries on its own time).
+
+mod audit;
+mod ledger;
+
+pub use audit::{AuditRow, FixLock, FixScope, FIX_LOCK_SQL};
+pub use ledger::{EventColumns, LedgerBackfill, LedgerRow};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -15,26 +23,30 @@ use tokio_postgres::NoTls;
 
 /// The migrations, in order. A shipped migration is never edited: add one.
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "ledger", include_str!("../migrations/0001_ledger.sql")),
+    (
+        1,
+        "ledger",
+        include_str!("../../migrations/0001_ledger.sql"),
+    ),
     (
         2,
         "skus_max_per_user",
-        include_str!("../migrations/0002_skus_max_per_user.sql"),
+        include_str!("../../migrations/0002_skus_max_per_user.sql"),
     ),
     (
         3,
         "ledger_dead_letters",
-        include_str!("../migrations/0003_ledger_dead_letters.sql"),
+        include_str!("../../migrations/0003_ledger_dead_letters.sql"),
     ),
     (
         4,
         "reconcile_audit_state",
-        include_str!("../migrations/0004_reconcile_audit_state.sql"),
+        include_str!("../../migrations/0004_reconcile_audit_state.sql"),
     ),
     (
         5,
         "retired_skus_one_confirm",
-        include_str!("../migrations/0005_retired_skus_one_confirm.sql"),
+        include_str!("../../migrations/0005_retired_skus_one_confirm.sql"),
     ),
 ];
 
