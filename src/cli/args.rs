@@ -1,28 +1,34 @@
-//! The settings every command reads: flags over `FLASHGATE_*` environment
+//! The settings a command reads: flags over `FLASHGATE_*` environment
 //! variables over the config file over the defaults, resolved into one
-//! validated [`Config`].
+//! validated [`Config`]. A command takes only the groups it uses, so its
+//! `--help` lists only its own flags: [`CommonArgs`] (every command: the
+//! config file, Redis, Postgres, logs), [`LedgerArgs`] (commands that run
+//! a ledger writer) and [`ServeArgs`] (the service: all of them).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 
-/// Settings shared by every command; each overrides the config file.
+/// `$(if let Some(v) = &self.$f { c.$f = v.clone(); })*`
+macro_rules! overlay {
+    ($args:expr, $c:expr, $($f:ident),* $(,)?) => {
+        $( if let Some(v) = &$args.$f { $c.$f = v.clone(); } )*
+    };
+}
+
+/// Settings every command shares; each overrides the config file.
 #[derive(Args, Debug, Clone, Default)]
-pub struct ServeArgs {
+pub struct CommonArgs {
     /// Config file (default: config/flashgate.toml when present).
     #[arg(long, env = "FLASHGATE_CONFIG")]
     pub config: Option<PathBuf>,
-    #[arg(long, env = "FLASHGATE_LISTEN")]
-    pub listen: Option<SocketAddr>,
     #[arg(long, env = "FLASHGATE_REDIS_URL")]
     pub redis_url: Option<String>,
     #[arg(long, env = "FLASHGATE_REDIS_POOL_SIZE")]
     pub redis_pool_size: Option<usize>,
-    #[arg(long, env = "FLASHGATE_RESERVE_BATCH_MAX")]
-    pub reserve_batch_max: Option<usize>,
     #[arg(long, env = "FLASHGATE_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
     /// Answer a hold only once this many replicas have it (Redis WAIT; 0 = off).
@@ -30,10 +36,49 @@ pub struct ServeArgs {
     pub replica_ack: Option<u32>,
     #[arg(long, env = "FLASHGATE_REPLICA_ACK_TIMEOUT_MS")]
     pub replica_ack_timeout_ms: Option<u64>,
+    /// Run on a Redis whose maxmemory-policy is not noeviction (docs/operations.md).
+    #[arg(long, env = "FLASHGATE_ALLOW_EVICTION_POLICY")]
+    pub allow_eviction_policy: bool,
     #[arg(long, env = "FLASHGATE_POSTGRES_URL", hide_env_values = true)]
     pub postgres_url: Option<String>,
     #[arg(long, env = "FLASHGATE_POSTGRES_POOL_SIZE")]
     pub postgres_pool_size: Option<usize>,
+    /// text or json
+    #[arg(long, env = "FLASHGATE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl CommonArgs {
+    /// Defaults < file < environment < flags, for the settings every command shares.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        finish(self.base()?)
+    }
+
+    /// The file's configuration with these settings over it, not yet validated.
+    fn base(&self) -> Result<Config, ConfigError> {
+        let mut c = Config::from_file(self.config.as_deref())?;
+        overlay!(
+            self,
+            c,
+            redis_url,
+            redis_pool_size,
+            redis_timeout_ms,
+            replica_ack,
+            replica_ack_timeout_ms,
+            postgres_url,
+            postgres_pool_size,
+            log_format,
+        );
+        if self.allow_eviction_policy {
+            c.allow_eviction_policy = true;
+        }
+        Ok(c)
+    }
+}
+
+/// A ledger writer's settings (`serve`, `ledger`, `reconcile`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct LedgerArgs {
     #[arg(long, env = "FLASHGATE_LEDGER_BATCH")]
     pub ledger_batch: Option<usize>,
     #[arg(long, env = "FLASHGATE_LEDGER_INTERVAL_MS")]
@@ -42,6 +87,39 @@ pub struct ServeArgs {
     pub ledger_claim_idle_ms: Option<u64>,
     #[arg(long, env = "FLASHGATE_LEDGER_CONSUMER")]
     pub ledger_consumer: Option<String>,
+}
+
+impl LedgerArgs {
+    fn apply(&self, c: &mut Config) {
+        overlay!(
+            self,
+            c,
+            ledger_batch,
+            ledger_interval_ms,
+            ledger_claim_idle_ms,
+            ledger_consumer,
+        );
+    }
+
+    /// [`CommonArgs::resolve`] with these settings too.
+    pub fn resolve(&self, common: &CommonArgs) -> Result<Config, ConfigError> {
+        let mut c = common.base()?;
+        self.apply(&mut c);
+        finish(c)
+    }
+}
+
+/// The service's settings (`serve`, and `config`, which prints them).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    #[arg(long, env = "FLASHGATE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    #[arg(long, env = "FLASHGATE_RESERVE_BATCH_MAX")]
+    pub reserve_batch_max: Option<usize>,
     #[arg(long, env = "FLASHGATE_HOLD_SECONDS")]
     pub hold_seconds: Option<u64>,
     #[arg(long, env = "FLASHGATE_EXTEND_SECONDS")]
@@ -70,9 +148,6 @@ pub struct ServeArgs {
     pub sweep_batch: Option<u32>,
     #[arg(long, env = "FLASHGATE_DRAIN_SECONDS")]
     pub drain_seconds: Option<u64>,
-    /// text or json
-    #[arg(long, env = "FLASHGATE_LOG_FORMAT")]
-    pub log_format: Option<String>,
     /// Storefront API keys, comma-separated (prefer the environment variable: flags show in `ps`).
     #[arg(
         long,
@@ -92,9 +167,6 @@ pub struct ServeArgs {
     /// Serve without authentication (local demos only).
     #[arg(long, env = "FLASHGATE_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
-    /// Run on a Redis whose maxmemory-policy is not noeviction (docs/operations.md).
-    #[arg(long, env = "FLASHGATE_ALLOW_EVICTION_POLICY")]
-    pub allow_eviction_policy: bool,
     #[arg(long, env = "FLASHGATE_USER_RATE_PER_SECOND")]
     pub user_rate_per_second: Option<u32>,
     #[arg(long, env = "FLASHGATE_USER_BURST")]
@@ -126,25 +198,14 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// Defaults < file < environment < flags.
-    pub fn resolve(&self) -> Result<Config, crate::config::ConfigError> {
-        let mut c = Config::from_file(self.config.as_deref())?;
-        macro_rules! overlay {
-            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
-        }
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let mut c = self.common.base()?;
+        self.ledger.apply(&mut c);
         overlay!(
+            self,
+            c,
             listen,
-            redis_url,
-            redis_pool_size,
             reserve_batch_max,
-            redis_timeout_ms,
-            replica_ack,
-            replica_ack_timeout_ms,
-            postgres_url,
-            postgres_pool_size,
-            ledger_batch,
-            ledger_interval_ms,
-            ledger_claim_idle_ms,
-            ledger_consumer,
             hold_seconds,
             extend_seconds,
             max_hold_seconds,
@@ -159,7 +220,6 @@ impl ServeArgs {
             sweep_interval_ms,
             sweep_batch,
             drain_seconds,
-            log_format,
             api_keys,
             admin_keys,
             user_rate_per_second,
@@ -174,18 +234,20 @@ impl ServeArgs {
             waitlist_ticket_seconds,
             waitlist_webhook_url,
             task_stall_ms,
-            fault_task_panics
+            fault_task_panics,
         );
         if self.insecure_no_auth {
             c.insecure_no_auth = true;
         }
-        if self.allow_eviction_policy {
-            c.allow_eviction_policy = true;
-        }
-        // empty entries from "a,,b" or an empty variable are not keys
-        c.api_keys.retain(|k| !k.is_empty());
-        c.admin_keys.retain(|k| !k.is_empty());
-        c.validate()?;
-        Ok(c)
+        finish(c)
     }
+}
+
+/// The last step of every resolve: tidy what layering left, then validate.
+fn finish(mut c: Config) -> Result<Config, ConfigError> {
+    // empty entries from "a,,b" or an empty variable are not keys
+    c.api_keys.retain(|k| !k.is_empty());
+    c.admin_keys.retain(|k| !k.is_empty());
+    c.validate()?;
+    Ok(c)
 }

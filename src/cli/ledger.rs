@@ -1,17 +1,39 @@
 //! `flashgate ledger`: a ledger writer on its own (outbox streams in Redis
 //! -> PostgreSQL) until SIGTERM or SIGINT, with an optional metrics endpoint.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{connect, db_of, ServeArgs};
+use clap::Args;
+
+use super::{connect, db_of, CommonArgs, LedgerArgs};
 use crate::ledger::{self, LedgerSettings, Writer};
 use crate::metrics::Metrics;
 
 /// `flashgate ledger`: a writer on its own, until SIGTERM or SIGINT. With
 /// `--listen`, it serves its metrics (`GET /metrics`, `GET /healthz`) there.
-pub(super) async fn run(args: ServeArgs) -> Result<(), String> {
-    let config = args.resolve().map_err(|e| e.to_string())?;
+/// `flashgate ledger`.
+#[derive(Args, Debug)]
+pub struct LedgerCmdArgs {
+    /// Serve this writer's metrics here (`GET /metrics`, `GET /healthz`).
+    #[arg(long, env = "FLASHGATE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+pub(super) async fn run(args: LedgerCmdArgs) -> Result<(), String> {
+    let mut config = args
+        .ledger
+        .resolve(&args.common)
+        .map_err(|e| e.to_string())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+
     super::init_tracing(&config.log_format);
     let db = db_of(&config)?;
     let metrics = Arc::new(Metrics::new(1));

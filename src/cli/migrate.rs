@@ -1,9 +1,9 @@
 //! `flashgate migrate`: apply the PostgreSQL schema migrations (idempotent).
 
-use super::{db_of, ServeArgs};
+use super::{db_of, CommonArgs};
 
 /// `flashgate migrate`.
-pub(super) async fn run(args: ServeArgs) -> Result<(), String> {
+pub(super) async fn run(args: CommonArgs) -> Result<(), String> {
     let config = args.resolve().map_err(|e| e.to_string())?;
     let db = db_of(&config)?;
     let applied = db.migrate().await.map_err(|e| e.to_string())?;

@@ -14,7 +14,8 @@ mod reconcile;
 mod serve;
 mod status;
 
-pub use args::ServeArgs;
+pub use args::{CommonArgs, LedgerArgs, ServeArgs};
+pub use ledger::LedgerCmdArgs;
 pub use preload::PreloadArgs;
 pub use reconcile::ReconcileArgs;
 pub use status::{status_table, StatusArgs};
@@ -51,9 +52,9 @@ pub enum Command {
     /// Print the effective configuration (secrets redacted).
     Config(ServeArgs),
     /// Apply the PostgreSQL schema migrations (idempotent).
-    Migrate(ServeArgs),
+    Migrate(CommonArgs),
     /// Run a ledger writer alone: outbox streams in Redis -> PostgreSQL, until SIGTERM/SIGINT.
-    Ledger(ServeArgs),
+    Ledger(LedgerCmdArgs),
     /// Compare the books in Redis with the ledger in PostgreSQL; --fix repairs Redis.
     Reconcile(ReconcileArgs),
 }
@@ -111,7 +112,7 @@ fn db_of(config: &Config) -> Result<Db, String> {
 }
 
 /// The Redis side, for a command that needs no metrics.
-async fn inventory_of(args: &ServeArgs) -> Result<Inventory, String> {
+async fn inventory_of(args: &CommonArgs) -> Result<Inventory, String> {
     let config = args.resolve().map_err(|e| e.to_string())?;
     Inventory::connect(&config, Arc::new(Metrics::new(1)))
         .await

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{connect, db_of, ServeArgs};
+use super::{connect, db_of, CommonArgs};
 use crate::domain::Sku;
 use crate::inventory::PreloadOutcome;
 use crate::ledger::{self, LedgerSettings};
@@ -20,12 +20,13 @@ pub struct PreloadArgs {
     /// Load every SKU of the PostgreSQL `skus` table (or just --sku) instead of --stock/--shards.
     #[arg(long, conflicts_with = "stock")]
     pub from_postgres: bool,
-    #[arg(long, required_unless_present = "from_postgres", default_value = "")]
-    pub sku: String,
+    /// The SKU to load (with --from-postgres: only this row of the catalogue).
+    #[arg(long, required_unless_present = "from_postgres")]
+    pub sku: Option<String>,
     /// Units for sale, split evenly over the shards (at most 10^12).
-    #[arg(long, required_unless_present = "from_postgres", default_value_t = 0,
+    #[arg(long, required_unless_present = "from_postgres",
           value_parser = clap::value_parser!(i64).range(0..=crate::inventory::MAX_STOCK))]
-    pub stock: i64,
+    pub stock: Option<i64>,
     /// Shard keys to spread the SKU over (more shards: more Redis Cluster masters can serve it; 1..=256).
     #[arg(long, default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::inventory::MAX_SHARDS)))]
@@ -40,17 +41,18 @@ pub struct PreloadArgs {
     #[arg(long)]
     pub max_per_user: Option<u32>,
     #[command(flatten)]
-    pub common: ServeArgs,
+    pub common: CommonArgs,
 }
 
 pub(super) async fn run(args: PreloadArgs) -> Result<(), String> {
-    let sku = Sku::parse(&args.sku)?;
+    let sku = Sku::parse(args.sku.as_deref().unwrap_or_default())?;
+    let stock = args.stock.unwrap_or(0);
     let inventory = super::inventory_of(&args.common).await?;
     let outcome = inventory
         .preload_with(
             &sku,
             crate::inventory::PreloadSpec {
-                stock: args.stock,
+                stock,
                 shards: args.shards,
                 force: args.force,
                 max_per_user: args.max_per_user,
@@ -61,7 +63,7 @@ pub(super) async fn run(args: PreloadArgs) -> Result<(), String> {
     inventory.close().await;
     match outcome {
         PreloadOutcome::Loaded { per_shard } => {
-            println!("loaded {sku}: {} units over {} shards {:?}", args.stock, args.shards, per_shard);
+            println!("loaded {sku}: {} units over {} shards {:?}", stock, args.shards, per_shard);
             Ok(())
         }
         PreloadOutcome::AlreadyLoaded if args.if_absent => {
@@ -79,7 +81,7 @@ pub(super) async fn from_postgres(args: PreloadArgs) -> Result<(), String> {
     let config = args.common.resolve().map_err(|e| e.to_string())?;
     let db = db_of(&config)?;
     db.migrate().await.map_err(|e| e.to_string())?;
-    let only = (!args.sku.is_empty()).then_some(args.sku.as_str());
+    let only = args.sku.as_deref().filter(|s| !s.is_empty());
     let rows = db.catalogue(only).await.map_err(|e| e.to_string())?;
     if rows.is_empty() {
         return Err(match only {

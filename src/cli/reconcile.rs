@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{connect, db_of, Format, ServeArgs};
+use super::{connect, db_of, CommonArgs, Format, LedgerArgs};
 use crate::domain::Sku;
 use crate::ledger::{self, LedgerSettings};
 use crate::metrics::Metrics;
@@ -40,7 +40,9 @@ pub struct ReconcileArgs {
     #[arg(long, default_value_t = 60)]
     pub quiet_seconds: u64,
     #[command(flatten)]
-    pub common: ServeArgs,
+    pub ledger: LedgerArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 /// `flashgate reconcile`: exit 0 when clean (or every drift repaired by
@@ -82,7 +84,10 @@ pub(super) async fn run(args: ReconcileArgs) -> ExitCode {
 /// `flashgate reconcile --retire --sku S`: S was cleaned out of Redis on
 /// purpose; record it so reconcile stops reporting it and never restores it.
 async fn retire_cmd(args: &ReconcileArgs) -> Result<String, String> {
-    let config = args.common.resolve().map_err(|e| e.to_string())?;
+    let config = args
+        .ledger
+        .resolve(&args.common)
+        .map_err(|e| e.to_string())?;
     let sku = Sku::parse(args.sku.as_deref().unwrap_or_default())?;
     let db = db_of(&config)?;
     db.migrate().await.map_err(|e| e.to_string())?;
@@ -105,7 +110,10 @@ async fn retire_cmd(args: &ReconcileArgs) -> Result<String, String> {
 }
 
 async fn reconcile_cmd(args: &ReconcileArgs) -> Result<Report, String> {
-    let config = args.common.resolve().map_err(|e| e.to_string())?;
+    let config = args
+        .ledger
+        .resolve(&args.common)
+        .map_err(|e| e.to_string())?;
     let sku = args.sku.as_deref().map(Sku::parse).transpose()?;
     let db = db_of(&config)?;
     let metrics = Arc::new(Metrics::new(1));

@@ -3,18 +3,19 @@
 
 use clap::Args;
 
-use super::{Format, ServeArgs};
+use super::{CommonArgs, Format};
 use crate::domain::Sku;
 use crate::inventory::SkuStatus;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
+    /// The SKU to show.
     #[arg(long)]
     pub sku: String,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     #[command(flatten)]
-    pub common: ServeArgs,
+    pub common: CommonArgs,
 }
 
 pub(super) async fn run(args: StatusArgs) -> Result<(), String> {
