@@ -369,7 +369,7 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         let mut c = self.clone();
         c.redis_url = redact_url(&c.redis_url);
-        c.postgres_url = crate::db::redact(&c.postgres_url);
+        c.postgres_url = redact_dsn(&c.postgres_url);
         // a storefront's id is no secret (it is in Redis key names), and the
         // operator needs it to rotate an unnamed key (docs/tenancy.md)
         for k in c.api_keys.iter_mut() {
@@ -399,6 +399,22 @@ pub fn redact_url(url: &str) -> String {
         }
     }
     url.to_string()
+}
+
+/// A database URL or key-value connection string with its password hidden:
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, and
+/// `password=secret` → `password=***` in the key-value form.
+pub fn redact_dsn(url: &str) -> String {
+    if url.contains("://") {
+        return redact_url(url);
+    }
+    url.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -458,6 +474,22 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_dsn("postgres://fg:s3cret@db:5432/flashgate"),
+            "postgres://fg:***@db:5432/flashgate"
+        );
+        assert_eq!(
+            redact_dsn("postgres://db/flashgate"),
+            "postgres://db/flashgate"
+        );
+        assert_eq!(
+            redact_dsn("host=127.0.0.1 password=s3cret user=fg"),
+            "host=127.0.0.1 password=*** user=fg"
+        );
     }
 
     #[test]

@@ -1,11 +1,19 @@
 //! PostgreSQL, the book of record: the connection pool, the schema
 //! migrations of `migrations/` (embedded at compile time), and the SKU
-//! catalogue that `preload --from-postgres` reads.
+//! catalogue that `preload --from-postgres` reads. Every SQL statement of
+//! flashgate lives under this module: the ledger's in `ledger`, those of
+//! `reconcile --fix` in `audit`.
 //!
 //! Redis is where the sale happens; Postgres is where it is remembered. Every
 //! function here fails fast with a [`DbError`] naming the database (password
 //! redacted) instead of hanging while Postgres is down: callers on the sale's
 //! path never wait for it (the ledger writer retries on its own time).
+
+mod audit;
+mod ledger;
+
+pub use audit::{AuditRow, FixLock, FixScope, FIX_LOCK_SQL};
+pub use ledger::{EventColumns, LedgerBackfill, LedgerRow};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -15,26 +23,30 @@ use tokio_postgres::NoTls;
 
 /// The migrations, in order. A shipped migration is never edited: add one.
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "ledger", include_str!("../migrations/0001_ledger.sql")),
+    (
+        1,
+        "ledger",
+        include_str!("../../migrations/0001_ledger.sql"),
+    ),
     (
         2,
         "skus_max_per_user",
-        include_str!("../migrations/0002_skus_max_per_user.sql"),
+        include_str!("../../migrations/0002_skus_max_per_user.sql"),
     ),
     (
         3,
         "ledger_dead_letters",
-        include_str!("../migrations/0003_ledger_dead_letters.sql"),
+        include_str!("../../migrations/0003_ledger_dead_letters.sql"),
     ),
     (
         4,
         "reconcile_audit_state",
-        include_str!("../migrations/0004_reconcile_audit_state.sql"),
+        include_str!("../../migrations/0004_reconcile_audit_state.sql"),
     ),
     (
         5,
         "retired_skus_one_confirm",
-        include_str!("../migrations/0005_retired_skus_one_confirm.sql"),
+        include_str!("../../migrations/0005_retired_skus_one_confirm.sql"),
     ),
 ];
 
@@ -89,7 +101,7 @@ impl Db {
             return Err(DbError::NotConfigured);
         }
         let mut pg = tokio_postgres::Config::from_str(url)
-            .map_err(|e| DbError::BadUrl(format!("{}: {e}", redact(url))))?;
+            .map_err(|e| DbError::BadUrl(format!("{}: {e}", crate::config::redact_dsn(url))))?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -119,7 +131,7 @@ impl Db {
             .map_err(|e| DbError::BadUrl(e.to_string()))?;
         Ok(Db {
             pool,
-            url: redact(url),
+            url: crate::config::redact_dsn(url),
         })
     }
 
@@ -228,6 +240,18 @@ impl Db {
         Ok(row.get(0))
     }
 
+    /// Mark `sku` retired (`reconcile --retire`); retiring twice is a no-op.
+    pub async fn retire(&self, sku: &str) -> Result<(), DbError> {
+        let client = self.get().await?;
+        client
+            .execute(
+                "INSERT INTO retired_skus (sku) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&sku],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Record that a catalogue row was loaded into Redis.
     pub async fn mark_loaded(&self, sku: &str) -> Result<(), DbError> {
         let client = self.get().await?;
@@ -260,37 +284,9 @@ fn pool_cause(e: &deadpool_postgres::PoolError) -> String {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, and
-/// `password=secret` → `password=***` in the key-value form.
-pub fn redact(url: &str) -> String {
-    if url.contains("://") {
-        return crate::config::redact_url(url);
-    }
-    url.split_whitespace()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-            _ => kv.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://fg:s3cret@db:5432/flashgate"),
-            "postgres://fg:***@db:5432/flashgate"
-        );
-        assert_eq!(redact("postgres://db/flashgate"), "postgres://db/flashgate");
-        assert_eq!(
-            redact("host=127.0.0.1 password=s3cret user=fg"),
-            "host=127.0.0.1 password=*** user=fg"
-        );
-    }
 
     #[test]
     fn migrations_are_numbered_in_order() {
