@@ -13,10 +13,12 @@
 //! key, give the new secret that id as its name.
 
 use hyper::header::HeaderValue;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
+// (`api_key` lives in domain.rs, beside `StorefrontId`: config.rs needs it
+// too, to redact, and config is below auth)
+pub use crate::domain::api_key;
 use crate::domain::{StorefrontId, Tenant};
 use crate::error::ApiError;
 
@@ -51,30 +53,6 @@ pub struct Auth {
     first_of: Vec<usize>,
     admin: Vec<Vec<u8>>,
     open: bool,
-}
-
-/// One `api_keys` entry: its storefront and its secret. `name:secret` when
-/// the text before the first `:` is a storefront name (else the whole entry
-/// is the secret — a secret with a `:` in it needs a name in front).
-pub fn api_key(entry: &str) -> (StorefrontId, &str) {
-    if let Some((name, secret)) = entry.split_once(':') {
-        if let Ok(id) = StorefrontId::parse(name) {
-            return (id, secret);
-        }
-    }
-    (derived_id(entry), entry)
-}
-
-/// The storefront of an unnamed secret: 16 hex digits of a SHA-256 with a
-/// prefix of its own (so the id is no plain hash of the secret).
-fn derived_id(secret: &str) -> StorefrontId {
-    let digest = Sha256::new()
-        .chain_update(b"flashgate storefront\0")
-        .chain_update(secret.as_bytes())
-        .finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    StorefrontId::derived(u64::from_be_bytes(first))
 }
 
 impl Auth {

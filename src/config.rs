@@ -296,7 +296,7 @@ impl Config {
         if self
             .api_keys
             .iter()
-            .map(|k| crate::auth::api_key(k).1)
+            .map(|k| crate::domain::api_key(k).1)
             .chain(self.admin_keys.iter().map(String::as_str))
             .any(|k| k.len() < 16 || k.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
@@ -305,7 +305,7 @@ impl Config {
         let mut secrets: Vec<&str> = self
             .api_keys
             .iter()
-            .map(|k| crate::auth::api_key(k).1)
+            .map(|k| crate::domain::api_key(k).1)
             .collect();
         secrets.sort_unstable();
         if secrets.windows(2).any(|w| w[0] == w[1]) {
@@ -373,7 +373,7 @@ impl Config {
         // a storefront's id is no secret (it is in Redis key names), and the
         // operator needs it to rotate an unnamed key (docs/tenancy.md)
         for k in c.api_keys.iter_mut() {
-            *k = format!("{}:***", crate::auth::api_key(k).0);
+            *k = format!("{}:***", crate::domain::api_key(k).0);
         }
         for k in c.admin_keys.iter_mut() {
             *k = "***".into();

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use sha2::{Digest, Sha256};
+
 /// A stock-keeping unit. 1..=64 characters of `[A-Za-z0-9_-]`, so that it can
 /// sit inside Redis key names and hash tags, and inside reservation ids,
 /// without escaping.
@@ -354,6 +356,30 @@ impl fmt::Display for ReservationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.sku, self.shard, self.token)
     }
+}
+
+/// One `api_keys` entry: its storefront and its secret. `name:secret` when
+/// the text before the first `:` is a storefront name (else the whole entry
+/// is the secret — a secret with a `:` in it needs a name in front).
+pub fn api_key(entry: &str) -> (StorefrontId, &str) {
+    if let Some((name, secret)) = entry.split_once(':') {
+        if let Ok(id) = StorefrontId::parse(name) {
+            return (id, secret);
+        }
+    }
+    (derived_id(entry), entry)
+}
+
+/// The storefront of an unnamed secret: 16 hex digits of a SHA-256 with a
+/// prefix of its own (so the id is no plain hash of the secret).
+fn derived_id(secret: &str) -> StorefrontId {
+    let digest = Sha256::new()
+        .chain_update(b"flashgate storefront\0")
+        .chain_update(secret.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    StorefrontId::derived(u64::from_be_bytes(first))
 }
 
 #[cfg(test)]
