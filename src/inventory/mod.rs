@@ -153,6 +153,10 @@ struct Settings {
     /// Replicas a hold must reach before it is answered (0 = off; durability.rs).
     replica_ack: u32,
     sold_out_cache: Duration,
+    /// How long the crowd keeps a run-out sold-out mark while one request
+    /// re-checks it (sold_out.rs, `fast_path`): the re-check's two Redis
+    /// round trips at their timeout, and never less than one period.
+    probe_grace: Duration,
     waitlist_capacity: u64,
     ticket_ttl_ms: u64,
     lease_ms: u64,
@@ -335,6 +339,8 @@ impl Inventory {
                 sweep_batch: config.sweep_batch,
                 waitlist_capacity: config.waitlist_capacity,
                 sold_out_cache: Duration::from_millis(config.sold_out_cache_ms),
+                probe_grace: Duration::from_millis(config.sold_out_cache_ms)
+                    .max(2 * config.redis_timeout()),
                 ticket_ttl_ms: config.waitlist_ticket_seconds * 1000,
                 lease_ms: config.waitlist_lease_ms,
             },

@@ -47,9 +47,11 @@ pub(super) enum FastPath {
 
 impl Inventory {
     /// Answer "sold out" from memory? When the mark runs out, exactly one
-    /// request re-checks the shards (single flight) while the others keep
-    /// the answer for at most one more period; so a crowd costs one walk per
-    /// period, and returned units are seen within two periods at the most.
+    /// request re-checks the shards (single flight, read-only) while the
+    /// others keep the answer until it is done (at most `probe_grace`); so a
+    /// crowd costs one re-check per period, and units returned through
+    /// another instance are seen one period plus one re-check later (through
+    /// this one, at once: `units_returned`).
     // (#[inline]: called once per reserve from reserve.rs; it sat in the
     // same module, so the same codegen unit, as `reserve` before the split)
     #[inline]
@@ -74,7 +76,14 @@ impl Inventory {
             mark.probing = true;
             return FastPath::Probe;
         }
-        if now < mark.until + self.settings.sold_out_cache {
+        // The re-check is in flight: the crowd keeps the answer until it is
+        // done, for as long as its Redis reads may take. A bound of one more
+        // period (as before) let a re-check slowed by load send the whole
+        // crowd walking, each walk leaving a claim and a tombstone per shard
+        // for 24 h (`make bench-hostile`: ~100 walks per 50,000 refusals).
+        // Past the bound (the re-checking request was cancelled, or its
+        // reads failed) the next requests walk and the walk marks anew.
+        if now < mark.until + self.settings.probe_grace {
             answer
         } else {
             FastPath::Walk
