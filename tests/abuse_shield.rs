@@ -491,3 +491,66 @@ async fn a_hostile_crowd_leaves_nothing_behind() {
     let st = app.assert_books("crowd").await;
     assert_eq!((st.held, st.available, st.waitlist), (1, 0, 1));
 }
+
+/// A re-check of the sold-out mark that is slow (a loaded or paused Redis)
+/// must not send the crowd walking: before, one period after the mark ran
+/// out every request walked, and each walk left its key's claim and a
+/// tombstone per shard. Now the crowd keeps the answer until the re-check
+/// is done (bounded by two Redis timeouts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_re_check_does_not_send_the_crowd_walking() {
+    let redis = RedisServer::start();
+    let app = std::sync::Arc::new(
+        spawn_app_with(&redis, |c| {
+            c.sold_out_cache_ms = 100;
+            c.sweep_interval_ms = 600_000;
+        })
+        .await,
+    );
+    app.preload("slow", 1, 4).await;
+    assert_eq!(
+        app.reserve("slow-a", "slow", 1, "alice").await.status,
+        StatusCode::CREATED
+    );
+    // the walk that makes the mark
+    assert_eq!(
+        app.reserve("slow-0", "slow", 1, "x").await.code(),
+        "sold_out"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await; // the mark runs out
+    let keys_before = redis.cli(&["DBSIZE"]);
+
+    redis.pause();
+    // this one re-checks, and waits on the paused Redis
+    let probe = {
+        let app = app.clone();
+        tokio::spawn(async move { app.reserve("slow-probe", "slow", 1, "p").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await; // past one more period
+    let crowd: Vec<_> = (0..20)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                app.reserve(&format!("slow-crowd-{i}"), "slow", 1, &format!("c{i}"))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answered_while_paused = crowd.iter().filter(|t| t.is_finished()).count();
+    redis.resume();
+    for t in crowd {
+        let a = t.await.expect("task");
+        assert_eq!(a.code(), "sold_out", "{:?}", a.body);
+    }
+    assert_eq!(probe.await.expect("task").code(), "sold_out");
+    assert_eq!(
+        answered_while_paused, 20,
+        "the crowd waited on Redis instead of keeping the answer"
+    );
+    assert_eq!(
+        redis.cli(&["DBSIZE"]),
+        keys_before,
+        "refusals during a slow re-check left keys in Redis"
+    );
+}
