@@ -13,10 +13,9 @@
 //! updating them fails a test instead of blanking a panel in the middle of a sale.
 //!
 //! Cardinality is bounded on purpose: every label takes values from a closed set
-//! (`route`: the router's one route table, `http::router::Route`; [`SCRIPTS`],
-//! [`OUTCOMES`], [`REDIS_ERROR_KINDS`], the HTTP status codes the service emits)
-//! except `sku`, which comes from the catalogue and is capped by `sku_gauge_cap`
-//! distinct values per instance.
+//! ([`ROUTES`], [`SCRIPTS`], [`OUTCOMES`], [`REDIS_ERROR_KINDS`], the HTTP status codes the
+//! service emits) except `sku`, which comes from the catalogue and is capped by
+//! `sku_gauge_cap` distinct values per instance.
 
 use std::collections::HashSet;
 use std::fmt::{self, Write as _};
@@ -31,6 +30,20 @@ use prometheus::{
 
 /// `Content-Type` of the body [`Metrics::render`] returns (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// Values of the `route` label of the HTTP metrics.
+pub const ROUTES: [&str; 10] = [
+    "reserve",
+    "get_reservation",
+    "confirm",
+    "release",
+    "extend",
+    "sku",
+    "healthz",
+    "readyz",
+    "metrics",
+    "not_found",
+];
 
 /// Values of the `script` label: one per Lua script in `lua/`.
 pub const SCRIPTS: [&str; 8] = [

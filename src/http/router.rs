@@ -41,14 +41,13 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     // the request's own warnings and errors below carry the id either way.
     let span = tracing::debug_span!("request", id = %request_id_str, method = %req.method(), path = %req.uri().path());
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
-    // The path's segments, split once and matched once, into the route that
-    // gives both the metric label and the dispatch (a clone of the parsed URI
-    // shares its buffer: the request itself moves into the endpoint).
+    // The path's segments, split once for the route label and the dispatch
+    // (a clone of the parsed URI shares its buffer: the request itself moves
+    // into the endpoint).
     let uri = req.uri().clone();
     let segs = Segments::of(uri.path());
     let (route, result) = async {
-        let matched = Route::of(segs.as_slice());
-        let route = matched.label();
+        let route = route_name(segs.as_slice());
         let cap = state.config.max_header_bytes;
         if head_bytes(&req) > cap {
             return (route, Err(ApiError::HeadersTooLarge(cap)));
@@ -56,7 +55,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         // Boxed: the endpoint futures are kilobytes big, and hyper and tokio
         // move the request's future by value a few times — measured as 8 % of
         // the server's CPU in memcpy before (see bench/README.md).
-        let endpoint = dispatch(&state, req, matched, uri.path());
+        let endpoint = dispatch(&state, req, route, uri.path(), segs.as_slice());
         match tokio::time::timeout(timeout, Box::pin(endpoint)).await {
             Ok(result) => (route, result),
             Err(_) => (route, Err(ApiError::Timeout)),
@@ -140,88 +139,48 @@ impl<'a> Segments<'a> {
     }
 }
 
-/// The route table: every path the service answers, once, with what it
-/// carries (an id, a SKU). [`Route::of`] matches a path, [`Route::label`]
-/// names it for the metrics (a fixed set, never the raw path), [`dispatch`]
-/// matches the method and the route to an endpoint, and [`allowed`] lists a
-/// route's methods for a 405.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Route<'a> {
-    Reserve,
-    GetReservation(&'a str),
-    Confirm(&'a str),
-    Release(&'a str),
-    Extend(&'a str),
-    Sku(&'a str),
-    Waitlist(&'a str),
-    AdminSku(&'a str),
-    AdminPreload(&'a str),
-    Healthz,
-    Readyz,
-    Metrics,
-    NotFound,
-}
-
-impl<'a> Route<'a> {
-    fn of(segs: &[&'a str]) -> Route<'a> {
-        match *segs {
-            ["v1", "reservations"] => Route::Reserve,
-            ["v1", "reservations", id] => Route::GetReservation(id),
-            ["v1", "reservations", id, "confirm"] => Route::Confirm(id),
-            ["v1", "reservations", id, "release"] => Route::Release(id),
-            ["v1", "reservations", id, "extend"] => Route::Extend(id),
-            ["v1", "skus", sku] => Route::Sku(sku),
-            ["v1", "waitlist", id] => Route::Waitlist(id),
-            ["admin", "v1", "skus", sku] => Route::AdminSku(sku),
-            ["admin", "v1", "skus", sku, "preload"] => Route::AdminPreload(sku),
-            ["healthz"] => Route::Healthz,
-            ["readyz"] => Route::Readyz,
-            ["metrics"] => Route::Metrics,
-            _ => Route::NotFound,
-        }
-    }
-
-    /// The `route` label of the HTTP metrics.
-    fn label(self) -> &'static str {
-        match self {
-            Route::Reserve => "reserve",
-            Route::GetReservation(_) => "get_reservation",
-            Route::Confirm(_) => "confirm",
-            Route::Release(_) => "release",
-            Route::Extend(_) => "extend",
-            Route::Sku(_) => "sku",
-            Route::Waitlist(_) => "waitlist",
-            Route::AdminSku(_) => "admin_sku",
-            Route::AdminPreload(_) => "admin_preload",
-            Route::Healthz => "healthz",
-            Route::Readyz => "readyz",
-            Route::Metrics => "metrics",
-            Route::NotFound => "not_found",
-        }
+/// The route label for metrics: a fixed set, never the raw path.
+fn route_name(segs: &[&str]) -> &'static str {
+    match segs {
+        ["v1", "reservations"] => "reserve",
+        ["v1", "reservations", _] => "get_reservation",
+        ["v1", "reservations", _, "confirm"] => "confirm",
+        ["v1", "reservations", _, "release"] => "release",
+        ["v1", "reservations", _, "extend"] => "extend",
+        ["v1", "skus", _] => "sku",
+        ["v1", "waitlist", _] => "waitlist",
+        ["admin", "v1", "skus", _] => "admin_sku",
+        ["admin", "v1", "skus", _, "preload"] => "admin_preload",
+        ["healthz"] => "healthz",
+        ["readyz"] => "readyz",
+        ["metrics"] => "metrics",
+        _ => "not_found",
     }
 }
 
-/// `route` is [`Route::of`] this request's `path`, computed once by
-/// [`handle`].
+/// `route` is [`route_name`] of this request's `segs` (of its `path`), all
+/// computed once by [`handle`].
 async fn dispatch(
     state: &AppState,
     req: Request<Incoming>,
-    route: Route<'_>,
+    route: &'static str,
     path: &str,
+    segs: &[&str],
 ) -> Result<Response<Body>, ApiError> {
     let method = req.method().clone();
-    match route {
-        Route::Healthz | Route::Readyz | Route::Metrics => {
-            return Box::pin(ops(state, &method, route)).await
-        }
-        Route::NotFound => return Err(ApiError::RouteNotFound(path.to_owned())),
-        _ => {}
+    match segs {
+        ["healthz"] | ["readyz"] | ["metrics"] => return Box::pin(ops(state, &method, segs)).await,
+        ["v1", ..] | ["admin", ..] => {}
+        _ => return Err(ApiError::RouteNotFound(path.to_owned())),
+    }
+    if route == "not_found" {
+        return Err(ApiError::RouteNotFound(path.to_owned()));
     }
     // Admission, cheapest first and before any Redis call: who, then how fast.
     let caller = state
         .auth
         .identify(req.headers().get(hyper::header::AUTHORIZATION))?;
-    if matches!(route, Route::AdminSku(_) | Route::AdminPreload(_)) {
+    if segs[0] == "admin" {
         state.auth.require_admin(caller)?;
     } else {
         state
@@ -231,31 +190,34 @@ async fn dispatch(
     }
     // whose keys, reservations and tickets these are (docs/tenancy.md)
     let tenant = state.auth.tenant(caller)?;
-    match (&method, route) {
-        (&Method::POST, Route::Reserve) => Box::pin(reserve(state, req, &tenant)).await,
-        (&Method::GET, Route::GetReservation(id)) => {
+    match (&method, segs) {
+        (&Method::POST, ["v1", "reservations"]) => Box::pin(reserve(state, req, &tenant)).await,
+        (&Method::GET, ["v1", "reservations", id]) => {
             let rid = parse_rid(id)?;
             Ok(body::reservation(
                 StatusCode::OK,
                 &Box::pin(state.inventory.get(&rid, &tenant)).await?,
             ))
         }
-        (&Method::POST, Route::Confirm(id) | Route::Release(id) | Route::Extend(id)) => {
+        (
+            &Method::POST,
+            ["v1", "reservations", id, action @ ("confirm" | "release" | "extend")],
+        ) => {
             let rid = parse_rid(id)?;
-            let r = match route {
-                Route::Confirm(_) => Box::pin(state.inventory.confirm(&rid, &tenant)).await,
-                Route::Release(_) => Box::pin(state.inventory.release(&rid, &tenant)).await,
+            let r = match *action {
+                "confirm" => Box::pin(state.inventory.confirm(&rid, &tenant)).await,
+                "release" => Box::pin(state.inventory.release(&rid, &tenant)).await,
                 _ => Box::pin(state.inventory.extend(&rid, &tenant)).await,
             }
             .map_err(ApiError::from)?;
-            match route {
-                Route::Confirm(_) => state.metrics.outcome("confirmed"),
-                Route::Release(_) => state.metrics.outcome("released"),
+            match *action {
+                "confirm" => state.metrics.outcome("confirmed"),
+                "release" => state.metrics.outcome("released"),
                 _ => {}
             }
             Ok(body::reservation(StatusCode::OK, &r))
         }
-        (&Method::GET, Route::Sku(sku)) => {
+        (&Method::GET, ["v1", "skus", sku]) => {
             let sku = parse_sku(sku)?;
             let st = Box::pin(state.inventory.status(&sku)).await?;
             Ok(body::json(
@@ -270,62 +232,56 @@ async fn dispatch(
                 },
             ))
         }
-        (&Method::GET, Route::Waitlist(id)) => {
+        (&Method::GET, ["v1", "waitlist", id]) => {
             let id = parse_ticket(id)?;
             Ok(body::json(
                 StatusCode::OK,
                 &Box::pin(state.inventory.ticket(&id, &tenant)).await?,
             ))
         }
-        (&Method::DELETE, Route::Waitlist(id)) => {
+        (&Method::DELETE, ["v1", "waitlist", id]) => {
             let id = parse_ticket(id)?;
             Ok(body::json(
                 StatusCode::OK,
                 &Box::pin(state.inventory.cancel_ticket(&id, &tenant)).await?,
             ))
         }
-        (&Method::GET, Route::AdminSku(sku)) => {
+        (&Method::GET, ["admin", "v1", "skus", sku]) => {
             let sku = parse_sku(sku)?;
             Ok(body::json(
                 StatusCode::OK,
                 &Box::pin(state.inventory.status(&sku)).await?,
             ))
         }
-        (&Method::POST, Route::AdminPreload(sku)) => Box::pin(admin_preload(state, sku, req)).await,
+        (&Method::POST, ["admin", "v1", "skus", sku, "preload"]) => {
+            Box::pin(admin_preload(state, sku, req)).await
+        }
         _ => Err(ApiError::MethodNotAllowed(allowed(route))),
     }
 }
 
 /// The methods a route answers, for the `Allow` header of a 405 (RFC 9110):
 /// the arms of [`dispatch`]'s `match` and [`ops`], by route.
-fn allowed(route: Route<'_>) -> &'static str {
+fn allowed(route: &str) -> &'static str {
     match route {
-        Route::Reserve
-        | Route::Confirm(_)
-        | Route::Release(_)
-        | Route::Extend(_)
-        | Route::AdminPreload(_) => "POST",
-        Route::Waitlist(_) => "GET, DELETE",
+        "reserve" | "confirm" | "release" | "extend" | "admin_preload" => "POST",
+        "waitlist" => "GET, DELETE",
         _ => "GET",
     }
 }
 
 /// Health, readiness and metrics: no authentication (bind the port to the
 /// internal network; they reveal no sale data beyond the per-SKU gauges).
-async fn ops(
-    state: &AppState,
-    method: &Method,
-    route: Route<'_>,
-) -> Result<Response<Body>, ApiError> {
+async fn ops(state: &AppState, method: &Method, segs: &[&str]) -> Result<Response<Body>, ApiError> {
     if method != Method::GET {
-        return Err(ApiError::MethodNotAllowed(allowed(route)));
+        return Err(ApiError::MethodNotAllowed(allowed("healthz")));
     }
-    match route {
-        Route::Healthz => Ok(body::json(
+    match segs {
+        ["healthz"] => Ok(body::json(
             StatusCode::OK,
             &serde_json::json!({"status": "ok"}),
         )),
-        Route::Readyz => match state
+        ["readyz"] => match state
             .inventory
             .ready()
             .await
@@ -509,7 +465,7 @@ mod tests {
     use super::*;
 
     fn route_of(path: &str) -> &'static str {
-        Route::of(Segments::of(path).as_slice()).label()
+        route_name(Segments::of(path).as_slice())
     }
 
     #[test]
