@@ -7,68 +7,14 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Command, Output};
-use std::sync::Arc;
-use std::time::Duration;
+use std::process::Output;
 
 use flashgate::config::Config;
-use flashgate::db::Db;
-use flashgate::ledger::LedgerSettings;
-use flashgate::metrics::Metrics;
-use flashgate::reconcile::{Options, Reconciler, Report};
+use flashgate::reconcile::Options;
 use hyper::StatusCode;
+use support::ledger::{config, flashgate, options, reconcile, reconciler, WAIT};
 use support::postgres::PostgresServer;
-use support::{test_config, RedisServer, TestApp};
-
-const WAIT: Duration = Duration::from_secs(60);
-
-fn config(redis: &RedisServer, pg: Option<&PostgresServer>) -> Config {
-    let mut c = test_config(redis);
-    if let Some(pg) = pg {
-        c.postgres_url = pg.url();
-    }
-    c.ledger_interval_ms = 20;
-    c.ledger_claim_idle_ms = 300;
-    c.ledger_batch = 50;
-    c
-}
-
-fn reconciler(app: &TestApp, pg: &PostgresServer) -> Reconciler {
-    let c = &app.state.config;
-    let mut settings = LedgerSettings::from_config(c);
-    settings.consumer = format!("reconcile-test-{}", uuid::Uuid::new_v4().simple());
-    Reconciler::new(
-        app.state.inventory.clone(),
-        Db::new(&pg.url(), 2).expect("db"),
-        Arc::new(Metrics::new(10)),
-        settings,
-    )
-}
-
-fn options(fix: bool) -> Options {
-    Options {
-        sku: None,
-        fix,
-        force: false,
-        wait: WAIT,
-        quiet_ms: 0,
-    }
-}
-
-async fn reconcile(app: &TestApp, pg: &PostgresServer, fix: bool) -> Report {
-    reconciler(app, pg)
-        .run(&options(fix))
-        .await
-        .expect("reconcile runs")
-}
-
-fn flashgate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flashgate"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("flashgate runs")
-}
+use support::{RedisServer, TestApp};
 
 fn text(out: &Output) -> String {
     format!(

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod ledger;
 pub mod postgres;
 
 use std::io::{Read, Write};
