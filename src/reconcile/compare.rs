@@ -44,9 +44,22 @@ impl Books {
         ]
     }
 
-    /// `initial + xin - xout - (available + held + sold)`.
+    /// `initial + xin - xout - (available + held + sold)`: the books
+    /// invariant, as the inventory states it once (`inventory::Books`).
     pub(super) fn unaccounted(&self) -> i64 {
-        self.initial + self.xfer_in - self.xfer_out - (self.available + self.held + self.sold)
+        self.as_inventory().drift()
+    }
+
+    /// The same counters under the inventory's names.
+    fn as_inventory(&self) -> crate::inventory::Books {
+        crate::inventory::Books {
+            initial: self.initial,
+            transferred_in: self.xfer_in,
+            transferred_out: self.xfer_out,
+            available: self.available,
+            held: self.held,
+            sold: self.sold,
+        }
     }
 }
 
@@ -91,7 +104,8 @@ impl LedgerShard {
                 _ => {}
             }
         }
-        b.available = b.initial + b.xfer_in - b.xfer_out - b.held - b.sold;
+        // what the invariant leaves free once holds and sales are counted
+        b.available = b.unaccounted();
         b
     }
 }
