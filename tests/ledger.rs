@@ -19,29 +19,13 @@ use hyper::StatusCode;
 use support::postgres::PostgresServer;
 use support::{eventually, spawn_app, RedisServer};
 
-use support::ledger::{config, flashgate, options, reconcile, reconciler, WAIT};
+use support::ledger::{config, flashgate, ledger_rows, options, reconcile, reconciler, WAIT};
 
 fn rid_of(a: &support::Answer) -> String {
     a.body["reservation_id"]
         .as_str()
         .unwrap_or_else(|| panic!("no reservation id in {:?}", a.body))
         .to_string()
-}
-
-/// Ledger rows of one SKU: (kind, rid) → count.
-async fn ledger_rows(pg: &PostgresServer, sku: &str) -> HashMap<(String, String), i64> {
-    let c = pg.client().await;
-    c.query(
-        "SELECT kind, rid, count(*) FROM ledger_events WHERE sku = $1 GROUP BY kind, rid",
-        &[&sku],
-    )
-    .await
-    .map(|rows| {
-        rows.iter()
-            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-            .collect()
-    })
-    .unwrap_or_default()
 }
 
 fn count_kind(rows: &HashMap<(String, String), i64>, kind: &str) -> i64 {

@@ -12,7 +12,7 @@ use std::process::Output;
 use flashgate::config::Config;
 use flashgate::reconcile::Options;
 use hyper::StatusCode;
-use support::ledger::{config, flashgate, options, reconcile, reconciler, WAIT};
+use support::ledger::{config, flashgate, ledger_rows, options, reconcile, reconciler, WAIT};
 use support::postgres::PostgresServer;
 use support::{RedisServer, TestApp};
 
@@ -52,22 +52,6 @@ fn entries_naming(redis: &RedisServer, stream: &str, rid: &str) -> Vec<String> {
         }
     }
     out
-}
-
-/// Ledger rows of one SKU: (kind, rid) → count.
-async fn ledger_rows(pg: &PostgresServer, sku: &str) -> HashMap<(String, String), i64> {
-    let c = pg.client().await;
-    c.query(
-        "SELECT kind, rid, count(*) FROM ledger_events WHERE sku = $1 GROUP BY kind, rid",
-        &[&sku],
-    )
-    .await
-    .map(|rows| {
-        rows.iter()
-            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-            .collect()
-    })
-    .unwrap_or_default()
 }
 
 // ------------------------------------------------------------------ item 1

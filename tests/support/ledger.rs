@@ -2,6 +2,7 @@
 //! fast ledger writer, a reconciler built as `flashgate reconcile` builds it,
 //! and the `flashgate` binary itself.
 
+use std::collections::HashMap;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,4 +69,20 @@ pub fn flashgate(args: &[&str]) -> Output {
         .env("RUST_LOG", "warn")
         .output()
         .expect("flashgate runs")
+}
+
+/// Ledger rows of one SKU: (kind, rid) → count.
+pub async fn ledger_rows(pg: &PostgresServer, sku: &str) -> HashMap<(String, String), i64> {
+    let c = pg.client().await;
+    c.query(
+        "SELECT kind, rid, count(*) FROM ledger_events WHERE sku = $1 GROUP BY kind, rid",
+        &[&sku],
+    )
+    .await
+    .map(|rows| {
+        rows.iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect()
+    })
+    .unwrap_or_default()
 }
