@@ -852,3 +852,131 @@ async fn a_live_scrape_has_every_metric_the_dashboard_and_alerts_use() {
     );
     assert_queries_in("dashboard + alerts (live scrape)", &all_queries(), &scraped);
 }
+
+// ---------------------------------------------------------------------------------------
+// (c) Prometheus's own tools on the alert rules
+
+const ALERT_TESTS: &str = "prometheus/alerts.test.yml";
+const RUNBOOK: &str = "docs/operations.md";
+
+/// Runs a tool from the repository root; panics with its output unless it succeeds.
+/// The tools are installed by scripts/test.sh (Debian's `prometheus` package has
+/// promtool; `pip install kubernetes-validate`).
+#[track_caller]
+fn tool(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}); scripts/test.sh installs it (see scripts/deps.sh)")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{program} {}: {}\n{text}",
+        args.join(" "),
+        out.status
+    );
+    text
+}
+
+/// Alert names of the rules file.
+fn alert_names() -> Vec<String> {
+    seq(&yaml(ALERTS)["groups"], "groups")
+        .iter()
+        .flat_map(|g| seq(&g["rules"], "rules").iter())
+        .filter_map(|r| r["alert"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn promtool_checks_the_rules_and_their_unit_tests_pass() {
+    tool("promtool", &["check", "rules", ALERTS]);
+    let report = tool("promtool", &["test", "rules", ALERT_TESTS]);
+    assert!(report.contains("SUCCESS"), "{report}");
+
+    // every alert has a case where it fires and one where it stays quiet
+    let tests = yaml(ALERT_TESTS);
+    let files: Vec<&str> = seq(&tests["rule_files"], "rule_files")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(files, ["alerts.yml"], "{ALERT_TESTS} tests {ALERTS}");
+    let (mut fires, mut quiet) = (BTreeSet::new(), BTreeSet::new());
+    for case in seq(&tests["tests"], "tests") {
+        for check in seq(&case["alert_rule_test"], "alert_rule_test") {
+            let name = text(&check["alertname"], "alertname").to_owned();
+            match check["exp_alerts"].as_sequence() {
+                Some(expected) if !expected.is_empty() => fires.insert(name),
+                _ => quiet.insert(name),
+            };
+        }
+    }
+    for alert in alert_names() {
+        assert!(
+            fires.contains(&alert),
+            "{ALERT_TESTS}: no case where {alert} fires"
+        );
+        assert!(
+            quiet.contains(&alert),
+            "{ALERT_TESTS}: no case where {alert} stays quiet"
+        );
+    }
+}
+
+/// GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces
+/// to dashes.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn every_alert_has_a_runbook_section_and_pages_only_when_people_must_act() {
+    let anchors: BTreeSet<String> = read(RUNBOOK)
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|l| anchor(l.trim_start_matches('#')))
+        .collect();
+    let mut absent_target = false;
+    for group in seq(&yaml(ALERTS)["groups"], "groups") {
+        for rule in seq(&group["rules"], "rules") {
+            let Some(name) = rule["alert"].as_str() else {
+                continue;
+            };
+            let url = text(
+                &rule["annotations"]["runbook_url"],
+                &format!("{name}: runbook_url"),
+            );
+            let (file, fragment) = url
+                .split_once('#')
+                .unwrap_or_else(|| panic!("{name}: runbook_url {url} has no #section"));
+            assert_eq!(file, RUNBOOK, "{name}: runbook_url {url}");
+            assert!(
+                anchors.contains(fragment),
+                "{name}: {RUNBOOK} has no heading for #{fragment}"
+            );
+            let severity = text(&rule["labels"]["severity"], &format!("{name}: severity"));
+            assert!(
+                ["critical", "warning"].contains(&severity),
+                "{name}: severity {severity}"
+            );
+            let expr = text(&rule["expr"], name);
+            absent_target |= expr.replace(' ', "").contains(r#"absent(up{job="flashgate"})"#);
+        }
+    }
+    assert!(
+        absent_target,
+        "{ALERTS}: no alert on absent(up{{job=\"flashgate\"}}): with no target, nothing fires"
+    );
+}
