@@ -972,11 +972,111 @@ fn every_alert_has_a_runbook_section_and_pages_only_when_people_must_act() {
                 "{name}: severity {severity}"
             );
             let expr = text(&rule["expr"], name);
-            absent_target |= expr.replace(' ', "").contains(r#"absent(up{job="flashgate"})"#);
+            absent_target |= expr
+                .replace(' ', "")
+                .contains(r#"absent(up{job="flashgate"})"#);
         }
     }
     assert!(
         absent_target,
         "{ALERTS}: no alert on absent(up{{job=\"flashgate\"}}): with no target, nothing fires"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// (d) dashboard units
+
+/// Grafana's time units: a series drawn in one of these is read as a duration.
+const TIME_UNITS: &[&str] = &[
+    "ns",
+    "µs",
+    "ms",
+    "s",
+    "m",
+    "h",
+    "d",
+    "dtdurations",
+    "dtdurationms",
+];
+
+/// The unit each target of a panel is drawn in: the panel's default, or an override
+/// matching its refId.
+fn target_units(panel: &Json) -> Vec<(String, String, String)> {
+    let default = panel["fieldConfig"]["defaults"]["unit"]
+        .as_str()
+        .unwrap_or("short");
+    let overrides = panel["fieldConfig"]["overrides"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let title = panel["title"].as_str().unwrap_or("?");
+    panel["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let ref_id = t["refId"].as_str().unwrap_or_default();
+            let unit = overrides
+                .iter()
+                .filter(|o| {
+                    o["matcher"]["id"] == "byFrameRefID" && o["matcher"]["options"] == ref_id
+                })
+                .flat_map(|o| o["properties"].as_array().cloned().unwrap_or_default())
+                .filter(|p| p["id"] == "unit")
+                .filter_map(|p| p["value"].as_str().map(str::to_owned))
+                .next_back()
+                .unwrap_or_else(|| default.to_owned());
+            (
+                format!("{title} / {ref_id}"),
+                t["expr"].as_str().unwrap_or_default().to_owned(),
+                unit,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn dashboard_draws_rates_as_rates_and_durations_as_durations() {
+    let dashboard = json(DASHBOARD);
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for (place, expr, unit) in target_units(panel) {
+            let quantile = expr.contains("histogram_quantile");
+            let rate = !quantile && (expr.contains("rate(") || expr.contains("increase("));
+            let seconds_gauge = !quantile && !rate && expr.contains("_seconds");
+            if rate {
+                assert!(
+                    !TIME_UNITS.contains(&unit.as_str()),
+                    "{DASHBOARD}: {place} plots a rate ({expr}) in the time unit {unit}"
+                );
+            }
+            if quantile || seconds_gauge {
+                assert_eq!(unit, "s", "{DASHBOARD}: {place} plots seconds ({expr})");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "only {checked} targets found");
+}
+
+/// A loaded SKU has a waitlist length from the start (0), not only once a buyer has
+/// joined its waitlist: a sale without a waitlist yet still draws the panel and
+/// evaluates the queries on it.
+#[tokio::test]
+async fn the_waitlist_gauge_exists_from_preload_onward() {
+    let redis = support::RedisServer::start();
+    let app = support::spawn_app(support::test_config(&redis)).await;
+    app.preload("fresh", 5, 2).await;
+    let series = r#"flashgate_sku_waitlist_length{sku="fresh"} 0"#;
+    let found = support::eventually(Duration::from_secs(10), || async {
+        app.get("/metrics")
+            .await
+            .body
+            .as_str()
+            .unwrap_or("")
+            .contains(series)
+    })
+    .await;
+    let page = app.get("/metrics").await.body;
+    assert!(found, "no `{series}` on /metrics after preload:\n{page}");
 }
