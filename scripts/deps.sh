@@ -8,8 +8,13 @@ apt_install() {
   # apt_install <command-to-check> <package>...
   local cmd=$1; shift
   if command -v "$cmd" >/dev/null 2>&1; then return 0; fi
+  apt_get_install "$@"
+}
+
+apt_get_install() {
+  # apt_get_install <package>...: unconditionally (root only)
   if [ "$(id -u)" != "0" ]; then
-    echo "flashgate: '$cmd' is missing; install the Debian package(s) $* (or run this as root)" >&2
+    echo "flashgate: install the Debian package(s) $* (or run this as root)" >&2
     return 1
   fi
   if [ "$_apt_updated" = 0 ]; then
@@ -48,4 +53,49 @@ ensure_rust() {
     echo "flashgate: cargo (Rust >= 1.89) is required" >&2
     return 1
   fi
+}
+
+# The deployment checks (tests/observability_files.rs, tests/deploy.rs) run
+# Prometheus's promtool, the Kubernetes schema validator and systemd-analyze.
+# promtool comes out of Debian's prometheus package unpacked into target/tools,
+# not installed: installing it would also start a Prometheus server.
+ensure_promtool() {
+  if command -v promtool >/dev/null 2>&1; then return 0; fi
+  local dir=$PWD/target/tools/prometheus
+  if [ ! -x "$dir/usr/bin/promtool" ]; then
+    if [ "$_apt_updated" = 0 ] && [ "$(id -u)" = "0" ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+      _apt_updated=1
+    fi
+    echo "flashgate: unpacking promtool from Debian's prometheus package into $dir" >&2
+    local tmp; tmp=$(mktemp -d)
+    chmod a+rwx "$tmp"  # apt downloads as its _apt user
+    (cd "$tmp" && apt-get download -qq prometheus >/dev/null)
+    mkdir -p "$dir"
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$dir"
+    rm -rf "$tmp"
+  fi
+  export PATH="$dir/usr/bin:$PATH"
+}
+
+# kubernetes-validate (PyPI), into a virtualenv under target/tools unless the
+# python3 on PATH already has it (Debian's python3 refuses system-wide pip).
+ensure_kubernetes_validate() {
+  if python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then return 0; fi
+  local venv=$PWD/target/tools/venv
+  if [ ! -x "$venv/bin/python3" ] || ! "$venv/bin/python3" -c 'import kubernetes_validate' >/dev/null 2>&1; then
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+      apt_get_install python3-venv
+    fi
+    echo "flashgate: installing kubernetes-validate from PyPI into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check kubernetes-validate
+  fi
+  export PATH="$venv/bin:$PATH"
+}
+
+ensure_deploy_tools() {
+  ensure_promtool
+  ensure_kubernetes_validate
+  apt_install systemd-analyze systemd
 }

@@ -385,6 +385,392 @@ fn the_compose_stack_runs_as_written_and_sells_out() {
 }
 
 // ---------------------------------------------------------------------------------------
+// kubernetes
+
+const K8S_BASE: &str = "deploy/kubernetes/base";
+const ALERTS: &str = "prometheus/alerts.yml";
+const PROMETHEUS_RULE: &str = "deploy/kubernetes/base/prometheusrule.yaml";
+
+/// Runs a tool from the repository root; panics with its output unless it succeeds.
+/// scripts/test.sh installs the tools (see scripts/deps.sh).
+#[track_caller]
+fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}); scripts/test.sh installs it"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{program} {}: {}\n{text}",
+        args.join(" "),
+        out.status
+    );
+    text
+}
+
+/// The base's resources, as kustomize would gather them: every file kustomization.yaml
+/// lists, each document of it (kustomize itself is not installable here).
+fn base_resources() -> Vec<(String, Yaml)> {
+    let kustomization = yaml(&format!("{K8S_BASE}/kustomization.yaml"));
+    assert_eq!(kustomization["kind"].as_str(), Some("Kustomization"));
+    let files: Vec<String> = kustomization["resources"]
+        .as_sequence()
+        .expect("kustomization.yaml lists resources")
+        .iter()
+        .map(|r| format!("{K8S_BASE}/{}", r.as_str().expect("resource path")))
+        .collect();
+    // nothing in the directory is left out of the base by mistake
+    let mut on_disk: Vec<String> = std::fs::read_dir(root().join(K8S_BASE))
+        .expect("read base")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .map(|n| format!("{K8S_BASE}/{n}"))
+        .collect();
+    on_disk.sort();
+    let mut listed = files.clone();
+    listed.sort();
+    assert_eq!(
+        listed, on_disk,
+        "{K8S_BASE}: files not in kustomization.yaml"
+    );
+    files
+        .into_iter()
+        .flat_map(|f| {
+            let text = read(&f);
+            serde_norway::Deserializer::from_str(&text)
+                .map(|d| {
+                    let v: Yaml =
+                        serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{f}: {e}"));
+                    (f.clone(), v)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn find<'a>(resources: &'a [(String, Yaml)], kind: &str) -> &'a Yaml {
+    resources
+        .iter()
+        .map(|(_, r)| r)
+        .find(|r| r["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("{K8S_BASE}: no {kind}"))
+}
+
+#[test]
+fn kubernetes_base_validates_against_the_kubernetes_schemas() {
+    let resources = base_resources();
+    let mut files: Vec<&str> = resources
+        .iter()
+        .filter(|(_, r)| {
+            !r["apiVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("monitoring.coreos.com/")
+        })
+        .map(|(f, _)| f.as_str())
+        .collect();
+    files.dedup();
+    assert!(files.len() >= 6, "{files:?}");
+    let mut args = vec!["-m", "kubernetes_validate", "--strict", "--quiet"];
+    args.extend(files.iter().copied());
+    let report = tool("python3", &args);
+    // an unknown kind is only a warning to the tool: here it is a failure
+    assert!(
+        !report.contains("WARN") && !report.contains("ERROR"),
+        "{report}"
+    );
+}
+
+#[test]
+fn kubernetes_deployment_probes_drains_and_runs_unprivileged() {
+    let resources = base_resources();
+    let deployment = find(&resources, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let containers = pod["containers"].as_sequence().expect("containers");
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let probe = |name: &str| {
+        c[name]["httpGet"]["path"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(probe("readinessProbe"), "/readyz");
+    assert_eq!(probe("livenessProbe"), "/healthz");
+    let port = c["ports"][0]["containerPort"].as_u64();
+    assert_eq!(port, Some(8080));
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(args, ["serve", "--listen", "0.0.0.0:8080"]);
+
+    // preStop pause, then the drain, then SIGKILL
+    let pause: u64 = match c["lifecycle"]["preStop"]["exec"]["command"].as_sequence() {
+        Some(cmd) => {
+            assert_eq!(cmd[0].as_str(), Some("sleep"), "preStop: {cmd:?}");
+            cmd[1]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("sleep seconds")
+        }
+        None => c["lifecycle"]["preStop"]["sleep"]["seconds"]
+            .as_u64()
+            .expect("a preStop pause"),
+    };
+    assert!(
+        pause >= 10,
+        "preStop {pause} s: shorter than a load balancer's deregistration"
+    );
+    let configmap = find(&resources, "ConfigMap");
+    let drain: u64 = configmap["data"]["FLASHGATE_DRAIN_SECONDS"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(flashgate::config::Config::default().drain_seconds);
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("grace period");
+    assert!(
+        grace > pause + drain,
+        "terminationGracePeriodSeconds {grace} <= preStop {pause} + drain {drain}"
+    );
+
+    // config and keys come from the ConfigMap and the Secret, by name
+    let secret = find(&resources, "Secret");
+    let from: Vec<(&str, &str)> = c["envFrom"]
+        .as_sequence()
+        .expect("envFrom")
+        .iter()
+        .flat_map(|e| {
+            [
+                ("ConfigMap", e["configMapRef"]["name"].as_str()),
+                ("Secret", e["secretRef"]["name"].as_str()),
+            ]
+        })
+        .filter_map(|(k, n)| Some((k, n?)))
+        .collect();
+    assert!(from.contains(&("ConfigMap", configmap["metadata"]["name"].as_str().unwrap())));
+    assert!(from.contains(&("Secret", secret["metadata"]["name"].as_str().unwrap())));
+    for key in ["FLASHGATE_API_KEYS", "FLASHGATE_ADMIN_KEYS"] {
+        assert!(secret["stringData"][key].is_string(), "Secret has {key}");
+        assert!(
+            configmap["data"][key].is_null(),
+            "{key} is in the ConfigMap"
+        );
+    }
+    // the placeholder keys are refused, so a forgotten Secret fails closed
+    let placeholder = secret["stringData"]["FLASHGATE_API_KEYS"].as_str().unwrap();
+    let config = flashgate::config::Config {
+        api_keys: vec![placeholder.to_owned()],
+        ..Default::default()
+    };
+    assert!(
+        config.validate().is_err(),
+        "placeholder key accepted: {placeholder}"
+    );
+
+    // resources, and nothing runs as root or gains privileges
+    assert!(c["resources"]["requests"]["cpu"].is_string());
+    assert!(c["resources"]["requests"]["memory"].is_string());
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    assert_ne!(pod["securityContext"]["runAsUser"].as_u64(), Some(0));
+    let sc = &c["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(sc["capabilities"]["drop"][0].as_str(), Some("ALL"));
+}
+
+#[test]
+fn kubernetes_service_budget_autoscaler_and_monitor_point_at_the_deployment() {
+    let resources = base_resources();
+    let deployment = find(&resources, "Deployment");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let selects_pods = |selector: &Yaml, what: &str| {
+        let m = selector
+            .as_mapping()
+            .unwrap_or_else(|| panic!("{what}: no selector"));
+        assert!(!m.is_empty(), "{what}: empty selector");
+        for (k, v) in m {
+            assert_eq!(
+                &pod_labels[k.as_str().unwrap()],
+                v,
+                "{what}: selects {k:?}={v:?}"
+            );
+        }
+    };
+    let service = find(&resources, "Service");
+    selects_pods(&service["spec"]["selector"], "Service");
+    // the Prometheus Operator names the job after the Service: the alerts' job
+    assert_eq!(service["metadata"]["name"].as_str(), Some("flashgate"));
+    let port_name = service["spec"]["ports"][0]["name"]
+        .as_str()
+        .expect("named port");
+    let pdb = find(&resources, "PodDisruptionBudget");
+    selects_pods(
+        &pdb["spec"]["selector"]["matchLabels"],
+        "PodDisruptionBudget",
+    );
+    let hpa = find(&resources, "HorizontalPodAutoscaler");
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["kind"].as_str(),
+        Some("Deployment")
+    );
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["name"],
+        deployment["metadata"]["name"]
+    );
+    assert!(
+        hpa["spec"]["minReplicas"].as_u64() >= Some(2),
+        "one pod is no budget"
+    );
+
+    let monitor = find(&resources, "ServiceMonitor");
+    assert_eq!(
+        monitor["apiVersion"].as_str(),
+        Some("monitoring.coreos.com/v1")
+    );
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("ServiceMonitor selector")
+    {
+        assert_eq!(&service["metadata"]["labels"][k.as_str().unwrap()], v);
+    }
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"].as_str(), Some(port_name));
+    assert_eq!(endpoint["path"].as_str(), Some("/metrics"));
+}
+
+#[test]
+fn kubernetes_prometheus_rule_is_generated_from_the_alert_rules() {
+    // the committed file is what the script writes now
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("prometheusrule.yaml");
+    tool(
+        "scripts/gen-prometheusrule.sh",
+        &[out.to_str().expect("utf-8 path")],
+    );
+    let generated = std::fs::read_to_string(&out).expect("generated file");
+    assert!(
+        generated == read(PROMETHEUS_RULE),
+        "{PROMETHEUS_RULE} is out of date: run scripts/gen-prometheusrule.sh"
+    );
+    // and it holds exactly the rules, in a PrometheusRule
+    let rule = yaml(PROMETHEUS_RULE);
+    assert_eq!(
+        rule["apiVersion"].as_str(),
+        Some("monitoring.coreos.com/v1")
+    );
+    assert_eq!(rule["kind"].as_str(), Some("PrometheusRule"));
+    assert!(rule["metadata"]["name"].is_string());
+    let alerts = yaml(ALERTS);
+    assert!(alerts["groups"]
+        .as_sequence()
+        .is_some_and(|g| !g.is_empty()));
+    assert_eq!(rule["spec"]["groups"], alerts["groups"]);
+    assert_eq!(
+        rule["spec"].as_mapping().map(|m| m.len()),
+        Some(1),
+        "spec holds only groups"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// systemd
+
+const UNIT: &str = "deploy/systemd/flashgate.service";
+
+/// `Key=value` settings of a unit file's section (a key may repeat).
+fn unit_settings(section: &str) -> Vec<(String, String)> {
+    let mut current = String::new();
+    let mut out = Vec::new();
+    for line in read(UNIT).lines().map(str::trim) {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.to_owned();
+        } else if current == section {
+            let (k, v) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{UNIT}: {line}"));
+            out.push((k.to_owned(), v.to_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn systemd_unit_verifies_is_hardened_and_outlasts_the_drain() {
+    // systemd's own check, with ExecStart pointed at the binary this build made (it
+    // checks the program exists); unknown keys are only warnings to it: none allowed
+    let dir = tempfile::tempdir().expect("temp dir");
+    let unit = dir.path().join("flashgate.service");
+    let text = read(UNIT).replace("/usr/local/bin/flashgate", env!("CARGO_BIN_EXE_flashgate"));
+    std::fs::write(&unit, text).expect("write unit");
+    let report = tool(
+        "systemd-analyze",
+        &["verify", unit.to_str().expect("utf-8 path")],
+    );
+    assert!(report.trim().is_empty(), "systemd-analyze verify: {report}");
+
+    let service = unit_settings("Service");
+    let get = |key: &str| {
+        service
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .next_back()
+    };
+    for (key, value) in [
+        ("DynamicUser", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("KillSignal", "SIGTERM"),
+    ] {
+        assert_eq!(get(key), Some(value), "{UNIT}: {key}");
+    }
+    let exec = get("ExecStart").expect("ExecStart");
+    assert!(exec.contains(" serve "), "{UNIT}: {exec}");
+
+    let defaults = flashgate::config::Config::default();
+    let nofile: usize = get("LimitNOFILE")
+        .and_then(|v| v.parse().ok())
+        .expect("LimitNOFILE");
+    assert!(
+        nofile > defaults.max_connections + 1000,
+        "{UNIT}: LimitNOFILE {nofile} leaves no room above max_connections {}",
+        defaults.max_connections
+    );
+    let drain: u64 = service
+        .iter()
+        .filter(|(k, _)| k == "Environment")
+        .find_map(|(_, v)| v.strip_prefix("FLASHGATE_DRAIN_SECONDS="))
+        .map_or(defaults.drain_seconds, |v| {
+            v.parse().expect("drain seconds")
+        });
+    let stop: u64 = get("TimeoutStopSec")
+        .and_then(|v| v.parse().ok())
+        .expect("TimeoutStopSec in seconds");
+    assert!(
+        stop > drain + 5,
+        "{UNIT}: TimeoutStopSec {stop} s does not outlast the {drain} s drain"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // helpers
 
 fn root() -> &'static Path {
