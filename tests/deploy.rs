@@ -136,7 +136,7 @@ fn image_cmd() -> Vec<String> {
     let cmd = read(DOCKERFILE)
         .lines()
         .filter_map(|l| l.trim().strip_prefix("CMD "))
-        .last()
+        .next_back()
         .expect("Dockerfile has a CMD")
         .to_owned();
     serde_json::from_str(&cmd).expect("CMD in JSON form")

@@ -7,7 +7,12 @@
 //!   instead of blanking a panel or silencing an alert mid-sale;
 //! - every path the Dockerfile, docker-compose.yml and the Prometheus and Grafana
 //!   provisioning refer to exists in the repository, the image build copies everything
-//!   the build reads, and the containers agree on the port.
+//!   the build reads, and the containers agree on the port;
+//! - Prometheus's own `promtool` checks the alert rules, runs their unit tests
+//!   (`prometheus/alerts.test.yml`: each alert fires, and stays quiet), parses every
+//!   dashboard query and checks `prometheus/prometheus.yml`; every alert names a
+//!   runbook section;
+//! - the dashboard draws rates as rates and durations as durations.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
@@ -1079,4 +1084,58 @@ async fn the_waitlist_gauge_exists_from_preload_onward() {
     .await;
     let page = app.get("/metrics").await.body;
     assert!(found, "no `{series}` on /metrics after preload:\n{page}");
+}
+
+/// promtool parses every dashboard query (Grafana's variables replaced by values it
+/// would send), as recording rules: a PromQL syntax error fails here, not on the
+/// wall screen mid-sale. And the shipped Prometheus config checks with its rule file.
+#[test]
+fn promtool_parses_every_dashboard_query_and_the_prometheus_config() {
+    let mut exprs = Vec::new();
+    dashboard_queries(&json(DASHBOARD), "dashboard", &mut exprs);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut n = 0;
+    for (place, expr) in &exprs {
+        if !expr.contains("flashgate_") {
+            continue; // the datasource variable's query is not PromQL
+        }
+        // Grafana's label_values(metric, label) queries the metric's series
+        let expr = match expr.strip_prefix("label_values(") {
+            Some(args) => args.split(',').next().unwrap_or_default().to_owned(),
+            None => expr.clone(),
+        };
+        let expr = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$sku", ".*")
+            .replace("$__all", ".*");
+        assert!(
+            !expr.contains('$'),
+            "{DASHBOARD}: {place}: unknown variable in {expr}"
+        );
+        n += 1;
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{n}\n        expr: {}\n",
+            serde_json::to_string(&expr).expect("json string")
+        ));
+    }
+    assert!(n > 10, "only {n} dashboard queries found");
+    let rules_file = dir.path().join("dashboard-rules.yml");
+    std::fs::write(&rules_file, rules).expect("write rules");
+    tool(
+        "promtool",
+        &["check", "rules", rules_file.to_str().expect("utf-8")],
+    );
+
+    // prometheus.yml names the rule file where the container mounts it
+    let config = read(PROMETHEUS).replace(
+        "/etc/prometheus/alerts.yml",
+        root().join(ALERTS).to_str().expect("utf-8"),
+    );
+    let config_file = dir.path().join("prometheus.yml");
+    std::fs::write(&config_file, config).expect("write config");
+    tool(
+        "promtool",
+        &["check", "config", config_file.to_str().expect("utf-8")],
+    );
 }
