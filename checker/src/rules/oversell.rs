@@ -1,0 +1,107 @@
+//! No oversell at any moment: the units certainly held or sold (holds.rs)
+//! never exceed the SKU's stock (final.json `initial`).
+
+use std::collections::BTreeMap;
+
+use super::NO_OVERSELL;
+use crate::final_state::Final;
+use crate::history::History;
+use crate::holds::{self, Span};
+use crate::verdict::{Culprit, RuleResult};
+
+pub fn check(h: &History, fin: &Final) -> RuleResult {
+    let spans = holds::spans(h, fin);
+    let mut by_sku: BTreeMap<&str, Vec<&Span>> = BTreeMap::new();
+    for s in &spans {
+        by_sku.entry(s.sku.as_str()).or_default().push(s);
+    }
+    let mut unknown_stock = Vec::new();
+    // (line of the first excess, message) over every SKU; the earliest wins
+    let mut first: Option<(usize, String)> = None;
+    for (sku, spans) in &by_sku {
+        let Some(stock) = fin.initial_of(sku) else {
+            unknown_stock.push(sku.to_string());
+            continue;
+        };
+        if let Some((line, msg)) = first_excess(sku, stock, spans) {
+            if first.as_ref().is_none_or(|(l, _)| line < *l) {
+                first = Some((line, msg));
+            }
+        }
+    }
+    if let Some((line, msg)) = first {
+        return RuleResult::broken(NO_OVERSELL, Some(Culprit::at(h, line)), msg);
+    }
+    let anchored = holds::anchor(h, fin).is_some();
+    let scope = if anchored {
+        "holds counted until they could have been released or expired"
+    } else {
+        "no wall-clock anchor (started_at_unix_ms / wall_ms): holds counted only up to their last proof of `held`"
+    };
+    if !unknown_stock.is_empty() && unknown_stock.len() == by_sku.len() {
+        return RuleResult::not_checked(
+            NO_OVERSELL,
+            format!("no `initial` in final.json for {}", unknown_stock.join(", ")),
+        );
+    }
+    let mut msg = format!("{} reservations on {} SKUs; {scope}", spans.len(), by_sku.len());
+    if !unknown_stock.is_empty() {
+        msg.push_str(&format!(
+            "; not checked (no `initial`): {}",
+            unknown_stock.join(", ")
+        ));
+    }
+    RuleResult::ok(NO_OVERSELL, msg)
+}
+
+/// Sweep the SKU's spans in time order (ends before starts at the same
+/// instant, the generous reading) and return the line where the units first
+/// exceed the stock.
+fn first_excess(sku: &str, stock: i64, spans: &[&Span]) -> Option<(usize, String)> {
+    // (time, 0 = end / 1 = start, line, span)
+    let mut events: Vec<(f64, u8, usize, &Span)> = Vec::new();
+    // a span that ends where it starts (a hold seen once, no anchor) holds
+    // nothing for certain
+    for s in spans.iter().filter(|s| s.end() > s.start) {
+        events.push((s.start, 1, s.start_line, s));
+        if s.end().is_finite() {
+            events.push((s.end(), 0, s.start_line, s));
+        }
+    }
+    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut live: Vec<&Span> = Vec::new();
+    let mut taken = 0i64;
+    for (t, kind, line, s) in events {
+        if kind == 0 {
+            if let Some(p) = live.iter().position(|x| std::ptr::eq(*x, s)) {
+                live.swap_remove(p);
+                taken -= s.qty;
+            }
+            continue;
+        }
+        live.push(s);
+        taken += s.qty;
+        if taken > stock {
+            let mut others: Vec<String> = live
+                .iter()
+                .filter(|x| !std::ptr::eq(**x, s))
+                .take(5)
+                .map(|x| format!("{} ({})", x.rid, x.qty))
+                .collect();
+            if live.len() > 6 {
+                others.push(format!("… {} more", live.len() - 6));
+            }
+            return Some((
+                line,
+                format!(
+                    "SKU {sku}: {taken} units held or sold at {t:.3} ms with stock {stock}: \
+                     reservation {} ({} units) acknowledged on top of {}",
+                    s.rid,
+                    s.qty,
+                    others.join(", ")
+                ),
+            ));
+        }
+    }
+    None
+}
