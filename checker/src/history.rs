@@ -168,7 +168,10 @@ impl History {
             if l.is_nemesis() {
                 continue;
             }
-            let err = |message: String| FormatError { line: i + 1, message };
+            let err = |message: String| FormatError {
+                line: i + 1,
+                message,
+            };
             match l.kind {
                 Kind::Invoke => {
                     if let Some(&o) = open.get(&l.process) {
@@ -186,13 +189,15 @@ impl History {
                 }
                 _ => {
                     let o = open.remove(&l.process).ok_or_else(|| {
-                        err(format!("a completion of process {} with no open invoke", l.process))
+                        err(format!(
+                            "a completion of process {} with no open invoke",
+                            l.process
+                        ))
                     })?;
                     if lines[ops[o].invoke].f != l.f {
                         return Err(err(format!(
                             "completion `{}` of an invoke `{}`",
-                            l.f,
-                            lines[ops[o].invoke].f
+                            l.f, lines[ops[o].invoke].f
                         )));
                     }
                     ops[o].complete = Some(i);

@@ -116,11 +116,15 @@ pub fn spans(h: &History, fin: &Final) -> Vec<Span> {
         }
         match l.kind {
             Kind::Ok => {
-                let Some(body) = l.body.as_ref() else { continue };
+                let Some(body) = l.body.as_ref() else {
+                    continue;
+                };
                 if body.get("ticket_id").is_some() {
                     continue;
                 }
-                let Some(rid) = l.body_str("reservation_id") else { continue };
+                let Some(rid) = l.body_str("reservation_id") else {
+                    continue;
+                };
                 let f = facts.entry(rid.to_string()).or_default();
                 if let Some(s) = l.body_str("sku") {
                     f.sku.get_or_insert_with(|| s.to_string());
@@ -148,7 +152,9 @@ pub fn spans(h: &History, fin: &Final) -> Vec<Span> {
                 }
             }
             Kind::Fail => {
-                let Some(rid) = l.value_str("reservation_id") else { continue };
+                let Some(rid) = l.value_str("reservation_id") else {
+                    continue;
+                };
                 let code = error_code(l.body.as_ref()).or(l.error.as_deref());
                 let f = facts.entry(rid.to_string()).or_default();
                 if code == Some("reservation_confirmed") {
@@ -164,7 +170,8 @@ pub fn spans(h: &History, fin: &Final) -> Vec<Span> {
     }
     let mut out = Vec::new();
     for (rid, f) in facts {
-        let (Some(sku), Some(qty), Some((start, start_line))) = (f.sku, f.qty, f.first_proof) else {
+        let (Some(sku), Some(qty), Some((start, start_line))) = (f.sku, f.qty, f.first_proof)
+        else {
             continue;
         };
         if fin.expected_loss(&rid) {

@@ -33,9 +33,9 @@ pub fn windows(h: &History, end_ms: f64) -> Vec<(String, f64, f64)> {
         match l.f.as_str() {
             "start" => open.entry(fault).or_default().push(l.time_ms),
             "stop" => {
-                let start = open.get_mut(&fault).and_then(|v| {
-                    (!v.is_empty()).then(|| v.remove(0))
-                });
+                let start = open
+                    .get_mut(&fault)
+                    .and_then(|v| (!v.is_empty()).then(|| v.remove(0)));
                 if let Some(s) = start {
                     out.push((fault, s, l.time_ms));
                 }
@@ -58,7 +58,11 @@ fn polyline(out: &mut String, pts: &[(f64, f64)], color: &str, dash: bool) {
     let _ = writeln!(
         out,
         r#"<polyline fill="none" stroke="{color}" stroke-width="1.5"{} points="{}"/>"#,
-        if dash { r#" stroke-dasharray="4 3""# } else { "" },
+        if dash {
+            r#" stroke-dasharray="4 3""#
+        } else {
+            ""
+        },
         d.join(" ")
     );
 }
@@ -144,7 +148,12 @@ pub fn svg(h: &History, fin: &Final) -> String {
             let pts: Vec<(f64, f64)> = s
                 .iter()
                 .enumerate()
-                .map(|(sec, &c)| (x(sec as f64 * 1000.0 + 500.0), top + PANEL - c as f64 / max * PANEL))
+                .map(|(sec, &c)| {
+                    (
+                        x(sec as f64 * 1000.0 + 500.0),
+                        top + PANEL - c as f64 / max * PANEL,
+                    )
+                })
                 .collect();
             if s.iter().any(|&c| c > 0) {
                 polyline(&mut out, &pts, colors[k], false);
@@ -193,7 +202,12 @@ pub fn svg(h: &History, fin: &Final) -> String {
     axis(&mut out, top, "units", max);
     let y = |v: i64| top + PANEL - v as f64 / max * PANEL;
     if stock > 0 {
-        polyline(&mut out, &[(x(0.0), y(stock)), (x(end_ms), y(stock))], "#555", true);
+        polyline(
+            &mut out,
+            &[(x(0.0), y(stock)), (x(end_ms), y(stock))],
+            "#555",
+            true,
+        );
     }
     for (pts, color) in [(&held, "#27c"), (&sold, "#82c")] {
         let p: Vec<(f64, f64)> = pts.iter().map(|&(t, v)| (x(t), y(v))).collect();

@@ -55,7 +55,9 @@ pub fn check(fin: &Final) -> RuleResult {
                     return RuleResult::broken(
                         BOOKS,
                         None,
-                        format!("SKU {sku} ({name} doc): sold {sold} but the ledger has {ledger} sold"),
+                        format!(
+                            "SKU {sku} ({name} doc): sold {sold} but the ledger has {ledger} sold"
+                        ),
                     );
                 }
                 Some(_) => {}
@@ -68,5 +70,8 @@ pub fn check(fin: &Final) -> RuleResult {
         gaps.dedup();
         return RuleResult::not_checked(BOOKS, gaps.join("; "));
     }
-    RuleResult::ok(BOOKS, format!("{} SKUs add up and match the ledger", skus.len()))
+    RuleResult::ok(
+        BOOKS,
+        format!("{} SKUs add up and match the ledger", skus.len()),
+    )
 }

@@ -37,7 +37,9 @@ pub fn check(h: &History, fin: &Final) -> RuleResult {
     // rid -> last resolve-phase GET
     let mut last_get: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, l) in h.completions() {
-        let Some(rid) = l.value_str("reservation_id") else { continue };
+        let Some(rid) = l.value_str("reservation_id") else {
+            continue;
+        };
         match l.f.as_str() {
             "confirm" if l.kind == Kind::Ok => {
                 confirmed.entry(rid).or_insert(i);

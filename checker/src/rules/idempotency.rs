@@ -23,7 +23,9 @@ struct Stable {
 
 impl Stable {
     fn of(l: &Line) -> Option<Stable> {
-        let id = l.body_str("reservation_id").filter(|_| l.body_str("ticket_id").is_none());
+        let id = l
+            .body_str("reservation_id")
+            .filter(|_| l.body_str("ticket_id").is_none());
         let id = match (id, l.body_str("ticket_id")) {
             (Some(r), _) => format!("reservation {r}"),
             (None, Some(t)) => format!("ticket {t}"),
@@ -54,7 +56,8 @@ impl Stable {
         if self.sku.is_some() && req_str("sku").is_some() && self.sku.as_deref() != req_str("sku") {
             return Some("sku");
         }
-        if self.qty.is_some() && v.get("qty").and_then(Value::as_i64).is_some()
+        if self.qty.is_some()
+            && v.get("qty").and_then(Value::as_i64).is_some()
             && self.qty != v.get("qty").and_then(Value::as_i64)
         {
             return Some("qty");

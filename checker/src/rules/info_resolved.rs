@@ -33,7 +33,10 @@ pub fn check(h: &History) -> RuleResult {
             return RuleResult::broken(
                 INFO_RESOLVED,
                 Some(Culprit::at(h, at)),
-                format!("reserve at index {} has no Idempotency-Key: it cannot be resolved", h.lines[at].index),
+                format!(
+                    "reserve at index {} has no Idempotency-Key: it cannot be resolved",
+                    h.lines[at].index
+                ),
             );
         };
         let resolved = last_definite.get(&key).is_some_and(|&d| d > at);
@@ -55,5 +58,8 @@ pub fn check(h: &History) -> RuleResult {
             );
         }
     }
-    RuleResult::ok(INFO_RESOLVED, format!("{unknown} unknown reserves, each resolved"))
+    RuleResult::ok(
+        INFO_RESOLVED,
+        format!("{unknown} unknown reserves, each resolved"),
+    )
 }

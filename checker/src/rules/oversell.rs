@@ -41,10 +41,17 @@ pub fn check(h: &History, fin: &Final) -> RuleResult {
     if !unknown_stock.is_empty() && unknown_stock.len() == by_sku.len() {
         return RuleResult::not_checked(
             NO_OVERSELL,
-            format!("no `initial` in final.json for {}", unknown_stock.join(", ")),
+            format!(
+                "no `initial` in final.json for {}",
+                unknown_stock.join(", ")
+            ),
         );
     }
-    let mut msg = format!("{} reservations on {} SKUs; {scope}", spans.len(), by_sku.len());
+    let mut msg = format!(
+        "{} reservations on {} SKUs; {scope}",
+        spans.len(),
+        by_sku.len()
+    );
     if !unknown_stock.is_empty() {
         msg.push_str(&format!(
             "; not checked (no `initial`): {}",

@@ -137,7 +137,9 @@ pub fn check(h: &History, fin: &Final) -> RuleResult {
             if b == a || tb.sku.is_none() || tb.sku != ta.sku {
                 continue;
             }
-            let Some((t_p, p_line)) = tb.promoted_seen else { continue };
+            let Some((t_p, p_line)) = tb.promoted_seen else {
+                continue;
+            };
             if t_p >= *t_w {
                 continue;
             }
@@ -200,6 +202,9 @@ pub fn check(h: &History, fin: &Final) -> RuleResult {
     }
     RuleResult::ok(
         WAITLIST,
-        format!("{} tickets, {promoted} promoted, in order and once each", tickets.len()),
+        format!(
+            "{} tickets, {promoted} promoted, in order and once each",
+            tickets.len()
+        ),
     )
 }
