@@ -68,8 +68,10 @@ fn polyline(out: &mut String, pts: &[(f64, f64)], color: &str, dash: bool) {
 }
 
 pub fn svg(h: &History, fin: &Final) -> String {
-    let end_ms = h.lines.last().map_or(1000.0, |l| l.time_ms).max(1000.0);
-    let seconds = (end_ms / 1000.0).ceil() as usize;
+    let last_ms = h.lines.last().map_or(0.0, |l| l.time_ms).max(0.0);
+    let seconds = ((last_ms / 1000.0).floor() as usize + 1).min(1_000_000);
+    // the time axis covers whole seconds, so every per-second bucket has its place
+    let end_ms = seconds as f64 * 1000.0;
     // op -> kind -> per-second counts
     let mut counts: BTreeMap<&str, [Vec<u64>; 3]> = BTreeMap::new();
     for (_, l) in h.completions() {
@@ -95,7 +97,7 @@ pub fn svg(h: &History, fin: &Final) -> String {
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         out,
-        r#"<text x="{LEFT}" y="16" font-size="13">flashgate fault run: completions per second (ok green, fail orange, info red); units held (blue) and sold (purple), lower bounds, against the stock (dashed)</text>"#
+        r##"<text x="8" y="14" font-size="13">flashgate fault run</text><text x="150" y="14"><tspan fill="#2a2">ok</tspan> · <tspan fill="#e80">fail</tspan> · <tspan fill="#d22">info</tspan> completions per second; units certainly <tspan fill="#27c">held</tspan> and <tspan fill="#82c">sold</tspan> against the stock (dashed); faults shaded</text>"##
     );
     // nemesis windows behind everything
     let bottom = TOP + panels as f64 * (PANEL + GAP);
