@@ -537,6 +537,18 @@ fn an_unresolved_unknown_reserve_is_flagged() {
     let (rule, first, msg) = broken(&r.check(&final_json(2, 1, &["S1.0.a"])));
     assert_eq!((rule, first), ("info_resolved", Some(unknown as u64)));
     assert!(msg.contains("\"k3\"") && msg.contains("timeout"), "{msg}");
+    // an answer for the key before the info settles nothing
+    let mut early = sale();
+    let retry = early.op(
+        1,
+        "reserve",
+        reserve_value("k1", "u1", 1),
+        "info",
+        Some(503),
+        error("redis_unavailable"),
+    );
+    let (rule, first, _) = broken(&early.check(&final_json(2, 1, &["S1.0.a"])));
+    assert_eq!((rule, first), ("info_resolved", Some(retry as u64)));
     // the resolve phase's retry with the key settles it
     let mut v = reserve_value("k3", "u3", 1);
     v["phase"] = json!("resolve");
