@@ -2,8 +2,9 @@
 //!
 //! A lower bound, so unknown outcomes never raise a false alarm: a
 //! reservation occupies its units from the first completion that proves it
-//! held or sold (an `ok` body with status `held`/`confirmed`, or a `409
-//! reservation_confirmed`) until the earliest moment it could have ended
+//! held or sold (an `ok` body with status `held`/`confirmed` — a reserve's
+//! only when `201`: a replay repeats the first body whatever the hold became
+//! — or a `409 reservation_confirmed`) until the earliest moment it could have ended
 //! without a sale: the invoke of a release that did not fail, the invoke of an
 //! op that saw it ended (`released`/`expired` body, `404`/`409` ended), or
 //! its `expires_at` (the latest one an `ok` body showed) placed on the
@@ -133,7 +134,19 @@ pub fn spans(h: &History, fin: &Final) -> Vec<Span> {
                     f.qty.get_or_insert(q);
                 }
                 let proof = (l.time_ms, i);
-                match l.body_str("status") {
+                // a replay (200) answers the first body — "held" and the first
+                // expires_at — whatever the hold became since: no proof of now
+                let status = if l.f == "reserve" && l.status != Some(201) {
+                    None
+                } else {
+                    l.body_str("status")
+                };
+                if status.is_none() {
+                    if let Some(e) = l.body_str("expires_at").and_then(rfc3339_ms) {
+                        f.expires_wall_ms = Some(f.expires_wall_ms.map_or(e, |x| x.max(e)));
+                    }
+                }
+                match status {
                     Some("held") => {
                         f.first_proof.get_or_insert(proof);
                         f.last_held = Some(f.last_held.map_or(l.time_ms, |t| t.max(l.time_ms)));

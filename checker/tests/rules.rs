@@ -204,6 +204,46 @@ fn a_released_or_expired_hold_frees_its_units() {
 }
 
 #[test]
+fn a_replay_is_not_a_proof_that_the_hold_still_stands() {
+    // a replay answers the first body ("held", the first expires_at) even
+    // after the hold was released
+    let mut r = Run::default();
+    r.op(
+        1,
+        "reserve",
+        reserve_value("k1", "u1", 1),
+        "ok",
+        Some(201),
+        hold("S1.0.a", "u1", 1, "held", 60_000),
+    );
+    r.op(
+        1,
+        "release",
+        rid_value("S1.0.a"),
+        "ok",
+        Some(200),
+        hold("S1.0.a", "u1", 1, "released", 60_000),
+    );
+    r.op(
+        2,
+        "reserve",
+        reserve_value("k2", "u2", 1),
+        "ok",
+        Some(201),
+        hold("S1.1.b", "u2", 1, "held", 60_000),
+    );
+    r.op(
+        1,
+        "reserve",
+        reserve_value("k1", "u1", 1),
+        "ok",
+        Some(200),
+        hold("S1.0.a", "u1", 1, "held", 60_000),
+    );
+    all_ok(&r.check(&final_json(1, 0, &[])));
+}
+
+#[test]
 fn without_a_clock_anchor_sales_still_count() {
     let mut r = Run::default();
     r.op(
