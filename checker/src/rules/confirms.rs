@@ -5,7 +5,7 @@
 //! what the README promises for a Redis that lost writes, or the harness
 //! listed it in `expected_loss`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::CONFIRM_DURABLE;
 use crate::final_state::{Final, Reconcile};
@@ -56,6 +56,10 @@ pub fn check(h: &History, fin: &Final) -> RuleResult {
         .is_some_and(|r| Reconcile(r).verdict() == Some("clean"));
     let mut order: Vec<(usize, &str)> = confirmed.iter().map(|(r, i)| (*i, *r)).collect();
     order.sort();
+    let ledger: Option<HashSet<&str>> = fin
+        .ledger_confirmed
+        .as_ref()
+        .map(|l| l.iter().map(String::as_str).collect());
     let mut no_get = Vec::new();
     let mut excused = 0usize;
     for (i, rid) in order {
@@ -79,8 +83,8 @@ pub fn check(h: &History, fin: &Final) -> RuleResult {
                 }
             }
         }
-        if let Some(ledger) = &fin.ledger_confirmed {
-            if !ledger.iter().any(|r| r == rid) {
+        if let Some(ledger) = &ledger {
+            if !ledger.contains(rid) {
                 lost.push("it is not in ledger_confirmed".into());
             }
         }

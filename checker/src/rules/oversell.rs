@@ -1,7 +1,7 @@
 //! No oversell at any moment: the units certainly held or sold (holds.rs)
 //! never exceed the SKU's stock (final.json `initial`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::NO_OVERSELL;
 use crate::final_state::Final;
@@ -65,35 +65,35 @@ pub fn check(h: &History, fin: &Final) -> RuleResult {
 /// instant, the generous reading) and return the line where the units first
 /// exceed the stock.
 fn first_excess(sku: &str, stock: i64, spans: &[&Span]) -> Option<(usize, String)> {
-    // (time, 0 = end / 1 = start, line, span)
-    let mut events: Vec<(f64, u8, usize, &Span)> = Vec::new();
+    // (time, 0 = end / 1 = start, line, span number)
+    let mut events: Vec<(f64, u8, usize, usize)> = Vec::new();
     // a span that ends where it starts (a hold seen once, no anchor) holds
     // nothing for certain
-    for s in spans.iter().filter(|s| s.end() > s.start) {
-        events.push((s.start, 1, s.start_line, s));
+    for (n, s) in spans.iter().enumerate().filter(|(_, s)| s.end() > s.start) {
+        events.push((s.start, 1, s.start_line, n));
         if s.end().is_finite() {
-            events.push((s.end(), 0, s.start_line, s));
+            events.push((s.end(), 0, s.start_line, n));
         }
     }
     events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-    let mut live: Vec<&Span> = Vec::new();
+    let mut live: BTreeSet<usize> = BTreeSet::new();
     let mut taken = 0i64;
-    for (t, kind, line, s) in events {
+    for (t, kind, line, n) in events {
+        let s = spans[n];
         if kind == 0 {
-            if let Some(p) = live.iter().position(|x| std::ptr::eq(*x, s)) {
-                live.swap_remove(p);
+            if live.remove(&n) {
                 taken -= s.qty;
             }
             continue;
         }
-        live.push(s);
+        live.insert(n);
         taken += s.qty;
         if taken > stock {
             let mut others: Vec<String> = live
                 .iter()
-                .filter(|x| !std::ptr::eq(**x, s))
+                .filter(|&&x| x != n)
                 .take(5)
-                .map(|x| format!("{} ({})", x.rid, x.qty))
+                .map(|&x| format!("{} ({})", spans[x].rid, spans[x].qty))
                 .collect();
             if live.len() > 6 {
                 others.push(format!("… {} more", live.len() - 6));

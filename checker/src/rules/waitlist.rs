@@ -168,8 +168,10 @@ pub fn check(h: &History, fin: &Final) -> RuleResult {
     }
     for list in by_sku.values_mut() {
         list.sort_by_key(|x| x.0);
-        for (n, hi) in list.iter().enumerate() {
-            if let Some(lo) = list[..n].iter().find(|lo| lo.1 > hi.1) {
+        // the ticket with the latest deadline among the lower seqs so far
+        let mut latest: Option<&(i64, f64, usize, &str)> = None;
+        for hi in list.iter() {
+            if let Some(lo) = latest.filter(|lo| lo.1 > hi.1 && lo.0 < hi.0) {
                 violations.push((
                     Some(lo.2.max(hi.2)),
                     format!(
@@ -181,6 +183,9 @@ pub fn check(h: &History, fin: &Final) -> RuleResult {
                         lo.1 - hi.1
                     ),
                 ));
+            }
+            if latest.is_none_or(|l| hi.1 > l.1) {
+                latest = Some(hi);
             }
         }
     }
