@@ -420,6 +420,17 @@ fn units_that_do_not_add_up_are_caught_in_the_final_books() {
         "{msg}"
     );
 
+    // a unit in transit between shards is in neither doc's available
+    let mut fin = final_json(2, 1, &["S1.0.a"]);
+    fin["skus"]["S1"]["admin"]["available"] = json!(0);
+    fin["skus"]["S1"]["public"]["available"] = json!(0);
+    fin["skus"]["S1"]["admin"]["in_transit"] = json!(1);
+    all_ok(&sale().check(&fin));
+    fin["skus"]["S1"]["admin"]["in_transit"] = json!(0);
+    let (rule, _, msg) = broken(&sale().check(&fin));
+    assert_eq!(rule, "books");
+    assert!(msg.contains("1 units missing"), "{msg}");
+
     let mut fin = final_json(2, 1, &["S1.0.a"]);
     fin["skus"]["S1"]["ledger_sold"] = json!(2);
     let (rule, _, msg) = broken(&sale().check(&fin));

@@ -1,6 +1,6 @@
 //! Every unit accounted for after reconcile: per SKU, `initial = available +
-//! held + sold` (plus units in transit between shards, which the admin doc
-//! shows) in the admin and the public doc, and `sold` equals the ledger's.
+//! held + sold` (plus units in transit between shards, which only the admin
+//! doc shows) in the admin and the public doc, and `sold` equals the ledger's.
 //! A final-state rule: no history line breaks it.
 
 use serde_json::Value;
@@ -37,7 +37,11 @@ pub fn check(fin: &Final) -> RuleResult {
                 gaps.push(format!("{sku}: the {name} doc lacks available/held/sold"));
                 continue;
             };
-            let in_transit = field(doc, "in_transit").unwrap_or(0);
+            // the public doc does not show units in transit between shards;
+            // they are the admin doc's (0 once the sweeper completed them)
+            let in_transit = field(doc, "in_transit")
+                .or_else(|| s.admin.as_ref().and_then(|a| field(a, "in_transit")))
+                .unwrap_or(0);
             let total = available + held + sold + in_transit;
             if total != initial {
                 return RuleResult::broken(
