@@ -402,6 +402,44 @@ fn a_lost_confirm_is_caught_at_the_acknowledged_confirm() {
 }
 
 #[test]
+fn a_confirm_lost_in_one_resolve_read_is_caught_even_if_a_later_read_finds_it() {
+    let mut r = sale();
+    let resolve = json!({"reservation_id": "S1.0.a", "instance": 0, "phase": "resolve"});
+    let gone = r.op(
+        3,
+        "get_reservation",
+        resolve.clone(),
+        "fail",
+        Some(404),
+        error("reservation_not_found"),
+    );
+    r.op(
+        3,
+        "get_reservation",
+        resolve.clone(),
+        "info",
+        Some(503),
+        error("redis_unavailable"),
+    );
+    r.op(
+        3,
+        "get_reservation",
+        resolve,
+        "ok",
+        Some(200),
+        hold("S1.0.a", "u1", 1, "confirmed", 60_000),
+    );
+    let (rule, first, msg) = broken(&r.check(&final_json(2, 1, &["S1.0.a"])));
+    assert_eq!((rule, first), ("confirm_durable", Some(3)));
+    assert!(
+        msg.contains(&format!(
+            "resolve GET (index {gone}) reads 404 reservation_not_found"
+        )),
+        "{msg}"
+    );
+}
+
+#[test]
 fn a_confirm_missing_from_the_ledger_is_caught() {
     let (rule, first, msg) = broken(&sale().check(&final_json(2, 1, &[])));
     assert_eq!(rule, "confirm_durable");

@@ -1,5 +1,6 @@
 //! A confirm acknowledged `200` is never lost: after the faults healed, the
-//! reservation reads `confirmed` (its last resolve-phase GET) and its id is in
+//! reservation reads `confirmed` (every resolve-phase GET with a definite
+//! answer) and its id is in
 //! the ledger (`ledger_confirmed`) — unless `reconcile_before` reported it
 //! (or its SKU as lost from Redis) and `reconcile_after` is clean, which is
 //! what the README promises for a Redis that lost writes, or the harness
@@ -34,8 +35,9 @@ fn describe_read(l: &Line) -> String {
 pub fn check(h: &History, fin: &Final) -> RuleResult {
     // rid -> first line of an ok confirm
     let mut confirmed: BTreeMap<&str, usize> = BTreeMap::new();
-    // rid -> last resolve-phase GET
-    let mut last_get: BTreeMap<&str, usize> = BTreeMap::new();
+    // rid -> its resolve-phase GETs with a definite answer (an `info` read
+    // proves nothing either way)
+    let mut gets: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, l) in h.completions() {
         let Some(rid) = l.value_str("reservation_id") else {
             continue;
@@ -44,8 +46,8 @@ pub fn check(h: &History, fin: &Final) -> RuleResult {
             "confirm" if l.kind == Kind::Ok => {
                 confirmed.entry(rid).or_insert(i);
             }
-            "get_reservation" if l.in_resolve() => {
-                last_get.insert(rid, i);
+            "get_reservation" if l.in_resolve() && l.kind != Kind::Info => {
+                gets.entry(rid).or_default().push(i);
             }
             _ => {}
         }
@@ -70,11 +72,14 @@ pub fn check(h: &History, fin: &Final) -> RuleResult {
         let l = &h.lines[i];
         let sku = l.body_str("sku");
         let mut lost = Vec::new();
-        match last_get.get(rid) {
+        match gets.get(rid) {
             None => no_get.push(rid),
-            Some(&g) => {
-                let read = &h.lines[g];
-                if !(read.kind == Kind::Ok && read.body_str("status") == Some("confirmed")) {
+            Some(reads) => {
+                // every read after the heal must find the sale, not only the last
+                let bad = reads.iter().map(|&g| &h.lines[g]).find(|read| {
+                    !(read.kind == Kind::Ok && read.body_str("status") == Some("confirmed"))
+                });
+                if let Some(read) = bad {
                     lost.push(format!(
                         "its resolve GET (index {}) reads {}",
                         read.index,

@@ -18,14 +18,19 @@ pub fn check(h: &History, fin: &Final) -> RuleResult {
     let mut unknown_stock = Vec::new();
     // (line of the first excess, message) over every SKU; the earliest wins
     let mut first: Option<(usize, String)> = None;
+    // per SKU: the most units certainly taken at once, of the stock
+    let mut peaks = Vec::new();
     for (sku, spans) in &by_sku {
         let Some(stock) = fin.initial_of(sku) else {
             unknown_stock.push(sku.to_string());
             continue;
         };
-        if let Some((line, msg)) = first_excess(sku, stock, spans) {
-            if first.as_ref().is_none_or(|(l, _)| line < *l) {
-                first = Some((line, msg));
+        match first_excess(sku, stock, spans) {
+            Ok(peak) => peaks.push(format!("{sku} {peak}/{stock}")),
+            Err((line, msg)) => {
+                if first.as_ref().is_none_or(|(l, _)| line < *l) {
+                    first = Some((line, msg));
+                }
             }
         }
     }
@@ -48,9 +53,10 @@ pub fn check(h: &History, fin: &Final) -> RuleResult {
         );
     }
     let mut msg = format!(
-        "{} reservations on {} SKUs; {scope}",
+        "{} reservations on {} SKUs, most units certainly taken at once {}; {scope}",
         spans.len(),
-        by_sku.len()
+        by_sku.len(),
+        peaks.join(", ")
     );
     if !unknown_stock.is_empty() {
         msg.push_str(&format!(
@@ -64,7 +70,8 @@ pub fn check(h: &History, fin: &Final) -> RuleResult {
 /// Sweep the SKU's spans in time order (ends before starts at the same
 /// instant, the generous reading) and return the line where the units first
 /// exceed the stock.
-fn first_excess(sku: &str, stock: i64, spans: &[&Span]) -> Option<(usize, String)> {
+/// `Ok(peak units)` when they never exceed the stock.
+fn first_excess(sku: &str, stock: i64, spans: &[&Span]) -> Result<i64, (usize, String)> {
     // (time, 0 = end / 1 = start, line, span number)
     let mut events: Vec<(f64, u8, usize, usize)> = Vec::new();
     // a span that ends where it starts (a hold seen once, no anchor) holds
@@ -78,6 +85,7 @@ fn first_excess(sku: &str, stock: i64, spans: &[&Span]) -> Option<(usize, String
     events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let mut live: BTreeSet<usize> = BTreeSet::new();
     let mut taken = 0i64;
+    let mut peak = 0i64;
     for (t, kind, line, n) in events {
         let s = spans[n];
         if kind == 0 {
@@ -88,6 +96,7 @@ fn first_excess(sku: &str, stock: i64, spans: &[&Span]) -> Option<(usize, String
         }
         live.insert(n);
         taken += s.qty;
+        peak = peak.max(taken);
         if taken > stock {
             let mut others: Vec<String> = live
                 .iter()
@@ -98,7 +107,7 @@ fn first_excess(sku: &str, stock: i64, spans: &[&Span]) -> Option<(usize, String
             if live.len() > 6 {
                 others.push(format!("… {} more", live.len() - 6));
             }
-            return Some((
+            return Err((
                 line,
                 format!(
                     "SKU {sku}: {taken} units held or sold at {t:.3} ms with stock {stock}: \
@@ -110,5 +119,5 @@ fn first_excess(sku: &str, stock: i64, spans: &[&Span]) -> Option<(usize, String
             ));
         }
     }
-    None
+    Ok(peak)
 }
