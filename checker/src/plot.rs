@@ -1,7 +1,8 @@
 //! plot.svg: the run on one page, hand-written SVG (no plotting crate).
 //! One panel per client op with its ok / fail / info completions per second,
-//! one with the units certainly held and sold (holds.rs) against the stock,
-//! and every nemesis window (start..stop per fault) shaded and labelled.
+//! one per SKU with the units certainly held, sold and both (holds.rs)
+//! against the stock, and every nemesis window (start..stop per fault)
+//! shaded and labelled.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -86,7 +87,8 @@ pub fn svg(h: &History, fin: &Final) -> String {
             .or_insert_with(|| std::array::from_fn(|_| vec![0; seconds]));
         c[slot][sec] += 1;
     }
-    let panels = counts.len() + 1;
+    let units = unit_panels(h, fin, end_ms);
+    let panels = counts.len() + units.len();
     let height = TOP + panels as f64 * (PANEL + GAP) + 40.0;
     let x = |ms: f64| LEFT + (ms / end_ms).clamp(0.0, 1.0) * (W - LEFT - RIGHT);
     let mut out = String::new();
@@ -97,7 +99,7 @@ pub fn svg(h: &History, fin: &Final) -> String {
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         out,
-        r##"<text x="8" y="14" font-size="13">flashgate fault run</text><text x="150" y="14"><tspan fill="#2a2">ok</tspan> · <tspan fill="#e80">fail</tspan> · <tspan fill="#d22">info</tspan> completions per second; units certainly <tspan fill="#27c">held</tspan> and <tspan fill="#82c">sold</tspan> against the stock (dashed); faults shaded</text>"##
+        r##"<text x="8" y="14" font-size="13">flashgate fault run</text><text x="150" y="14"><tspan fill="#2a2">ok</tspan> · <tspan fill="#e80">fail</tspan> · <tspan fill="#d22">info</tspan> completions per second; units certainly <tspan fill="#27c">held</tspan>, <tspan fill="#82c">sold</tspan> and <tspan fill="#222">both</tspan> against the stock (dashed); faults shaded</text>"##
     );
     // nemesis windows behind everything
     let bottom = TOP + panels as f64 * (PANEL + GAP);
@@ -162,58 +164,30 @@ pub fn svg(h: &History, fin: &Final) -> String {
             }
         }
     }
-    // units held and sold over time, as step lines
-    let top = TOP + counts.len() as f64 * (PANEL + GAP);
-    let spans = holds::spans(h, fin);
-    let mut held: Vec<(f64, i64)> = Vec::new();
-    let mut sold: Vec<(f64, i64)> = Vec::new();
-    for s in &spans {
-        let held_end = s.sold_from.map_or(s.held_until, |(t, _)| t).max(s.start);
-        if held_end > s.start {
-            held.push((s.start, s.qty));
-            held.push((held_end, -s.qty));
+    // units held and sold over time, as step lines, one panel per SKU
+    for (n, u) in units.iter().enumerate() {
+        let top = TOP + (counts.len() + n) as f64 * (PANEL + GAP);
+        let max = u
+            .taken
+            .iter()
+            .map(|p| p.1)
+            .chain([u.stock, 1])
+            .max()
+            .unwrap_or(1) as f64;
+        axis(&mut out, top, &u.label, max);
+        let y = |v: i64| top + PANEL - v as f64 / max * PANEL;
+        if u.stock > 0 {
+            polyline(
+                &mut out,
+                &[(x(0.0), y(u.stock)), (x(end_ms), y(u.stock))],
+                "#555",
+                true,
+            );
         }
-        if let Some((t, _)) = s.sold_from {
-            sold.push((t, s.qty));
+        for (pts, color) in [(&u.held, "#27c"), (&u.sold, "#82c"), (&u.taken, "#222")] {
+            let p: Vec<(f64, f64)> = pts.iter().map(|&(t, v)| (x(t), y(v))).collect();
+            polyline(&mut out, &p, color, false);
         }
-    }
-    let stock: i64 = fin
-        .skus
-        .as_ref()
-        .map_or(0, |m| m.values().filter_map(|s| s.initial).sum());
-    let steps = |mut ev: Vec<(f64, i64)>| {
-        ev.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let mut v = 0i64;
-        let mut pts = vec![(0.0, 0i64)];
-        for (t, d) in ev {
-            pts.push((t, v));
-            v += d;
-            pts.push((t, v));
-        }
-        pts.push((end_ms, v));
-        pts
-    };
-    let (held, sold) = (steps(held), steps(sold));
-    let max = held
-        .iter()
-        .chain(sold.iter())
-        .map(|p| p.1)
-        .chain([stock, 1])
-        .max()
-        .unwrap_or(1) as f64;
-    axis(&mut out, top, "units", max);
-    let y = |v: i64| top + PANEL - v as f64 / max * PANEL;
-    if stock > 0 {
-        polyline(
-            &mut out,
-            &[(x(0.0), y(stock)), (x(end_ms), y(stock))],
-            "#555",
-            true,
-        );
-    }
-    for (pts, color) in [(&held, "#27c"), (&sold, "#82c")] {
-        let p: Vec<(f64, f64)> = pts.iter().map(|&(t, v)| (x(t), y(v))).collect();
-        polyline(&mut out, &p, color, false);
     }
     // time axis
     let base = bottom + 4.0;
@@ -228,4 +202,81 @@ pub fn svg(h: &History, fin: &Final) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// Past this many SKUs the units are drawn summed over all of them.
+const MAX_SKU_PANELS: usize = 6;
+
+struct Units {
+    label: String,
+    stock: i64,
+    /// Step points (time ms, units).
+    held: Vec<(f64, i64)>,
+    sold: Vec<(f64, i64)>,
+    /// held + sold: what no_oversell holds against the stock
+    taken: Vec<(f64, i64)>,
+}
+
+fn unit_panels(h: &History, fin: &Final, end_ms: f64) -> Vec<Units> {
+    let spans = holds::spans(h, fin);
+    let mut skus: BTreeMap<&str, i64> = fin
+        .skus
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.initial.unwrap_or(0)))
+        .collect();
+    for s in &spans {
+        skus.entry(s.sku.as_str()).or_insert(0);
+    }
+    let all = skus.len() > MAX_SKU_PANELS;
+    let groups: Vec<(String, i64, Vec<&str>)> = if all {
+        vec![(
+            "units (all SKUs)".into(),
+            skus.values().sum(),
+            skus.keys().copied().collect(),
+        )]
+    } else {
+        skus.iter()
+            .map(|(k, &stock)| (format!("units {k}"), stock, vec![*k]))
+            .collect()
+    };
+    groups
+        .into_iter()
+        .map(|(label, stock, members)| {
+            let mut held: Vec<(f64, i64)> = Vec::new();
+            let mut sold: Vec<(f64, i64)> = Vec::new();
+            for s in spans.iter().filter(|s| members.contains(&s.sku.as_str())) {
+                let held_end = s.sold_from.map_or(s.held_until, |(t, _)| t).max(s.start);
+                if held_end > s.start {
+                    held.push((s.start, s.qty));
+                    held.push((held_end, -s.qty));
+                }
+                if let Some((t, _)) = s.sold_from {
+                    sold.push((t, s.qty));
+                }
+            }
+            let taken = held.iter().chain(sold.iter()).copied().collect();
+            Units {
+                label,
+                stock,
+                held: steps(held, end_ms),
+                sold: steps(sold, end_ms),
+                taken: steps(taken, end_ms),
+            }
+        })
+        .collect()
+}
+
+/// A step line through the running sum of (time, change) events.
+fn steps(mut ev: Vec<(f64, i64)>, end_ms: f64) -> Vec<(f64, i64)> {
+    ev.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut v = 0i64;
+    let mut pts = vec![(0.0, 0i64)];
+    for (t, d) in ev {
+        pts.push((t, v));
+        v += d;
+        pts.push((t, v));
+    }
+    pts.push((end_ms, v));
+    pts
 }

@@ -68,7 +68,7 @@ fn a_valid_run_exits_0_with_a_verdict_and_a_plot() {
         "{svg}"
     );
     assert!(svg.contains(">redis-pause</text>"));
-    for op in ["reserve /s", "confirm /s", "get_ticket /s", "units"] {
+    for op in ["reserve /s", "confirm /s", "get_ticket /s", "units S1"] {
         assert!(svg.contains(&format!(">{op}</text>")), "panel {op}");
     }
 }
