@@ -3,7 +3,7 @@
 //! preload that failed half-way, a Redis that may evict keys or is too old,
 //! and background tasks that panic. Real redis-server (and postgres) only.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

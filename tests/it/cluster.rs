@@ -2,7 +2,7 @@
 //! shard placement, a slot migrated mid-sale, a master killed mid-sale, and
 //! holds a failover lost found and repaired by reconcile.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

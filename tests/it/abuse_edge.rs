@@ -3,7 +3,7 @@
 //! without `Allow`, `503` that misstates what happened, and rate limits that
 //! a storefront evades by inventing buyer ids.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Admission control end to end: API keys, token buckets, purchase caps.
 
-mod support;
+use crate::support;
 
 use support::spawn_app_with as app_with;
 

@@ -2,7 +2,7 @@
 //! live SKU, purchase caps given back exactly once, a hold whose record
 //! vanished, a resent transfer after recovery. Each against a real Redis.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! of misreading scoped keys, counted claims and the rest; and this version
 //! refuses a layout newer than its own (lua/meta_upgrade.lua).
 
-mod support;
+use crate::support;
 
 use hyper::StatusCode;
 use support::{spawn_app_with, RedisServer};

@@ -5,7 +5,7 @@
 //! Every figure is a count read from Redis itself (INFO commandstats, DBSIZE,
 //! used_memory), never a wall-clock time.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;

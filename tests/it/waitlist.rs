@@ -1,7 +1,7 @@
 //! The overflow waitlist on a real Redis: joins, fair promotion, cancellation,
 //! expiry, capacity, idempotency, concurrent and crashing promoters.
 
-mod support;
+use crate::support;
 
 use support::spawn_app_with as app_with;
 

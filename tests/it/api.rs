@@ -1,6 +1,6 @@
 //! The HTTP API end to end, against a real redis-server per test.
 
-mod support;
+use crate::support;
 
 use support::spawn_app_with as app_with;
 

@@ -4,7 +4,7 @@
 //! holds its insert, a Redis user not allowed to XACK, Postgres stopped, Redis
 //! counters and outbox entries changed behind flashgate's back.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};

@@ -8,18 +8,130 @@
 //! its master's next writes never reach it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use tempfile::TempDir;
 
-use super::free_port;
+use crate::{free_ports, log_stdio};
 
 /// How long a node may be silent before the others mark it failed (and its
 /// replica is promoted). Short so that the failover test is quick; long
 /// enough that a busy 2-core machine does not fail nodes over by accident.
 pub const NODE_TIMEOUT_MS: u64 = 2_000;
+
+/// How to start a [`Cluster`].
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub masters: usize,
+    /// Replicas per master.
+    pub replicas: usize,
+    /// `--cluster-node-timeout`: how long a node may be silent before the
+    /// others mark it failed.
+    pub node_timeout_ms: u64,
+    /// The `redis-server` binary (default: the one on `PATH`).
+    pub server_bin: PathBuf,
+    /// The `redis-cli` binary (default: the one on `PATH`).
+    pub cli_bin: PathBuf,
+    /// Each node's stdout goes to `redis-<port>.log` here; else nowhere.
+    pub log_dir: Option<PathBuf>,
+}
+
+impl ClusterOptions {
+    /// `masters` primaries with `replicas` replicas each, a
+    /// [`NODE_TIMEOUT_MS`] node timeout, the binaries on `PATH`, no logs.
+    pub fn new(masters: usize, replicas: usize) -> ClusterOptions {
+        ClusterOptions {
+            masters,
+            replicas,
+            node_timeout_ms: NODE_TIMEOUT_MS,
+            server_bin: "redis-server".into(),
+            cli_bin: "redis-cli".into(),
+            log_dir: None,
+        }
+    }
+}
+
+/// `redis-server` arguments of one cluster node: client port, cluster bus
+/// port (picked free too, not the default port + 10000), no persistence, its
+/// `nodes.conf` in `dir`.
+pub fn node_args(port: u16, bus_port: u16, dir: &Path, node_timeout_ms: u64) -> Vec<String> {
+    [
+        "--port",
+        &port.to_string(),
+        "--cluster-port",
+        &bus_port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        &node_timeout_ms.to_string(),
+        // a replica that saw its master recently may be promoted at once
+        "--cluster-replica-validity-factor",
+        "0",
+        // a master down leaves its slots uncovered until its replica is
+        // promoted: the other masters keep serving theirs meanwhile
+        // (with the default `yes` every node refuses every command once
+        // the dead master is marked failed)
+        "--cluster-require-full-coverage",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--dir",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .chain([dir.display().to_string()])
+    .collect()
+}
+
+/// `redis-cli` arguments that join `ports` into a cluster with `replicas`
+/// replicas per master (the slots split evenly), without asking for
+/// confirmation.
+pub fn create_args(ports: &[u16], replicas: usize) -> Vec<String> {
+    let mut args = vec!["--cluster".to_string(), "create".to_string()];
+    args.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+    args.extend(["--cluster-replicas".to_string(), replicas.to_string()]);
+    args.push("--cluster-yes".to_string());
+    args
+}
+
+/// The `redis-cluster://` URL flashgate and fred take: the first node, the
+/// others as `node=` seeds.
+pub fn cluster_url(ports: &[u16]) -> String {
+    let mut it = ports.iter();
+    let first = it.next().copied().unwrap_or(0);
+    let seeds: Vec<String> = it.map(|p| format!("node=127.0.0.1:{p}")).collect();
+    if seeds.is_empty() {
+        format!("redis-cluster://127.0.0.1:{first}")
+    } else {
+        format!("redis-cluster://127.0.0.1:{first}?{}", seeds.join("&"))
+    }
+}
+
+/// Whether one node's `CLUSTER INFO` shows a freshly made cluster ready to
+/// serve: state ok, every slot assigned and healthy, and all `nodes` known
+/// to it.
+pub fn info_ready(info: &str, nodes: usize) -> bool {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    field("cluster_state") == Some("ok")
+        && field("cluster_slots_assigned") == Some("16384")
+        && field("cluster_slots_ok") == Some("16384")
+        && field("cluster_known_nodes").and_then(|n| n.parse().ok()) == Some(nodes)
+}
 
 pub struct ClusterNode {
     pub port: u16,
@@ -29,41 +141,38 @@ pub struct ClusterNode {
 }
 
 impl ClusterNode {
-    fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
-            .arg("--port")
-            .arg(self.port.to_string())
-            .args(["--cluster-port", &self.bus_port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(["--cluster-enabled", "yes"])
-            .args(["--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
-            // a replica that saw its master recently may be promoted at once
-            .args(["--cluster-replica-validity-factor", "0"])
-            // a master down leaves its slots uncovered until its replica is
-            // promoted: the other masters keep serving theirs meanwhile
-            // (with the default `yes` every node refuses every command once
-            // the dead master is marked failed)
-            .args(["--cluster-require-full-coverage", "no"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
+    /// Ok(false) when the node exited (a port was taken) or did not answer.
+    fn spawn(&mut self, o: &ClusterOptions) -> anyhow::Result<bool> {
+        let log = o
+            .log_dir
+            .as_ref()
+            .map(|d| d.join(format!("redis-{}.log", self.port)));
+        let child = Command::new(&o.server_bin)
+            .args(node_args(self.port, self.bus_port, &self.dir, o.node_timeout_ms))
+            .stdin(Stdio::null())
+            .stdout(log_stdio(log.as_deref())?)
             .stderr(Stdio::null())
             .spawn();
-        let Ok(child) = child else { return false };
+        let Ok(child) = child else { return Ok(false) };
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if cli(self.port, &["PING"]) == "PONG" {
-                return true;
+            if cli_with(&o.cli_bin, self.port, &["PING"]) == "PONG" {
+                return Ok(true);
             }
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                return false; // exited: a port was taken
+                self.child = None;
+                return Ok(false); // exited: a port was taken
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        false
+        self.kill();
+        Ok(false)
+    }
+
+    /// The node's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL, like a crash.
@@ -105,6 +214,7 @@ impl Drop for ClusterNode {
 
 pub struct Cluster {
     pub nodes: Vec<ClusterNode>,
+    cli_bin: PathBuf,
     _dir: TempDir,
 }
 
@@ -123,8 +233,15 @@ pub struct NodeInfo {
 
 /// Run one command with redis-cli against `port`; stdout, trimmed.
 pub fn cli(port: u16, args: &[&str]) -> String {
+    cli_with(Path::new("redis-cli"), port, args)
+}
+
+/// [`cli`] with the `redis-cli` binary `bin` (at most 10 s).
+pub fn cli_with(bin: &Path, port: u16, args: &[&str]) -> String {
     let out = Command::new("timeout")
-        .args(["10", "redis-cli", "-p", &port.to_string()])
+        .arg("10")
+        .arg(bin)
+        .args(["-p", &port.to_string()])
         .args(args)
         .stderr(Stdio::null())
         .output();
@@ -134,67 +251,89 @@ pub fn cli(port: u16, args: &[&str]) -> String {
     }
 }
 
-/// The CRC16 hash slot of a key (Redis Cluster's `CLUSTER KEYSLOT`).
-pub fn keyslot(key: &str) -> u16 {
-    fred::util::redis_keyslot(key.as_bytes())
-}
-
 impl Cluster {
     /// Start and join `masters` primaries with `replicas` replicas each;
     /// returns once every node reports `cluster_state:ok`, agrees on the
     /// layout, and every replica's link to its master is up.
     pub fn start(masters: usize, replicas: usize) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::try_start(&ClusterOptions::new(masters, replicas)).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// [`Cluster::start`] with options; an error instead of a panic.
+    pub fn try_start(o: &ClusterOptions) -> anyhow::Result<Cluster> {
+        let dir = tempfile::tempdir().context("temp dir")?;
         let mut nodes = Vec::new();
-        for i in 0..masters * (1 + replicas) {
+        for i in 0..o.masters * (1 + o.replicas) {
             let node_dir = dir.path().join(format!("n{i}"));
-            std::fs::create_dir_all(&node_dir).expect("node dir");
+            std::fs::create_dir_all(&node_dir).context("node dir")?;
             let mut started = None;
             for _ in 0..5 {
+                let ports = free_ports(2)?;
                 let mut n = ClusterNode {
-                    port: free_port(),
-                    bus_port: free_port(),
+                    port: ports[0],
+                    bus_port: ports[1],
                     dir: node_dir.clone(),
                     child: None,
                 };
-                if n.spawn() {
+                if n.spawn(o)? {
                     started = Some(n);
                     break;
                 }
                 let _ = std::fs::remove_file(node_dir.join("nodes.conf"));
             }
-            nodes.push(started.expect("could not start a cluster node (redis-server installed?)"));
+            nodes.push(started.with_context(|| {
+                format!(
+                    "could not start a cluster node ({} installed?)",
+                    o.server_bin.display()
+                )
+            })?);
         }
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+        let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+        let out = Command::new(&o.cli_bin)
+            .args(create_args(&ports, o.replicas))
             .stdin(Stdio::null())
             .output()
-            .expect("redis-cli --cluster create");
-        assert!(
+            .context("redis-cli --cluster create")?;
+        anyhow::ensure!(
             out.status.success(),
             "cluster create failed: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let c = Cluster { nodes, _dir: dir };
-        c.wait_healthy(Duration::from_secs(60));
-        c
+        let c = Cluster {
+            nodes,
+            cli_bin: o.cli_bin.clone(),
+            _dir: dir,
+        };
+        let limit = Duration::from_secs(60);
+        let deadline = Instant::now() + limit;
+        for &p in &ports {
+            while !info_ready(&c.cli(p, &["CLUSTER", "INFO"]), ports.len()) {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "cluster node on port {p} not ready within {limit:?}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        c.try_wait_healthy(deadline.saturating_duration_since(Instant::now()))?;
+        Ok(c)
+    }
+
+    /// One command with this cluster's redis-cli against `port`.
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        cli_with(&self.cli_bin, port, args)
+    }
+
+    /// The ports of the nodes started (a killed one included).
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
     }
 
     /// `redis-cluster://` URL with every live node as a seed (a killed node
     /// is left out, so a process started after a failover does not try it).
     pub fn url(&self) -> String {
-        let mut ports = self.live_ports().into_iter();
-        let first = ports.next().unwrap_or(0);
-        let rest: Vec<String> = ports.map(|p| format!("node=127.0.0.1:{p}")).collect();
-        format!("redis-cluster://127.0.0.1:{first}?{}", rest.join("&"))
+        cluster_url(&self.live_ports())
     }
 
     fn live_ports(&self) -> Vec<u16> {
@@ -208,12 +347,18 @@ impl Cluster {
     /// Wait until every live node says `cluster_state:ok`, they agree on who
     /// serves every slot, and every live replica is in sync with its master.
     pub fn wait_healthy(&self, limit: Duration) {
+        self.try_wait_healthy(limit)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// [`Cluster::wait_healthy`]; an error instead of a panic.
+    pub fn try_wait_healthy(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             if self.is_healthy() {
-                return;
+                return Ok(());
             }
-            assert!(Instant::now() < deadline, "cluster not healthy in time");
+            anyhow::ensure!(Instant::now() < deadline, "cluster not healthy in time");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -222,7 +367,7 @@ impl Cluster {
         let ports = self.live_ports();
         let mut views = Vec::new();
         for &p in &ports {
-            if !cli(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+            if !self.cli(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
                 return false;
             }
             let nodes = self.nodes_from(p);
@@ -237,7 +382,7 @@ impl Cluster {
                 return false;
             }
             views.push(owners);
-            let info = cli(p, &["INFO", "replication"]);
+            let info = self.cli(p, &["INFO", "replication"]);
             if info.contains("role:slave") && !info.contains("master_link_status:up") {
                 return false;
             }
@@ -247,7 +392,7 @@ impl Cluster {
 
     /// `CLUSTER NODES` as seen by the node on `port`.
     pub fn nodes_from(&self, port: u16) -> Vec<NodeInfo> {
-        cli(port, &["CLUSTER", "NODES"])
+        self.cli(port, &["CLUSTER", "NODES"])
             .lines()
             .filter_map(|line| {
                 let f: Vec<&str> = line.split_whitespace().collect();
@@ -336,7 +481,7 @@ impl Cluster {
     pub fn wait_replica_synced(&self, master: u16, replica: u16, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            let info = cli(master, &["INFO", "replication"]);
+            let info = self.cli(master, &["INFO", "replication"]);
             let own = info
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("master_repl_offset:"))
@@ -368,7 +513,7 @@ impl Cluster {
     /// replica paused (SIGSTOP) it cannot reconnect and resync either.
     /// Returns how many replica links were closed.
     pub fn cut_replica_links(&self, master: u16) -> usize {
-        cli(master, &["CLIENT", "KILL", "TYPE", "replica"])
+        self.cli(master, &["CLIENT", "KILL", "TYPE", "replica"])
             .parse()
             .unwrap_or(0)
     }
@@ -377,10 +522,10 @@ impl Cluster {
     /// agreement from its master or the other masters needed) and wait until
     /// it says it is a master.
     pub fn take_over(&self, replica: u16, limit: Duration) {
-        let answer = cli(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"]);
+        let answer = self.cli(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"]);
         assert_eq!(answer, "OK", "CLUSTER FAILOVER TAKEOVER on {replica}");
         let deadline = Instant::now() + limit;
-        while !cli(replica, &["ROLE"]).starts_with("master") {
+        while !self.cli(replica, &["ROLE"]).starts_with("master") {
             assert!(Instant::now() < deadline, "{replica} was not promoted");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -412,11 +557,11 @@ impl Cluster {
         let (from_id, to_id) = (id_of(from), id_of(to));
         let s = slot.to_string();
         assert_eq!(
-            cli(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]),
+            self.cli(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]),
             "OK"
         );
         assert_eq!(
-            cli(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]),
+            self.cli(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]),
             "OK"
         );
         Migration {
@@ -433,7 +578,7 @@ impl Cluster {
         let (from, to, s) = (m.from, m.to, m.slot.to_string());
         let to_id = m.to_id.as_str();
         loop {
-            let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]);
+            let keys = self.cli(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]);
             let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
             if keys.is_empty() {
                 break;
@@ -443,14 +588,14 @@ impl Cluster {
             args.push(&port);
             args.extend(["", "0", "5000", "KEYS"]);
             args.extend(keys.iter().copied());
-            let out = cli(from, &args);
+            let out = self.cli(from, &args);
             assert!(out == "OK" || out == "NOKEY", "MIGRATE answered {out:?}");
             pause();
         }
         // the new owner first, so it never refuses its own slot
-        cli(to, &["CLUSTER", "SETSLOT", &s, "NODE", to_id]);
+        self.cli(to, &["CLUSTER", "SETSLOT", &s, "NODE", to_id]);
         for n in self.live_ports() {
-            cli(n, &["CLUSTER", "SETSLOT", &s, "NODE", to_id]);
+            self.cli(n, &["CLUSTER", "SETSLOT", &s, "NODE", to_id]);
         }
     }
 }
@@ -461,4 +606,61 @@ pub struct Migration {
     pub from: u16,
     pub to: u16,
     to_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_are_created_as_masters_only() {
+        assert_eq!(
+            create_args(&[7000, 7001, 7002], 0),
+            [
+                "--cluster",
+                "create",
+                "127.0.0.1:7000",
+                "127.0.0.1:7001",
+                "127.0.0.1:7002",
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes"
+            ]
+        );
+        let args = node_args(7000, 17123, Path::new("/tmp/n0"), 15_000);
+        let after = |flag: &str| {
+            let i = args.iter().position(|a| a == flag).expect(flag);
+            args[i + 1].as_str()
+        };
+        assert_eq!(after("--port"), "7000");
+        assert_eq!(after("--cluster-port"), "17123");
+        assert_eq!(after("--cluster-enabled"), "yes");
+        assert_eq!(after("--cluster-node-timeout"), "15000");
+        assert_eq!(after("--bind"), "127.0.0.1");
+        assert_eq!(after("--save"), "");
+        assert_eq!(after("--appendonly"), "no");
+        assert_eq!(after("--dir"), "/tmp/n0");
+    }
+
+    #[test]
+    fn cluster_url_names_every_node() {
+        assert_eq!(
+            cluster_url(&[7000, 7001, 7002]),
+            "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001&node=127.0.0.1:7002"
+        );
+        assert_eq!(cluster_url(&[7000]), "redis-cluster://127.0.0.1:7000");
+    }
+
+    #[test]
+    fn cluster_ready_needs_every_slot_and_node() {
+        let info = "cluster_state:ok\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:16384\r\ncluster_slots_pfail:0\r\ncluster_known_nodes:3\r\ncluster_size:3\r\n";
+        assert!(info_ready(info, 3));
+        assert!(!info_ready(info, 4), "a node not met yet");
+        assert!(!info_ready(&info.replace("state:ok", "state:fail"), 3));
+        assert!(!info_ready(
+            &info.replace("slots_ok:16384", "slots_ok:16000"),
+            3
+        ));
+        assert!(!info_ready("", 3));
+    }
 }

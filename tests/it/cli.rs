@@ -1,6 +1,6 @@
 //! The command line as ops use it: preload, status, config layering.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use flashgate::metrics::Metrics;
 
-mod support;
+use crate::support;
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
 

@@ -2,7 +2,7 @@
 //! books invariant (initial + xin - xout = stock + held + sold) is checked
 //! after every step.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! nothing, and concurrent fixes are serialised and audited. Every test runs
 //! against a real redis-server and a real PostgreSQL.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::process::Output;

@@ -1,14 +1,15 @@
-//! Test harness: real `redis-server` processes on free ports in temp dirs,
-//! and the real service on `127.0.0.1:0`. Everything is stopped on `Drop`.
+//! Test harness: the real service on `127.0.0.1:0` in this process, its
+//! test config and an HTTP client, over real `redis-server`, Redis Cluster
+//! and PostgreSQL processes from the `flashgate-testkit` crate (free ports,
+//! temp dirs). Everything is stopped on `Drop`.
 #![allow(dead_code)]
 
 pub mod cluster;
 pub mod ledger;
-pub mod postgres;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+pub use flashgate_testkit::postgres;
+pub use flashgate_testkit::{free_port, RedisServer};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,169 +22,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use tempfile::TempDir;
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
-}
-
-/// A `redis-server` of our own.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<Child>,
-    dir: TempDir,
-    persistent: bool,
-    /// More `redis-server` arguments (`start_with_args`).
-    extra: Vec<String>,
-}
-
-impl RedisServer {
-    /// Memory only (`--save '' --appendonly no`).
-    pub fn start() -> RedisServer {
-        Self::start_with(false)
-    }
-
-    /// With an fsync-always AOF, so that a killed and restarted server comes
-    /// back with its data (and an empty script cache).
-    pub fn start_persistent() -> RedisServer {
-        Self::start_with(true)
-    }
-
-    /// Memory only, with more `redis-server` arguments (e.g.
-    /// `["--maxmemory-policy", "allkeys-lru"]`).
-    pub fn start_with_args(args: &[&str]) -> RedisServer {
-        Self::start_full(false, args)
-    }
-
-    fn start_with(persistent: bool) -> RedisServer {
-        Self::start_full(persistent, &[])
-    }
-
-    fn start_full(persistent: bool, args: &[&str]) -> RedisServer {
-        for _ in 0..5 {
-            let mut s = RedisServer {
-                port: free_port(),
-                child: None,
-                dir: tempfile::tempdir().expect("temp dir"),
-                persistent,
-                extra: args.iter().map(|a| a.to_string()).collect(),
-            };
-            if s.spawn() {
-                return s;
-            }
-        }
-        panic!("could not start redis-server (is it installed? `make test` installs it)");
-    }
-
-    fn spawn(&mut self) -> bool {
-        let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .arg("--bind")
-            .arg("127.0.0.1")
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--save")
-            .arg("")
-            .arg("--daemonize")
-            .arg("no")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if self.persistent {
-            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
-        } else {
-            cmd.args(["--appendonly", "no"]);
-        }
-        cmd.args(&self.extra);
-        let Ok(child) = cmd.spawn() else { return false };
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.ping() {
-                return true;
-            }
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                return false; // exited: port taken?
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    pub fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        if s.write_all(b"PING\r\n").is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 16];
-        matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL: no goodbye, like a crash.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Start again on the same port and directory.
-    pub fn restart(&mut self) {
-        self.kill();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.spawn() {
-            assert!(Instant::now() < deadline, "redis-server did not restart");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// SIGSTOP: the server hangs with its connections open (commands sent to
-    /// it are neither answered nor refused) until [`RedisServer::resume`].
-    pub fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    /// SIGCONT after [`RedisServer::pause`].
-    pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("redis-server running").id();
-        let ok = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig} {pid} failed");
-    }
-
-    /// Run one command with redis-cli; returns its stdout.
-    pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// The service, running in this test process.
 pub struct TestApp {

@@ -2,7 +2,7 @@
 //! id, the invariant check before any write, the records it settles and the
 //! ones it leaves alone.
 
-mod support;
+use crate::support;
 
 use flashgate::inventory::keys::ShardKeys;
 use flashgate::inventory::scripts::{self, Scripts};

@@ -3,7 +3,7 @@
 //! waitlist promoter's), and a storefront must not reach another
 //! storefront's idempotency keys, reservations or tickets.
 
-mod support;
+use crate::support;
 
 use support::spawn_app_with as app_with;
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use tempfile::TempDir;
 
 pub struct PostgresServer {
@@ -17,30 +18,43 @@ pub struct PostgresServer {
     running: bool,
 }
 
-fn bin_dir() -> PathBuf {
+/// The newest of the PostgreSQL server binary directories given: Debian's
+/// `/usr/lib/postgresql/<major>/bin` with the highest major version.
+pub fn newest_pg_bin_dir(candidates: &[PathBuf]) -> Option<PathBuf> {
+    candidates
+        .iter()
+        .filter_map(|p| {
+            let major = p
+                .parent()?
+                .file_name()?
+                .to_str()?
+                .parse::<u32>()
+                .unwrap_or(0);
+            Some((major, p))
+        })
+        .max_by_key(|(major, _)| *major)
+        .map(|(_, p)| p.clone())
+}
+
+/// PostgreSQL's server binaries: `pg_config --bindir` first, else the newest
+/// of Debian's per-version dirs that has an `initdb`.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if p.join("initdb").exists() {
-            return p;
+            return Ok(p);
         }
     }
     // Debian keeps the server binaries off PATH, one dir per major version
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+    let found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
                 .collect()
         })
         .unwrap_or_default();
-    found.retain(|p| p.join("initdb").exists());
-    found.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    found.pop().expect(
+    newest_pg_bin_dir(&found).context(
         "PostgreSQL server binaries not found (`make test` installs the postgresql package)",
     )
 }
@@ -54,9 +68,17 @@ fn is_root() -> bool {
 }
 
 impl PostgresServer {
+    /// [`PostgresServer::try_start`], panicking when it cannot.
     pub fn start() -> PostgresServer {
-        let bin = bin_dir();
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::try_start().unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// `initdb` into a temp dir and start on a free port (five tries).
+    /// Blocking (initdb takes a second or two): async callers run it on the
+    /// blocking pool.
+    pub fn try_start() -> anyhow::Result<PostgresServer> {
+        let bin = bin_dir()?;
+        let dir = tempfile::tempdir().context("temp dir")?;
         if is_root() {
             let ok = Command::new("chown")
                 .args(["-R", "postgres:"])
@@ -64,7 +86,7 @@ impl PostgresServer {
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
-            assert!(ok, "cannot hand the temp dir to the postgres user");
+            anyhow::ensure!(ok, "cannot hand the temp dir to the postgres user");
         }
         let mut s = PostgresServer {
             port: 0,
@@ -88,22 +110,19 @@ impl PostgresServer {
             ])
             .stdout(Stdio::null())
             .output()
-            .expect("initdb runs");
-        assert!(
+            .context("initdb runs")?;
+        anyhow::ensure!(
             out.status.success(),
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         for _ in 0..5 {
-            s.port = super::free_port();
-            if s.try_start() {
-                return s;
+            s.port = crate::free_port();
+            if s.try_start_server() {
+                return Ok(s);
             }
         }
-        panic!(
-            "could not start postgres; log:\n{}",
-            std::fs::read_to_string(s.log()).unwrap_or_default()
-        );
+        anyhow::bail!("could not start postgres; log:\n{}", s.log_text())
     }
 
     fn data(&self) -> PathBuf {
@@ -112,6 +131,11 @@ impl PostgresServer {
 
     fn log(&self) -> PathBuf {
         self.dir.path().join("postgres.log")
+    }
+
+    /// The server's log so far (its start-up errors).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
     }
 
     fn as_server_user(&self, program: &Path) -> Command {
@@ -124,7 +148,7 @@ impl PostgresServer {
         }
     }
 
-    fn try_start(&mut self) -> bool {
+    fn try_start_server(&mut self) -> bool {
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=100",
             self.port,
@@ -194,7 +218,7 @@ impl PostgresServer {
     pub fn restart(&mut self) {
         self.stop();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.try_start() {
+        while !self.try_start_server() {
             assert!(Instant::now() < deadline, "postgres did not restart");
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -237,5 +261,24 @@ impl PostgresServer {
 impl Drop for PostgresServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_postgres_major_wins() {
+        let dirs = [
+            PathBuf::from("/usr/lib/postgresql/15/bin"),
+            PathBuf::from("/usr/lib/postgresql/17/bin"),
+            PathBuf::from("/usr/lib/postgresql/9/bin"),
+        ];
+        assert_eq!(
+            newest_pg_bin_dir(&dirs),
+            Some(PathBuf::from("/usr/lib/postgresql/17/bin"))
+        );
+        assert_eq!(newest_pg_bin_dir(&[]), None);
     }
 }

@@ -1,0 +1,26 @@
+//! flashgate's integration tests: one test binary, one module per area
+//! (docs/testing.md says what each proves). A new area is a new
+//! `tests/it/<area>.rs` and one `mod` line here; run one area with
+//! `cargo nextest run -E 'test(/^<area>::/)'`. The shared harness is
+//! `support` (the service in this process, its config and HTTP client) on
+//! top of the `flashgate-testkit` crate (redis-server, Redis Cluster,
+//! PostgreSQL processes).
+
+mod support;
+
+mod abuse_edge;
+mod abuse_shield;
+mod abuse_startup;
+mod abuse_tenancy;
+mod admission;
+mod api;
+mod cli;
+mod cluster;
+mod ledger;
+mod lua;
+mod lua_fix;
+mod observability_files;
+mod reconcile_safety;
+mod stock_corners;
+mod upgrade;
+mod waitlist;
