@@ -782,14 +782,12 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
 
     // --- Redis and flashgate, with a small waitlist so it fills.
     let mut owned = Vec::new();
-    let dir = tempfile::tempdir().context("temp dir for redis-server")?;
     let redis_url = match args.cluster_masters {
         Some(masters) => {
             let (nodes, url) = procs::spawn_cluster(
                 &args.redis_server_bin,
                 &args.redis_cli_bin,
                 masters as usize,
-                dir.path(),
                 &run_dir,
             )
             .await?;
@@ -797,7 +795,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
             url
         }
         None => {
-            let (r, url) = procs::spawn_redis(&args.redis_server_bin, dir.path(), &run_dir).await?;
+            let (r, url) = procs::spawn_redis(&args.redis_server_bin, &run_dir).await?;
             owned.push(r);
             url
         }

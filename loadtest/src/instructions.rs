@@ -58,9 +58,7 @@ pub async fn run(args: &Args, n: u64) -> anyhow::Result<bool> {
     let run_dir = args.out_dir.join(format!("instructions-{stamp}"));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let run_dir = run_dir.canonicalize()?;
-    let redis_dir = tempfile::tempdir().context("temp dir for redis-server")?;
-    let (redis, url) =
-        procs::spawn_redis(&args.redis_server_bin, redis_dir.path(), &run_dir).await?;
+    let (redis, url) = procs::spawn_redis(&args.redis_server_bin, &run_dir).await?;
     let shards = args.shards;
     for (sku, stock) in [("IC-SOLDOUT", u64::from(shards)), ("IC-HOLD", 10_000_000)] {
         procs::preload(&args.flashgate_bin, &url, sku, stock, shards, None).await?;

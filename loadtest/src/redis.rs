@@ -913,10 +913,9 @@ mod tests {
     #[tokio::test]
     async fn drop_matching_unlinks_exactly_the_prefix() {
         let dir = tempfile::tempdir().unwrap();
-        let (_redis, url) =
-            crate::procs::spawn_redis(Path::new("redis-server"), dir.path(), dir.path())
-                .await
-                .unwrap();
+        let (_redis, url) = crate::procs::spawn_redis(Path::new("redis-server"), dir.path())
+            .await
+            .unwrap();
         let client = connect(&url).await.unwrap();
         let pairs: Vec<(String, String)> = (0..2_500)
             .map(|i| {

@@ -304,12 +304,11 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     };
 
     // --- Redis, PostgreSQL (the ledger) and flashgate with its ledger writer.
-    let dir = tempfile::tempdir().context("temp dir for redis-server")?;
-    let (redis_proc, redis_url) =
-        procs::spawn_redis(&args.redis_server_bin, dir.path(), &run_dir).await?;
+    let (redis_proc, redis_url) = procs::spawn_redis(&args.redis_server_bin, &run_dir).await?;
     let pg = procs::spawn_postgres().await?;
+    let pg_url = pg.url();
     let env = [
-        ("FLASHGATE_POSTGRES_URL", pg.url.as_str()),
+        ("FLASHGATE_POSTGRES_URL", pg_url.as_str()),
         ("FLASHGATE_WAITLIST_CAPACITY", "100000"),
     ];
     let (mut fg, base) = procs::spawn_flashgate_under(
@@ -717,7 +716,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         "--redis-url",
         &redis_url,
         "--postgres-url",
-        &pg.url,
+        &pg_url,
     ];
     let out = tokio::time::timeout(
         Duration::from_secs(120),

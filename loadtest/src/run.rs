@@ -42,15 +42,13 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
 
     // Processes we own live until the end of this function (killed on drop).
     let mut owned = Vec::new();
-    let (base, redis_url, _redis_dir) = if args.spawn {
-        let dir = tempfile::tempdir().context("temp dir for redis-server")?;
+    let (base, redis_url) = if args.spawn {
         let url = match args.cluster_masters {
             Some(masters) => {
                 let (nodes, url) = procs::spawn_cluster(
                     &args.redis_server_bin,
                     &args.redis_cli_bin,
                     masters as usize,
-                    dir.path(),
                     &run_dir,
                 )
                 .await?;
@@ -59,8 +57,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
                 url
             }
             None => {
-                let (r, url) =
-                    procs::spawn_redis(&args.redis_server_bin, dir.path(), &run_dir).await?;
+                let (r, url) = procs::spawn_redis(&args.redis_server_bin, &run_dir).await?;
                 log(format!("redis-server at {url}"));
                 owned.push(r);
                 url
@@ -79,9 +76,9 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
             args.hold_seconds
         ));
         owned.push(fg);
-        (base, url, Some(dir))
+        (base, url)
     } else {
-        (loopback_base(&args.target)?, args.redis_url.clone(), None)
+        (loopback_base(&args.target)?, args.redis_url.clone())
     };
     redis::loopback_redis(&redis_url)?;
     let rc = redis::connect(&redis_url).await?;

@@ -148,7 +148,12 @@ impl ClusterNode {
             .as_ref()
             .map(|d| d.join(format!("redis-{}.log", self.port)));
         let child = Command::new(&o.server_bin)
-            .args(node_args(self.port, self.bus_port, &self.dir, o.node_timeout_ms))
+            .args(node_args(
+                self.port,
+                self.bus_port,
+                &self.dir,
+                o.node_timeout_ms,
+            ))
             .stdin(Stdio::null())
             .stdout(log_stdio(log.as_deref())?)
             .stderr(Stdio::null())
@@ -367,7 +372,10 @@ impl Cluster {
         let ports = self.live_ports();
         let mut views = Vec::new();
         for &p in &ports {
-            if !self.cli(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+            if !self
+                .cli(p, &["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
+            {
                 return false;
             }
             let nodes = self.nodes_from(p);
