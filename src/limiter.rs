@@ -30,9 +30,11 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use governor::clock::{Clock, MonotonicClock};
+use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
@@ -116,7 +118,40 @@ impl BuildHasher for Spread {
     }
 }
 
-pub struct Limiter<C: Clock + Clone = MonotonicClock> {
+/// The service's clock: the monotonic clock plus an offset that only a test
+/// moves ([`AppClock::advance`], through `AppState::limiter`'s
+/// [`Limiter::clock`]), so that a test of the running app sees its buckets
+/// refill without sleeping. In the service the offset stays 0 (one relaxed
+/// atomic load per check).
+#[derive(Clone, Debug, Default)]
+pub struct AppClock {
+    ahead_nanos: Arc<AtomicU64>,
+}
+
+impl AppClock {
+    /// Move this clock (and every clone of it) `by` ahead of the monotonic
+    /// clock.
+    pub fn advance(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .ahead_nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(nanos))
+            });
+    }
+}
+
+impl Clock for AppClock {
+    type Instant = Instant;
+
+    fn now(&self) -> Instant {
+        let now = Instant::now();
+        let ahead = Duration::from_nanos(self.ahead_nanos.load(Ordering::Relaxed));
+        now.checked_add(ahead).unwrap_or(now)
+    }
+}
+
+pub struct Limiter<C: Clock + Clone = AppClock> {
     clock: C,
     instance: Option<Direct<C>>,
     client: Option<Keyed<usize, C>>,
@@ -125,9 +160,9 @@ pub struct Limiter<C: Clock + Clone = MonotonicClock> {
     user_hash: RandomState,
 }
 
-impl Limiter<MonotonicClock> {
+impl Limiter<AppClock> {
     pub fn new(instance: Bucket, client: Bucket, user: Bucket) -> Self {
-        Self::with_clock(instance, client, user, MonotonicClock)
+        Self::with_clock(instance, client, user, AppClock::default())
     }
 }
 
@@ -147,6 +182,11 @@ impl<C: Clock + Clone> Limiter<C> {
             user_hash: RandomState::new(),
             clock,
         }
+    }
+
+    /// The buckets' clock (a test moves the app's: [`AppClock::advance`]).
+    pub fn clock(&self) -> &C {
+        &self.clock
     }
 
     fn refusal(&self, scope: Scope, not_until: governor::NotUntil<C::Instant>) -> Limited {

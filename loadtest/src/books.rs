@@ -23,9 +23,19 @@ pub struct ShardBooks {
 }
 
 impl ShardBooks {
-    /// `initial + xin − xout − (stock + held + sold)`: 0 when the shard balances.
+    /// `initial + xin − xout − (stock + held + sold)`: 0 when the shard
+    /// balances ([`flashgate::inventory::Books::drift`], the service's one
+    /// statement of the invariant).
     pub fn drift(&self) -> i64 {
-        self.initial + self.xin - self.xout - (self.stock + self.held + self.sold)
+        flashgate::inventory::Books {
+            initial: self.initial,
+            transferred_in: self.xin,
+            transferred_out: self.xout,
+            available: self.stock,
+            held: self.held,
+            sold: self.sold,
+        }
+        .drift()
     }
 }
 

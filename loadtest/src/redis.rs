@@ -12,6 +12,9 @@ use fred::types::config::Server;
 use fred::types::InfoKind;
 use serde::Serialize;
 
+use flashgate::domain::Sku;
+use flashgate::inventory::keys::{self, ShardKeys};
+
 use crate::books::ShardBooks;
 
 /// `(host, port)` of a `redis://127.0.0.1:PORT[/db]` URL, or of the first
@@ -78,9 +81,12 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
 }
 
 /// The default hash tag of a SKU's shard (`SKU#s`), as the service names it
-/// when placement did not choose another.
+/// when placement did not choose another (`flashgate::inventory::keys`).
 pub fn default_tag(sku: &str, shard: u32) -> String {
-    format!("{sku}#{shard}")
+    match (Sku::parse(sku), u16::try_from(shard)) {
+        (Ok(sku), Ok(shard)) => keys::default_tag(&sku, shard),
+        _ => format!("{sku}#{shard}"),
+    }
 }
 
 /// The hash tags of a SKU's shards, as `fg:{SKU}:meta` records them
@@ -115,20 +121,21 @@ pub async fn read_shards(
     sku: &str,
     fallback_shards: u32,
 ) -> anyhow::Result<Vec<ShardBooks>> {
-    let meta: BTreeMap<String, String> = client.hgetall(format!("fg:{{{sku}}}:meta")).await?;
+    let parsed = Sku::parse(sku).map_err(|e| anyhow::anyhow!("sku {sku:?}: {e}"))?;
+    let meta: BTreeMap<String, String> = client.hgetall(keys::meta(&parsed)).await?;
     let tags = tags_from_meta(sku, &meta)
         .unwrap_or_else(|| (0..fallback_shards).map(|s| default_tag(sku, s)).collect());
     let mut out = Vec::new();
     for (s, tag) in tags.iter().enumerate() {
         let s = s as u32;
-        let p = format!("fg:{{{tag}}}:");
-        let stock: Option<i64> = client.get(format!("{p}stock")).await?;
-        let books: BTreeMap<String, i64> = client.hgetall(format!("{p}books")).await?;
+        let k = ShardKeys::new(tag);
+        let stock: Option<i64> = client.get(k.stock()).await?;
+        let books: BTreeMap<String, i64> = client.hgetall(k.books()).await?;
         let Some(stock) = stock else {
-            bail!("shard {s} of {sku} has no stock key ({p}stock)")
+            bail!("shard {s} of {sku} has no stock key ({})", k.stock())
         };
         // Pending transfers out: `<to>|<units>|<ts>` (lua/transfer_out.lua).
-        let xfers: Vec<String> = client.hvals(format!("{p}xfers")).await?;
+        let xfers: Vec<String> = client.hvals(k.xfers()).await?;
         let in_transit = xfers
             .iter()
             .filter_map(|x| x.split('|').nth(1)?.parse::<i64>().ok())
@@ -479,13 +486,20 @@ pub struct BenchTarget {
 
 impl BenchTarget {
     fn prefix(&self) -> String {
-        format!("fg:{{{}}}:", self.tag)
+        ShardKeys::new(&self.tag).prefix().to_string()
     }
 
-    /// stock, books, holds, events.
+    /// stock, books, holds, events, wlopen, keys: reserve.lua's KEYS.
     fn keys(&self) -> [String; 6] {
-        let p = self.prefix();
-        ["stock", "books", "holds", "events", "wlopen", "keys"].map(|k| format!("{p}{k}"))
+        let k = ShardKeys::new(&self.tag);
+        [
+            k.stock(),
+            k.books(),
+            k.holds(),
+            k.events(),
+            k.wlopen(),
+            k.reserved_keys(),
+        ]
     }
 }
 

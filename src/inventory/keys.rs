@@ -47,6 +47,10 @@ impl ShardKeys {
         }
     }
 
+    /// `fg:{tag}:`, the start of every key of the shard.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
     pub fn stock(&self) -> String {
         [self.prefix.as_str(), "stock"].concat()
     }
