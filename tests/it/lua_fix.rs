@@ -13,6 +13,13 @@ use fred::types::Value;
 use std::collections::HashMap;
 use support::{test_config, RedisServer};
 
+/// A one-unit reservation record as reserve.lua writes it (lua/lib.lua,
+/// rec_encode): `status|qty|created|exp|first_exp|ended|fixed|user` and the
+/// idempotency key after a newline.
+fn record_value(status: &str, rid: &str) -> String {
+    format!("{status}|1|1000|61000|61000|||buyer-{rid}\nkey-{rid}")
+}
+
 struct Fixture {
     _redis: RedisServer,
     pool: Pool,
@@ -55,9 +62,20 @@ impl Fixture {
             )
             .await
             .unwrap();
+        // records as the service writes them now (one string, lua/lib.lua's
+        // rec_encode). Records an earlier version wrote as hashes are
+        // compatibility coverage of their own in lua.rs
+        // (records_an_earlier_version_wrote_as_hashes_…); this file wrote
+        // hashes only because it predates the string format (cc8985e).
         for (rid, status) in [("h1", "held"), ("h2", "held"), ("c1", "confirmed")] {
             let _: () = c
-                .hset(self.record(rid), [("status", status), ("qty", "1")])
+                .set(
+                    self.record(rid),
+                    record_value(status, rid),
+                    None,
+                    None,
+                    false,
+                )
                 .await
                 .unwrap();
         }
@@ -122,9 +140,7 @@ impl Fixture {
         (stock.unwrap_or(-1), books)
     }
 
-    /// The record's status, read by records.lua (`tampered` writes records
-    /// as an earlier version did, hashes; fix.lua writes them back as
-    /// strings), '' when there is none.
+    /// The record's status, read by records.lua, '' when there is none.
     async fn status(&self, rid: &str) -> String {
         let nodes = flashgate::inventory::nodes::Nodes::pool_only(self.pool.clone());
         let v = scripts::run(
