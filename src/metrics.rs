@@ -8,7 +8,7 @@
 //! the numbers its own app produced.
 //!
 //! The dashboard `grafana/dashboards/flashgate-overview.json` and the alert rules
-//! `prometheus/alerts.yml` query these names; `tests/observability_files.rs` checks that
+//! `prometheus/alerts.yml` query these names; `tests/it/observability_files.rs` checks that
 //! every `flashgate_*` name they use is registered here, so renaming a metric without
 //! updating them fails a test instead of blanking a panel in the middle of a sale.
 //!

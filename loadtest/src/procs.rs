@@ -293,6 +293,14 @@ pub fn parse_cpu_seconds(stat: &str) -> Option<f64> {
     Some((utime + stime) as f64 / 100.0)
 }
 
+/// A throw-away PostgreSQL (flashgate-testkit): `initdb` into a temp dir,
+/// started on a free 127.0.0.1 port, as the `postgres` user when we are
+/// root; stopped on drop. Blocking (initdb takes a second or two), so it
+/// runs on the blocking pool.
+pub async fn spawn_postgres() -> anyhow::Result<Postgres> {
+    tokio::task::spawn_blocking(Postgres::try_start).await?
+}
+
 #[cfg(test)]
 mod cpu_tests {
     use super::*;
@@ -307,12 +315,4 @@ mod cpu_tests {
             "this process has a /proc entry"
         );
     }
-}
-
-/// A throw-away PostgreSQL (flashgate-testkit): `initdb` into a temp dir,
-/// started on a free 127.0.0.1 port, as the `postgres` user when we are
-/// root; stopped on drop. Blocking (initdb takes a second or two), so it
-/// runs on the blocking pool.
-pub async fn spawn_postgres() -> anyhow::Result<Postgres> {
-    tokio::task::spawn_blocking(Postgres::try_start).await?
 }

@@ -40,7 +40,7 @@
 //! failover (then their retries succeed, exactly once), keys whose claim
 //! bucket is on the dead master get 503; keys needing only live masters are
 //! served throughout, each master having its own client (`nodes.rs`;
-//! `tests/cluster.rs`, `a_master_killed_mid_sale…`).
+//! `tests/it/cluster.rs`, `a_master_killed_mid_sale…`).
 //!
 //! **Refusals leave nothing behind; tombstones are never taken back.** A
 //! walk that ends "sold out" has written its key's claim and a `moved`
@@ -230,7 +230,7 @@ pub async fn connect(config: &Config) -> Result<Pool, InventoryError> {
     // - following an ASK, fred writes ASKING on a connection that has other
     //   commands in flight and takes the next reply as ASKING's "OK": every
     //   later reply on that connection goes to the wrong command (seen in
-    //   tests/cluster.rs as a reserve answered with another command's reply);
+    //   tests/it/cluster.rs as a reserve answered with another command's reply);
     // - a command that runs out of write attempts while it follows a MOVED
     //   ends the client's router task (every later command times out).
     // So fred follows no redirection (max_redirections 0): on MOVED it still
