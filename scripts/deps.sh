@@ -55,7 +55,7 @@ ensure_rust() {
   fi
 }
 
-# The deployment checks (tests/observability_files.rs, tests/deploy.rs) run
+# The deployment checks (tests/it/observability_files.rs, tests/it/deploy.rs) run
 # Prometheus's promtool, the Kubernetes schema validator and systemd-analyze.
 # promtool comes out of Debian's prometheus package unpacked into target/tools,
 # not installed: installing it would also start a Prometheus server.

@@ -2,7 +2,7 @@
 # Writes deploy/kubernetes/base/prometheusrule.yaml from prometheus/alerts.yml (the
 # one place the rules are edited): the rules file's groups, indented under a
 # PrometheusRule's spec. Usage: scripts/gen-prometheusrule.sh [output-file]
-# tests/deploy.rs checks the committed file is what this script writes.
+# tests/it/deploy.rs checks the committed file is what this script writes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-deploy/kubernetes/base/prometheusrule.yaml}

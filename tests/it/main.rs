@@ -16,6 +16,7 @@ mod admission;
 mod api;
 mod cli;
 mod cluster;
+mod deploy;
 mod ledger;
 mod lua;
 mod lua_fix;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_norway::Value as Yaml;
 
-mod support;
+use crate::support;
 
 const COMPOSE: &str = "docker-compose.yml";
 const ENV_EXAMPLE: &str = ".env.example";
