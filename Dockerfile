@@ -4,15 +4,18 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /build
-# Only what the build reads: the workspace manifests (loadtest is a workspace member,
-# so cargo needs its manifest to load the workspace, and --locked checks Cargo.lock
-# covers it), the sources, and lua/ + config/, which are read at compile time
-# (include_str!). tests/observability_files.rs checks this list against the tree.
+# Only what the build reads: the workspace manifests (loadtest, testkit and checker are
+# workspace members, so cargo needs their manifests to load the workspace, and --locked
+# checks Cargo.lock covers them), the sources, and lua/ + config/, which are read at
+# compile time (include_str!). tests/it/observability_files.rs checks this list against
+# the tree.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY lua ./lua
 COPY config ./config
 COPY loadtest ./loadtest
+COPY testkit ./testkit
+COPY checker ./checker
 COPY bench ./bench
 COPY migrations ./migrations
 # The registry and target dir live in cache mounts, so a source change rebuilds only
