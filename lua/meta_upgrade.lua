@@ -4,7 +4,7 @@
 -- Why (rolling upgrades): this version writes data an earlier one would
 -- misread — storefront-scoped idempotency keys, claims that carry the shard
 -- count the key first walked, the `live` and `capback` hashes, transfer
--- tombstones. An earlier version reads a SKU's shard count from the meta's
+-- completion marks. An earlier version reads a SKU's shard count from the meta's
 -- field `shards` and nothing else: once that field is gone, it answers the SKU
 -- as unknown (404) to every reserve, confirm, release and extend, and its
 -- sweeper and promoter pass it by. So an old instance next to a new one

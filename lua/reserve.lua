@@ -20,7 +20,7 @@
 -- While the slot is half-moved to another master, touching such a key that
 -- is not on this one ends the script with "non local key" (the service
 -- resends it, src/inventory/scripts.rs). It ends before anything was
--- written: a request writes (its hold, its tombstone) only after its
+-- written: a request writes (its hold, its walk-on verdict) only after its
 -- verdict's GET found no verdict, and that GET of a key not here is what
 -- fails — for every request of the call alike, since the slot's state does
 -- not change during a script. (A claim made in the call writes first, but
@@ -30,8 +30,8 @@
 -- collection of the record, never stock return)
 -- then per request i, 8 values from ARGV[4 + 8(i-1)]:
 --   idempotency key, rid (fresh, used only if a hold is created), qty, user,
---   request fingerprint, flags (1 = mark_moved: on "dry", write the `moved`
---   tombstone, else leave no trace; + 2 = gate: refuse while the SKU's
+--   request fingerprint, flags (1 = mark_walk_on: on "dry", write the walk-on
+--   verdict, else leave no trace; + 2 = gate: refuse while the SKU's
 --   waitlist has waiters, units coming back belong to them, see
 --   src/inventory/waitlist.rs; the waitlist promoter does not gate),
 --   claim record fg:{idem~NN}:<key>, claim body
@@ -62,7 +62,7 @@
 --   'u'                          the shard has no counters (SKU not preloaded)
 --
 -- Idempotency: the verdict of a shard for a key is sticky (a reservation or the
--- `moved` tombstone), written in the same step that decides it. Every request
+-- walk-on verdict `M|fp`), written in the same step that decides it. Every request
 -- with one key visits the shards in one fixed order, so all of them see the
 -- same verdicts and at most one reservation can exist per key. A second run of
 -- this script (a client retry of an in-flight command), or a second request

@@ -1,9 +1,9 @@
 -- transfer_done: the end of a transfer (see transfer_out.lua), on the donor,
 -- once transfer_in has applied it on the recipient. The pending record goes
--- and a tombstone takes its place, in one step, so that a resend of the
+-- and a completion mark takes its place, in one step, so that a resend of the
 -- transfer's transfer_out (a client library retry arriving late, after the
--- sweeper's recovery completed the transfer) finds the tombstone and takes
--- nothing a second time. Tombstones are kept `keep_ms` (the idempotency
+-- sweeper's recovery completed the transfer) finds the completion mark and takes
+-- nothing a second time. Completion marks are kept `keep_ms` (the idempotency
 -- retention, far longer than any resend can wait), trimmed here.
 --
 -- KEYS[1] fg:{SKU#d}:xfers   KEYS[2] fg:{SKU#d}:xdone (zset: transfer id -> completion ms)

@@ -4,7 +4,7 @@
 -- records the transfer as pending in the donor's own slot; transfer_in adds
 -- them to the recipient. A crash between the halves leaves the pending record,
 -- which the sweeper completes (transfer_in is idempotent per transfer id), so
--- no unit is lost. A completed transfer leaves a tombstone (transfer_done.lua):
+-- no unit is lost. A completed transfer leaves a completion mark (transfer_done.lua):
 -- a resend of this call that arrives after the transfer was completed — by
 -- its mover, or by the sweeper's recovery while the resend was still on its
 -- way — takes nothing (answers 0), instead of taking the units again.

@@ -1,5 +1,5 @@
 -- wl_bump: a promotion attempt for a ticket ended "sold out" on every shard
--- (each shard now holds a sticky `moved` verdict for that attempt's key), so
+-- (each shard now holds a sticky walk-on verdict for that attempt's key), so
 -- the next attempt must use a fresh key. Compare-and-set on the attempt number:
 -- two promoters that both saw attempt n move the ticket to n+1 only once.
 --

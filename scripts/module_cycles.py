@@ -18,6 +18,13 @@ keys::ShardKeys`, or a private `use`) resolves to that file, so `super::X` and
 modules are skipped unless --include-tests. `src/main.rs` (the binary) and
 `src/lib.rs` (the root) are not nodes.
 
+A cut file's arrows to its own folder's mod.rs are left out of the second
+graph (--parents counts them): `inventory/`'s files each hold an `impl
+Inventory` block of one rule and name `super::Inventory`, while mod.rs calls
+into them -- one type whose methods are grouped by file, not a circle between
+rules (docs/design.md, "Layout"). Arrows between sibling files, and from
+mod.rs to a file, still count.
+
 Prints each cycle (strongly connected component, with the references that
 make each of its edges) and exits 1 if there is any, 0 otherwise.
 
@@ -238,8 +245,13 @@ class Crate:
             return mod[0] + "::" + mod[1]
         return mod[0]
 
-    def graph(self, fine):
+    def graph(self, fine, parents=False):
+        """The arrows (a, b) -> [file:line]. With `fine`, an arrow from a cut
+        module's file to its own folder's mod.rs (`super::Inventory` in an
+        `impl Inventory` block) is a parent arrow: left out unless `parents`,
+        and counted in `self.parent_arrows`."""
         edges = defaultdict(list)  # (a, b) -> [file:line]
+        self.parent_arrows = defaultdict(list)
         for mod, t in self.text.items():
             me = self.own_node(mod, fine)
             where = os.path.relpath(self.files[mod])
@@ -267,8 +279,12 @@ class Crate:
             for line, a in refs:
                 other = self.node(a, fine)
                 ref = f"{where}:{line}"
-                if other and other != me and ref not in edges[(me, other)]:
-                    edges[(me, other)].append(ref)
+                if not other or other == me:
+                    continue
+                to_parent = fine and not parents and me.startswith(other + "::")
+                into = self.parent_arrows if to_parent else edges
+                if ref not in into[(me, other)]:
+                    into[(me, other)].append(ref)
         return edges
 
 
@@ -358,11 +374,16 @@ def main():
     ap.add_argument("--split", action="append", metavar="MODULE",
                     help="a folder module to cut into its files (default: inventory; repeatable)")
     ap.add_argument("--include-tests", action="store_true", help="also read #[cfg(test)] modules")
+    ap.add_argument("--parents", action="store_true",
+                    help="count a cut file's arrows to its own mod.rs as arrows (they are left out by default)")
     args = ap.parse_args()
     split = args.split or ["inventory"]
     crate = Crate(os.path.normpath(args.src), split, args.include_tests)
     n = report("top-level modules", crate.graph(fine=False))
-    n += report(f"with {', '.join(m + '/*' for m in split)} cut into files", crate.graph(fine=True))
+    n += report(f"with {', '.join(m + '/*' for m in split)} cut into files", crate.graph(fine=True, parents=args.parents))
+    if crate.parent_arrows:
+        print(f"(left out: {len(crate.parent_arrows)} arrows from a file to its own mod.rs, "
+              "the files of one type's impl blocks naming it; --parents counts them)")
     if n:
         print(f"{n} cycle(s) found", file=sys.stderr)
         return 1

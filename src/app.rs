@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::auth::Auth;
 use crate::config::{Config, ConfigError};
-use crate::error::InventoryError;
+use crate::inventory::InventoryError;
 use crate::inventory::{expiry, Inventory};
 use crate::metrics::Metrics;
 use crate::shutdown::Heartbeat;

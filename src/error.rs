@@ -1,8 +1,11 @@
-//! Errors, and the one place that maps them to HTTP, by who is at fault:
+//! HTTP's errors, and the one place that maps them (and inventory's
+//! [`InventoryError`], which knows nothing of HTTP) to HTTP, by who is at fault:
 //! a client mistake is a 4xx with a useful message, a dependency that is down
 //! is a 503, a bug is a 500 with a generic body (the cause goes to the log).
 
 use hyper::StatusCode;
+
+use crate::inventory::InventoryError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -38,7 +41,7 @@ pub enum ApiError {
     #[error("{0} is already loaded (a live sale?); nothing changed — pass force to overwrite its available units")]
     AlreadyLoaded(String),
     #[error("this buyer already holds or bought the most units of this SKU allowed per buyer")]
-    PurchaseLimit,
+    PurchaseCap,
     #[error("missing or unknown API key")]
     Unauthorized,
     #[error("this key may not use this endpoint")]
@@ -75,7 +78,7 @@ impl ApiError {
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::SoldOut
             | ApiError::ReservationState(_)
-            | ApiError::PurchaseLimit
+            | ApiError::PurchaseCap
             | ApiError::AlreadyLoaded(_)
             | ApiError::WaitlistFull
             | ApiError::AlreadyWaitlisted(_)
@@ -108,7 +111,7 @@ impl ApiError {
             ApiError::TicketNotFound => "ticket_not_found",
             ApiError::TicketState("promoted") => "ticket_promoted",
             ApiError::TicketState(_) => "ticket_expired",
-            ApiError::PurchaseLimit => "purchase_limit",
+            ApiError::PurchaseCap => "purchase_limit",
             ApiError::AlreadyLoaded(_) => "already_loaded",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
@@ -152,46 +155,6 @@ const UNKNOWN_OUTCOME: &str = "the outcome of this request is unknown (it may ha
      effect); retrying with the same Idempotency-Key is safe and answers with the first \
      outcome, never a second reservation";
 
-/// What can go wrong below the HTTP layer.
-#[derive(Debug, thiserror::Error)]
-pub enum InventoryError {
-    /// Redis refused the command (LOADING, READONLY, a full command queue…)
-    /// or could not be reached before it was sent: it did not run.
-    #[error("redis unavailable: {0}")]
-    Unavailable(String),
-    /// Redis did not answer in time, or the connection broke with the command
-    /// in flight: it may or may not have run. Every script is idempotent, so
-    /// a retry is safe.
-    #[error("no answer from redis: {0}")]
-    OutcomeUnknown(String),
-    /// Redis answered something the protocol does not allow: a bug.
-    #[error("unexpected reply from redis: {0}")]
-    Protocol(String),
-    /// Redis is reachable but not one flashgate may run on (too old, or it
-    /// may evict keys: `inventory/preflight.rs`). The message says why.
-    #[error("{0}")]
-    Unsuitable(String),
-    #[error(transparent)]
-    Api(Box<ApiError>),
-}
-
-impl InventoryError {
-    /// Redis is out of reach or did not answer: [`Self::Unavailable`] or
-    /// [`Self::OutcomeUnknown`] (both a 503, both "retry later").
-    pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            InventoryError::Unavailable(_) | InventoryError::OutcomeUnknown(_)
-        )
-    }
-}
-
-impl From<ApiError> for InventoryError {
-    fn from(e: ApiError) -> Self {
-        InventoryError::Api(Box::new(e))
-    }
-}
-
 impl From<InventoryError> for ApiError {
     fn from(e: InventoryError) -> Self {
         match e {
@@ -203,39 +166,16 @@ impl From<InventoryError> for ApiError {
                 code: "redis_unsuitable",
                 message,
             },
-            InventoryError::Api(api) => *api,
-        }
-    }
-}
-
-impl From<fred::error::Error> for InventoryError {
-    fn from(e: fred::error::Error) -> Self {
-        use fred::error::ErrorKind;
-        match e.kind() {
-            // sent, or perhaps sent, and no answer: it may have run
-            ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled => {
-                InventoryError::OutcomeUnknown(e.to_string())
-            }
-            // never queued (a full command buffer), no route to a node, a
-            // redirection, a refused login: it did not run
-            ErrorKind::Backpressure | ErrorKind::Routing | ErrorKind::Cluster | ErrorKind::Auth => {
-                InventoryError::Unavailable(e.to_string())
-            }
-            // LOADING / MASTERDOWN / CLUSTERDOWN / TRYAGAIN: the server is there but
-            // cannot serve yet — the same "retry later" for the client.
-            _ if [
-                "LOADING",
-                "MASTERDOWN",
-                "CLUSTERDOWN",
-                "TRYAGAIN",
-                "READONLY",
-            ]
-            .iter()
-            .any(|p| e.details().starts_with(p)) =>
-            {
-                InventoryError::Unavailable(e.to_string())
-            }
-            _ => InventoryError::Protocol(e.to_string()),
+            InventoryError::InvalidRequest(m) => ApiError::InvalidRequest(m),
+            InventoryError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            InventoryError::UnknownSku(sku) => ApiError::UnknownSku(sku),
+            InventoryError::ReservationNotFound => ApiError::ReservationNotFound,
+            InventoryError::ReservationState(state) => ApiError::ReservationState(state),
+            InventoryError::PurchaseCap => ApiError::PurchaseCap,
+            InventoryError::WaitlistFull => ApiError::WaitlistFull,
+            InventoryError::AlreadyWaitlisted(ticket) => ApiError::AlreadyWaitlisted(ticket),
+            InventoryError::TicketNotFound => ApiError::TicketNotFound,
+            InventoryError::TicketState(state) => ApiError::TicketState(state),
         }
     }
 }
@@ -278,5 +218,35 @@ mod tests {
             assert!(!msg.contains("unknown"), "{msg}");
         }
         assert!(ApiError::Timeout.message().contains("unknown"));
+    }
+
+    #[test]
+    fn inventory_refusals_keep_their_wire_status_code_and_message() {
+        let cases = [
+            (InventoryError::InvalidRequest("stock must be".into()), 422, "invalid_request", "stock must be"),
+            (InventoryError::IdempotencyKeyReused, 422, "idempotency_key_reused", "the Idempotency-Key was already used with a different request body"),
+            (InventoryError::UnknownSku("A".into()), 404, "unknown_sku", "unknown sku A"),
+            (InventoryError::ReservationNotFound, 404, "reservation_not_found", "no such reservation"),
+            (InventoryError::ReservationState("confirmed"), 409, "reservation_confirmed", "the reservation is confirmed"),
+            (InventoryError::ReservationState("released"), 409, "reservation_released", "the reservation is released"),
+            (InventoryError::ReservationState("expired"), 409, "reservation_expired", "the reservation is expired"),
+            (InventoryError::PurchaseCap, 409, "purchase_limit", "this buyer already holds or bought the most units of this SKU allowed per buyer"),
+            (InventoryError::WaitlistFull, 409, "waitlist_full", "the waitlist of this SKU is full"),
+            (InventoryError::AlreadyWaitlisted("t1".into()), 409, "already_waitlisted", "this buyer already waits for this SKU with ticket t1"),
+            (InventoryError::TicketNotFound, 404, "ticket_not_found", "no such waitlist ticket"),
+            (InventoryError::TicketState("promoted"), 409, "ticket_promoted", "the ticket is promoted"),
+            (InventoryError::TicketState("expired"), 409, "ticket_expired", "the ticket is expired"),
+            (InventoryError::Protocol("x".into()), 500, "internal", "internal error"),
+            (InventoryError::Unsuitable("old".into()), 503, "redis_unsuitable", "old"),
+        ];
+        for (e, status, code, message) in cases {
+            // the inventory's own text is the wire's (logs and CLI read it)
+            let own = e.to_string();
+            let api = ApiError::from(e);
+            assert_eq!((api.status().as_u16(), api.code(), api.message().as_str()), (status, code, message));
+            if status != 500 {
+                assert_eq!(own, message);
+            }
+        }
     }
 }

@@ -1,11 +1,14 @@
 //! flashgate: a flash-sale gatekeeper in front of Redis.
 //!
 //! # Layout
-//! A request's path: HTTP (`http::router`: one match on method and path; JSON
-//! parsed into `domain` types at the edge) → `inventory` (shard choice, the
-//! walk over shards, transfers) → one Lua script per atomic step
-//! (`lua/*.lua`, run by `inventory::scripts`) → a typed outcome → the
-//! response (errors mapped to HTTP in `error` and `http::body`).
+//! A request's path: HTTP (`http::route`: the route table, the path matched
+//! once into a `Route` that names the metric label; `http::router`: one
+//! match on (method, route), JSON parsed into `domain` types at the edge) →
+//! `inventory` (shard choice, the walk over shards, transfers) → one Lua
+//! script per atomic step (`lua/*.lua`, run by `inventory::scripts`, replies
+//! decoded in `inventory::replies`) → a typed outcome or an
+//! `InventoryError` (no HTTP in inventory) → the response (`error` maps
+//! inventory's errors to status, code and message; `http::body` renders).
 //!
 //! Background tasks, owned by `app::App`, each restarted after a panic and
 //! watched by `/readyz` (`app::supervise`), all stopped by one shutdown
@@ -19,7 +22,8 @@
 //! Before anything is served, `inventory::preflight` checks every Redis
 //! master: version >= 7.0, `maxmemory-policy noeviction`.
 //!
-//! Ground floor every module may use: `config`, `error`, `domain`, `metrics`.
+//! Ground floor every module may use: `config`, `domain`, `metrics`.
+//! `error` is HTTP's (and the CLI's) view of inventory's errors.
 
 pub mod app;
 pub mod auth;

@@ -106,7 +106,7 @@ pub(super) async fn from_postgres(args: PreloadArgs) -> Result<(), String> {
             max_per_user,
         };
         spec.validate()
-            .map_err(|e| format!("{sku}: {}; nothing was loaded", e.message()))?;
+            .map_err(|e| format!("{sku}: {e}; nothing was loaded"))?;
         specs.push((sku, spec));
     }
     let metrics = Arc::new(Metrics::new(1));

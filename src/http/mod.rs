@@ -12,6 +12,7 @@
 
 pub mod body;
 pub mod io;
+mod route;
 pub mod router;
 pub mod state;
 

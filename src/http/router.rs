@@ -1,6 +1,7 @@
-//! One `match` on (method, path). Each endpoint has the same shape: parse the
-//! request into domain types, apply it, render the outcome. Errors become
-//! responses in exactly one place ([`body::error`]).
+//! Dispatch: one `match` on (method, [`Route`]), the route matched once from
+//! the path (`route.rs`, the route table). Each endpoint has the same shape:
+//! parse the request into domain types, apply it, render the outcome. Errors
+//! become responses in exactly one place ([`body::error`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::body::{self, Body};
+use super::route::{Route, Segments};
 use crate::domain::{IdempotencyKey, Qty, ReservationId, ScopedKey, Sku, Tenant, UserId};
 use crate::error::ApiError;
 use crate::http::AppState;
@@ -41,13 +43,14 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     // the request's own warnings and errors below carry the id either way.
     let span = tracing::debug_span!("request", id = %request_id_str, method = %req.method(), path = %req.uri().path());
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
-    // The path's segments, split once for the route label and the dispatch
-    // (a clone of the parsed URI shares its buffer: the request itself moves
+    // The path's segments, split once and matched once into the route that
+    // gives both the metric label and the dispatch (a clone of the parsed URI shares its buffer: the request itself moves
     // into the endpoint).
     let uri = req.uri().clone();
     let segs = Segments::of(uri.path());
     let (route, result) = async {
-        let route = route_name(segs.as_slice());
+        let (matched, part) = Route::of(segs.as_slice());
+        let route = matched.label();
         let cap = state.config.max_header_bytes;
         if head_bytes(&req) > cap {
             return (route, Err(ApiError::HeadersTooLarge(cap)));
@@ -55,7 +58,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         // Boxed: the endpoint futures are kilobytes big, and hyper and tokio
         // move the request's future by value a few times — measured as 8 % of
         // the server's CPU in memcpy before (see bench/README.md).
-        let endpoint = dispatch(&state, req, route, uri.path(), segs.as_slice());
+        let endpoint = dispatch(&state, req, matched, part, uri.path());
         match tokio::time::timeout(timeout, Box::pin(endpoint)).await {
             Ok(result) => (route, result),
             Err(_) => (route, Err(ApiError::Timeout)),
@@ -107,80 +110,27 @@ fn fresh_request_id() -> HeaderValue {
     HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-/// No route has more segments than this; a longer path is not found.
-const MAX_SEGMENTS: usize = 6;
-
-/// The segments of a path between its slashes, without allocating (this
-/// runs on every request). A path of more than [`MAX_SEGMENTS`] comes out as
-/// `MAX_SEGMENTS` segments of "\0" (a byte no URI carries), which no route and
-/// no prefix pattern like `["v1", ..]` matches: such a path is not found.
-struct Segments<'a> {
-    segs: [&'a str; MAX_SEGMENTS],
-    n: usize,
-}
-
-impl<'a> Segments<'a> {
-    fn of(path: &'a str) -> Segments<'a> {
-        let mut segs = [""; MAX_SEGMENTS];
-        let mut n = 0;
-        for seg in path.trim_matches('/').split('/') {
-            if n == MAX_SEGMENTS {
-                segs = ["\0"; MAX_SEGMENTS];
-                break;
-            }
-            segs[n] = seg;
-            n += 1;
-        }
-        Segments { segs, n }
-    }
-
-    fn as_slice(&self) -> &[&'a str] {
-        &self.segs[..self.n]
-    }
-}
-
-/// The route label for metrics: a fixed set, never the raw path.
-fn route_name(segs: &[&str]) -> &'static str {
-    match segs {
-        ["v1", "reservations"] => "reserve",
-        ["v1", "reservations", _] => "get_reservation",
-        ["v1", "reservations", _, "confirm"] => "confirm",
-        ["v1", "reservations", _, "release"] => "release",
-        ["v1", "reservations", _, "extend"] => "extend",
-        ["v1", "skus", _] => "sku",
-        ["v1", "waitlist", _] => "waitlist",
-        ["admin", "v1", "skus", _] => "admin_sku",
-        ["admin", "v1", "skus", _, "preload"] => "admin_preload",
-        ["healthz"] => "healthz",
-        ["readyz"] => "readyz",
-        ["metrics"] => "metrics",
-        _ => "not_found",
-    }
-}
-
-/// `route` is [`route_name`] of this request's `segs` (of its `path`), all
-/// computed once by [`handle`].
+/// `route` and `part` are [`Route::of`] this request's `path`, computed once
+/// by [`handle`].
 async fn dispatch(
     state: &AppState,
     req: Request<Incoming>,
-    route: &'static str,
+    route: Route,
+    part: &str,
     path: &str,
-    segs: &[&str],
 ) -> Result<Response<Body>, ApiError> {
     let method = req.method().clone();
-    match segs {
-        ["healthz"] | ["readyz"] | ["metrics"] => return Box::pin(ops(state, &method, segs)).await,
-        ["v1", ..] | ["admin", ..] => {}
-        _ => return Err(ApiError::RouteNotFound(path.to_owned())),
+    if route.is_ops() {
+        return Box::pin(ops(state, &method, route)).await;
     }
-    if route == "not_found" {
+    if route == Route::NotFound {
         return Err(ApiError::RouteNotFound(path.to_owned()));
     }
     // Admission, cheapest first and before any Redis call: who, then how fast.
     let caller = state
         .auth
         .identify(req.headers().get(hyper::header::AUTHORIZATION))?;
-    if segs[0] == "admin" {
+    if matches!(route, Route::AdminSku | Route::AdminPreload) {
         state.auth.require_admin(caller)?;
     } else {
         state
@@ -190,35 +140,32 @@ async fn dispatch(
     }
     // whose keys, reservations and tickets these are (docs/tenancy.md)
     let tenant = state.auth.tenant(caller)?;
-    match (&method, segs) {
-        (&Method::POST, ["v1", "reservations"]) => Box::pin(reserve(state, req, &tenant)).await,
-        (&Method::GET, ["v1", "reservations", id]) => {
-            let rid = parse_rid(id)?;
+    match (&method, route) {
+        (&Method::POST, Route::Reserve) => Box::pin(reserve(state, req, &tenant)).await,
+        (&Method::GET, Route::GetReservation) => {
+            let rid = parse_rid(part)?;
             Ok(body::reservation(
                 StatusCode::OK,
                 &Box::pin(state.inventory.get(&rid, &tenant)).await?,
             ))
         }
-        (
-            &Method::POST,
-            ["v1", "reservations", id, action @ ("confirm" | "release" | "extend")],
-        ) => {
-            let rid = parse_rid(id)?;
-            let r = match *action {
-                "confirm" => Box::pin(state.inventory.confirm(&rid, &tenant)).await,
-                "release" => Box::pin(state.inventory.release(&rid, &tenant)).await,
+        (&Method::POST, Route::Confirm | Route::Release | Route::Extend) => {
+            let rid = parse_rid(part)?;
+            let r = match route {
+                Route::Confirm => Box::pin(state.inventory.confirm(&rid, &tenant)).await,
+                Route::Release => Box::pin(state.inventory.release(&rid, &tenant)).await,
                 _ => Box::pin(state.inventory.extend(&rid, &tenant)).await,
             }
             .map_err(ApiError::from)?;
-            match *action {
-                "confirm" => state.metrics.outcome("confirmed"),
-                "release" => state.metrics.outcome("released"),
+            match route {
+                Route::Confirm => state.metrics.outcome("confirmed"),
+                Route::Release => state.metrics.outcome("released"),
                 _ => {}
             }
             Ok(body::reservation(StatusCode::OK, &r))
         }
-        (&Method::GET, ["v1", "skus", sku]) => {
-            let sku = parse_sku(sku)?;
+        (&Method::GET, Route::Sku) => {
+            let sku = parse_sku(part)?;
             let st = Box::pin(state.inventory.status(&sku)).await?;
             Ok(body::json(
                 StatusCode::OK,
@@ -232,56 +179,44 @@ async fn dispatch(
                 },
             ))
         }
-        (&Method::GET, ["v1", "waitlist", id]) => {
-            let id = parse_ticket(id)?;
+        (&Method::GET, Route::Waitlist) => {
+            let id = parse_ticket(part)?;
             Ok(body::json(
                 StatusCode::OK,
                 &Box::pin(state.inventory.ticket(&id, &tenant)).await?,
             ))
         }
-        (&Method::DELETE, ["v1", "waitlist", id]) => {
-            let id = parse_ticket(id)?;
+        (&Method::DELETE, Route::Waitlist) => {
+            let id = parse_ticket(part)?;
             Ok(body::json(
                 StatusCode::OK,
                 &Box::pin(state.inventory.cancel_ticket(&id, &tenant)).await?,
             ))
         }
-        (&Method::GET, ["admin", "v1", "skus", sku]) => {
-            let sku = parse_sku(sku)?;
+        (&Method::GET, Route::AdminSku) => {
+            let sku = parse_sku(part)?;
             Ok(body::json(
                 StatusCode::OK,
                 &Box::pin(state.inventory.status(&sku)).await?,
             ))
         }
-        (&Method::POST, ["admin", "v1", "skus", sku, "preload"]) => {
-            Box::pin(admin_preload(state, sku, req)).await
-        }
-        _ => Err(ApiError::MethodNotAllowed(allowed(route))),
-    }
-}
-
-/// The methods a route answers, for the `Allow` header of a 405 (RFC 9110):
-/// the arms of [`dispatch`]'s `match` and [`ops`], by route.
-fn allowed(route: &str) -> &'static str {
-    match route {
-        "reserve" | "confirm" | "release" | "extend" | "admin_preload" => "POST",
-        "waitlist" => "GET, DELETE",
-        _ => "GET",
+        (&Method::POST, Route::AdminPreload) => Box::pin(admin_preload(state, part, req)).await,
+        _ => Err(ApiError::MethodNotAllowed(route.methods())),
     }
 }
 
 /// Health, readiness and metrics: no authentication (bind the port to the
 /// internal network; they reveal no sale data beyond the per-SKU gauges).
-async fn ops(state: &AppState, method: &Method, segs: &[&str]) -> Result<Response<Body>, ApiError> {
+async fn ops(state: &AppState, method: &Method, route: Route) -> Result<Response<Body>, ApiError> {
     if method != Method::GET {
-        return Err(ApiError::MethodNotAllowed(allowed("healthz")));
+        return Err(ApiError::MethodNotAllowed(route.methods()));
     }
-    match segs {
-        ["healthz"] => Ok(body::json(
+    match route {
+        Route::Healthz => Ok(body::json(
             StatusCode::OK,
             &serde_json::json!({"status": "ok"}),
         )),
-        ["readyz"] => match state
+        Route::Readyz => match state
             .inventory
             .ready()
             .await
@@ -295,7 +230,7 @@ async fn ops(state: &AppState, method: &Method, segs: &[&str]) -> Result<Respons
                 StatusCode::OK,
                 &serde_json::json!({"status": "ready"}),
             )),
-            Err(e @ crate::error::InventoryError::Unsuitable(_)) => Err(e.into()),
+            Err(e @ crate::inventory::InventoryError::Unsuitable(_)) => Err(e.into()),
             Err(e) => Err(ApiError::RedisUnavailable(e)),
         },
         _ => Ok(body::with_type(
@@ -429,9 +364,9 @@ async fn reserve(
         .check_user(request.user.as_str())
         .map_err(|l| limited(state, l))?;
     let outcome = match state.inventory.reserve(&request).await {
-        Err(crate::error::InventoryError::Api(e)) if matches!(*e, ApiError::PurchaseLimit) => {
+        Err(crate::inventory::InventoryError::PurchaseCap) => {
             state.metrics.outcome("purchase_limit");
-            return Err(*e);
+            return Err(ApiError::PurchaseCap);
         }
         other => other?,
     };
@@ -463,26 +398,6 @@ async fn reserve(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn route_of(path: &str) -> &'static str {
-        route_name(Segments::of(path).as_slice())
-    }
-
-    #[test]
-    fn routes_are_found_by_their_segments_and_longer_paths_are_not() {
-        assert_eq!(route_of("/v1/reservations"), "reserve");
-        assert_eq!(route_of("/v1/reservations/"), "reserve");
-        assert_eq!(route_of("/v1/reservations/abc/confirm"), "confirm");
-        assert_eq!(route_of("/admin/v1/skus/A/preload"), "admin_preload");
-        assert_eq!(route_of("/healthz"), "healthz");
-        assert_eq!(route_of("/"), "not_found");
-        assert_eq!(route_of("/v1/reservations/a/b/c"), "not_found");
-        // more segments than any route has: nothing matches, not even a prefix
-        let long = Segments::of("/v1/reservations/a/confirm/b/c/d");
-        assert!(!matches!(long.as_slice(), ["v1", ..]));
-        assert_eq!(route_of("/v1/a/b/c/d/e/f/g"), "not_found");
-        assert_eq!(Segments::of("/a/b/c/d/e/f").as_slice().len(), 6);
-    }
 
     #[test]
     fn a_reserve_body_borrows_its_strings_and_copies_only_escaped_ones() {

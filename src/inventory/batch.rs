@@ -26,10 +26,11 @@ use tokio::sync::oneshot;
 
 use super::keys::ShardKeys;
 use super::nodes::Nodes;
-use super::scripts::{self, array, Script};
+use super::replies::array;
+use super::scripts::{self, Script};
 /// Decoded in `scripts.rs` with the other replies; named here too.
-pub use super::scripts::{decode_reserve, ReserveReply};
-use crate::error::InventoryError;
+pub use super::replies::{decode_reserve, ReserveReply};
+use super::InventoryError;
 use crate::metrics::Metrics;
 
 /// A script call that can carry many requests of one lane.
@@ -162,7 +163,7 @@ pub struct ReserveCall {
     pub qty: String,
     pub user: String,
     pub fingerprint: String,
-    pub mark_moved: bool,
+    pub mark_walk_on: bool,
     pub gate: bool,
     /// The key's claim, made inside this call (one Redis server only; see
     /// `lua/reserve.lua`), or None when it was made apart or earlier.
@@ -210,7 +211,7 @@ impl Batch for ReserveBatch {
                 c.qty.as_str(),
                 c.user.as_str(),
                 c.fingerprint.as_str(),
-                flags(c.mark_moved, c.gate),
+                flags(c.mark_walk_on, c.gate),
                 claim_key,
                 claim_body,
             ]);
@@ -356,9 +357,9 @@ impl Batch for AckBatch {
     }
 }
 
-/// reserve.lua's flags argument: 1 = mark_moved, + 2 = gate.
-fn flags(mark_moved: bool, gate: bool) -> &'static str {
-    match (mark_moved, gate) {
+/// reserve.lua's flags argument: 1 = mark_walk_on, + 2 = gate.
+fn flags(mark_walk_on: bool, gate: bool) -> &'static str {
+    match (mark_walk_on, gate) {
         (false, false) => "0",
         (true, false) => "1",
         (false, true) => "2",
@@ -373,7 +374,7 @@ fn same(e: &InventoryError) -> InventoryError {
         InventoryError::OutcomeUnknown(m) => InventoryError::OutcomeUnknown(m.clone()),
         InventoryError::Protocol(m) => InventoryError::Protocol(m.clone()),
         InventoryError::Unsuitable(m) => InventoryError::Unsuitable(m.clone()),
-        InventoryError::Api(api) => InventoryError::Protocol(format!("batch: {api}")),
+        refusal => InventoryError::Protocol(format!("batch: {refusal}")),
     }
 }
 

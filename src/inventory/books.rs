@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{placement, Inventory};
 use crate::domain::Sku;
-use crate::error::InventoryError;
+use super::InventoryError;
 
 /// One shard's books, as its stock key and books hash keep them. The one
 /// statement of the invariant every script keeps ([`Books::drift`]); the

@@ -5,9 +5,9 @@
 //! the hold's fate is known: the reserve walk (`reserve.rs`), a release or an
 //! expiry (`holds.rs`), the waitlist (`waitlist.rs`).
 
-use super::scripts::int;
+use super::replies::int;
 use super::{keys, Inventory, ReserveRequest, SkuMeta};
-use crate::error::InventoryError;
+use super::InventoryError;
 
 impl Inventory {
     pub(super) async fn cap_take(

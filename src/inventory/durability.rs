@@ -31,10 +31,10 @@
 //! command on the fred side, so the client's other commands keep being
 //! written meanwhile. Off (N = 0) by default.
 
-use super::scripts::{array, at, int};
+use super::replies::{array, at, int};
 use super::{Inventory, ReserveOutcome, SkuMeta};
 use crate::domain::ReservationId;
-use crate::error::InventoryError;
+use super::InventoryError;
 
 impl Inventory {
     /// Hold back a `Held`/`Replayed` answer until `replica_ack` replicas have

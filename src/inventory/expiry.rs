@@ -52,7 +52,7 @@ pub async fn sweep(
     inventory: &Inventory,
     metrics: &Metrics,
     chores: bool,
-) -> Result<i64, crate::error::InventoryError> {
+) -> Result<i64, super::InventoryError> {
     let mut expired = 0;
     let mut lateness_ms = 0;
     // A shard that fails (its master down, a timeout) must not stop the
@@ -68,7 +68,7 @@ pub async fn sweep(
             }
         };
         for s in 0..meta.shards {
-            let step: Result<(), crate::error::InventoryError> = async {
+            let step: Result<(), super::InventoryError> = async {
                 loop {
                     let (n, late) = inventory.expire_shard(&meta, s).await?;
                     expired += n;

@@ -14,10 +14,11 @@ use fred::interfaces::HashesInterface;
 use fred::types::Value;
 
 use super::keys::ShardKeys;
-use super::scripts::{self, array, at, hold_reply, int, status_name, text};
+use super::replies::{self, array, at, hold_reply, int, status_name, text};
+use super::scripts;
 use super::{ms_to_rfc3339, Inventory, Reservation, SkuMeta};
 use crate::domain::{ReservationId, ScopedKey, Tenant};
-use crate::error::{ApiError, InventoryError};
+use super::InventoryError;
 
 impl Inventory {
     /// `viewer` confirms `rid` (404 unless it may see it).
@@ -115,7 +116,7 @@ impl Inventory {
     ) -> Result<Arc<SkuMeta>, InventoryError> {
         match self.meta(rid.sku()).await? {
             Some(m) if rid.shard() < m.shards => Ok(m),
-            _ => Err(ApiError::ReservationNotFound.into()),
+            _ => Err(InventoryError::ReservationNotFound),
         }
     }
 
@@ -129,12 +130,12 @@ impl Inventory {
         let reply = self
             .run(&self.scripts.records, vec![key.clone()], vec![])
             .await?;
-        let Some(Some(record)) = scripts::decode_records(reply)?.into_iter().next() else {
-            return Err(ApiError::ReservationNotFound.into());
+        let Some(Some(record)) = replies::decode_records(reply)?.into_iter().next() else {
+            return Err(InventoryError::ReservationNotFound);
         };
         // the owner never changes: reading it with the record is race-free
         if !viewer.sees(ScopedKey::owner_of(&record.idem)) {
-            return Err(ApiError::ReservationNotFound.into());
+            return Err(InventoryError::ReservationNotFound);
         }
         let exp = record.exp;
         let mut status = status_name(&record.status)?;

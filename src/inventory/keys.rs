@@ -12,7 +12,7 @@
 //! | `fg:{SKU#s}:books`        | hash   | initial, held, sold, xin, xout                     |
 //! | `fg:{SKU#s}:holds`        | zset   | reservation id → deadline (ms): the expiry list   |
 //! | `fg:{SKU#s}:r:<rid>`      | hash   | the reservation                                   |
-//! | `fg:{SKU#s}:idem:<key>`   | string | `R|<rid>|<fp>` or the tombstone `M|<fp>`          |
+//! | `fg:{SKU#s}:idem:<key>`   | string | `R|<rid>|<fp>`, or the walk-on verdict `M|<fp>`   |
 //! |                           |        | (`<key>`: always a `ScopedKey`, domain.rs)         |
 //! | `fg:{SKU#s}:events`       | stream | outbox of every stock change (for the ledger)     |
 //! |                           |        | (a reserve.lua call's holds: one `held` entry)     |
@@ -83,7 +83,9 @@ impl ShardKeys {
     pub fn xdone(&self) -> String {
         [self.prefix.as_str(), "xdone"].concat()
     }
-    pub fn xin(&self) -> String {
+    /// Transfer ids applied to this shard (`:xin`, a zset: not the books'
+    /// `xin` field, which counts the units).
+    pub fn applied_transfers(&self) -> String {
         [self.prefix.as_str(), "xin"].concat()
     }
     /// The waitlist gate: present while the SKU's waitlist has waiters.
@@ -215,7 +217,7 @@ mod tests {
             k.holds(),
             k.events(),
             k.xfers(),
-            k.xin(),
+            k.applied_transfers(),
             k.capback(),
             k.live(),
             k.xdone(),

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use fred::interfaces::{HashesInterface, SetsInterface};
 
 use super::keys::{self, ShardKeys};
-use super::scripts::{array, text};
+use super::replies::{array, text};
 use super::{Inventory, MAX_SHARDS};
 use crate::domain::Sku;
-use crate::error::{ApiError, InventoryError};
+use super::InventoryError;
 
 /// How long SKU metadata (shard count) is cached before it is read again.
 pub(super) const META_TTL: Duration = Duration::from_secs(2);
@@ -165,7 +165,7 @@ impl Inventory {
     pub(super) async fn meta_of(&self, sku: &Sku) -> Result<Arc<SkuMeta>, InventoryError> {
         match self.meta(sku).await? {
             Some(m) => Ok(m),
-            None => Err(ApiError::UnknownSku(sku.to_string()).into()),
+            None => Err(InventoryError::UnknownSku(sku.to_string())),
         }
     }
 

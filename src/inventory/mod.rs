@@ -8,13 +8,13 @@
 //! key; after that the walk goes round the shards in one fixed order — over
 //! the SKU's shard count at the key's first request, which its claim records,
 //! so shards added later do not reorder it (`walk`, docs/resharding.md). A shard
-//! that cannot serve a key writes the `moved` tombstone for it in the same step
+//! that cannot serve a key writes the walk-on verdict for it in the same step
 //! that refuses it; a shard that serves it records the reservation. Those
 //! verdicts are sticky, so every request carrying the key — a retry, a
 //! duplicate in flight, a request replayed after stock came back — sees the
 //! same verdicts in the same order, and at most one reservation exists per key.
 //! The last shard of the walk is the exception that keeps "no false sold out":
-//! it refuses without a tombstone first, pulls units from the shards that
+//! it refuses without a walk-on verdict first, pulls units from the shards that
 //! reported some (see `lua/transfer_out.lua`), and then decides for good.
 //!
 //! **An unreachable shard is skipped only by keys that never met it.** A
@@ -42,14 +42,14 @@
 //! served throughout, each master having its own client (`nodes.rs`;
 //! `tests/it/cluster.rs`, `a_master_killed_mid_sale…`).
 //!
-//! **Refusals leave nothing behind; tombstones are never taken back.** A
+//! **Refusals leave nothing behind; walk-on verdicts are never taken back.** A
 //! walk that ends "sold out" has written its key's claim and a `moved`
-//! tombstone on every shard, kept for the key retention (24 h). Deleting
+//! walk-on verdict on every shard, kept for the key retention (24 h). Deleting
 //! them after the refusal would break the sticky verdicts: request B with
 //! key K is past shard 0 when A (also K) ends its walk and deletes K's
-//! tombstones; stock comes back to shard 0, C (K again) reserves there
+//! walk-on verdicts; stock comes back to shard 0, C (K again) reserves there
 //! while B reserves on shard 1 — two holds for one key. A short TTL on a
-//! refusal's tombstones has the same hole for any duplicate slower than the
+//! refusal's walk-on verdicts has the same hole for any duplicate slower than the
 //! TTL (a fred resend, a client retry), so neither is done. Instead, while
 //! the SKU is known empty, refusals do not reach the shards at all: the
 //! sold-out mark (see `reserve`) answers `sold_out` — and `waitlist_full`
@@ -74,7 +74,7 @@
 //! mark stands until the promoter lifts the gates) — never per refusal.
 //! The promoter, likewise, reads the stock before it walks for the head
 //! ticket: a round that finds too little writes nothing (a walk would
-//! tombstone every shard for the attempt's key, and the next round would
+//! leave a walk-on verdict on every shard for the attempt's key, and the next round would
 //! use a fresh key).
 //!
 //! **Where each rule lives.** This file: [`Inventory`], its connection and
@@ -92,6 +92,7 @@ pub mod batch;
 mod books;
 mod cap;
 mod durability;
+mod error;
 pub mod expiry;
 mod holds;
 pub mod keys;
@@ -100,6 +101,7 @@ pub mod nodes;
 pub mod placement;
 pub mod preflight;
 mod preload;
+pub mod replies;
 mod reserve;
 pub mod scripts;
 mod sold_out;
@@ -118,12 +120,13 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::domain::Sku;
-use crate::error::InventoryError;
 use crate::metrics::Metrics;
-use scripts::{array, at, int, Scripts};
+use replies::{array, at, int};
+use scripts::Scripts;
 use sold_out::SoldOutMark;
 
 pub use books::{Books, ShardStatus, SkuStatus};
+pub use error::InventoryError;
 pub use layout::SkuMeta;
 pub use preload::{split, PreloadOutcome, PreloadSpec};
 pub use reserve::{ReserveOutcome, ReserveRequest};

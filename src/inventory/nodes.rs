@@ -45,7 +45,7 @@ use fred::types::Value;
 use fred::util::redis_keyslot;
 
 use crate::config::Config;
-use crate::error::InventoryError;
+use super::InventoryError;
 
 /// Refreshes of the slot map are at least this far apart.
 const MIN_REFRESH: Duration = Duration::from_millis(100);

@@ -22,7 +22,7 @@ use fred::interfaces::ClientLike;
 use fred::types::{ClusterHash, CustomCommand, Value};
 
 use super::nodes::Nodes;
-use crate::error::InventoryError;
+use super::InventoryError;
 
 /// How long `/readyz` trusts the last check.
 pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(2);

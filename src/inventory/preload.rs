@@ -6,10 +6,10 @@
 use fred::interfaces::{HashesInterface, KeysInterface, SetsInterface};
 
 use super::keys::{self, ShardKeys};
-use super::scripts::{array, at, text};
+use super::replies::{array, at, text};
 use super::{now_ms, placement, Inventory, SkuMeta, MAX_SHARDS, MAX_STOCK};
 use crate::domain::Sku;
-use crate::error::{ApiError, InventoryError};
+use super::InventoryError;
 
 /// What to preload.
 #[derive(Clone, Copy, Debug)]
@@ -23,15 +23,15 @@ pub struct PreloadSpec {
 impl PreloadSpec {
     /// The bounds of a preload, checked before anything is written: stock
     /// within `0..=MAX_STOCK`, shards within `1..=MAX_SHARDS`.
-    pub fn validate(&self) -> Result<(), ApiError> {
+    pub fn validate(&self) -> Result<(), InventoryError> {
         if !(1..=MAX_SHARDS).contains(&self.shards) {
-            return Err(ApiError::InvalidRequest(format!(
+            return Err(InventoryError::InvalidRequest(format!(
                 "shards must be within 1..={MAX_SHARDS}, not {}",
                 self.shards
             )));
         }
         if !(0..=MAX_STOCK).contains(&self.stock) {
-            return Err(ApiError::InvalidRequest(format!(
+            return Err(InventoryError::InvalidRequest(format!(
                 "stock must be an integer within 0..={MAX_STOCK}, not {}",
                 self.stock
             )));
@@ -127,7 +127,7 @@ impl Inventory {
             }
             if old.shards > shards {
                 // a dropped shard would strand its holds and the units they return
-                return Err(ApiError::InvalidRequest(format!(
+                return Err(InventoryError::InvalidRequest(format!(
                     "{sku} has {} shards; a loaded SKU can gain shards but not lose them",
                     old.shards
                 ))

@@ -7,12 +7,12 @@
 use fred::types::Value;
 
 use super::batch::{self, ReserveReply};
-use super::scripts::text;
+use super::replies::text;
 use super::sold_out::FastPath;
 use super::{keys, placement, waitlist};
 use super::{ms_to_rfc3339, Inventory, Reservation, SkuMeta, MAX_SHARDS};
 use crate::domain::{Qty, ReservationId, ScopedKey, Sku, Tenant, UserId};
-use crate::error::{ApiError, InventoryError};
+use super::InventoryError;
 
 /// What a reserve request came to. Outcomes, not errors: each is a normal
 /// answer of a sale.
@@ -62,7 +62,7 @@ impl ReserveRequest {
 pub(super) enum Step {
     Held(Reservation),
     Replay(Reservation),
-    Moved(i64),
+    WalkOn(i64),
     Mismatch,
     /// The claim made in this call found another body (the earlier one).
     Claimed(String),
@@ -150,7 +150,7 @@ impl Inventory {
             }
             // a key that joined already walks to its ticket (a replay)
             if full && !self.joined_waitlist(&req.sku, &req.key).await? {
-                return Err(ApiError::WaitlistFull.into());
+                return Err(InventoryError::WaitlistFull);
             }
         }
         Box::pin(self.reserve_walk(req)).await
@@ -202,7 +202,7 @@ impl Inventory {
                 Value::Null => (meta.shards, down),
                 v => match parse_claim(&text(&v)?, &mine) {
                     Some(c) => (c.shards.unwrap_or(meta.shards), c.left_out),
-                    None => return Err(ApiError::IdempotencyKeyReused.into()),
+                    None => return Err(InventoryError::IdempotencyKeyReused),
                 },
             };
             (shards, left_out, None)
@@ -214,10 +214,10 @@ impl Inventory {
         let mut counted_now = false;
         if meta.max_per_user > 0 {
             if req.qty.get() > meta.max_per_user {
-                return Err(ApiError::PurchaseLimit.into());
+                return Err(InventoryError::PurchaseCap);
             }
             match self.cap_take(&meta, req).await? {
-                0 => return Err(ApiError::PurchaseLimit.into()),
+                0 => return Err(InventoryError::PurchaseCap),
                 1 => counted_now = true,
                 _ => {}
             }
@@ -234,7 +234,7 @@ impl Inventory {
         // definitely holds no live unit, whoever counted it: this request
         // (`counted_now`) or an earlier attempt whose outcome was unknown
         // (cap_take answered "already counted"). A sold-out walk is definite:
-        // every shard of the key's walk holds its `moved` tombstone, so no
+        // every shard of the key's walk holds its walk-on verdict, so no
         // request with the key can ever hold a unit (until the key expires).
         let capped = meta.max_per_user > 0;
         if req.waitlist && matches!(result, Ok(ReserveOutcome::SoldOut)) {
@@ -248,7 +248,7 @@ impl Inventory {
             let give = match &result {
                 Ok(ReserveOutcome::SoldOut) => true,
                 // (a mismatch: the count under this key is the other request's)
-                Err(InventoryError::Api(_)) => counted_now,
+                Err(e) if e.is_refusal() => counted_now,
                 // a replay of a hold that ended unsold: the cap_take above
                 // counted it again (or an earlier give-back failed)
                 Ok(ReserveOutcome::Replayed(r)) => self.ended_unsold(r).await,
@@ -277,7 +277,7 @@ impl Inventory {
         // caller's, read here without an owner check
         match self.get(&rid, &Tenant::Operator).await {
             Ok(now) => now.status == "released" || now.status == "expired",
-            Err(InventoryError::Api(e)) => matches!(*e, ApiError::ReservationNotFound),
+            Err(InventoryError::ReservationNotFound) => true,
             Err(_) => false,
         }
     }
@@ -358,20 +358,20 @@ impl Inventory {
             match step {
                 Step::Held(r) => return Ok(ReserveOutcome::Held(r)),
                 Step::Replay(r) => return Ok(ReserveOutcome::Replayed(r)),
-                Step::Mismatch => return Err(ApiError::IdempotencyKeyReused.into()),
+                Step::Mismatch => return Err(InventoryError::IdempotencyKeyReused),
                 // the first step's claim met an earlier body: nothing was
                 // done; the same request with shards left out (written on a
                 // cluster) walks again without them, another one is refused
                 Step::Claimed(earlier) => {
                     return match parse_claim(&earlier, mine) {
-                        None => Err(ApiError::IdempotencyKeyReused.into()),
+                        None => Err(InventoryError::IdempotencyKeyReused),
                         Some(c) => {
                             let k = c.shards.unwrap_or(meta.shards);
                             Box::pin(self.walk(req, meta, fp, gate, k, &c.left_out, None)).await
                         }
                     };
                 }
-                Step::Moved(avail) | Step::Dry(avail) => {
+                Step::WalkOn(avail) | Step::Dry(avail) => {
                     all_unloaded = false;
                     if avail > 0 {
                         donors.push((s, avail));
@@ -381,7 +381,7 @@ impl Inventory {
             }
         }
         if all_unloaded && left_out.is_empty() {
-            return Err(ApiError::UnknownSku(req.sku.to_string()).into());
+            return Err(InventoryError::UnknownSku(req.sku.to_string()));
         }
         if !left_out.is_empty() {
             // the left-out shards may hold units: no "sold out" (nor a mark)
@@ -412,7 +412,7 @@ impl Inventory {
         fp: &str,
         shard: u16,
         token: &uuid::Uuid,
-        mark_moved: bool,
+        mark_walk_on: bool,
         gate: bool,
         claim: Option<batch::Claim>,
     ) -> Result<Step, InventoryError> {
@@ -427,7 +427,7 @@ impl Inventory {
             qty: itoa::Buffer::new().format(req.qty.get()).to_owned(),
             user: req.user.as_str().to_owned(),
             fingerprint: fp.to_owned(),
-            mark_moved,
+            mark_walk_on,
             gate,
             claim,
         };
@@ -451,7 +451,7 @@ impl Inventory {
                     Step::Replay(view(rid, expires_at_ms))
                 }
             }
-            ReserveReply::Moved(avail) => Step::Moved(avail),
+            ReserveReply::WalkOn(avail) => Step::WalkOn(avail),
             ReserveReply::Mismatch => Step::Mismatch,
             ReserveReply::Claimed(earlier) => Step::Claimed(earlier),
             ReserveReply::Dry(avail) => Step::Dry(avail),

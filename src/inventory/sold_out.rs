@@ -10,7 +10,7 @@ use fred::interfaces::{KeysInterface, SetsInterface};
 
 use super::{keys, FastMap, FastSet, Inventory, SkuMeta};
 use crate::domain::{ScopedKey, Sku};
-use crate::error::InventoryError;
+use super::InventoryError;
 
 /// The sold-out fast path's memory of one SKU.
 pub(super) struct SoldOutMark {
@@ -79,7 +79,7 @@ impl Inventory {
         // The re-check is in flight: the crowd keeps the answer until it is
         // done, for as long as its Redis reads may take. A bound of one more
         // period (as before) let a re-check slowed by load send the whole
-        // crowd walking, each walk leaving a claim and a tombstone per shard
+        // crowd walking, each walk leaving a claim and a walk-on verdict per shard
         // for 24 h (`make bench-hostile`: ~100 walks per 50,000 refusals).
         // Past the bound (the re-checking request was cancelled, or its
         // reads failed) the next requests walk and the walk marks anew.
@@ -95,7 +95,7 @@ impl Inventory {
     /// made again, with the winners read anew and the waitlist counted, and
     /// `Some(waitlist full)` is the answer; else the mark goes and the
     /// request walks (`None`). Writing nothing is what lets the re-check
-    /// refuse: a walk would leave its key's claim and a tombstone on every
+    /// refuse: a walk would leave its key's claim and a walk-on verdict on every
     /// shard, for 24 h, for a refusal (see the module docs, "Refusals").
     pub(super) async fn probe(&self, sku: &Sku) -> Result<Option<bool>, InventoryError> {
         let seen = self.returns_seen.load(std::sync::atomic::Ordering::SeqCst);
@@ -246,7 +246,7 @@ impl Inventory {
 
     /// Units came back to `sku` through this instance: stop answering sold
     /// out — unless every shard is gated, when they belong to the waitlist
-    /// (a crowd of refusals would otherwise walk, and leave tombstones, after
+    /// (a crowd of refusals would otherwise walk, and leave walk-on verdicts, after
     /// every return). The promoter is woken either way.
     pub(super) fn units_returned(&self, sku: &Sku) {
         let gated = self

@@ -35,6 +35,11 @@
 //! (About 670 lines: the ticket's whole life — join, read, cancel, promote,
 //! and the promoter task — was left in one file by the restructure that split
 //! `inventory/`; the promoter task is the natural next cut.)
+//!
+//! Longer than most modules (≈680 lines): the queue, its tickets, the join
+//! and the promoter share its keys and its one invariant (a returned unit
+//! goes to the head of the queue first); cut apart, each half would have to
+//! restate it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,10 +49,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::keys::WaitKeys;
-use super::scripts::{array, at, int, text};
+use super::replies::{array, at, int, text};
 use super::{ms_to_rfc3339, Inventory, ReserveOutcome, ReserveRequest, SkuMeta};
 use crate::domain::{Qty, ScopedKey, Sku, Tenant, UserId};
-use crate::error::{ApiError, InventoryError};
+use super::InventoryError;
 use crate::metrics::Metrics;
 
 /// A waitlist ticket as the API shows it.
@@ -191,13 +196,13 @@ impl Inventory {
                     ReserveOutcome::WaitlistReplayed(t)
                 })
             }
-            "mismatch" => Err(ApiError::IdempotencyKeyReused.into()),
+            "mismatch" => Err(InventoryError::IdempotencyKeyReused),
             "full" => {
                 // the sold-out mark refuses further joins from memory
                 self.waitlist_seen_full(&req.sku, true);
-                Err(ApiError::WaitlistFull.into())
+                Err(InventoryError::WaitlistFull)
             }
-            "already" => Err(ApiError::AlreadyWaitlisted(text(at(&reply, 1)?)?).into()),
+            "already" => Err(InventoryError::AlreadyWaitlisted(text(at(&reply, 1)?)?)),
             other => Err(InventoryError::Protocol(format!(
                 "wl_join replied {other:?}"
             ))),
@@ -257,10 +262,10 @@ impl Inventory {
             f.get("user"),
             f.get("expires"),
         ) else {
-            return Err(ApiError::TicketNotFound.into());
+            return Err(InventoryError::TicketNotFound);
         };
         if !viewer.sees(f.get("owner").map_or("", String::as_str)) {
-            return Err(ApiError::TicketNotFound.into());
+            return Err(InventoryError::TicketNotFound);
         }
         let mut status = status.clone();
         let mut position = None;
@@ -310,8 +315,8 @@ impl Inventory {
         let t = self.ticket(id, viewer).await?;
         match t.status.as_str() {
             "cancelled" => Ok(t),
-            "promoted" => Err(ApiError::TicketState("promoted").into()),
-            _ => Err(ApiError::TicketState("expired").into()),
+            "promoted" => Err(InventoryError::TicketState("promoted")),
+            _ => Err(InventoryError::TicketState("expired")),
         }
     }
 
@@ -352,7 +357,7 @@ impl Inventory {
                 Ok(EndTicket::Ended)
             }
             "ended" => Ok(EndTicket::Was(text(at(&reply, 1)?)?)),
-            "missing" => Err(ApiError::TicketNotFound.into()),
+            "missing" => Err(InventoryError::TicketNotFound),
             other => Err(InventoryError::Protocol(format!(
                 "wl_end replied {other:?}"
             ))),
@@ -458,7 +463,7 @@ impl Inventory {
             return Ok((Step::Done, None));
         }
         // Not enough stock on all shards together: stop without walking. A
-        // walk that finds nothing leaves a tombstone on every shard for its
+        // walk that finds nothing leaves a walk-on verdict on every shard for its
         // attempt's key (kept for the key retention) and a fresh key next
         // round: a head ticket waiting for returns would write K keys per
         // round for as long as it waits. Reading the stock writes nothing;
@@ -526,8 +531,7 @@ impl Inventory {
                                 .map_err(InventoryError::Protocol)?;
                             match self.release(&rid, &Tenant::Operator).await {
                                 Ok(_) => {}
-                                Err(InventoryError::Api(e))
-                                    if matches!(*e, ApiError::ReservationState(_)) => {}
+                                Err(InventoryError::ReservationState(_)) => {}
                                 Err(e) => return Err(e),
                             }
                         }

@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::db::DbError;
-use crate::error::InventoryError;
+use crate::inventory::InventoryError;
 
 pub use event::{events_of, id_lt, parse_id, Event};
 pub use outbox::{ensure_group, group_state, last_id, GroupState, Stream};

@@ -9,8 +9,9 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 use super::event::{id_lt, items, pairs};
 use super::writer::Writer;
 use super::GROUP;
-use crate::error::InventoryError;
-use crate::inventory::scripts::{classify, text};
+use crate::inventory::InventoryError;
+use crate::inventory::replies::text;
+use crate::inventory::scripts::classify;
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 
@@ -109,7 +110,7 @@ pub async fn group_state(
     Ok(GroupState {
         pending: 0,
         last_delivered: None,
-        unledgered: crate::inventory::scripts::int(&len)?,
+        unledgered: crate::inventory::replies::int(&len)?,
     })
 }
 

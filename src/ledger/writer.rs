@@ -16,8 +16,9 @@ use super::outbox::{ensure_group, group_state, GroupState, Stream};
 use super::{LedgerError, LedgerSettings, GROUP};
 use crate::config::Config;
 use crate::db::{Db, DbError, EventColumns};
-use crate::error::InventoryError;
-use crate::inventory::scripts::{classify, text};
+use crate::inventory::InventoryError;
+use crate::inventory::replies::text;
+use crate::inventory::scripts::classify;
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 

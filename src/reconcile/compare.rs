@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::report::ShardReport;
 use super::snapshot::{LedgerRid, LedgerShard, Snapshot};
 #[cfg(test)]
-use crate::inventory::scripts::StoredRecord;
+use crate::inventory::replies::StoredRecord;
 
 /// A ledger row reconcile adds (source `reconcile`).
 pub(super) type Backfill = crate::db::LedgerBackfill;
@@ -28,8 +28,12 @@ pub struct Books {
     pub held: i64,
     pub sold: i64,
     pub initial: i64,
-    pub xfer_in: i64,
-    pub xfer_out: i64,
+    /// `xfer_in` in the report's JSON and the ledger's row kinds.
+    #[serde(rename = "xfer_in")]
+    pub transferred_in: i64,
+    /// `xfer_out` in the report's JSON and the ledger's row kinds.
+    #[serde(rename = "xfer_out")]
+    pub transferred_out: i64,
 }
 
 impl Books {
@@ -39,8 +43,8 @@ impl Books {
             ("held", self.held),
             ("sold", self.sold),
             ("initial", self.initial),
-            ("xfer_in", self.xfer_in),
-            ("xfer_out", self.xfer_out),
+            ("xfer_in", self.transferred_in),
+            ("xfer_out", self.transferred_out),
         ]
     }
 
@@ -54,8 +58,8 @@ impl Books {
     fn as_inventory(&self) -> crate::inventory::Books {
         crate::inventory::Books {
             initial: self.initial,
-            transferred_in: self.xfer_in,
-            transferred_out: self.xfer_out,
+            transferred_in: self.transferred_in,
+            transferred_out: self.transferred_out,
             available: self.available,
             held: self.held,
             sold: self.sold,
@@ -93,8 +97,8 @@ impl LedgerShard {
     pub(super) fn books(&self) -> Books {
         let mut b = Books {
             initial: self.initial,
-            xfer_in: self.xfer_in,
-            xfer_out: self.xfer_out,
+            transferred_in: self.transferred_in,
+            transferred_out: self.transferred_out,
             ..Books::default()
         };
         for r in self.rids.values() {
@@ -275,10 +279,10 @@ pub(super) fn compare(
 type Fills = BTreeMap<u16, Vec<(RecordDrift, Backfill)>>;
 
 /// Check the SKU's transfers as a whole: every unit a shard sent (ledger
-/// `xfer_out`, or a pending record in Redis) arrived on its recipient
-/// (`xfer_in`) or is still in transit. Each shard's books add up on their own
+/// `transferred_out`, or a pending record in Redis) arrived on its recipient
+/// (`transferred_in`) or is still in transit. Each shard's books add up on their own
 /// even when one half of a transfer is lost, so only this finds a unit that
-/// vanished (the `xfer_in` lost) or was created (the `xfer_out` lost). The
+/// vanished (the `transferred_in` lost) or was created (the `transferred_out` lost). The
 /// half the other proves is backfilled into the ledger (its counters follow
 /// through the shard's fix), and the ledger books in `read` are adjusted.
 /// Returns the backfills per shard and the transfers in transit.
@@ -389,10 +393,10 @@ pub(super) fn balance_transfers(
         }
     }
     for (s, n) in ins {
-        read[usize::from(s)].1.xfer_in += n;
+        read[usize::from(s)].1.transferred_in += n;
     }
     for (s, n) in outs {
-        read[usize::from(s)].1.xfer_out += n;
+        read[usize::from(s)].1.transferred_out += n;
     }
     (fills, pending)
 }
@@ -580,13 +584,13 @@ mod tests {
     fn a_transfer_whose_receipt_was_lost_is_backfilled_on_its_recipient() {
         // shard 0 sent 3 units to shard 1 (on the ledger); shard 1's receipt is lost
         let mut donor = ledger10();
-        donor.xfer_out = 3;
+        donor.transferred_out = 3;
         donor.outs.insert("x1".into(), (1, 3));
         let mut read = vec![
             (
                 snapshot(
                     Books {
-                        xfer_out: 3,
+                        transferred_out: 3,
                         ..books(7, 0, 0)
                     },
                     &[],
@@ -611,14 +615,14 @@ mod tests {
             ("xfer_in", 3, "0")
         );
         // the recipient's ledger books now count the units it was sent
-        assert_eq!(read[1].1.xfer_in, 3);
+        assert_eq!(read[1].1.transferred_in, 3);
         assert_eq!(read[1].1.books().available, 13);
     }
 
     #[test]
     fn a_transfer_in_transit_is_not_drift() {
         let mut donor = ledger10();
-        donor.xfer_out = 2;
+        donor.transferred_out = 2;
         donor.outs.insert("x1".into(), (1, 2));
         let mut snap0 = snapshot(books(8, 0, 0), &[], &[]);
         snap0.pending_xfers.insert("x1".into(), (1, 2));

@@ -61,7 +61,7 @@ use fred::interfaces::KeysInterface;
 pub use crate::db::FIX_LOCK_SQL;
 use crate::db::{Db, DbError};
 use crate::domain::Sku;
-use crate::error::InventoryError;
+use crate::inventory::InventoryError;
 use crate::inventory::{scripts, Inventory};
 use crate::ledger::{LedgerError, LedgerSettings, Writer};
 use crate::metrics::Metrics;

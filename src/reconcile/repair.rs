@@ -13,7 +13,8 @@ use super::snapshot::Snapshot;
 use super::{ReconcileError, Reconciler, ShardReport};
 use crate::db::{AuditRow, FixLock, FixScope};
 use crate::domain::Sku;
-use crate::inventory::scripts::{self, array, at, text};
+use crate::inventory::replies::{array, at, text};
+use crate::inventory::scripts;
 use crate::inventory::{SkuMeta, MAX_SHARDS};
 
 impl Reconciler {

@@ -221,8 +221,8 @@ pub fn table(report: &Report) -> String {
                 cell(r.held, l.held),
                 cell(r.sold, l.sold),
                 cell(r.initial, l.initial),
-                cell(r.xfer_in, l.xfer_in),
-                cell(r.xfer_out, l.xfer_out),
+                cell(r.transferred_in, l.transferred_in),
+                cell(r.transferred_out, l.transferred_out),
                 sh.redis_unaccounted.to_string(),
                 sh.fix.clone().unwrap_or_else(|| "-".into()),
             ]);

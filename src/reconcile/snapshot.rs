@@ -12,8 +12,9 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 use super::{Books, ReconcileError, Reconciler};
 use crate::db::LedgerRow;
 use crate::domain::Sku;
-use crate::error::InventoryError;
-use crate::inventory::scripts::{self, array, at, int, text, StoredRecord};
+use crate::inventory::InventoryError;
+use crate::inventory::replies::{self, array, at, int, text, StoredRecord};
+use crate::inventory::scripts;
 use crate::inventory::SkuMeta;
 use crate::ledger;
 
@@ -40,8 +41,8 @@ pub(super) struct LedgerShard {
     pub(super) initial: i64,
     /// First loads of the shard (more than one: reloaded after a loss).
     pub(super) loads: u32,
-    pub(super) xfer_in: i64,
-    pub(super) xfer_out: i64,
+    pub(super) transferred_in: i64,
+    pub(super) transferred_out: i64,
     /// Transfers into this shard: transfer id → (donor shard, units).
     pub(super) ins: BTreeMap<String, (u16, i64)>,
     /// Transfers out of this shard: transfer id → (recipient shard, units).
@@ -84,11 +85,11 @@ impl LedgerShard {
                 "preload" => l.initial += qty,
                 // rid: the transfer id; user: the other shard
                 "xfer_in" => {
-                    l.xfer_in += qty;
+                    l.transferred_in += qty;
                     l.ins.insert(rid, (user.parse().unwrap_or(u16::MAX), qty));
                 }
                 "xfer_out" => {
-                    l.xfer_out += qty;
+                    l.transferred_out += qty;
                     l.outs.insert(rid, (user.parse().unwrap_or(u16::MAX), qty));
                 }
                 "held" | "confirmed" | "released" | "expired" => {
@@ -215,8 +216,8 @@ impl Reconciler {
                     held: f("held"),
                     sold: f("sold"),
                     initial: f("initial"),
-                    xfer_in: f("xin"),
-                    xfer_out: f("xout"),
+                    transferred_in: f("xin"),
+                    transferred_out: f("xout"),
                 },
                 holds,
                 records: HashMap::new(),
@@ -285,7 +286,7 @@ impl Reconciler {
                 vec![],
             )
             .await?;
-            let records = scripts::decode_records(reply)?;
+            let records = replies::decode_records(reply)?;
             if records.len() != chunk.len() {
                 return Err(InventoryError::Protocol(format!(
                     "records.lua answered {} of {} records",

@@ -374,7 +374,7 @@ fn parts(r: ReserveReply, sent: &ReservationId) -> Vec<String> {
             expires_at_ms,
         } => vec!["replay".into(), rid, qty, user, expires_at_ms.to_string()],
         ReserveReply::Claimed(body) => vec!["claimed".into(), body],
-        ReserveReply::Moved(n) => vec!["moved".into(), n.to_string()],
+        ReserveReply::WalkOn(n) => vec!["moved".into(), n.to_string()],
         ReserveReply::Dry(n) => vec!["dry".into(), n.to_string()],
         ReserveReply::Mismatch => vec!["mismatch".into()],
         ReserveReply::Unloaded => vec!["unloaded".into()],
