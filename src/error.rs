@@ -223,27 +223,105 @@ mod tests {
     #[test]
     fn inventory_refusals_keep_their_wire_status_code_and_message() {
         let cases = [
-            (InventoryError::InvalidRequest("stock must be".into()), 422, "invalid_request", "stock must be"),
-            (InventoryError::IdempotencyKeyReused, 422, "idempotency_key_reused", "the Idempotency-Key was already used with a different request body"),
-            (InventoryError::UnknownSku("A".into()), 404, "unknown_sku", "unknown sku A"),
-            (InventoryError::ReservationNotFound, 404, "reservation_not_found", "no such reservation"),
-            (InventoryError::ReservationState("confirmed"), 409, "reservation_confirmed", "the reservation is confirmed"),
-            (InventoryError::ReservationState("released"), 409, "reservation_released", "the reservation is released"),
-            (InventoryError::ReservationState("expired"), 409, "reservation_expired", "the reservation is expired"),
-            (InventoryError::PurchaseCap, 409, "purchase_limit", "this buyer already holds or bought the most units of this SKU allowed per buyer"),
-            (InventoryError::WaitlistFull, 409, "waitlist_full", "the waitlist of this SKU is full"),
-            (InventoryError::AlreadyWaitlisted("t1".into()), 409, "already_waitlisted", "this buyer already waits for this SKU with ticket t1"),
-            (InventoryError::TicketNotFound, 404, "ticket_not_found", "no such waitlist ticket"),
-            (InventoryError::TicketState("promoted"), 409, "ticket_promoted", "the ticket is promoted"),
-            (InventoryError::TicketState("expired"), 409, "ticket_expired", "the ticket is expired"),
-            (InventoryError::Protocol("x".into()), 500, "internal", "internal error"),
-            (InventoryError::Unsuitable("old".into()), 503, "redis_unsuitable", "old"),
+            (
+                InventoryError::InvalidRequest("stock must be".into()),
+                422,
+                "invalid_request",
+                "stock must be",
+            ),
+            (
+                InventoryError::IdempotencyKeyReused,
+                422,
+                "idempotency_key_reused",
+                "the Idempotency-Key was already used with a different request body",
+            ),
+            (
+                InventoryError::UnknownSku("A".into()),
+                404,
+                "unknown_sku",
+                "unknown sku A",
+            ),
+            (
+                InventoryError::ReservationNotFound,
+                404,
+                "reservation_not_found",
+                "no such reservation",
+            ),
+            (
+                InventoryError::ReservationState("confirmed"),
+                409,
+                "reservation_confirmed",
+                "the reservation is confirmed",
+            ),
+            (
+                InventoryError::ReservationState("released"),
+                409,
+                "reservation_released",
+                "the reservation is released",
+            ),
+            (
+                InventoryError::ReservationState("expired"),
+                409,
+                "reservation_expired",
+                "the reservation is expired",
+            ),
+            (
+                InventoryError::PurchaseCap,
+                409,
+                "purchase_limit",
+                "this buyer already holds or bought the most units of this SKU allowed per buyer",
+            ),
+            (
+                InventoryError::WaitlistFull,
+                409,
+                "waitlist_full",
+                "the waitlist of this SKU is full",
+            ),
+            (
+                InventoryError::AlreadyWaitlisted("t1".into()),
+                409,
+                "already_waitlisted",
+                "this buyer already waits for this SKU with ticket t1",
+            ),
+            (
+                InventoryError::TicketNotFound,
+                404,
+                "ticket_not_found",
+                "no such waitlist ticket",
+            ),
+            (
+                InventoryError::TicketState("promoted"),
+                409,
+                "ticket_promoted",
+                "the ticket is promoted",
+            ),
+            (
+                InventoryError::TicketState("expired"),
+                409,
+                "ticket_expired",
+                "the ticket is expired",
+            ),
+            (
+                InventoryError::Protocol("x".into()),
+                500,
+                "internal",
+                "internal error",
+            ),
+            (
+                InventoryError::Unsuitable("old".into()),
+                503,
+                "redis_unsuitable",
+                "old",
+            ),
         ];
         for (e, status, code, message) in cases {
             // the inventory's own text is the wire's (logs and CLI read it)
             let own = e.to_string();
             let api = ApiError::from(e);
-            assert_eq!((api.status().as_u16(), api.code(), api.message().as_str()), (status, code, message));
+            assert_eq!(
+                (api.status().as_u16(), api.code(), api.message().as_str()),
+                (status, code, message)
+            );
             if status != 500 {
                 assert_eq!(own, message);
             }

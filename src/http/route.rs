@@ -175,8 +175,14 @@ mod tests {
 
     #[test]
     fn a_route_carries_its_one_variable_segment() {
-        assert_eq!(Route::of(&["v1", "reservations", "r1", "extend"]), (Route::Extend, "r1"));
-        assert_eq!(Route::of(&["admin", "v1", "skus", "A", "preload"]), (Route::AdminPreload, "A"));
+        assert_eq!(
+            Route::of(&["v1", "reservations", "r1", "extend"]),
+            (Route::Extend, "r1")
+        );
+        assert_eq!(
+            Route::of(&["admin", "v1", "skus", "A", "preload"]),
+            (Route::AdminPreload, "A")
+        );
         assert_eq!(Route::of(&["v1", "waitlist", "t"]), (Route::Waitlist, "t"));
         assert_eq!(Route::of(&["v1", "reservations"]), (Route::Reserve, ""));
         assert_eq!(Route::Waitlist.methods(), "GET, DELETE");

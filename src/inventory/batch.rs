@@ -27,9 +27,9 @@ use tokio::sync::oneshot;
 use super::keys::ShardKeys;
 use super::nodes::Nodes;
 use super::replies::array;
-use super::scripts::{self, Script};
 /// Decoded in `scripts.rs` with the other replies; named here too.
 pub use super::replies::{decode_reserve, ReserveReply};
+use super::scripts::{self, Script};
 use super::InventoryError;
 use crate::metrics::Metrics;
 

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use fred::interfaces::{HashesInterface, KeysInterface, SortedSetsInterface};
 use serde::Serialize;
 
+use super::InventoryError;
 use super::{placement, Inventory};
 use crate::domain::Sku;
-use super::InventoryError;
 
 /// One shard's books, as its stock key and books hash keep them. The one
 /// statement of the invariant every script keeps ([`Books::drift`]); the

@@ -6,8 +6,8 @@
 //! expiry (`holds.rs`), the waitlist (`waitlist.rs`).
 
 use super::replies::int;
-use super::{keys, Inventory, ReserveRequest, SkuMeta};
 use super::InventoryError;
+use super::{keys, Inventory, ReserveRequest, SkuMeta};
 
 impl Inventory {
     pub(super) async fn cap_take(

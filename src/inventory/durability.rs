@@ -32,9 +32,9 @@
 //! written meanwhile. Off (N = 0) by default.
 
 use super::replies::{array, at, int};
+use super::InventoryError;
 use super::{Inventory, ReserveOutcome, SkuMeta};
 use crate::domain::ReservationId;
-use super::InventoryError;
 
 impl Inventory {
     /// Hold back a `Held`/`Replayed` answer until `replica_ack` replicas have

@@ -104,4 +104,3 @@ impl From<fred::error::Error> for InventoryError {
         }
     }
 }
-

@@ -16,9 +16,9 @@ use fred::types::Value;
 use super::keys::ShardKeys;
 use super::replies::{self, array, at, hold_reply, int, status_name, text};
 use super::scripts;
+use super::InventoryError;
 use super::{ms_to_rfc3339, Inventory, Reservation, SkuMeta};
 use crate::domain::{ReservationId, ScopedKey, Tenant};
-use super::InventoryError;
 
 impl Inventory {
     /// `viewer` confirms `rid` (404 unless it may see it).

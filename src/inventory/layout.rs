@@ -13,9 +13,9 @@ use fred::interfaces::{HashesInterface, SetsInterface};
 
 use super::keys::{self, ShardKeys};
 use super::replies::{array, text};
+use super::InventoryError;
 use super::{Inventory, MAX_SHARDS};
 use crate::domain::Sku;
-use super::InventoryError;
 
 /// How long SKU metadata (shard count) is cached before it is read again.
 pub(super) const META_TTL: Duration = Duration::from_secs(2);

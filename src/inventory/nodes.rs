@@ -44,8 +44,8 @@ use fred::types::config::ServerConfig;
 use fred::types::Value;
 use fred::util::redis_keyslot;
 
-use crate::config::Config;
 use super::InventoryError;
+use crate::config::Config;
 
 /// Refreshes of the slot map are at least this far apart.
 const MIN_REFRESH: Duration = Duration::from_millis(100);

@@ -7,9 +7,9 @@ use fred::interfaces::{HashesInterface, KeysInterface, SetsInterface};
 
 use super::keys::{self, ShardKeys};
 use super::replies::{array, at, text};
+use super::InventoryError;
 use super::{now_ms, placement, Inventory, SkuMeta, MAX_SHARDS, MAX_STOCK};
 use crate::domain::Sku;
-use super::InventoryError;
 
 /// What to preload.
 #[derive(Clone, Copy, Debug)]
@@ -130,8 +130,7 @@ impl Inventory {
                 return Err(InventoryError::InvalidRequest(format!(
                     "{sku} has {} shards; a loaded SKU can gain shards but not lose them",
                     old.shards
-                ))
-                .into());
+                )));
             }
         }
         let meta_key = keys::meta(sku);

@@ -9,10 +9,10 @@ use fred::types::Value;
 use super::batch::{self, ReserveReply};
 use super::replies::text;
 use super::sold_out::FastPath;
+use super::InventoryError;
 use super::{keys, placement, waitlist};
 use super::{ms_to_rfc3339, Inventory, Reservation, SkuMeta, MAX_SHARDS};
 use crate::domain::{Qty, ReservationId, ScopedKey, Sku, Tenant, UserId};
-use super::InventoryError;
 
 /// What a reserve request came to. Outcomes, not errors: each is a normal
 /// answer of a sale.

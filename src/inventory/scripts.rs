@@ -346,11 +346,20 @@ mod tests {
         assert_eq!(labels, files, "metrics::SCRIPTS against lua/*.lua");
         let scripts = Scripts::new();
         let names: Vec<&str> = scripts.all().iter().map(|s| s.name).collect();
-        assert_eq!(names, crate::metrics::SCRIPTS, "Scripts::all against metrics::SCRIPTS");
+        assert_eq!(
+            names,
+            crate::metrics::SCRIPTS,
+            "Scripts::all against metrics::SCRIPTS"
+        );
         for script in scripts.all() {
             // each name is its own file's: the prelude, then lua/<name>.lua
             let body = std::fs::read_to_string(lua.join(format!("{}.lua", script.name))).unwrap();
-            assert_eq!(script.source, format!("{PRELUDE}\n{body}"), "{}", script.name);
+            assert_eq!(
+                script.source,
+                format!("{PRELUDE}\n{body}"),
+                "{}",
+                script.name
+            );
         }
     }
 }

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use fred::interfaces::{KeysInterface, SetsInterface};
 
+use super::InventoryError;
 use super::{keys, FastMap, FastSet, Inventory, SkuMeta};
 use crate::domain::{ScopedKey, Sku};
-use super::InventoryError;
 
 /// The sold-out fast path's memory of one SKU.
 pub(super) struct SoldOutMark {

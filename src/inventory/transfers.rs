@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use fred::interfaces::HashesInterface;
 
 use super::replies::int;
-use super::{Inventory, SkuMeta};
 use super::InventoryError;
+use super::{Inventory, SkuMeta};
 
 impl Inventory {
     /// Move up to `need` units from `donors` into shard `to`.
@@ -72,7 +72,12 @@ impl Inventory {
         let keep = self.settings.idem_ttl_ms.to_string();
         self.run(
             &self.scripts.transfer_in,
-            vec![rec.stock(), rec.books(), rec.applied_transfers(), rec.events()],
+            vec![
+                rec.stock(),
+                rec.books(),
+                rec.applied_transfers(),
+                rec.events(),
+            ],
             vec![
                 xid.to_string(),
                 units.to_string(),

@@ -50,9 +50,9 @@ use tokio::sync::watch;
 
 use super::keys::WaitKeys;
 use super::replies::{array, at, int, text};
+use super::InventoryError;
 use super::{ms_to_rfc3339, Inventory, ReserveOutcome, ReserveRequest, SkuMeta};
 use crate::domain::{Qty, ScopedKey, Sku, Tenant, UserId};
-use super::InventoryError;
 use crate::metrics::Metrics;
 
 /// A waitlist ticket as the API shows it.

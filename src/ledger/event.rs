@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use fred::types::Value;
 
-use crate::inventory::InventoryError;
 use crate::inventory::replies::text;
+use crate::inventory::InventoryError;
 
 /// One outbox entry; `fields` is None for an entry deleted from the stream
 /// while it was pending (nothing left to write).

@@ -9,10 +9,10 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 use super::event::{id_lt, items, pairs};
 use super::writer::Writer;
 use super::GROUP;
-use crate::inventory::InventoryError;
 use crate::inventory::replies::text;
 use crate::inventory::scripts::classify;
 use crate::inventory::Inventory;
+use crate::inventory::InventoryError;
 use crate::metrics::Metrics;
 
 /// Most entries counted one by one when Redis cannot tell a group's lag.

@@ -16,10 +16,10 @@ use super::outbox::{ensure_group, group_state, GroupState, Stream};
 use super::{LedgerError, LedgerSettings, GROUP};
 use crate::config::Config;
 use crate::db::{Db, DbError, EventColumns};
-use crate::inventory::InventoryError;
 use crate::inventory::replies::text;
 use crate::inventory::scripts::classify;
 use crate::inventory::Inventory;
+use crate::inventory::InventoryError;
 use crate::metrics::Metrics;
 
 /// Entries from one stream per pass at most (in batches), so one busy shard

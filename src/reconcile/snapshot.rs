@@ -12,9 +12,9 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 use super::{Books, ReconcileError, Reconciler};
 use crate::db::LedgerRow;
 use crate::domain::Sku;
-use crate::inventory::InventoryError;
 use crate::inventory::replies::{self, array, at, int, text, StoredRecord};
 use crate::inventory::scripts;
+use crate::inventory::InventoryError;
 use crate::inventory::SkuMeta;
 use crate::ledger;
 

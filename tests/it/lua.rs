@@ -449,7 +449,7 @@ async fn concurrent_reserves_for_one_shard_share_script_calls() {
                 qty: "1".into(),
                 user: format!("u{i}"),
                 fingerprint: format!("1:u{i}"),
-                mark_moved: true,
+                mark_walk_on: true,
                 gate: true,
                 claim: None,
             };
@@ -945,7 +945,7 @@ async fn transfers_move_units_once_and_keep_the_books() {
     let into = || {
         f.run(
             &f.scripts.transfer_in,
-            vec![to.stock(), to.books(), to.xin(), to.events()],
+            vec![to.stock(), to.books(), to.applied_transfers(), to.events()],
             vec!["x1".into(), "5".into(), "0".into()],
         )
     };

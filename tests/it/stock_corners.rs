@@ -422,7 +422,7 @@ async fn a_transfer_pending_past_the_applied_id_retention_is_not_applied_blind()
     .expect("out");
     run(
         &s.transfer_in,
-        vec![to.stock(), to.books(), to.xin(), to.events()],
+        vec![to.stock(), to.books(), to.applied_transfers(), to.events()],
         vec!["x1".into(), "2".into(), "0".into(), "120000".into()],
     )
     .await
@@ -436,7 +436,7 @@ async fn a_transfer_pending_past_the_applied_id_retention_is_not_applied_blind()
         "x1",
         &format!("1|2|{}", now - 100_000),
     ]);
-    redis.cli(&["ZREM", &to.xin(), "x1"]);
+    redis.cli(&["ZREM", &to.applied_transfers(), "x1"]);
     inv.recover_transfers(&meta, 0, 5_000)
         .await
         .expect("recovery");
