@@ -105,6 +105,7 @@ pub mod replies;
 mod reserve;
 pub mod scripts;
 mod sold_out;
+mod ticket;
 mod transfers;
 pub mod waitlist;
 

@@ -9,8 +9,9 @@ use fred::types::Value;
 use super::batch::{self, ReserveReply};
 use super::replies::text;
 use super::sold_out::FastPath;
+use super::ticket::Ticket;
 use super::InventoryError;
-use super::{keys, placement, waitlist};
+use super::{keys, placement};
 use super::{ms_to_rfc3339, Inventory, Reservation, SkuMeta, MAX_SHARDS};
 use crate::domain::{Qty, ReservationId, ScopedKey, Sku, Tenant, UserId};
 
@@ -25,9 +26,9 @@ pub enum ReserveOutcome {
     /// Every shard is empty (409).
     SoldOut,
     /// Sold out, and the buyer joined the waitlist (202).
-    Waitlisted(waitlist::Ticket),
+    Waitlisted(Ticket),
     /// The key already joined the waitlist: its ticket as it is now (200).
-    WaitlistReplayed(waitlist::Ticket),
+    WaitlistReplayed(Ticket),
 }
 
 /// A parsed, validated reserve request.

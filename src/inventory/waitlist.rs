@@ -32,95 +32,20 @@
 //! Promotion is head-of-line: a waiter for 3 units is not skipped for one
 //! asking for 1.
 //!
-//! (About 670 lines: the ticket's whole life — join, read, cancel, promote,
-//! and the promoter task — was left in one file by the restructure that split
-//! `inventory/`; the promoter task is the natural next cut.)
-//!
-//! Longer than most modules (≈680 lines): the queue, its tickets, the join
-//! and the promoter share its keys and its one invariant (a returned unit
-//! goes to the head of the queue first); cut apart, each half would have to
-//! restate it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use fred::interfaces::{HashesInterface, KeysInterface, SortedSetsInterface};
-use serde::Serialize;
 use tokio::sync::watch;
 
 use super::keys::WaitKeys;
 use super::replies::{array, at, int, text};
+pub use super::ticket::{Ticket, TicketId};
 use super::InventoryError;
 use super::{ms_to_rfc3339, Inventory, ReserveOutcome, ReserveRequest, SkuMeta};
 use crate::domain::{Qty, ScopedKey, Sku, Tenant, UserId};
 use crate::metrics::Metrics;
-
-/// A waitlist ticket as the API shows it.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Ticket {
-    pub ticket_id: String,
-    pub sku: String,
-    pub qty: u32,
-    pub user_id: String,
-    /// waiting | promoted | expired | cancelled
-    pub status: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub position: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reservation_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
-    /// Why a ticket was cancelled by flashgate (e.g. `purchase_limit`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// A ticket id: `<sku>.w.<32 hex>` (122 random bits).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TicketId {
-    sku: Sku,
-    token: String,
-}
-
-impl TicketId {
-    fn new(sku: &Sku) -> TicketId {
-        TicketId {
-            sku: sku.clone(),
-            token: uuid::Uuid::new_v4().simple().to_string(),
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<TicketId, String> {
-        let bad = || "malformed ticket id".to_string();
-        let mut parts = s.rsplitn(3, '.');
-        let token = parts.next().ok_or_else(bad)?;
-        if parts.next() != Some("w") {
-            return Err(bad());
-        }
-        let sku = Sku::parse(parts.next().ok_or_else(bad)?).map_err(|_| bad())?;
-        if token.len() != 32
-            || !token
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return Err(bad());
-        }
-        Ok(TicketId {
-            sku,
-            token: token.to_owned(),
-        })
-    }
-
-    pub fn sku(&self) -> &Sku {
-        &self.sku
-    }
-}
-
-impl std::fmt::Display for TicketId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.w.{}", self.sku, self.token)
-    }
-}
 
 /// What one promotion step came to.
 enum Step {
