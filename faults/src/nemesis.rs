@@ -1,0 +1,191 @@
+//! The faults, one window at a time: each writes a `start` line to the
+//! history, breaks a real process (or the clients' patience), waits, heals
+//! and writes a `stop` line. `mixed` draws a fault per window and sometimes
+//! a second one on top of it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use crate::history::History;
+use crate::procs;
+use crate::stack::Stack;
+use crate::workload::Rng;
+
+/// The single-node faults, by their history names.
+pub const SINGLE: [&str; 6] = [
+    "redis-kill",
+    "redis-pause",
+    "flashgate-kill",
+    "writer-kill",
+    "postgres-restart",
+    "client-timeout",
+];
+
+pub fn known(name: &str) -> bool {
+    SINGLE.contains(&name) || name == "mixed" || name == "none"
+}
+
+/// How long a fault stays on, and the quiet gap after it.
+fn window(fault: &str) -> (Duration, Duration) {
+    let ms = Duration::from_millis;
+    match fault {
+        "redis-kill" => (ms(1000), ms(5000)),
+        // longer than the command timeout (redis_timeout_ms, 500 ms)
+        "redis-pause" => (ms(2500), ms(4000)),
+        "flashgate-kill" => (ms(1000), ms(4000)),
+        // killed repeatedly under load: some kills land between a batch's
+        // insert and its XACK
+        "writer-kill" => (ms(300), ms(1200)),
+        "postgres-restart" => (ms(3000), ms(5000)),
+        "client-timeout" => (ms(4000), ms(4000)),
+        _ => (ms(0), ms(5000)),
+    }
+}
+
+pub struct Nemesis {
+    pub history: Arc<History>,
+    pub client_timeout_ms: Arc<AtomicU64>,
+    pub normal_timeout_ms: u64,
+    pub rng: Rng,
+    /// Which instance flashgate-kill takes next.
+    next_instance: usize,
+}
+
+impl Nemesis {
+    pub fn new(
+        history: Arc<History>,
+        client_timeout_ms: Arc<AtomicU64>,
+        normal_timeout_ms: u64,
+        seed: u64,
+    ) -> Nemesis {
+        Nemesis {
+            history,
+            client_timeout_ms,
+            normal_timeout_ms,
+            rng: Rng::new(seed ^ 0x4E4D),
+            next_instance: 0,
+        }
+    }
+
+    /// Run `fault`'s windows from now until `end` (a window never starts
+    /// within 3 s of it). Returns the times (ms) each window started.
+    pub async fn run(
+        &mut self,
+        stack: &mut Stack,
+        fault: &str,
+        end: Instant,
+    ) -> anyhow::Result<Vec<(String, f64)>> {
+        let mut starts = Vec::new();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        while Instant::now() + Duration::from_secs(3) < end {
+            if fault == "none" {
+                tokio::time::sleep_until(end.into()).await;
+                break;
+            }
+            let first = if fault == "mixed" {
+                SINGLE[self.rng.below(SINGLE.len() as u64) as usize]
+            } else {
+                fault
+            };
+            let second = (fault == "mixed" && self.rng.chance(0.33))
+                .then(|| SINGLE[self.rng.below(SINGLE.len() as u64) as usize])
+                .filter(|s| *s != first);
+            let (on, gap) = window(first);
+            let t = self.start(stack, first).await?;
+            starts.push((first.to_owned(), t));
+            if let Some(s) = second {
+                let t = self.start(stack, s).await?;
+                starts.push((s.to_owned(), t));
+            }
+            tokio::time::sleep(on).await;
+            if let Some(s) = second {
+                self.stop(stack, s).await?;
+            }
+            self.stop(stack, first).await?;
+            tokio::time::sleep(gap + Duration::from_millis(self.rng.below(1000))).await;
+        }
+        Ok(starts)
+    }
+
+    async fn start(&mut self, stack: &mut Stack, fault: &str) -> anyhow::Result<f64> {
+        let detail = match fault {
+            "redis-kill" => {
+                let pid = stack.redis.pid();
+                stack.redis.kill().await;
+                format!("SIGKILL redis-server pid {pid:?}")
+            }
+            "redis-pause" => {
+                stack.redis.signal("STOP").await?;
+                "SIGSTOP redis-server".to_owned()
+            }
+            "flashgate-kill" => {
+                let i = self.next_instance % stack.instances.len();
+                self.next_instance += 1;
+                stack.instances[i].kill().await;
+                format!("SIGKILL flashgate-{i} under load")
+            }
+            "writer-kill" => {
+                stack.writer.kill().await;
+                "SIGKILL the ledger writer".to_owned()
+            }
+            "postgres-restart" => {
+                stack.pg.stop().await;
+                "pg_ctl stop -m immediate".to_owned()
+            }
+            "client-timeout" => {
+                let ms = 20 + self.rng.below(130);
+                self.client_timeout_ms.store(ms, Ordering::Relaxed);
+                format!(
+                    "client timeout {ms} ms (server request_timeout {} ms, redis_timeout {} ms)",
+                    stack.timing.request_timeout_ms, stack.timing.redis_timeout_ms
+                )
+            }
+            other => bail!("unknown fault {other}"),
+        };
+        Ok(self.history.nemesis("start", fault, &detail))
+    }
+
+    async fn stop(&mut self, stack: &mut Stack, fault: &str) -> anyhow::Result<()> {
+        let detail = match fault {
+            "redis-kill" => {
+                stack.redis.start()?;
+                procs::wait_redis(stack.redis_port, Duration::from_secs(30)).await?;
+                "redis-server restarted from its AOF".to_owned()
+            }
+            "redis-pause" => {
+                stack.redis.signal("CONT").await?;
+                "SIGCONT redis-server".to_owned()
+            }
+            "flashgate-kill" => {
+                let mut restarted = Vec::new();
+                for i in 0..stack.instances.len() {
+                    if !stack.instances[i].running() {
+                        stack.instances[i].start()?;
+                        stack.wait_instance(i, Duration::from_secs(30)).await?;
+                        restarted.push(i);
+                    }
+                }
+                format!("restarted flashgate {restarted:?}")
+            }
+            "writer-kill" => {
+                stack.writer.start()?;
+                "ledger writer restarted".to_owned()
+            }
+            "postgres-restart" => {
+                stack.pg.start().await?;
+                "postgres started".to_owned()
+            }
+            "client-timeout" => {
+                self.client_timeout_ms
+                    .store(self.normal_timeout_ms, Ordering::Relaxed);
+                format!("client timeout back to {} ms", self.normal_timeout_ms)
+            }
+            other => bail!("unknown fault {other}"),
+        };
+        self.history.nemesis("stop", fault, &detail);
+        Ok(())
+    }
+}

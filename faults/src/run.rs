@@ -1,0 +1,357 @@
+//! One run: start the stack, load the SKUs, run the sale with one fault's
+//! windows, heal, resolve (resend every unknown reserve with its key, read
+//! every reservation and ticket, wait for the holds to expire and the
+//! ledger to drain, reconcile and fix), write `final.json`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use crate::client::{self, Api};
+use crate::history::{History, Kind};
+use crate::nemesis::Nemesis;
+use crate::stack::{Stack, Timing, ADMIN_KEY, STOREFRONT_KEY};
+use crate::workload::{Sale, Seen};
+
+/// What a run needs to know.
+pub struct Plan {
+    pub fault: String,
+    pub seconds: u64,
+    pub clients: u32,
+    pub seed: u64,
+    pub flashgate: PathBuf,
+    pub run_dir: PathBuf,
+    pub client_timeout_ms: u64,
+}
+
+/// The resolve phase's reads go through this process id (after the clients').
+fn resolver(plan: &Plan) -> u32 {
+    plan.clients
+}
+
+pub async fn run(plan: &Plan) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&plan.run_dir)?;
+    let epoch = Instant::now();
+    let history = Arc::new(History::create(&plan.run_dir.join("history.jsonl"), epoch)?);
+    let timing = Timing {
+        hold_seconds: 5,
+        extend_seconds: 4,
+        max_hold_seconds: 10,
+        ticket_seconds: 12,
+        redis_timeout_ms: 500,
+        request_timeout_ms: 3000,
+    };
+    let mut stack = Stack::start(&plan.flashgate, &plan.run_dir, timing)
+        .await
+        .context("starting the stack")?;
+    let result = sale(plan, &mut stack, history).await;
+    stack.shutdown().await;
+    result
+}
+
+async fn sale(plan: &Plan, stack: &mut Stack, history: Arc<History>) -> anyhow::Result<()> {
+    // S1 sells out at once (waitlist and returns matter); S2 lasts about
+    // the run, so faults land on live sales
+    let skus = [
+        ("S1".to_owned(), 40u64, 2u32),
+        ("S2".to_owned(), 12 * plan.seconds.max(10), 4),
+    ];
+    for (sku, stock, shards) in &skus {
+        stack.preload(sku, *stock, *shards).await?;
+    }
+    let timeout = Arc::new(AtomicU64::new(plan.client_timeout_ms));
+    let api = Api::new(
+        stack.bases(),
+        STOREFRONT_KEY,
+        ADMIN_KEY,
+        timeout.clone(),
+        history.clone(),
+    );
+    let sale = Arc::new(Sale {
+        api: api.clone(),
+        skus: skus.iter().map(|s| s.0.clone()).collect(),
+        seen: Mutex::new(Seen::default()),
+        stop: AtomicBool::new(false),
+    });
+    let clients: Vec<_> = (0..plan.clients)
+        .map(|p| tokio::spawn(sale.clone().client(p, plan.seed)))
+        .collect();
+    let end = Instant::now() + Duration::from_secs(plan.seconds);
+    let mut nemesis = Nemesis::new(
+        history.clone(),
+        timeout.clone(),
+        plan.client_timeout_ms,
+        plan.seed,
+    );
+    let faults = nemesis.run(stack, &plan.fault, end).await;
+    tokio::time::sleep_until(end.into()).await;
+    sale.stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    timeout.store(plan.client_timeout_ms, Ordering::Relaxed);
+    stack.heal().await.context("healing after the faults")?;
+    let starts = faults?;
+    eprintln!("  sale over: {} fault windows; resolving", starts.len());
+
+    let p = resolver(plan);
+    resolve_unknown(&sale, p).await;
+    read_all(&sale, p).await;
+    let quiet = wait_quiet(&api, &skus, stack).await;
+    // tickets promoted late name holds not seen yet: read twice
+    read_all(&sale, p).await;
+    read_all(&sale, p).await;
+
+    let fin = final_state(plan, stack, &api, &skus, &sale, &starts, quiet).await?;
+    std::fs::write(
+        plan.run_dir.join("final.json"),
+        serde_json::to_string_pretty(&fin)?,
+    )?;
+    Ok(())
+}
+
+/// Resend every reserve whose outcome stayed unknown, with its key, until
+/// it answers (a few tries).
+async fn resolve_unknown(sale: &Sale, p: u32) {
+    let ops: Vec<_> = {
+        let seen = lock(&sale.seen);
+        seen.unknown_reserves.values().cloned().collect()
+    };
+    for op in ops {
+        let op = client::in_resolve(op);
+        for _ in 0..5 {
+            let done = sale.api.call(p, &op).await;
+            lock(&sale.seen).observe(&done);
+            if done.kind != Kind::Info {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// GET every ticket, then every reservation, the clients or the resolve
+/// phase ever saw.
+async fn read_all(sale: &Sale, p: u32) {
+    let tickets: Vec<String> = lock(&sale.seen).tickets.iter().cloned().collect();
+    for t in tickets {
+        let done = sale
+            .api
+            .call(p, &client::in_resolve(client::on_ticket("get_ticket", &t, 0)))
+            .await;
+        lock(&sale.seen).observe(&done);
+    }
+    let rids: Vec<String> = lock(&sale.seen).reservations.iter().cloned().collect();
+    for rid in rids {
+        let op = client::in_resolve(client::on_reservation("get_reservation", &rid, 0));
+        sale.api.call(p, &op).await;
+    }
+}
+
+/// Wait until no SKU has a hold or a waiting ticket (holds expire, tickets
+/// are promoted or expire). False when the deadline passed first.
+async fn wait_quiet(api: &Api, skus: &[(String, u64, u32)], stack: &Stack) -> bool {
+    let t = &stack.timing;
+    let deadline = Instant::now() + Duration::from_secs(t.max_hold_seconds + t.ticket_seconds + 30);
+    loop {
+        let mut quiet = true;
+        for (sku, _, _) in skus {
+            let ans = api
+                .raw(&client::get_sku(sku, 0, false), Duration::from_secs(5))
+                .await;
+            let busy = match ans {
+                Some((200, b)) => {
+                    b["held"].as_i64() != Some(0) || b["waitlist"].as_i64() != Some(0)
+                }
+                _ => true,
+            };
+            quiet &= !busy;
+        }
+        if quiet {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn final_state(
+    plan: &Plan,
+    stack: &Stack,
+    api: &Api,
+    skus: &[(String, u64, u32)],
+    sale: &Sale,
+    starts: &[(String, f64)],
+    quiet: bool,
+) -> anyhow::Result<Value> {
+    let (code_before, before) = stack
+        .json_tool(&["reconcile", "--format", "json", "--quiet-seconds", "3"])
+        .await?;
+    let (fix, after) = if code_before == 1 {
+        let (_, fix) = stack
+            .json_tool(&["reconcile", "--fix", "--format", "json", "--quiet-seconds", "3"])
+            .await?;
+        let (_, after) = stack
+            .json_tool(&["reconcile", "--format", "json", "--quiet-seconds", "3"])
+            .await?;
+        (fix, after)
+    } else {
+        (Value::Null, Value::Null)
+    };
+
+    let db = pg_client(&stack.pg.url()).await?;
+    let mut out = serde_json::Map::new();
+    for (sku, stock, _) in skus {
+        let admin = api
+            .raw(&client::get_sku(sku, 0, true), Duration::from_secs(5))
+            .await
+            .map(|a| a.1)
+            .unwrap_or(Value::Null);
+        let public = api
+            .raw(&client::get_sku(sku, 0, false), Duration::from_secs(5))
+            .await
+            .map(|a| a.1)
+            .unwrap_or(Value::Null);
+        let sold: i64 = db
+            .query_one(
+                "SELECT COALESCE(SUM(qty), 0)::bigint FROM ledger_events WHERE sku = $1 AND kind = 'confirmed'",
+                &[sku],
+            )
+            .await?
+            .get(0);
+        let (_, status) = stack
+            .json_tool(&["status", "--sku", sku, "--format", "json"])
+            .await?;
+        out.insert(
+            sku.clone(),
+            json!({"initial": stock, "admin": admin, "public": public,
+                   "ledger_sold": sold, "status": status}),
+        );
+    }
+    let confirmed: Vec<String> = db
+        .query(
+            "SELECT DISTINCT rid FROM ledger_events WHERE kind = 'confirmed' ORDER BY rid",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let promotions = promotions(&plan.run_dir.join("history.jsonl"));
+    let loss = expected_loss(&lock(&sale.seen), starts);
+    Ok(json!({
+        "run_id": plan.run_dir.file_name().and_then(|n| n.to_str()),
+        "fault": plan.fault,
+        "seconds": plan.seconds,
+        "clients": plan.clients,
+        "seed": plan.seed,
+        "quiet": quiet,
+        "timing": {"hold_seconds": stack.timing.hold_seconds,
+                   "extend_seconds": stack.timing.extend_seconds,
+                   "max_hold_seconds": stack.timing.max_hold_seconds,
+                   "waitlist_ticket_seconds": stack.timing.ticket_seconds,
+                   "redis_timeout_ms": stack.timing.redis_timeout_ms,
+                   "request_timeout_ms": stack.timing.request_timeout_ms,
+                   "client_timeout_ms": plan.client_timeout_ms},
+        "skus": out,
+        "reconcile_before": before,
+        "reconcile_fix": fix,
+        "reconcile_after": after,
+        "ledger_confirmed": confirmed,
+        "waitlist_promotions": promotions,
+        "expected_loss": loss,
+    }))
+}
+
+/// Acknowledged writes a Redis crash may take with it: AOF `everysec`
+/// fsyncs once a second, so a hold (or its confirm, release, extend)
+/// acknowledged within 2 s before a SIGKILL is allowed to be lost.
+pub fn expected_loss(seen: &Seen, starts: &[(String, f64)]) -> Vec<String> {
+    let kills: Vec<f64> = starts
+        .iter()
+        .filter(|(f, _)| f == "redis-kill")
+        .map(|s| s.1)
+        .collect();
+    let set: BTreeSet<String> = seen
+        .acks
+        .iter()
+        .filter(|(t, _)| kills.iter().any(|k| *t <= *k && *t >= *k - 2000.0))
+        .map(|(_, rid)| rid.clone())
+        .collect();
+    set.into_iter().collect()
+}
+
+/// Promotions as the tickets' answers name them (ticket, SKU, hold).
+fn promotions(history: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(history).unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let b = &v["body"];
+        if v["type"] == "ok" && v["f"] == "get_ticket" && b["status"] == "promoted" {
+            let (Some(t), Some(rid)) = (b["ticket_id"].as_str(), b["reservation_id"].as_str())
+            else {
+                continue;
+            };
+            if seen.insert(t.to_owned()) {
+                out.push(json!({"ticket_id": t, "sku": b["sku"], "seq": b.get("seq"),
+                                "reservation_id": rid}));
+            }
+        }
+    }
+    out
+}
+
+async fn pg_client(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_postgres::connect(url, tokio_postgres::NoTls),
+    )
+    .await
+    .context("PostgreSQL connect timed out")??;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_acks_just_before_a_redis_kill_may_be_lost() {
+        let seen = Seen {
+            acks: vec![
+                (1000.0, "early".into()),
+                (8500.0, "window".into()),
+                (10_000.0, "at-kill".into()),
+                (10_001.0, "after".into()),
+            ],
+            ..Seen::default()
+        };
+        let starts = vec![
+            ("redis-kill".to_owned(), 10_000.0),
+            ("redis-pause".to_owned(), 1000.0),
+        ];
+        assert_eq!(expected_loss(&seen, &starts), ["at-kill", "window"]);
+        assert!(expected_loss(&seen, &[]).is_empty());
+    }
+}
