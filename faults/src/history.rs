@@ -57,6 +57,8 @@ impl Kind {
 
 pub struct History {
     epoch: Instant,
+    /// The wall clock (Unix ms) at `epoch`.
+    pub started_at_unix_ms: f64,
     inner: Mutex<Inner>,
 }
 
@@ -67,8 +69,14 @@ struct Inner {
 
 impl History {
     pub fn create(path: &Path, epoch: Instant) -> anyhow::Result<History> {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+            - epoch.elapsed().as_secs_f64() * 1000.0;
         Ok(History {
             epoch,
+            started_at_unix_ms: unix.round(),
             inner: Mutex::new(Inner {
                 next: 0,
                 out: BufWriter::new(File::create(path)?),
@@ -99,6 +107,10 @@ impl History {
         let mut line = Map::new();
         line.insert("index".into(), json!(inner.next));
         line.insert("time_ms".into(), json!((time_ms * 1000.0).round() / 1000.0));
+        line.insert(
+            "wall_ms".into(),
+            json!((self.started_at_unix_ms + time_ms).round()),
+        );
         line.insert("process".into(), process.json());
         line.insert("type".into(), json!(kind));
         line.insert("f".into(), json!(f));

@@ -339,6 +339,9 @@ impl Postgres {
 
     /// Start again on the same port and data (retried for up to 30 s).
     pub async fn start(&mut self) -> anyhow::Result<()> {
+        if self.running {
+            return Ok(());
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if tokio::task::block_in_place(|| self.start_blocking()) {

@@ -59,7 +59,7 @@ async fn sale(plan: &Plan, stack: &mut Stack, history: Arc<History>) -> anyhow::
     // the run, so faults land on live sales
     let skus = [
         ("S1".to_owned(), 40u64, 2u32),
-        ("S2".to_owned(), 12 * plan.seconds.max(10), 4),
+        ("S2".to_owned(), 25 * plan.seconds.max(10), 4),
     ];
     for (sku, stock, shards) in &skus {
         stack.preload(sku, *stock, *shards).await?;
@@ -244,7 +244,7 @@ async fn final_state(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let promotions = promotions(&plan.run_dir.join("history.jsonl"));
+    let promotions = promotions(&plan.run_dir.join("history.jsonl"), stack.redis_port).await?;
     let loss = expected_loss(&lock(&sale.seen), starts);
     Ok(json!({
         "run_id": plan.run_dir.file_name().and_then(|n| n.to_str()),
@@ -253,6 +253,7 @@ async fn final_state(
         "clients": plan.clients,
         "seed": plan.seed,
         "quiet": quiet,
+        "started_at_unix_ms": api.history.started_at_unix_ms,
         "timing": {"hold_seconds": stack.timing.hold_seconds,
                    "extend_seconds": stack.timing.extend_seconds,
                    "max_hold_seconds": stack.timing.max_hold_seconds,
@@ -288,8 +289,10 @@ pub fn expected_loss(seen: &Seen, starts: &[(String, f64)]) -> Vec<String> {
     set.into_iter().collect()
 }
 
-/// Promotions as the tickets' answers name them (ticket, SKU, hold).
-fn promotions(history: &Path) -> Vec<Value> {
+/// Promotions as the tickets' answers name them (ticket, SKU, hold), with
+/// each ticket's arrival number (`seq` in its hash in Redis, which lives
+/// for the idempotency TTL).
+async fn promotions(history: &Path, redis_port: u16) -> anyhow::Result<Vec<Value>> {
     let text = std::fs::read_to_string(history).unwrap_or_default();
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
@@ -299,17 +302,48 @@ fn promotions(history: &Path) -> Vec<Value> {
         };
         let b = &v["body"];
         if v["type"] == "ok" && v["f"] == "get_ticket" && b["status"] == "promoted" {
-            let (Some(t), Some(rid)) = (b["ticket_id"].as_str(), b["reservation_id"].as_str())
-            else {
+            let (Some(t), Some(rid), Some(sku)) = (
+                b["ticket_id"].as_str(),
+                b["reservation_id"].as_str(),
+                b["sku"].as_str(),
+            ) else {
                 continue;
             };
             if seen.insert(t.to_owned()) {
-                out.push(json!({"ticket_id": t, "sku": b["sku"], "seq": b.get("seq"),
-                                "reservation_id": rid}));
+                out.push((t.to_owned(), sku.to_owned(), rid.to_owned()));
             }
         }
     }
-    out
+    let commands: String = out
+        .iter()
+        .map(|(t, sku, _)| format!("HGET fg:{{wl:{sku}}}:t:{t} seq\n"))
+        .collect();
+    let seqs = redis_cli_stdin(redis_port, &commands).await?;
+    Ok(out
+        .into_iter()
+        .zip(seqs.lines().map(|l| l.trim().parse::<i64>().ok()).chain(std::iter::repeat(None)))
+        .filter_map(|((t, sku, rid), seq)| {
+            Some(json!({"ticket_id": t, "sku": sku, "seq": seq?, "reservation_id": rid}))
+        })
+        .collect())
+}
+
+/// Pipe `commands` (one per line) into `redis-cli`; its raw output.
+async fn redis_cli_stdin(port: u16, commands: &str) -> anyhow::Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(commands.as_bytes()).await?;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .context("redis-cli ran over 30 s")??;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 async fn pg_client(url: &str) -> anyhow::Result<tokio_postgres::Client> {
