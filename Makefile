@@ -83,3 +83,26 @@ bench-reshard:
 	$(BENCH_TARGET_DIR)/release/flashgate-loadtest --spawn --scenario reshard \
 		--flashgate-bin $(BENCH_TARGET_DIR)/release/flashgate \
 		--lua-dir lua --out-dir bench-results $(RESHARD_ARGS) $(BENCH_ARGS)
+
+# The fault harness (issue 18, faults/, docs/faults.md): a sale on a
+# single-node Redis (AOF everysec) + PostgreSQL + two flashgate instances +
+# a ledger writer, one run per fault (redis-kill, redis-pause, flashgate-kill,
+# writer-kill, postgres-restart, client-timeout, and mixed), each recorded as
+# faults-results/<fault>-<time>/history.jsonl + final.json + timeline.svg and
+# judged by flashgate-checker (checker/) when it is built. Exits 1 on any
+# failed verdict. Uses the debug flashgate (FAULTS_BIN for another).
+# make faults: each fault for 60 s; make faults-short: 15 s each (CI).
+FAULTS_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+FAULTS_BIN ?= $(FAULTS_TARGET_DIR)/debug/flashgate
+FAULTS_ARGS ?=
+FAULTS_PACKAGES = -p flashgate -p flashgate-faults $(if $(wildcard checker/Cargo.toml),-p flashgate-checker)
+.PHONY: faults faults-short
+faults:
+	cargo build $(FAULTS_PACKAGES)
+	$(FAULTS_TARGET_DIR)/debug/flashgate-faults --flashgate-bin $(FAULTS_BIN) \
+		--faults all --seconds 60 --out-dir faults-results $(FAULTS_ARGS)
+
+faults-short:
+	cargo build $(FAULTS_PACKAGES)
+	$(FAULTS_TARGET_DIR)/debug/flashgate-faults --flashgate-bin $(FAULTS_BIN) \
+		--faults all --seconds 15 --out-dir faults-results $(FAULTS_ARGS)

@@ -35,6 +35,7 @@ pub struct Op {
 #[derive(Debug, Clone)]
 pub struct Done {
     pub kind: Kind,
+    pub status: Option<u16>,
     pub body: Value,
 }
 
@@ -191,7 +192,7 @@ impl Api {
         extra.insert("error".into(), json!(error));
         self.history
             .record(p, kind.as_str(), op.f, &op.value, Some(extra));
-        Done { kind, body }
+        Done { kind, status, body }
     }
 }
 

@@ -3,6 +3,7 @@
 //! and writes a `stop` line. `mixed` draws a fault per window and sometimes
 //! a second one on top of it.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +53,7 @@ pub struct Nemesis {
     pub rng: Rng,
     /// Which instance flashgate-kill takes next.
     next_instance: usize,
+    writer_kills: u64,
 }
 
 impl Nemesis {
@@ -67,6 +69,7 @@ impl Nemesis {
             normal_timeout_ms,
             rng: Rng::new(seed ^ 0x4E4D),
             next_instance: 0,
+            writer_kills: 0,
         }
     }
 
@@ -129,7 +132,35 @@ impl Nemesis {
             }
             "writer-kill" => {
                 stack.writer.kill().await;
-                "SIGKILL the ledger writer".to_owned()
+                self.writer_kills += 1;
+                if self.writer_kills.is_multiple_of(2) {
+                    // between insert and XACK: the writer comes back as a
+                    // Redis user that may do everything but XACK, so each
+                    // batch it commits stays pending; the stop kills it
+                    let acl = [
+                        "-p",
+                        &stack.redis_port.to_string(),
+                        "ACL",
+                        "SETUSER",
+                        "noack",
+                        "on",
+                        ">noack-pw",
+                        "~*",
+                        "&*",
+                        "+@all",
+                        "-xack",
+                    ]
+                    .map(String::from);
+                    procs::run_tool(Path::new("redis-cli"), &acl, &[], Duration::from_secs(5))
+                        .await?;
+                    let url = format!("redis://noack:noack-pw@127.0.0.1:{}", stack.redis_port);
+                    stack
+                        .writer
+                        .start_with(&[("FLASHGATE_REDIS_URL".to_owned(), url)])?;
+                    "SIGKILL the ledger writer; back as a user without XACK (commits, never acknowledges)".to_owned()
+                } else {
+                    "SIGKILL the ledger writer under load".to_owned()
+                }
             }
             "postgres-restart" => {
                 stack.pg.stop().await;
@@ -171,8 +202,14 @@ impl Nemesis {
                 format!("restarted flashgate {restarted:?}")
             }
             "writer-kill" => {
+                let between = stack.writer.running();
+                stack.writer.kill().await;
                 stack.writer.start()?;
-                "ledger writer restarted".to_owned()
+                if between {
+                    "SIGKILL the writer that could not XACK; restarted as itself".to_owned()
+                } else {
+                    "ledger writer restarted".to_owned()
+                }
             }
             "postgres-restart" => {
                 stack.pg.start().await?;

@@ -50,6 +50,11 @@ impl Proc {
 
     /// Start (again); the log is appended to across restarts.
     pub fn start(&mut self) -> anyhow::Result<()> {
+        self.start_with(&[])
+    }
+
+    /// [`Proc::start`] with `extra` over its environment, this once.
+    pub fn start_with(&mut self, extra: &[(String, String)]) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -59,6 +64,7 @@ impl Proc {
         let child = Command::new(&self.program)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -129,7 +135,13 @@ pub async fn run_tool(
             .output(),
     )
     .await
-    .with_context(|| format!("{} {} ran over {limit:?}", program.display(), args.join(" ")))?
+    .with_context(|| {
+        format!(
+            "{} {} ran over {limit:?}",
+            program.display(),
+            args.join(" ")
+        )
+    })?
     .with_context(|| format!("running {}", program.display()))?;
     Ok((
         out.status.code().unwrap_or(-1),

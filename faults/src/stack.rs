@@ -72,16 +72,25 @@ impl Stack {
         let t = &timing;
         let serve_env: Vec<(String, String)> = [
             ("FLASHGATE_REDIS_URL", redis_url.as_str()),
-            ("FLASHGATE_API_KEYS", &format!("{STOREFRONT}:{STOREFRONT_KEY}")),
+            (
+                "FLASHGATE_API_KEYS",
+                &format!("{STOREFRONT}:{STOREFRONT_KEY}"),
+            ),
             ("FLASHGATE_ADMIN_KEYS", ADMIN_KEY),
             ("FLASHGATE_HOLD_SECONDS", &t.hold_seconds.to_string()),
             ("FLASHGATE_EXTEND_SECONDS", &t.extend_seconds.to_string()),
-            ("FLASHGATE_MAX_HOLD_SECONDS", &t.max_hold_seconds.to_string()),
+            (
+                "FLASHGATE_MAX_HOLD_SECONDS",
+                &t.max_hold_seconds.to_string(),
+            ),
             (
                 "FLASHGATE_WAITLIST_TICKET_SECONDS",
                 &t.ticket_seconds.to_string(),
             ),
-            ("FLASHGATE_REDIS_TIMEOUT_MS", &t.redis_timeout_ms.to_string()),
+            (
+                "FLASHGATE_REDIS_TIMEOUT_MS",
+                &t.redis_timeout_ms.to_string(),
+            ),
             (
                 "FLASHGATE_REQUEST_TIMEOUT_MS",
                 &t.request_timeout_ms.to_string(),
@@ -102,7 +111,11 @@ impl Stack {
         let mut instances = Vec::new();
         for i in 0..2 {
             let port = procs::free_port()?;
-            let args = vec!["serve".into(), "--listen".into(), format!("127.0.0.1:{port}")];
+            let args = vec![
+                "serve".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+            ];
             let mut p = Proc::new(
                 &format!("flashgate-{i}"),
                 bin,
@@ -117,7 +130,10 @@ impl Stack {
         let writer_env = vec![
             ("FLASHGATE_REDIS_URL".to_owned(), redis_url.clone()),
             ("FLASHGATE_POSTGRES_URL".to_owned(), pg.url()),
-            ("FLASHGATE_LEDGER_CONSUMER".to_owned(), "faults-writer".into()),
+            (
+                "FLASHGATE_LEDGER_CONSUMER".to_owned(),
+                "faults-writer".into(),
+            ),
             ("FLASHGATE_LEDGER_CLAIM_IDLE_MS".to_owned(), "2000".into()),
             ("FLASHGATE_LEDGER_INTERVAL_MS".to_owned(), "50".into()),
         ];
@@ -139,13 +155,8 @@ impl Stack {
             writer: Proc::new("none", bin, vec![], vec![], dir.join("unused.log")),
         };
         let env = stack.tool_env();
-        let (code, out, err) = procs::run_tool(
-            bin,
-            &["migrate".into()],
-            &env,
-            Duration::from_secs(60),
-        )
-        .await?;
+        let (code, out, err) =
+            procs::run_tool(bin, &["migrate".into()], &env, Duration::from_secs(60)).await?;
         if code != 0 {
             bail!("flashgate migrate failed: {out}{err}");
         }
@@ -199,9 +210,9 @@ impl Stack {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let (code, out, err) =
             procs::run_tool(&self.bin, &args, &self.tool_env(), Duration::from_secs(180)).await?;
-        let json = serde_json::from_str(&out).unwrap_or_else(|_| {
-            serde_json::json!({"unparsed_stdout": out, "stderr": err, "exit_code": code})
-        });
+        let json = serde_json::from_str(&out).unwrap_or_else(
+            |_| serde_json::json!({"unparsed_stdout": out, "stderr": err, "exit_code": code}),
+        );
         Ok((code, json))
     }
 

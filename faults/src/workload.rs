@@ -47,8 +47,12 @@ pub struct Seen {
     pub tickets: BTreeSet<String>,
     /// Reserves whose last attempt had an unknown outcome, by key.
     pub unknown_reserves: BTreeMap<String, Op>,
-    /// (completion time, reservation id) of every acknowledged write.
-    pub acks: Vec<(f64, String)>,
+    /// (completion time, reservation id, operation) of every acknowledged
+    /// write: a hold (reserve), confirm, release, extend.
+    pub acks: Vec<(f64, String, &'static str)>,
+    /// The last resolve-phase answer for each reservation: status code and
+    /// the reservation's `status`.
+    pub last_read: BTreeMap<String, (Option<u16>, Option<String>)>,
 }
 
 impl Seen {
@@ -101,7 +105,7 @@ impl Sale {
                 if done.kind == Kind::Ok && op.f != "get_reservation" && op.f != "get_ticket" {
                     if let Some(rid) = done.str_field("reservation_id") {
                         let t = self.api.history.now_ms();
-                        seen.acks.push((t, rid));
+                        seen.acks.push((t, rid, op.f));
                     }
                 }
             }
@@ -227,14 +231,18 @@ mod tests {
 
     #[test]
     fn the_generator_follows_its_seed() {
-        let a: Vec<u64> = (0..5).map({
-            let mut r = Rng::new(7);
-            move |_| r.next()
-        }).collect();
-        let b: Vec<u64> = (0..5).map({
-            let mut r = Rng::new(7);
-            move |_| r.next()
-        }).collect();
+        let a: Vec<u64> = (0..5)
+            .map({
+                let mut r = Rng::new(7);
+                move |_| r.next()
+            })
+            .collect();
+        let b: Vec<u64> = (0..5)
+            .map({
+                let mut r = Rng::new(7);
+                move |_| r.next()
+            })
+            .collect();
         assert_eq!(a, b);
         let mut r = Rng::new(8);
         assert_ne!(a[0], r.next());
