@@ -105,4 +105,4 @@ faults:
 faults-short:
 	cargo build $(FAULTS_PACKAGES)
 	$(FAULTS_TARGET_DIR)/debug/flashgate-faults --flashgate-bin $(FAULTS_BIN) \
-		--faults all --seconds 15 --out-dir faults-results $(FAULTS_ARGS)
+		--faults all --seconds 15 --hold-seconds 3 --out-dir faults-results $(FAULTS_ARGS)

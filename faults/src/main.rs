@@ -11,6 +11,7 @@
 //! (the faults), `run` (one run end to end), `plot` (the timeline).
 
 mod client;
+mod cluster;
 mod history;
 mod nemesis;
 mod plot;
@@ -32,8 +33,9 @@ struct Cli {
     #[arg(long, default_value = "target/debug/flashgate")]
     flashgate_bin: PathBuf,
     /// Faults to run, one run each: redis-kill, redis-pause, flashgate-kill,
-    /// writer-kill, postgres-restart, client-timeout, mixed, none; or all
-    /// (the six single faults and mixed).
+    /// writer-kill, postgres-restart, client-timeout, mixed, none on a single
+    /// Redis; cluster-failover, slot-migrate on a 3-master cluster with
+    /// replicas; or all (every one of them but none).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     faults: Vec<String>,
     /// Seconds of sale per run (faults on a schedule within it).
@@ -41,6 +43,10 @@ struct Cli {
     seconds: u64,
     #[arg(long, default_value_t = 12)]
     clients: u32,
+    /// flashgate's hold_seconds; extends reach 2x, tickets last it + 3 s.
+    /// Short holds make the resolve phase (every hold ended) short.
+    #[arg(long, default_value_t = 5)]
+    hold_seconds: u64,
     /// The clients' normal timeout (longer than the server's 3 s request
     /// timeout; the client-timeout fault shortens it).
     #[arg(long, default_value_t = 6000)]
@@ -93,6 +99,7 @@ async fn main() -> ExitCode {
         if f == "all" {
             faults.extend(nemesis::SINGLE.iter().map(|s| s.to_string()));
             faults.push("mixed".into());
+            faults.extend(nemesis::CLUSTER.iter().map(|s| s.to_string()));
         } else if nemesis::known(f) {
             faults.push(f.clone());
         } else {
@@ -128,6 +135,7 @@ async fn main() -> ExitCode {
             flashgate: cli.flashgate_bin.clone(),
             run_dir: cli.out_dir.join(&run_id),
             client_timeout_ms: cli.client_timeout_ms,
+            hold_seconds: cli.hold_seconds.max(2),
         };
         eprintln!(
             "run {run_id}: {fault} for {} s, {} clients, seed {seed}",

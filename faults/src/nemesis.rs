@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
 use crate::history::History;
 use crate::procs;
@@ -25,8 +25,16 @@ pub const SINGLE: [&str; 6] = [
     "client-timeout",
 ];
 
+/// The faults of a cluster run.
+pub const CLUSTER: [&str; 2] = ["cluster-failover", "slot-migrate"];
+
 pub fn known(name: &str) -> bool {
-    SINGLE.contains(&name) || name == "mixed" || name == "none"
+    SINGLE.contains(&name) || CLUSTER.contains(&name) || name == "mixed" || name == "none"
+}
+
+/// Whether `fault` runs on the cluster.
+pub fn on_cluster(fault: &str) -> bool {
+    CLUSTER.contains(&fault)
 }
 
 /// How long a fault stays on, and the quiet gap after it.
@@ -42,6 +50,10 @@ fn window(fault: &str) -> (Duration, Duration) {
         "writer-kill" => (ms(300), ms(1200)),
         "postgres-restart" => (ms(3000), ms(5000)),
         "client-timeout" => (ms(4000), ms(4000)),
+        // the stop waits for the promotion (node timeout 2 s) and the
+        // restarted node's resync; the migration is the window itself
+        "cluster-failover" => (ms(0), ms(6000)),
+        "slot-migrate" => (ms(0), ms(4000)),
         _ => (ms(0), ms(5000)),
     }
 }
@@ -54,6 +66,10 @@ pub struct Nemesis {
     /// Which instance flashgate-kill takes next.
     next_instance: usize,
     writer_kills: u64,
+    /// The killed master's port and its slot (cluster-failover), or the
+    /// slot moving (slot-migrate).
+    cluster_fault: Option<(u16, u16)>,
+    moved_from: u16,
 }
 
 impl Nemesis {
@@ -70,6 +86,8 @@ impl Nemesis {
             rng: Rng::new(seed ^ 0x4E4D),
             next_instance: 0,
             writer_kills: 0,
+            cluster_fault: None,
+            moved_from: 0,
         }
     }
 
@@ -166,6 +184,28 @@ impl Nemesis {
                 stack.pg.stop().await;
                 "pg_ctl stop -m immediate".to_owned()
             }
+            "cluster-failover" | "slot-migrate" => {
+                let c = stack.cluster.as_mut().context("no cluster in this run")?;
+                // a shard of the long-selling SKU (its keys' hash tag)
+                let tag = format!("S2#{}", self.rng.below(4));
+                let slot = c.keyslot(&format!("fg:{{{tag}}}:meta")).await?;
+                if fault == "cluster-failover" {
+                    let port = c.kill_owner(slot).await?;
+                    self.cluster_fault = Some((port, slot));
+                    format!("SIGKILL the master :{port} serving slot {slot} ({{{tag}}})")
+                } else {
+                    // the start line first: the migration is the window
+                    let t = self.history.nemesis(
+                        "start",
+                        fault,
+                        &format!("slot {slot} ({{{tag}}}) to another master, 10 keys per MIGRATE, 200 ms apart"),
+                    );
+                    let (from, to) = c.migrate(slot, Duration::from_millis(200)).await?;
+                    self.cluster_fault = Some((to, slot));
+                    self.moved_from = from;
+                    return Ok(t);
+                }
+            }
             "client-timeout" => {
                 let ms = 20 + self.rng.below(130);
                 self.client_timeout_ms.store(ms, Ordering::Relaxed);
@@ -214,6 +254,16 @@ impl Nemesis {
             "postgres-restart" => {
                 stack.pg.start().await?;
                 "postgres started".to_owned()
+            }
+            "cluster-failover" => {
+                let c = stack.cluster.as_mut().context("no cluster in this run")?;
+                let (killed, slot) = self.cluster_fault.take().context("no master killed")?;
+                let promoted = c.recover(slot, killed).await?;
+                format!("slot {slot} served by the promoted replica :{promoted}; :{killed} restarted as a replica")
+            }
+            "slot-migrate" => {
+                let (to, slot) = self.cluster_fault.take().context("no slot moved")?;
+                format!("slot {slot} moved from :{} to :{to}", self.moved_from)
             }
             "client-timeout" => {
                 self.client_timeout_ms

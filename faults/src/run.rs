@@ -27,6 +27,7 @@ pub struct Plan {
     pub flashgate: PathBuf,
     pub run_dir: PathBuf,
     pub client_timeout_ms: u64,
+    pub hold_seconds: u64,
 }
 
 /// The resolve phase's reads go through this process id (after the clients').
@@ -39,14 +40,15 @@ pub async fn run(plan: &Plan) -> anyhow::Result<()> {
     let epoch = Instant::now();
     let history = Arc::new(History::create(&plan.run_dir.join("history.jsonl"), epoch)?);
     let timing = Timing {
-        hold_seconds: 5,
-        extend_seconds: 4,
-        max_hold_seconds: 10,
-        ticket_seconds: 8,
+        hold_seconds: plan.hold_seconds,
+        extend_seconds: plan.hold_seconds - 1,
+        max_hold_seconds: 2 * plan.hold_seconds,
+        ticket_seconds: plan.hold_seconds + 3,
         redis_timeout_ms: 500,
         request_timeout_ms: 3000,
     };
-    let mut stack = Stack::start(&plan.flashgate, &plan.run_dir, timing)
+    let cluster = crate::nemesis::on_cluster(&plan.fault);
+    let mut stack = Stack::start(&plan.flashgate, &plan.run_dir, timing, cluster)
         .await
         .context("starting the stack")?;
     let result = sale(plan, &mut stack, history).await;
@@ -261,7 +263,12 @@ async fn final_state(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let promotions = promotions(&plan.run_dir.join("history.jsonl"), stack.redis_port).await?;
+    let promotions = promotions(
+        &plan.run_dir.join("history.jsonl"),
+        stack.redis_port,
+        stack.cluster.is_some(),
+    )
+    .await?;
     let (loss, lost) = {
         let seen = lock(&sale.seen);
         (expected_loss(&seen, starts), acked_then_lost(&seen))
@@ -299,12 +306,13 @@ async fn final_state(
 }
 
 /// Acknowledged writes a Redis crash may take with it: AOF `everysec`
-/// fsyncs once a second, so a hold (or its confirm, release, extend)
-/// acknowledged within 2 s before a SIGKILL is allowed to be lost.
+/// fsyncs once a second, and a cluster replica lags its master, so a hold
+/// (or its confirm, release, extend) acknowledged within 2 s before a
+/// SIGKILL of Redis or of a cluster master is allowed to be lost.
 pub fn expected_loss(seen: &Seen, starts: &[(String, f64)]) -> Vec<String> {
     let kills: Vec<f64> = starts
         .iter()
-        .filter(|(f, _)| f == "redis-kill")
+        .filter(|(f, _)| f == "redis-kill" || f == "cluster-failover")
         .map(|s| s.1)
         .collect();
     let set: BTreeSet<String> = seen
@@ -349,7 +357,7 @@ pub fn acked_then_lost(seen: &Seen) -> Vec<String> {
 /// Promotions as the tickets' answers name them (ticket, SKU, hold), with
 /// each ticket's arrival number (`seq` in its hash in Redis, which lives
 /// for the idempotency TTL).
-async fn promotions(history: &Path, redis_port: u16) -> anyhow::Result<Vec<Value>> {
+async fn promotions(history: &Path, redis_port: u16, cluster: bool) -> anyhow::Result<Vec<Value>> {
     let text = std::fs::read_to_string(history).unwrap_or_default();
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
@@ -375,7 +383,7 @@ async fn promotions(history: &Path, redis_port: u16) -> anyhow::Result<Vec<Value
         .iter()
         .map(|(t, sku, _)| format!("HGET fg:{{wl:{sku}}}:t:{t} seq\n"))
         .collect();
-    let seqs = redis_cli_stdin(redis_port, &commands).await?;
+    let seqs = redis_cli_stdin(redis_port, cluster, &commands).await?;
     Ok(out
         .into_iter()
         .zip(
@@ -390,10 +398,11 @@ async fn promotions(history: &Path, redis_port: u16) -> anyhow::Result<Vec<Value
 }
 
 /// Pipe `commands` (one per line) into `redis-cli`; its raw output.
-async fn redis_cli_stdin(port: u16, commands: &str) -> anyhow::Result<String> {
+async fn redis_cli_stdin(port: u16, cluster: bool, commands: &str) -> anyhow::Result<String> {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new("redis-cli")
         .args(["-p", &port.to_string()])
+        .args(if cluster { &["-c"][..] } else { &[][..] })
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)

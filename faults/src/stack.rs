@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::cluster::Cluster;
 use crate::procs::{self, Postgres, Proc};
 
 pub const STOREFRONT: &str = "sf1";
@@ -30,8 +31,12 @@ pub struct Timing {
 pub struct Stack {
     pub bin: PathBuf,
     pub timing: Timing,
+    /// The single node (not started in a cluster run).
     pub redis: Proc,
+    /// The single node's port, or the first cluster node's.
     pub redis_port: u16,
+    /// A cluster run's Redis instead of the single node.
+    pub cluster: Option<Cluster>,
     pub pg: Postgres,
     pub instances: Vec<Proc>,
     pub ports: Vec<u16>,
@@ -40,7 +45,10 @@ pub struct Stack {
 
 impl Stack {
     pub fn redis_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.redis_port)
+        match &self.cluster {
+            Some(c) => c.url(),
+            None => format!("redis://127.0.0.1:{}", self.redis_port),
+        }
     }
 
     pub fn bases(&self) -> Vec<String> {
@@ -59,15 +67,31 @@ impl Stack {
         ]
     }
 
-    pub async fn start(bin: &Path, dir: &Path, timing: Timing) -> anyhow::Result<Stack> {
+    /// Start everything; with `cluster`, a 3-master Redis Cluster with a
+    /// replica each instead of the single node.
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        timing: Timing,
+        cluster: bool,
+    ) -> anyhow::Result<Stack> {
         let redis_dir = dir.join("redis");
         std::fs::create_dir_all(&redis_dir)?;
-        let redis_port = procs::free_port()?;
+        let mut redis_port = procs::free_port()?;
         let mut redis = procs::redis(&redis_dir, redis_port, dir.join("redis.log"));
-        redis.start()?;
-        procs::wait_redis(redis_port, Duration::from_secs(10)).await?;
+        let (cluster, redis_url) = if cluster {
+            let c = Cluster::start(&redis_dir, 3)
+                .await
+                .context("starting the cluster")?;
+            redis_port = c.ports[0];
+            let url = c.url();
+            (Some(c), url)
+        } else {
+            redis.start()?;
+            procs::wait_redis(redis_port, Duration::from_secs(10)).await?;
+            (None, format!("redis://127.0.0.1:{redis_port}"))
+        };
         let pg = Postgres::init().await.context("starting PostgreSQL")?;
-        let redis_url = format!("redis://127.0.0.1:{redis_port}");
 
         let t = &timing;
         let serve_env: Vec<(String, String)> = [
@@ -149,6 +173,7 @@ impl Stack {
             timing,
             redis,
             redis_port,
+            cluster,
             pg,
             instances,
             ports,
@@ -219,11 +244,15 @@ impl Stack {
     /// Bring every process back (after the faults): Redis answering,
     /// PostgreSQL up, both instances healthy, the writer running.
     pub async fn heal(&mut self) -> anyhow::Result<()> {
-        if !self.redis.running() {
-            self.redis.start()?;
+        if let Some(c) = self.cluster.as_mut() {
+            c.heal().await?;
+        } else {
+            if !self.redis.running() {
+                self.redis.start()?;
+            }
+            let _ = self.redis.signal("CONT").await;
+            procs::wait_redis(self.redis_port, Duration::from_secs(30)).await?;
         }
-        let _ = self.redis.signal("CONT").await;
-        procs::wait_redis(self.redis_port, Duration::from_secs(30)).await?;
         self.pg.start().await?;
         for i in 0..self.instances.len() {
             if !self.instances[i].running() {
@@ -244,6 +273,9 @@ impl Stack {
         self.writer.kill().await;
         let _ = self.redis.signal("CONT").await;
         self.redis.kill().await;
+        if let Some(c) = self.cluster.as_mut() {
+            c.shutdown().await;
+        }
         self.pg.stop().await;
     }
 }
