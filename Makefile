@@ -85,13 +85,14 @@ bench-reshard:
 		--lua-dir lua --out-dir bench-results $(RESHARD_ARGS) $(BENCH_ARGS)
 
 # The fault harness (issue 18, faults/, docs/faults.md): a sale on a
-# single-node Redis (AOF everysec) + PostgreSQL + two flashgate instances +
-# a ledger writer, one run per fault (redis-kill, redis-pause, flashgate-kill,
-# writer-kill, postgres-restart, client-timeout, and mixed), each recorded as
-# faults-results/<fault>-<time>/history.jsonl + final.json + timeline.svg and
-# judged by flashgate-checker (checker/) when it is built. Exits 1 on any
-# failed verdict. Uses the debug flashgate (FAULTS_BIN for another).
-# make faults: each fault for 60 s; make faults-short: 15 s each (CI).
+# single-node Redis (AOF everysec) or a 3-master cluster with replicas, +
+# PostgreSQL + two flashgate instances + a ledger writer. One run per fault,
+# each recorded as faults-results/<fault>-<time>/history.jsonl + final.json
+# + timeline.svg and judged by flashgate-checker (checker/) when it is built;
+# exits 1 on any failed verdict. Uses the debug flashgate (FAULTS_BIN for
+# another). make faults: each fault on its own for 60 s, then mixed and
+# cluster-mixed (~15 min on 2 cores). make faults-short (CI, ~3 min): every
+# single-node fault in turn in one 60 s run, then the cluster's two in turn.
 FAULTS_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 FAULTS_BIN ?= $(FAULTS_TARGET_DIR)/debug/flashgate
 FAULTS_ARGS ?=
@@ -105,4 +106,6 @@ faults:
 faults-short:
 	cargo build $(FAULTS_PACKAGES)
 	$(FAULTS_TARGET_DIR)/debug/flashgate-faults --flashgate-bin $(FAULTS_BIN) \
-		--faults all --seconds 15 --hold-seconds 3 --out-dir faults-results $(FAULTS_ARGS)
+		--faults mixed --seconds 60 --hold-seconds 3 --out-dir faults-results $(FAULTS_ARGS)
+	$(FAULTS_TARGET_DIR)/debug/flashgate-faults --flashgate-bin $(FAULTS_BIN) \
+		--faults cluster-mixed --seconds 30 --hold-seconds 3 --out-dir faults-results $(FAULTS_ARGS)

@@ -271,7 +271,7 @@ impl Cluster {
         }
         let to_port = to.port.to_string();
         loop {
-            let keys = cli(from.port, &["CLUSTER", "GETKEYSINSLOT", &s, "10"]).await;
+            let keys = cli(from.port, &["CLUSTER", "GETKEYSINSLOT", &s, "2"]).await;
             let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
             if keys.is_empty() {
                 break;

@@ -33,9 +33,10 @@ struct Cli {
     #[arg(long, default_value = "target/debug/flashgate")]
     flashgate_bin: PathBuf,
     /// Faults to run, one run each: redis-kill, redis-pause, flashgate-kill,
-    /// writer-kill, postgres-restart, client-timeout, mixed, none on a single
-    /// Redis; cluster-failover, slot-migrate on a 3-master cluster with
-    /// replicas; or all (every one of them but none).
+    /// writer-kill, postgres-restart, client-timeout, mixed (each in turn,
+    /// some overlapping), none on a single Redis; cluster-failover,
+    /// slot-migrate, cluster-mixed, cluster-none on a 3-master cluster with
+    /// replicas; or all (each fault on its own, mixed and cluster-mixed).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     faults: Vec<String>,
     /// Seconds of sale per run (faults on a schedule within it).
@@ -100,6 +101,7 @@ async fn main() -> ExitCode {
             faults.extend(nemesis::SINGLE.iter().map(|s| s.to_string()));
             faults.push("mixed".into());
             faults.extend(nemesis::CLUSTER.iter().map(|s| s.to_string()));
+            faults.push("cluster-mixed".into());
         } else if nemesis::known(f) {
             faults.push(f.clone());
         } else {

@@ -1,7 +1,8 @@
 //! The faults, one window at a time: each writes a `start` line to the
 //! history, breaks a real process (or the clients' patience), waits, heals
-//! and writes a `stop` line. `mixed` draws a fault per window and sometimes
-//! a second one on top of it.
+//! and writes a `stop` line. `mixed` takes every single-node fault in turn,
+//! sometimes with a second one on top of it; `cluster-mixed` alternates the
+//! cluster's two.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,12 +30,12 @@ pub const SINGLE: [&str; 6] = [
 pub const CLUSTER: [&str; 2] = ["cluster-failover", "slot-migrate"];
 
 pub fn known(name: &str) -> bool {
-    SINGLE.contains(&name) || CLUSTER.contains(&name) || name == "mixed" || name == "none"
+    SINGLE.contains(&name) || on_cluster(name) || ["mixed", "none", "cluster-none"].contains(&name)
 }
 
 /// Whether `fault` runs on the cluster.
 pub fn on_cluster(fault: &str) -> bool {
-    CLUSTER.contains(&fault)
+    CLUSTER.contains(&fault) || fault == "cluster-mixed" || fault == "cluster-none"
 }
 
 /// How long a fault stays on, and the quiet gap after it.
@@ -100,17 +101,22 @@ impl Nemesis {
         end: Instant,
     ) -> anyhow::Result<Vec<(String, f64)>> {
         let mut starts = Vec::new();
+        let mut windows = 0usize;
+        let offset = self.rng.below(SINGLE.len() as u64) as usize;
         tokio::time::sleep(Duration::from_secs(3)).await;
         while Instant::now() + Duration::from_secs(3) < end {
-            if fault == "none" {
+            if fault == "none" || fault == "cluster-none" {
                 tokio::time::sleep_until(end.into()).await;
                 break;
             }
-            let first = if fault == "mixed" {
-                SINGLE[self.rng.below(SINGLE.len() as u64) as usize]
-            } else {
-                fault
+            // mixed: every single fault in turn, some with a second on top;
+            // cluster-mixed: failover and migration in turn
+            let first = match fault {
+                "mixed" => SINGLE[(windows + offset) % SINGLE.len()],
+                "cluster-mixed" => CLUSTER[windows % CLUSTER.len()],
+                f => f,
             };
+            windows += 1;
             let second = (fault == "mixed" && self.rng.chance(0.33))
                 .then(|| SINGLE[self.rng.below(SINGLE.len() as u64) as usize])
                 .filter(|s| *s != first);
@@ -198,9 +204,9 @@ impl Nemesis {
                     let t = self.history.nemesis(
                         "start",
                         fault,
-                        &format!("slot {slot} ({{{tag}}}) to another master, 10 keys per MIGRATE, 200 ms apart"),
+                        &format!("slot {slot} ({{{tag}}}) to another master, 2 keys per MIGRATE, 250 ms apart"),
                     );
-                    let (from, to) = c.migrate(slot, Duration::from_millis(200)).await?;
+                    let (from, to) = c.migrate(slot, Duration::from_millis(250)).await?;
                     self.cluster_fault = Some((to, slot));
                     self.moved_from = from;
                     return Ok(t);
