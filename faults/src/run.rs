@@ -103,8 +103,25 @@ async fn sale(plan: &Plan, stack: &mut Stack, history: Arc<History>) -> anyhow::
 
     let p = resolver(plan);
     let t0 = Instant::now();
-    resolve_unknown(&sale, p).await;
-    let quiet = wait_quiet(&api, &skus, stack).await;
+    let mut unresolved = resolve_unknown(&sale, p).await;
+    let mut quiet = wait_quiet(&api, &skus, stack).await;
+    // a key still unknown once the holds ended gets another pass: on a
+    // cluster, a key whose first request met a master known down never
+    // walks that shard, and answers 503 while the others have no unit
+    // (docs/cluster.md); the expired holds gave units back
+    let first_pass = unresolved.clone();
+    for _ in 0..2 {
+        if unresolved.is_empty() {
+            break;
+        }
+        eprintln!(
+            "  {} reserves still unknown after the holds ended: {:?}; resending",
+            unresolved.len(),
+            unresolved.iter().take(5).collect::<Vec<_>>()
+        );
+        unresolved = resolve_unknown(&sale, p).await;
+        quiet = wait_quiet(&api, &skus, stack).await;
+    }
     // tickets first: a promoted one names a hold to read too
     read_all(&sale, p).await;
     eprintln!(
@@ -112,7 +129,9 @@ async fn sale(plan: &Plan, stack: &mut Stack, history: Arc<History>) -> anyhow::
         t0.elapsed().as_secs_f64()
     );
 
-    let fin = final_state(plan, stack, &api, &skus, &sale, &starts, quiet).await?;
+    let mut fin = final_state(plan, stack, &api, &skus, &sale, &starts, quiet).await?;
+    fin["unknown_after_first_resolve"] = json!(first_pass);
+    fin["unknown_at_end"] = json!(unresolved);
     std::fs::write(
         plan.run_dir.join("final.json"),
         serde_json::to_string_pretty(&fin)?,
@@ -121,23 +140,28 @@ async fn sale(plan: &Plan, stack: &mut Stack, history: Arc<History>) -> anyhow::
 }
 
 /// Resend every reserve whose outcome stayed unknown, with its key, until
-/// it answers (a few tries).
-async fn resolve_unknown(sale: &Sale, p: u32) {
+/// it answers (a few tries); the keys still unknown after that.
+async fn resolve_unknown(sale: &Sale, p: u32) -> Vec<String> {
     let ops: Vec<_> = {
         let seen = lock(&sale.seen);
         seen.unknown_reserves.values().cloned().collect()
     };
     for op in ops {
+        let key = op.body.as_ref().map(|b| b.1.clone()).unwrap_or_default();
         let op = client::in_resolve(op);
         for _ in 0..5 {
             let done = sale.api.call(p, &op).await;
-            lock(&sale.seen).observe(&done);
+            let mut seen = lock(&sale.seen);
+            seen.observe(&done);
             if done.kind != Kind::Info {
+                seen.unknown_reserves.remove(&key);
                 break;
             }
+            drop(seen);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+    lock(&sale.seen).unknown_reserves.keys().cloned().collect()
 }
 
 /// GET every ticket, then every reservation, the clients or the resolve
