@@ -151,13 +151,17 @@ async fn resolve_unknown(sale: &Sale, p: u32) -> Vec<String> {
         let op = client::in_resolve(op);
         for _ in 0..5 {
             let done = sale.api.call(p, &op).await;
-            let mut seen = lock(&sale.seen);
-            seen.observe(&done);
-            if done.kind != Kind::Info {
-                seen.unknown_reserves.remove(&key);
+            let known = done.kind != Kind::Info;
+            {
+                let mut seen = lock(&sale.seen);
+                seen.observe(&done);
+                if known {
+                    seen.unknown_reserves.remove(&key);
+                }
+            }
+            if known {
                 break;
             }
-            drop(seen);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
