@@ -1,5 +1,5 @@
-//! `timeline.svg`: completions per second (ok, fail, info) over the sale,
-//! the nemesis windows shaded. Plain SVG written by hand, from the history
+//! `timeline.svg`: completions per second (ok, fail, info) over the sale
+//! (not the resolve phase), the nemesis windows shaded. Plain SVG written by hand, from the history
 //! file alone.
 
 use std::collections::BTreeMap;
@@ -34,6 +34,10 @@ pub fn timeline(history: &str) -> Timeline {
             } else if let Some(start) = open.remove(&fault) {
                 t.windows.push((fault, start, ms));
             }
+            continue;
+        }
+        // the resolve phase's reads are not the sale
+        if v["value"]["phase"] == "resolve" {
             continue;
         }
         let slot = match v["type"].as_str() {
@@ -134,6 +138,7 @@ mod tests {
             r#"{"index":3,"time_ms":1600.0,"process":1,"type":"info","f":"reserve","value":{}}"#,
             r#"{"index":4,"time_ms":2500.0,"process":"nemesis","type":"info","f":"stop","value":{"fault":"redis-kill"}}"#,
             r#"{"index":5,"time_ms":2600.0,"process":2,"type":"fail","f":"confirm","value":{}}"#,
+            r#"{"index":6,"time_ms":3600.0,"process":12,"type":"ok","f":"get_ticket","value":{"phase":"resolve"}}"#,
         ]
         .join("\n");
         let t = timeline(&h);
