@@ -2,19 +2,20 @@
 //! fault gets a run of its own: a fresh redis-server (AOF everysec),
 //! PostgreSQL, two flashgate instances and a ledger writer; buyers with
 //! retries; the fault's windows; a resolve phase; then `history.jsonl` and
-//! `final.json` in `<out>/<run-id>/` (docs/faults-history.md), a timeline
-//! plot, and the verdict of `flashgate-checker <run-dir>` when that binary
-//! exists. Exits 1 when a checker verdict fails or a run breaks.
+//! `final.json` in `<out>/<run-id>/` (docs/faults-history.md), then the
+//! verdict of `flashgate-checker <run-dir>` when that binary exists (it
+//! writes verdict.json and plot.svg, the timeline with the fault windows
+//! shaded). Exits 1 when a checker verdict fails or a run breaks.
 //!
 //! Layout: `history` (the file), `client` (one recorded operation),
 //! `workload` (the buyers), `procs` + `stack` (the processes), `nemesis`
-//! (the faults), `run` (one run end to end), `plot` (the timeline).
+//! (the faults), `cluster` (the cluster and its two faults), `run` (one run
+//! end to end).
 
 mod client;
 mod cluster;
 mod history;
 mod nemesis;
-mod plot;
 mod procs;
 mod run;
 mod stack;
@@ -148,12 +149,7 @@ async fn main() -> ExitCode {
                 eprintln!("run {run_id} broke: {e:#}");
                 Some(false)
             }
-            Ok(()) => {
-                if let Err(e) = plot::write(&plan.run_dir) {
-                    eprintln!("  no plot: {e:#}");
-                }
-                check(&checker, &plan.run_dir)
-            }
+            Ok(()) => check(&checker, &plan.run_dir),
         };
         let word = match verdict {
             Some(true) => "pass",

@@ -407,41 +407,29 @@ async fn promotions(history: &Path, redis_port: u16, cluster: bool) -> anyhow::R
             }
         }
     }
-    let commands: String = out
-        .iter()
-        .map(|(t, sku, _)| format!("HGET fg:{{wl:{sku}}}:t:{t} seq\n"))
-        .collect();
-    let seqs = redis_cli_stdin(redis_port, cluster, &commands).await?;
-    Ok(out
-        .into_iter()
-        .zip(
-            seqs.lines()
-                .map(|l| l.trim().parse::<i64>().ok())
-                .chain(std::iter::repeat(None)),
-        )
-        .filter_map(|((t, sku, rid), seq)| {
-            Some(json!({"ticket_id": t, "sku": sku, "seq": seq?, "reservation_id": rid}))
-        })
-        .collect())
-}
-
-/// Pipe `commands` (one per line) into `redis-cli`; its raw output.
-async fn redis_cli_stdin(port: u16, cluster: bool, commands: &str) -> anyhow::Result<String> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(if cluster { &["-c"][..] } else { &[][..] })
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(commands.as_bytes()).await?;
+    // one redis-cli per ticket: on a cluster, `-c` prints its redirections
+    // among the replies, so a pipelined list would not line up
+    let mut promotions = Vec::new();
+    for (t, sku, rid) in out {
+        let key = format!("fg:{{wl:{sku}}}:t:{t}");
+        let mut args = vec!["-p".to_string(), redis_port.to_string()];
+        if cluster {
+            args.push("-c".into());
+        }
+        args.extend(["HGET".to_string(), key, "seq".into()]);
+        let (_, reply, _) =
+            crate::procs::run_tool(Path::new("redis-cli"), &args, &[], Duration::from_secs(10))
+                .await?;
+        let seq = reply
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .and_then(|l| l.trim().parse::<i64>().ok());
+        if let Some(seq) = seq {
+            promotions.push(json!({"ticket_id": t, "sku": sku, "seq": seq, "reservation_id": rid}));
+        }
     }
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .context("redis-cli ran over 30 s")??;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(promotions)
 }
 
 async fn pg_client(url: &str) -> anyhow::Result<tokio_postgres::Client> {
