@@ -82,21 +82,19 @@ impl Api {
         }
     }
 
-    /// Send without recording (the harness's own reads: readiness, the
-    /// books at the end). Status and parsed body, or None on no answer.
-    pub async fn raw(&self, op: &Op, timeout: Duration) -> Option<(u16, Value)> {
+    /// The HTTP request of `op` (None for an instance that does not exist
+    /// or a header a client could not send).
+    fn request(&self, op: &Op) -> Option<Request<Full<Bytes>>> {
         let base = self.bases.get(op.instance)?;
+        let bearer = if op.admin {
+            &self.admin_bearer
+        } else {
+            &self.storefront_bearer
+        };
         let mut req = Request::builder()
             .method(op.method.clone())
             .uri(format!("{base}{}", op.path))
-            .header(
-                hyper::header::AUTHORIZATION,
-                if op.admin {
-                    &self.admin_bearer
-                } else {
-                    &self.storefront_bearer
-                },
-            );
+            .header(hyper::header::AUTHORIZATION, bearer);
         let body = match &op.body {
             Some((json, key)) => {
                 req = req
@@ -106,21 +104,35 @@ impl Api {
             }
             None => Full::new(Bytes::new()),
         };
-        let req = req.body(body).ok()?;
+        req.body(body).ok()
+    }
+
+    /// Send `op` within `timeout`: status and body bytes, or why not.
+    async fn send(&self, op: &Op, timeout: Duration) -> Result<(u16, Bytes), &'static str> {
+        let req = self.request(op).ok_or("bad request")?;
         let answer = tokio::time::timeout(timeout, async {
-            let resp = self.client.request(req).await.ok()?;
+            let resp = self.client.request(req).await.map_err(|_| "connect")?;
             let status = resp.status().as_u16();
-            let bytes = resp.into_body().collect().await.ok()?.to_bytes();
-            Some((status, bytes))
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|_| "reset")?
+                .to_bytes();
+            Ok((status, bytes))
         })
         .await;
-        match answer {
-            Ok(Some((status, bytes))) => Some((
-                status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            )),
-            _ => None,
-        }
+        answer.unwrap_or(Err("timeout"))
+    }
+
+    /// Send without recording (the harness's own reads: the books at the
+    /// end). Status and parsed body, or None on no answer.
+    pub async fn raw(&self, op: &Op, timeout: Duration) -> Option<(u16, Value)> {
+        let (status, bytes) = self.send(op, timeout).await.ok()?;
+        Some((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
     }
 
     /// Run `op` as `process`: its invoke line, the request under the
@@ -129,46 +141,7 @@ impl Api {
         let p = Process::Client(process);
         self.history.record(p, "invoke", op.f, &op.value, None);
         let timeout = Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed).max(1));
-        let base = self.bases.get(op.instance).cloned().unwrap_or_default();
-        let mut req = Request::builder()
-            .method(op.method.clone())
-            .uri(format!("{base}{}", op.path))
-            .header(
-                hyper::header::AUTHORIZATION,
-                if op.admin {
-                    &self.admin_bearer
-                } else {
-                    &self.storefront_bearer
-                },
-            );
-        let body = match &op.body {
-            Some((json, key)) => {
-                req = req
-                    .header(hyper::header::CONTENT_TYPE, "application/json")
-                    .header("idempotency-key", key.as_str());
-                Full::new(Bytes::from(json.to_string()))
-            }
-            None => Full::new(Bytes::new()),
-        };
-        let outcome = match req.body(body) {
-            Err(_) => Err("bad request"),
-            Ok(req) => match tokio::time::timeout(timeout, async {
-                let resp = self.client.request(req).await.map_err(|_| "connect")?;
-                let status = resp.status().as_u16();
-                let bytes = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|_| "reset")?
-                    .to_bytes();
-                Ok::<_, &'static str>((status, bytes))
-            })
-            .await
-            {
-                Err(_) => Err("timeout"),
-                Ok(r) => r,
-            },
-        };
+        let outcome = self.send(op, timeout).await;
         let (status, body, error) = match outcome {
             Ok((status, bytes)) => {
                 let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
