@@ -144,6 +144,10 @@ impl Nemesis {
                 stack.redis.kill().await;
                 format!("SIGKILL redis-server pid {pid:?}")
             }
+            // on top of a redis-kill (mixed) there is no process to pause
+            "redis-pause" if !stack.redis.running() => {
+                "redis-server not running (killed by the other fault): nothing to pause".to_owned()
+            }
             "redis-pause" => {
                 stack.redis.signal("STOP").await?;
                 "SIGSTOP redis-server".to_owned()
@@ -231,6 +235,9 @@ impl Nemesis {
                 stack.redis.start()?;
                 procs::wait_redis(stack.redis_port, Duration::from_secs(30)).await?;
                 "redis-server restarted from its AOF".to_owned()
+            }
+            "redis-pause" if !stack.redis.running() => {
+                "redis-server not running: nothing to resume".to_owned()
             }
             "redis-pause" => {
                 stack.redis.signal("CONT").await?;
