@@ -91,7 +91,7 @@ bench-reshard:
 # + timeline.svg and judged by flashgate-checker (checker/) when it is built;
 # exits 1 on any failed verdict. Uses the debug flashgate (FAULTS_BIN for
 # another). make faults: each fault on its own for 60 s, then mixed and
-# cluster-mixed (~20 min on 2 cores). make faults-short (CI, ~3 min): every
+# cluster-mixed (~15 min on 2 cores). make faults-short (CI, ~3 min): every
 # single-node fault in turn in one 60 s run, then a slot migrated on the
 # cluster. The master failover is left out of CI while the checker finds the
 # limit docs/faults.md describes (a key that never hears sold out).
