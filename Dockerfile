@@ -4,8 +4,8 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /build
-# Only what the build reads: the workspace manifests (loadtest, testkit and checker are
-# workspace members, so cargo needs their manifests to load the workspace, and --locked
+# Only what the build reads: the workspace manifests (loadtest, testkit, checker and faults
+# are workspace members, so cargo needs their manifests to load the workspace, and --locked
 # checks Cargo.lock covers them), the sources, and lua/ + config/, which are read at
 # compile time (include_str!). tests/it/observability_files.rs checks this list against
 # the tree.
@@ -16,6 +16,7 @@ COPY config ./config
 COPY loadtest ./loadtest
 COPY testkit ./testkit
 COPY checker ./checker
+COPY faults ./faults
 COPY bench ./bench
 COPY migrations ./migrations
 # The registry and target dir live in cache mounts, so a source change rebuilds only

@@ -4,9 +4,9 @@
 //! and start it again on the same port and files. Children are killed on
 //! drop; PostgreSQL is stopped `-m immediate`.
 //!
-//! The recipes are loadtest/src/procs.rs's and tests/support's (free ports
-//! on 127.0.0.1, readiness polled with a deadline, PostgreSQL run as the
-//! `postgres` user under root); what is new here is restarting in place.
+//! PostgreSQL is flashgate-testkit's server; redis-server and the cluster
+//! nodes are [`Proc`]s here because the faults restart them in place on the
+//! same port and files (testkit's own follow the tests' needs).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -199,176 +199,50 @@ pub async fn wait_redis(port: u16, within: Duration) -> anyhow::Result<()> {
     }
 }
 
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-fn pg_bin_dir() -> anyhow::Result<PathBuf> {
-    if let Ok(out) = std::process::Command::new("pg_config")
-        .arg("--bindir")
-        .output()
-    {
-        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if p.join("initdb").exists() {
-            return Ok(p);
-        }
-    }
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let major = e.file_name().to_str()?.parse().ok()?;
-                    Some((major, e.path().join("bin")))
-                })
-                .filter(|(_, p)| p.join("initdb").exists())
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
-        .pop()
-        .map(|(_, p)| p)
-        .context("PostgreSQL server binaries not found (install the postgresql package)")
-}
-
-/// A PostgreSQL of the run's own that the nemesis can stop (`-m immediate`,
-/// like a crash) and start again on the same port and data.
+/// The run's PostgreSQL: testkit's server (initdb into a temp dir, as the
+/// `postgres` user under root, `fsync=off`), which the nemesis stops
+/// (`-m immediate`, like a crash) and starts again on the same port and data.
 pub struct Postgres {
-    pub port: u16,
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    root: bool,
-    running: bool,
+    server: flashgate_testkit::postgres::PostgresServer,
+    /// Stopped by the nemesis and not started since.
+    down: bool,
 }
 
 impl Postgres {
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        self.server.url()
     }
 
-    fn as_server_user(&self, program: &str) -> std::process::Command {
-        let program = self.bin.join(program);
-        if self.root {
-            let mut c = std::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(program);
-            c
-        } else {
-            std::process::Command::new(program)
-        }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// initdb into a temp dir, then start on a free port.
+    /// initdb and start on a free port (on the blocking pool).
     pub async fn init() -> anyhow::Result<Postgres> {
-        tokio::task::spawn_blocking(|| {
-            let root = is_root();
-            let dir = tempfile::tempdir().context("temp dir for postgres")?;
-            if root {
-                let ok = std::process::Command::new("chown")
-                    .args(["-R", "postgres:"])
-                    .arg(dir.path())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                anyhow::ensure!(ok, "cannot hand the temp dir to the postgres user");
-            }
-            let mut pg = Postgres {
-                port: 0,
-                bin: pg_bin_dir()?,
-                dir,
-                root,
-                running: false,
-            };
-            let out = pg
-                .as_server_user("initdb")
-                .arg("-D")
-                .arg(pg.data())
-                .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
-                .arg("--no-sync")
-                .stdout(Stdio::null())
-                .output()
-                .context("running initdb")?;
-            anyhow::ensure!(
-                out.status.success(),
-                "initdb failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            for _ in 0..5 {
-                pg.port = free_port()?;
-                if pg.start_blocking() {
-                    return Ok(pg);
-                }
-            }
-            bail!("could not start postgres")
+        let server =
+            tokio::task::spawn_blocking(flashgate_testkit::postgres::PostgresServer::try_start)
+                .await??;
+        Ok(Postgres {
+            server,
+            down: false,
         })
-        .await?
-    }
-
-    fn start_blocking(&mut self) -> bool {
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
-            self.port,
-            self.dir.path().display()
-        );
-        self.running = self
-            .as_server_user("pg_ctl")
-            .arg("-D")
-            .arg(self.data())
-            .arg("-l")
-            .arg(self.dir.path().join("postgres.log"))
-            .args(["-o", &opts, "-w", "-t", "30", "start"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        self.running
-    }
-
-    fn stop_blocking(&mut self) {
-        if self.running {
-            let _ = self
-                .as_server_user("pg_ctl")
-                .arg("-D")
-                .arg(self.data())
-                .args(["-m", "immediate", "-w", "stop"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            self.running = false;
-        }
     }
 
     /// Stop at once, like a crash.
     pub async fn stop(&mut self) {
-        tokio::task::block_in_place(|| self.stop_blocking());
+        tokio::task::block_in_place(|| self.server.stop());
+        self.down = true;
     }
 
-    /// Start again on the same port and data (retried for up to 30 s).
+    /// Start again on the same port and data (a no-op while it runs).
     pub async fn start(&mut self) -> anyhow::Result<()> {
-        if self.running {
+        if !self.down {
             return Ok(());
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if tokio::task::block_in_place(|| self.start_blocking()) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("postgres did not restart on port {}", self.port);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        self.stop_blocking();
+        let server = &mut self.server;
+        // testkit's restart stops first (a no-op when stopped) and asserts
+        // it came back within 30 s: a panic here is a run that broke
+        tokio::task::block_in_place(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.restart()))
+        })
+        .map_err(|_| anyhow::anyhow!("postgres did not restart"))?;
+        self.down = false;
+        Ok(())
     }
 }
