@@ -38,6 +38,20 @@ pub fn on_cluster(fault: &str) -> bool {
     CLUSTER.contains(&fault) || fault == "cluster-mixed" || fault == "cluster-none"
 }
 
+/// Whether `fault` takes down something the processes need to start
+/// (Redis, PostgreSQL): healed before the others when two overlap.
+fn is_dependency(fault: &str) -> bool {
+    matches!(fault, "redis-kill" | "redis-pause" | "postgres-restart")
+}
+
+/// The order to stop overlapping faults in: the later one first, except
+/// that a dependency's fault is always healed before the others.
+fn stop_order<'a>(first: &'a str, second: Option<&'a str>) -> Vec<&'a str> {
+    let mut order: Vec<&str> = second.into_iter().chain([first]).collect();
+    order.sort_by_key(|f| !is_dependency(f));
+    order
+}
+
 /// How long a fault stays on, and the quiet gap after it.
 fn window(fault: &str) -> (Duration, Duration) {
     let ms = Duration::from_millis;
@@ -128,10 +142,12 @@ impl Nemesis {
                 starts.push((s.to_owned(), t));
             }
             tokio::time::sleep(on).await;
-            if let Some(s) = second {
-                self.stop(stack, s).await?;
+            // heal what the others need first: a flashgate or a ledger
+            // writer restarted while Redis or PostgreSQL is still down
+            // refuses to start
+            for f in stop_order(first, second) {
+                self.stop(stack, f).await?;
             }
-            self.stop(stack, first).await?;
             tokio::time::sleep(gap + Duration::from_millis(self.rng.below(1000))).await;
         }
         Ok(starts)
@@ -287,5 +303,23 @@ impl Nemesis {
         };
         self.history.nemesis("stop", fault, &detail);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependencies_heal_before_the_processes_that_need_them() {
+        for (second, first) in [
+            ("redis-kill", "flashgate-kill"),
+            ("flashgate-kill", "redis-pause"),
+        ] {
+            let mut order: Vec<&str> = Some(second).into_iter().chain([first]).collect();
+            order.sort_by_key(|f| !is_dependency(f));
+            assert!(is_dependency(order[0]), "{order:?}");
+        }
+        assert!(!is_dependency("writer-kill") && is_dependency("postgres-restart"));
     }
 }
