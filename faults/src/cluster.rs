@@ -1,7 +1,7 @@
 //! A Redis Cluster of 3 masters with a replica each, for the cluster
 //! faults: a master SIGKILLed (its replica promoted, then the old master
 //! restarted as a replica) and a slot migrated while the sale goes on.
-//! The recipe is tests/support/cluster.rs's (short node timeout, replicas
+//! The recipe is testkit/src/cluster.rs's (short node timeout, replicas
 //! always eligible, no full coverage required), driven through redis-cli.
 
 use std::path::Path;
