@@ -6,9 +6,9 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /build
 # Only what the build reads: the workspace manifests (loadtest, testkit, checker and faults
 # are workspace members, so cargo needs their manifests to load the workspace, and --locked
-# checks Cargo.lock covers them), the sources, and lua/ + config/, which are read at
-# compile time (include_str!). tests/it/observability_files.rs checks this list against
-# the tree.
+# checks Cargo.lock covers them), the sources, and lua/ + config/ + openapi.yaml, which
+# are read at compile time (include_str!). tests/it/observability_files.rs checks this
+# list against the tree.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY lua ./lua
@@ -19,6 +19,7 @@ COPY checker ./checker
 COPY faults ./faults
 COPY bench ./bench
 COPY migrations ./migrations
+COPY openapi.yaml ./
 # The registry and target dir live in cache mounts, so a source change rebuilds only
 # flashgate itself; the binary is copied out because the mount is not in the layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

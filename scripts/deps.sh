@@ -99,3 +99,25 @@ ensure_deploy_tools() {
   ensure_kubernetes_validate
   apt_install systemd-analyze systemd
 }
+
+# schemathesis (PyPI), which fuzzes a live instance from openapi.yaml
+# (tests/it/openapi.rs): pinned, in its own virtualenv under target/tools (its
+# dependencies stay apart from kubernetes-validate's). Exports
+# FLASHGATE_SCHEMATHESIS, the command the test runs.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+  local venv=$PWD/target/tools/schemathesis
+  local st=$venv/bin/schemathesis
+  if ! "$st" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+      apt_get_install python3-venv
+    fi
+    echo "flashgate: installing schemathesis $SCHEMATHESIS_VERSION from PyPI into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" || {
+      echo "flashgate: pip could not install schemathesis==$SCHEMATHESIS_VERSION (PyPI reachable?)" >&2
+      return 1
+    }
+  fi
+  export FLASHGATE_SCHEMATHESIS=$st
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quick start, command 2: the whole test suite. Tests start their own
 # redis-server (and PostgreSQL) processes on free ports in temp dirs; this installs what they
-# need first. Extra arguments go to the test runner.
+# need first (and schemathesis, which tests/it/openapi.rs runs). Extra arguments go to the test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -9,6 +9,7 @@ ensure_rust
 ensure_redis
 ensure_postgres
 ensure_deploy_tools
+ensure_schemathesis
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

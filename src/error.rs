@@ -65,6 +65,43 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Every `code` an error body can carry: the values of [`Self::code`]
+    /// (the test below holds the two together). `openapi.yaml` lists exactly
+    /// these (tests/it/openapi.rs).
+    pub const CODES: &'static [&'static str] = &[
+        "invalid_request",
+        "idempotency_key_reused",
+        "unknown_sku",
+        "reservation_not_found",
+        "not_found",
+        "method_not_allowed",
+        "headers_too_large",
+        "too_many_connections",
+        "sold_out",
+        "waitlist_full",
+        "already_waitlisted",
+        "ticket_not_found",
+        "ticket_promoted",
+        "ticket_expired",
+        "purchase_limit",
+        "already_loaded",
+        "unauthorized",
+        "forbidden",
+        "rate_limited",
+        "reservation_confirmed",
+        "reservation_released",
+        "reservation_expired",
+        "redis_unavailable",
+        "timeout",
+        "internal",
+        Self::REDIS_UNSUITABLE,
+        Self::TASK_STALLED,
+    ];
+    /// [`Self::NotReady`]: Redis is reachable but not one flashgate may run on.
+    pub const REDIS_UNSUITABLE: &'static str = "redis_unsuitable";
+    /// [`Self::NotReady`]: a background task stopped making progress.
+    pub const TASK_STALLED: &'static str = "task_stalled";
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidRequest(_) | ApiError::IdempotencyKeyReused => {
@@ -163,7 +200,7 @@ impl From<InventoryError> for ApiError {
             }
             InventoryError::Protocol(_) => ApiError::Internal(e),
             InventoryError::Unsuitable(message) => ApiError::NotReady {
-                code: "redis_unsuitable",
+                code: ApiError::REDIS_UNSUITABLE,
                 message,
             },
             InventoryError::InvalidRequest(m) => ApiError::InvalidRequest(m),
@@ -188,6 +225,86 @@ mod tests {
     fn answer(e: Error) -> (StatusCode, &'static str, String) {
         let api = ApiError::from(InventoryError::from(e));
         (api.status(), api.code(), api.message())
+    }
+
+    /// One error of every kind, each state of the kinds that carry one, and
+    /// every code [`ApiError::NotReady`] is built with.
+    fn one_of_each() -> Vec<ApiError> {
+        let redis = || InventoryError::Unavailable("x".into());
+        let not_ready = |code| ApiError::NotReady {
+            code,
+            message: "x".into(),
+        };
+        vec![
+            ApiError::InvalidRequest("x".into()),
+            ApiError::IdempotencyKeyReused,
+            ApiError::UnknownSku("x".into()),
+            ApiError::ReservationNotFound,
+            ApiError::RouteNotFound("/x".into()),
+            ApiError::MethodNotAllowed("GET"),
+            ApiError::HeadersTooLarge(1),
+            ApiError::TooManyConnections,
+            ApiError::SoldOut,
+            ApiError::WaitlistFull,
+            ApiError::AlreadyWaitlisted("x".into()),
+            ApiError::TicketNotFound,
+            ApiError::TicketState("promoted"),
+            ApiError::TicketState("expired"),
+            ApiError::AlreadyLoaded("x".into()),
+            ApiError::PurchaseLimit,
+            ApiError::Unauthorized,
+            ApiError::Forbidden,
+            ApiError::RateLimited {
+                retry_after_secs: 1,
+            },
+            ApiError::ReservationState("confirmed"),
+            ApiError::ReservationState("released"),
+            ApiError::ReservationState("expired"),
+            ApiError::RedisUnavailable(redis()),
+            ApiError::Timeout,
+            ApiError::Internal(redis()),
+            not_ready(ApiError::REDIS_UNSUITABLE),
+            not_ready(ApiError::TASK_STALLED),
+        ]
+    }
+
+    /// Does not compile when a variant is added: give it a sample in
+    /// [`one_of_each`] (and its code in [`ApiError::CODES`]) first.
+    fn _every_variant_has_a_sample(e: &ApiError) {
+        match e {
+            ApiError::InvalidRequest(_)
+            | ApiError::IdempotencyKeyReused
+            | ApiError::UnknownSku(_)
+            | ApiError::ReservationNotFound
+            | ApiError::RouteNotFound(_)
+            | ApiError::MethodNotAllowed(_)
+            | ApiError::HeadersTooLarge(_)
+            | ApiError::TooManyConnections
+            | ApiError::SoldOut
+            | ApiError::WaitlistFull
+            | ApiError::AlreadyWaitlisted(_)
+            | ApiError::TicketNotFound
+            | ApiError::TicketState(_)
+            | ApiError::AlreadyLoaded(_)
+            | ApiError::PurchaseLimit
+            | ApiError::Unauthorized
+            | ApiError::Forbidden
+            | ApiError::RateLimited { .. }
+            | ApiError::ReservationState(_)
+            | ApiError::RedisUnavailable(_)
+            | ApiError::Timeout
+            | ApiError::Internal(_)
+            | ApiError::NotReady { .. } => {}
+        }
+    }
+
+    #[test]
+    fn codes_lists_every_code_an_error_can_carry() {
+        let emitted: std::collections::BTreeSet<&str> =
+            one_of_each().iter().map(ApiError::code).collect();
+        let listed: std::collections::BTreeSet<&str> = ApiError::CODES.iter().copied().collect();
+        assert_eq!(listed.len(), ApiError::CODES.len(), "a code listed twice");
+        assert_eq!(emitted, listed);
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 /// Values of the `route` label of the HTTP metrics: one per route of the
 /// route table (`http::router::Route`, in its order; a test there holds them
 /// together).
-pub const ROUTES: [&str; 13] = [
+pub const ROUTES: [&str; 14] = [
     "reserve",
     "get_reservation",
     "confirm",
@@ -51,6 +51,7 @@ pub const ROUTES: [&str; 13] = [
     "healthz",
     "readyz",
     "metrics",
+    "openapi",
     "not_found",
 ];
 

@@ -16,6 +16,7 @@ mod route;
 pub mod router;
 pub mod state;
 
+pub use route::table as route_table;
 pub use state::{AppState, Tasks};
 
 use std::convert::Infallible;

@@ -56,10 +56,59 @@ pub(super) enum Route {
     Healthz,
     Readyz,
     Metrics,
+    Openapi,
     NotFound,
 }
 
+/// Every route's path (`{…}` for its variable segment) and methods, the
+/// not-found route aside: `openapi.yaml` documents exactly these
+/// (tests/it/openapi.rs).
+pub fn table() -> impl Iterator<Item = (&'static str, &'static str)> {
+    Route::ALL
+        .into_iter()
+        .filter(|r| *r != Route::NotFound)
+        .map(|r| (r.path(), r.methods()))
+}
+
 impl Route {
+    /// Every variant, in declaration order (a test holds it complete).
+    pub(super) const ALL: [Route; 14] = [
+        Route::Reserve,
+        Route::GetReservation,
+        Route::Confirm,
+        Route::Release,
+        Route::Extend,
+        Route::Sku,
+        Route::Waitlist,
+        Route::AdminSku,
+        Route::AdminPreload,
+        Route::Healthz,
+        Route::Readyz,
+        Route::Metrics,
+        Route::Openapi,
+        Route::NotFound,
+    ];
+
+    /// The route's path, `{…}` for its variable segment ("" for not found).
+    pub(super) fn path(self) -> &'static str {
+        match self {
+            Route::Reserve => "/v1/reservations",
+            Route::GetReservation => "/v1/reservations/{id}",
+            Route::Confirm => "/v1/reservations/{id}/confirm",
+            Route::Release => "/v1/reservations/{id}/release",
+            Route::Extend => "/v1/reservations/{id}/extend",
+            Route::Sku => "/v1/skus/{sku}",
+            Route::Waitlist => "/v1/waitlist/{ticket}",
+            Route::AdminSku => "/admin/v1/skus/{sku}",
+            Route::AdminPreload => "/admin/v1/skus/{sku}/preload",
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::Openapi => "/openapi.yaml",
+            Route::NotFound => "",
+        }
+    }
+
     /// The route of a path's segments, and its one variable segment (the
     /// reservation id, SKU or ticket id; "" for a route without one).
     #[inline]
@@ -77,6 +126,7 @@ impl Route {
             ["healthz"] => (Route::Healthz, ""),
             ["readyz"] => (Route::Readyz, ""),
             ["metrics"] => (Route::Metrics, ""),
+            ["openapi.yaml"] => (Route::Openapi, ""),
             _ => (Route::NotFound, ""),
         }
     }
@@ -97,6 +147,7 @@ impl Route {
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
+            Route::Openapi => "openapi",
             Route::NotFound => "not_found",
         }
     }
@@ -116,10 +167,14 @@ impl Route {
         }
     }
 
-    /// Health, readiness and metrics: answered before authentication.
+    /// Health, readiness, metrics and the API document: answered before
+    /// authentication.
     #[inline]
     pub(super) fn is_ops(self) -> bool {
-        matches!(self, Route::Healthz | Route::Readyz | Route::Metrics)
+        matches!(
+            self,
+            Route::Healthz | Route::Readyz | Route::Metrics | Route::Openapi
+        )
     }
 }
 
@@ -131,23 +186,9 @@ mod tests {
         Route::of(Segments::of(path).as_slice()).0.label()
     }
 
-    /// Every variant, in declaration order (the exhaustive `match` makes a
-    /// new variant fail to compile here until it is listed).
-    const ALL: [Route; 13] = [
-        Route::Reserve,
-        Route::GetReservation,
-        Route::Confirm,
-        Route::Release,
-        Route::Extend,
-        Route::Sku,
-        Route::Waitlist,
-        Route::AdminSku,
-        Route::AdminPreload,
-        Route::Healthz,
-        Route::Readyz,
-        Route::Metrics,
-        Route::NotFound,
-    ];
+    /// (the exhaustive `match` below makes a new variant fail to compile
+    /// until it is listed in [`Route::ALL`])
+    const ALL: [Route; 14] = Route::ALL;
 
     #[test]
     fn the_metrics_route_labels_are_the_route_table() {
@@ -166,11 +207,29 @@ mod tests {
                 Route::Healthz => 9,
                 Route::Readyz => 10,
                 Route::Metrics => 11,
-                Route::NotFound => 12,
+                Route::Openapi => 12,
+                Route::NotFound => 13,
             };
             assert_eq!(pos, i);
         }
         assert_eq!(ALL.map(Route::label), crate::metrics::ROUTES);
+    }
+
+    #[test]
+    fn each_routes_path_is_routed_to_it() {
+        for r in Route::ALL {
+            if r == Route::NotFound {
+                continue;
+            }
+            let concrete = r.path().replace(['{', '}'], "");
+            assert_eq!(
+                Route::of(Segments::of(&concrete).as_slice()).0,
+                r,
+                "{}",
+                r.path()
+            );
+        }
+        assert_eq!(table().count(), Route::ALL.len() - 1);
     }
 
     #[test]

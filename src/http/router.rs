@@ -205,7 +205,10 @@ async fn dispatch(
     }
 }
 
-/// Health, readiness and metrics: no authentication (bind the port to the
+/// The API's contract, served at `GET /openapi.yaml`.
+const OPENAPI: &str = include_str!("../../openapi.yaml");
+
+/// Health, readiness, metrics and the API document: no authentication (bind the port to the
 /// internal network; they reveal no sale data beyond the per-SKU gauges).
 async fn ops(state: &AppState, method: &Method, route: Route) -> Result<Response<Body>, ApiError> {
     if method != Method::GET {
@@ -223,7 +226,7 @@ async fn ops(state: &AppState, method: &Method, route: Route) -> Result<Response
             .map(|()| state.tasks.stalled())
         {
             Ok(stalled) if !stalled.is_empty() => Err(ApiError::NotReady {
-                code: "task_stalled",
+                code: ApiError::TASK_STALLED,
                 message: stalled.join("; "),
             }),
             Ok(_) => Ok(body::json(
@@ -233,6 +236,11 @@ async fn ops(state: &AppState, method: &Method, route: Route) -> Result<Response
             Err(e @ crate::inventory::InventoryError::Unsuitable(_)) => Err(e.into()),
             Err(e) => Err(ApiError::RedisUnavailable(e)),
         },
+        Route::Openapi => Ok(body::with_type(
+            StatusCode::OK,
+            Bytes::from_static(OPENAPI.as_bytes()),
+            "application/yaml",
+        )),
         _ => Ok(body::with_type(
             StatusCode::OK,
             Bytes::from(state.metrics.render()),

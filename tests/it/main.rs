@@ -21,6 +21,7 @@ mod ledger;
 mod lua;
 mod lua_fix;
 mod observability_files;
+mod openapi;
 mod reconcile_safety;
 mod stock_corners;
 mod upgrade;
