@@ -278,13 +278,15 @@ async fn fuzz(app: &TestApp, key: &str, label: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let summary = report
+    // "N generated, N passed" and "== … in 12.3s ==": what ran, how long
+    let summary: Vec<&str> = report
         .lines()
-        .rev()
-        .find(|l| l.contains(" in ") && l.contains('='))
-        .unwrap_or("");
+        .filter(|l| l.contains(" generated, ") || (l.contains(" in ") && l.contains("====")))
+        .map(str::trim)
+        .collect();
     eprintln!(
-        "schemathesis with the {label} key: {summary} ({:.1} s)",
+        "schemathesis with the {label} key: {} ({:.1} s)",
+        summary.join(" "),
         started.elapsed().as_secs_f64()
     );
     assert!(
