@@ -26,6 +26,8 @@ const STOREFRONT_SECRET: &str = "storefront-secret-0000001";
 const ADMIN: &str = "admin-secret-00000000000001";
 /// The SKU the live instance sells (the document's example SKU).
 const SKU: &str = "demo-tee";
+/// A SKU loaded with no stock: the document's waitlist example gets a ticket (202).
+const SOLD_OUT: &str = "sold-out-tee";
 const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
 
 fn document_path() -> PathBuf {
@@ -145,7 +147,7 @@ fn the_document_lists_every_error_code_the_service_emits_and_no_other() {
 }
 
 /// The live instance schemathesis and the route probe talk to: Redis, the service with
-/// one storefront key and one admin key, the example SKU loaded.
+/// one storefront key and one admin key, the example SKUs loaded.
 async fn live() -> (RedisServer, TestApp) {
     let redis = RedisServer::start();
     let app = support::spawn_app_with(&redis, |c| {
@@ -155,6 +157,7 @@ async fn live() -> (RedisServer, TestApp) {
     })
     .await;
     app.preload(SKU, 1000, 4).await;
+    app.preload(SOLD_OUT, 0, 1).await;
     (redis, app)
 }
 
