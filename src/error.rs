@@ -251,7 +251,7 @@ mod tests {
             ApiError::TicketState("promoted"),
             ApiError::TicketState("expired"),
             ApiError::AlreadyLoaded("x".into()),
-            ApiError::PurchaseLimit,
+            ApiError::PurchaseCap,
             ApiError::Unauthorized,
             ApiError::Forbidden,
             ApiError::RateLimited {
@@ -286,7 +286,7 @@ mod tests {
             | ApiError::TicketNotFound
             | ApiError::TicketState(_)
             | ApiError::AlreadyLoaded(_)
-            | ApiError::PurchaseLimit
+            | ApiError::PurchaseCap
             | ApiError::Unauthorized
             | ApiError::Forbidden
             | ApiError::RateLimited { .. }
