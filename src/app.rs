@@ -20,7 +20,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::Auth;
 use crate::config::{Config, ConfigError};
 use crate::inventory::InventoryError;
 use crate::inventory::{expiry, Inventory};
@@ -142,14 +141,7 @@ impl App {
                 })?;
         Ok(App {
             listener,
-            state: Arc::new(AppState {
-                auth: Auth::from_config(&config),
-                limiter: config.limiter(),
-                tasks: Tasks::default(),
-                config,
-                inventory,
-                metrics,
-            }),
+            state: Arc::new(AppState::new(config, inventory, metrics)?),
         })
     }
 
@@ -193,7 +185,7 @@ impl App {
         };
         let promoter = {
             let (inventory, metrics) = (state.inventory.clone(), state.metrics.clone());
-            let webhook = crate::webhook::Webhook::from_url(&state.config.waitlist_webhook_url);
+            let webhook = state.webhook.clone();
             supervise(
                 state,
                 "promoter",
@@ -249,7 +241,8 @@ async fn prune_limiter(
         if *shutdown.borrow() {
             return;
         }
-        let left = state.limiter.prune();
+        // the running limiter: a reload may have replaced it
+        let left = state.live().limiter.prune();
         state.metrics.limiter_buckets.set(left as i64);
         heartbeat.beat();
     }

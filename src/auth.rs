@@ -23,25 +23,15 @@ use crate::domain::{StorefrontId, Tenant};
 use crate::error::ApiError;
 
 /// An authenticated caller. The number identifies the key (its position in
-/// the configuration; for a storefront, its first key's) for rate limits,
-/// without carrying it: it is no identity to store (see [`Auth::tenant`]).
+/// the configuration; for a storefront, its first key's), valid only with
+/// the [`Auth`] that answered it (a reload makes a new one): it is no
+/// identity to store (see [`Auth::tenant`], [`Auth::bucket`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Caller {
     Storefront(usize),
     Admin(usize),
     /// `insecure_no_auth` with no keys configured.
     Anonymous,
-}
-
-impl Caller {
-    /// The per-client rate-limit key.
-    pub fn client_id(self, storefronts: usize) -> Option<usize> {
-        match self {
-            Caller::Storefront(i) => Some(i),
-            Caller::Admin(i) => Some(storefronts + i),
-            Caller::Anonymous => None,
-        }
-    }
 }
 
 pub struct Auth {
@@ -52,7 +42,28 @@ pub struct Auth {
     /// storefront's keys share its rate-limit bucket.
     first_of: Vec<usize>,
     admin: Vec<Vec<u8>>,
+    /// The rate-limit bucket of each of `api`'s keys (its storefront's) and
+    /// of each admin key: a hash that stays the same across reloads, however
+    /// the keys are ordered.
+    api_buckets: Vec<u64>,
+    admin_buckets: Vec<u64>,
     open: bool,
+}
+
+/// A stable 64-bit bucket key: the first 8 bytes of a SHA-256 with a prefix
+/// naming the kind of caller (a storefront named like an admin key's hash
+/// still gets a bucket of its own).
+fn bucket_of(kind: &[u8], id: &[u8]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"flashgate bucket\0")
+        .chain_update(kind)
+        .chain_update(b"\0")
+        .chain_update(id)
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 impl Auth {
@@ -73,12 +84,28 @@ impl Auth {
                     .unwrap_or(i)
             })
             .collect();
+        let api_buckets = storefronts
+            .iter()
+            .map(|s| bucket_of(b"storefront", s.to_string().as_bytes()))
+            .collect();
+        let admin: Vec<Vec<u8>> = c.admin_keys.iter().map(|k| k.as_bytes().to_vec()).collect();
         Auth {
             api,
             storefronts,
             first_of,
-            admin: c.admin_keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            admin_buckets: admin.iter().map(|k| bucket_of(b"admin", k)).collect(),
+            admin,
+            api_buckets,
             open: c.insecure_no_auth && c.api_keys.is_empty() && c.admin_keys.is_empty(),
+        }
+    }
+
+    /// The caller's per-client rate-limit bucket (none for an anonymous one).
+    pub fn bucket(&self, caller: Caller) -> Option<u64> {
+        match caller {
+            Caller::Storefront(i) => self.api_buckets.get(i).copied(),
+            Caller::Admin(i) => self.admin_buckets.get(i).copied(),
+            Caller::Anonymous => None,
         }
     }
 
@@ -246,6 +273,29 @@ mod tests {
             (caller, a.tenant(caller).unwrap())
         };
         let shop_a = Tenant::Storefront(StorefrontId::parse("shop-a").unwrap());
+        // a storefront's bucket is its id's, wherever its keys are listed
+        let reordered = Auth::from_config(&Config {
+            api_keys: vec![
+                "storefront-key-000002".into(),
+                "shop-a:storefront-key-000003".into(),
+            ],
+            ..Config::default()
+        });
+        let bucket = |auth: &Auth, token: &str| {
+            auth.bucket(auth.identify(Some(&h(&format!("Bearer {token}")))).unwrap())
+        };
+        assert_eq!(
+            bucket(&a, "storefront-key-000001"),
+            bucket(&reordered, "storefront-key-000003")
+        );
+        assert_eq!(
+            bucket(&a, "storefront-key-000002"),
+            bucket(&reordered, "storefront-key-000002")
+        );
+        assert_ne!(
+            bucket(&a, "storefront-key-000001"),
+            bucket(&a, "storefront-key-000002")
+        );
         // both secrets of shop-a: one storefront, one rate-limit bucket
         assert_eq!(
             tenant("storefront-key-000001"),

@@ -91,8 +91,16 @@ pub struct Config {
     pub waitlist_ticket_seconds: u64,
     /// One promoter per SKU holds a lease this long (renewed while it works).
     pub waitlist_lease_ms: u64,
-    /// Optional: POST each promotion to this URL (http://…), with retries.
+    /// Optional: POST each promotion to this URL (`https://…`, or `http://…`
+    /// on a trusted network), with retries. Reloadable.
     pub waitlist_webhook_url: String,
+    /// The secret every delivery is signed with (`Flashgate-Signature`,
+    /// docs/webhooks.md); required with a URL, at least 16 characters.
+    /// Reloadable.
+    pub waitlist_webhook_secret: String,
+    /// PEM file of the certificates an https:// webhook's server must chain
+    /// to (a private CA); empty: the public webpki roots. Reloadable.
+    pub waitlist_webhook_ca_file: String,
 
     /// Storefront API keys (`Authorization: Bearer <secret>`) for `/v1/`:
     /// `name:secret` names the storefront that owns what the key makes
@@ -166,6 +174,8 @@ impl Default for Config {
             waitlist_ticket_seconds: 1800,
             waitlist_lease_ms: 5000,
             waitlist_webhook_url: String::new(),
+            waitlist_webhook_secret: String::new(),
+            waitlist_webhook_ca_file: String::new(),
             api_keys: Vec::new(),
             admin_keys: Vec::new(),
             insecure_no_auth: false,
@@ -199,6 +209,23 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+}
+
+impl ConfigError {
+    /// The error without the file's text: a TOML parse error quotes the line
+    /// it failed on, which may hold a key or a secret. What a reload logs
+    /// and answers.
+    pub fn redacted(&self) -> String {
+        match self {
+            ConfigError::Parse { path, source } => format!(
+                "invalid config file {}: {} (at byte {})",
+                path.display(),
+                source.message().trim().replace('\n', "; "),
+                source.span().map_or(0, |s| s.start)
+            ),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl Config {
@@ -279,10 +306,17 @@ impl Config {
         {
             return bad("waitlist_capacity and waitlist_ticket_seconds must be > 0, waitlist_lease_ms >= 100");
         }
-        if !self.waitlist_webhook_url.is_empty()
-            && !self.waitlist_webhook_url.starts_with("http://")
-        {
-            return bad("waitlist_webhook_url must be an http:// URL (or empty)");
+        if !self.waitlist_webhook_url.is_empty() {
+            if !(self.waitlist_webhook_url.starts_with("http://")
+                || self.waitlist_webhook_url.starts_with("https://"))
+                || self.waitlist_webhook_url.parse::<hyper::Uri>().is_err()
+            {
+                return bad("waitlist_webhook_url must be an https:// or http:// URL (or empty)");
+            }
+            let s = &self.waitlist_webhook_secret;
+            if s.len() < 16 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return bad("waitlist_webhook_secret must be set with waitlist_webhook_url: at least 16 characters, without spaces (every delivery is signed, docs/webhooks.md)");
+            }
         }
         if self.task_stall_ms == 0 {
             return bad("task_stall_ms must be > 0");
@@ -378,7 +412,84 @@ impl Config {
         for k in c.admin_keys.iter_mut() {
             *k = "***".into();
         }
+        if !c.waitlist_webhook_secret.is_empty() {
+            c.waitlist_webhook_secret = "***".into();
+        }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+/// The settings a running instance takes on a reload (SIGHUP or `POST
+/// /admin/v1/reload`, docs/operations.md): who may call, how fast, and where
+/// promotions go and how they are signed. Every other setting shapes
+/// something built once at start (the listener, the Redis and Postgres
+/// pools, the background tasks' timers, the scripts' arguments) and needs a
+/// restart.
+pub const RELOADABLE: &[&str] = &[
+    "api_keys",
+    "admin_keys",
+    "global_rate_per_second",
+    "global_burst",
+    "client_rate_per_second",
+    "client_burst",
+    "user_rate_per_second",
+    "user_burst",
+    "waitlist_webhook_url",
+    "waitlist_webhook_secret",
+    "waitlist_webhook_ca_file",
+];
+
+/// What a reload does ([`Config::reload_plan`]).
+#[derive(Debug)]
+pub struct ReloadPlan {
+    /// Reloadable settings whose value changes.
+    pub changed: Vec<&'static str>,
+    /// Settings that differ from the running value but need a restart; they
+    /// keep their running value.
+    pub restart_needed: Vec<String>,
+    /// The running configuration with the changed settings taken.
+    pub config: Config,
+}
+
+impl Config {
+    /// Reloading `new` over `self` (the running configuration): the
+    /// reloadable settings that differ are taken, the others that differ are
+    /// listed and keep their running value. `new` must be valid on its own,
+    /// and the result too (e.g. with `insecure_no_auth` off at start, a
+    /// reload cannot remove the last key). Names only: no value (a key, a
+    /// secret) reaches the plan.
+    pub fn reload_plan(&self, new: &Config) -> Result<ReloadPlan, ConfigError> {
+        new.validate()?;
+        let as_map = |c: &Config| match serde_json::to_value(c) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            _ => Err(ConfigError::Invalid("cannot compare configurations".into())),
+        };
+        let (mut running, next) = (as_map(self)?, as_map(new)?);
+        let mut changed = Vec::new();
+        let mut restart_needed = Vec::new();
+        for (name, value) in &next {
+            if running.get(name) == Some(value) {
+                continue;
+            }
+            match RELOADABLE.iter().find(|r| **r == name) {
+                Some(r) => {
+                    changed.push(*r);
+                    running.insert(name.clone(), value.clone());
+                }
+                None => restart_needed.push(name.clone()),
+            }
+        }
+        changed.sort_unstable();
+        restart_needed.sort_unstable();
+        let config: Config = serde_json::from_value(serde_json::Value::Object(running))
+            .map_err(|e| ConfigError::Invalid(format!("cannot merge configurations: {e}")))?;
+        config.validate()?;
+        config.validate_auth()?;
+        Ok(ReloadPlan {
+            changed,
+            restart_needed,
+            config,
+        })
     }
 }
 
@@ -454,6 +565,63 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err(), "one secret, two storefronts");
+    }
+
+    #[test]
+    fn a_reload_takes_the_reloadable_settings_and_lists_the_rest() {
+        let running = Config {
+            api_keys: vec!["storefront-key-000001".into()],
+            ..Config::default()
+        };
+        let new = Config {
+            api_keys: vec!["storefront-key-000002".into()],
+            user_burst: 99,
+            listen: "127.0.0.1:9".parse().unwrap(),
+            hold_seconds: 60,
+            ..Config::default()
+        };
+        let plan = running.reload_plan(&new).unwrap();
+        assert_eq!(plan.changed, ["api_keys", "user_burst"]);
+        assert_eq!(plan.restart_needed, ["hold_seconds", "listen"]);
+        assert_eq!(plan.config.api_keys, new.api_keys);
+        assert_eq!(plan.config.user_burst, 99);
+        assert_eq!(plan.config.listen, running.listen, "not applied");
+        assert_eq!(plan.config.hold_seconds, running.hold_seconds);
+        // nothing changes: an empty plan
+        let same = running.reload_plan(&running).unwrap();
+        assert!(same.changed.is_empty() && same.restart_needed.is_empty());
+        // the last key cannot go without insecure_no_auth
+        assert!(running.reload_plan(&Config::default()).is_err());
+        // a bad value anywhere refuses the whole reload
+        let bad = Config {
+            hold_seconds: 0,
+            ..running.clone()
+        };
+        assert!(running.reload_plan(&bad).is_err());
+    }
+
+    #[test]
+    fn a_webhook_needs_a_signing_secret_and_http_or_https() {
+        let hook = |url: &str, secret: &str| Config {
+            waitlist_webhook_url: url.into(),
+            waitlist_webhook_secret: secret.into(),
+            ..Config::default()
+        };
+        assert!(hook("https://shop.example/hook", "whsec-0123456789abcdef")
+            .validate()
+            .is_ok());
+        assert!(hook("http://10.0.0.1:8080/hook", "whsec-0123456789abcdef")
+            .validate()
+            .is_ok());
+        assert!(hook("https://shop.example/hook", "").validate().is_err());
+        assert!(hook("https://shop.example/hook", "short")
+            .validate()
+            .is_err());
+        assert!(hook("ftp://shop.example/hook", "whsec-0123456789abcdef")
+            .validate()
+            .is_err());
+        let shown = hook("https://shop.example/hook", "whsec-0123456789abcdef").redacted_toml();
+        assert!(!shown.contains("whsec"), "{shown}");
     }
 
     #[test]

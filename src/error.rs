@@ -38,6 +38,9 @@ pub enum ApiError {
     TicketNotFound,
     #[error("the ticket is {0}")]
     TicketState(&'static str),
+    /// A configuration reload refused: nothing changed.
+    #[error("the configuration was not reloaded, nothing changed: {0}")]
+    InvalidConfig(String),
     #[error("{0} is already loaded (a live sale?); nothing changed — pass force to overwrite its available units")]
     AlreadyLoaded(String),
     #[error("this buyer already holds or bought the most units of this SKU allowed per buyer")]
@@ -104,9 +107,9 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest(_) | ApiError::IdempotencyKeyReused => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ApiError::InvalidRequest(_)
+            | ApiError::IdempotencyKeyReused
+            | ApiError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnknownSku(_)
             | ApiError::ReservationNotFound
             | ApiError::TicketNotFound
@@ -150,6 +153,7 @@ impl ApiError {
             ApiError::TicketState(_) => "ticket_expired",
             ApiError::PurchaseCap => "purchase_limit",
             ApiError::AlreadyLoaded(_) => "already_loaded",
+            ApiError::InvalidConfig(_) => "invalid_config",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
             ApiError::RateLimited { .. } => "rate_limited",

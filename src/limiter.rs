@@ -20,13 +20,22 @@
 //! two do is about 3e-8 — and a client cannot aim for it without the key.
 //!
 //! The bucket maps do not hash their keys again: a buyer's key already is a
-//! keyed hash, and a storefront's is its index among the configured API
-//! keys, which no client picks ([`Spread`]). SipHash over the key a second
+//! keyed hash, and a storefront's is a hash of its id, which no client picks
+//! ([`Spread`], [`crate::auth::Auth::bucket`]). SipHash over the key a second
 //! time was ≈ 3 % of a sold-out answer's instructions (callgrind).
 //!
 //! The keyed maps grow with every distinct user; [`Limiter::prune`] drops the
 //! buckets that are indistinguishable from fresh ones (`retain_recent`) and
 //! returns the memory (`shrink_to_fit`). The app runs it on a timer.
+//!
+//! **Reload.** A reload that changes a layer's rate or burst
+//! ([`Limiter::reconfigured`]) gives that layer fresh buckets: every client
+//! starts the new quota with a full burst, as after a restart; a bucket's
+//! state under the old quota means nothing under the new one (GCRA keeps a
+//! time, not a count). A layer whose quota stays keeps its buckets, so a
+//! reload that only adds a key hands no one a second burst. A storefront's
+//! bucket is keyed by its id, not its key's position, so reordering or
+//! adding keys moves no storefront onto another's bucket.
 
 use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
@@ -119,7 +128,7 @@ impl BuildHasher for Spread {
 }
 
 /// The service's clock: the monotonic clock plus an offset that only a test
-/// moves ([`AppClock::advance`], through `AppState::limiter`'s
+/// moves ([`AppClock::advance`], through `AppState::live`'s limiter's
 /// [`Limiter::clock`]), so that a test of the running app sees its buckets
 /// refill without sleeping. In the service the offset stays 0 (one relaxed
 /// atomic load per check).
@@ -151,12 +160,16 @@ impl Clock for AppClock {
     }
 }
 
+/// The three layers, each shared (`Arc`) so that a reload keeps the state
+/// of the layers whose quota it does not change.
 pub struct Limiter<C: Clock + Clone = AppClock> {
     clock: C,
-    instance: Option<Direct<C>>,
-    client: Option<Keyed<usize, C>>,
-    user: Option<Keyed<u64, C>>,
-    /// The key of the buyers' hashes (random per process).
+    /// The quotas this limiter was built with: instance, client, user.
+    buckets: [Bucket; 3],
+    instance: Option<Arc<Direct<C>>>,
+    client: Option<Arc<Keyed<u64, C>>>,
+    user: Option<Arc<Keyed<u64, C>>>,
+    /// The key of the buyers' hashes (random per process, kept by a reload).
     user_hash: RandomState,
 }
 
@@ -170,15 +183,10 @@ impl<C: Clock + Clone> Limiter<C> {
     /// With a clock of the caller's (a fake one in tests).
     pub fn with_clock(instance: Bucket, client: Bucket, user: Bucket, clock: C) -> Self {
         Limiter {
-            instance: instance
-                .quota()
-                .map(|q| RateLimiter::direct_with_clock(q, clock.clone())),
-            client: client
-                .quota()
-                .map(|q| RateLimiter::dashmap_with_clock_and_hasher(q, clock.clone(), Spread)),
-            user: user
-                .quota()
-                .map(|q| RateLimiter::dashmap_with_clock_and_hasher(q, clock.clone(), Spread)),
+            buckets: [instance, client, user],
+            instance: Self::direct(instance, &clock),
+            client: Self::keyed(client, &clock),
+            user: Self::keyed(user, &clock),
             user_hash: RandomState::new(),
             clock,
         }
@@ -189,6 +197,48 @@ impl<C: Clock + Clone> Limiter<C> {
         &self.clock
     }
 
+    fn direct(b: Bucket, clock: &C) -> Option<Arc<Direct<C>>> {
+        b.quota()
+            .map(|q| Arc::new(RateLimiter::direct_with_clock(q, clock.clone())))
+    }
+
+    fn keyed(b: Bucket, clock: &C) -> Option<Arc<Keyed<u64, C>>> {
+        b.quota().map(|q| {
+            Arc::new(RateLimiter::dashmap_with_clock_and_hasher(
+                q,
+                clock.clone(),
+                Spread,
+            ))
+        })
+    }
+
+    /// This limiter with new quotas, for a reload: a layer whose quota is
+    /// unchanged shares this one's buckets, a changed one starts fresh (see
+    /// the module's "Reload").
+    pub fn reconfigured(&self, instance: Bucket, client: Bucket, user: Bucket) -> Self {
+        let [i, c, u] = self.buckets;
+        Limiter {
+            buckets: [instance, client, user],
+            instance: if i == instance {
+                self.instance.clone()
+            } else {
+                Self::direct(instance, &self.clock)
+            },
+            client: if c == client {
+                self.client.clone()
+            } else {
+                Self::keyed(client, &self.clock)
+            },
+            user: if u == user {
+                self.user.clone()
+            } else {
+                Self::keyed(user, &self.clock)
+            },
+            user_hash: self.user_hash.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
     fn refusal(&self, scope: Scope, not_until: governor::NotUntil<C::Instant>) -> Limited {
         Limited {
             scope,
@@ -197,7 +247,7 @@ impl<C: Clock + Clone> Limiter<C> {
     }
 
     /// The instance-wide and per-storefront buckets (every `/v1/` request).
-    pub fn check_client(&self, client: Option<usize>) -> Result<(), Limited> {
+    pub fn check_client(&self, client: Option<u64>) -> Result<(), Limited> {
         if let Some(l) = &self.instance {
             l.check().map_err(|n| self.refusal(Scope::Instance, n))?;
         }
@@ -313,6 +363,36 @@ mod tests {
         clock.advance(Duration::from_millis(250));
         assert_eq!(l.prune(), 0);
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn a_reload_resets_only_the_layers_whose_quota_changed() {
+        let clock = FakeRelativeClock::default();
+        let b = |rate, burst| Bucket {
+            rate_per_second: rate,
+            burst,
+        };
+        let l = Limiter::with_clock(b(100, 100), b(1, 1), b(1, 1), clock.clone());
+        assert!(l.check_client(Some(7)).is_ok());
+        assert!(l.check_user("alice").is_ok());
+        assert!(l.check_client(Some(7)).is_err());
+        assert!(l.check_user("alice").is_err());
+        // the user layer's quota changes, the client's does not
+        let r = l.reconfigured(b(100, 100), b(1, 1), b(1, 2));
+        assert_eq!(
+            r.check_client(Some(7)).unwrap_err().scope,
+            Scope::Client,
+            "an unchanged layer keeps its buckets: no second burst"
+        );
+        assert!(
+            r.check_user("alice").is_ok(),
+            "a changed layer starts fresh"
+        );
+        assert!(r.check_user("alice").is_ok(), "with the new burst of 2");
+        assert!(r.check_user("alice").is_err());
+        // a layer turned off and on again starts fresh too
+        let off = r.reconfigured(b(100, 100), OFF, b(1, 2));
+        assert!(off.check_client(Some(7)).is_ok());
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 /// Values of the `route` label of the HTTP metrics: one per route of the
 /// route table (`http::router::Route`, in its order; a test there holds them
 /// together).
-pub const ROUTES: [&str; 14] = [
+pub const ROUTES: [&str; 15] = [
     "reserve",
     "get_reservation",
     "confirm",
@@ -48,6 +48,7 @@ pub const ROUTES: [&str; 14] = [
     "waitlist",
     "admin_sku",
     "admin_preload",
+    "admin_reload",
     "healthz",
     "readyz",
     "metrics",
@@ -100,6 +101,9 @@ pub const OUTCOMES: [&str; 10] = [
 
 /// Values of the `task` label: the background tasks `app.rs` supervises.
 pub const TASKS: [&str; 4] = ["sweeper", "promoter", "ledger", "limiter_pruner"];
+
+/// Values of the `outcome` label of [`Metrics::config_reloads`].
+pub const RELOAD_OUTCOMES: [&str; 3] = ["ok", "restart_needed", "invalid"];
 
 /// Values of the `kind` label of [`Metrics::redis_errors`].
 pub const REDIS_ERROR_KINDS: [&str; 4] = ["timeout", "connection", "noscript", "other"];
@@ -181,6 +185,10 @@ pub struct Metrics {
     /// `flashgate_task_restarts_total{task}` — background tasks restarted after a panic
     /// (one of [`TASKS`]); any increase is a bug to read in the logs.
     pub task_restarts: IntCounterVec,
+    /// `flashgate_config_reloads_total{outcome}` — configuration reloads (SIGHUP,
+    /// `POST /admin/v1/reload`) by outcome: `ok`, `restart_needed` (applied, but some
+    /// changed settings wait for a restart), `invalid` (refused, nothing changed).
+    pub config_reloads: IntCounterVec,
     /// The most distinct SKUs the per-SKU gauges track; later SKUs are refused.
     pub sku_gauge_cap: usize,
     /// `flashgate_sku_series_refused_total` — per-SKU updates refused because the cap was
@@ -305,6 +313,16 @@ impl Metrics {
         for task in TASKS {
             task_restarts.with_label_values(&[task]);
         }
+        let config_reloads = reg.add(IntCounterVec::new(
+            Opts::new(
+                "flashgate_config_reloads_total",
+                "Configuration reloads by outcome (ok, restart_needed, invalid).",
+            ),
+            &["outcome"],
+        ));
+        for outcome in RELOAD_OUTCOMES {
+            config_reloads.with_label_values(&[outcome]);
+        }
         let sku_refused = reg.add(IntCounter::new(
             "flashgate_sku_series_refused_total",
             "Per-SKU gauge updates refused because sku_gauge_cap SKUs are already tracked.",
@@ -348,10 +366,16 @@ impl Metrics {
             connections_open,
             connections_refused,
             task_restarts,
+            config_reloads,
             sku_gauge_cap,
             sku_refused,
             tracked_skus: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Count a configuration reload by its outcome (one of [`RELOAD_OUTCOMES`]).
+    pub fn config_reload(&self, outcome: &str) {
+        self.config_reloads.with_label_values(&[outcome]).inc();
     }
 
     /// Every metric of this instance in the Prometheus text format, the body of `GET /metrics`

@@ -1,5 +1,6 @@
 //! Signals, each with one meaning. SIGTERM: stop accepting, let in-flight
 //! requests finish within the drain time. SIGINT (Ctrl-C): leave quickly.
+//! SIGHUP: reload the configuration ([`hangups`]), serving on.
 //! Also the [`Heartbeat`] each background task beats between its rounds.
 
 use std::time::Duration;
@@ -26,6 +27,29 @@ pub async fn signal(drain: Duration) -> Duration {
         _ = ctrl_c => { tracing::info!("SIGINT: leaving"); Duration::from_millis(500) }
         _ = term => { tracing::info!("SIGTERM: draining"); drain }
     }
+}
+
+/// Each SIGHUP, as a message (`None` never comes while the process runs).
+/// Listening starts at the call, which replaces SIGHUP's default action
+/// (ending the process). Where signals cannot be listened to, nothing comes.
+pub fn hangups() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut s) => {
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    // a full channel: a reload is already due, it reads the
+                    // file as it is by then
+                    let _ = tx.try_send(());
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/v1/reload")
+        }
+    }
+    rx
 }
 
 /// What a background task reports after each round it completes (whatever

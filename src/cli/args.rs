@@ -189,6 +189,15 @@ pub struct ServeArgs {
     pub waitlist_ticket_seconds: Option<u64>,
     #[arg(long, env = "FLASHGATE_WAITLIST_WEBHOOK_URL")]
     pub waitlist_webhook_url: Option<String>,
+    /// The webhook's signing secret (prefer the environment variable: flags show in `ps`).
+    #[arg(
+        long,
+        env = "FLASHGATE_WAITLIST_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub waitlist_webhook_secret: Option<String>,
+    #[arg(long, env = "FLASHGATE_WAITLIST_WEBHOOK_CA_FILE")]
+    pub waitlist_webhook_ca_file: Option<String>,
     #[arg(long, env = "FLASHGATE_TASK_STALL_MS")]
     pub task_stall_ms: Option<u64>,
     /// Tests only: `task:N` makes a background task panic in its first N rounds.
@@ -233,6 +242,8 @@ impl ServeArgs {
             waitlist_capacity,
             waitlist_ticket_seconds,
             waitlist_webhook_url,
+            waitlist_webhook_secret,
+            waitlist_webhook_ca_file,
             task_stall_ms,
             fault_task_panics,
         );

@@ -53,6 +53,7 @@ pub(super) enum Route {
     Waitlist,
     AdminSku,
     AdminPreload,
+    AdminReload,
     Healthz,
     Readyz,
     Metrics,
@@ -72,7 +73,7 @@ pub fn table() -> impl Iterator<Item = (&'static str, &'static str)> {
 
 impl Route {
     /// Every variant, in declaration order (a test holds it complete).
-    pub(super) const ALL: [Route; 14] = [
+    pub(super) const ALL: [Route; 15] = [
         Route::Reserve,
         Route::GetReservation,
         Route::Confirm,
@@ -82,6 +83,7 @@ impl Route {
         Route::Waitlist,
         Route::AdminSku,
         Route::AdminPreload,
+        Route::AdminReload,
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -101,6 +103,7 @@ impl Route {
             Route::Waitlist => "/v1/waitlist/{ticket}",
             Route::AdminSku => "/admin/v1/skus/{sku}",
             Route::AdminPreload => "/admin/v1/skus/{sku}/preload",
+            Route::AdminReload => "/admin/v1/reload",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
@@ -123,6 +126,7 @@ impl Route {
             ["v1", "waitlist", id] => (Route::Waitlist, id),
             ["admin", "v1", "skus", sku] => (Route::AdminSku, sku),
             ["admin", "v1", "skus", sku, "preload"] => (Route::AdminPreload, sku),
+            ["admin", "v1", "reload"] => (Route::AdminReload, ""),
             ["healthz"] => (Route::Healthz, ""),
             ["readyz"] => (Route::Readyz, ""),
             ["metrics"] => (Route::Metrics, ""),
@@ -144,6 +148,7 @@ impl Route {
             Route::Waitlist => "waitlist",
             Route::AdminSku => "admin_sku",
             Route::AdminPreload => "admin_preload",
+            Route::AdminReload => "admin_reload",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
@@ -161,7 +166,8 @@ impl Route {
             | Route::Confirm
             | Route::Release
             | Route::Extend
-            | Route::AdminPreload => "POST",
+            | Route::AdminPreload
+            | Route::AdminReload => "POST",
             Route::Waitlist => "GET, DELETE",
             _ => "GET",
         }
@@ -188,7 +194,7 @@ mod tests {
 
     /// (the exhaustive `match` below makes a new variant fail to compile
     /// until it is listed in [`Route::ALL`])
-    const ALL: [Route; 14] = Route::ALL;
+    const ALL: [Route; 15] = Route::ALL;
 
     #[test]
     fn the_metrics_route_labels_are_the_route_table() {
@@ -204,11 +210,12 @@ mod tests {
                 Route::Waitlist => 6,
                 Route::AdminSku => 7,
                 Route::AdminPreload => 8,
-                Route::Healthz => 9,
-                Route::Readyz => 10,
-                Route::Metrics => 11,
-                Route::Openapi => 12,
-                Route::NotFound => 13,
+                Route::AdminReload => 9,
+                Route::Healthz => 10,
+                Route::Readyz => 11,
+                Route::Metrics => 12,
+                Route::Openapi => 13,
+                Route::NotFound => 14,
             };
             assert_eq!(pos, i);
         }

@@ -126,20 +126,27 @@ async fn dispatch(
     if route == Route::NotFound {
         return Err(ApiError::RouteNotFound(path.to_owned()));
     }
-    // Admission, cheapest first and before any Redis call: who, then how fast.
-    let caller = state
-        .auth
-        .identify(req.headers().get(hyper::header::AUTHORIZATION))?;
-    if matches!(route, Route::AdminSku | Route::AdminPreload) {
-        state.auth.require_admin(caller)?;
-    } else {
-        state
-            .limiter
-            .check_client(caller.client_id(state.auth.storefronts()))
-            .map_err(|l| limited(state, l))?;
-    }
-    // whose keys, reservations and tickets these are (docs/tenancy.md)
-    let tenant = state.auth.tenant(caller)?;
+    // Admission, cheapest first and before any Redis call: who, then how
+    // fast, with the keys and limits of one snapshot (a reload swaps them
+    // whole; a request admitted here completes whatever comes after).
+    let tenant = {
+        let live = state.live();
+        let caller = live
+            .auth
+            .identify(req.headers().get(hyper::header::AUTHORIZATION))?;
+        if matches!(
+            route,
+            Route::AdminSku | Route::AdminPreload | Route::AdminReload
+        ) {
+            live.auth.require_admin(caller)?;
+        } else {
+            live.limiter
+                .check_client(live.auth.bucket(caller))
+                .map_err(|l| limited(state, l))?;
+        }
+        // whose keys, reservations and tickets these are (docs/tenancy.md)
+        live.auth.tenant(caller)?
+    };
     match (&method, route) {
         (&Method::POST, Route::Reserve) => Box::pin(reserve(state, req, &tenant)).await,
         (&Method::GET, Route::GetReservation) => {
@@ -201,6 +208,10 @@ async fn dispatch(
             ))
         }
         (&Method::POST, Route::AdminPreload) => Box::pin(admin_preload(state, part, req)).await,
+        (&Method::POST, Route::AdminReload) => state
+            .reload()
+            .map(|r| body::json(StatusCode::OK, &r))
+            .map_err(|e| ApiError::InvalidConfig(e.redacted())),
         _ => Err(ApiError::MethodNotAllowed(route.methods())),
     }
 }
@@ -368,6 +379,7 @@ async fn reserve(
         waitlist: b.waitlist,
     };
     state
+        .live()
         .limiter
         .check_user(request.user.as_str())
         .map_err(|l| limited(state, l))?;

@@ -543,7 +543,7 @@ pub async fn run(
     inventory: Arc<Inventory>,
     metrics: Arc<Metrics>,
     interval: Duration,
-    webhook: Option<crate::webhook::Webhook>,
+    webhook: crate::webhook::Webhook,
     heartbeat: crate::shutdown::Heartbeat,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -574,9 +574,7 @@ pub async fn run(
                     for t in promoted {
                         metrics.outcome("promoted");
                         tracing::info!(sku = %sku, ticket = %t.ticket_id, "waitlist ticket promoted");
-                        if let Some(w) = &webhook {
-                            w.send(&t.ticket_id, &t);
-                        }
+                        webhook.send(&t.ticket_id, &t);
                     }
                 }
                 Err(e) => {

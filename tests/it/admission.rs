@@ -181,6 +181,7 @@ async fn burst_then_429_with_retry_after_then_refill() {
     // the app's limiter clock moves on by Retry-After (no real second
     // slept): the bucket has refilled one token, exactly one
     app.state
+        .live()
         .limiter
         .clock()
         .advance(Duration::from_secs(retry_after));
