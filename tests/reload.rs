@@ -165,7 +165,10 @@ impl Served {
     fn logs(mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.logs.take().map(|t| t.join().unwrap()).unwrap_or_default()
+        self.logs
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default()
     }
 }
 
@@ -246,8 +249,14 @@ fn a_key_added_by_sighup_is_accepted_and_one_removed_is_refused() {
     assert_eq!(app.reloads("invalid"), 0);
     let logs = app.logs();
     assert!(logs.contains("configuration reloaded"), "{logs}");
-    assert!(logs.contains("api_keys"), "the log names what changed: {logs}");
-    assert!(!logs.contains("storefront-key-"), "no key in the logs: {logs}");
+    assert!(
+        logs.contains("api_keys"),
+        "the log names what changed: {logs}"
+    );
+    assert!(
+        !logs.contains("storefront-key-"),
+        "no key in the logs: {logs}"
+    );
 }
 
 #[test]
@@ -330,7 +339,10 @@ fn a_bad_file_changes_nothing_and_says_why() {
     assert_eq!(app.reloads("ok"), 0);
     let logs = app.logs();
     assert!(logs.contains("reload refused"), "{logs}");
-    assert!(!logs.contains("storefront-key-"), "no key in the logs: {logs}");
+    assert!(
+        !logs.contains("storefront-key-"),
+        "no key in the logs: {logs}"
+    );
 }
 
 #[test]
@@ -387,7 +399,10 @@ fn a_reload_changes_rate_limits_for_the_next_request() {
     let with_listen = |extra: &str| format!("listen = \"127.0.0.1:{}\"\n{}", app.port, text(extra));
     app.rewrite(&with_listen(tight));
     app.reload_by_signal("ok");
-    let get = || app.call("GET", "/v1/skus/none", Some(bearer(SHOP_A)), &[], "").0;
+    let get = || {
+        app.call("GET", "/v1/skus/none", Some(bearer(SHOP_A)), &[], "")
+            .0
+    };
     assert_eq!(get(), 404, "the first request passes the bucket");
     assert_eq!(get(), 429, "the burst of 1 is spent");
     app.rewrite(&with_listen(
@@ -409,6 +424,9 @@ fn only_an_admin_key_reloads() {
     assert_eq!(status, 405, "{body}");
     let (status, body) = app.call("POST", "/admin/v1/reload", Some(ADMIN), &[], "");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, serde_json::json!({"changed": [], "restart_needed": []}));
+    assert_eq!(
+        body,
+        serde_json::json!({"changed": [], "restart_needed": []})
+    );
     assert_eq!(app.reloads("ok"), 1);
 }

@@ -444,20 +444,78 @@ async fn a_promoter_killed_mid_promotion_still_promotes_exactly_once() {
     );
 }
 
-#[tokio::test]
-async fn promotions_are_posted_to_the_webhook() {
+const HOOK_SECRET: &str = "whsec-test-0123456789abcdef";
+
+/// One webhook delivery read off `conn`, answered with `answer` (a status
+/// line): the `Flashgate-Signature` header and the body.
+async fn delivery<S>(conn: &mut S, answer: &str) -> (String, Vec<u8>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/promoted", hook.local_addr().unwrap());
-    let redis = RedisServer::start();
-    let app = app_with(&redis, |c| c.waitlist_webhook_url = url).await;
-    app.preload("hook", 1, 1).await;
-    let holds = sell_out(&app, "hook", 1).await;
-    let t = join(&app, "w", "hook", 1, "waiter").await.body["ticket_id"]
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut got = 0;
+    loop {
+        let n = conn.read(&mut buf[got..]).await.unwrap();
+        got += n;
+        let text = String::from_utf8_lossy(&buf[..got]).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let header = |name: &str| {
+                text[..end].lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim()
+                        .eq_ignore_ascii_case(name)
+                        .then(|| v.trim().to_string())
+                })
+            };
+            let len: usize = header("content-length").map_or(0, |v| v.parse().unwrap());
+            if got >= end + 4 + len || n == 0 {
+                let signature = header("flashgate-signature").unwrap_or_default();
+                conn.write_all(
+                    format!("{answer}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .unwrap();
+                let _ = conn.shutdown().await;
+                return (signature, buf[end + 4..got].to_vec());
+            }
+        }
+        assert!(n > 0, "connection closed early");
+    }
+}
+
+/// A waitlisted buyer promoted on `app`: its ticket id.
+async fn promote_one(app: &TestApp, sku: &str) -> String {
+    app.preload(sku, 1, 1).await;
+    let holds = sell_out(app, sku, 1).await;
+    let t = join(app, "w", sku, 1, "waiter").await.body["ticket_id"]
         .as_str()
         .unwrap()
         .to_string();
     app.action(&holds[0], "release").await;
+    t
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn promotions_are_posted_to_the_webhook_signed() {
+    use flashgate::webhook::{verify, Unverified};
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/promoted", hook.local_addr().unwrap());
+    let redis = RedisServer::start();
+    let app = app_with(&redis, |c| {
+        c.waitlist_webhook_url = url;
+        c.waitlist_webhook_secret = HOOK_SECRET.into();
+    })
+    .await;
+    let t = promote_one(&app, "hook").await;
     // the first delivery is refused (500): flashgate retries
     let mut bodies = Vec::new();
     for answer in ["HTTP/1.1 500 Internal Server Error", "HTTP/1.1 200 OK"] {
@@ -465,38 +523,176 @@ async fn promotions_are_posted_to_the_webhook() {
             .await
             .unwrap()
             .unwrap();
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut got = 0;
-        loop {
-            let n = conn.read(&mut buf[got..]).await.unwrap();
-            got += n;
-            let text = String::from_utf8_lossy(&buf[..got]).to_string();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let len: usize = text
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if got >= end + 4 + len || n == 0 {
-                    bodies.push(text[end + 4..].to_string());
-                    break;
-                }
-            }
-            assert!(n > 0, "connection closed early");
-        }
-        conn.write_all(
-            format!("{answer}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+        bodies.push(delivery(&mut conn, answer).await);
     }
-    for body in &bodies {
-        let v: Value = serde_json::from_str(body).unwrap();
+    for (signature, body) in &bodies {
+        // what a receiver does: the delivery verifies with the secret...
+        assert_eq!(
+            verify(HOOK_SECRET.as_bytes(), signature, body, now(), 300),
+            Ok(()),
+            "{signature}"
+        );
+        // ...a tampered body or a wrong secret does not
+        let tampered = String::from_utf8_lossy(body).replace("waiter", "waiteR");
+        assert_ne!(tampered.as_bytes(), &body[..]);
+        assert_eq!(
+            verify(
+                HOOK_SECRET.as_bytes(),
+                signature,
+                tampered.as_bytes(),
+                now(),
+                300
+            ),
+            Err(Unverified::Mismatch)
+        );
+        assert_eq!(
+            verify(b"whsec-not-the-secret-000", signature, body, now(), 300),
+            Err(Unverified::Mismatch)
+        );
+        let v: Value = serde_json::from_slice(body).unwrap();
         assert_eq!(v["event"], "waitlist.promoted");
         assert_eq!(v["ticket"]["ticket_id"], t.as_str());
         assert_eq!(v["ticket"]["status"], "promoted");
     }
+}
+
+#[tokio::test]
+async fn promotions_reach_an_https_webhook_that_chains_to_the_configured_ca() {
+    // a server certificate for 127.0.0.1 and localhost, self-signed: the CA
+    // file the webhook trusts is the certificate itself
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, cert.cert.pem()).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hook.local_addr().unwrap().port();
+
+    let redis = RedisServer::start();
+    let app = app_with(&redis, |c| {
+        c.waitlist_webhook_url = format!("https://localhost:{port}/promoted");
+        c.waitlist_webhook_secret = HOOK_SECRET.into();
+        c.waitlist_webhook_ca_file = ca_file.to_string_lossy().into_owned();
+    })
+    .await;
+    let t = promote_one(&app, "tls").await;
+    let (tcp, _) = tokio::time::timeout(Duration::from_secs(20), hook.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut conn = acceptor.accept(tcp).await.expect("a TLS handshake");
+    let (signature, body) = delivery(&mut conn, "HTTP/1.1 200 OK").await;
+    assert_eq!(
+        flashgate::webhook::verify(HOOK_SECRET.as_bytes(), &signature, &body, now(), 300),
+        Ok(())
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["ticket"]["ticket_id"], t.as_str());
+}
+
+#[tokio::test]
+async fn an_https_webhook_whose_certificate_is_not_trusted_gets_nothing() {
+    use tokio::io::AsyncReadExt;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hook.local_addr().unwrap().port();
+    let redis = RedisServer::start();
+    // no CA file: the public roots, which do not include this certificate
+    let app = app_with(&redis, |c| {
+        c.waitlist_webhook_url = format!("https://localhost:{port}/promoted");
+        c.waitlist_webhook_secret = HOOK_SECRET.into();
+    })
+    .await;
+    promote_one(&app, "untrusted").await;
+    let (tcp, _) = tokio::time::timeout(Duration::from_secs(20), hook.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    // the client refuses the certificate: the handshake fails or, if the
+    // server side finishes first, nothing is sent after it
+    if let Ok(mut conn) = acceptor.accept(tcp).await {
+        let mut buf = [0u8; 64];
+        let n = conn.read(&mut buf).await.unwrap_or(0);
+        assert_eq!(n, 0, "no delivery over an untrusted connection");
+    }
+}
+
+#[tokio::test]
+async fn a_reload_moves_the_webhook_to_its_new_url_and_secret() {
+    let old_hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let new_hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redis = RedisServer::start();
+    let app = app_with(&redis, |c| {
+        c.waitlist_webhook_url = format!("http://{}/old", old_hook.local_addr().unwrap());
+        c.waitlist_webhook_secret = HOOK_SECRET.into();
+    })
+    .await;
+    let running = app.state.live().config.clone();
+    // a CA file that is not there: refused, nothing changes
+    let broken = flashgate::config::Config {
+        waitlist_webhook_url: format!(
+            "https://localhost:{}/new",
+            new_hook.local_addr().unwrap().port()
+        ),
+        waitlist_webhook_ca_file: "/nonexistent/ca.pem".into(),
+        ..running.clone()
+    };
+    let refused = app.state.apply(Ok(broken)).unwrap_err().redacted();
+    assert!(refused.contains("waitlist_webhook_ca_file"), "{refused}");
+    assert_eq!(app.state.live().config, running);
+
+    let rotated = "whsec-rotated-0123456789ab";
+    let reloaded = app
+        .state
+        .apply(Ok(flashgate::config::Config {
+            waitlist_webhook_url: format!("http://{}/new", new_hook.local_addr().unwrap()),
+            waitlist_webhook_secret: rotated.into(),
+            ..running
+        }))
+        .unwrap();
+    assert_eq!(
+        reloaded.changed,
+        ["waitlist_webhook_secret", "waitlist_webhook_url"]
+    );
+    assert!(reloaded.restart_needed.is_empty());
+    promote_one(&app, "moved").await;
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(20), new_hook.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (signature, body) = delivery(&mut conn, "HTTP/1.1 200 OK").await;
+    use flashgate::webhook::{verify, Unverified};
+    assert_eq!(
+        verify(rotated.as_bytes(), &signature, &body, now(), 300),
+        Ok(())
+    );
+    assert_eq!(
+        verify(HOOK_SECRET.as_bytes(), &signature, &body, now(), 300),
+        Err(Unverified::Mismatch),
+        "the old secret no longer signs"
+    );
 }
