@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the request path's pure pieces: request
 //! decode + validation, the limiter check, shard choice + key names, and
-//! response encode. `cargo bench --bench hot_path`.
+//! response encode, and admission (key + storefront bucket) read directly
+//! or through the reload's snapshot. `cargo bench --bench hot_path`.
 
 use std::hint::black_box;
 
@@ -110,5 +111,42 @@ fn encode(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decode, limiter, shard_choice, encode);
+/// Admission as the router does it — the key found among 20, the
+/// storefront's bucket checked — with the keys and limiter owned directly
+/// (as before reload existed) and read through an `ArcSwap` snapshot (as
+/// `AppState::live` does): the price of reloadability per request.
+fn admission(c: &mut Criterion) {
+    use flashgate::auth::Auth;
+    use flashgate::config::Config;
+    let config = Config {
+        api_keys: (0..20)
+            .map(|i| format!("shop-{i}:storefront-key-{i:020}"))
+            .collect(),
+        admin_keys: vec!["admin-key-00000000000000000001".into()],
+        global_rate_per_second: 1_000_000_000,
+        global_burst: 1_000_000_000,
+        client_rate_per_second: 1_000_000_000,
+        client_burst: 1_000_000_000,
+        ..Config::default()
+    };
+    let header =
+        hyper::header::HeaderValue::from_static("Bearer storefront-key-00000000000000000013");
+    let admit = |auth: &Auth, limiter: &Limiter| {
+        let caller = auth.identify(Some(black_box(&header))).expect("known key");
+        limiter.check_client(auth.bucket(caller)).is_ok()
+    };
+    let (auth, limiter) = (Auth::from_config(&config), config.limiter());
+    c.bench_function("admission, keys and limiter owned", |b| {
+        b.iter(|| black_box(admit(&auth, &limiter)))
+    });
+    let live = arc_swap::ArcSwap::from_pointee((Auth::from_config(&config), config.limiter()));
+    c.bench_function("admission, through the reload snapshot", |b| {
+        b.iter(|| {
+            let snapshot = live.load();
+            black_box(admit(&snapshot.0, &snapshot.1))
+        })
+    });
+}
+
+criterion_group!(benches, decode, limiter, shard_choice, encode, admission);
 criterion_main!(benches);
