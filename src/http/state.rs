@@ -147,6 +147,9 @@ impl AppState {
             .changed
             .iter()
             .any(|c| c.starts_with("waitlist_webhook"))
+            // a CA file is read again on every reload (its certificates may
+            // have been rotated under the same name)
+            || !plan.config.waitlist_webhook_ca_file.is_empty()
         {
             // the last step that can fail: nothing has changed before it
             self.webhook.reconfigure(&plan.config)?;
