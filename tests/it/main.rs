@@ -23,6 +23,7 @@ mod lua_fix;
 mod observability_files;
 mod openapi;
 mod reconcile_safety;
+mod reload;
 mod stock_corners;
 mod upgrade;
 mod waitlist;

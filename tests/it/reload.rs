@@ -4,7 +4,7 @@
 //! completes, a bad file changes nothing, a restart-only setting is
 //! reported and keeps its running value.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
