@@ -97,6 +97,7 @@ impl ApiError {
         "redis_unavailable",
         "timeout",
         "internal",
+        "invalid_config",
         Self::REDIS_UNSUITABLE,
         Self::TASK_STALLED,
     ];
@@ -267,6 +268,7 @@ mod tests {
             ApiError::RedisUnavailable(redis()),
             ApiError::Timeout,
             ApiError::Internal(redis()),
+            ApiError::InvalidConfig("x".into()),
             not_ready(ApiError::REDIS_UNSUITABLE),
             not_ready(ApiError::TASK_STALLED),
         ]
@@ -298,6 +300,7 @@ mod tests {
             | ApiError::RedisUnavailable(_)
             | ApiError::Timeout
             | ApiError::Internal(_)
+            | ApiError::InvalidConfig(_)
             | ApiError::NotReady { .. } => {}
         }
     }
