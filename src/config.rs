@@ -85,6 +85,12 @@ pub struct Config {
     /// memory for this long (0 = off). Units that come back are missed for at
     /// most this long by this instance (at once when they come back through it).
     pub sold_out_cache_ms: u64,
+    /// `GET /v1/skus/{sku}` is served from a per-instance snapshot of the
+    /// SKU's stock, read from Redis at most this often (0 = read live every
+    /// time); this instance's own holds and returns show at once, other
+    /// instances' within this long. Also the document's `Cache-Control:
+    /// max-age` (rounded up to whole seconds).
+    pub stock_cache_ms: u64,
     /// Most buyers waiting for one SKU; joining a full waitlist is refused.
     pub waitlist_capacity: u64,
     /// A waitlist ticket not promoted within this long expires.
@@ -170,6 +176,7 @@ impl Default for Config {
             drain_seconds: 10,
             log_format: "text".into(),
             sold_out_cache_ms: 100,
+            stock_cache_ms: 500,
             waitlist_capacity: 10_000,
             waitlist_ticket_seconds: 1800,
             waitlist_lease_ms: 5000,

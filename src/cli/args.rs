@@ -183,6 +183,8 @@ pub struct ServeArgs {
     pub limiter_prune_seconds: Option<u64>,
     #[arg(long, env = "FLASHGATE_SOLD_OUT_CACHE_MS")]
     pub sold_out_cache_ms: Option<u64>,
+    #[arg(long, env = "FLASHGATE_STOCK_CACHE_MS")]
+    pub stock_cache_ms: Option<u64>,
     #[arg(long, env = "FLASHGATE_WAITLIST_CAPACITY")]
     pub waitlist_capacity: Option<u64>,
     #[arg(long, env = "FLASHGATE_WAITLIST_TICKET_SECONDS")]
@@ -239,6 +241,7 @@ impl ServeArgs {
             global_burst,
             limiter_prune_seconds,
             sold_out_cache_ms,
+            stock_cache_ms,
             waitlist_capacity,
             waitlist_ticket_seconds,
             waitlist_webhook_url,

@@ -3,13 +3,14 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG};
 use hyper::{Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde::Serialize;
 
 use crate::error::ApiError;
+use crate::inventory::stock_doc::StockDoc;
 use crate::inventory::Reservation;
 
 pub type Body = Full<Bytes>;
@@ -130,6 +131,48 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
         // (writing into a Vec cannot fail; never an invalid document)
         out.extend_from_slice(b"\"\"");
     }
+}
+
+/// The stock document with its cache headers: `ETag`, and `Cache-Control:
+/// public, max-age=` the snapshot's period in whole seconds, rounded up
+/// (`no-cache` when it is read live). A request whose `If-None-Match` names
+/// the document's tag (or `*`) gets `304` and no body.
+pub fn stock_document(
+    doc: &StockDoc,
+    stock_cache_ms: u64,
+    if_none_match: Option<&HeaderValue>,
+) -> Response<Body> {
+    let fresh = if_none_match.is_some_and(|v| etag_matches(v.as_bytes(), doc.etag.as_bytes()));
+    let mut resp = if fresh {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        with_type(StatusCode::OK, doc.body.clone(), "application/json")
+    };
+    let headers = resp.headers_mut();
+    if let Ok(tag) = HeaderValue::from_str(&doc.etag) {
+        headers.insert(ETAG, tag);
+    }
+    let control = if stock_cache_ms == 0 {
+        HeaderValue::from_static("no-cache")
+    } else {
+        let secs = stock_cache_ms.div_ceil(1000);
+        HeaderValue::from_str(&format!("public, max-age={secs}"))
+            .unwrap_or(HeaderValue::from_static("no-cache"))
+    };
+    headers.insert(CACHE_CONTROL, control);
+    resp
+}
+
+/// `If-None-Match` against a strong tag, by the weak comparison RFC 9110
+/// prescribes for it: a list of tags, each possibly `W/`-prefixed, or `*`.
+fn etag_matches(header: &[u8], tag: &[u8]) -> bool {
+    header.split(|b| *b == b',').any(|t| {
+        let t = t.trim_ascii();
+        let t = t.strip_prefix(b"W/").unwrap_or(t);
+        t == b"*" || t == tag
+    })
 }
 
 pub fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<Body> {

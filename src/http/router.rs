@@ -10,7 +10,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tracing::Instrument;
 
 use super::body::{self, Body};
@@ -173,17 +173,11 @@ async fn dispatch(
         }
         (&Method::GET, Route::Sku) => {
             let sku = parse_sku(part)?;
-            let st = Box::pin(state.inventory.status(&sku)).await?;
-            Ok(body::json(
-                StatusCode::OK,
-                &SkuView {
-                    sku: &st.sku,
-                    available: st.available,
-                    held: st.held,
-                    sold: st.sold,
-                    shards: st.shards,
-                    waitlist: st.waitlist,
-                },
+            let doc = Box::pin(state.inventory.stock_document(&sku)).await?;
+            Ok(body::stock_document(
+                &doc,
+                state.config.stock_cache_ms,
+                req.headers().get(hyper::header::IF_NONE_MATCH),
             ))
         }
         (&Method::GET, Route::Waitlist) => {
@@ -321,16 +315,6 @@ fn parse_ticket(id: &str) -> Result<crate::inventory::waitlist::TicketId, ApiErr
 fn parse_rid(id: &str) -> Result<ReservationId, ApiError> {
     // A malformed id cannot name a reservation: not found, like any unknown id.
     ReservationId::parse(id).map_err(|_| ApiError::ReservationNotFound)
-}
-
-#[derive(Serialize)]
-struct SkuView<'a> {
-    sku: &'a str,
-    available: i64,
-    held: i64,
-    sold: i64,
-    shards: u16,
-    waitlist: i64,
 }
 
 #[derive(Deserialize)]

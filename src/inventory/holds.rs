@@ -66,8 +66,14 @@ impl Inventory {
         // Only units that came back now lift the sold-out mark: a release or
         // confirm of a hold that had already ended returns none (a client
         // looping them must not switch the shield off), nor does a sale.
-        if items.len() >= 7 && int(at(&items, 6)?)? > 0 {
+        let returned = if items.len() >= 7 {
+            int(at(&items, 6)?)?
+        } else {
+            0
+        };
+        if returned > 0 {
             self.units_returned(rid.sku());
+            self.stock_moved(rid.sku(), returned, -returned);
         }
         if meta.max_per_user > 0 && items.len() >= 6 {
             // a hold that ended without a sale frees the buyer's cap (idempotent)
@@ -185,6 +191,8 @@ impl Inventory {
         )?;
         if int(at(&reply, 0)?)? > 0 {
             self.units_returned(&meta.sku);
+            let units = int(at(&reply, 2)?)?;
+            self.stock_moved(&meta.sku, units, -units);
         }
         // the give-backs owed (durable in capback until done: a failure here
         // leaves the rest for the next step)

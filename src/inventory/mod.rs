@@ -105,6 +105,7 @@ pub mod replies;
 mod reserve;
 pub mod scripts;
 mod sold_out;
+pub mod stock_doc;
 mod ticket;
 mod transfers;
 pub mod waitlist;
@@ -157,6 +158,10 @@ struct Settings {
     /// Replicas a hold must reach before it is answered (0 = off; durability.rs).
     replica_ack: u32,
     sold_out_cache: Duration,
+    /// The stock document's snapshot: its period (0 = live) and how long the
+    /// crowd keeps it while one request re-reads it (stock_doc.rs).
+    stock_cache: Duration,
+    stock_grace: Duration,
     /// How long the crowd keeps a run-out sold-out mark while one request
     /// re-checks it (sold_out.rs, `fast_path`): the re-check's two Redis
     /// round trips at their timeout, and never less than one period.
@@ -181,6 +186,11 @@ pub struct Inventory {
     /// Bumped whenever this instance sees units come back, so a walk that
     /// ended "sold out" before a return does not mark the SKU after it.
     returns_seen: std::sync::atomic::AtomicU64,
+    /// The stock documents' snapshots, the names known not loaded, and a
+    /// counter bumped by every preload through this instance (stock_doc.rs).
+    stock_docs: std::sync::Mutex<stock_doc::Docs>,
+    absent: std::sync::Mutex<stock_doc::Absent>,
+    stock_generation: std::sync::atomic::AtomicU64,
     pool: Pool,
     /// Where scripts go: the pool, or on a cluster the master of their slot.
     nodes: nodes::Nodes,
@@ -297,6 +307,8 @@ impl Inventory {
         let max_hold_ms = config.max_hold_seconds * 1000;
         let idem_ttl_ms = config.idempotency_ttl_seconds * 1000;
         let record_ttl_ms = max_hold_ms + idem_ttl_ms;
+        let (stock_cache, stock_grace) =
+            stock_doc::timing(config.stock_cache_ms, config.redis_timeout());
         let reserver = batch::Lanes::new(
             batch::ReserveBatch {
                 nodes: nodes.clone(),
@@ -345,6 +357,8 @@ impl Inventory {
                 sold_out_cache: Duration::from_millis(config.sold_out_cache_ms),
                 probe_grace: Duration::from_millis(config.sold_out_cache_ms)
                     .max(2 * config.redis_timeout()),
+                stock_cache,
+                stock_grace,
                 ticket_ttl_ms: config.waitlist_ticket_seconds * 1000,
                 lease_ms: config.waitlist_lease_ms,
             },
@@ -352,6 +366,9 @@ impl Inventory {
             returned: tokio::sync::Notify::new(),
             sold_out: std::sync::Mutex::new(FastMap::default()),
             returns_seen: std::sync::atomic::AtomicU64::new(0),
+            stock_docs: std::sync::Mutex::new(FastMap::default()),
+            absent: std::sync::Mutex::new(FastMap::default()),
+            stock_generation: std::sync::atomic::AtomicU64::new(0),
             allow_eviction: config.allow_eviction_policy,
             preflight: tokio::sync::Mutex::new(Some((Instant::now(), Ok(())))),
         })

@@ -230,6 +230,7 @@ impl Inventory {
         }
         // new units, maybe on new shards without a gate: open up at once
         self.clear_sold_out(sku);
+        self.forget_stock(sku);
         self.returned.notify_one();
         Ok(PreloadOutcome::Loaded { per_shard })
     }

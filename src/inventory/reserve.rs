@@ -227,9 +227,11 @@ impl Inventory {
         let mut result = self
             .walk(req, &meta, &fp, true, shards, &left_out, in_walk)
             .await;
-        if matches!(result, Ok(ReserveOutcome::Held(_))) {
+        if let Ok(ReserveOutcome::Held(r)) = &result {
             // a probe (or anyone) found stock: the SKU is open again
             self.clear_sold_out(&req.sku);
+            let q = i64::from(r.qty);
+            self.stock_moved(&req.sku, -q, q);
         }
         // The cap's count for this key is given back whenever the key
         // definitely holds no live unit, whoever counted it: this request

@@ -4,7 +4,7 @@
 //! re-checks the shards read-only (single flight). Why that is sound is the
 //! "Refusals" paragraph of the `inventory` module doc.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fred::interfaces::{KeysInterface, SetsInterface};
 
@@ -12,10 +12,60 @@ use super::InventoryError;
 use super::{keys, FastMap, FastSet, Inventory, SkuMeta};
 use crate::domain::{ScopedKey, Sku};
 
-/// The sold-out fast path's memory of one SKU.
-pub(super) struct SoldOutMark {
+/// A memory that runs out and is then re-checked by one request at a time
+/// (single flight): the sold-out mark below, and the stock document's
+/// snapshot (stock_doc.rs). While the re-check is in flight the crowd keeps
+/// the old answer, for at most `grace` past the period.
+pub(super) struct Period {
     until: Instant,
     probing: bool,
+}
+
+/// What a [`Period`] says to one request.
+#[derive(Debug, PartialEq)]
+pub(super) enum Turn {
+    /// Within the period: the memory stands.
+    Fresh,
+    /// The period ran out and this request re-checks (single flight).
+    Recheck,
+    /// Another request is re-checking: the memory stands until it is done,
+    /// for at most `grace` past the period.
+    Keep,
+    /// Past the grace (the re-checking request was cancelled, or its reads
+    /// failed): the memory no longer stands.
+    Lapsed,
+}
+
+impl Period {
+    pub(super) fn starting_now(len: Duration) -> Period {
+        Period {
+            until: Instant::now() + len,
+            probing: false,
+        }
+    }
+
+    pub(super) fn turn(&mut self, now: Instant, grace: Duration) -> Turn {
+        if now < self.until {
+            Turn::Fresh
+        } else if !self.probing {
+            self.probing = true;
+            Turn::Recheck
+        } else if now < self.until + grace {
+            Turn::Keep
+        } else {
+            Turn::Lapsed
+        }
+    }
+
+    /// Within the period and nobody re-checking.
+    pub(super) fn settled(&self, now: Instant) -> bool {
+        !self.probing && now < self.until
+    }
+}
+
+/// The sold-out fast path's memory of one SKU.
+pub(super) struct SoldOutMark {
+    period: Period,
     /// The idempotency keys of the SKU's live and sold holds when the mark
     /// was made: their retries are replayed, everyone else is refused from
     /// memory.
@@ -65,28 +115,20 @@ impl Inventory {
         if mark.winners.contains(key.as_str()) {
             return FastPath::Walk; // a retry of a request that got a unit
         }
-        let now = Instant::now();
         let answer = FastPath::SoldOut {
             waitlist_full: mark.waitlist_full,
         };
-        if now < mark.until {
-            return answer;
-        }
-        if !mark.probing {
-            mark.probing = true;
-            return FastPath::Probe;
-        }
-        // The re-check is in flight: the crowd keeps the answer until it is
-        // done, for as long as its Redis reads may take. A bound of one more
-        // period (as before) let a re-check slowed by load send the whole
-        // crowd walking, each walk leaving a claim and a walk-on verdict per shard
-        // for 24 h (`make bench-hostile`: ~100 walks per 50,000 refusals).
-        // Past the bound (the re-checking request was cancelled, or its
-        // reads failed) the next requests walk and the walk marks anew.
-        if now < mark.until + self.settings.probe_grace {
-            answer
-        } else {
-            FastPath::Walk
+        // While the re-check is in flight the crowd keeps the answer until
+        // it is done, for as long as its Redis reads may take. A bound of one
+        // more period (as before) let a re-check slowed by load send the
+        // whole crowd walking, each walk leaving a claim and a walk-on verdict
+        // per shard for 24 h (`make bench-hostile`: ~100 walks per 50,000
+        // refusals). Past the bound (the re-checking request was cancelled,
+        // or its reads failed) the next requests walk and the walk marks anew.
+        match mark.period.turn(Instant::now(), self.settings.probe_grace) {
+            Turn::Fresh | Turn::Keep => answer,
+            Turn::Recheck => FastPath::Probe,
+            Turn::Lapsed => FastPath::Walk,
         }
     }
 
@@ -145,8 +187,7 @@ impl Inventory {
             marks.insert(
                 sku.clone(),
                 SoldOutMark {
-                    until: Instant::now() + self.settings.sold_out_cache,
-                    probing: false,
+                    period: Period::starting_now(self.settings.sold_out_cache),
                     winners,
                     waitlist_full,
                     gated: all_gated,
@@ -198,7 +239,7 @@ impl Inventory {
         let fresh = |marks: &FastMap<Sku, SoldOutMark>| {
             marks
                 .get(&meta.sku)
-                .is_some_and(|m| !m.probing && Instant::now() < m.until)
+                .is_some_and(|m| m.period.settled(Instant::now()))
         };
         if self.sold_out.lock().map(|m| fresh(&m)).unwrap_or(true) {
             return Ok(());
@@ -224,8 +265,7 @@ impl Inventory {
             marks.insert(
                 meta.sku.clone(),
                 SoldOutMark {
-                    until: Instant::now() + self.settings.sold_out_cache,
-                    probing: false,
+                    period: Period::starting_now(self.settings.sold_out_cache),
                     winners,
                     waitlist_full: u64::try_from(waiting).unwrap_or(0)
                         >= self.settings.waitlist_capacity,

@@ -25,5 +25,6 @@ mod openapi;
 mod reconcile_safety;
 mod reload;
 mod stock_corners;
+mod stock_document;
 mod upgrade;
 mod waitlist;

@@ -215,3 +215,26 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Commands `redis` has run, by name (`INFO commandstats`; commands run
+/// inside scripts count too). The reading's own INFO is among them.
+pub fn command_calls(redis: &RedisServer) -> std::collections::BTreeMap<String, u64> {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split("calls=").nth(1)?.split(',').next()?;
+            Some((name.to_string(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Commands other than INFO `redis` has run since `before` (a [`command_calls`]).
+pub fn commands_since(redis: &RedisServer, before: &std::collections::BTreeMap<String, u64>) -> u64 {
+    command_calls(redis)
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .map(|(name, n)| n - before.get(name).copied().unwrap_or(0))
+        .sum()
+}
