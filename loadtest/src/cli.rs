@@ -190,9 +190,20 @@ pub struct Args {
     /// it, and the figures of issue 17; needs --spawn; bench/README.md) or
     /// `reshard` (shards and stock added mid-sale, retries and waitlist
     /// replays, books and `flashgate reconcile` checked; needs --spawn and
-    /// PostgreSQL's server binaries; issue 24).
+    /// PostgreSQL's server binaries; issue 24) or `open-loop` (holds and
+    /// sold-out answers on a fixed schedule at 25/50/75 % of their
+    /// closed-loop capacity, or at --rate; issue 23).
     #[arg(long, value_enum, default_value_t = Scenario::Sale)]
     pub scenario: Scenario,
+
+    /// open-loop: offer this many requests per second instead of 25/50/75 %
+    /// of the measured closed-loop capacity (which is then not measured).
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// open-loop: seconds of each capacity run and each open-loop rate.
+    #[arg(long, default_value_t = 5)]
+    pub open_seconds: u64,
 
     /// hostile: refused fresh-key requests the Redis-bytes figure averages
     /// over, half with `"waitlist": false`, half with `true` (the official
@@ -281,6 +292,7 @@ pub enum Scenario {
     Sale,
     Hostile,
     Reshard,
+    OpenLoop,
 }
 
 impl Args {
@@ -363,6 +375,26 @@ impl Args {
                 "--reshard-waitlisters must be within 0..=100000"
             );
             anyhow::ensure!(self.stock > 0, "--stock must be > 0");
+        }
+        if let Some(r) = self.rate {
+            anyhow::ensure!(
+                self.scenario == Scenario::OpenLoop,
+                "--rate needs --scenario open-loop"
+            );
+            anyhow::ensure!(
+                r.is_finite() && (1.0..=1_000_000.0).contains(&r),
+                "--rate must be within 1..=1000000 requests/s, got {r}"
+            );
+        }
+        if self.scenario == Scenario::OpenLoop {
+            anyhow::ensure!(
+                self.cluster_masters.is_none(),
+                "--scenario open-loop runs on one redis-server"
+            );
+            anyhow::ensure!(
+                (1..=600).contains(&self.open_seconds),
+                "--open-seconds must be within 1..=600"
+            );
         }
         if let Some(m) = self.cluster_masters {
             anyhow::ensure!(

@@ -10,7 +10,9 @@
 //! CPU instructions per answer under callgrind instead of running a sale;
 //! `hostile` runs the sale with abusive clients alongside it (issue 17);
 //! `reshard` adds shards and stock mid-sale and runs `flashgate reconcile`
-//! on a ledger of its own (issue 24).
+//! on a ledger of its own (issue 24); `open_loop` offers holds and sold-out
+//! answers on a fixed schedule and measures latency from the intended send
+//! time (issue 23).
 
 mod books;
 mod chart;
@@ -18,6 +20,7 @@ mod cli;
 mod hostile;
 mod http;
 mod instructions;
+mod open_loop;
 mod procs;
 mod redis;
 mod report;
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
                 (Some(n), _) => instructions::run(&args, n).await,
                 (None, cli::Scenario::Hostile) => hostile::run(args).await,
                 (None, cli::Scenario::Reshard) => reshard::run(args).await,
+                (None, cli::Scenario::OpenLoop) => open_loop::run(args).await,
                 (None, cli::Scenario::Sale) => run::run(args).await,
             }
         };

@@ -16,6 +16,7 @@ use fred::types::Value;
 use super::keys::ShardKeys;
 use super::replies::{self, array, at, hold_reply, int, status_name, text};
 use super::scripts;
+use super::stock_doc;
 use super::InventoryError;
 use super::{ms_to_rfc3339, Inventory, Reservation, SkuMeta};
 use crate::domain::{ReservationId, ScopedKey, Tenant};
@@ -73,7 +74,10 @@ impl Inventory {
         };
         if returned > 0 {
             self.units_returned(rid.sku());
-            self.stock_moved(rid.sku(), returned, -returned);
+            self.stock_moved(rid.sku(), stock_doc::Moved::returned(returned));
+        } else if status == "confirmed" {
+            // a sale now, or a replay of one: the reply does not say which
+            self.stock_changed(rid.sku());
         }
         if meta.max_per_user > 0 && items.len() >= 6 {
             // a hold that ended without a sale frees the buyer's cap (idempotent)
@@ -192,7 +196,7 @@ impl Inventory {
         if int(at(&reply, 0)?)? > 0 {
             self.units_returned(&meta.sku);
             let units = int(at(&reply, 2)?)?;
-            self.stock_moved(&meta.sku, units, -units);
+            self.stock_moved(&meta.sku, stock_doc::Moved::returned(units));
         }
         // the give-backs owed (durable in capback until done: a failure here
         // leaves the rest for the next step)

@@ -11,7 +11,7 @@ use super::replies::text;
 use super::sold_out::FastPath;
 use super::ticket::Ticket;
 use super::InventoryError;
-use super::{keys, placement};
+use super::{keys, placement, stock_doc};
 use super::{ms_to_rfc3339, Inventory, Reservation, SkuMeta, MAX_SHARDS};
 use crate::domain::{Qty, ReservationId, ScopedKey, Sku, Tenant, UserId};
 
@@ -231,7 +231,14 @@ impl Inventory {
             // a probe (or anyone) found stock: the SKU is open again
             self.clear_sold_out(&req.sku);
             let q = i64::from(r.qty);
-            self.stock_moved(&req.sku, -q, q);
+            self.stock_moved(
+                &req.sku,
+                stock_doc::Moved {
+                    available: -q,
+                    held: q,
+                    ..Default::default()
+                },
+            );
         }
         // The cap's count for this key is given back whenever the key
         // definitely holds no live unit, whoever counted it: this request

@@ -61,6 +61,12 @@ impl Period {
     pub(super) fn settled(&self, now: Instant) -> bool {
         !self.probing && now < self.until
     }
+
+    /// Run out now: the next request re-checks.
+    pub(super) fn lapse(&mut self) {
+        self.until = Instant::now();
+        self.probing = false;
+    }
 }
 
 /// The sold-out fast path's memory of one SKU.

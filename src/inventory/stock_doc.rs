@@ -18,7 +18,11 @@
 //! **A change racing a re-read** may be counted twice or not at all (the
 //! reply of a reserve can arrive after a read that already saw it) until the
 //! next read, one period later: the same staleness another instance's change
-//! has. Counters never show below zero.
+//! has. Counters never show below zero. A change this instance cannot
+//! express as a delta (a confirm, whose reply does not say whether it sold
+//! now or was a replay; a promoter round) ends the period instead
+//! (`stock_changed`): the next request re-reads, and a read that was already
+//! in flight is answered but not kept.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -95,6 +99,27 @@ pub(super) struct Snapshot {
     period: Period,
     counts: Counts,
     doc: Arc<StockDoc>,
+    /// Bumped by `stock_changed`: a read begun before must not be kept.
+    changes: u64,
+}
+
+/// What this instance just did to a SKU's counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Moved {
+    pub available: i64,
+    pub held: i64,
+    pub waitlist: i64,
+}
+
+impl Moved {
+    /// `units` back from holds to stock.
+    pub(super) fn returned(units: i64) -> Moved {
+        Moved {
+            available: units,
+            held: -units,
+            waitlist: 0,
+        }
+    }
 }
 
 impl Inventory {
@@ -112,17 +137,18 @@ impl Inventory {
                 return Err(ApiError::UnknownSku(sku.to_string()).into());
             }
         }
+        let mut changes = 0;
         if let Ok(mut docs) = self.stock_docs.lock() {
             if let Some(snap) = docs.get_mut(sku) {
                 match snap.period.turn(now, self.settings.stock_grace) {
                     Turn::Fresh | Turn::Keep => return Ok(snap.doc.clone()),
-                    Turn::Recheck | Turn::Lapsed => {}
+                    Turn::Recheck | Turn::Lapsed => changes = snap.changes,
                 }
             }
         }
         let generation = self.stock_generation.load(Ordering::SeqCst);
         match self.read_counts(sku).await {
-            Ok(counts) => Ok(self.install(sku, counts, generation)),
+            Ok(counts) => Ok(self.install(sku, counts, (generation, changes))),
             Err(InventoryError::Api(e)) if matches!(*e, ApiError::UnknownSku(_)) => {
                 self.forget_stock(sku);
                 if let Ok(mut absent) = self.absent.lock() {
@@ -140,14 +166,27 @@ impl Inventory {
     }
 
     /// Keep `counts` as the SKU's snapshot for one period, unless a preload
-    /// went through this instance since the read began.
-    fn install(&self, sku: &Sku, counts: Counts, generation: u64) -> Arc<StockDoc> {
+    /// (the generation) or a change without a delta (the snapshot's
+    /// `changes`) went through this instance since the read began.
+    fn install(
+        &self,
+        sku: &Sku,
+        counts: Counts,
+        (generation, changes): (u64, u64),
+    ) -> Arc<StockDoc> {
         let doc = Arc::new(StockDoc::of(sku, counts));
         let Ok(mut docs) = self.stock_docs.lock() else {
             return doc;
         };
         if generation != self.stock_generation.load(Ordering::SeqCst) {
             return doc;
+        }
+        if let Some(snap) = docs.get_mut(sku) {
+            if snap.changes != changes {
+                // the period was ended meanwhile: the next request re-reads
+                snap.period.lapse();
+                return doc;
+            }
         }
         if docs.len() >= MAX_DOCS && !docs.contains_key(sku) {
             let now = Instant::now();
@@ -164,6 +203,7 @@ impl Inventory {
                 period: Period::starting_now(self.settings.stock_cache),
                 counts,
                 doc: doc.clone(),
+                changes,
             },
         );
         doc
@@ -204,16 +244,29 @@ impl Inventory {
         Ok(counts)
     }
 
-    /// This instance moved units of `sku`: apply the change to its snapshot
-    /// at once (units to holds on a reserve, back on a release or expiry).
-    pub(super) fn stock_moved(&self, sku: &Sku, available: i64, held: i64) {
+    /// This instance moved units of `sku` (a hold, a return, a waitlist
+    /// join or cancel): apply the change to its snapshot at once.
+    pub(super) fn stock_moved(&self, sku: &Sku, m: Moved) {
         let Ok(mut docs) = self.stock_docs.lock() else {
             return;
         };
         if let Some(snap) = docs.get_mut(sku) {
-            snap.counts.available = (snap.counts.available + available).max(0);
-            snap.counts.held = (snap.counts.held + held).max(0);
+            let c = &mut snap.counts;
+            c.available = (c.available + m.available).max(0);
+            c.held = (c.held + m.held).max(0);
+            c.waitlist = (c.waitlist + m.waitlist).max(0);
             snap.doc = Arc::new(StockDoc::of(sku, snap.counts));
+        }
+    }
+
+    /// This instance changed `sku` in a way it cannot express as a delta:
+    /// the next request re-reads it (single flight as ever).
+    pub(super) fn stock_changed(&self, sku: &Sku) {
+        if let Ok(mut docs) = self.stock_docs.lock() {
+            if let Some(snap) = docs.get_mut(sku) {
+                snap.changes += 1;
+                snap.period.lapse();
+            }
         }
     }
 

@@ -41,6 +41,7 @@ use tokio::sync::watch;
 
 use super::keys::WaitKeys;
 use super::replies::{array, at, int, text};
+use super::stock_doc;
 pub use super::ticket::{Ticket, TicketId};
 use super::InventoryError;
 use super::{ms_to_rfc3339, Inventory, ReserveOutcome, ReserveRequest, SkuMeta};
@@ -116,6 +117,13 @@ impl Inventory {
                 // the key's own ticket: the key's scope is its owner
                 let t = self.ticket(&id, &Tenant::Operator).await?;
                 Ok(if kind == "joined" {
+                    self.stock_moved(
+                        &req.sku,
+                        stock_doc::Moved {
+                            waitlist: 1,
+                            ..Default::default()
+                        },
+                    );
                     ReserveOutcome::Waitlisted(t)
                 } else {
                     ReserveOutcome::WaitlistReplayed(t)
@@ -279,6 +287,13 @@ impl Inventory {
             "ok" => {
                 // a place in the queue came free
                 self.waitlist_seen_full(sku, false);
+                self.stock_moved(
+                    sku,
+                    stock_doc::Moved {
+                        waitlist: -1,
+                        ..Default::default()
+                    },
+                );
                 Ok(EndTicket::Ended)
             }
             "ended" => Ok(EndTicket::Was(text(at(&reply, 1)?)?)),
@@ -353,6 +368,10 @@ impl Inventory {
                     (Step::NoStock, _) => break 'rounds,
                 }
             }
+        }
+        if expired > 0 || !promoted.is_empty() {
+            // tickets left the queue (holds were counted by their walks)
+            self.stock_changed(&meta.sku);
         }
         Ok(promoted)
     }
