@@ -111,3 +111,25 @@ faults-short:
 		--faults mixed --seconds 60 --hold-seconds 3 --out-dir faults-results $(FAULTS_ARGS)
 	$(FAULTS_TARGET_DIR)/debug/flashgate-faults --flashgate-bin $(FAULTS_BIN) \
 		--faults slot-migrate --seconds 30 --hold-seconds 3 --out-dir faults-results $(FAULTS_ARGS)
+
+# The stock document under a poll storm (issue 23,
+# bench/notes/2026-12-04-stock-document.md): wrk on /healthz and on
+# GET /v1/skus/{sku} at 4 and 64 shards in the same run, and Redis commands
+# per GET. Needs wrk (apt-get install -y wrk). ~1 min.
+.PHONY: bench-stock-doc
+bench-stock-doc:
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y wrk; } || { echo "install wrk" >&2; exit 1; }
+	cargo build --release -p flashgate
+	FLASHGATE_BIN=$(BENCH_TARGET_DIR)/release/flashgate bench/stock_document.sh
+
+# Open loop (issue 23, bench/notes/2026-12-04-open-loop.md): the closed-loop
+# capacity of holds and of sold-out answers, then each offered on a fixed
+# schedule at 25/50/75 % of it; p50/p99/p99.9 from the intended send time.
+# One rate instead: make bench-open OPEN_ARGS="--rate 2000". ~1 min.
+OPEN_ARGS ?=
+.PHONY: bench-open
+bench-open:
+	cargo build --release -p flashgate -p flashgate-loadtest
+	$(BENCH_TARGET_DIR)/release/flashgate-loadtest --spawn --scenario open-loop \
+		--flashgate-bin $(BENCH_TARGET_DIR)/release/flashgate \
+		--connections 64 --hold-seconds 600 --out-dir bench-results $(OPEN_ARGS) $(BENCH_ARGS)
