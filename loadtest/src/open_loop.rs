@@ -315,9 +315,8 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         args.api_key.clone()
     };
     let mut owned = Vec::new();
-    let (base, redis_url, _dir) = if args.spawn {
-        let dir = tempfile::tempdir().context("temp dir for redis-server")?;
-        let (r, url) = procs::spawn_redis(&args.redis_server_bin, dir.path(), &run_dir).await?;
+    let (base, redis_url) = if args.spawn {
+        let (r, url) = procs::spawn_redis(&args.redis_server_bin, &run_dir).await?;
         owned.push(r);
         // holds outlive the run: none comes back to stock while it measures
         let (fg, base) = procs::spawn_flashgate(
@@ -330,9 +329,9 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         .await?;
         owned.push(fg);
         log(format!("redis-server at {url}, flashgate at {base}"));
-        (base, url, Some(dir))
+        (base, url)
     } else {
-        (loopback_base(&args.target)?, args.redis_url.clone(), None)
+        (loopback_base(&args.target)?, args.redis_url.clone())
     };
     crate::redis::loopback_redis(&redis_url)?;
     let (open, empty) = (format!("{run_id}-open"), format!("{run_id}-empty"));

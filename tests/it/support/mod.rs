@@ -231,7 +231,10 @@ pub fn command_calls(redis: &RedisServer) -> std::collections::BTreeMap<String, 
 }
 
 /// Commands other than INFO `redis` has run since `before` (a [`command_calls`]).
-pub fn commands_since(redis: &RedisServer, before: &std::collections::BTreeMap<String, u64>) -> u64 {
+pub fn commands_since(
+    redis: &RedisServer,
+    before: &std::collections::BTreeMap<String, u64>,
+) -> u64 {
     command_calls(redis)
         .iter()
         .filter(|(name, _)| name.as_str() != "info")
