@@ -33,9 +33,9 @@ use fred::interfaces::{HashesInterface, KeysInterface};
 use serde::Serialize;
 
 use super::sold_out::{Period, Turn};
+use super::InventoryError;
 use super::{FastMap, Inventory};
 use crate::domain::Sku;
-use crate::error::{ApiError, InventoryError};
 
 /// Most SKUs with a snapshot on one instance.
 pub const MAX_DOCS: usize = 10_000;
@@ -134,7 +134,7 @@ impl Inventory {
         let now = Instant::now();
         if let Ok(absent) = self.absent.lock() {
             if absent.get(sku).is_some_and(|until| now < *until) {
-                return Err(ApiError::UnknownSku(sku.to_string()).into());
+                return Err(InventoryError::UnknownSku(sku.to_string()));
             }
         }
         let mut changes = 0;
@@ -149,7 +149,7 @@ impl Inventory {
         let generation = self.stock_generation.load(Ordering::SeqCst);
         match self.read_counts(sku).await {
             Ok(counts) => Ok(self.install(sku, counts, (generation, changes))),
-            Err(InventoryError::Api(e)) if matches!(*e, ApiError::UnknownSku(_)) => {
+            Err(e @ InventoryError::UnknownSku(_)) => {
                 self.forget_stock(sku);
                 if let Ok(mut absent) = self.absent.lock() {
                     if absent.len() >= MAX_ABSENT {
@@ -157,7 +157,7 @@ impl Inventory {
                     }
                     absent.insert(sku.clone(), Instant::now() + period);
                 }
-                Err(InventoryError::Api(e))
+                Err(e)
             }
             // the snapshot stays re-checking: the crowd keeps it for the
             // grace, then reads for itself (and meets the same error)
