@@ -183,17 +183,7 @@ impl Inventory {
             (meta.shards, Vec::new(), Some(batch::Claim { record, body }))
         } else {
             let (bucket, record) = keys::idem_global(&req.key);
-            // (one Redis: no master can be known down, so no slot is hashed)
-            let down: Vec<u16> = if self.nodes.per_master() {
-                (0..meta.shards)
-                    .filter(|&s| match meta.tags.get(usize::from(s)) {
-                        Some(t) => self.nodes.known_down(placement::slot_of(t)),
-                        None => false,
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let down = self.shards_known_down(&meta, 0..meta.shards);
             let body = claim_body(&mine, meta.shards, &down);
             let earlier = self
                 .claims
@@ -276,6 +266,21 @@ impl Inventory {
         self.replicated(result, &meta).await
     }
 
+    /// Which of `shards` live on a master this instance knows is down right
+    /// now (its client has no connection). One Redis: none (no slot is
+    /// hashed).
+    fn shards_known_down(&self, meta: &SkuMeta, shards: impl Iterator<Item = u16>) -> Vec<u16> {
+        if !self.nodes.per_master() {
+            return Vec::new();
+        }
+        shards
+            .filter(|&s| match meta.tags.get(usize::from(s)) {
+                Some(t) => self.nodes.known_down(placement::slot_of(t)),
+                None => false,
+            })
+            .collect()
+    }
+
     /// Did the reservation a replay answered end without a sale (released,
     /// expired, or its record gone)? Unknown (Redis unreachable) counts as
     /// no: the cap stays counted, too tight rather than too loose.
@@ -350,6 +355,7 @@ impl Inventory {
         // shards seen during this walk with some (but too few) units: donors
         let mut donors: Vec<(u16, i64)> = Vec::new();
         let mut all_unloaded = true;
+        let mut any_unloaded = false;
         for (i, &s) in order.iter().enumerate() {
             let last = i + 1 == order.len();
             let mark = !last || donors.is_empty();
@@ -387,13 +393,31 @@ impl Inventory {
                         donors.push((s, avail));
                     }
                 }
-                Step::Unloaded => {}
+                Step::Unloaded => any_unloaded = true,
             }
         }
         if all_unloaded && left_out.is_empty() {
             return Err(InventoryError::UnknownSku(req.sku.to_string()));
         }
         if !left_out.is_empty() {
+            // Every shard this key walks now holds its walk-on verdict for it
+            // (this walk met or left one on each; none was unloaded), so no
+            // request with the key can ever hold a unit there. Once the
+            // left-out shards' masters are back, the key walks every shard:
+            // the verdicts it meets first are those same ones, and the
+            // left-out shards come in the walk's fixed order and are never
+            // skipped, so two such walks meet on the first left-out shard with
+            // a unit (one holds, the other replays) and a left-out walk, which
+            // stops before them, can hold nowhere. The key gets a definite
+            // answer instead of a 503 on every retry until it expires
+            // (docs/cluster.md).
+            if !any_unloaded
+                && self
+                    .shards_known_down(meta, left_out.iter().copied())
+                    .is_empty()
+            {
+                return Box::pin(self.walk(req, meta, fp, gate, k, &[], None)).await;
+            }
             // the left-out shards may hold units: no "sold out" (nor a mark)
             return Err(InventoryError::Unavailable(format!(
                 "shards {left_out:?} were unreachable at this key's first request and the others have no unit for it"

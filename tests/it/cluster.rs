@@ -1317,3 +1317,133 @@ async fn a_sweep_meeting_a_half_moved_slot_changes_nothing_until_it_ends_every_h
     );
     drop(pool);
 }
+
+/// A key whose first request came while a master was known down leaves that
+/// master's shards out of its walks (its claim says so). Once the shards it
+/// walks are empty it used to answer 503 on every retry until the key
+/// expired (the fault harness's `info_resolved` finding, docs/faults.md);
+/// after the failover it walks every shard and gets a definite answer: a
+/// hold from a left-out shard while one has a unit, then `409 sold_out`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_left_a_dead_masters_shards_out_gets_a_definite_answer_after_the_failover() {
+    let mut cluster = Cluster::start(3, 1);
+    let mut config = cluster_config(&cluster);
+    config.redis_timeout_ms = 500;
+    let app = spawn_app(config).await;
+    app.preload("lo", 8, 4).await;
+    let sku = flashgate::domain::Sku::parse("lo").expect("sku");
+    let meta = app
+        .state
+        .inventory
+        .meta(&sku)
+        .await
+        .expect("meta")
+        .expect("loaded");
+    let victim = cluster.owner(keyslot(&format!("{{{}}}", meta.tags[0])));
+    let victim_slots = cluster
+        .masters()
+        .remove(&victim)
+        .expect("the victim's slots");
+    let victim_has = |key: &str| {
+        let slot = keyslot(key);
+        victim_slots.iter().any(|&(a, b)| a <= slot && slot <= b)
+    };
+    let dead: Vec<u16> = (0..meta.shards)
+        .filter(|&s| victim_has(&format!("{{{}}}", meta.tags[usize::from(s)])))
+        .collect();
+    assert!(
+        dead.len() < usize::from(meta.shards),
+        "some shards elsewhere"
+    );
+    let bucket_on_victim =
+        |key: &str| victim_has(&flashgate::inventory::keys::idem_global(&anon(key)).1);
+    let first_shard = |key: &str| (anon(key).stable_hash() % u64::from(meta.shards)) as u16;
+    // keys whose claim lives on a live master and whose walk starts on a
+    // dead shard (they teach the instance the master is down) or a live one
+    let mut keys = (0..)
+        .map(|i| format!("lo-{i}"))
+        .filter(|k| !bucket_on_victim(k));
+    let mut next_key = |on_dead: bool| {
+        keys.find(|k| dead.contains(&first_shard(k)) == on_dead)
+            .expect("a key")
+    };
+
+    cluster.node_mut(victim).kill();
+    // until the instance knows the master is down, a walk that meets its
+    // shard times out (503); after, a new key leaves it out and is served
+    // elsewhere
+    let mut learned = false;
+    for _ in 0..40 {
+        let a = app.reserve(&next_key(true), "lo", 1, "u").await;
+        if a.status == StatusCode::CREATED {
+            learned = true;
+            break;
+        }
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", a.body);
+    }
+    assert!(learned, "the instance learned the master is down");
+    // drain the live shards with new keys (each leaves the dead shards out);
+    // the first two keys that find nothing are the stranded ones
+    let mut stranded = Vec::new();
+    for _ in 0..40 {
+        let k = next_key(false);
+        let a = app.reserve(&k, "lo", 1, "u").await;
+        // (the walk leaves the dead shards out: its 503 is "the others
+        // have no unit for it", answered as "not carried out")
+        if a.status == StatusCode::SERVICE_UNAVAILABLE {
+            stranded.push(k);
+            if stranded.len() == 2 {
+                break;
+            }
+        } else {
+            assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        }
+    }
+    assert_eq!(stranded.len(), 2, "two keys found the live shards empty");
+
+    cluster.wait_healthy(Duration::from_secs(30));
+    // the first stranded key: a hold from a left-out shard once the
+    // promoted replica serves it, then the same hold on every retry
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let a = app.reserve(&stranded[0], "lo", 1, "u").await;
+        if a.status != StatusCode::SERVICE_UNAVAILABLE {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stranded key still answers 503 after the failover: {:?}",
+            a.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let rid = rid_of(&first);
+    assert!(
+        dead.iter().any(|s| rid.starts_with(&format!("lo.{s}."))),
+        "held on a left-out shard: {rid}"
+    );
+    let again = app.reserve(&stranded[0], "lo", 1, "u").await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+    assert_eq!(rid_of(&again), rid);
+    // the rest of the left-out shards' units go to new keys
+    for _ in 0..40 {
+        let a = app.reserve(&next_key(true), "lo", 1, "u").await;
+        if a.code() == "sold_out" {
+            break;
+        }
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    }
+    // the second stranded key: a definite sold out, and the same on a retry
+    for _ in 0..2 {
+        let a = app.reserve(&stranded[1], "lo", 1, "u").await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::CONFLICT, "sold_out"),
+            "{:?}",
+            a.body
+        );
+    }
+    let st = app.assert_books("lo").await;
+    assert_eq!((st.available, st.held), (0, 8), "every unit held once");
+}
