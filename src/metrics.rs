@@ -597,6 +597,7 @@ mod tests {
             ("flashgate_sku_series_refused_total", "counter"),
             ("flashgate_task_restarts_total", "counter"),
             ("flashgate_build_info", "gauge"),
+            ("flashgate_config_reloads_total", "counter"),
         ];
         for (name, kind) in expected {
             assert!(
