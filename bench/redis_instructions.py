@@ -17,6 +17,13 @@ time is not (bench/README.md, "Redis instructions per hold").
     mkdir -p /tmp/old && for f in lib reserve; do git show 1d3c1e8^:lua/$f.lua > /tmp/old/$f.lua; done
     python3 bench/redis_instructions.py --lua-dir /tmp/old --old-layout
 
+The floor: the same tool measures a bare check-and-DECRBY script (FLOOR_LUA
+below: per request one argument, its qty; GET the stock, DECRBY it when
+there is enough) at the same batch sizes and the same calls in flight, and
+prints each hold's ratio to it: the part of a hold's cost that is Redis
+receiving a script call and changing a counter, which no layout removes.
+`--no-floor` skips it.
+
 Needs valgrind (callgrind_control, callgrind_annotate) and redis-server.
 """
 import argparse
@@ -117,6 +124,33 @@ class Sale:
         return resp(["EVALSHA", self.sha, len(keys)] + keys + args)
 
 
+# The floor for "a hold": check the stock and DECRBY it, per request, nothing
+# else (no idempotency, no record, no expiry, no outbox).
+FLOOR_LUA = """
+local stock, held = KEYS[1], 0
+for i = 1, #ARGV do
+  local qty = tonumber(ARGV[i])
+  if tonumber(redis.call('GET', stock)) >= qty then
+    redis.call('DECRBY', stock, qty)
+    held = held + 1
+  end
+end
+return held
+"""
+
+
+class Floor:
+    """One stock counter with units to spare; calls of `batch` bare requests."""
+
+    def __init__(self, conn, sha, sku):
+        self.conn, self.sha = conn, sha
+        self.stock = "fg:{%s#0}:stock" % sku
+        conn.call("SET", self.stock, 10**9)
+
+    def call(self, batch):
+        return resp(["EVALSHA", self.sha, 1, self.stock] + ["1"] * batch)
+
+
 def run_calls(conn, payloads, depth=4):
     inflight = sent = 0
     last = None
@@ -138,8 +172,11 @@ def total_instructions(path):
     return int(m.group(1).replace(",", ""))
 
 
-def measure(lua_dir, batch, calls, old_layout=False, keep=None):
-    src = open(os.path.join(lua_dir, "lib.lua")).read() + "\n" + open(os.path.join(lua_dir, "reserve.lua")).read()
+def measure(lua_dir, batch, calls, old_layout=False, keep=None, floor=False):
+    if floor:
+        src = FLOOR_LUA
+    else:
+        src = open(os.path.join(lua_dir, "lib.lua")).read() + "\n" + open(os.path.join(lua_dir, "reserve.lua")).read()
     port = free_port()
     d = tempfile.mkdtemp(prefix="fg-redis-cg-")
     out = os.path.join(d, "cg.out")
@@ -159,13 +196,17 @@ def measure(lua_dir, batch, calls, old_layout=False, keep=None):
                     raise RuntimeError("redis-server under callgrind did not start")
                 time.sleep(0.2)
         sha = conn.call("SCRIPT", "LOAD", src).decode()
-        sale = Sale(conn, sha, "LT1-cg", old_layout)
+        sale = Floor(conn, sha, "LT1-cg") if floor else Sale(conn, sha, "LT1-cg", old_layout)
         warm = [sale.call(batch) for _ in range(max(5, calls // 10))]
         measured = [sale.call(batch) for _ in range(calls)]
         reply = run_calls(conn, warm)
-        held = reply[1:] if not old_layout else [r[0][:1] for r in reply]
-        if not (isinstance(reply, list) and held and all(r == b"h" for r in held)):
-            raise RuntimeError("reserve.lua did not hold every request: %r" % (reply,))
+        if floor:
+            if reply != str(batch).encode():
+                raise RuntimeError("the floor script did not take every request: %r" % (reply,))
+        else:
+            held = reply[1:] if not old_layout else [r[0][:1] for r in reply]
+            if not (isinstance(reply, list) and held and all(r == b"h" for r in held)):
+                raise RuntimeError("reserve.lua did not hold every request: %r" % (reply,))
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
         run_calls(conn, measured)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
@@ -174,7 +215,8 @@ def measure(lua_dir, batch, calls, old_layout=False, keep=None):
             raise RuntimeError("callgrind wrote no dump")
         dump = os.path.join(d, dumps[-1])
         if keep:
-            shutil.copy(dump, os.path.join(keep, "redis-callgrind-b%d.out" % batch))
+            name = "redis-callgrind-floor-b%d.out" if floor else "redis-callgrind-b%d.out"
+            shutil.copy(dump, os.path.join(keep, name % batch))
         return total_instructions(dump) / (batch * calls)
     finally:
         proc.terminate()
@@ -192,6 +234,8 @@ def main():
     p.add_argument("--calls", type=int, default=0, help="measured calls per batch size (default: 5,000 holds' worth)")
     p.add_argument("--old-layout", action="store_true",
                    help="the arguments of reserve.lua before 1d3c1e8 (with --lua-dir holding that version)")
+    p.add_argument("--no-floor", action="store_true",
+                   help="skip the bare check-and-DECRBY floor (and the ratios to it)")
     p.add_argument("--keep", metavar="DIR",
                    help="copy each measured dump to DIR/redis-callgrind-b<B>.out, for callgrind_annotate")
     a = p.parse_args()
@@ -199,10 +243,16 @@ def main():
         if not shutil.which(tool):
             sys.exit("%s is not on the PATH (make bench-redis-instructions installs valgrind as root)" % tool)
     print("redis-server instructions per hold of reserve.lua (callgrind, user space; every request a new hold with its claim)")
+    if not a.no_floor:
+        print("  floor: a bare check-and-DECRBY script per request at the same batch size (FLOOR_LUA)")
     for b in a.batch or [1, 25, 64]:
         calls = a.calls or max(20, 5000 // b)
         per = measure(a.lua_dir, b, calls, a.old_layout, a.keep)
-        print("  batch %3d  %8.0f instructions per hold  (%d calls)" % (b, per, calls))
+        line = "  batch %3d  %8.0f instructions per hold  (%d calls)" % (b, per, calls)
+        if not a.no_floor:
+            base = measure(a.lua_dir, b, calls, keep=a.keep, floor=True)
+            line += "  floor %7.0f  ratio %5.2fx" % (base, per / base)
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
