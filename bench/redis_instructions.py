@@ -98,7 +98,9 @@ class Sale:
             return self.call_old(batch)
         for _ in range(batch):
             key, rid, user, fp, claim = self.request()
-            args += [key, rid, "1", user, fp, "3", claim, "%s\n%s" % (self.sku, fp)]
+            # the claim body as the service writes it: <sku>\n<fp>\nk:<shards>\nt:<token>
+            body = "%s\n%s\nk:1\nt:%s" % (self.sku, fp, rid[-32:])
+            args += [key, rid, "1", user, fp, "3", claim, body]
         return resp(["EVALSHA", self.sha, len(self.keys)] + self.keys + args)
 
     def request(self):

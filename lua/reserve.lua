@@ -91,6 +91,10 @@ local available                -- the shard's stock as this call has left it
 local taken = 0                -- units held by this call: one DECRBY/HINCRBY at the end
 local zadd, won, held, live = {}, {}, {}, {} -- one ZADD, SADD, XADD and HSET at the end
 
+-- the flags argument's switches (one character, '0'..'7')
+local MARK = {['1'] = true, ['3'] = true, ['5'] = true, ['7'] = true}
+local GATE = {['2'] = true, ['3'] = true, ['6'] = true, ['7'] = true}
+
 local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   local fresh = false
   if claim ~= '' then
@@ -102,37 +106,51 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
     end
   end
   local qty = tonumber(qty_s)
-  local gate = flags == '2' or flags == '3'
-  if gate and gate_open == nil then gate_open = redis.call('EXISTS', wlopen) == 1 end
-  local gated = gate and gate_open
+  local gated = false
+  if GATE[flags] then
+    if gate_open == nil then gate_open = redis.call('EXISTS', wlopen) == 1 end
+    gated = gate_open
+  end
   if available == nil then available = tonumber(redis.call('GET', stock)) or false end
 
   local idem = idem_prefix .. key
-  local seen = (not fresh) and redis.call('GET', idem)
-  if seen then
-    local kind = string.sub(seen, 1, 1)
-    if kind == 'M' then
-      if string.sub(seen, 3) ~= fp then return 'm' end
-      if gated then return 'v0' end
-      return 'v' .. string.format('%d', available or 0)
+  local rkey = record_prefix .. rid
+  if not fresh then
+    local seen = redis.call('GET', idem)
+    if seen then
+      local kind = string.sub(seen, 1, 1)
+      if kind == 'M' then
+        if string.sub(seen, 3) ~= fp then return 'm' end
+        if gated then return 'v0' end
+        return 'v' .. string.format('%d', available or 0)
+      end
+      -- 'R|<rid>|<fp>' (rids never contain '|'): a walk with the verdict
+      -- switch, or one of data layout 2
+      local bar = string.find(seen, '|', 3, true)
+      local old = string.sub(seen, 3, bar - 1)
+      if string.sub(seen, bar + 1) ~= fp then return 'm' end
+      -- first_exp: written by extend.lua when it first moves the deadline
+      local r = rec_load(record_prefix .. old)
+      if not r then return 'r' .. old .. '|||' end
+      local first = r.first_exp
+      if first == '' then first = r.exp end
+      return 'r' .. old .. '|' .. r.qty .. '|' .. first .. '|' .. r.user
     end
-    -- 'R|<rid>|<fp>' (rids never contain '|')
-    local bar = string.find(seen, '|', 3, true)
-    local old = string.sub(seen, 3, bar - 1)
-    if string.sub(seen, bar + 1) ~= fp then return 'm' end
-    -- first_exp: written by extend.lua when it first moves the deadline
-    local r = rec_load(record_prefix .. old)
-    if not r then return 'r' .. old .. '|||' end
-    local first = r.first_exp
-    if first == '' then first = r.exp end
-    return 'r' .. old .. '|' .. r.qty .. '|' .. first .. '|' .. r.user
+    -- the hold this key's token names here, if any: the record is the verdict
+    local r = rec_load(rkey)
+    if r then
+      if r.idem ~= key then return 'm' end
+      local first = r.first_exp
+      if first == '' then first = r.exp end
+      return 'r' .. rid .. '|' .. r.qty .. '|' .. first .. '|' .. r.user
+    end
   end
 
   if not available then return 'u' end
   local here = available
   if gated then here = 0 end
   if here < qty then
-    if flags == '1' or flags == '3' then
+    if MARK[flags] then
       redis.call('SET', idem, 'M|' .. fp, 'PX', idem_ttl)
     end
     return 'd' .. string.format('%d', here)
@@ -145,12 +163,13 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   end
   available = available - qty
   taken = taken + qty
-  local rkey = record_prefix .. rid
   -- the record as lib.lua's rec_encode writes it, built in place: a table
   -- for rec_encode costs ~6k instructions more per hold (80.0k vs 74.2k)
   redis.call('SET', rkey, 'held|' .. qty_s .. '|' .. ts_s .. '|' .. exp_s .. '||||' .. user ..
     '\n' .. key, 'PX', record_ttl)
-  redis.call('SET', idem, 'R|' .. rid .. '|' .. fp, 'PX', idem_ttl)
+  if flags >= '4' then
+    redis.call('SET', idem, 'R|' .. rid .. '|' .. fp, 'PX', idem_ttl)
+  end
   zadd[#zadd + 1] = exp_s
   zadd[#zadd + 1] = rid
   if qty ~= 1 then   -- a hold with no field in `live` held 1 unit (lib.lua)

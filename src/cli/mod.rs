@@ -7,6 +7,7 @@
 
 mod args;
 mod config;
+mod layout;
 mod ledger;
 mod migrate;
 mod preload;
@@ -57,6 +58,8 @@ pub enum Command {
     Ledger(LedgerCmdArgs),
     /// Compare the books in Redis with the ledger in PostgreSQL; --fix repairs Redis.
     Reconcile(ReconcileArgs),
+    /// Upgrade Redis's data to this version's layout, between sales (refuses while holds are outstanding without --force).
+    MigrateLayout(layout::MigrateLayoutArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -72,6 +75,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Preload(args) => preload::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
+        Command::MigrateLayout(args) => layout::run(args).await,
         Command::Ledger(args) => ledger::run(args).await,
         Command::Reconcile(args) => return reconcile::run(args).await,
         Command::Config(args) => config::run(args),

@@ -165,6 +165,8 @@ pub struct ReserveCall {
     pub fingerprint: String,
     pub mark_walk_on: bool,
     pub gate: bool,
+    /// Write the `R` verdict with a hold (a key whose claim has no token).
+    pub verdict: bool,
     /// The key's claim, made inside this call (one Redis server only; see
     /// `lua/reserve.lua`), or None when it was made apart or earlier.
     pub claim: Option<Claim>,
@@ -211,7 +213,7 @@ impl Batch for ReserveBatch {
                 c.qty.as_str(),
                 c.user.as_str(),
                 c.fingerprint.as_str(),
-                flags(c.mark_walk_on, c.gate),
+                flags(c.mark_walk_on, c.gate, c.verdict),
                 claim_key,
                 claim_body,
             ]);
@@ -357,14 +359,10 @@ impl Batch for AckBatch {
     }
 }
 
-/// reserve.lua's flags argument: 1 = mark_walk_on, + 2 = gate.
-fn flags(mark_walk_on: bool, gate: bool) -> &'static str {
-    match (mark_walk_on, gate) {
-        (false, false) => "0",
-        (true, false) => "1",
-        (false, true) => "2",
-        (true, true) => "3",
-    }
+/// reserve.lua's flags argument: 1 = mark_walk_on, + 2 = gate, + 4 = verdict.
+fn flags(mark_walk_on: bool, gate: bool, verdict: bool) -> &'static str {
+    const FLAGS: [&str; 8] = ["0", "1", "2", "3", "4", "5", "6", "7"];
+    FLAGS[usize::from(mark_walk_on) + 2 * usize::from(gate) + 4 * usize::from(verdict)]
 }
 
 /// The error of a batch's call, for each of its requests.
@@ -384,9 +382,11 @@ mod tests {
 
     #[test]
     fn flags_carry_both_switches() {
-        assert_eq!(flags(false, false), "0");
-        assert_eq!(flags(true, false), "1");
-        assert_eq!(flags(false, true), "2");
-        assert_eq!(flags(true, true), "3");
+        assert_eq!(flags(false, false, false), "0");
+        assert_eq!(flags(true, false, false), "1");
+        assert_eq!(flags(false, true, false), "2");
+        assert_eq!(flags(true, true, false), "3");
+        assert_eq!(flags(false, false, true), "4");
+        assert_eq!(flags(true, true, true), "7");
     }
 }

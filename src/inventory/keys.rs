@@ -11,14 +11,17 @@
 //! | `fg:{SKU#s}:stock`        | string | units available on shard s (never negative)       |
 //! | `fg:{SKU#s}:books`        | hash   | initial, held, sold, xin, xout                     |
 //! | `fg:{SKU#s}:holds`        | zset   | reservation id → deadline (ms): the expiry list   |
-//! | `fg:{SKU#s}:r:<rid>`      | hash   | the reservation                                   |
-//! | `fg:{SKU#s}:idem:<key>`   | string | `R|<rid>|<fp>`, or the walk-on verdict `M|<fp>`   |
+//! | `fg:layout`               | string | Redis's data layout (`DATA_LAYOUT`)               |
+//! | `fg:{SKU#s}:r:<rid>`      | string | the reservation (lua/lib.lua); also the key's     |
+//! |                           |        | verdict here: `<rid>` = `SKU.s.<claim's token>`    |
+//! | `fg:{SKU#s}:idem:<key>`   | string | the walk-on verdict `M|<fp>`, or `R|<rid>|<fp>` for a   |
+//! |                           |        | key with no token (promoter; layout 2)             |
 //! |                           |        | (`<key>`: always a `ScopedKey`, domain.rs)         |
 //! | `fg:{SKU#s}:events`       | stream | outbox of every stock change (for the ledger)     |
 //! |                           |        | (a reserve.lua call's holds: one `held` entry)     |
 //! | `fg:{SKU#s}:xfers`        | hash   | transfers out of this shard not yet applied       |
 //! | `fg:{SKU#s}:xin`          | zset   | transfer ids applied to this shard (a day)        |
-//! | `fg:{idem~NN}:<key>`      | string | `<sku>\n<fingerprint>`: the key's first request   |
+//! | `fg:{idem~NN}:<key>`      | string | `<sku>\n<fp>\nk:..\nt:<token>`: its first request |
 //! | `fg:{cap:SKU:<user>}`     | hash   | purchase cap: total, k:<key> → qty per reservation |
 //! | `fg:{SKU#s}:wlopen`       | string | gate: present while the SKU's waitlist has waiters |
 //! | `fg:{SKU#s}:keys`         | set    | idempotency keys of the shard's live and sold holds |
@@ -154,12 +157,21 @@ impl WaitKeys {
 }
 
 /// The data layout this version writes, in a SKU's meta (`layout`, beside
-/// the shard count `shard_count`). Layout 1, every version before it, kept
-/// the count in `shards`, the only field those versions read: a meta in
-/// layout 2 has no such field, so an older instance answers its SKU as
-/// unknown instead of misreading what this version writes
-/// (`lua/meta_upgrade.lua`). A meta of a later layout is refused here.
-pub const LAYOUT: &str = "2";
+/// the shard count `shard_count`) and in Redis's [`DATA_LAYOUT`]. Layout 1,
+/// every version before 2, kept the count in `shards`, the only field those
+/// versions read: a meta of layout 2 or later has no such field, so such an
+/// instance answers its SKU as unknown instead of misreading what this
+/// version writes (`lua/meta_upgrade.lua`). Layout 3: a hold's verdict is
+/// its record, named by the token in the key's claim (no `R` verdict key;
+/// `lua/reserve.lua`); a layout-2 instance refuses a layout-3 meta (503). A
+/// meta of a later layout is refused here.
+pub const LAYOUT: &str = "3";
+
+/// Redis's data layout, one string for the whole store: an instance that
+/// finds one it does not know refuses to serve (`/readyz` and reserves
+/// 503); `flashgate migrate-layout` writes it (docs/UPGRADING.md). Absent on
+/// a store a layout-2 version wrote.
+pub const DATA_LAYOUT: &str = "fg:layout";
 
 pub fn meta(sku: &Sku) -> String {
     format!("fg:{{{sku}}}:meta")

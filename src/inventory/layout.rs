@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fred::interfaces::{HashesInterface, SetsInterface};
+use fred::interfaces::{HashesInterface, KeysInterface, SetsInterface};
+use fred::types::{Expiration, SetOptions};
 
 use super::keys::{self, ShardKeys};
 use super::replies::{array, text};
@@ -43,6 +44,11 @@ impl SkuMeta {
 impl Inventory {
     /// The SKU's layout (cached for [`META_TTL`]), or None when not preloaded.
     pub async fn meta(&self, sku: &Sku) -> Result<Option<Arc<SkuMeta>>, InventoryError> {
+        // Redis's data layout is one this version does not know: nothing of
+        // a SKU is read or written (reserve, confirm, the sweeper, ...)
+        if let Some(why) = self.layout_refusal() {
+            return Err(InventoryError::Unsuitable(why));
+        }
         let mut stale = None;
         if let Ok(cache) = self.meta.read() {
             if let Some((m, at)) = cache.get(sku) {
@@ -77,9 +83,11 @@ impl Inventory {
                 };
             }
         };
-        // A meta an earlier version wrote (layout 1) is converted first: from
+        // A meta an earlier version wrote (layout 1 or 2) is converted first: from
         // then on older instances refuse the SKU (keys.rs, `LAYOUT`).
-        let fields = if fields.contains_key("shards") {
+        let fields = if fields.contains_key("shards")
+            || fields.get("layout").map(String::as_str) == Some("2")
+        {
             self.upgrade_meta(sku).await?
         } else {
             fields
@@ -180,5 +188,191 @@ impl Inventory {
         let mut skus: Vec<Sku> = names.iter().filter_map(|n| Sku::parse(n).ok()).collect();
         skus.sort();
         Ok(skus)
+    }
+
+    /// Read Redis's data layout ([`keys::DATA_LAYOUT`]) and keep the
+    /// verdict every reserve reads ([`Inventory::layout_refusal`]): Ok when
+    /// it is this version's; on a store with no SKU yet, this version's is
+    /// written first. A refusal is logged once per change. Err only when
+    /// Redis could not be read.
+    pub(super) async fn check_data_layout(&self) -> Result<Result<(), String>, InventoryError> {
+        let client = self.nodes.client_for_key(keys::DATA_LAYOUT);
+        let mut found: Option<String> = client
+            .get(keys::DATA_LAYOUT)
+            .await
+            .map_err(|e| self.err(e))?;
+        if found.is_none() {
+            let skus: u64 = self
+                .nodes
+                .client_for_key(keys::SKUS)
+                .scard(keys::SKUS)
+                .await
+                .map_err(|e| self.err(e))?;
+            if skus == 0 {
+                // a fresh store: this version's layout (NX: a racing
+                // instance of another version keeps its own, read below)
+                let _: Option<String> = client
+                    .set(
+                        keys::DATA_LAYOUT,
+                        keys::LAYOUT,
+                        None::<Expiration>,
+                        Some(SetOptions::NX),
+                        false,
+                    )
+                    .await
+                    .map_err(|e| self.err(e))?;
+                found = client
+                    .get(keys::DATA_LAYOUT)
+                    .await
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        let verdict = match found.as_deref() {
+            Some(keys::LAYOUT) => Ok(()),
+            None => Err(format!(
+                "Redis holds data of layout 2 (no {} key) and this version of flashgate writes \
+                 layout {}: not serving until `flashgate migrate-layout` has upgraded it \
+                 (docs/UPGRADING.md)",
+                keys::DATA_LAYOUT,
+                keys::LAYOUT
+            )),
+            Some(other) => Err(format!(
+                "Redis holds data of layout {other:?} ({}) and this version of flashgate reads \
+                 layout {} only: not serving; upgrade this instance (docs/UPGRADING.md)",
+                keys::DATA_LAYOUT,
+                keys::LAYOUT
+            )),
+        };
+        let was_ok = self
+            .layout_ok
+            .swap(verdict.is_ok(), std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut m) = self.layout_refused.write() {
+            let changed = *m != verdict.as_ref().err().cloned();
+            if changed || was_ok != verdict.is_ok() {
+                match &verdict {
+                    Err(msg) => tracing::error!("{msg}"),
+                    Ok(()) if !was_ok => tracing::info!(
+                        layout = keys::LAYOUT,
+                        "Redis's data layout is this version's: serving"
+                    ),
+                    Ok(()) => {}
+                }
+            }
+            *m = verdict.as_ref().err().cloned();
+        }
+        Ok(verdict)
+    }
+
+    /// Why this instance refuses to serve Redis's data layout, if it does
+    /// (the last [`Inventory::check_data_layout`]).
+    pub fn layout_refusal(&self) -> Option<String> {
+        if self.layout_ok.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        match self.layout_refused.read() {
+            Ok(m) => m.clone(),
+            Err(_) => Some("data layout unknown".into()),
+        }
+    }
+
+    /// `flashgate migrate-layout`: upgrade a store of an earlier data
+    /// layout to this version's — every SKU's meta (`lua/meta_upgrade.lua`),
+    /// then [`keys::DATA_LAYOUT`]. Between sales: while any SKU has units
+    /// held it refuses, unless `force` (the holds stay valid: this version
+    /// reads what layout 2 wrote, claims without a token walk with `R`
+    /// verdicts). Refuses a store of a layout newer than this version's.
+    /// Idempotent. Returns the SKUs whose meta it converted.
+    pub async fn migrate_layout(&self, force: bool) -> Result<Vec<Sku>, InventoryError> {
+        let client = self.nodes.client_for_key(keys::DATA_LAYOUT);
+        let found: Option<String> = client
+            .get(keys::DATA_LAYOUT)
+            .await
+            .map_err(|e| self.err(e))?;
+        let current = found.as_deref() == Some(keys::LAYOUT);
+        if let Some(v) = found.as_deref() {
+            if v != keys::LAYOUT {
+                return Err(InventoryError::Unsuitable(format!(
+                    "Redis holds data of layout {v:?} ({}); this version writes layout {}: \
+                     not migrating",
+                    keys::DATA_LAYOUT,
+                    keys::LAYOUT
+                )));
+            }
+        }
+        let mut old = Vec::new();
+        let mut held = Vec::new();
+        for sku in self.skus().await? {
+            let key = keys::meta(&sku);
+            let fields: HashMap<String, String> = self
+                .nodes
+                .client_for_key(&key)
+                .hgetall(&key)
+                .await
+                .map_err(|e| self.err(e))?;
+            let count = match fields.get("layout").map(String::as_str) {
+                // (a store of this layout: only metas an older instance
+                // wrote since are converted, holds or not)
+                Some(keys::LAYOUT) if current => continue,
+                None | Some("2") | Some(keys::LAYOUT) => fields
+                    .get("shard_count")
+                    .or_else(|| fields.get("shards"))
+                    .and_then(|c| c.parse::<u16>().ok())
+                    .filter(|k| (1..=MAX_SHARDS).contains(k)),
+                Some(other) => {
+                    return Err(InventoryError::Unsuitable(format!(
+                        "{sku} was loaded in data layout {other:?}, newer than this version's \
+                         ({}): not migrating",
+                        keys::LAYOUT
+                    )))
+                }
+            };
+            let Some(count) = count else { continue };
+            let tags: Vec<String> = fields
+                .get("tags")
+                .map(|t| t.split(',').map(str::to_owned).collect())
+                .unwrap_or_default();
+            let mut units = 0i64;
+            for s in 0..count {
+                let sk = match tags.get(usize::from(s)) {
+                    Some(t) => ShardKeys::new(t),
+                    None => ShardKeys::new(&keys::default_tag(&sku, s)),
+                };
+                let books = sk.books();
+                let h: Option<String> = self
+                    .nodes
+                    .client_for_key(&books)
+                    .hget(&books, "held")
+                    .await
+                    .map_err(|e| self.err(e))?;
+                units += h.and_then(|h| h.parse::<i64>().ok()).unwrap_or(0);
+            }
+            if units > 0 && !current {
+                held.push(format!("{sku}: {units} units held"));
+            }
+            if fields.get("layout").map(String::as_str) != Some(keys::LAYOUT) {
+                old.push(sku);
+            }
+        }
+        if !held.is_empty() && !force {
+            return Err(InventoryError::Unsuitable(format!(
+                "holds are outstanding ({}): migrate between sales, once they have ended, \
+                 or with --force",
+                held.join(", ")
+            )));
+        }
+        for sku in &old {
+            self.upgrade_meta(sku).await?;
+            if let Ok(mut cache) = self.meta.write() {
+                cache.remove(sku);
+            }
+        }
+        let _: () = client
+            .set(keys::DATA_LAYOUT, keys::LAYOUT, None, None, false)
+            .await
+            .map_err(|e| self.err(e))?;
+        self.check_data_layout()
+            .await?
+            .map_err(InventoryError::Unsuitable)?;
+        Ok(old)
     }
 }

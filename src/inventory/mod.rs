@@ -208,6 +208,10 @@ pub struct Inventory {
     /// gave (re-checked at most every `preflight::RECHECK`).
     allow_eviction: bool,
     preflight: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    /// Redis's data layout (`keys::DATA_LAYOUT`) is this version's, as last
+    /// read (at start and by `/readyz`); else why not, for every reserve's 503.
+    layout_ok: std::sync::atomic::AtomicBool,
+    layout_refused: RwLock<Option<String>>,
 }
 
 /// The maps every reserve reads (the sold-out marks, the layout cache, the
@@ -338,7 +342,7 @@ impl Inventory {
             },
             batch::ack_batch_max(config.reserve_batch_max),
         );
-        Ok(Inventory {
+        let inventory = Inventory {
             pool,
             nodes,
             scripts,
@@ -371,7 +375,16 @@ impl Inventory {
             stock_generation: std::sync::atomic::AtomicU64::new(0),
             allow_eviction: config.allow_eviction_policy,
             preflight: tokio::sync::Mutex::new(Some((Instant::now(), Ok(())))),
-        })
+            layout_ok: std::sync::atomic::AtomicBool::new(true),
+            layout_refused: RwLock::new(None),
+        };
+        // an unknown layout does not stop the start (`flashgate
+        // migrate-layout` connects too): it is logged and refused per request
+        let verdict = inventory.check_data_layout().await?;
+        if let Err(m) = &verdict {
+            *inventory.preflight.lock().await = Some((Instant::now(), Err(m.clone())));
+        }
+        Ok(inventory)
     }
 
     /// Every master's `host:port` and Redis version (`INFO server`).
@@ -399,7 +412,7 @@ impl Inventory {
             }
         }
         let verdict = match preflight::require(&self.nodes, self.allow_eviction, true).await {
-            Ok(_) => Ok(()),
+            Ok(_) => self.check_data_layout().await?,
             Err(InventoryError::Unsuitable(m)) => Err(m),
             // no master known: not cached, reported as it is
             Err(e) => return Err(e),

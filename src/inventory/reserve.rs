@@ -73,16 +73,74 @@ pub(super) enum Step {
 
 /// The claim record's body: the request's `<sku>\n<fingerprint>`, the
 /// shard count its walks use (`\nk:4`), then the shards its walks leave
-/// out, if any (`\nx:1,3`). (An instance older than the count reads such a
-/// body as another request's: 422, never a walk over the wrong shards.)
-pub(super) fn claim_body(request: &str, shards: u16, left_out: &[u16]) -> String {
+/// out, if any (`\nx:1,3`), then the key's token (`\nt:<32 hex>`, data
+/// layout 3): every walk of the key uses it, so the hold it made on shard s
+/// is `SKU.s.<token>` and its record is the shard's verdict for the key (no
+/// `R` verdict key; `lua/reserve.lua`). (An instance older than the count,
+/// or than the token, reads such a body as another request's: 422, never a
+/// walk over the wrong shards or a second hold.)
+pub(super) fn claim_body(
+    request: &str,
+    shards: u16,
+    left_out: &[u16],
+    token: &uuid::Uuid,
+) -> String {
     let mut body = format!("{request}\nk:{shards}");
     if !left_out.is_empty() {
         let list: Vec<String> = left_out.iter().map(u16::to_string).collect();
         body.push_str("\nx:");
         body.push_str(&list.join(","));
     }
+    body.push_str("\nt:");
+    let mut hex = [0u8; 32];
+    body.push_str(token.simple().encode_lower(&mut hex));
     body
+}
+
+/// The token a walk names its hold with (`SKU.s.<token>`), and how a
+/// replay is told from this request's own resent step.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct WalkToken {
+    id: uuid::Uuid,
+    /// The token came from an earlier request's claim: a hold found under
+    /// it is that request's (a replay, 200), not this one's own.
+    earlier: bool,
+    /// The key's claim carries no token (the waitlist promoter's keys, which
+    /// have no claim; a claim of data layout 2): its holds write the `R`
+    /// verdict, which every walk of such a key reads.
+    verdicts: bool,
+}
+
+impl WalkToken {
+    /// A token of this request's own claim.
+    pub(super) fn own(id: uuid::Uuid) -> WalkToken {
+        WalkToken {
+            id,
+            earlier: false,
+            verdicts: false,
+        }
+    }
+
+    /// A walk whose key has no token: a fresh one, and `R` verdicts.
+    pub(super) fn with_verdicts() -> WalkToken {
+        WalkToken {
+            id: uuid::Uuid::new_v4(),
+            earlier: false,
+            verdicts: true,
+        }
+    }
+
+    /// The token of an earlier claim with this request's body.
+    fn of_claim(claim: &ClaimInfo) -> WalkToken {
+        match claim.token {
+            Some(id) => WalkToken {
+                id,
+                earlier: true,
+                verdicts: false,
+            },
+            None => WalkToken::with_verdicts(),
+        }
+    }
 }
 
 /// What an earlier claim with the same request body fixed.
@@ -92,6 +150,8 @@ pub(super) struct ClaimInfo {
     /// (its walks used the SKU's count of the moment).
     shards: Option<u16>,
     left_out: Vec<u16>,
+    /// The key's token; None in a claim of data layout 2.
+    token: Option<uuid::Uuid>,
 }
 
 /// The earlier claim's count and left-out shards, or None when the earlier
@@ -109,22 +169,40 @@ pub(super) fn parse_claim(earlier: &str, request: &str) -> Option<ClaimInfo> {
         );
         rest = &r[end..];
     }
-    if rest.is_empty() {
-        return Some(ClaimInfo {
-            shards,
-            left_out: Vec::new(),
-        });
+    let mut left_out = Vec::new();
+    if let Some(r) = rest.strip_prefix("\nx:") {
+        let end = r.find('\n').unwrap_or(r.len());
+        left_out = r[..end]
+            .split(',')
+            .map(|s| s.parse().ok())
+            .collect::<Option<Vec<u16>>>()?;
+        rest = &r[end..];
     }
-    let left_out = rest
-        .strip_prefix("\nx:")?
-        .split(',')
-        .map(|s| s.parse().ok())
-        .collect::<Option<Vec<u16>>>()?;
-    Some(ClaimInfo { shards, left_out })
+    let mut token = None;
+    if let Some(t) = rest.strip_prefix("\nt:") {
+        if t.len() != 32 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        token = Some(uuid::Uuid::try_parse(t).ok()?);
+        rest = "";
+    }
+    if !rest.is_empty() {
+        return None;
+    }
+    Some(ClaimInfo {
+        shards,
+        left_out,
+        token,
+    })
 }
 
 impl Inventory {
     pub async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, InventoryError> {
+        // Redis's data layout is one this version does not know: refuse
+        // (503) rather than write beside it (`check_data_layout`)
+        if let Some(why) = self.layout_refusal() {
+            return Err(InventoryError::Unsuitable(why));
+        }
         // The sold-out fast path: refuse from memory, no Redis command. The
         // keys that won a unit are known, so their retries still walk (and
         // are replayed). Only a preloaded SKU is ever marked (a walk found
@@ -171,33 +249,44 @@ impl Inventory {
         // those whose master is known to be down right now (see the module
         // docs: sound because no request with this key ever reaches them).
         let mine = [req.sku.as_str(), "\n", &fp].concat();
+        let token = uuid::Uuid::new_v4();
         // On one Redis server no master can be down and a script may touch
         // any slot: the claim rides in the walk's first reserve.lua call
         // (one round trip instead of two; bench/README.md). Not with a
         // purchase cap, which is counted between the claim and the walk.
         // The claim also fixes the shard count the key walks for good (see
         // `walk`): the SKU's count now, as this instance knows it.
-        let (shards, left_out, in_walk) = if !self.nodes.per_master() && meta.max_per_user == 0 {
-            let record = keys::idem_record(&req.key);
-            let body = claim_body(&mine, meta.shards, &[]);
-            (meta.shards, Vec::new(), Some(batch::Claim { record, body }))
-        } else {
-            let (bucket, record) = keys::idem_global(&req.key);
-            let down = self.shards_known_down(&meta, 0..meta.shards);
-            let body = claim_body(&mine, meta.shards, &down);
-            let earlier = self
-                .claims
-                .submit(&bucket, batch::Claim { record, body })
-                .await?;
-            let (shards, left_out) = match earlier {
-                Value::Null => (meta.shards, down),
-                v => match parse_claim(&text(&v)?, &mine) {
-                    Some(c) => (c.shards.unwrap_or(meta.shards), c.left_out),
-                    None => return Err(InventoryError::IdempotencyKeyReused),
-                },
+        let (shards, left_out, token, in_walk) =
+            if !self.nodes.per_master() && meta.max_per_user == 0 {
+                let record = keys::idem_record(&req.key);
+                let body = claim_body(&mine, meta.shards, &[], &token);
+                (
+                    meta.shards,
+                    Vec::new(),
+                    WalkToken::own(token),
+                    Some(batch::Claim { record, body }),
+                )
+            } else {
+                let (bucket, record) = keys::idem_global(&req.key);
+                let down = self.shards_known_down(&meta, 0..meta.shards);
+                let body = claim_body(&mine, meta.shards, &down, &token);
+                let earlier = self
+                    .claims
+                    .submit(&bucket, batch::Claim { record, body })
+                    .await?;
+                let (shards, left_out, token) = match earlier {
+                    Value::Null => (meta.shards, down, WalkToken::own(token)),
+                    v => match parse_claim(&text(&v)?, &mine) {
+                        Some(c) => (
+                            c.shards.unwrap_or(meta.shards),
+                            c.left_out.clone(),
+                            WalkToken::of_claim(&c),
+                        ),
+                        None => return Err(InventoryError::IdempotencyKeyReused),
+                    },
+                };
+                (shards, left_out, token, None)
             };
-            (shards, left_out, None)
-        };
 
         // The purchase cap: counted before the walk, given back when the walk
         // definitely failed. An unknown outcome (timeout) keeps the count: too
@@ -215,7 +304,7 @@ impl Inventory {
         }
         let in_walk = in_walk.map(|c| (mine.as_str(), c));
         let mut result = self
-            .walk(req, &meta, &fp, true, shards, &left_out, in_walk)
+            .walk(req, &meta, &fp, true, shards, &left_out, token, in_walk)
             .await;
         if let Ok(ReserveOutcome::Held(r)) = &result {
             // a probe (or anyone) found stock: the SKU is open again
@@ -309,6 +398,7 @@ impl Inventory {
     /// layout again when a key's claim names more shards than it knows.
     /// `left_out`: shards this key's walks never visit (its claim fixed
     /// them); a walk that meets no unit on the others cannot say "sold out".
+    /// `token`: what the walk's holds are named with (see [`WalkToken`]).
     /// `claim`: the request body (`<sku>\n<fingerprint>`) and the key's
     /// claim, to be made in the first step's call (one Redis server only).
     #[allow(clippy::too_many_arguments)]
@@ -320,6 +410,7 @@ impl Inventory {
         gate: bool,
         shards: u16,
         left_out: &[u16],
+        token: WalkToken,
         claim: Option<(&str, batch::Claim)>,
     ) -> Result<ReserveOutcome, InventoryError> {
         let (mine, mut claim) = match claim {
@@ -341,7 +432,6 @@ impl Inventory {
         };
         let k = shards;
         let returns_seen = self.returns_seen.load(std::sync::atomic::Ordering::SeqCst);
-        let token = uuid::Uuid::new_v4();
         let start = (req.key.stable_hash() % u64::from(k)) as u16;
         let order: Vec<u16> = (0..k)
             .map(|i| (start + i) % k)
@@ -360,14 +450,14 @@ impl Inventory {
             let last = i + 1 == order.len();
             let mark = !last || donors.is_empty();
             let mut step = self
-                .reserve_on(req, meta, fp, s, &token, mark, gate, claim.take())
+                .reserve_on(req, meta, fp, s, token, mark, gate, claim.take())
                 .await?;
             if last && !mark {
                 if let Step::Dry(have) = step {
                     let need = i64::from(req.qty.get()) - have;
                     self.pull(meta, s, need, &donors).await?;
                     step = self
-                        .reserve_on(req, meta, fp, s, &token, true, gate, None)
+                        .reserve_on(req, meta, fp, s, token, true, gate, None)
                         .await?;
                 }
             }
@@ -383,7 +473,9 @@ impl Inventory {
                         None => Err(InventoryError::IdempotencyKeyReused),
                         Some(c) => {
                             let k = c.shards.unwrap_or(meta.shards);
-                            Box::pin(self.walk(req, meta, fp, gate, k, &c.left_out, None)).await
+                            let token = WalkToken::of_claim(&c);
+                            Box::pin(self.walk(req, meta, fp, gate, k, &c.left_out, token, None))
+                                .await
                         }
                     };
                 }
@@ -416,7 +508,7 @@ impl Inventory {
                     .shards_known_down(meta, left_out.iter().copied())
                     .is_empty()
             {
-                return Box::pin(self.walk(req, meta, fp, gate, k, &[], None)).await;
+                return Box::pin(self.walk(req, meta, fp, gate, k, &[], token, None)).await;
             }
             // the left-out shards may hold units: no "sold out" (nor a mark)
             return Err(InventoryError::Unavailable(format!(
@@ -445,12 +537,12 @@ impl Inventory {
         meta: &SkuMeta,
         fp: &str,
         shard: u16,
-        token: &uuid::Uuid,
+        token: WalkToken,
         mark_walk_on: bool,
         gate: bool,
         claim: Option<batch::Claim>,
     ) -> Result<Step, InventoryError> {
-        let rid_s = ReservationId::text_of(&req.sku, shard, token);
+        let rid_s = ReservationId::text_of(&req.sku, shard, &token.id);
         let tag = match meta.tags.get(usize::from(shard)) {
             Some(t) => std::borrow::Cow::Borrowed(t.as_str()),
             None => std::borrow::Cow::Owned(keys::default_tag(&req.sku, shard)),
@@ -463,6 +555,7 @@ impl Inventory {
             fingerprint: fp.to_owned(),
             mark_walk_on,
             gate,
+            verdict: token.verdicts,
             claim,
         };
         let view = |id: String, exp: i64| Reservation {
@@ -478,8 +571,9 @@ impl Inventory {
             ReserveReply::Replay {
                 rid, expires_at_ms, ..
             } => {
-                // our own attempt, resent by the client library after a lost reply
-                if rid == rid_s {
+                // our own attempt, resent by the client library after a lost
+                // reply (a hold under an earlier request's token is its own)
+                if rid == rid_s && !token.earlier {
                     Step::Held(view(rid, expires_at_ms))
                 } else {
                     Step::Replay(view(rid, expires_at_ms))
@@ -535,10 +629,39 @@ mod claim_tests {
             Some(ClaimInfo {
                 shards,
                 left_out: left_out.to_vec(),
+                token: None,
             })
         };
-        assert_eq!(claim_body("A\n1:u", 2, &[]), "A\n1:u\nk:2");
-        assert_eq!(claim_body("A\n1:u", 4, &[1, 3]), "A\n1:u\nk:4\nx:1,3");
+        let t = uuid::Uuid::from_u128(0xabc);
+        let hex = "00000000000000000000000000000abc";
+        assert_eq!(
+            claim_body("A\n1:u", 2, &[], &t),
+            format!("A\n1:u\nk:2\nt:{hex}")
+        );
+        assert_eq!(
+            claim_body("A\n1:u", 4, &[1, 3], &t),
+            format!("A\n1:u\nk:4\nx:1,3\nt:{hex}")
+        );
+        let with_token = |shards, left_out: &[u16]| {
+            Some(ClaimInfo {
+                shards,
+                left_out: left_out.to_vec(),
+                token: Some(t),
+            })
+        };
+        assert_eq!(
+            parse_claim(&claim_body("A\n1:u", 4, &[1, 3], &t), "A\n1:u"),
+            with_token(Some(4), &[1, 3])
+        );
+        assert_eq!(
+            parse_claim(&claim_body("A\n1:u", 2, &[], &t), "A\n1:u"),
+            with_token(Some(2), &[])
+        );
+        assert_eq!(parse_claim("A\n1:u\nk:2\nt:zz", "A\n1:u"), None);
+        assert_eq!(
+            parse_claim(&format!("A\n1:u\nk:2\nt:{hex}\nq"), "A\n1:u"),
+            None
+        );
         assert_eq!(parse_claim("A\n1:u\nk:2", "A\n1:u"), c(Some(2), &[]));
         assert_eq!(
             parse_claim("A\n1:u\nk:4\nx:1,3", "A\n1:u"),

@@ -450,9 +450,11 @@ impl Inventory {
             return Ok((Step::Done, None));
         }
         let fp = req.fingerprint();
-        // (no claim: the attempt key walks the SKU's count of the moment)
+        // (no claim: the attempt key walks the SKU's count of the moment,
+        // with no token, so its holds write `R` verdicts)
+        let token = super::reserve::WalkToken::with_verdicts();
         match self
-            .walk(&req, meta, &fp, false, meta.shards, &[], None)
+            .walk(&req, meta, &fp, false, meta.shards, &[], token, None)
             .await?
         {
             ReserveOutcome::Held(r) | ReserveOutcome::Replayed(r) => {

@@ -406,9 +406,10 @@ async fn what_was_stored_unscoped_still_serves_after_keys_are_configured() {
     open.preload("tee", 2, 1).await;
     let held = reserve(&open, None, "order-1", "tee", "ann", false).await;
     assert_eq!(held.status, StatusCode::CREATED);
+    // (data layout 3: the record below is the key's verdict, no `idem:` key)
     assert_eq!(
         redis.cli(&["EXISTS", "fg:{tee#0}:idem:order-1"]).trim(),
-        "1"
+        "0"
     );
     let record = redis.cli(&["GET", &format!("fg:{{tee#0}}:r:{}", rid(&held))]);
     assert!(record.trim_end().ends_with("ann\norder-1"), "{record:?}");

@@ -120,7 +120,11 @@ impl Fixture {
                     qty.to_string(),
                     user.into(),
                     fp.into(),
-                    if mark { "3" } else { "2" }.into(),
+                    // + 4: the `R` verdict, so a later call with another rid
+                    // (another request with the key) finds the hold by it, as
+                    // the promoter's walks and layout-2 keys do; a key with a
+                    // claim token is tests/upgrade.rs's
+                    if mark { "7" } else { "6" }.into(),
                     String::new(), // no claim in this call
                     String::new(),
                 ],
@@ -341,7 +345,9 @@ async fn reserve_batch_claiming(
             qty.to_string(),
             "user-1".into(),
             format!("{qty}:user-1"),
-            "3".into(),
+            // + 4 (the `R` verdict) for a request without its claim: a later
+            // one with the key and another rid finds the hold by it
+            if claim.is_some() { "3" } else { "7" }.into(),
             match claim {
                 Some(_) => keys::idem_global(&key).1,
                 None => String::new(),
@@ -451,6 +457,7 @@ async fn concurrent_reserves_for_one_shard_share_script_calls() {
                 fingerprint: format!("1:u{i}"),
                 mark_walk_on: true,
                 gate: true,
+                verdict: false,
                 claim: None,
             };
             parts(reserver.submit(&tag, call).await.unwrap(), &rid)
