@@ -192,7 +192,12 @@ async fn fail_midway(redis: &RedisServer, sku: &Sku, bad: u16, shards: u16) -> s
     let allowed: Vec<String> = (0..shards)
         .filter(|s| *s != bad)
         .map(|s| format!("~fg:{{{sku}#{s}}}:*"))
-        .chain([format!("~fg:{{{sku}}}:*"), "~fg:skus".into()])
+        // (fg:layout: the store's data layout, read at start)
+        .chain([
+            format!("~fg:{{{sku}}}:*"),
+            "~fg:skus".into(),
+            "~fg:layout".into(),
+        ])
         .collect();
     acl.extend(allowed.iter().map(String::as_str));
     assert_eq!(redis.cli(&acl), "OK");
