@@ -29,11 +29,16 @@
 -- ARGV[1] hold_ms   ARGV[2] idem_ttl_ms   ARGV[3] record_ttl_ms (garbage
 -- collection of the record, never stock return)
 -- then per request i, 8 values from ARGV[4 + 8(i-1)]:
---   idempotency key, rid (fresh, used only if a hold is created), qty, user,
+--   idempotency key, rid (`SKU.s.<token>`: the token of the key's claim, the
+--   same in every request with the key, so the record r:<rid> is this shard's
+--   verdict that the key holds a unit here), qty, user,
 --   request fingerprint, flags (1 = mark_walk_on: on "dry", write the walk-on
 --   verdict, else leave no trace; + 2 = gate: refuse while the SKU's
 --   waitlist has waiters, units coming back belong to them, see
---   src/inventory/waitlist.rs; the waitlist promoter does not gate),
+--   src/inventory/waitlist.rs; the waitlist promoter does not gate; + 4 =
+--   verdict: a key with no token in its claim — the promoter's, which has
+--   no claim, or a claim of data layout 2 — whose rid is fresh per request:
+--   a hold also writes the `R|rid|fp` verdict, which its retries find),
 --   claim record fg:{idem~NN}:<key>, claim body
 --
 -- The claim (one Redis server only, where a script may touch keys of any
@@ -61,8 +66,12 @@
 --   'd' .. available             not enough stock here
 --   'u'                          the shard has no counters (SKU not preloaded)
 --
--- Idempotency: the verdict of a shard for a key is sticky (a reservation or the
--- walk-on verdict `M|fp`), written in the same step that decides it. Every request
+-- Idempotency: the verdict of a shard for a key is sticky (the reservation's
+-- record r:<SKU.s.token>, an `R` verdict for a key without a token, or the
+-- walk-on verdict `M|fp`), written in the same step that decides it. A
+-- request whose claim was not new reads `idem:<key>` (M or R) and then the
+-- record its rid names. (Data layout 3; an instance of layout 2 reads only
+-- `idem:` and is kept off layout-3 data: docs/UPGRADING.md.) Every request
 -- with one key visits the shards in one fixed order, so all of them see the
 -- same verdicts and at most one reservation can exist per key. A second run of
 -- this script (a client retry of an in-flight command), or a second request
@@ -73,9 +82,10 @@
 -- src/ledger.rs), instead of one stream entry per hold.
 --
 -- Cost (bench/notes/2026-12-02-redis-instructions-per-hold.md): each request pays
--- its arguments, SET NX GET of its claim (if any), GET of its verdict (unless
--- the claim was new) and, when it gets a unit, SET PX of its record (one
--- string, lib.lua) and SET of its verdict; the stock, books, expiry list,
+-- its arguments, SET NX GET of its claim (if any), GET of its verdict and
+-- its record (unless the claim was new) and, when it gets a unit, SET PX of
+-- its record (one string, lib.lua) — no verdict key (75.3k -> 64.4k per hold
+-- at B = 25, bench/notes/2026-12-04-hold-keys.md); the stock, books, expiry list,
 -- live holds (only holds of more than one unit), key set and outbox change
 -- once per call. Numbers go to Redis as the strings they came in (or
 -- formatted once per call with %d): Redis formats a Lua number argument with
