@@ -147,7 +147,8 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
       return 'r' .. old .. '|' .. r.qty .. '|' .. first .. '|' .. r.user
     end
     -- the hold this key's token names here, if any: the record is the verdict
-    local r = rec_load(rkey)
+    -- (a key with the verdict switch found its hold by the `R` verdict above)
+    local r = flags < '4' and rec_load(rkey)
     if r then
       if r.idem ~= key then return 'm' end
       local first = r.first_exp
