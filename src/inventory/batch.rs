@@ -76,7 +76,9 @@ impl<B: Batch> Lanes<B> {
         item: B::Item,
     ) -> Result<B::Reply, InventoryError> {
         if self.max_batch == 1 {
-            let mut replies = self.batch.call(lane, vec![item]).await?;
+            // (coalescing off: boxed, as in the drain, so the common path's
+            // future stays small)
+            let mut replies = Box::pin(self.batch.call(lane, vec![item])).await?;
             return replies
                 .pop()
                 .ok_or_else(|| InventoryError::Protocol("a script answered nothing".into()));

@@ -60,11 +60,14 @@ impl Inventory {
         }
         // routed like the scripts: a dead master elsewhere does not block it
         let key = keys::meta(sku);
-        let read = self
-            .nodes
-            .client_for_key(&key)
-            .hgetall::<HashMap<String, String>, _>(key)
-            .await;
+        // (a cache miss, once per META_TTL: boxed, so the future of every
+        // reserve that reads the cache stays small)
+        let read = Box::pin(
+            self.nodes
+                .client_for_key(&key)
+                .hgetall::<HashMap<String, String>, _>(key),
+        )
+        .await;
         let fields = match read {
             Ok(fields) => fields,
             Err(e) => {

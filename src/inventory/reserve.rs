@@ -213,7 +213,9 @@ impl Inventory {
         // (its copy was ≈ 4 % of a sold-out answer's instructions).
         let waitlist_full = match self.fast_path(&req.sku, &req.key) {
             FastPath::SoldOut { waitlist_full } => Some(waitlist_full),
-            FastPath::Probe => match self.probe(&req.sku).await {
+            // (rare, once per re-check period: boxed, so the future every
+            // reserve builds and moves stays small)
+            FastPath::Probe => match Box::pin(self.probe(&req.sku)).await {
                 Ok(still) => still,
                 Err(e) => {
                     // the request walks; the mark is re-made by a walk
@@ -228,7 +230,7 @@ impl Inventory {
                 return Ok(ReserveOutcome::SoldOut);
             }
             // a key that joined already walks to its ticket (a replay)
-            if full && !self.joined_waitlist(&req.sku, &req.key).await? {
+            if full && !Box::pin(self.joined_waitlist(&req.sku, &req.key)).await? {
                 return Err(InventoryError::WaitlistFull);
             }
         }
@@ -270,10 +272,8 @@ impl Inventory {
                 let (bucket, record) = keys::idem_global(&req.key);
                 let down = self.shards_known_down(&meta, 0..meta.shards);
                 let body = claim_body(&mine, meta.shards, &down, &token);
-                let earlier = self
-                    .claims
-                    .submit(&bucket, batch::Claim { record, body })
-                    .await?;
+                let earlier =
+                    Box::pin(self.claims.submit(&bucket, batch::Claim { record, body })).await?;
                 let (shards, left_out, token) = match earlier {
                     Value::Null => (meta.shards, down, WalkToken::own(token)),
                     v => match parse_claim(&text(&v)?, &mine) {
@@ -296,7 +296,7 @@ impl Inventory {
             if req.qty.get() > meta.max_per_user {
                 return Err(InventoryError::PurchaseCap);
             }
-            match self.cap_take(&meta, req).await? {
+            match Box::pin(self.cap_take(&meta, req)).await? {
                 0 => return Err(InventoryError::PurchaseCap),
                 1 => counted_now = true,
                 _ => {}
@@ -329,10 +329,9 @@ impl Inventory {
         if req.waitlist && matches!(result, Ok(ReserveOutcome::SoldOut)) {
             if capped {
                 // the cap is counted again when the ticket is promoted
-                self.cap_give(&meta, req.user.as_str(), req.key.as_str())
-                    .await?;
+                Box::pin(self.cap_give(&meta, req.user.as_str(), req.key.as_str())).await?;
             }
-            result = self.join_waitlist(&meta, req, &fp).await;
+            result = Box::pin(self.join_waitlist(&meta, req, &fp)).await;
         } else if capped {
             let give = match &result {
                 Ok(ReserveOutcome::SoldOut) => true,
@@ -340,19 +339,21 @@ impl Inventory {
                 Err(e) if e.is_refusal() => counted_now,
                 // a replay of a hold that ended unsold: the cap_take above
                 // counted it again (or an earlier give-back failed)
-                Ok(ReserveOutcome::Replayed(r)) => self.ended_unsold(r).await,
+                Ok(ReserveOutcome::Replayed(r)) => Box::pin(self.ended_unsold(r)).await,
                 _ => false,
             };
             if give {
-                if let Err(e) = self
-                    .cap_give(&meta, req.user.as_str(), req.key.as_str())
-                    .await
+                if let Err(e) =
+                    Box::pin(self.cap_give(&meta, req.user.as_str(), req.key.as_str())).await
                 {
                     tracing::warn!(error = %e, sku = %req.sku, "could not give back a purchase-cap count; the buyer stays capped until reconcile");
                 }
             }
         }
-        self.replicated(result, &meta).await
+        if self.settings.replica_ack == 0 {
+            return result;
+        }
+        Box::pin(self.replicated(result, &meta)).await
     }
 
     /// Which of `shards` live on a master this instance knows is down right
@@ -419,7 +420,7 @@ impl Inventory {
         };
         let fresh;
         let meta = if shards > meta.shards {
-            fresh = self.meta_past_cache(&req.sku).await?;
+            fresh = Box::pin(self.meta_past_cache(&req.sku)).await?;
             if fresh.shards < shards {
                 return Err(InventoryError::Protocol(format!(
                     "{} has {} shards, a claim names {shards}",
@@ -455,9 +456,8 @@ impl Inventory {
             if last && !mark {
                 if let Step::Dry(have) = step {
                     let need = i64::from(req.qty.get()) - have;
-                    self.pull(meta, s, need, &donors).await?;
-                    step = self
-                        .reserve_on(req, meta, fp, s, token, true, gate, None)
+                    Box::pin(self.pull(meta, s, need, &donors)).await?;
+                    step = Box::pin(self.reserve_on(req, meta, fp, s, token, true, gate, None))
                         .await?;
                 }
             }
@@ -520,7 +520,7 @@ impl Inventory {
             // just a sticky verdict of this key): the SKU is empty right now
             // (a key walking a count from before shards were added saw only
             // some of them: no mark)
-            if let Err(e) = self.mark_sold_out(meta, returns_seen).await {
+            if let Err(e) = Box::pin(self.mark_sold_out(meta, returns_seen)).await {
                 // the answer stands; the next request simply walks again
                 tracing::debug!(error = %e, sku = %req.sku, "could not load the sold-out mark");
             }
