@@ -330,6 +330,79 @@ struct ReserveBody<'a> {
     waitlist: bool,
 }
 
+impl<'a> ReserveBody<'a> {
+    /// The body as clients write it, `{"sku":"…","qty":N,"user_id":"…"}`
+    /// with an optional `,"waitlist":true|false` before the `}`, no
+    /// whitespace, no escape in its strings: read directly, as serde_json
+    /// would read it (its decode was ≈ 1,800 instructions of every reserve,
+    /// callgrind). Anything else — another order, whitespace, an escape, a
+    /// number that is not a plain i64, an unknown field — is None, and
+    /// serde_json decodes it (or says what is wrong with it).
+    fn plain(b: &'a [u8]) -> Option<ReserveBody<'a>> {
+        let rest = b.strip_prefix(br#"{"sku":""#)?;
+        let (sku, rest) = plain_str(rest)?;
+        let rest = rest.strip_prefix(br#","qty":"#)?;
+        let (qty, rest) = plain_i64(rest)?;
+        let rest = rest.strip_prefix(br#","user_id":""#)?;
+        let (user_id, rest) = plain_str(rest)?;
+        let (waitlist, rest) = match rest.strip_prefix(br#","waitlist":"#) {
+            None => (false, rest),
+            Some(r) => match r.strip_prefix(b"true") {
+                Some(r) => (true, r),
+                None => (false, r.strip_prefix(b"false")?),
+            },
+        };
+        (rest == b"}").then_some(ReserveBody {
+            sku: std::borrow::Cow::Borrowed(sku),
+            qty,
+            user_id: std::borrow::Cow::Borrowed(user_id),
+            waitlist,
+        })
+    }
+}
+
+/// A JSON string's contents up to its closing quote, and what follows the
+/// quote; None if it holds an escape or a control character (serde_json's
+/// to read or refuse) or is not UTF-8.
+fn plain_str(b: &[u8]) -> Option<(&str, &[u8])> {
+    let end = b
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    if b[end] != b'"' {
+        return None;
+    }
+    Some((std::str::from_utf8(&b[..end]).ok()?, &b[end + 1..]))
+}
+
+/// A JSON integer that fits an i64 (`-?(0|[1-9][0-9]*)`), and what follows
+/// it; None for anything else (a leading zero, a fraction, an exponent and
+/// an overflow and -0 included).
+fn plain_i64(b: &[u8]) -> Option<(i64, &[u8])> {
+    let (neg, digits) = match b.strip_prefix(b"-") {
+        Some(r) => (true, r),
+        None => (false, b),
+    };
+    let len = digits.iter().take_while(|c| c.is_ascii_digit()).count();
+    if len == 0 || (len > 1 && digits[0] == b'0') {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &c in &digits[..len] {
+        let d = i64::from(c - b'0');
+        n = n.checked_mul(10)?;
+        n = if neg {
+            n.checked_sub(d)?
+        } else {
+            n.checked_add(d)?
+        };
+    }
+    // (serde_json reads -0 as a float, which a qty refuses)
+    if neg && n == 0 {
+        return None;
+    }
+    Some((n, &digits[len..]))
+}
+
 async fn reserve(
     state: &AppState,
     req: Request<Incoming>,
@@ -353,7 +426,10 @@ async fn reserve(
         }
     };
     let bytes = body::read_body(req, state.config.body_limit_bytes).await?;
-    let b: ReserveBody = body::decode(&bytes)?;
+    let b = match ReserveBody::plain(&bytes) {
+        Some(b) => b,
+        None => body::decode(&bytes)?,
+    };
     let request = ReserveRequest {
         sku: Sku::parse(&b.sku).map_err(ApiError::InvalidRequest)?,
         qty: Qty::parse(b.qty, state.config.max_qty_per_request)
@@ -412,6 +488,79 @@ mod tests {
         assert_eq!((b.qty, b.waitlist), (2, false));
         let unknown = body::decode::<ReserveBody>(br#"{"sku":"A","qty":1,"user_id":"u","x":1}"#);
         assert!(matches!(unknown, Err(ApiError::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn the_plain_reserve_body_reads_as_serde_json_reads_it_and_nothing_else() {
+        let bodies: Vec<String> = [
+            r#"{"sku":"A-1","qty":2,"user_id":"u1"}"#,
+            r#"{"sku":"A-1","qty":2,"user_id":"u1","waitlist":true}"#,
+            r#"{"sku":"A-1","qty":2,"user_id":"u1","waitlist":false}"#,
+            r#"{"sku":"","qty":0,"user_id":""}"#,
+            r#"{"sku":"ü買","qty":-7,"user_id":"名前 with space"}"#,
+            r#"{"sku":"A","qty":9223372036854775807,"user_id":"u"}"#,
+            r#"{"sku":"A","qty":-9223372036854775808,"user_id":"u"}"#,
+            // serde_json's to read (or refuse)
+            r#"{"sku":"A","qty":9223372036854775808,"user_id":"u"}"#,
+            r#"{"sku":"A","qty":01,"user_id":"u"}"#,
+            r#"{"sku":"A","qty":-0,"user_id":"u"}"#,
+            r#"{"sku":"A","qty":-01,"user_id":"u"}"#,
+            r#"{"sku":"A","qty":1.0,"user_id":"u"}"#,
+            r#"{"sku":"A","qty":1e2,"user_id":"u"}"#,
+            r#"{"sku":"A","qty":-,"user_id":"u"}"#,
+            r#"{"sku":"A","qty":"1","user_id":"u"}"#,
+            r#"{"sku":"A1","qty":1,"user_id":"u"}"#,
+            r#"{"sku":"A","qty":1,"user_id":"u"v"}"#,
+            r#"{"sku":"A","qty":1,"user_id":"u\v"}"#,
+            "{\"sku\":\"A\tB\",\"qty\":1,\"user_id\":\"u\"}",
+            r#"{"sku":"A","qty":1,"user_id":"u" }"#,
+            r#"{"sku":"A","qty":1,"user_id":"u"} "#,
+            r#"{"sku":"A","qty":1,"user_id":"u"}}"#,
+            r#"{"sku":"A","qty":1,"user_id":"u","x":1}"#,
+            r#"{"sku":"A","qty":1,"user_id":"u","waitlist":1}"#,
+            r#"{"sku":"A","qty":1,"user_id":"u","waitlist":true,"waitlist":true}"#,
+            r#"{"qty":1,"sku":"A","user_id":"u"}"#,
+            r#"{"sku":"A","qty":1}"#,
+            r#"{"sku":"A","qty":1,"user_id":"u""#,
+            r#"{"sku":"A","qty":1,"user_id":"u"#,
+            "",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut plain = 0;
+        for body in &bodies {
+            let serde = body::decode::<ReserveBody>(body.as_bytes()).ok().map(|b| {
+                (
+                    b.sku.into_owned(),
+                    b.qty,
+                    b.user_id.into_owned(),
+                    b.waitlist,
+                )
+            });
+            let fast = ReserveBody::plain(body.as_bytes());
+            if let Some(f) = fast {
+                plain += 1;
+                let f = (
+                    f.sku.into_owned(),
+                    f.qty,
+                    f.user_id.into_owned(),
+                    f.waitlist,
+                );
+                assert_eq!(Some(f), serde, "{body}");
+            }
+        }
+        assert_eq!(plain, 7, "the first seven are read directly");
+        // every prefix of a plain body: never read as something else
+        let whole = r#"{"sku":"A-1","qty":12,"user_id":"u1","waitlist":true}"#;
+        for end in 0..whole.len() {
+            assert!(
+                ReserveBody::plain(&whole.as_bytes()[..end]).is_none(),
+                "{end}"
+            );
+        }
+        // invalid UTF-8 in a string: serde_json's to refuse
+        assert!(ReserveBody::plain(b"{\"sku\":\"\xff\",\"qty\":1,\"user_id\":\"u\"}").is_none());
     }
 
     #[test]

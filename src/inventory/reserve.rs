@@ -85,11 +85,15 @@ pub(super) fn claim_body(
     left_out: &[u16],
     token: &uuid::Uuid,
 ) -> String {
-    let mut body = format!("{request}\nk:{shards}");
-    if !left_out.is_empty() {
-        let list: Vec<String> = left_out.iter().map(u16::to_string).collect();
-        body.push_str("\nx:");
-        body.push_str(&list.join(","));
+    // (pushed piece by piece: `format!` was ≈ 870 instructions per hold)
+    let mut n = itoa::Buffer::new();
+    let mut body = String::with_capacity(request.len() + 44 + 6 * left_out.len());
+    body.push_str(request);
+    body.push_str("\nk:");
+    body.push_str(n.format(shards));
+    for (i, s) in left_out.iter().enumerate() {
+        body.push_str(if i == 0 { "\nx:" } else { "," });
+        body.push_str(n.format(*s));
     }
     body.push_str("\nt:");
     let mut hex = [0u8; 32];
