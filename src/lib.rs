@@ -32,6 +32,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod fairness;
 pub mod http;
 pub mod inventory;
 pub mod ledger;
