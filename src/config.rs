@@ -142,6 +142,15 @@ pub struct Config {
     /// Tests only (fault injection), empty = off: `task:N` makes the named
     /// task panic in its first N rounds.
     pub fault_task_panics: String,
+    /// Most lines one cart may have (docs/carts.md).
+    pub max_cart_lines: usize,
+    /// A cart still being made (or confirmed, released, given back) this
+    /// long after its step began is taken to be abandoned by a dead
+    /// instance: the sweeper finishes it (docs/carts.md).
+    pub cart_saga_ms: u64,
+    /// Most carts in a transitional state at once (the sweeper's work list,
+    /// `fg:{carts}:pending`); past it a new cart answers 503 `carts_busy`.
+    pub max_pending_carts: u64,
 }
 
 impl Default for Config {
@@ -198,6 +207,9 @@ impl Default for Config {
             allow_eviction_policy: false,
             task_stall_ms: 10_000,
             fault_task_panics: String::new(),
+            max_cart_lines: 10,
+            cart_saga_ms: 30_000,
+            max_pending_carts: 100_000,
         }
     }
 }
@@ -327,6 +339,12 @@ impl Config {
         }
         if self.task_stall_ms == 0 {
             return bad("task_stall_ms must be > 0");
+        }
+        if !(1..=100).contains(&self.max_cart_lines)
+            || self.cart_saga_ms < 100
+            || self.max_pending_carts == 0
+        {
+            return bad("max_cart_lines must be within 1..=100, cart_saga_ms >= 100, max_pending_carts > 0");
         }
         if !self.fault_task_panics.is_empty() && self.fault_panics().is_none() {
             return bad("fault_task_panics must be task:N, task one of sweeper, promoter, ledger, limiter_pruner");

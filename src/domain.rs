@@ -216,6 +216,7 @@ impl Tenant {
 /// | `<client key>`             | the implicit storefront (no auth): unscoped, the layout of earlier versions |
 /// | `<scope> <client key>`     | a storefront (`<scope>` its id) or an admin key (`~`) |
 /// | `<scope>  wl:<ticket>:<n>` | the waitlist promoter, for a ticket of `<scope>` ("" for an unscoped ticket) |
+/// | `<scope>  cart:<id>:<i>`   | line `i` of cart `<id>` of `<scope>` (the cart saga, docs/carts.md) |
 ///
 /// A client key is visible ASCII without spaces, and a scope has no space
 /// either, so a client's key has at most one space and never two in a row:
@@ -243,6 +244,20 @@ impl ScopedKey {
             return Err(format!("bad waitlist ticket {ticket:?} of {owner:?}"));
         }
         Ok(ScopedKey([owner, "  wl:", ticket, ":", attempt].concat()))
+    }
+
+    /// The key of line `line` of cart `cart` owned by `owner` (a scope as
+    /// [`ScopedKey::owner`] answers it): every walk of the line, the
+    /// saga's first and every resumed one, uses it, so they replay one hold.
+    /// Two spaces, as the promoter's: no client key can take this form.
+    pub fn cart_line(owner: &str, cart: &CartId, line: usize) -> Result<ScopedKey, String> {
+        if owner.contains(' ') {
+            return Err(format!("bad cart owner {owner:?}"));
+        }
+        let mut n = itoa::Buffer::new();
+        Ok(ScopedKey(
+            [owner, "  cart:", cart.as_str(), ":", n.format(line)].concat(),
+        ))
     }
 
     /// The owner scope of a stored key: "" when unscoped.
@@ -355,6 +370,34 @@ impl ReservationId {
 impl fmt::Display for ReservationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.sku, self.shard, self.token)
+    }
+}
+
+/// A cart id: 32 lowercase hex digits of a UUID v4 (122 random bits), so
+/// unguessable; it names the cart's record `fg:{cart:<id>}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CartId(String);
+
+impl CartId {
+    pub fn random() -> CartId {
+        CartId(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn parse(s: &str) -> Result<CartId, String> {
+        if s.len() != 32 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err("malformed cart id".into());
+        }
+        Ok(CartId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CartId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

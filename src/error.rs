@@ -61,6 +61,21 @@ pub enum ApiError {
     Timeout,
     #[error("internal error")]
     Internal(#[source] InventoryError),
+    /// A cart's line could not be held (`code`: sold_out, purchase_limit);
+    /// the body names the line (its index and SKU).
+    #[error("line {line} ({sku}) of the cart could not be held; the cart holds nothing")]
+    CartLine {
+        line: usize,
+        sku: String,
+        code: &'static str,
+    },
+    #[error("no such cart")]
+    CartNotFound,
+    /// The cart's state does not allow the operation (docs/carts.md).
+    #[error("the cart is {0}")]
+    CartState(&'static str),
+    #[error("too many carts are being made right now; retry shortly")]
+    CartsBusy,
     /// `/readyz`: not ready for a reason other than Redis being unreachable
     /// (a Redis flashgate must not run on, a stalled background task).
     #[error("{message}")]
@@ -98,6 +113,16 @@ impl ApiError {
         "timeout",
         "internal",
         "invalid_config",
+        // carts (docs/carts.md); a cart's refused line carries `sold_out`
+        // or `purchase_limit`
+        "cart_not_found",
+        "cart_pending",
+        "cart_failed",
+        "cart_confirmed",
+        "cart_released",
+        "cart_expired",
+        "cart_incomplete",
+        "carts_busy",
         Self::REDIS_UNSUITABLE,
         Self::TASK_STALLED,
     ];
@@ -123,13 +148,17 @@ impl ApiError {
             | ApiError::AlreadyLoaded(_)
             | ApiError::WaitlistFull
             | ApiError::AlreadyWaitlisted(_)
-            | ApiError::TicketState(_) => StatusCode::CONFLICT,
+            | ApiError::TicketState(_)
+            | ApiError::CartLine { .. }
+            | ApiError::CartState(_) => StatusCode::CONFLICT,
+            ApiError::CartNotFound => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RedisUnavailable(_)
             | ApiError::Timeout
             | ApiError::TooManyConnections
+            | ApiError::CartsBusy
             | ApiError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -164,6 +193,15 @@ impl ApiError {
             ApiError::RedisUnavailable(_) => "redis_unavailable",
             ApiError::Timeout => "timeout",
             ApiError::Internal(_) => "internal",
+            ApiError::CartLine { code, .. } => code,
+            ApiError::CartNotFound => "cart_not_found",
+            ApiError::CartState("pending") => "cart_pending",
+            ApiError::CartState("failed") => "cart_failed",
+            ApiError::CartState("confirmed") => "cart_confirmed",
+            ApiError::CartState("released") => "cart_released",
+            ApiError::CartState("incomplete") => "cart_incomplete",
+            ApiError::CartState(_) => "cart_expired",
+            ApiError::CartsBusy => "carts_busy",
             ApiError::NotReady { code, .. } => code,
         }
     }
@@ -218,6 +256,10 @@ impl From<InventoryError> for ApiError {
             InventoryError::AlreadyWaitlisted(ticket) => ApiError::AlreadyWaitlisted(ticket),
             InventoryError::TicketNotFound => ApiError::TicketNotFound,
             InventoryError::TicketState(state) => ApiError::TicketState(state),
+            InventoryError::CartLine { line, sku, code } => ApiError::CartLine { line, sku, code },
+            InventoryError::CartNotFound => ApiError::CartNotFound,
+            InventoryError::CartState(state) => ApiError::CartState(state),
+            InventoryError::CartsBusy => ApiError::CartsBusy,
         }
     }
 }
@@ -269,6 +311,14 @@ mod tests {
             ApiError::Timeout,
             ApiError::Internal(redis()),
             ApiError::InvalidConfig("x".into()),
+            ApiError::CartNotFound,
+            ApiError::CartState("pending"),
+            ApiError::CartState("failed"),
+            ApiError::CartState("confirmed"),
+            ApiError::CartState("released"),
+            ApiError::CartState("expired"),
+            ApiError::CartState("incomplete"),
+            ApiError::CartsBusy,
             not_ready(ApiError::REDIS_UNSUITABLE),
             not_ready(ApiError::TASK_STALLED),
         ]
@@ -301,6 +351,10 @@ mod tests {
             | ApiError::Timeout
             | ApiError::Internal(_)
             | ApiError::InvalidConfig(_)
+            | ApiError::CartLine { .. }
+            | ApiError::CartNotFound
+            | ApiError::CartState(_)
+            | ApiError::CartsBusy
             | ApiError::NotReady { .. } => {}
         }
     }

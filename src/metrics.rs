@@ -38,7 +38,7 @@ pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 /// Values of the `route` label of the HTTP metrics: one per route of the
 /// route table (`http::router::Route`, in its order; a test there holds them
 /// together).
-pub const ROUTES: [&str; 15] = [
+pub const ROUTES: [&str; 20] = [
     "reserve",
     "get_reservation",
     "confirm",
@@ -53,13 +53,18 @@ pub const ROUTES: [&str; 15] = [
     "readyz",
     "metrics",
     "openapi",
+    "carts",
+    "get_cart",
+    "cart_confirm",
+    "cart_release",
+    "cart_extend",
     "not_found",
 ];
 
 /// Values of the `script` label: one per Lua script in `lua/` (its file
 /// name; `lib.lua` is the prelude of every script, not one itself). A test
 /// in `inventory::scripts` holds them to `lua/*.lua` and `Scripts::all`.
-pub const SCRIPTS: [&str; 23] = [
+pub const SCRIPTS: [&str; 26] = [
     "claim",
     "reserve",
     "confirm",
@@ -83,6 +88,9 @@ pub const SCRIPTS: [&str; 23] = [
     "touch",
     "records",
     "meta_upgrade",
+    "cart_begin",
+    "cart_move",
+    "cart_pend",
 ];
 
 /// Values of the `outcome` label: what happened to a reservation request or a hold.
@@ -97,6 +105,20 @@ pub const OUTCOMES: [&str; 10] = [
     "confirmed",
     "released",
     "expired",
+];
+
+/// Values of the `outcome` label of [`Metrics::carts`]: what a cart came to
+/// (docs/carts.md).
+pub const CART_OUTCOMES: [&str; 9] = [
+    "held",
+    "replayed",
+    "sold_out",
+    "purchase_limit",
+    "abandoned",
+    "confirmed",
+    "released",
+    "expired",
+    "incomplete",
 ];
 
 /// Values of the `task` label: the background tasks `app.rs` supervises.
@@ -189,6 +211,14 @@ pub struct Metrics {
     /// `POST /admin/v1/reload`) by outcome: `ok`, `restart_needed` (applied, but some
     /// changed settings wait for a restart), `invalid` (refused, nothing changed).
     pub config_reloads: IntCounterVec,
+    /// `flashgate_carts_total{outcome}` — carts by what they came to (one of
+    /// [`CART_OUTCOMES`]): created whole, refused with nothing held, abandoned
+    /// by a dead instance and compensated by the sweeper, confirmed, ...
+    pub carts: IntCounterVec,
+    /// `flashgate_cart_compensations_total` — carts whose held lines were given
+    /// back because another line could not be held, or because the instance
+    /// running the saga died (the sweeper's). Each is a cart left holding nothing.
+    pub cart_compensations: IntCounter,
     /// The most distinct SKUs the per-SKU gauges track; later SKUs are refused.
     pub sku_gauge_cap: usize,
     /// `flashgate_sku_series_refused_total` — per-SKU updates refused because the cap was
@@ -313,6 +343,20 @@ impl Metrics {
         for task in TASKS {
             task_restarts.with_label_values(&[task]);
         }
+        let carts = reg.add(IntCounterVec::new(
+            Opts::new(
+                "flashgate_carts_total",
+                "Carts by outcome (held, sold_out, abandoned, confirmed, ...).",
+            ),
+            &["outcome"],
+        ));
+        for outcome in CART_OUTCOMES {
+            carts.with_label_values(&[outcome]);
+        }
+        let cart_compensations = reg.add(IntCounter::new(
+            "flashgate_cart_compensations_total",
+            "Carts whose held lines were all given back (a line refused, or the saga's instance died).",
+        ));
         let config_reloads = reg.add(IntCounterVec::new(
             Opts::new(
                 "flashgate_config_reloads_total",
@@ -367,6 +411,8 @@ impl Metrics {
             connections_refused,
             task_restarts,
             config_reloads,
+            carts,
+            cart_compensations,
             sku_gauge_cap,
             sku_refused,
             tracked_skus: Mutex::new(HashSet::new()),
@@ -414,6 +460,11 @@ impl Metrics {
             Some(i) => self.outcome_counters[i].inc(),
             None => self.outcomes.with_label_values(&[outcome]).inc(),
         }
+    }
+
+    /// Counts one cart outcome (one of [`CART_OUTCOMES`]).
+    pub fn cart(&self, outcome: &'static str) {
+        self.carts.with_label_values(&[outcome]).inc();
     }
 
     /// Counts one failed Redis call (kind is one of [`REDIS_ERROR_KINDS`]).
@@ -598,6 +649,8 @@ mod tests {
             ("flashgate_task_restarts_total", "counter"),
             ("flashgate_build_info", "gauge"),
             ("flashgate_config_reloads_total", "counter"),
+            ("flashgate_carts_total", "counter"),
+            ("flashgate_cart_compensations_total", "counter"),
         ];
         for (name, kind) in expected {
             assert!(

@@ -228,13 +228,24 @@ struct ErrorBody<'a> {
 struct ErrorDetail<'a> {
     code: &'a str,
     message: String,
+    /// A cart's refused line: its index and SKU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sku: Option<String>,
 }
 
 fn error_body(e: &ApiError) -> ErrorBody<'static> {
+    let (line, sku) = match e {
+        ApiError::CartLine { line, sku, .. } => (Some(*line), Some(sku.clone())),
+        _ => (None, None),
+    };
     ErrorBody {
         error: ErrorDetail {
             code: e.code(),
             message: e.message(),
+            line,
+            sku,
         },
     }
 }

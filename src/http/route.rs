@@ -58,6 +58,11 @@ pub(super) enum Route {
     Readyz,
     Metrics,
     Openapi,
+    Carts,
+    GetCart,
+    CartConfirm,
+    CartRelease,
+    CartExtend,
     NotFound,
 }
 
@@ -73,7 +78,7 @@ pub fn table() -> impl Iterator<Item = (&'static str, &'static str)> {
 
 impl Route {
     /// Every variant, in declaration order (a test holds it complete).
-    pub(super) const ALL: [Route; 15] = [
+    pub(super) const ALL: [Route; 20] = [
         Route::Reserve,
         Route::GetReservation,
         Route::Confirm,
@@ -88,6 +93,11 @@ impl Route {
         Route::Readyz,
         Route::Metrics,
         Route::Openapi,
+        Route::Carts,
+        Route::GetCart,
+        Route::CartConfirm,
+        Route::CartRelease,
+        Route::CartExtend,
         Route::NotFound,
     ];
 
@@ -108,6 +118,11 @@ impl Route {
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
             Route::Openapi => "/openapi.yaml",
+            Route::Carts => "/v1/carts",
+            Route::GetCart => "/v1/carts/{id}",
+            Route::CartConfirm => "/v1/carts/{id}/confirm",
+            Route::CartRelease => "/v1/carts/{id}/release",
+            Route::CartExtend => "/v1/carts/{id}/extend",
             Route::NotFound => "",
         }
     }
@@ -131,6 +146,11 @@ impl Route {
             ["readyz"] => (Route::Readyz, ""),
             ["metrics"] => (Route::Metrics, ""),
             ["openapi.yaml"] => (Route::Openapi, ""),
+            ["v1", "carts"] => (Route::Carts, ""),
+            ["v1", "carts", id] => (Route::GetCart, id),
+            ["v1", "carts", id, "confirm"] => (Route::CartConfirm, id),
+            ["v1", "carts", id, "release"] => (Route::CartRelease, id),
+            ["v1", "carts", id, "extend"] => (Route::CartExtend, id),
             _ => (Route::NotFound, ""),
         }
     }
@@ -153,6 +173,11 @@ impl Route {
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
             Route::Openapi => "openapi",
+            Route::Carts => "carts",
+            Route::GetCart => "get_cart",
+            Route::CartConfirm => "cart_confirm",
+            Route::CartRelease => "cart_release",
+            Route::CartExtend => "cart_extend",
             Route::NotFound => "not_found",
         }
     }
@@ -167,7 +192,11 @@ impl Route {
             | Route::Release
             | Route::Extend
             | Route::AdminPreload
-            | Route::AdminReload => "POST",
+            | Route::AdminReload
+            | Route::Carts
+            | Route::CartConfirm
+            | Route::CartRelease
+            | Route::CartExtend => "POST",
             Route::Waitlist => "GET, DELETE",
             _ => "GET",
         }
@@ -194,7 +223,7 @@ mod tests {
 
     /// (the exhaustive `match` below makes a new variant fail to compile
     /// until it is listed in [`Route::ALL`])
-    const ALL: [Route; 15] = Route::ALL;
+    const ALL: [Route; 20] = Route::ALL;
 
     #[test]
     fn the_metrics_route_labels_are_the_route_table() {
@@ -215,7 +244,12 @@ mod tests {
                 Route::Readyz => 11,
                 Route::Metrics => 12,
                 Route::Openapi => 13,
-                Route::NotFound => 14,
+                Route::Carts => 14,
+                Route::GetCart => 15,
+                Route::CartConfirm => 16,
+                Route::CartRelease => 17,
+                Route::CartExtend => 18,
+                Route::NotFound => 19,
             };
             assert_eq!(pos, i);
         }

@@ -201,6 +201,17 @@ async fn dispatch(
                 &Box::pin(state.inventory.status(&sku)).await?,
             ))
         }
+        (&Method::POST, Route::Carts) => Box::pin(carts::create(state, req, &tenant)).await,
+        (&Method::GET, Route::GetCart) => {
+            let id = carts::parse_id(part)?;
+            Ok(body::json(
+                StatusCode::OK,
+                &Box::pin(state.inventory.cart(&id, &tenant)).await?,
+            ))
+        }
+        (&Method::POST, Route::CartConfirm | Route::CartRelease | Route::CartExtend) => {
+            Box::pin(carts::act(state, route, part, &tenant)).await
+        }
         (&Method::POST, Route::AdminPreload) => Box::pin(admin_preload(state, part, req)).await,
         (&Method::POST, Route::AdminReload) => state
             .reload()
@@ -208,6 +219,119 @@ async fn dispatch(
             .map_err(|e| ApiError::InvalidConfig(e.redacted())),
         _ => Err(ApiError::MethodNotAllowed(route.methods())),
     }
+}
+
+/// The cart endpoints (docs/carts.md): parse, apply, render.
+mod carts {
+    use std::borrow::Cow;
+    use std::collections::HashSet;
+
+    use hyper::body::Incoming;
+    use hyper::{Request, Response, StatusCode};
+    use serde::Deserialize;
+
+    use super::super::body::{self, Body};
+    use super::super::route::Route;
+    use super::{idempotency_key, limited};
+    use crate::domain::{CartId, Qty, Sku, Tenant, UserId};
+    use crate::error::ApiError;
+    use crate::http::AppState;
+    use crate::inventory::{CartLineRequest, CartOutcome, CartRequest};
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct CartBody<'a> {
+        #[serde(borrow)]
+        user_id: Cow<'a, str>,
+        #[serde(borrow)]
+        lines: Vec<LineBody<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct LineBody<'a> {
+        #[serde(borrow)]
+        sku: Cow<'a, str>,
+        qty: i64,
+    }
+
+    pub(super) fn parse_id(id: &str) -> Result<CartId, ApiError> {
+        // a malformed id cannot name a cart: not found, like any unknown id
+        CartId::parse(id).map_err(|_| ApiError::CartNotFound)
+    }
+
+    pub(super) async fn create(
+        state: &AppState,
+        req: Request<Incoming>,
+        tenant: &Tenant,
+    ) -> Result<Response<Body>, ApiError> {
+        let key = idempotency_key(&req, tenant)?;
+        let bytes = body::read_body(req, state.config.body_limit_bytes).await?;
+        let b: CartBody = body::decode(&bytes)?;
+        let max = state.config.max_cart_lines;
+        if b.lines.is_empty() || b.lines.len() > max {
+            return Err(ApiError::InvalidRequest(format!(
+                "a cart has 1..={max} lines"
+            )));
+        }
+        let mut seen = HashSet::with_capacity(b.lines.len());
+        let mut lines = Vec::with_capacity(b.lines.len());
+        for (i, l) in b.lines.iter().enumerate() {
+            let sku = Sku::parse(&l.sku)
+                .map_err(|e| ApiError::InvalidRequest(format!("line {i}: {e}")))?;
+            let qty = Qty::parse(l.qty, state.config.max_qty_per_request)
+                .map_err(|e| ApiError::InvalidRequest(format!("line {i}: {e}")))?;
+            if !seen.insert(sku.clone()) {
+                return Err(ApiError::InvalidRequest(format!(
+                    "line {i}: sku {sku} is already in the cart; put its units in one line"
+                )));
+            }
+            lines.push(CartLineRequest { sku, qty });
+        }
+        let user = UserId::parse(&b.user_id).map_err(ApiError::InvalidRequest)?;
+        state
+            .live()
+            .limiter
+            .check_user(user.as_str())
+            .map_err(|l| limited(state, l))?;
+        let request = CartRequest { key, user, lines };
+        match state.inventory.cart_create(request).await? {
+            CartOutcome::Created(c) => Ok(body::json(StatusCode::CREATED, &c)),
+            CartOutcome::Replayed(c) => Ok(body::json(StatusCode::OK, &c)),
+        }
+    }
+
+    pub(super) async fn act(
+        state: &AppState,
+        route: Route,
+        part: &str,
+        tenant: &Tenant,
+    ) -> Result<Response<Body>, ApiError> {
+        let id = parse_id(part)?;
+        let inv = &state.inventory;
+        let cart = match route {
+            Route::CartConfirm => Box::pin(inv.cart_confirm(&id, tenant)).await,
+            Route::CartRelease => Box::pin(inv.cart_release(&id, tenant)).await,
+            _ => Box::pin(inv.cart_extend(&id, tenant)).await,
+        }?;
+        Ok(body::json(StatusCode::OK, &cart))
+    }
+}
+
+/// The request's `Idempotency-Key`, in `tenant`'s namespace (required).
+fn idempotency_key<B>(req: &Request<B>, tenant: &Tenant) -> Result<ScopedKey, ApiError> {
+    let Some(v) = req.headers().get(&IDEMPOTENCY_KEY) else {
+        return Err(ApiError::InvalidRequest(
+            "the Idempotency-Key header is required".into(),
+        ));
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| ApiError::InvalidRequest("Idempotency-Key must be visible ASCII".into()))?;
+    Ok(ScopedKey::new(
+        tenant,
+        &IdempotencyKey::parse(v).map_err(ApiError::InvalidRequest)?,
+    ))
 }
 
 /// The API's contract, served at `GET /openapi.yaml`.

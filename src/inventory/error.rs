@@ -49,6 +49,23 @@ pub enum InventoryError {
     /// The ticket's state (promoted, expired).
     #[error("the ticket is {0}")]
     TicketState(&'static str),
+    /// A cart's line could not be held (`code`: sold_out or
+    /// purchase_limit); the cart holds nothing (cart.rs).
+    #[error("line {line} ({sku}) of the cart could not be held: {code}; the cart holds nothing")]
+    CartLine {
+        line: usize,
+        sku: String,
+        code: &'static str,
+    },
+    #[error("no such cart")]
+    CartNotFound,
+    /// The cart's state (pending, failed, confirmed, released, expired,
+    /// incomplete) does not allow the operation.
+    #[error("the cart is {0}")]
+    CartState(&'static str),
+    /// The list of carts in progress is full (`max_pending_carts`).
+    #[error("too many carts are being made right now; retry shortly")]
+    CartsBusy,
 }
 
 impl InventoryError {

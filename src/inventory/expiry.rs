@@ -2,7 +2,8 @@
 //! preloaded SKU and returns due holds to stock (`lua/expire.lua`). Every
 //! flashgate instance runs one; the script makes a second visit a no-op, so
 //! instances need no coordination. It also completes transfers between shards
-//! whose mover died half-way, and refreshes the per-SKU gauges.
+//! whose mover died half-way, finishes carts whose instance died half-way
+//! (`cart.rs`), and refreshes the per-SKU gauges.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,6 +100,11 @@ pub async fn sweep(
                 }
             }
         }
+    }
+    // carts an instance left half-way (cart.rs): after this, each is
+    // complete or holds nothing
+    if let Err(e) = inventory.sweep_carts().await {
+        first_error.get_or_insert(e);
     }
     metrics.sweeper_runs.inc();
     metrics.sweeper_expired.inc_by(expired as u64);

@@ -26,6 +26,8 @@
 //! | `fg:{SKU#s}:wlopen`       | string | gate: present while the SKU's waitlist has waiters |
 //! | `fg:{SKU#s}:keys`         | set    | idempotency keys of the shard's live and sold holds |
 //! | `fg:{wl:SKU}:…`           | …      | the waitlist: queue, stream, tickets (waitlist.rs) |
+//! | `fg:{cart:<id>}`          | hash   | a cart: status, owner, user, lines, their holds (cart.rs) |
+//! | `fg:{carts}:pending`      | zset   | carts in a transitional state → deadline (the sweeper's) |
 
 use crate::domain::{ReservationId, ScopedKey, Sku};
 
@@ -200,6 +202,14 @@ pub fn idem_global(key: &ScopedKey) -> (String, String) {
     let record = ["fg:{", bucket, "}:", key.as_str()].concat();
     (bucket.to_owned(), record)
 }
+
+/// A cart's record (`lua/cart_begin.lua`), a slot of its own.
+pub fn cart(id: &crate::domain::CartId) -> String {
+    ["fg:{cart:", id.as_str(), "}"].concat()
+}
+
+/// The carts in a transitional state, by deadline (`lua/cart_pend.lua`).
+pub const CARTS_PENDING: &str = "fg:{carts}:pending";
 
 /// The record of [`idem_global`] alone (one Redis server needs no bucket).
 pub fn idem_record(key: &ScopedKey) -> String {

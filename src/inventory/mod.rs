@@ -91,6 +91,7 @@
 pub mod batch;
 mod books;
 mod cap;
+pub mod cart;
 mod durability;
 mod error;
 pub mod expiry;
@@ -128,6 +129,7 @@ use scripts::Scripts;
 use sold_out::SoldOutMark;
 
 pub use books::{Books, ShardStatus, SkuStatus};
+pub use cart::{Cart, CartLineRequest, CartOutcome, CartRequest};
 pub use error::InventoryError;
 pub use layout::SkuMeta;
 pub use preload::{split, PreloadOutcome, PreloadSpec};
@@ -173,6 +175,11 @@ struct Settings {
     max_hold_ms: u64,
     idem_ttl_ms: u64,
     sweep_batch: u32,
+    /// Carts (cart.rs): a transitional state's deadline, the record's TTL,
+    /// the work list's bound.
+    cart_saga_ms: u64,
+    cart_ttl_ms: u64,
+    max_pending_carts: u64,
 }
 
 /// The stock store: a Redis connection pool, the scripts, and the settings.
@@ -424,6 +431,9 @@ impl Inventory {
                 stock_grace,
                 ticket_ttl_ms: config.waitlist_ticket_seconds * 1000,
                 lease_ms: config.waitlist_lease_ms,
+                cart_saga_ms: config.cart_saga_ms,
+                cart_ttl_ms: record_ttl_ms,
+                max_pending_carts: config.max_pending_carts,
             },
             meta: RwLock::new(FastMap::default()),
             returned: tokio::sync::Notify::new(),

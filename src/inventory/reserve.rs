@@ -202,6 +202,18 @@ pub(super) fn parse_claim(earlier: &str, request: &str) -> Option<ClaimInfo> {
 
 impl Inventory {
     pub async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, InventoryError> {
+        self.reserve_as(req, None).await
+    }
+
+    /// [`Inventory::reserve`], the key's holds named with `token` when the
+    /// key has no claim yet (a cart's line: the token follows from the cart
+    /// and the line, so whoever gives the line back can name its hold
+    /// without reading the claim; `cart.rs`). None: a fresh random token.
+    pub(super) async fn reserve_as(
+        &self,
+        req: &ReserveRequest,
+        token: Option<uuid::Uuid>,
+    ) -> Result<ReserveOutcome, InventoryError> {
         // Redis's data layout is one this version does not know: refuse
         // (503) rather than write beside it (`check_data_layout`)
         if let Some(why) = self.layout_refusal() {
@@ -238,13 +250,14 @@ impl Inventory {
                 return Err(InventoryError::WaitlistFull);
             }
         }
-        Box::pin(self.reserve_walk(req)).await
+        Box::pin(self.reserve_walk(req, token)).await
     }
 
     /// [`Inventory::reserve`] past the sold-out fast path.
     pub(super) async fn reserve_walk(
         &self,
         req: &ReserveRequest,
+        token: Option<uuid::Uuid>,
     ) -> Result<ReserveOutcome, InventoryError> {
         let meta = self.meta_of(&req.sku).await?;
         let fp = req.fingerprint();
@@ -255,7 +268,7 @@ impl Inventory {
         // those whose master is known to be down right now (see the module
         // docs: sound because no request with this key ever reaches them).
         let mine = [req.sku.as_str(), "\n", &fp].concat();
-        let token = uuid::Uuid::new_v4();
+        let token = token.unwrap_or_else(uuid::Uuid::new_v4);
         // On one Redis server no master can be down and a script may touch
         // any slot: the claim rides in the walk's first reserve.lua call
         // (one round trip instead of two; bench/README.md). Not with a

@@ -69,6 +69,10 @@ pub struct Scripts {
     pub records: Script,
     /// A SKU's meta in this version's data layout (keys.rs, `LAYOUT`).
     pub meta_upgrade: Script,
+    /// Carts (cart.rs): the record, its transitions, the sweeper's work list.
+    pub cart_begin: Script,
+    pub cart_move: Script,
+    pub cart_pend: Script,
 }
 
 impl Default for Scripts {
@@ -106,10 +110,13 @@ impl Scripts {
             touch: Script::new("touch", include_str!("../../lua/touch.lua")),
             records: Script::new("records", include_str!("../../lua/records.lua")),
             meta_upgrade: Script::new("meta_upgrade", include_str!("../../lua/meta_upgrade.lua")),
+            cart_begin: Script::new("cart_begin", include_str!("../../lua/cart_begin.lua")),
+            cart_move: Script::new("cart_move", include_str!("../../lua/cart_move.lua")),
+            cart_pend: Script::new("cart_pend", include_str!("../../lua/cart_pend.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 23] {
+    pub fn all(&self) -> [&Script; 26] {
         [
             &self.claim,
             &self.reserve,
@@ -134,6 +141,9 @@ impl Scripts {
             &self.touch,
             &self.records,
             &self.meta_upgrade,
+            &self.cart_begin,
+            &self.cart_move,
+            &self.cart_pend,
         ]
     }
 
