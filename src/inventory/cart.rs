@@ -417,10 +417,16 @@ impl Inventory {
                 )
                 .await?;
             if !moved.0 {
-                // overtaken (the sweeper took the cart for abandoned, or
-                // another run failed it): this hold is given back here
-                if let Ok(rid) = ReservationId::parse(&held.reservation_id) {
-                    ended(self.release(&rid, &Tenant::Operator).await)?;
+                // Overtaken. Given up (the sweeper took the cart for
+                // abandoned, or another run of the saga met a refused
+                // line): this hold is given back here too, in case it was
+                // made after the compensation looked. Completed by another
+                // run of the saga (a duplicate request): the hold is that
+                // cart's line (one key, one hold), kept.
+                if matches!(moved.1.as_str(), "compensating" | "failed") {
+                    if let Ok(rid) = ReservationId::parse(&held.reservation_id) {
+                        ended(self.release(&rid, &Tenant::Operator).await)?;
+                    }
                 }
                 return self.answer(&id).await;
             }
