@@ -340,6 +340,44 @@ async fn hostile_cart_requests_get_a_clear_4xx_and_hold_nothing() {
     assert_eq!(pending_carts(|a| redis.cli(a)), 0);
 }
 
+#[tokio::test]
+async fn the_work_list_is_bounded_pruned_and_cart_records_expire() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(&redis, |c| c.max_pending_carts = 2).await;
+    app.preload("wa", 10, 2).await;
+    let l = lines(&[("wa", 1)]);
+    // two carts in progress elsewhere (far deadlines): the list is full
+    let far = "99999999999999";
+    for id in ["a".repeat(32), "b".repeat(32)] {
+        redis.cli(&["ZADD", "fg:{carts}:pending", far, &id]);
+    }
+    let a = post_cart(&app, "busy", "u", &l).await;
+    assert_eq!((a.status, a.code()), (StatusCode::SERVICE_UNAVAILABLE, "carts_busy"), "{}", a.body);
+    assert_eq!(held_units(&app, "wa").await, 0, "nothing held");
+    // entries whose cart is gone, or that name no cart, leave once due
+    redis.cli(&["ZADD", "fg:{carts}:pending", "1", &"a".repeat(32)]);
+    redis.cli(&["ZADD", "fg:{carts}:pending", "1", &"b".repeat(32)]);
+    redis.cli(&["ZADD", "fg:{carts}:pending", "1", "not-a-cart-id"]);
+    assert!(
+        eventually(WAIT, || async { pending_carts(|a| redis.cli(a)) == 0 }).await,
+        "the sweeper pruned the list"
+    );
+    let a = post_cart(&app, "busy-2", "u", &l).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(pending_carts(|a| redis.cli(a)), 0, "a held cart leaves the list");
+    // the record expires (garbage collection: the longest hold plus the
+    // key retention)
+    let id = a.body["cart_id"].as_str().unwrap();
+    let ttl: i64 = redis
+        .cli(&["PTTL", &format!("fg:{{cart:{id}}}")])
+        .trim()
+        .parse()
+        .unwrap();
+    let cfg = support::test_config(&redis);
+    let bound = ((cfg.max_hold_seconds + cfg.idempotency_ttl_seconds) * 1000) as i64;
+    assert!(ttl > 0 && ttl <= bound, "record ttl {ttl} ms");
+}
+
 const SHOP_A: &str = "shopa:cart-secret-of-shop-a-0123456789";
 const SHOP_B: &str = "shopb:cart-secret-of-shop-b-0123456789";
 
