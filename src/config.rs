@@ -344,7 +344,9 @@ impl Config {
             || self.cart_saga_ms < 100
             || self.max_pending_carts == 0
         {
-            return bad("max_cart_lines must be within 1..=100, cart_saga_ms >= 100, max_pending_carts > 0");
+            return bad(
+                "max_cart_lines must be within 1..=100, cart_saga_ms >= 100, max_pending_carts > 0",
+            );
         }
         if !self.fault_task_panics.is_empty() && self.fault_panics().is_none() {
             return bad("fault_task_panics must be task:N, task one of sweeper, promoter, ledger, limiter_pruner");

@@ -41,7 +41,9 @@ use sha2::{Digest, Sha256};
 use super::batch;
 use super::keys;
 use super::replies::{array, at, int, text};
-use super::{ms_to_rfc3339, Inventory, InventoryError, Reservation, ReserveOutcome, ReserveRequest};
+use super::{
+    ms_to_rfc3339, Inventory, InventoryError, Reservation, ReserveOutcome, ReserveRequest,
+};
 use crate::domain::{CartId, Qty, ReservationId, ScopedKey, Sku, Tenant, UserId};
 
 /// Most due carts one sweep takes from the work list.
@@ -293,9 +295,9 @@ fn expiry_ms(r: &Reservation) -> i64 {
 /// A release that found the hold already ended, or no hold at all: done.
 fn ended(r: Result<Reservation, InventoryError>) -> Result<(), InventoryError> {
     match r {
-        Ok(_) | Err(InventoryError::ReservationNotFound) | Err(InventoryError::ReservationState(_)) => {
-            Ok(())
-        }
+        Ok(_)
+        | Err(InventoryError::ReservationNotFound)
+        | Err(InventoryError::ReservationState(_)) => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -352,7 +354,10 @@ impl Inventory {
                 .iter()
                 .map(|l| [l.sku.as_str(), "|", &l.qty.get().to_string()].concat()),
         );
-        let reply = array(self.run(&self.scripts.cart_begin, vec![ck.clone()], args).await?)?;
+        let reply = array(
+            self.run(&self.scripts.cart_begin, vec![ck.clone()], args)
+                .await?,
+        )?;
         let tag = text(at(&reply, 0)?)?;
         if tag == "mismatch" {
             return Err(InventoryError::IdempotencyKeyReused);
@@ -436,7 +441,14 @@ impl Inventory {
         failpoint("cart_before_held");
         let exp = exps.iter().copied().min().unwrap_or(0);
         let moved = self
-            .move_cart(&ck, ",pending,", "held", false, None, &[("exp", &exp.to_string())])
+            .move_cart(
+                &ck,
+                ",pending,",
+                "held",
+                false,
+                None,
+                &[("exp", &exp.to_string())],
+            )
             .await?;
         if !moved.0 {
             return self.answer(&id).await;
@@ -745,7 +757,10 @@ impl Inventory {
             return Err(self.state_error(&rec.id, &moved.1).await);
         }
         let now = self.redis_now_ms(&ck).await?;
-        if !self.pend(&rec.id, now + self.settings.cart_saga_ms as i64).await? {
+        if !self
+            .pend(&rec.id, now + self.settings.cart_saga_ms as i64)
+            .await?
+        {
             tracing::warn!("cart work list full; a release goes on without it");
         }
         let mut r = rec.clone();
@@ -799,7 +814,14 @@ impl Inventory {
         }
         let exp_s = exp.to_string();
         let moved = self
-            .move_cart(&keys::cart(id), ",held,", "held", false, None, &[("exp", &exp_s)])
+            .move_cart(
+                &keys::cart(id),
+                ",held,",
+                "held",
+                false,
+                None,
+                &[("exp", &exp_s)],
+            )
             .await?;
         if !moved.0 {
             return Err(self.state_error(id, &moved.1).await);

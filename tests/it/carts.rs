@@ -27,7 +27,12 @@ const WAIT: Duration = Duration::from_secs(60);
 
 type Lines = Vec<(String, i64)>;
 
-async fn post_cart(app: &TestApp, key: &str, user: &str, lines: &[(String, i64)]) -> support::Answer {
+async fn post_cart(
+    app: &TestApp,
+    key: &str,
+    user: &str,
+    lines: &[(String, i64)],
+) -> support::Answer {
     post_cart_as(app, None, key, user, lines).await
 }
 
@@ -59,7 +64,12 @@ async fn post_cart_as(
     .await
 }
 
-async fn cart_action(app: &TestApp, bearer: Option<&str>, id: &str, action: &str) -> support::Answer {
+async fn cart_action(
+    app: &TestApp,
+    bearer: Option<&str>,
+    id: &str,
+    action: &str,
+) -> support::Answer {
     let auth = bearer.map(|b| format!("Bearer {b}"));
     let headers: Vec<(&str, &str)> = auth
         .as_deref()
@@ -158,7 +168,10 @@ async fn a_cart_holds_every_line_and_confirms_releases_and_extends_them_all() {
     assert_whole_or_empty(&app, &[(l.clone(), a)], &["ca", "cb", "cc"]).await;
 
     let got = cart_action(&app, None, &id, "").await;
-    assert_eq!((got.status, got.body["status"].clone()), (StatusCode::OK, json!("held")));
+    assert_eq!(
+        (got.status, got.body["status"].clone()),
+        (StatusCode::OK, json!("held"))
+    );
     let ext = cart_action(&app, None, &id, "extend").await;
     assert_eq!(ext.status, StatusCode::OK, "{}", ext.body);
     let conf = cart_action(&app, None, &id, "confirm").await;
@@ -169,16 +182,25 @@ async fn a_cart_holds_every_line_and_confirms_releases_and_extends_them_all() {
         assert_eq!((st.held, st.sold), (0, *q), "{sku}");
     }
     // confirm again: the same cart; release now: refused, nothing changes
-    assert_eq!(cart_action(&app, None, &id, "confirm").await.status, StatusCode::OK);
+    assert_eq!(
+        cart_action(&app, None, &id, "confirm").await.status,
+        StatusCode::OK
+    );
     let rel = cart_action(&app, None, &id, "release").await;
-    assert_eq!((rel.status, rel.code()), (StatusCode::CONFLICT, "cart_confirmed"));
+    assert_eq!(
+        (rel.status, rel.code()),
+        (StatusCode::CONFLICT, "cart_confirmed")
+    );
 
     // a second cart, released: every unit back
     let b = post_cart(&app, "k2", "u2", &lines(&[("ca", 1), ("cc", 1)])).await;
     assert_eq!(b.status, StatusCode::CREATED, "{}", b.body);
     let bid = b.body["cart_id"].as_str().expect("id").to_string();
     let rel = cart_action(&app, None, &bid, "release").await;
-    assert_eq!((rel.status, rel.body["status"].clone()), (StatusCode::OK, json!("released")));
+    assert_eq!(
+        (rel.status, rel.body["status"].clone()),
+        (StatusCode::OK, json!("released"))
+    );
     for rid in rids(&b) {
         let r = app.get(&format!("/v1/reservations/{rid}")).await;
         assert_eq!(r.body["status"], "released");
@@ -188,7 +210,10 @@ async fn a_cart_holds_every_line_and_confirms_releases_and_extends_them_all() {
     assert_eq!(held_units(&app, "ca").await, 0);
     let page = app.get("/metrics").await.body;
     let page = page.as_str().unwrap_or_default().to_string();
-    assert!(page.contains(r#"flashgate_carts_total{outcome="held"} 2"#), "{page}");
+    assert!(
+        page.contains(r#"flashgate_carts_total{outcome="held"} 2"#),
+        "{page}"
+    );
     assert!(page.contains(r#"flashgate_carts_total{outcome="confirmed"} 1"#));
     assert!(page.contains(r#"flashgate_carts_total{outcome="released"} 1"#));
 }
@@ -204,7 +229,12 @@ async fn a_sold_out_line_is_named_and_the_cart_holds_nothing_and_a_retry_answers
     assert_eq!(blocker.status, StatusCode::CREATED);
     let l = lines(&[("sa", 2), ("sc", 1), ("sb", 1)]);
     let a = post_cart(&app, "soldout-1", "u", &l).await;
-    assert_eq!((a.status, a.code()), (StatusCode::CONFLICT, "sold_out"), "{}", a.body);
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::CONFLICT, "sold_out"),
+        "{}",
+        a.body
+    );
     assert_eq!(a.body["error"]["line"], 2);
     assert_eq!(a.body["error"]["sku"], "sb");
     assert_eq!(held_units(&app, "sa").await, 0, "line 0 was given back");
@@ -214,12 +244,21 @@ async fn a_sold_out_line_is_named_and_the_cart_holds_nothing_and_a_retry_answers
     app.action(blocker.body["reservation_id"].as_str().unwrap(), "release")
         .await;
     let again = post_cart(&app, "soldout-1", "u", &l).await;
-    assert_eq!((again.status, again.body["error"].clone()), (a.status, a.body["error"].clone()));
+    assert_eq!(
+        (again.status, again.body["error"].clone()),
+        (a.status, a.body["error"].clone())
+    );
     assert_eq!(held_units(&app, "sa").await, 0);
     let page = app.get("/metrics").await.body;
     let page = page.as_str().unwrap_or_default().to_string();
-    assert!(page.contains("flashgate_cart_compensations_total 1"), "{page}");
-    assert!(page.contains(r#"flashgate_carts_total{outcome="sold_out"} 1"#), "{page}");
+    assert!(
+        page.contains("flashgate_cart_compensations_total 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"flashgate_carts_total{outcome="sold_out"} 1"#),
+        "{page}"
+    );
 }
 
 #[tokio::test]
@@ -245,8 +284,14 @@ async fn a_retry_replays_the_cart_and_another_body_with_the_key_is_refused() {
     let r = app.reserve("rk", "ra", 1, "u").await;
     assert_eq!(r.code(), "idempotency_key_reused", "{}", r.body);
     // a reservation's key, then a cart with it: refused
-    assert_eq!(app.reserve("rk2", "ra", 1, "u").await.status, StatusCode::CREATED);
-    assert_eq!(post_cart(&app, "rk2", "u", &l).await.code(), "idempotency_key_reused");
+    assert_eq!(
+        app.reserve("rk2", "ra", 1, "u").await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        post_cart(&app, "rk2", "u", &l).await.code(),
+        "idempotency_key_reused"
+    );
     // exactly the first cart and the one reservation are held
     assert_eq!(held_units(&app, "ra").await, 2);
     assert_eq!(held_units(&app, "rb").await, 2);
@@ -277,18 +322,46 @@ async fn hostile_cart_requests_get_a_clear_4xx_and_hold_nothing() {
             422,
             "invalid_request",
         ),
-        (json!({"user_id": "u", "lines": [{"sku": "ha", "qty": 0}]}), 422, "invalid_request"),
-        (json!({"user_id": "u", "lines": [{"sku": "ha", "qty": 1_000_000_000_000i64}]}), 422, "invalid_request"),
-        (json!({"user_id": "u", "lines": [{"sku": "ha", "qty": -1}]}), 422, "invalid_request"),
+        (
+            json!({"user_id": "u", "lines": [{"sku": "ha", "qty": 0}]}),
+            422,
+            "invalid_request",
+        ),
+        (
+            json!({"user_id": "u", "lines": [{"sku": "ha", "qty": 1_000_000_000_000i64}]}),
+            422,
+            "invalid_request",
+        ),
+        (
+            json!({"user_id": "u", "lines": [{"sku": "ha", "qty": -1}]}),
+            422,
+            "invalid_request",
+        ),
         (
             json!({"user_id": "u", "lines": [{"sku": "ha", "qty": 1}, {"sku": "ha", "qty": 1}]}),
             422,
             "invalid_request",
         ),
-        (json!({"user_id": "u", "lines": [{"sku": "ha", "qty": 1}, {"sku": "nope", "qty": 1}]}), 404, "unknown_sku"),
-        (json!({"user_id": "u", "lines": [{"sku": "bad sku", "qty": 1}]}), 422, "invalid_request"),
-        (json!({"user_id": "", "lines": [{"sku": "ha", "qty": 1}]}), 422, "invalid_request"),
-        (json!({"user_id": "u", "lines": [{"sku": "ha", "qty": 1, "x": 1}]}), 422, "invalid_request"),
+        (
+            json!({"user_id": "u", "lines": [{"sku": "ha", "qty": 1}, {"sku": "nope", "qty": 1}]}),
+            404,
+            "unknown_sku",
+        ),
+        (
+            json!({"user_id": "u", "lines": [{"sku": "bad sku", "qty": 1}]}),
+            422,
+            "invalid_request",
+        ),
+        (
+            json!({"user_id": "", "lines": [{"sku": "ha", "qty": 1}]}),
+            422,
+            "invalid_request",
+        ),
+        (
+            json!({"user_id": "u", "lines": [{"sku": "ha", "qty": 1, "x": 1}]}),
+            422,
+            "invalid_request",
+        ),
         (json!({"user_id": "u"}), 422, "invalid_request"),
         (json!([1, 2]), 422, "invalid_request"),
     ];
@@ -297,16 +370,29 @@ async fn hostile_cart_requests_get_a_clear_4xx_and_hold_nothing() {
             .request(
                 Method::POST,
                 "/v1/carts",
-                &[("content-type", "application/json"), ("idempotency-key", &format!("h{i}"))],
+                &[
+                    ("content-type", "application/json"),
+                    ("idempotency-key", &format!("h{i}")),
+                ],
                 body.to_string().into_bytes(),
             )
             .await;
-        assert_eq!((a.status.as_u16(), a.code()), (status, code), "case {i}: {body} → {}", a.body);
+        assert_eq!(
+            (a.status.as_u16(), a.code()),
+            (status, code),
+            "case {i}: {body} → {}",
+            a.body
+        );
     }
     // no key; a 10 MB body
     let ok = json!({"user_id": "u", "lines": [{"sku": "ha", "qty": 1}]}).to_string();
     let a = app
-        .request(Method::POST, "/v1/carts", &[("content-type", "application/json")], ok.into_bytes())
+        .request(
+            Method::POST,
+            "/v1/carts",
+            &[("content-type", "application/json")],
+            ok.into_bytes(),
+        )
         .await;
     assert_eq!(a.code(), "invalid_request");
     let huge = vec![b' '; 10 * 1024 * 1024];
@@ -314,13 +400,21 @@ async fn hostile_cart_requests_get_a_clear_4xx_and_hold_nothing() {
         .request(
             Method::POST,
             "/v1/carts",
-            &[("content-type", "application/json"), ("idempotency-key", "huge")],
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", "huge"),
+            ],
             huge,
         )
         .await;
     assert!(a.status.is_client_error(), "{} {}", a.status, a.body);
     // bad and unknown ids: not found
-    for id in ["x", "0123456789abcdef0123456789abcdeg", "0123456789abcdef0123456789abcdef", "../../x"] {
+    for id in [
+        "x",
+        "0123456789abcdef0123456789abcdeg",
+        "0123456789abcdef0123456789abcdef",
+        "../../x",
+    ] {
         for action in ["", "confirm", "release", "extend"] {
             let a = cart_action(&app, None, id, action).await;
             assert!(
@@ -332,7 +426,9 @@ async fn hostile_cart_requests_get_a_clear_4xx_and_hold_nothing() {
         }
     }
     assert_eq!(
-        cart_action(&app, None, "0123456789abcdef0123456789abcdef", "confirm").await.code(),
+        cart_action(&app, None, "0123456789abcdef0123456789abcdef", "confirm")
+            .await
+            .code(),
         "cart_not_found"
     );
     assert_eq!(held_units(&app, "ha").await, 0);
@@ -352,7 +448,12 @@ async fn the_work_list_is_bounded_pruned_and_cart_records_expire() {
         redis.cli(&["ZADD", "fg:{carts}:pending", far, &id]);
     }
     let a = post_cart(&app, "busy", "u", &l).await;
-    assert_eq!((a.status, a.code()), (StatusCode::SERVICE_UNAVAILABLE, "carts_busy"), "{}", a.body);
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "carts_busy"),
+        "{}",
+        a.body
+    );
     assert_eq!(held_units(&app, "wa").await, 0, "nothing held");
     // entries whose cart is gone, or that name no cart, leave once due
     redis.cli(&["ZADD", "fg:{carts}:pending", "1", &"a".repeat(32)]);
@@ -364,7 +465,11 @@ async fn the_work_list_is_bounded_pruned_and_cart_records_expire() {
     );
     let a = post_cart(&app, "busy-2", "u", &l).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
-    assert_eq!(pending_carts(|a| redis.cli(a)), 0, "a held cart leaves the list");
+    assert_eq!(
+        pending_carts(|a| redis.cli(a)),
+        0,
+        "a held cart leaves the list"
+    );
     // the record expires (garbage collection: the longest hold plus the
     // key retention)
     let id = a.body["cart_id"].as_str().unwrap();
@@ -390,7 +495,10 @@ async fn another_storefront_can_neither_see_nor_act_on_a_cart() {
     })
     .await;
     app.preload("ta", 10, 2).await;
-    let (a_key, b_key) = (SHOP_A.split_once(':').unwrap().1, SHOP_B.split_once(':').unwrap().1);
+    let (a_key, b_key) = (
+        SHOP_A.split_once(':').unwrap().1,
+        SHOP_B.split_once(':').unwrap().1,
+    );
     let l = lines(&[("ta", 1)]);
     let a = post_cart_as(&app, Some(a_key), "same-key", "u", &l).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
@@ -403,14 +511,21 @@ async fn another_storefront_can_neither_see_nor_act_on_a_cart() {
     let b = post_cart_as(&app, Some(b_key), "same-key", "u", &l).await;
     assert_eq!(b.status, StatusCode::CREATED, "{}", b.body);
     assert_ne!(b.body["cart_id"], a.body["cart_id"]);
-    assert_eq!(cart_action(&app, Some(a_key), &id, "").await.status, StatusCode::OK);
+    assert_eq!(
+        cart_action(&app, Some(a_key), &id, "").await.status,
+        StatusCode::OK
+    );
     assert_eq!(held_units(&app, "ta").await, 2);
 }
 
 // ------------------------------------------------------------- concurrency
 
 /// `n` carts of 3 lines (1 or 2 units each, lines in rotating order) at once.
-async fn many_carts(app: &Arc<TestApp>, n: usize, skus: [&'static str; 3]) -> Vec<(Lines, support::Answer)> {
+async fn many_carts(
+    app: &Arc<TestApp>,
+    n: usize,
+    skus: [&'static str; 3],
+) -> Vec<(Lines, support::Answer)> {
     let answers = join_all((0..n).map(|i| {
         let app = app.clone();
         tokio::spawn(async move {
@@ -436,7 +551,12 @@ fn check_answers(carts: &[(Lines, support::Answer)]) -> (usize, usize) {
             (StatusCode::CREATED, _) => whole += 1,
             (StatusCode::CONFLICT, "sold_out") => {
                 let line = a.body["error"]["line"].as_u64().expect("line") as usize;
-                assert_eq!(a.body["error"]["sku"].as_str(), Some(l[line].0.as_str()), "{}", a.body);
+                assert_eq!(
+                    a.body["error"]["sku"].as_str(),
+                    Some(l[line].0.as_str()),
+                    "{}",
+                    a.body
+                );
                 refused += 1;
             }
             _ => panic!("unexpected answer {} {}", a.status, a.body),
@@ -462,9 +582,16 @@ async fn a_thousand_concurrent_three_line_carts_on_scarce_stock_are_each_whole_o
     let carts = many_carts(&app, 1000, skus).await;
     let (whole, refused) = check_answers(&carts);
     eprintln!("{whole} whole carts, {refused} refused");
-    assert!(whole > 0 && refused > 0, "scarce: some carts whole, some refused");
+    assert!(
+        whole > 0 && refused > 0,
+        "scarce: some carts whole, some refused"
+    );
     assert_whole_or_empty(&app, &carts, &skus).await;
-    assert_eq!(pending_carts(|a| redis.cli(a)), 0, "no cart left in a transitional state");
+    assert_eq!(
+        pending_carts(|a| redis.cli(a)),
+        0,
+        "no cart left in a transitional state"
+    );
     // retries answer the first result
     for (i, (l, first)) in carts.iter().enumerate().step_by(10) {
         let again = post_cart(&app, &format!("cart-{i}"), &format!("user-{i}"), l).await;
@@ -508,7 +635,10 @@ async fn concurrent_carts_on_a_cluster_span_masters_and_are_each_whole_or_empty(
     eprintln!("cluster: {whole} whole carts, {refused} refused");
     assert!(whole > 0 && refused > 0);
     // the lines of one cart live on several masters
-    let (_, a) = carts.iter().find(|(_, a)| a.status == StatusCode::CREATED).unwrap();
+    let (_, a) = carts
+        .iter()
+        .find(|(_, a)| a.status == StatusCode::CREATED)
+        .unwrap();
     let mut masters = std::collections::HashSet::new();
     for rid in rids(a) {
         let r = flashgate::domain::ReservationId::parse(&rid).unwrap();
@@ -521,10 +651,7 @@ async fn concurrent_carts_on_a_cluster_span_masters_and_are_each_whole_or_empty(
     eprintln!("one cart's lines on masters {masters:?}");
     assert_whole_or_empty(&app, &carts, &skus).await;
     let list_owner = cluster.owner(keyslot("fg:{carts}:pending"));
-    assert_eq!(
-        pending_carts(|a| support::cluster::cli(list_owner, a)),
-        0
-    );
+    assert_eq!(pending_carts(|a| support::cluster::cli(list_owner, a)), 0);
 }
 
 // ------------------------------------------------------------- crashes
@@ -641,7 +768,9 @@ async fn an_instance_killed_at_each_saga_step_leaves_a_whole_cart_or_nothing_onc
         let mut blocker = None;
         if *point == "cart_after_compensating" {
             // the last line is sold out: the saga compensates
-            let b = app.reserve(&format!("block-{n}"), &skus[2], 10, "other").await;
+            let b = app
+                .reserve(&format!("block-{n}"), &skus[2], 10, "other")
+                .await;
             assert_eq!(b.status, StatusCode::CREATED, "{}", b.body);
             blocker = Some(b);
         }
@@ -649,7 +778,10 @@ async fn an_instance_killed_at_each_saga_step_leaves_a_whole_cart_or_nothing_onc
         child.wait_up();
         let key = format!("crash-{n}");
         let answer = child.send("POST", "/v1/carts", &key, &cart_body(&l));
-        assert!(!answer.contains("HTTP/1.1 2"), "{point}: died before answering: {answer}");
+        assert!(
+            !answer.contains("HTTP/1.1 2"),
+            "{point}: died before answering: {answer}"
+        );
         child.died_at_failpoint();
 
         // once the deadline and the sweeper passed, no cart is in between
@@ -820,5 +952,8 @@ async fn a_master_failover_during_carts_gives_no_partial_or_double_cart() {
         "no cart left in between"
     );
     let lost = assert_whole_or_empty(&app, &carts, &skus).await;
-    eprintln!("{} carts, {lost} acknowledged lines lost in the failover", carts.len());
+    eprintln!(
+        "{} carts, {lost} acknowledged lines lost in the failover",
+        carts.len()
+    );
 }
