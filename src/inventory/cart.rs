@@ -867,65 +867,83 @@ impl Inventory {
             .await
             .map_err(|e| self.err(e))?;
         let mut finished = 0;
+        // one cart whose master is down must not stop the others: note the
+        // first error, go on, report it at the end
+        let mut first_error = None;
         for entry in due {
-            let Ok(id) = CartId::parse(&entry) else {
-                let _: Result<i64, _> = self.nodes.client_for_key(list).zrem(list, entry).await;
-                continue;
-            };
-            let Some(rec) = self.load(&id).await? else {
-                self.unpend(&id).await;
-                continue;
-            };
-            // judged on the cart's own master's clock, as cart_move judges it
-            if matches!(
-                rec.status,
-                "pending" | "compensating" | "confirming" | "releasing"
-            ) {
-                let there = self.redis_now_ms(&keys::cart(&id)).await?;
-                if rec.deadline > there {
-                    let _ = self.pend(&id, rec.deadline).await?;
-                    continue;
+            match self.sweep_cart(&entry).await {
+                Ok(true) => finished += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
                 }
-            }
-            match rec.status {
-                "pending" => {
-                    let moved = self
-                        .move_cart(
-                            &keys::cart(&id),
-                            ",pending,",
-                            "compensating",
-                            true,
-                            Some(self.settings.cart_saga_ms),
-                            &[("why", "abandoned")],
-                        )
-                        .await?;
-                    if moved.0 {
-                        tracing::info!(cart = %id, "a cart its instance left pending is given back");
-                        let rec = self.load(&id).await?.unwrap_or(rec);
-                        self.compensate(&rec, rec.lines.len()).await?;
-                        self.metrics.cart("abandoned");
-                        finished += 1;
-                    }
-                }
-                "compensating" => {
-                    self.compensate(&rec, rec.lines.len()).await?;
-                    finished += 1;
-                }
-                "confirming" => {
-                    match self.finish_confirm(&rec).await {
-                        Ok(_) | Err(InventoryError::CartState(_)) => {}
-                        Err(e) => return Err(e),
-                    }
-                    finished += 1;
-                }
-                "releasing" => {
-                    self.finish_release(&rec).await?;
-                    finished += 1;
-                }
-                _ => self.unpend(&id).await,
             }
         }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
         Ok(finished)
+    }
+
+    /// One due entry of the work list; true when a cart was finished.
+    async fn sweep_cart(&self, entry: &str) -> Result<bool, InventoryError> {
+        let list = keys::CARTS_PENDING;
+        let Ok(id) = CartId::parse(entry) else {
+            let _: i64 = self
+                .nodes
+                .client_for_key(list)
+                .zrem(list, entry)
+                .await
+                .map_err(|e| self.err(e))?;
+            return Ok(false);
+        };
+        let Some(rec) = self.load(&id).await? else {
+            self.unpend(&id).await;
+            return Ok(false);
+        };
+        if !matches!(
+            rec.status,
+            "pending" | "compensating" | "confirming" | "releasing"
+        ) {
+            self.unpend(&id).await;
+            return Ok(false);
+        }
+        // judged on the cart's own master's clock, as cart_move judges it
+        let there = self.redis_now_ms(&keys::cart(&id)).await?;
+        if rec.deadline > there {
+            let _ = self.pend(&id, rec.deadline).await?;
+            return Ok(false);
+        }
+        match rec.status {
+            "pending" => {
+                let moved = self
+                    .move_cart(
+                        &keys::cart(&id),
+                        ",pending,",
+                        "compensating",
+                        true,
+                        Some(self.settings.cart_saga_ms),
+                        &[("why", "abandoned")],
+                    )
+                    .await?;
+                if !moved.0 {
+                    return Ok(false);
+                }
+                tracing::info!(cart = %id, "a cart its instance left pending is given back");
+                let rec = self.load(&id).await?.unwrap_or(rec);
+                self.compensate(&rec, rec.lines.len()).await?;
+                self.metrics.cart("abandoned");
+            }
+            "compensating" => self.compensate(&rec, rec.lines.len()).await?,
+            "confirming" => match self.finish_confirm(&rec).await {
+                Ok(_) | Err(InventoryError::CartState(_)) => {}
+                Err(e) => return Err(e),
+            },
+            _ => {
+                self.finish_release(&rec).await?;
+            }
+        }
+        Ok(true)
     }
 }
 

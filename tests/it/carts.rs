@@ -437,6 +437,127 @@ async fn hostile_cart_requests_get_a_clear_4xx_and_hold_nothing() {
 }
 
 #[tokio::test]
+async fn a_cart_confirmed_too_late_sells_nothing_and_gives_every_line_back() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(&redis, |c| {
+        c.hold_seconds = 1;
+        c.cart_saga_ms = 100;
+    })
+    .await;
+    app.preload("la", 5, 2).await;
+    app.preload("lb", 5, 2).await;
+    let a = post_cart(&app, "late", "u", &lines(&[("la", 1), ("lb", 2)])).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let id = a.body["cart_id"].as_str().unwrap().to_string();
+    assert!(
+        eventually(WAIT, || async {
+            cart_action(&app, None, &id, "").await.body["status"] == "expired"
+        })
+        .await
+    );
+    let c = cart_action(&app, None, &id, "confirm").await;
+    assert_eq!(
+        (c.status, c.code()),
+        (StatusCode::CONFLICT, "cart_expired"),
+        "{}",
+        c.body
+    );
+    for sku in ["la", "lb"] {
+        let st = app.assert_books(sku).await;
+        assert_eq!(
+            (st.held, st.sold),
+            (0, 0),
+            "{sku}: nothing sold, nothing held"
+        );
+    }
+    assert_eq!(
+        cart_action(&app, None, &id, "").await.body["status"],
+        "expired"
+    );
+    assert_eq!(
+        cart_action(&app, None, &id, "confirm").await.code(),
+        "cart_expired"
+    );
+}
+
+#[tokio::test]
+async fn a_line_released_on_its_own_makes_the_confirm_incomplete_and_the_rest_stays_sold() {
+    let redis = RedisServer::start();
+    let app = spawn_app(support::test_config(&redis)).await;
+    app.preload("ia", 5, 2).await;
+    app.preload("ib", 5, 2).await;
+    let a = post_cart(&app, "inc", "u", &lines(&[("ia", 1), ("ib", 2)])).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let id = a.body["cart_id"].as_str().unwrap().to_string();
+    let line1 = rids(&a)[1].clone();
+    assert_eq!(app.action(&line1, "release").await.status, StatusCode::OK);
+    let c = cart_action(&app, None, &id, "confirm").await;
+    assert_eq!(
+        (c.status, c.code()),
+        (StatusCode::CONFLICT, "cart_incomplete"),
+        "{}",
+        c.body
+    );
+    let st = app.assert_books("ia").await;
+    assert_eq!((st.held, st.sold), (0, 1), "line 0 stays sold");
+    let st = app.assert_books("ib").await;
+    assert_eq!((st.held, st.sold), (0, 0));
+    assert_eq!(
+        cart_action(&app, None, &id, "").await.body["status"],
+        "incomplete"
+    );
+    assert_eq!(pending_carts(|a| redis.cli(a)), 0);
+}
+
+#[tokio::test]
+async fn each_skus_purchase_cap_applies_to_its_line() {
+    let redis = RedisServer::start();
+    let app = spawn_app(support::test_config(&redis)).await;
+    app.preload("pa", 10, 2).await;
+    let capped = flashgate::domain::Sku::parse("pc").unwrap();
+    app.state
+        .inventory
+        .preload_with(
+            &capped,
+            flashgate::inventory::PreloadSpec {
+                stock: 10,
+                shards: 2,
+                force: false,
+                max_per_user: Some(1),
+            },
+        )
+        .await
+        .unwrap();
+    let over = post_cart(&app, "cap-1", "buyer", &lines(&[("pa", 1), ("pc", 2)])).await;
+    assert_eq!(over.code(), "purchase_limit", "{}", over.body);
+    assert_eq!(
+        (
+            over.body["error"]["line"].clone(),
+            over.body["error"]["sku"].clone()
+        ),
+        (json!(1), json!("pc"))
+    );
+    assert_eq!(held_units(&app, "pa").await, 0);
+    let first = post_cart(&app, "cap-2", "buyer", &lines(&[("pa", 1), ("pc", 1)])).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let second = post_cart(&app, "cap-3", "buyer", &lines(&[("pc", 1), ("pa", 1)])).await;
+    assert_eq!(
+        (second.code(), second.body["error"]["line"].clone()),
+        ("purchase_limit", json!(0))
+    );
+    // the first cart released: the buyer's cap is free again
+    let id = first.body["cart_id"].as_str().unwrap();
+    assert_eq!(
+        cart_action(&app, None, id, "release").await.status,
+        StatusCode::OK
+    );
+    let third = post_cart(&app, "cap-4", "buyer", &lines(&[("pc", 1)])).await;
+    assert_eq!(third.status, StatusCode::CREATED, "{}", third.body);
+    assert_eq!(held_units(&app, "pc").await, 1);
+    assert_eq!(held_units(&app, "pa").await, 0);
+}
+
+#[tokio::test]
 async fn the_work_list_is_bounded_pruned_and_cart_records_expire() {
     let redis = RedisServer::start();
     let app = spawn_app_with(&redis, |c| c.max_pending_carts = 2).await;
