@@ -1003,9 +1003,10 @@ async fn a_master_failover_during_carts_gives_no_partial_or_double_cart() {
     let replica = cluster.replica_of(victim);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let retried = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // 8 workers, each cart retried on 503 with its key until definite
     let workers = (0..8).map(|w| {
-        let (app, stop) = (app.clone(), stop.clone());
+        let (app, stop, retried) = (app.clone(), stop.clone(), retried.clone());
         tokio::spawn(async move {
             let mut mine: Vec<(String, Lines, support::Answer)> = Vec::new();
             let mut n = 0;
@@ -1017,6 +1018,7 @@ async fn a_master_failover_during_carts_gives_no_partial_or_double_cart() {
                 let mut tries = 0;
                 while a.status == StatusCode::SERVICE_UNAVAILABLE && tries < 600 {
                     tries += 1;
+                    retried.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     a = post_cart(&app, &key, &key, &l).await;
                 }
@@ -1062,7 +1064,9 @@ async fn a_master_failover_during_carts_gives_no_partial_or_double_cart() {
             carts.push((l, a));
         }
     }
-    eprintln!("carts across the failover: {by_status:?}");
+    let retried = retried.load(Ordering::SeqCst);
+    eprintln!("carts across the failover: {by_status:?}, {retried} retries of a 503");
+    assert!(retried > 0, "the failover was felt (503s), else this test proves little");
     // every cart in a transitional state is finished by the sweeper
     let list_owner = cluster.owner(keyslot("fg:{carts}:pending"));
     assert!(
