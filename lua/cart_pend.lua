@@ -4,8 +4,9 @@
 -- Bounded: a cart new to the list is refused while it holds `max` entries
 -- (the service answers 503 carts_busy; nothing was reserved yet).
 --
--- KEYS[1] fg:{carts}:pending (zset: cart id -> deadline, server ms)
--- ARGV[1] cart id   ARGV[2] deadline (server ms)   ARGV[3] max entries
+-- KEYS[1] fg:{carts~X}:pending (zset: cart id -> deadline, server ms; X the id's
+--         first hex digit, one of 16 buckets)
+-- ARGV[1] cart id   ARGV[2] deadline (server ms)   ARGV[3] max entries of the bucket
 --
 -- Returns 1 (on the list, its deadline now ARGV[2]) or 0 (the list is full).
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and

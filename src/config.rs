@@ -149,7 +149,8 @@ pub struct Config {
     /// instance: the sweeper finishes it (docs/carts.md).
     pub cart_saga_ms: u64,
     /// Most carts in a transitional state at once (the sweeper's work list,
-    /// `fg:{carts}:pending`); past it a new cart answers 503 `carts_busy`.
+    /// `fg:{carts~X}:pending`, 16 buckets of a 16th each); past it a new
+    /// cart answers 503 `carts_busy`.
     pub max_pending_carts: u64,
 }
 

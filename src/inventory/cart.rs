@@ -3,7 +3,7 @@
 //!
 //! **The record first.** A cart is a hash `fg:{cart:<id>}` in a slot of its
 //! own, written by `lua/cart_begin.lua` in status `pending` before any line
-//! is reserved, and put on the work list `fg:{carts}:pending` with a
+//! is reserved, and put on the work list `fg:{carts~X}:pending` with a
 //! deadline (`lua/cart_pend.lua`). Every later change of its state is one
 //! compare-and-set on its status (`lua/cart_move.lua`).
 //!
@@ -609,11 +609,12 @@ impl Inventory {
         let r = self
             .run(
                 &self.scripts.cart_pend,
-                vec![keys::CARTS_PENDING.to_owned()],
+                vec![keys::cart_list(id).to_owned()],
                 vec![
                     id.to_string(),
                     deadline.to_string(),
-                    self.settings.max_pending_carts.to_string(),
+                    // the bound of one of 16 buckets
+                    self.settings.max_pending_carts.div_ceil(16).to_string(),
                 ],
             )
             .await?;
@@ -625,8 +626,8 @@ impl Inventory {
     async fn unpend(&self, id: &CartId) {
         let r: Result<i64, _> = self
             .nodes
-            .client_for_key(keys::CARTS_PENDING)
-            .zrem(keys::CARTS_PENDING, id.as_str())
+            .client_for_key(keys::cart_list(id))
+            .zrem(keys::cart_list(id), id.as_str())
             .await;
         if let Err(e) = r {
             tracing::debug!(error = %e, "could not take a cart off the work list; the sweeper will");
@@ -858,24 +859,25 @@ impl Inventory {
     /// of carts in any other state (or gone) leave the list. Returns the
     /// carts finished.
     pub async fn sweep_carts(&self) -> Result<u64, InventoryError> {
-        let list = keys::CARTS_PENDING;
-        let now = self.redis_now_ms(list).await?;
-        let due: Vec<String> = self
-            .nodes
-            .client_for_key(list)
-            .zrangebyscore(list, "-inf", now, false, Some((0, SWEEP_CARTS)))
-            .await
-            .map_err(|e| self.err(e))?;
         let mut finished = 0;
-        // one cart whose master is down must not stop the others: note the
-        // first error, go on, report it at the end
+        // one bucket or cart whose master is down must not stop the others:
+        // note the first error, go on, report it at the end
         let mut first_error = None;
-        for entry in due {
-            match self.sweep_cart(&entry).await {
-                Ok(true) => finished += 1,
-                Ok(false) => {}
+        for list in keys::CART_LIST_BUCKETS {
+            let due = match self.due_carts(list).await {
+                Ok(due) => due,
                 Err(e) => {
                     first_error.get_or_insert(e);
+                    continue;
+                }
+            };
+            for entry in due {
+                match self.sweep_cart(list, &entry).await {
+                    Ok(true) => finished += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
         }
@@ -885,9 +887,19 @@ impl Inventory {
         Ok(finished)
     }
 
+    /// The entries of one bucket of the work list whose deadline passed
+    /// (at most [`SWEEP_CARTS`]), on its master's clock.
+    async fn due_carts(&self, list: &str) -> Result<Vec<String>, InventoryError> {
+        let now = self.redis_now_ms(list).await?;
+        self.nodes
+            .client_for_key(list)
+            .zrangebyscore(list, "-inf", now, false, Some((0, SWEEP_CARTS)))
+            .await
+            .map_err(|e| self.err(e))
+    }
+
     /// One due entry of the work list; true when a cart was finished.
-    async fn sweep_cart(&self, entry: &str) -> Result<bool, InventoryError> {
-        let list = keys::CARTS_PENDING;
+    async fn sweep_cart(&self, list: &str, entry: &str) -> Result<bool, InventoryError> {
         let Ok(id) = CartId::parse(entry) else {
             let _: i64 = self
                 .nodes
@@ -961,6 +973,15 @@ mod tests {
         // a reservation's claim body is never a cart's
         assert_eq!(parse_claim("cart\n1:u\nk:4", "u\nA:1"), None);
         assert_eq!(parse_claim("#cart\nzz\nu\nA:1", "u\nA:1"), None);
+    }
+
+    #[test]
+    fn a_cart_goes_to_the_bucket_of_its_first_hex_digit() {
+        for (i, b) in keys::CART_LIST_BUCKETS.iter().enumerate() {
+            let id = CartId::parse(&format!("{i:x}").repeat(32)).unwrap();
+            assert_eq!(keys::cart_list(&id), *b);
+            assert_eq!(*b, format!("fg:{{carts~{i:x}}}:pending"));
+        }
     }
 
     #[test]

@@ -27,7 +27,8 @@
 //! | `fg:{SKU#s}:keys`         | set    | idempotency keys of the shard's live and sold holds |
 //! | `fg:{wl:SKU}:…`           | …      | the waitlist: queue, stream, tickets (waitlist.rs) |
 //! | `fg:{cart:<id>}`          | hash   | a cart: status, owner, user, lines, their holds (cart.rs) |
-//! | `fg:{carts}:pending`      | zset   | carts in a transitional state → deadline (the sweeper's) |
+//! | `fg:{carts~X}:pending`    | zset   | carts in a transitional state → deadline (the sweeper's); |
+//! |                           |        | X = the cart id's first hex digit: 16 buckets        |
 
 use crate::domain::{ReservationId, ScopedKey, Sku};
 
@@ -208,8 +209,39 @@ pub fn cart(id: &crate::domain::CartId) -> String {
     ["fg:{cart:", id.as_str(), "}"].concat()
 }
 
-/// The carts in a transitional state, by deadline (`lua/cart_pend.lua`).
-pub const CARTS_PENDING: &str = "fg:{carts}:pending";
+/// The carts in a transitional state, by deadline (`lua/cart_pend.lua`):
+/// 16 buckets `fg:{carts~X}:pending`, X the cart id's first hex digit, so
+/// on a cluster they spread over the masters and a master down stops only
+/// the carts of its buckets.
+pub const CART_LIST_BUCKETS: [&str; 16] = [
+    "fg:{carts~0}:pending",
+    "fg:{carts~1}:pending",
+    "fg:{carts~2}:pending",
+    "fg:{carts~3}:pending",
+    "fg:{carts~4}:pending",
+    "fg:{carts~5}:pending",
+    "fg:{carts~6}:pending",
+    "fg:{carts~7}:pending",
+    "fg:{carts~8}:pending",
+    "fg:{carts~9}:pending",
+    "fg:{carts~a}:pending",
+    "fg:{carts~b}:pending",
+    "fg:{carts~c}:pending",
+    "fg:{carts~d}:pending",
+    "fg:{carts~e}:pending",
+    "fg:{carts~f}:pending",
+];
+
+/// The work-list bucket of cart `id`.
+pub fn cart_list(id: &crate::domain::CartId) -> &'static str {
+    let digit = id.as_str().as_bytes().first().copied().unwrap_or(b'0');
+    let i = match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => 0,
+    };
+    CART_LIST_BUCKETS[usize::from(i)]
+}
 
 /// The record of [`idem_global`] alone (one Redis server needs no bucket).
 pub fn idem_record(key: &ScopedKey) -> String {

@@ -100,11 +100,18 @@ async fn held_units(app: &TestApp, sku: &str) -> i64 {
     app.assert_books(sku).await.held
 }
 
-fn pending_carts(redis_cli: impl Fn(&[&str]) -> String) -> i64 {
-    redis_cli(&["ZCARD", "fg:{carts}:pending"])
-        .trim()
-        .parse()
-        .unwrap_or(-1)
+/// Carts on the work list, over its 16 buckets; `redis_cli(key, args)` runs
+/// a command on the server holding `key`.
+fn pending_carts(redis_cli: impl Fn(&str, &[&str]) -> String) -> i64 {
+    flashgate::inventory::keys::CART_LIST_BUCKETS
+        .iter()
+        .map(|k| {
+            redis_cli(k, &["ZCARD", k])
+                .trim()
+                .parse::<i64>()
+                .unwrap_or(1_000_000)
+        })
+        .sum()
 }
 
 /// Every cart answered 2xx holds each of its lines (or had it confirmed),
@@ -433,7 +440,7 @@ async fn hostile_cart_requests_get_a_clear_4xx_and_hold_nothing() {
     );
     assert_eq!(held_units(&app, "ha").await, 0);
     assert_eq!(held_units(&app, "hb").await, 0);
-    assert_eq!(pending_carts(|a| redis.cli(a)), 0);
+    assert_eq!(pending_carts(|_, a| redis.cli(a)), 0);
 }
 
 #[tokio::test]
@@ -506,7 +513,7 @@ async fn a_line_released_on_its_own_makes_the_confirm_incomplete_and_the_rest_st
         cart_action(&app, None, &id, "").await.body["status"],
         "incomplete"
     );
-    assert_eq!(pending_carts(|a| redis.cli(a)), 0);
+    assert_eq!(pending_carts(|_, a| redis.cli(a)), 0);
 }
 
 #[tokio::test]
@@ -560,13 +567,16 @@ async fn each_skus_purchase_cap_applies_to_its_line() {
 #[tokio::test]
 async fn the_work_list_is_bounded_pruned_and_cart_records_expire() {
     let redis = RedisServer::start();
-    let app = spawn_app_with(&redis, |c| c.max_pending_carts = 2).await;
+    // one cart per bucket of the list
+    let app = spawn_app_with(&redis, |c| c.max_pending_carts = 16).await;
     app.preload("wa", 10, 2).await;
     let l = lines(&[("wa", 1)]);
-    // two carts in progress elsewhere (far deadlines): the list is full
+    // a cart in progress elsewhere in every bucket (far deadlines): full
     let far = "99999999999999";
-    for id in ["a".repeat(32), "b".repeat(32)] {
-        redis.cli(&["ZADD", "fg:{carts}:pending", far, &id]);
+    let buckets = flashgate::inventory::keys::CART_LIST_BUCKETS;
+    let fake = |i: usize| format!("{i:x}").repeat(32);
+    for (i, b) in buckets.iter().enumerate() {
+        redis.cli(&["ZADD", b, far, &fake(i)]);
     }
     let a = post_cart(&app, "busy", "u", &l).await;
     assert_eq!(
@@ -577,17 +587,18 @@ async fn the_work_list_is_bounded_pruned_and_cart_records_expire() {
     );
     assert_eq!(held_units(&app, "wa").await, 0, "nothing held");
     // entries whose cart is gone, or that name no cart, leave once due
-    redis.cli(&["ZADD", "fg:{carts}:pending", "1", &"a".repeat(32)]);
-    redis.cli(&["ZADD", "fg:{carts}:pending", "1", &"b".repeat(32)]);
-    redis.cli(&["ZADD", "fg:{carts}:pending", "1", "not-a-cart-id"]);
+    for (i, b) in buckets.iter().enumerate() {
+        redis.cli(&["ZADD", b, "1", &fake(i)]);
+    }
+    redis.cli(&["ZADD", buckets[3], "1", "not-a-cart-id"]);
     assert!(
-        eventually(WAIT, || async { pending_carts(|a| redis.cli(a)) == 0 }).await,
+        eventually(WAIT, || async { pending_carts(|_, a| redis.cli(a)) == 0 }).await,
         "the sweeper pruned the list"
     );
     let a = post_cart(&app, "busy-2", "u", &l).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
     assert_eq!(
-        pending_carts(|a| redis.cli(a)),
+        pending_carts(|_, a| redis.cli(a)),
         0,
         "a held cart leaves the list"
     );
@@ -709,7 +720,7 @@ async fn a_thousand_concurrent_three_line_carts_on_scarce_stock_are_each_whole_o
     );
     assert_whole_or_empty(&app, &carts, &skus).await;
     assert_eq!(
-        pending_carts(|a| redis.cli(a)),
+        pending_carts(|_, a| redis.cli(a)),
         0,
         "no cart left in a transitional state"
     );
@@ -771,8 +782,10 @@ async fn concurrent_carts_on_a_cluster_span_masters_and_are_each_whole_or_empty(
     }
     eprintln!("one cart's lines on masters {masters:?}");
     assert_whole_or_empty(&app, &carts, &skus).await;
-    let list_owner = cluster.owner(keyslot("fg:{carts}:pending"));
-    assert_eq!(pending_carts(|a| support::cluster::cli(list_owner, a)), 0);
+    assert_eq!(
+        pending_carts(|k, a| support::cluster::cli(cluster.owner(keyslot(k)), a)),
+        0
+    );
 }
 
 // ------------------------------------------------------------- crashes
@@ -907,7 +920,7 @@ async fn an_instance_killed_at_each_saga_step_leaves_a_whole_cart_or_nothing_onc
 
         // once the deadline and the sweeper passed, no cart is in between
         assert!(
-            eventually(WAIT, || async { pending_carts(|a| redis.cli(a)) == 0 }).await,
+            eventually(WAIT, || async { pending_carts(|_, a| redis.cli(a)) == 0 }).await,
             "{point}: the sweeper finished the cart"
         );
         let held: i64 = join_all(skus.iter().take(2).map(|s| held_units(&app, s)))
@@ -981,7 +994,7 @@ async fn an_instance_killed_mid_confirm_is_rolled_forward_by_the_sweeper() {
         let st = app.assert_books(sku).await;
         assert_eq!((st.held, st.sold), (0, *q), "{sku}: every line sold");
     }
-    assert_eq!(pending_carts(|a| redis.cli(a)), 0);
+    assert_eq!(pending_carts(|_, a| redis.cli(a)), 0);
 }
 
 // ------------------------------------------------------------- failover
@@ -1066,12 +1079,14 @@ async fn a_master_failover_during_carts_gives_no_partial_or_double_cart() {
     }
     let retried = retried.load(Ordering::SeqCst);
     eprintln!("carts across the failover: {by_status:?}, {retried} retries of a 503");
-    assert!(retried > 0, "the failover was felt (503s), else this test proves little");
+    assert!(
+        retried > 0,
+        "the failover was felt (503s), else this test proves little"
+    );
     // every cart in a transitional state is finished by the sweeper
-    let list_owner = cluster.owner(keyslot("fg:{carts}:pending"));
     assert!(
         eventually(WAIT, || async {
-            pending_carts(|a| support::cluster::cli(list_owner, a)) == 0
+            pending_carts(|k, a| support::cluster::cli(cluster.owner(keyslot(k)), a)) == 0
         })
         .await,
         "no cart left in between"
