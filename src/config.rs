@@ -108,6 +108,17 @@ pub struct Config {
     /// to (a private CA); empty: the public webpki roots. Reloadable.
     pub waitlist_webhook_ca_file: String,
 
+    /// Signed holds (docs/signed-holds.md): a PKCS#8 PEM Ed25519 private key
+    /// (`flashgate gen-signing-key --out FILE`); every answer describing a
+    /// held reservation then carries `token`, a JWS checkout can verify
+    /// with `GET /.well-known/jwks.json`. Empty: no tokens. Reloadable.
+    pub signing_key_file: String,
+    /// PEM files of keys that signed before (public keys, or the old
+    /// private key files): still published in the JWKS so their tokens keep
+    /// verifying. Keep a retired key listed for at least `max_hold_seconds`
+    /// after it stopped signing. Reloadable.
+    pub previous_signing_keys: Vec<String>,
+
     /// Storefront API keys (`Authorization: Bearer <secret>`) for `/v1/`:
     /// `name:secret` names the storefront that owns what the key makes
     /// (several secrets may share a name), a bare `secret` is a storefront
@@ -193,6 +204,8 @@ impl Default for Config {
             waitlist_webhook_url: String::new(),
             waitlist_webhook_secret: String::new(),
             waitlist_webhook_ca_file: String::new(),
+            signing_key_file: String::new(),
+            previous_signing_keys: Vec::new(),
             api_keys: Vec::new(),
             admin_keys: Vec::new(),
             insecure_no_auth: false,
@@ -449,7 +462,8 @@ impl Config {
 
 /// The settings a running instance takes on a reload (SIGHUP or `POST
 /// /admin/v1/reload`, docs/operations.md): who may call, how fast, and where
-/// promotions go and how they are signed. Every other setting shapes
+/// promotions go and how they are signed, which key signs holds and which
+/// are published. Every other setting shapes
 /// something built once at start (the listener, the Redis and Postgres
 /// pools, the background tasks' timers, the scripts' arguments) and needs a
 /// restart.
@@ -465,6 +479,8 @@ pub const RELOADABLE: &[&str] = &[
     "waitlist_webhook_url",
     "waitlist_webhook_secret",
     "waitlist_webhook_ca_file",
+    "signing_key_file",
+    "previous_signing_keys",
 ];
 
 /// What a reload does ([`Config::reload_plan`]).

@@ -40,4 +40,5 @@ pub mod limiter;
 pub mod metrics;
 pub mod reconcile;
 pub mod shutdown;
+pub mod signing;
 pub mod webhook;

@@ -38,7 +38,7 @@ pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 /// Values of the `route` label of the HTTP metrics: one per route of the
 /// route table (`http::router::Route`, in its order; a test there holds them
 /// together).
-pub const ROUTES: [&str; 20] = [
+pub const ROUTES: [&str; 21] = [
     "reserve",
     "get_reservation",
     "confirm",
@@ -58,6 +58,7 @@ pub const ROUTES: [&str; 20] = [
     "cart_confirm",
     "cart_release",
     "cart_extend",
+    "jwks",
     "not_found",
 ];
 

@@ -200,6 +200,12 @@ pub struct ServeArgs {
     pub waitlist_webhook_secret: Option<String>,
     #[arg(long, env = "FLASHGATE_WAITLIST_WEBHOOK_CA_FILE")]
     pub waitlist_webhook_ca_file: Option<String>,
+    /// Signed holds: the Ed25519 private key (PKCS#8 PEM) that signs them.
+    #[arg(long, env = "FLASHGATE_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<String>,
+    /// Keys that signed before, still published in the JWKS (PEM files, comma-separated).
+    #[arg(long, env = "FLASHGATE_PREVIOUS_SIGNING_KEYS", value_delimiter = ',')]
+    pub previous_signing_keys: Option<Vec<String>>,
     #[arg(long, env = "FLASHGATE_TASK_STALL_MS")]
     pub task_stall_ms: Option<u64>,
     /// Tests only: `task:N` makes a background task panic in its first N rounds.
@@ -247,6 +253,8 @@ impl ServeArgs {
             waitlist_webhook_url,
             waitlist_webhook_secret,
             waitlist_webhook_ca_file,
+            signing_key_file,
+            previous_signing_keys,
             task_stall_ms,
             fault_task_panics,
         );
@@ -262,6 +270,7 @@ fn finish(mut c: Config) -> Result<Config, ConfigError> {
     // empty entries from "a,,b" or an empty variable are not keys
     c.api_keys.retain(|k| !k.is_empty());
     c.admin_keys.retain(|k| !k.is_empty());
+    c.previous_signing_keys.retain(|k| !k.is_empty());
     c.validate()?;
     Ok(c)
 }

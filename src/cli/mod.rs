@@ -13,6 +13,7 @@ mod migrate;
 mod preload;
 mod reconcile;
 mod serve;
+mod signing_key;
 mod status;
 
 pub use args::{CommonArgs, LedgerArgs, ServeArgs};
@@ -60,6 +61,8 @@ pub enum Command {
     Reconcile(ReconcileArgs),
     /// Upgrade Redis's data to this version's layout, between sales (refuses while holds are outstanding without --force).
     MigrateLayout(layout::MigrateLayoutArgs),
+    /// Write a new Ed25519 key for signed holds (PKCS#8 PEM) and print its kid (docs/signed-holds.md).
+    GenSigningKey(signing_key::GenSigningKeyArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -79,6 +82,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Ledger(args) => ledger::run(args).await,
         Command::Reconcile(args) => return reconcile::run(args).await,
         Command::Config(args) => config::run(args),
+        Command::GenSigningKey(args) => signing_key::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -113,7 +113,11 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
 /// character at a time; these fields rarely need any escaping).
 pub fn reservation(status: StatusCode, r: &Reservation) -> Response<Body> {
     let mut out = Vec::with_capacity(
-        128 + r.reservation_id.len() + r.sku.len() + r.user_id.len() + r.expires_at.len(),
+        128 + r.reservation_id.len()
+            + r.sku.len()
+            + r.user_id.len()
+            + r.expires_at.len()
+            + r.token.as_ref().map_or(0, |t| t.len() + 10),
     );
     out.extend_from_slice(b"{\"reservation_id\":");
     push_str(&mut out, &r.reservation_id);
@@ -127,6 +131,11 @@ pub fn reservation(status: StatusCode, r: &Reservation) -> Response<Body> {
     push_str(&mut out, r.status);
     out.extend_from_slice(b",\"expires_at\":");
     push_str(&mut out, &r.expires_at);
+    if let Some(token) = &r.token {
+        // (base64url and dots: never escaped)
+        out.extend_from_slice(b",\"token\":");
+        push_str(&mut out, token);
+    }
     out.push(b'}');
     with_type(status, Bytes::from(out), "application/json")
 }
@@ -345,19 +354,23 @@ mod tests {
             "tab\tand\u{7f}del",
             "",
         ] {
-            let r = Reservation {
-                reservation_id: "sku-1.3.0123456789abcdef0123456789abcdef".into(),
-                sku: "sku-1".into(),
-                qty: 12,
-                user_id: user.into(),
-                status: "held",
-                expires_at: "2026-12-02T05:27:46.271Z".into(),
-            };
-            let resp = reservation(StatusCode::CREATED, &r);
-            assert_eq!(resp.status(), StatusCode::CREATED);
-            assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
-            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(bytes, serde_json::to_vec(&r).unwrap(), "{user:?}");
+            for token in [None, Some("eyJhbGciOiJFZERTQSJ9.e30.c2ln-_".to_string())] {
+                let r = Reservation {
+                    reservation_id: "sku-1.3.0123456789abcdef0123456789abcdef".into(),
+                    sku: "sku-1".into(),
+                    qty: 12,
+                    user_id: user.into(),
+                    status: "held",
+                    expires_at: "2026-12-02T05:27:46.271Z".into(),
+                    expires_at_ms: 1_764_653_266_271,
+                    token,
+                };
+                let resp = reservation(StatusCode::CREATED, &r);
+                assert_eq!(resp.status(), StatusCode::CREATED);
+                assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+                let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(bytes, serde_json::to_vec(&r).unwrap(), "{user:?}");
+            }
         }
     }
     use http_body_util::BodyExt;

@@ -63,6 +63,7 @@ pub(super) enum Route {
     CartConfirm,
     CartRelease,
     CartExtend,
+    Jwks,
     NotFound,
 }
 
@@ -78,7 +79,7 @@ pub fn table() -> impl Iterator<Item = (&'static str, &'static str)> {
 
 impl Route {
     /// Every variant, in declaration order (a test holds it complete).
-    pub(super) const ALL: [Route; 20] = [
+    pub(super) const ALL: [Route; 21] = [
         Route::Reserve,
         Route::GetReservation,
         Route::Confirm,
@@ -98,6 +99,7 @@ impl Route {
         Route::CartConfirm,
         Route::CartRelease,
         Route::CartExtend,
+        Route::Jwks,
         Route::NotFound,
     ];
 
@@ -123,6 +125,7 @@ impl Route {
             Route::CartConfirm => "/v1/carts/{id}/confirm",
             Route::CartRelease => "/v1/carts/{id}/release",
             Route::CartExtend => "/v1/carts/{id}/extend",
+            Route::Jwks => "/.well-known/jwks.json",
             Route::NotFound => "",
         }
     }
@@ -151,6 +154,7 @@ impl Route {
             ["v1", "carts", id, "confirm"] => (Route::CartConfirm, id),
             ["v1", "carts", id, "release"] => (Route::CartRelease, id),
             ["v1", "carts", id, "extend"] => (Route::CartExtend, id),
+            [".well-known", "jwks.json"] => (Route::Jwks, ""),
             _ => (Route::NotFound, ""),
         }
     }
@@ -178,6 +182,7 @@ impl Route {
             Route::CartConfirm => "cart_confirm",
             Route::CartRelease => "cart_release",
             Route::CartExtend => "cart_extend",
+            Route::Jwks => "jwks",
             Route::NotFound => "not_found",
         }
     }
@@ -202,13 +207,13 @@ impl Route {
         }
     }
 
-    /// Health, readiness, metrics and the API document: answered before
-    /// authentication.
+    /// Health, readiness, metrics, the API document and the public keys of
+    /// signed holds: answered before authentication.
     #[inline]
     pub(super) fn is_ops(self) -> bool {
         matches!(
             self,
-            Route::Healthz | Route::Readyz | Route::Metrics | Route::Openapi
+            Route::Healthz | Route::Readyz | Route::Metrics | Route::Openapi | Route::Jwks
         )
     }
 }
@@ -223,7 +228,7 @@ mod tests {
 
     /// (the exhaustive `match` below makes a new variant fail to compile
     /// until it is listed in [`Route::ALL`])
-    const ALL: [Route; 20] = Route::ALL;
+    const ALL: [Route; 21] = Route::ALL;
 
     #[test]
     fn the_metrics_route_labels_are_the_route_table() {
@@ -249,7 +254,8 @@ mod tests {
                 Route::CartConfirm => 16,
                 Route::CartRelease => 17,
                 Route::CartExtend => 18,
-                Route::NotFound => 19,
+                Route::Jwks => 19,
+                Route::NotFound => 20,
             };
             assert_eq!(pos, i);
         }

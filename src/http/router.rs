@@ -18,7 +18,7 @@ use super::route::{Route, Segments};
 use crate::domain::{IdempotencyKey, Qty, ReservationId, ScopedKey, Sku, Tenant, UserId};
 use crate::error::ApiError;
 use crate::http::AppState;
-use crate::inventory::{ReserveOutcome, ReserveRequest};
+use crate::inventory::{Reservation, ReserveOutcome, ReserveRequest};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -151,10 +151,8 @@ async fn dispatch(
         (&Method::POST, Route::Reserve) => Box::pin(reserve(state, req, &tenant)).await,
         (&Method::GET, Route::GetReservation) => {
             let rid = parse_rid(part)?;
-            Ok(body::reservation(
-                StatusCode::OK,
-                &Box::pin(state.inventory.get(&rid, &tenant)).await?,
-            ))
+            let r = Box::pin(state.inventory.get(&rid, &tenant)).await?;
+            Ok(signed(state, StatusCode::OK, r))
         }
         (&Method::POST, Route::Confirm | Route::Release | Route::Extend) => {
             let rid = parse_rid(part)?;
@@ -169,7 +167,7 @@ async fn dispatch(
                 Route::Release => state.metrics.outcome("released"),
                 _ => {}
             }
-            Ok(body::reservation(StatusCode::OK, &r))
+            Ok(signed(state, StatusCode::OK, r))
         }
         (&Method::GET, Route::Sku) => {
             let sku = parse_sku(part)?;
@@ -370,12 +368,33 @@ async fn ops(state: &AppState, method: &Method, route: Route) -> Result<Response
             Bytes::from_static(OPENAPI.as_bytes()),
             "application/yaml",
         )),
+        Route::Jwks => {
+            let mut resp = body::with_type(
+                StatusCode::OK,
+                state.live().signing.jwks(),
+                "application/jwk-set+json",
+            );
+            // verifiers cache it; a new key is published before it signs
+            // (docs/signed-holds.md, "Rotating the key")
+            resp.headers_mut().insert(
+                hyper::header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=60"),
+            );
+            Ok(resp)
+        }
         _ => Ok(body::with_type(
             StatusCode::OK,
             Bytes::from(state.metrics.render()),
             "text/plain; version=0.0.4",
         )),
     }
+}
+
+/// A reservation's answer, with its signed token while it is held and a key
+/// signs (`signing`; the key of the running settings, so a reload rotates it).
+fn signed(state: &AppState, status: StatusCode, mut r: Reservation) -> Response<Body> {
+    r.token = state.live().signing.token(&r);
+    body::reservation(status, &r)
 }
 
 fn limited(state: &AppState, l: crate::limiter::Limited) -> ApiError {
@@ -578,11 +597,11 @@ async fn reserve(
     match outcome {
         ReserveOutcome::Held(r) => {
             state.metrics.outcome("held");
-            Ok(body::reservation(StatusCode::CREATED, &r))
+            Ok(signed(state, StatusCode::CREATED, r))
         }
         ReserveOutcome::Replayed(r) => {
             state.metrics.outcome("replayed");
-            Ok(body::reservation(StatusCode::OK, &r))
+            Ok(signed(state, StatusCode::OK, r))
         }
         ReserveOutcome::SoldOut => {
             state.metrics.outcome("sold_out");

@@ -25,6 +25,7 @@ use crate::inventory::Inventory;
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::shutdown::Heartbeat;
+use crate::signing::Signing;
 use crate::webhook::Webhook;
 
 /// Everything a request handler may use.
@@ -56,6 +57,8 @@ pub struct Live {
     pub config: Config,
     pub auth: Auth,
     pub limiter: Limiter,
+    /// The key that signs holds and the key set published (`signing`).
+    pub signing: Signing,
 }
 
 /// A reload's answer: which settings changed, which differ but need a
@@ -68,7 +71,7 @@ pub struct Reloaded {
 
 impl AppState {
     /// The state of a service started with `config` (validated). Fails only
-    /// on a webhook CA file that cannot be used.
+    /// on a webhook CA file or a signing key file that cannot be used.
     pub fn new(
         config: Config,
         inventory: Arc<Inventory>,
@@ -77,6 +80,7 @@ impl AppState {
         let live = Live {
             auth: Auth::from_config(&config),
             limiter: config.limiter(),
+            signing: Signing::from_config(&config)?,
             config: config.clone(),
         };
         Ok(AppState {
@@ -143,6 +147,10 @@ impl AppState {
     fn swap(&self, new: Result<Config, ConfigError>) -> Result<Reloaded, ConfigError> {
         let current = self.live.load_full();
         let plan = current.config.reload_plan(&new?)?;
+        // key files are read again on every reload (a key may have been
+        // rotated under the same name); one that cannot be used refuses the
+        // reload before anything changed
+        let signing = Signing::from_config(&plan.config)?;
         if plan
             .changed
             .iter()
@@ -156,6 +164,7 @@ impl AppState {
         }
         let [instance, client, user] = plan.config.buckets();
         let live = Live {
+            signing,
             auth: Auth::from_config(&plan.config),
             limiter: current.limiter.reconfigured(instance, client, user),
             config: plan.config,

@@ -163,6 +163,8 @@ impl Inventory {
             user_id: record.user,
             status,
             expires_at: ms_to_rfc3339(exp),
+            expires_at_ms: exp,
+            token: None,
         })
     }
 

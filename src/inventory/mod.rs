@@ -154,6 +154,12 @@ pub struct Reservation {
     pub user_id: String,
     pub status: &'static str,
     pub expires_at: String,
+    /// The deadline `expires_at` shows, in ms since the epoch (the token's `exp`).
+    #[serde(skip)]
+    pub expires_at_ms: i64,
+    /// The hold's signed token (`signing`), set by the HTTP layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 struct Settings {

@@ -131,6 +131,7 @@ pub(super) fn hold_reply(rid: &ReservationId, reply: Value) -> Result<Reservatio
     if code == "conflict" {
         return Err(InventoryError::ReservationState(status));
     }
+    let exp = int(at(&items, 4)?)?;
     Ok(Reservation {
         reservation_id: rid.to_string(),
         sku: rid.sku().to_string(),
@@ -138,7 +139,9 @@ pub(super) fn hold_reply(rid: &ReservationId, reply: Value) -> Result<Reservatio
             .map_err(|_| InventoryError::Protocol("bad qty".into()))?,
         user_id: text(at(&items, 3)?)?,
         status,
-        expires_at: ms_to_rfc3339(int(at(&items, 4)?)?),
+        expires_at: ms_to_rfc3339(exp),
+        expires_at_ms: exp,
+        token: None,
     })
 }
 

@@ -582,6 +582,8 @@ impl Inventory {
             user_id: req.user.as_str().to_string(),
             status: "held",
             expires_at: ms_to_rfc3339(exp),
+            expires_at_ms: exp,
+            token: None,
         };
         Ok(match self.reserver.submit(&tag, call).await? {
             ReserveReply::Held { expires_at_ms } => Step::Held(view(rid_s, expires_at_ms)),
