@@ -25,6 +25,7 @@ mod observability_files;
 mod openapi;
 mod reconcile_safety;
 mod reload;
+mod signed_holds;
 mod stock_corners;
 mod stock_document;
 mod upgrade;
