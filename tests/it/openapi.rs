@@ -147,10 +147,19 @@ fn the_document_lists_every_error_code_the_service_emits_and_no_other() {
 }
 
 /// The live instance schemathesis and the route probe talk to: Redis, the service with
-/// one storefront key and one admin key, the example SKUs loaded.
+/// one storefront key and one admin key, a key signing holds (their `token` and the
+/// key set are held to the document too), the example SKUs loaded.
 async fn live() -> (RedisServer, TestApp) {
     let redis = RedisServer::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let signing = keys.path().join("signing.pem");
+    std::fs::write(
+        &signing,
+        flashgate::signing::generate_pem().expect("a key").0,
+    )
+    .expect("key");
     let app = support::spawn_app_with(&redis, |c| {
+        c.signing_key_file = signing.display().to_string();
         c.insecure_no_auth = false;
         c.api_keys = vec![STOREFRONT.into()];
         c.admin_keys = vec![ADMIN.into()];
