@@ -20,6 +20,13 @@ fi
 cargo build --release --quiet -p flashgate
 ./target/release/flashgate preload --sku demo-tee --stock 100 --shards 4 --if-absent
 echo "flashgate: try  curl -s localhost:8080/v1/skus/demo-tee  (README: quick start)" >&2
+# signed holds (docs/signed-holds.md): a demo key, made once, unless one is set
+if [ -z "${FLASHGATE_SIGNING_KEY_FILE:-}" ]; then
+  [ -f target/demo-signing-key.pem ] ||
+    ./target/release/flashgate gen-signing-key --out target/demo-signing-key.pem >/dev/null
+  export FLASHGATE_SIGNING_KEY_FILE=$PWD/target/demo-signing-key.pem
+  echo "flashgate: holds signed with the demo key target/demo-signing-key.pem (GET /.well-known/jwks.json)" >&2
+fi
 if [ -z "${FLASHGATE_API_KEYS:-}${FLASHGATE_ADMIN_KEYS:-}" ]; then
   echo "flashgate: no API keys set: serving without authentication (local demo)" >&2
   set -- --insecure-no-auth "$@"

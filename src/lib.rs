@@ -8,7 +8,9 @@
 //! script per atomic step (`lua/*.lua`, run by `inventory::scripts`, replies
 //! decoded in `inventory::replies`) → a typed outcome or an
 //! `InventoryError` (no HTTP in inventory) → the response (`error` maps
-//! inventory's errors to status, code and message; `http::body` renders).
+//! inventory's errors to status, code and message; `http::body` renders; a
+//! held reservation's answer carries a token `signing` made, whose keys
+//! `GET /.well-known/jwks.json` publishes).
 //!
 //! Background tasks, owned by `app::App`, each restarted after a panic and
 //! watched by `/readyz` (`app::supervise`), all stopped by one shutdown

@@ -332,6 +332,24 @@ mod tests {
         );
     }
 
+    /// What `openssl genpkey -algorithm ed25519` and `openssl pkey -pubout`
+    /// write (OpenSSL 3.0; a test key, never used elsewhere): PKCS#8 v1.
+    #[test]
+    fn openssls_key_files_are_read() {
+        let private = "-----BEGIN PRIVATE KEY-----\n\
+            MC4CAQAwBQYDK2VwBCIEIHgNu7IO5V9Xgv7IAtuLuAJ93DXjtANfNhG8CaDcdMQt\n\
+            -----END PRIVATE KEY-----\n";
+        let public = "-----BEGIN PUBLIC KEY-----\n\
+            MCowBQYDK2VwAyEAzeqDz50g4PF7uvv3oS7eCy0advVqSym08nYvWhdy+bI=\n\
+            -----END PUBLIC KEY-----\n";
+        let (Ok(KeyFile::Private(pair)), Ok(KeyFile::Public(x))) =
+            (parse_pem(private), parse_pem(public))
+        else {
+            panic!("both read")
+        };
+        assert_eq!(pair.public_key().as_ref(), &x[..]);
+    }
+
     #[test]
     fn a_generated_key_reads_back_with_its_kid() {
         let (pem, kid) = generate_pem().unwrap();
