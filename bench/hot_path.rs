@@ -90,7 +90,22 @@ fn encode(c: &mut Criterion) {
         user_id: "user-0012345".into(),
         status: "held",
         expires_at: flashgate::inventory::ms_to_rfc3339(1_795_000_000_000),
+        expires_at_ms: 1_795_000_000_000,
+        token: None,
     };
+    // a signed hold's token (docs/signed-holds.md): the Ed25519 signature,
+    // the claims' JSON and base64url
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("signing.pem");
+    std::fs::write(&file, flashgate::signing::generate_pem().expect("key").0).expect("write");
+    let signing = flashgate::signing::Signing::from_config(&flashgate::config::Config {
+        signing_key_file: file.display().to_string(),
+        ..flashgate::config::Config::default()
+    })
+    .expect("signing");
+    c.bench_function("hold token (EdDSA sign)", |b| {
+        b.iter(|| black_box(signing.token(black_box(&r))))
+    });
     // what the service sends (the body written directly, as a response)
     // against serde_json's encoding of the same struct, the baseline
     c.bench_function("response encode", |b| {
