@@ -33,7 +33,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ConfigError};
-use crate::inventory::Reservation;
+use crate::inventory::{Cart, Reservation};
 
 /// The DER prefix of an Ed25519 `SubjectPublicKeyInfo` (RFC 8410): the
 /// 32-byte key follows it.
@@ -189,18 +189,41 @@ impl Signing {
     /// The token of a held reservation whose deadline is `r.expires_at_ms`;
     /// `None` without a signing key or for a reservation not held.
     pub fn token(&self, r: &Reservation) -> Option<String> {
-        let current = self.current.as_ref()?;
         if r.status != "held" {
             return None;
         }
-        let claims = serde_json::to_vec(&Claims {
+        self.sign(&Claims {
             sku: &r.sku,
             qty: r.qty,
             sub: &r.user_id,
             jti: &r.reservation_id,
             exp: r.expires_at_ms.div_euclid(1000),
         })
-        .ok()?;
+    }
+
+    /// Sign each line of a held cart: the line's hold, `exp` the cart's
+    /// `expires_at` (the first of its holds' deadlines, so never later than
+    /// the line's own). Nothing for a cart not held, or without a key.
+    pub fn sign_cart(&self, cart: &mut Cart) {
+        let (Some(_), "held", Some(exp)) = (&self.current, cart.status, cart.expires_at_ms) else {
+            return;
+        };
+        for line in &mut cart.lines {
+            if let Some(rid) = &line.reservation_id {
+                line.token = self.sign(&Claims {
+                    sku: &line.sku,
+                    qty: line.qty,
+                    sub: &cart.user_id,
+                    jti: rid,
+                    exp: exp.div_euclid(1000),
+                });
+            }
+        }
+    }
+
+    fn sign(&self, claims: &Claims) -> Option<String> {
+        let current = self.current.as_ref()?;
+        let claims = serde_json::to_vec(claims).ok()?;
         // header.claims.signature, each base64url without padding
         let mut token = String::with_capacity(current.prefix.len() + claims.len() * 4 / 3 + 92);
         token.push_str(&current.prefix);

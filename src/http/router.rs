@@ -202,10 +202,9 @@ async fn dispatch(
         (&Method::POST, Route::Carts) => Box::pin(carts::create(state, req, &tenant)).await,
         (&Method::GET, Route::GetCart) => {
             let id = carts::parse_id(part)?;
-            Ok(body::json(
-                StatusCode::OK,
-                &Box::pin(state.inventory.cart(&id, &tenant)).await?,
-            ))
+            let mut cart = Box::pin(state.inventory.cart(&id, &tenant)).await?;
+            state.live().signing.sign_cart(&mut cart);
+            Ok(body::json(StatusCode::OK, &cart))
         }
         (&Method::POST, Route::CartConfirm | Route::CartRelease | Route::CartExtend) => {
             Box::pin(carts::act(state, route, part, &tenant)).await
@@ -293,10 +292,12 @@ mod carts {
             .check_user(user.as_str())
             .map_err(|l| limited(state, l))?;
         let request = CartRequest { key, user, lines };
-        match state.inventory.cart_create(request).await? {
-            CartOutcome::Created(c) => Ok(body::json(StatusCode::CREATED, &c)),
-            CartOutcome::Replayed(c) => Ok(body::json(StatusCode::OK, &c)),
-        }
+        let (status, mut cart) = match state.inventory.cart_create(request).await? {
+            CartOutcome::Created(c) => (StatusCode::CREATED, c),
+            CartOutcome::Replayed(c) => (StatusCode::OK, c),
+        };
+        state.live().signing.sign_cart(&mut cart);
+        Ok(body::json(status, &cart))
     }
 
     pub(super) async fn act(
@@ -307,11 +308,12 @@ mod carts {
     ) -> Result<Response<Body>, ApiError> {
         let id = parse_id(part)?;
         let inv = &state.inventory;
-        let cart = match route {
+        let mut cart = match route {
             Route::CartConfirm => Box::pin(inv.cart_confirm(&id, tenant)).await,
             Route::CartRelease => Box::pin(inv.cart_release(&id, tenant)).await,
             _ => Box::pin(inv.cart_extend(&id, tenant)).await,
         }?;
+        state.live().signing.sign_cart(&mut cart);
         Ok(body::json(StatusCode::OK, &cart))
     }
 }

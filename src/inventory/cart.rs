@@ -96,6 +96,9 @@ pub struct Cart {
     pub status: &'static str,
     /// When the first of its holds expires (none before every line is held).
     pub expires_at: Option<String>,
+    /// `expires_at` in ms since the epoch (the lines' tokens' `exp`).
+    #[serde(skip)]
+    pub expires_at_ms: Option<i64>,
     pub lines: Vec<CartLine>,
 }
 
@@ -104,6 +107,10 @@ pub struct CartLine {
     pub sku: String,
     pub qty: u32,
     pub reservation_id: Option<String>,
+    /// The line's hold, signed (`signing`), while the cart is held and a
+    /// key signs; set by the HTTP layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// What a cart request came to.
@@ -210,6 +217,7 @@ impl Record {
             user_id: self.user.clone(),
             status,
             expires_at: self.exp.map(ms_to_rfc3339),
+            expires_at_ms: self.exp,
             lines: self
                 .lines
                 .iter()
@@ -217,6 +225,7 @@ impl Record {
                     sku: sku.to_string(),
                     qty: *qty,
                     reservation_id: rid.clone(),
+                    token: None,
                 })
                 .collect(),
         }

@@ -435,3 +435,75 @@ fn gen_signing_key_writes_an_owner_only_file_and_never_overwrites() {
     assert!(!again.status.success());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), text, "untouched");
 }
+
+#[tokio::test]
+async fn each_line_of_a_held_cart_carries_a_token_for_its_hold() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, kid) = gen_key(dir.path(), "signing.pem");
+    let app = spawn_app_with(&redis, |c| c.signing_key_file = key.display().to_string()).await;
+    app.preload("CART-A", 10, 2).await;
+    app.preload("CART-B", 10, 1).await;
+    let set = jwks(&app).await;
+    let body = serde_json::json!({
+        "user_id": "buyer-9",
+        "lines": [{"sku": "CART-A", "qty": 2}, {"sku": "CART-B", "qty": 1}],
+    });
+    let created = app
+        .request(
+            hyper::Method::POST,
+            "/v1/carts",
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", "k-cart-signed"),
+            ],
+            body.to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.body["status"], "held");
+    let exp = exp_of(&created.body);
+    let check = |cart: &Value| {
+        let lines = cart["lines"].as_array().unwrap();
+        assert_eq!(lines.len(), 2);
+        for line in lines {
+            let token = line["token"].as_str().unwrap_or_else(|| panic!("{cart}"));
+            assert_eq!(kid_of(token), kid);
+            // the line's own reservation, held, says the same
+            let rid = line["reservation_id"].as_str().unwrap();
+            assert_eq!(
+                verify(&set, token).unwrap(),
+                Claims {
+                    sku: line["sku"].as_str().unwrap().into(),
+                    qty: line["qty"].as_u64().unwrap() as u32,
+                    sub: "buyer-9".into(),
+                    jti: rid.into(),
+                    exp: exp_of(cart),
+                }
+            );
+        }
+    };
+    check(&created.body);
+    let cart_id = created.body["cart_id"].as_str().unwrap().to_string();
+    let read = app.get(&format!("/v1/carts/{cart_id}")).await;
+    check(&read.body);
+    // never later than the line's own hold
+    for line in read.body["lines"].as_array().unwrap() {
+        let rid = line["reservation_id"].as_str().unwrap();
+        let hold = app.get(&format!("/v1/reservations/{rid}")).await;
+        assert!(exp <= exp_of(&hold.body));
+    }
+    let confirmed = app
+        .request(
+            hyper::Method::POST,
+            &format!("/v1/carts/{cart_id}/confirm"),
+            &[],
+            vec![],
+        )
+        .await;
+    assert_eq!(confirmed.status, 200, "{}", confirmed.body);
+    assert_eq!(confirmed.body["status"], "confirmed");
+    for line in confirmed.body["lines"].as_array().unwrap() {
+        assert!(line.get("token").is_none(), "{}", confirmed.body);
+    }
+}
