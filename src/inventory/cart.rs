@@ -897,9 +897,10 @@ impl Inventory {
     }
 
     /// The entries of one bucket of the work list whose deadline passed
-    /// (at most [`SWEEP_CARTS`]), on its master's clock.
+    /// (at most [`SWEEP_CARTS`]), by this machine's clock: a rough cut,
+    /// each is judged again on its cart master's clock (`sweep_cart`).
     async fn due_carts(&self, list: &str) -> Result<Vec<String>, InventoryError> {
-        let now = self.redis_now_ms(list).await?;
+        let now = super::now_ms();
         self.nodes
             .client_for_key(list)
             .zrangebyscore(list, "-inf", now, false, Some((0, SWEEP_CARTS)))

@@ -29,6 +29,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_chores = Instant::now() - CHORE_INTERVAL;
+    let started = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -43,6 +44,15 @@ pub async fn run(
         }
         if let Err(e) = sweep(&inventory, &metrics, chores).await {
             tracing::warn!(error = %e, "expiry sweep failed; retrying next tick");
+        }
+        // Carts an instance left half-way (cart.rs): after this, each is
+        // whole or holds nothing. With the chores (once a second: their
+        // deadline is seconds anyway), and not in the first round, so an
+        // instance that just started costs Redis nothing until then.
+        if chores && started.elapsed() >= CHORE_INTERVAL {
+            if let Err(e) = inventory.sweep_carts().await {
+                tracing::warn!(error = %e, "cart sweep failed; retrying next second");
+            }
         }
         heartbeat.beat();
     }
@@ -100,11 +110,6 @@ pub async fn sweep(
                 }
             }
         }
-    }
-    // carts an instance left half-way (cart.rs): after this, each is
-    // complete or holds nothing
-    if let Err(e) = inventory.sweep_carts().await {
-        first_error.get_or_insert(e);
     }
     metrics.sweeper_runs.inc();
     metrics.sweeper_expired.inc_by(expired as u64);
