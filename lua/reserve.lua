@@ -85,7 +85,9 @@
 -- its arguments, SET NX GET of its claim (if any), GET of its verdict and
 -- its record (unless the claim was new) and, when it gets a unit, SET PX of
 -- its record (one string, lib.lua) — no verdict key (75.3k -> 64.4k per hold
--- at B = 25, bench/notes/2026-12-04-hold-keys.md); the stock, books, expiry list,
+-- at B = 25, bench/notes/2026-12-04-hold-keys.md; 62.4k -> 59.7k without a
+-- tonumber and a concatenation per hold, bench/notes/2026-12-05-perf-round2.md);
+-- the stock, books, expiry list,
 -- live holds (only holds of more than one unit), key set and outbox change
 -- once per call. Numbers go to Redis as the strings they came in (or
 -- formatted once per call with %d): Redis formats a Lua number argument with
@@ -100,10 +102,15 @@ local gate_open                -- EXISTS wlopen, read at most once per call
 local available                -- the shard's stock as this call has left it
 local taken = 0                -- units held by this call: one DECRBY/HINCRBY at the end
 local zadd, won, held, live = {}, {}, {}, {} -- one ZADD, SADD, XADD and HSET at the end
+local nz, nw = 0, 0            -- entries in zadd, in won (= in held)
 
 -- the flags argument's switches (one character, '0'..'7')
 local MARK = {['1'] = true, ['3'] = true, ['5'] = true, ['7'] = true}
 local GATE = {['2'] = true, ['3'] = true, ['6'] = true, ['7'] = true}
+local VERDICT = {['4'] = true, ['5'] = true, ['6'] = true, ['7'] = true}
+-- the common quantities as numbers: Lua's tonumber of a string runs strtod
+-- twice, ~1.1k Redis instructions per hold (bench/notes/2026-12-05-perf-round2.md)
+local QTY = {['1'] = 1, ['2'] = 2, ['3'] = 3, ['4'] = 4, ['5'] = 5}
 
 local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   local fresh = false
@@ -115,7 +122,7 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
       fresh = true
     end
   end
-  local qty = tonumber(qty_s)
+  local qty = QTY[qty_s] or tonumber(qty_s)
   local gated = false
   if GATE[flags] then
     if gate_open == nil then gate_open = redis.call('EXISTS', wlopen) == 1 end
@@ -123,10 +130,11 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   end
   if available == nil then available = tonumber(redis.call('GET', stock)) or false end
 
-  local idem = idem_prefix .. key
+  -- (the verdict's name, idem_prefix .. key, is built only where it is
+  -- used: a new claim with a unit to spare never touches it)
   local rkey = record_prefix .. rid
   if not fresh then
-    local seen = redis.call('GET', idem)
+    local seen = redis.call('GET', idem_prefix .. key)
     if seen then
       local kind = string.sub(seen, 1, 1)
       if kind == 'M' then
@@ -148,7 +156,7 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
     end
     -- the hold this key's token names here, if any: the record is the verdict
     -- (a key with the verdict switch found its hold by the `R` verdict above)
-    local r = flags < '4' and rec_load(rkey)
+    local r = not VERDICT[flags] and rec_load(rkey)
     if r then
       if r.idem ~= key then return 'm' end
       local first = r.first_exp
@@ -162,7 +170,7 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   if gated then here = 0 end
   if here < qty then
     if MARK[flags] then
-      redis.call('SET', idem, 'M|' .. fp, 'PX', idem_ttl)
+      redis.call('SET', idem_prefix .. key, 'M|' .. fp, 'PX', idem_ttl)
     end
     return 'd' .. string.format('%d', here)
   end
@@ -178,17 +186,18 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   -- for rec_encode costs ~6k instructions more per hold (80.0k vs 74.2k)
   redis.call('SET', rkey, 'held|' .. qty_s .. '|' .. ts_s .. '|' .. exp_s .. '||||' .. user ..
     '\n' .. key, 'PX', record_ttl)
-  if flags >= '4' then
-    redis.call('SET', idem, 'R|' .. rid .. '|' .. fp, 'PX', idem_ttl)
+  if VERDICT[flags] then
+    redis.call('SET', idem_prefix .. key, 'R|' .. rid .. '|' .. fp, 'PX', idem_ttl)
   end
-  zadd[#zadd + 1] = exp_s
-  zadd[#zadd + 1] = rid
+  nz = nz + 2
+  zadd[nz - 1], zadd[nz] = exp_s, rid
   if qty ~= 1 then   -- a hold with no field in `live` held 1 unit (lib.lua)
     live[#live + 1] = rid
     live[#live + 1] = qty_s
   end
-  won[#won + 1] = key
-  held[#held + 1] = rid .. '|' .. qty_s .. '|' .. user
+  nw = nw + 1
+  won[nw] = key
+  held[nw] = rid .. '|' .. qty_s .. '|' .. user
   return 'h'
 end
 
