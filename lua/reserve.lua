@@ -105,13 +105,12 @@ local taken = 0                -- units held by this call: one DECRBY/HINCRBY at
 local zadd, won, held, live = {}, {}, {}, {} -- one ZADD, SADD, XADD and HSET at the end
 local nz, nw = 0, 0            -- entries in zadd, in won (= in held)
 
--- the flags argument's switches (one character, '0'..'7')
-local MARK = {['1'] = true, ['3'] = true, ['5'] = true, ['7'] = true}
-local GATE = {['2'] = true, ['3'] = true, ['6'] = true, ['7'] = true}
-local VERDICT = {['4'] = true, ['5'] = true, ['6'] = true, ['7'] = true}
--- the common quantities as numbers: Lua's tonumber of a string runs strtod
--- twice, ~1.1k Redis instructions per hold (bench/notes/2026-12-05-perf-round2.md)
-local QTY = {['1'] = 1, ['2'] = 2, ['3'] = 3, ['4'] = 4, ['5'] = 5}
+-- The flags argument is one character, '0'..'7' (1 = mark_walk_on, 2 =
+-- gate, 4 = verdict), its switches tested by comparing it with the values
+-- that have them: equal strings are one string in Lua, so each == compares
+-- two pointers. (Tables of them, built on every call as everything in a
+-- script is, cost ~7k Redis instructions per call: 198k -> 191k per hold at
+-- B = 1, bench/notes/2026-12-05-perf-round2.md.)
 
 -- (the two calls every hold makes go through a local: a global and a field
 -- look-up less per call, like `argv` below; ~0.2k and ~0.8k per hold)
@@ -127,9 +126,12 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
       fresh = true
     end
   end
-  local qty = QTY[qty_s] or tonumber(qty_s)
+  -- (Lua's tonumber of a string runs strtod twice, ~1.1k Redis
+  -- instructions per hold; one unit, the common case, is compared instead:
+  -- equal strings are one string in Lua, so == compares two pointers)
+  local qty = qty_s == '1' and 1 or tonumber(qty_s)
   local gated = false
-  if GATE[flags] then
+  if flags == '3' or flags == '2' or flags == '7' or flags == '6' then -- gate
     if gate_open == nil then gate_open = redis.call('EXISTS', wlopen) == 1 end
     gated = gate_open
   end
@@ -161,7 +163,7 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
     end
     -- the hold this key's token names here, if any: the record is the verdict
     -- (a key with the verdict switch found its hold by the `R` verdict above)
-    local r = not VERDICT[flags] and rec_load(rkey)
+    local r = flags < '4' and rec_load(rkey)
     if r then
       if r.idem ~= key then return 'm' end
       local first = r.first_exp
@@ -174,7 +176,7 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   local here = available
   if gated then here = 0 end
   if here < qty then
-    if MARK[flags] then
+    if flags == '3' or flags == '1' or flags == '7' or flags == '5' then -- mark_walk_on
       redis.call('SET', idem_prefix .. key, 'M|' .. fp, 'PX', idem_ttl)
     end
     return 'd' .. string.format('%d', here)
@@ -191,7 +193,7 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   -- for rec_encode costs ~6k instructions more per hold (80.0k vs 74.2k)
   call('SET', rkey, 'held|' .. qty_s .. '|' .. ts_s .. '|' .. exp_s .. '||||' .. user ..
     '\n' .. key, 'PX', record_ttl)
-  if VERDICT[flags] then
+  if flags >= '4' then
     redis.call('SET', idem_prefix .. key, 'R|' .. rid .. '|' .. fp, 'PX', idem_ttl)
   end
   nz = nz + 2

@@ -105,6 +105,26 @@ impl Fixture {
         hold_ms: u64,
         mark: bool,
     ) -> Vec<String> {
+        // + 4: the `R` verdict, so a later call with another rid (another
+        // request with the key) finds the hold by it, as the promoter's walks
+        // and layout-2 keys do; a key with a claim token is tests/upgrade.rs's
+        let flags = if mark { "7" } else { "6" };
+        self.reserve_flags(rid, key, qty, user, fp, hold_ms, flags)
+            .await
+    }
+
+    /// A batch of one with reserve.lua's flags argument as given.
+    #[allow(clippy::too_many_arguments)]
+    async fn reserve_flags(
+        &self,
+        rid: &ReservationId,
+        key: &str,
+        qty: u32,
+        user: &str,
+        fp: &str,
+        hold_ms: u64,
+        flags: &str,
+    ) -> Vec<String> {
         let key = ScopedKey::new(&Tenant::Anonymous, &IdempotencyKey::parse(key).unwrap());
         // a batch of one (lua/reserve.lua answers one reply per request)
         let replies = self
@@ -120,11 +140,7 @@ impl Fixture {
                     qty.to_string(),
                     user.into(),
                     fp.into(),
-                    // + 4: the `R` verdict, so a later call with another rid
-                    // (another request with the key) finds the hold by it, as
-                    // the promoter's walks and layout-2 keys do; a key with a
-                    // claim token is tests/upgrade.rs's
-                    if mark { "7" } else { "6" }.into(),
+                    flags.into(),
                     String::new(), // no claim in this call
                     String::new(),
                 ],
@@ -317,6 +333,99 @@ async fn reserve_checks_and_decrements_atomically() {
         vec!["dry", "1"]
     );
     assert_eq!(f.reserve("k2", 1, 60_000).await[0], "held");
+}
+
+/// reserve.lua's flags argument, '0'..'7', switches exactly what it names
+/// (1 = mark_walk_on, 2 = gate, 4 = verdict): the script tests each switch by
+/// comparing the argument with the values that have it (no table), so every
+/// value is run here. With the SKU's waitlist open, a gated request is dry
+/// with 0 and leaves its walk-on verdict only with mark_walk_on; an ungated
+/// one holds a unit and writes the `R` verdict only with verdict; one asking
+/// for more than the stock is dry and leaves its walk-on verdict only with
+/// mark_walk_on.
+#[tokio::test]
+async fn every_flags_value_switches_what_it_names() {
+    let f = fixture().await;
+    f.preload(100, false).await;
+    let _: () = f
+        .pool
+        .next()
+        .set(f.k.wlopen(), "1", None, None, false)
+        .await
+        .unwrap();
+    let verdict = |key: &str| {
+        let idem = f.k.idem(&ScopedKey::new(
+            &Tenant::Anonymous,
+            &IdempotencyKey::parse(key).unwrap(),
+        ));
+        let pool = &f.pool;
+        async move {
+            let v: Option<String> = pool.next().get(idem).await.unwrap();
+            v
+        }
+    };
+    let mut stock = 100;
+    for n in 0..8u8 {
+        let flags = n.to_string();
+        let (mark, gate, with_verdict) = (n & 1 != 0, n & 2 != 0, n & 4 != 0);
+        let key = format!("f{n}");
+        let rid = f.rid();
+        let r = f
+            .reserve_flags(&rid, &key, 1, "user-1", "1:user-1", 60_000, &flags)
+            .await;
+        let seen = verdict(&key).await;
+        if gate {
+            assert_eq!(
+                r,
+                vec!["dry", "0"],
+                "flags {flags}: the open waitlist gates it"
+            );
+            assert_eq!(
+                seen,
+                mark.then(|| "M|1:user-1".to_string()),
+                "flags {flags}: a walk-on verdict iff mark_walk_on"
+            );
+        } else {
+            assert_eq!(r[0], "held", "flags {flags}: not gated");
+            stock -= 1;
+            assert_eq!(
+                seen,
+                with_verdict.then(|| format!("R|{rid}|1:user-1")),
+                "flags {flags}: an R verdict iff verdict"
+            );
+            // more than the stock: dry, its walk-on verdict iff mark_walk_on
+            let big = format!("g{n}");
+            let r = f
+                .reserve_flags(
+                    &f.rid(),
+                    &big,
+                    1000,
+                    "user-1",
+                    "1000:user-1",
+                    60_000,
+                    &flags,
+                )
+                .await;
+            assert_eq!(
+                r,
+                vec!["dry".to_string(), stock.to_string()],
+                "flags {flags}"
+            );
+            assert_eq!(
+                verdict(&big).await,
+                mark.then(|| "M|1000:user-1".to_string()),
+                "flags {flags}: a walk-on verdict iff mark_walk_on"
+            );
+        }
+        assert_eq!(f.books().await, (stock, 100 - stock, 0));
+    }
+    // and a quantity other than one (tonumber, not the one-unit shortcut)
+    let _: () = f.pool.next().del(f.k.wlopen()).await.unwrap();
+    let r = f
+        .reserve_flags(&f.rid(), "q12", 12, "user-1", "12:user-1", 60_000, "1")
+        .await;
+    assert_eq!(r[0], "held");
+    assert_eq!(f.books().await, (stock - 12, 100 - stock + 12, 0));
 }
 
 /// One `reserve.lua` call deciding `reqs` (key, qty) in order; every reply.
