@@ -24,6 +24,21 @@ prints each hold's ratio to it: the part of a hold's cost that is Redis
 receiving a script call and changing a counter, which no layout removes.
 `--no-floor` skips it.
 
+Redis Cluster (`--cluster N`, N >= 3): the same holds as flashgate makes them
+on a cluster, counted over all N masters and printed next to one server's in
+the same run. N `redis-server --cluster-enabled yes` masters under callgrind,
+the 16384 slots split evenly (CLUSTER ADDSLOTSRANGE, MEET), one shard per
+master (its tag chosen by CRC16 so the master serves it), the requests dealt
+round-robin over the shards. A key's claim cannot ride in reserve.lua there
+(its bucket's slot is another): each request first goes through claim.lua
+(SET NX GET, a call of up to B keys of one bucket `idem~NN`, sent to the
+bucket's master), then reserve.lua with an empty claim, which so reads the
+key's verdict and its record. `--apart` measures that request mix on one
+server too (claims apart, no cluster), to tell the claim's separate call
+from the cluster's own cost.
+
+    python3 bench/redis_instructions.py --batch 25 --cluster 3 --apart
+
 Needs valgrind (callgrind_control, callgrind_annotate) and redis-server.
 """
 import argparse
@@ -82,15 +97,18 @@ def free_port():
 class Sale:
     """One shard with stock to spare; calls of `batch` fresh requests."""
 
-    def __init__(self, conn, sha, sku, old_layout):
-        self.conn, self.sha, self.sku, self.n = conn, sha, sku, 0
+    def __init__(self, conn, sha, sku, old_layout, tag=None, start=0):
+        self.conn, self.sha, self.sku, self.n = conn, sha, sku, start
         self.old_layout = old_layout
-        tag = "%s#0" % sku
+        tag = tag or "%s#0" % sku
         self.keys = ["fg:{%s}:%s" % (tag, k) for k in ("stock", "books", "holds", "events", "wlopen", "keys")]
         conn.call("SET", self.keys[0], 10**9)
         conn.call("HSET", self.keys[1], "initial", 10**9, "held", 0, "sold", 0)
 
-    def call(self, batch):
+    def call(self, batch, apart=None):
+        """One reserve.lua call of `batch` fresh requests. With `apart` (a
+        list), each request's claim is not made in the call but appended to
+        it as (bucket, claim record, claim body), for claim.lua."""
         # ARGV: hold_ms idem_ttl_ms record_ttl_ms, then per request: key rid
         # qty user fingerprint flags claim_record claim_body (lua/reserve.lua)
         args = ["600000", "86400000", "90000000"]
@@ -100,7 +118,11 @@ class Sale:
             key, rid, user, fp, claim = self.request()
             # the claim body as the service writes it: <sku>\n<fp>\nk:<shards>\nt:<token>
             body = "%s\n%s\nk:1\nt:%s" % (self.sku, fp, rid[-32:])
-            args += [key, rid, "1", user, fp, "3", claim, body]
+            if apart is None:
+                args += [key, rid, "1", user, fp, "3", claim, body]
+            else:
+                apart.append((self.n % 16, claim, body))
+                args += [key, rid, "1", user, fp, "3", "", ""]
         return resp(["EVALSHA", self.sha, len(self.keys)] + self.keys + args)
 
     def request(self):
@@ -153,6 +175,189 @@ class Floor:
         return resp(["EVALSHA", self.sha, 1, self.stock] + ["1"] * batch)
 
 
+def crc16(data):
+    """CRC16-XMODEM, Redis Cluster's key slot hash."""
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def slot_of(tag):
+    return crc16(tag.encode()) % 16384
+
+
+def free_cluster_port():
+    """A free port whose cluster bus port (+10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+
+
+def start_redis(extra=()):
+    """A redis-server under callgrind on a free port: (proc, port, dir, conn)."""
+    port = free_cluster_port() if extra else free_port()
+    d = tempfile.mkdtemp(prefix="fg-redis-cg-")
+    out = os.path.join(d, "cg.out")
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
+         "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", d] + list(extra),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while True:
+        try:
+            conn = Conn(port)
+            conn.call("PING")
+            return proc, port, d, conn
+        except OSError:
+            if time.time() > deadline:
+                proc.kill()
+                raise RuntimeError("redis-server under callgrind did not start (port %d)" % port)
+            time.sleep(0.2)
+
+
+def stop_redis(proc, d):
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def last_dump(d):
+    dumps = sorted((f for f in os.listdir(d) if f.startswith("cg.out")), key=lambda f: os.path.getmtime(os.path.join(d, f)))
+    if not dumps:
+        raise RuntimeError("callgrind wrote no dump")
+    return os.path.join(d, dumps[-1])
+
+
+def measure_apart(lua_dir, batch, calls, masters, keep=None):
+    """Instructions per hold summed over every server, each request's claim
+    made apart by claim.lua (as flashgate does on a cluster). masters == 0:
+    one plain server; else a cluster of that many masters."""
+    lib = open(os.path.join(lua_dir, "lib.lua")).read() + "\n"
+    reserve_src = lib + open(os.path.join(lua_dir, "reserve.lua")).read()
+    claim_src = lib + open(os.path.join(lua_dir, "claim.lua")).read()
+    n = max(masters, 1)
+    nodes = []
+    try:
+        for _ in range(n):
+            extra = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                     "--cluster-node-timeout", "60000") if masters else ()
+            nodes.append(start_redis(extra))
+        ranges = []
+        for i in range(n):
+            lo, hi = 16384 * i // n, 16384 * (i + 1) // n - 1
+            ranges.append((lo, hi))
+        if masters:
+            for (_, _, _, conn), (lo, hi) in zip(nodes, ranges):
+                conn.call("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+            for _, port, _, _ in nodes[1:]:
+                nodes[0][3].call("CLUSTER", "MEET", "127.0.0.1", port)
+            deadline = time.time() + 120
+            while True:
+                infos = [c.call("CLUSTER", "INFO").decode() for _, _, _, c in nodes]
+                if all("cluster_state:ok" in i and "cluster_known_nodes:%d" % n in i for i in infos):
+                    break
+                if time.time() > deadline:
+                    raise RuntimeError("the cluster did not come up: %r" % infos)
+                time.sleep(0.5)
+
+        def owner(tag):
+            if not masters:
+                return 0
+            s = slot_of(tag)
+            return next(i for i, (lo, hi) in enumerate(ranges) if lo <= s <= hi)
+
+        shas = []
+        for _, _, _, conn in nodes:
+            shas.append((conn.call("SCRIPT", "LOAD", reserve_src).decode(),
+                         conn.call("SCRIPT", "LOAD", claim_src).decode()))
+        # one shard per master, its tag served by that master
+        sales = []
+        for i in range(n):
+            j = 0
+            while owner("LT1-cg#%d" % j) != i:
+                j += 1
+            tag = "LT1-cg#%d" % j
+            sales.append((i, Sale(nodes[i][3], shas[i][0], "LT1-cg", False, tag=tag, start=10**7 * i)))
+
+        def round_payloads(count):
+            """`count` reserve calls per shard and the claim calls before them:
+            [(node, payload)] in the order sent."""
+            out = []
+            for _ in range(count):
+                # a round: one reserve call per shard, B requests each; their
+                # claims first, one claim.lua call per bucket (the requests
+                # of the round in flight together, as flashgate's bucket
+                # lanes would batch them: ~N*B/16 keys per call)
+                apart, calls = [], []
+                for i, sale in sales:
+                    calls.append((i, sale.call(batch, apart), True))
+                buckets = {}
+                for bucket, record, body in apart:
+                    buckets.setdefault(bucket, []).append((record, body))
+                for bucket, claims in sorted(buckets.items()):
+                    o = owner("idem~%02d" % bucket)
+                    keys = [r for r, _ in claims]
+                    out.append((o, resp(["EVALSHA", shas[o][1], len(keys)] + keys + ["86400000"] + [b for _, b in claims]), False))
+                out += calls
+            return out
+
+        def run(payloads):
+            """Per node its payloads in order, 4 in flight (as run_calls);
+            every reserve.lua reply."""
+            per = [[] for _ in range(n)]
+            for o, p, is_reserve in payloads:
+                per[o].append((p, is_reserve))
+            held = []
+            for o in range(n):
+                conn, todo, kinds, sent = nodes[o][3], per[o], [], 0
+                while sent < len(todo) or kinds:
+                    while len(kinds) < 4 and sent < len(todo):
+                        conn.send(todo[sent][0])
+                        kinds.append(todo[sent][1])
+                        sent += 1
+                    reply = conn.read()
+                    if kinds.pop(0):
+                        held.append(reply)
+            return held
+
+        warm = round_payloads(max(5, calls // 10))
+        measured = round_payloads(calls)
+        run(warm)
+        for proc, _, _, _ in nodes:
+            subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
+        for reply in run(measured):
+            if not (isinstance(reply, list) and reply[1:] and all(r == b"h" for r in reply[1:])):
+                raise RuntimeError("reserve.lua did not hold every request: %r" % (reply,))
+        total = cron = 0
+        for k, (proc, _, d, _) in enumerate(nodes):
+            subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
+            dump = last_dump(d)
+            if keep:
+                shutil.copy(dump, os.path.join(keep, "redis-callgrind-%s%d-b%d-node%d.out" % (
+                    "cluster" if masters else "apart", n, batch, k)))
+            total += total_instructions(dump)
+            cron += cron_instructions(dump)
+        return total / (batch * calls * n), cron / (batch * calls * n)
+    finally:
+        for proc, _, d, _ in nodes:
+            stop_redis(proc, d)
+
+
 def run_calls(conn, payloads, depth=4):
     inflight = sent = 0
     last = None
@@ -174,7 +379,17 @@ def total_instructions(path):
     return int(m.group(1).replace(",", ""))
 
 
-def measure(lua_dir, batch, calls, old_layout=False, keep=None, floor=False):
+def cron_instructions(path):
+    """serverCron's inclusive count: timer-driven (10 times a second, active
+    expiry and rehashing among it), so its share grows with the wall time of
+    a run under valgrind (~50x slower), not with the holds."""
+    out = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", path],
+                         capture_output=True, text=True).stdout
+    m = re.search(r"^\s*([\d,]+)\s+\([\d. ]+%\)\s+\S*:serverCron ", out, re.M)
+    return int(m.group(1).replace(",", "")) if m else 0
+
+
+def measure(lua_dir, batch, calls, old_layout=False, keep=None, floor=False, with_cron=False):
     if floor:
         src = FLOOR_LUA
     else:
@@ -219,6 +434,8 @@ def measure(lua_dir, batch, calls, old_layout=False, keep=None, floor=False):
         if keep:
             name = "redis-callgrind-floor-b%d.out" if floor else "redis-callgrind-b%d.out"
             shutil.copy(dump, os.path.join(keep, name % batch))
+        if with_cron:
+            return total_instructions(dump) / (batch * calls), cron_instructions(dump) / (batch * calls)
         return total_instructions(dump) / (batch * calls)
     finally:
         proc.terminate()
@@ -238,6 +455,10 @@ def main():
                    help="the arguments of reserve.lua before 1d3c1e8 (with --lua-dir holding that version)")
     p.add_argument("--no-floor", action="store_true",
                    help="skip the bare check-and-DECRBY floor (and the ratios to it)")
+    p.add_argument("--cluster", type=int, default=0, metavar="N",
+                   help="also measure on a cluster of N >= 3 masters, claims made apart by claim.lua")
+    p.add_argument("--apart", action="store_true",
+                   help="also measure one server with the claims made apart (claim.lua), as on a cluster")
     p.add_argument("--keep", metavar="DIR",
                    help="copy each measured dump to DIR/redis-callgrind-b<B>.out, for callgrind_annotate")
     a = p.parse_args()
@@ -249,12 +470,28 @@ def main():
         print("  floor: a bare check-and-DECRBY script per request at the same batch size (FLOOR_LUA)")
     for b in a.batch or [1, 25, 64]:
         calls = a.calls or max(20, 5000 // b)
-        per = measure(a.lua_dir, b, calls, a.old_layout, a.keep)
+        per, per_cron = measure(a.lua_dir, b, calls, a.old_layout, a.keep, with_cron=True)
         line = "  batch %3d  %8.0f instructions per hold  (%d calls)" % (b, per, calls)
         if not a.no_floor:
             base = measure(a.lua_dir, b, calls, keep=a.keep, floor=True)
             line += "  floor %7.0f  ratio %5.2fx" % (base, per / base)
         print(line, flush=True)
+        if a.apart or a.cluster:
+            # without serverCron: its share follows the run's wall time under
+            # valgrind, and N servers run N crons (cron_instructions)
+            net = per - per_cron
+            print("            %8.0f per hold without serverCron (%.0f)" % (net, per_cron), flush=True)
+        if a.apart:
+            apart, cron = measure_apart(a.lua_dir, b, calls, 0, a.keep)
+            print("            %8.0f per hold on one server, claims apart (claim.lua + reserve.lua); "
+                  "%.0f without serverCron (%.2fx)" % (apart, apart - cron, (apart - cron) / net), flush=True)
+        if a.cluster:
+            if a.cluster < 3:
+                sys.exit("--cluster needs 3 masters or more")
+            per_c, cron = measure_apart(a.lua_dir, b, max(1, calls // a.cluster), a.cluster, a.keep)
+            print("            %8.0f per hold over %d cluster masters, claims apart; "
+                  "%.0f without serverCron (%.2fx one server)" % (per_c, a.cluster, per_c - cron, (per_c - cron) / net),
+                  flush=True)
 
 
 if __name__ == "__main__":
