@@ -131,3 +131,45 @@ local function end_hold(rkey, r, stock, books, holds, events, reserved, rid, sta
   redis.call('SREM', reserved, r.idem)
   emit(events, status, rid, qty, r.user, ts)
 end
+
+-- A waitlist's promotion rate, for wait estimates: fg:{wl:SKU}:rate, a hash
+-- of WL_RATE_BUCKETS one-second buckets, field = unix second mod the window,
+-- value '<unix second>:<tickets promoted in that second>'. A bucket whose
+-- second is older than the window counts nothing and is overwritten by the
+-- next promotion that lands on it, so the hash never has more than
+-- WL_RATE_BUCKETS fields, and it expires two windows after the last
+-- promotion (an idle SKU keeps nothing). Written by wl_end.lua, read by
+-- wl_wait.lua; the estimate itself is src/inventory/waitlist.rs's.
+local WL_RATE_BUCKETS = 60
+
+local function wl_rate_count(rate, ts)
+  local sec = math.floor(ts / 1000)
+  local field = tostring(sec % WL_RATE_BUCKETS)
+  local cur = redis.call('HGET', rate, field)
+  local n = 1
+  if cur then
+    local colon = string.find(cur, ':', 1, true)
+    if colon and tonumber(string.sub(cur, 1, colon - 1)) == sec then
+      n = (tonumber(string.sub(cur, colon + 1)) or 0) + 1
+    end
+  end
+  redis.call('HSET', rate, field, string.format('%d:%d', sec, n))
+  redis.call('PEXPIRE', rate, 2 * WL_RATE_BUCKETS * 1000)
+end
+
+-- Tickets promoted within the window ending at ts, and the start (ms) of the
+-- oldest second that counted any (0 when none did).
+local function wl_rate_read(rate, ts)
+  local now_sec = math.floor(ts / 1000)
+  local count, oldest = 0, nil
+  for _, v in ipairs(redis.call('HVALS', rate)) do
+    local colon = string.find(v, ':', 1, true)
+    local sec = colon and tonumber(string.sub(v, 1, colon - 1))
+    local n = colon and tonumber(string.sub(v, colon + 1))
+    if sec and n and n > 0 and sec > now_sec - WL_RATE_BUCKETS and sec <= now_sec then
+      count = count + n
+      if not oldest or sec < oldest then oldest = sec end
+    end
+  end
+  return count, (oldest or 0) * 1000
+end

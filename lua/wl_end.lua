@@ -2,10 +2,13 @@
 -- it), cancelled (by the buyer, or the purchase cap), or expired. Only a
 -- 'waiting' ticket changes, so a ticket ends exactly once; the stream entry is
 -- acknowledged and deleted either way (the consumer group's pending list and
--- the stream stay bounded).
+-- the stream stay bounded). A promotion is also counted in the SKU's
+-- promotion rate (wait estimates, lua/wl_wait.lua).
 --
 -- KEYS[1] fg:{wl:SKU}:queue   KEYS[2] fg:{wl:SKU}:exp   KEYS[3] fg:{wl:SKU}:users
 -- KEYS[4] fg:{wl:SKU}:t:<ticket>   KEYS[5] fg:{wl:SKU}:stream
+-- KEYS[6] fg:{wl:SKU}:rate  hash, WL_RATE_BUCKETS fields: second mod the window ->
+--   '<unix second>:<tickets promoted in it>' (bounded; expires when idle)
 -- ARGV[1] ticket   ARGV[2] promoted|cancelled|expired   ARGV[3] reservation id (promoted)
 -- ARGV[4] hold deadline ms (promoted)   ARGV[5] reason (optional)
 -- Returns {'ok', status} | {'ended', status it had} | {'missing'}
@@ -18,9 +21,11 @@ if t[3] then
   redis.call('XDEL', stream, t[3])
 end
 if t[1] ~= 'waiting' then return {'ended', t[1]} end
-redis.call('HSET', tkey, 'status', status, 'ended', now_ms())
+local ts = now_ms()
+redis.call('HSET', tkey, 'status', status, 'ended', ts)
 if status == 'promoted' then
   redis.call('HSET', tkey, 'rid', ARGV[3], 'hold_exp', ARGV[4])
+  if KEYS[6] then wl_rate_count(KEYS[6], ts) end
 end
 if ARGV[5] and ARGV[5] ~= '' then redis.call('HSET', tkey, 'reason', ARGV[5]) end
 redis.call('ZREM', queue, ticket)

@@ -65,7 +65,7 @@ pub const ROUTES: [&str; 21] = [
 /// Values of the `script` label: one per Lua script in `lua/` (its file
 /// name; `lib.lua` is the prelude of every script, not one itself). A test
 /// in `inventory::scripts` holds them to `lua/*.lua` and `Scripts::all`.
-pub const SCRIPTS: [&str; 26] = [
+pub const SCRIPTS: [&str; 27] = [
     "claim",
     "reserve",
     "confirm",
@@ -86,6 +86,7 @@ pub const SCRIPTS: [&str; 26] = [
     "wl_lease",
     "wl_gate",
     "wl_bump",
+    "wl_wait",
     "touch",
     "records",
     "meta_upgrade",

@@ -29,6 +29,7 @@
 //! | `fg:{cart:<id>}`          | hash   | a cart: status, owner, user, lines, their holds (cart.rs) |
 //! | `fg:{carts~X}:pending`    | zset   | carts in a transitional state → deadline (the sweeper's); |
 //! |                           |        | X = the cart id's first hex digit: 16 buckets        |
+//! | `fg:{wl:SKU}:rate`        | hash   | tickets promoted per second, last 60 s (lib.lua)  |
 
 use crate::domain::{ReservationId, ScopedKey, Sku};
 
@@ -150,6 +151,10 @@ impl WaitKeys {
     }
     pub fn lease(&self) -> String {
         [self.prefix.as_str(), "lease"].concat()
+    }
+    /// The promotion rate's one-second buckets (lua/lib.lua, `wl_rate_count`).
+    pub fn rate(&self) -> String {
+        [self.prefix.as_str(), "rate"].concat()
     }
     pub fn ticket_prefix(&self) -> String {
         [self.prefix.as_str(), "t:"].concat()
@@ -312,5 +317,6 @@ mod tests {
         assert_eq!(w.queue(), "fg:{wl:hot-1}:queue");
         assert_eq!(w.idem(&key), "fg:{wl:hot-1}:idem:k-9");
         assert_eq!(w.ticket("t1"), "fg:{wl:hot-1}:t:t1");
+        assert_eq!(w.rate(), "fg:{wl:hot-1}:rate");
     }
 }

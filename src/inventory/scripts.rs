@@ -63,6 +63,8 @@ pub struct Scripts {
     pub wl_lease: Script,
     pub wl_gate: Script,
     pub wl_bump: Script,
+    /// A waiting ticket's position and the SKU's promotion rate.
+    pub wl_wait: Script,
     /// `replica_ack`: the write a batch of acknowledgements waits behind.
     pub touch: Script,
     /// Reservation records, read (their format is `lua/lib.lua`'s).
@@ -106,6 +108,7 @@ impl Scripts {
             wl_lease: Script::new("wl_lease", include_str!("../../lua/wl_lease.lua")),
             wl_gate: Script::new("wl_gate", include_str!("../../lua/wl_gate.lua")),
             wl_bump: Script::new("wl_bump", include_str!("../../lua/wl_bump.lua")),
+            wl_wait: Script::new("wl_wait", include_str!("../../lua/wl_wait.lua")),
             fix: Script::new("fix", include_str!("../../lua/fix.lua")),
             touch: Script::new("touch", include_str!("../../lua/touch.lua")),
             records: Script::new("records", include_str!("../../lua/records.lua")),
@@ -116,7 +119,7 @@ impl Scripts {
         }
     }
 
-    pub fn all(&self) -> [&Script; 26] {
+    pub fn all(&self) -> [&Script; 27] {
         [
             &self.claim,
             &self.reserve,
@@ -138,6 +141,7 @@ impl Scripts {
             &self.wl_lease,
             &self.wl_gate,
             &self.wl_bump,
+            &self.wl_wait,
             &self.touch,
             &self.records,
             &self.meta_upgrade,

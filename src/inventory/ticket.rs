@@ -18,6 +18,12 @@ pub struct Ticket {
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<i64>,
+    /// A waiting ticket's wait estimate: its position ÷ the tickets promoted
+    /// per second lately (`waitlist::estimate_wait_seconds`). Absent unless
+    /// the ticket waits (outer `None`); `null` while no promotion was seen
+    /// in the last minute (`Some(None)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_wait_seconds: Option<Option<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reservation_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -202,19 +202,32 @@ impl Inventory {
         }
         let mut status = status.clone();
         let mut position = None;
+        let mut estimated_wait_seconds = None;
         if status == "waiting" {
-            // the deadline was stamped by the Redis clock: judged by it too
-            let now = self.redis_now_ms(&wk.ticket(&key)).await?;
+            // one call: the Redis clock (the deadline was stamped by it, so
+            // it is judged by it too), the place in the queue, the rate
+            let w = array(
+                self.run(
+                    &self.scripts.wl_wait,
+                    vec![wk.queue(), wk.rate()],
+                    vec![key.clone()],
+                )
+                .await?,
+            )?;
+            let now = int(at(&w, 0)?)?;
             if expires.parse::<i64>().unwrap_or(0) <= now {
                 status = "expired".into();
             } else {
-                let rank: Option<i64> = self
-                    .pool
-                    .next()
-                    .zrank(wk.queue(), key.as_str(), false)
-                    .await
-                    .map_err(|e| self.err(e))?;
-                position = rank.map(|r| r + 1);
+                let rank = int(at(&w, 1)?)?;
+                if rank >= 0 {
+                    position = Some(rank + 1);
+                    let (promoted, oldest) = (int(at(&w, 2)?)?, int(at(&w, 3)?)?);
+                    estimated_wait_seconds = Some(estimate_wait_seconds(
+                        rank + 1,
+                        promoted,
+                        now.saturating_sub(oldest),
+                    ));
+                }
             }
         }
         Ok(Ticket {
@@ -223,6 +236,7 @@ impl Inventory {
             qty: qty.parse().unwrap_or(0),
             user_id: user.clone(),
             position,
+            estimated_wait_seconds,
             reservation_id: f.get("rid").cloned(),
             expires_at: f
                 .get("hold_exp")
@@ -272,6 +286,7 @@ impl Inventory {
                     wk.users(),
                     wk.ticket(ticket),
                     wk.stream(),
+                    wk.rate(),
                 ],
                 vec![
                     ticket.to_string(),
@@ -557,6 +572,31 @@ enum EndTicket {
     Was(String),
 }
 
+/// The window the promotion rate is measured over: `WL_RATE_BUCKETS`
+/// one-second buckets in `lua/lib.lua` (keep the two equal).
+pub const RATE_WINDOW_MS: i64 = 60_000;
+
+/// Seconds a ticket at `position` (1 = next) may wait: its position ÷ the
+/// tickets promoted per second lately, rounded up. `promoted` tickets were
+/// promoted over the last `elapsed_ms` — from the start of the oldest second
+/// in the window that saw one, to now; clamped to between one second (a
+/// burst just now is not an infinite rate) and the window (older
+/// promotions were not counted). `None` while nothing is known: no
+/// promotion in the window (the queue may be stalled for good, or a unit may
+/// come back in a second: no honest number), or a position that is not one.
+/// Integer arithmetic: never negative, never NaN, never wraps (u128).
+pub fn estimate_wait_seconds(position: i64, promoted: i64, elapsed_ms: i64) -> Option<u64> {
+    if position < 1 || promoted < 1 {
+        return None;
+    }
+    let elapsed = elapsed_ms.clamp(1_000, RATE_WINDOW_MS) as u128;
+    // position / (promoted / elapsed s) = position × elapsed_ms / (promoted × 1000)
+    let num = position as u128 * elapsed;
+    let den = promoted as u128 * 1_000;
+    // (saturates: past any waitlist_capacity, but never wraps)
+    Some(u64::try_from(num.div_ceil(den)).unwrap_or(u64::MAX))
+}
+
 /// The promoter task: a round over every SKU each `interval`, or sooner when
 /// units come back. Runs on every instance; the per-SKU lease makes one of
 /// them do the work.
@@ -612,6 +652,36 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_estimate_is_position_over_the_recent_rate() {
+        // nothing promoted lately: nothing known
+        assert_eq!(estimate_wait_seconds(5, 0, 30_000), None);
+        assert_eq!(estimate_wait_seconds(5, -3, 30_000), None);
+        // not a position
+        assert_eq!(estimate_wait_seconds(0, 10, 30_000), None);
+        assert_eq!(estimate_wait_seconds(-1, 10, 30_000), None);
+        // 30 promoted over 60 s = 0.5/s: position 10 waits 20 s
+        assert_eq!(estimate_wait_seconds(10, 30, 60_000), Some(20));
+        // 10 over 20 s = 0.5/s as well: the window started 20 s ago
+        assert_eq!(estimate_wait_seconds(10, 10, 20_000), Some(20));
+        // rounded up: 1 ticket at 3/s waits 1 s, not 0
+        assert_eq!(estimate_wait_seconds(1, 3, 1_000), Some(1));
+        assert_eq!(estimate_wait_seconds(4, 3, 1_000), Some(2));
+        // a burst this very millisecond counts as over one second
+        assert_eq!(estimate_wait_seconds(32, 16, 0), Some(2));
+        // a clock that went backwards (negative elapsed) does the same
+        assert_eq!(estimate_wait_seconds(32, 16, -5_000), Some(2));
+        // promotions older than the window were not counted: at most 60 s
+        assert_eq!(estimate_wait_seconds(2, 1, 3_600_000), Some(120));
+        // extremes: finite, no overflow
+        assert_eq!(
+            estimate_wait_seconds(i64::MAX, 1, 1_000),
+            Some(i64::MAX as u64)
+        );
+        assert_eq!(estimate_wait_seconds(i64::MAX, 1, i64::MAX), Some(u64::MAX));
+        assert_eq!(estimate_wait_seconds(1, i64::MAX, 60_000), Some(1));
+    }
 
     #[test]
     fn ticket_ids_round_trip_and_differ_from_reservation_ids() {

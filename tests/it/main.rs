@@ -29,4 +29,5 @@ mod signed_holds;
 mod stock_corners;
 mod stock_document;
 mod upgrade;
+mod wait_estimates;
 mod waitlist;
