@@ -149,8 +149,10 @@ local function wl_rate_count(rate, ts)
   local n = 1
   if cur then
     local colon = string.find(cur, ':', 1, true)
-    if colon and tonumber(string.sub(cur, 1, colon - 1)) == sec then
-      n = (tonumber(string.sub(cur, colon + 1)) or 0) + 1
+    local c = colon and tonumber(string.sub(cur, colon + 1))
+    -- (a count this script did not write, NaN or out of range, restarts at 1)
+    if c and c >= 0 and c < 1e12 and tonumber(string.sub(cur, 1, colon - 1)) == sec then
+      n = math.floor(c) + 1
     end
   end
   redis.call('HSET', rate, field, string.format('%d:%d', sec, n))
@@ -166,7 +168,9 @@ local function wl_rate_read(rate, ts)
     local colon = string.find(v, ':', 1, true)
     local sec = colon and tonumber(string.sub(v, 1, colon - 1))
     local n = colon and tonumber(string.sub(v, colon + 1))
-    if sec and n and n > 0 and sec > now_sec - WL_RATE_BUCKETS and sec <= now_sec then
+    -- (comparisons are false for NaN: a value no promotion wrote counts nothing)
+    if sec and n and n > 0 and n < 1e12 and sec > now_sec - WL_RATE_BUCKETS and sec <= now_sec then
+      n = math.floor(n)
       count = count + n
       if not oldest or sec < oldest then oldest = sec end
     end

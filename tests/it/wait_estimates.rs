@@ -206,8 +206,8 @@ async fn the_rate_state_is_bounded_and_garbage_in_it_never_makes_a_bad_estimate(
     let now_sec = redis_ms(&app, "junk").await / 1_000;
     // every bucket already taken by a second of long ago (as a store left
     // idle mid-window would have them), plus values no promotion writes:
-    // unparseable, negative counts, a second from the future (a clock that
-    // went back), an empty one
+    // unparseable, negative counts, NaN, a second from the future (a clock
+    // that went back), an empty one
     let mut fields: Vec<(String, String)> = (0..60)
         .map(|b| {
             let sec = (now_sec - 3_600) / 60 * 60 + b;
@@ -219,6 +219,9 @@ async fn the_rate_state_is_bounded_and_garbage_in_it_never_makes_a_bad_estimate(
         fields[i] = (fields[i].0.clone(), v.to_string());
     }
     fields[10].1 = format!("{}:1000000", now_sec + 3_600);
+    // this second's and the last one's buckets, with counts no promotion writes
+    fields[(now_sec % 60) as usize].1 = format!("{now_sec}:nan");
+    fields[((now_sec - 1) % 60) as usize].1 = format!("{}:1e300", now_sec - 1);
     let _: () = pool.hset(rate, fields).await.unwrap();
 
     // nothing in the window counts: null, not a number made of garbage
