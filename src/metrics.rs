@@ -177,6 +177,11 @@ pub struct Metrics {
     pub sku_sold: IntGaugeVec,
     /// `flashgate_sku_waitlist_length{sku}` — tickets waiting for a unit to come back.
     pub sku_waitlist: IntGaugeVec,
+    /// `flashgate_waitlist_promotions_total{sku}` — waitlist tickets promoted into
+    /// holds by this instance's promoter (sum over instances: the promotions per
+    /// second that wait estimates divide by; the same promotions as
+    /// `flashgate_reservation_outcomes_total{outcome="promoted"}`, per SKU).
+    pub waitlist_promotions: IntCounterVec,
     /// `flashgate_books_drift_units{sku}` — live per-SKU check in Redis of
     /// `initial + transferred_in - transferred_out - (available + held + sold)`; anything
     /// but 0 means units were lost or created and the books need a reconcile.
@@ -295,6 +300,13 @@ impl Metrics {
             "flashgate_sku_waitlist_length",
             "Waitlist tickets of the SKU waiting for a unit.",
         );
+        let waitlist_promotions = reg.add(IntCounterVec::new(
+            Opts::new(
+                "flashgate_waitlist_promotions_total",
+                "Waitlist tickets of the SKU promoted into holds by this instance.",
+            ),
+            &["sku"],
+        ));
         let books_drift = sku_gauge(
             "flashgate_books_drift_units",
             "initial + transferred_in - transferred_out - (available + held + sold) in Redis; nonzero means drift.",
@@ -401,6 +413,7 @@ impl Metrics {
             sku_held,
             sku_sold,
             sku_waitlist,
+            waitlist_promotions,
             books_drift,
             sweeper_runs,
             sweeper_expired,
@@ -493,6 +506,16 @@ impl Metrics {
     pub fn set_waitlist(&self, sku: &str, len: i64) {
         if self.track_sku(sku) {
             self.sku_waitlist.with_label_values(&[sku]).set(len);
+            // the SKU's promotions series exists (at 0) from its first round on
+            self.waitlist_promotions.with_label_values(&[sku]);
+        }
+    }
+
+    /// Counts one waitlist ticket of `sku` promoted; under the same cap as
+    /// [`Metrics::set_sku`].
+    pub fn promoted(&self, sku: &str) {
+        if self.track_sku(sku) {
+            self.waitlist_promotions.with_label_values(&[sku]).inc();
         }
     }
 
@@ -620,6 +643,7 @@ mod tests {
         m.redis_error("timeout");
         assert!(m.set_sku("sku-1", 90, 7, 3, 0));
         m.set_waitlist("sku-1", 4);
+        m.promoted("sku-1");
         m
     }
 
@@ -637,6 +661,7 @@ mod tests {
             ("flashgate_sku_held_units", "gauge"),
             ("flashgate_sku_sold_units", "gauge"),
             ("flashgate_sku_waitlist_length", "gauge"),
+            ("flashgate_waitlist_promotions_total", "counter"),
             ("flashgate_books_drift_units", "gauge"),
             ("flashgate_sweeper_runs_total", "counter"),
             ("flashgate_sweeper_expired_holds_total", "counter"),
@@ -664,6 +689,7 @@ mod tests {
         assert!(page.contains(r#"flashgate_http_requests_total{route="reserve",status="200"} 1"#));
         assert!(page.contains(r#"flashgate_sku_held_units{sku="sku-1"} 7"#));
         assert!(page.contains(r#"flashgate_sku_waitlist_length{sku="sku-1"} 4"#));
+        assert!(page.contains(r#"flashgate_waitlist_promotions_total{sku="sku-1"} 1"#));
         assert!(page.contains(&format!(
             r#"flashgate_build_info{{version="{}"}} 1"#,
             env!("CARGO_PKG_VERSION")
@@ -711,6 +737,7 @@ mod tests {
             "third SKU admitted over a cap of 2"
         );
         m.set_waitlist("d", 5);
+        m.promoted("d");
         // Already-tracked SKUs keep updating.
         assert!(m.set_sku("a", 0, 1, 0, 0));
         m.set_waitlist("b", 3);
@@ -726,7 +753,8 @@ mod tests {
         );
         assert!(page.contains(r#"flashgate_sku_held_units{sku="a"} 1"#));
         assert!(page.contains(r#"flashgate_sku_waitlist_length{sku="b"} 3"#));
-        assert!(page.contains("flashgate_sku_series_refused_total 2"));
+        // c's gauges, d's waitlist length, d's promotion
+        assert!(page.contains("flashgate_sku_series_refused_total 3"));
         assert_eq!(m.sku_available.collect()[0].get_metric().len(), 2);
     }
 

@@ -634,6 +634,7 @@ pub async fn run(
                 Ok(promoted) => {
                     for t in promoted {
                         metrics.outcome("promoted");
+                        metrics.promoted(sku.as_str());
                         tracing::info!(sku = %sku, ticket = %t.ticket_id, "waitlist ticket promoted");
                         webhook.send(&t.ticket_id, &t);
                     }
