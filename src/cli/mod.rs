@@ -15,12 +15,14 @@ mod reconcile;
 mod serve;
 mod signing_key;
 mod status;
+mod verify_draw;
 
 pub use args::{CommonArgs, LedgerArgs, ServeArgs};
 pub use ledger::LedgerCmdArgs;
 pub use preload::PreloadArgs;
 pub use reconcile::ReconcileArgs;
 pub use status::{status_table, StatusArgs};
+pub use verify_draw::VerifyDrawArgs;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -63,6 +65,8 @@ pub enum Command {
     MigrateLayout(layout::MigrateLayoutArgs),
     /// Write a new Ed25519 key for signed holds (PKCS#8 PEM) and print its kid (docs/signed-holds.md).
     GenSigningKey(signing_key::GenSigningKeyArgs),
+    /// Check a SKU's fair draw from the public API alone: commitment, digest, order (exit 1 names the first problem).
+    VerifyDraw(VerifyDrawArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -83,6 +87,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Reconcile(args) => return reconcile::run(args).await,
         Command::Config(args) => config::run(args),
         Command::GenSigningKey(args) => signing_key::run(args),
+        Command::VerifyDraw(args) => verify_draw::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

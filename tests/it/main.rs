@@ -29,5 +29,6 @@ mod signed_holds;
 mod stock_corners;
 mod stock_document;
 mod upgrade;
+mod verify_draw;
 mod wait_estimates;
 mod waitlist;
