@@ -421,19 +421,6 @@ impl Inventory {
                 .await?;
             return Ok((Step::Done, None));
         }
-        // Not enough stock on all shards together: stop without walking. A
-        // walk that finds nothing leaves a walk-on verdict on every shard for its
-        // attempt's key (kept for the key retention) and a fresh key next
-        // round: a head ticket waiting for returns would write K keys per
-        // round for as long as it waits. Reading the stock writes nothing;
-        // a walk that still finds too little is handled below as before.
-        let want = f
-            .get("qty")
-            .and_then(|q| q.parse::<i64>().ok())
-            .unwrap_or(1);
-        if self.stock_total(meta).await? < want {
-            return Ok((Step::NoStock, None));
-        }
         let attempt = f.get("attempt").cloned().unwrap_or_else(|| "0".into());
         let (Some(qty), Some(user)) = (
             f.get("qty").and_then(|q| q.parse::<i64>().ok()),
@@ -452,6 +439,20 @@ impl Inventory {
                 .await?;
             return Ok((Step::Done, None));
         };
+        // Not enough stock on all shards together: stop without walking. A
+        // walk that finds nothing leaves a walk-on verdict on every shard for its
+        // attempt's key (kept for the key retention) and a fresh key next
+        // round: a head ticket waiting for returns would write K keys per
+        // round for as long as it waits. Reading the stock writes nothing;
+        // a walk that still finds too little is handled below as before.
+        // Unless this attempt already holds its units: a promoter that died
+        // between its walk and `wl_end` left the hold (an `R` verdict for the
+        // attempt's key) and took the stock with it; only the walk's replay
+        // moves the ticket on, so stopping here would leave it waiting
+        // beside its own hold.
+        if self.stock_total(meta).await? < qty && !self.attempt_has_hold(meta, &key).await? {
+            return Ok((Step::NoStock, None));
+        }
         let req = ReserveRequest {
             sku: meta.sku.clone(),
             qty: Qty::parse(qty, u32::MAX).map_err(InventoryError::Protocol)?,
@@ -519,6 +520,28 @@ impl Inventory {
                 InventoryError::Protocol("a promotion cannot join the waitlist".into()),
             ),
         }
+    }
+
+    /// Whether a shard holds a hold for this promotion attempt's key (its
+    /// `R` verdict, `R|<rid>|<fp>`, keys.rs): read-only, K reads.
+    async fn attempt_has_hold(
+        &self,
+        meta: &SkuMeta,
+        key: &ScopedKey,
+    ) -> Result<bool, InventoryError> {
+        for s in 0..meta.shards {
+            let verdict = meta.keys(s).idem(key);
+            let v: Option<String> = self
+                .nodes
+                .client_for_key(&verdict)
+                .get(verdict.as_str())
+                .await
+                .map_err(|e| self.err(e))?;
+            if v.is_some_and(|v| v.starts_with("R|")) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Units available on all of the SKU's shards together (read-only).

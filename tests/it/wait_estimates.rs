@@ -255,4 +255,23 @@ async fn the_rate_state_is_bounded_and_garbage_in_it_never_makes_a_bad_estimate(
     let t = ticket(&app, &tickets[2]).await;
     let e2 = estimate(&t).unwrap().expect("one promotion was seen");
     assert!((e..=120).contains(&e2), "{t}");
+
+    // a rate key of another type (a hand-made edit) breaks neither the
+    // answer nor the next promotion: the estimate is just unknown
+    let _: () = pool
+        .set(rate, "not a hash", None, None, false)
+        .await
+        .unwrap();
+    assert_eq!(estimate(&ticket(&app, &tickets[2]).await), Some(None));
+    let first = ticket(&app, &tickets[0]).await;
+    let rid = first["reservation_id"].as_str().expect("promoted");
+    assert_eq!(app.action(rid, "release").await.status, StatusCode::OK);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            app.sku("junk").await["waitlist"] == 1
+        })
+        .await
+    );
+    assert_eq!(ticket(&app, &tickets[1]).await["status"], "promoted");
+    assert_eq!(estimate(&ticket(&app, &tickets[2]).await), Some(None));
 }

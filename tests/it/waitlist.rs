@@ -696,3 +696,87 @@ async fn a_reload_moves_the_webhook_to_its_new_url_and_secret() {
         "the old secret no longer signs"
     );
 }
+
+/// A promoter that died between its walk (the hold made, the last unit
+/// taken) and `wl_end` (the ticket told): the next promoter finds no stock,
+/// yet must replay the attempt's hold and promote the ticket — not stop,
+/// leaving the ticket waiting beside its own hold until the hold expires.
+/// The dead promoter's state is made exactly: a promotion, then `wl_end`'s
+/// part undone.
+#[tokio::test]
+async fn a_hold_left_by_a_dead_promoter_on_the_last_unit_still_promotes_its_ticket() {
+    let redis = RedisServer::start();
+    let app = app_with(&redis, |c| c.sweep_interval_ms = 3_600_000).await;
+    let inv = Arc::new(
+        Inventory::connect(&test_config(&redis), Arc::new(Metrics::new(10)))
+            .await
+            .unwrap(),
+    );
+    app.preload("last", 1, 2).await;
+    let holds = sell_out(&app, "last", 1).await;
+    let id = join(&app, "l0", "last", 1, "w0").await.body["ticket_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.stop().await; // no background promoter from here on
+    inv.release(&ReservationId::parse(&holds[0]).unwrap(), &Tenant::Operator)
+        .await
+        .unwrap();
+    let meta = inv
+        .meta(&Sku::parse("last").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let promoted = inv.promote(&meta, "doomed").await.unwrap();
+    assert_eq!(promoted.len(), 1);
+    let rid = promoted[0].reservation_id.clone().unwrap();
+
+    // undo wl_end: the ticket waits again, first in the queue, its stream
+    // entry pending for the dead promoter, whose lease has run out
+    let tkey = format!("fg:{{wl:last}}:t:{id}");
+    let stream = "fg:{wl:last}:stream";
+    let (seq, expires) = (
+        redis.cli(&["HGET", &tkey, "seq"]),
+        redis.cli(&["HGET", &tkey, "expires"]),
+    );
+    redis.cli(&["HDEL", &tkey, "rid", "hold_exp", "ended"]);
+    let entry = redis.cli(&["XADD", stream, "*", "ticket", &id]);
+    redis.cli(&["HSET", &tkey, "status", "waiting", "entry", &entry]);
+    redis.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "promoters",
+        "doomed",
+        "COUNT",
+        "1",
+        "STREAMS",
+        stream,
+        ">",
+    ]);
+    redis.cli(&["ZADD", "fg:{wl:last}:queue", &seq, &id]);
+    redis.cli(&["ZADD", "fg:{wl:last}:exp", &expires, &id]);
+    redis.cli(&["HSET", "fg:{wl:last}:users", "w0", &id]);
+    redis.cli(&["DEL", "fg:{wl:last}:lease"]);
+    let t = inv
+        .ticket(&TicketId::parse(&id).unwrap(), &Tenant::Operator)
+        .await
+        .unwrap();
+    assert_eq!((t.status.as_str(), t.position), ("waiting", Some(1)));
+    let st = inv.status(&Sku::parse("last").unwrap()).await.unwrap();
+    assert_eq!(
+        (st.available, st.held),
+        (0, 1),
+        "the hold took the last unit"
+    );
+
+    let again = inv.promote(&meta, "survivor").await.unwrap();
+    assert_eq!(again.len(), 1, "the ticket is promoted");
+    assert_eq!(
+        again[0].reservation_id.as_deref(),
+        Some(rid.as_str()),
+        "with the dead promoter's hold, replayed"
+    );
+    let st = inv.status(&Sku::parse("last").unwrap()).await.unwrap();
+    assert_eq!((st.available, st.held, st.waitlist), (0, 1, 0));
+    assert_eq!(redis.cli(&["XLEN", stream]), "0");
+}
