@@ -22,6 +22,28 @@ local function emit(events, kind, rid, qty, user, ts)
     'type', kind, 'rid', rid, 'qty', qty, 'user', user, 'ts', ts)
 end
 
+-- A cart's outbox (cart_begin.lua, cart_move.lua): every change of a cart's
+-- status appends one entry to its bucket's stream `fg:{carts~X}:events`, in
+-- the same slot as the record `fg:{carts~X}:c:<id>` and the same atomic step
+-- as the change (docs/carts.md, "Ledger"). The entry is the cart as the move
+-- left it: type 'cart', cart id, status, seq (the cart's own event counter),
+-- owner, user, lines (`<sku>|<qty>|<reservation id or ''>`, one a line),
+-- why, bad, exp, ts. Bounded like the shards' streams.
+local function cart_emit(rkey, events, ts)
+  local all = redis.call('HGETALL', rkey)
+  local f = {}
+  for i = 1, #all, 2 do f[all[i]] = all[i + 1] end
+  local seq = redis.call('HINCRBY', rkey, 'seq', 1)
+  local lines = {}
+  for i = 0, (tonumber(f.n) or 0) - 1 do
+    lines[#lines + 1] = (f['l' .. i] or '') .. '|' .. (f['r' .. i] or '')
+  end
+  redis.call('XADD', events, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
+    'type', 'cart', 'cart', string.match(rkey, ':c:(%x+)$') or '', 'status', f.status or '',
+    'seq', seq, 'owner', f.owner or '', 'user', f.user or '', 'lines', table.concat(lines, '\n'),
+    'why', f.why or '', 'bad', f.bad or '', 'exp', f.exp or '', 'ts', ts)
+end
+
 -- A reservation record, fg:{SKU#s}:r:<rid>, is one string:
 --   status|qty|created|exp|first_exp|ended|fixed|<user>\n<idempotency key>
 -- status held | confirmed | released | expired; created, exp, ended in server

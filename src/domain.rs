@@ -374,7 +374,7 @@ impl fmt::Display for ReservationId {
 }
 
 /// A cart id: 32 lowercase hex digits of a UUID v4 (122 random bits), so
-/// unguessable; it names the cart's record `fg:{cart:<id>}`.
+/// unguessable; it names the cart's record `fg:{carts~X}:c:<id>` (X: its first digit).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CartId(String);
 

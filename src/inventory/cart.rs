@@ -364,8 +364,12 @@ impl Inventory {
                 .map(|l| [l.sku.as_str(), "|", &l.qty.get().to_string()].concat()),
         );
         let reply = array(
-            self.run(&self.scripts.cart_begin, vec![ck.clone()], args)
-                .await?,
+            self.run(
+                &self.scripts.cart_begin,
+                vec![ck.clone(), keys::cart_events(&id).to_owned()],
+                args,
+            )
+            .await?,
         )?;
         let tag = text(at(&reply, 0)?)?;
         if tag == "mismatch" {
@@ -422,7 +426,7 @@ impl Inventory {
             exps.push(exp);
             let moved = self
                 .move_cart(
-                    &ck,
+                    &id,
                     ",pending,",
                     "pending",
                     false,
@@ -451,7 +455,7 @@ impl Inventory {
         let exp = exps.iter().copied().min().unwrap_or(0);
         let moved = self
             .move_cart(
-                &ck,
+                &id,
                 ",pending,",
                 "held",
                 false,
@@ -481,10 +485,9 @@ impl Inventory {
         limit: usize,
         why: &str,
     ) -> Result<CartOutcome, InventoryError> {
-        let ck = keys::cart(&rec.id);
         let moved = self
             .move_cart(
-                &ck,
+                &rec.id,
                 ",pending,",
                 "compensating",
                 false,
@@ -530,15 +533,8 @@ impl Inventory {
                 ended(self.release(&rid, &Tenant::Operator).await)?;
             }
         }
-        self.move_cart(
-            &keys::cart(&rec.id),
-            ",compensating,",
-            "failed",
-            false,
-            None,
-            &[],
-        )
-        .await?;
+        self.move_cart(&rec.id, ",compensating,", "failed", false, None, &[])
+            .await?;
         self.unpend(&rec.id).await;
         if gave_back {
             self.metrics.cart_compensations.inc();
@@ -589,7 +585,7 @@ impl Inventory {
     /// `cart_move.lua`: (moved, status now).
     async fn move_cart(
         &self,
-        ck: &str,
+        id: &CartId,
         from: &str,
         to: &str,
         due: bool,
@@ -607,8 +603,12 @@ impl Inventory {
             args.push((*v).to_owned());
         }
         let r = array(
-            self.run(&self.scripts.cart_move, vec![ck.to_owned()], args)
-                .await?,
+            self.run(
+                &self.scripts.cart_move,
+                vec![keys::cart(id), keys::cart_events(id).to_owned()],
+                args,
+            )
+            .await?,
         )?;
         Ok((int(at(&r, 0)?)? == 1, text(at(&r, 1)?)?))
     }
@@ -669,7 +669,7 @@ impl Inventory {
                 }
                 let moved = self
                     .move_cart(
-                        &ck,
+                        id,
                         ",held,",
                         "confirming",
                         false,
@@ -710,7 +710,6 @@ impl Inventory {
             }
             failpoint(&format!("cart_confirm_after_line:{i}"));
         }
-        let ck = keys::cart(&rec.id);
         let (to, outcome) = if bad.is_empty() {
             ("confirmed", "confirmed")
         } else {
@@ -722,7 +721,7 @@ impl Inventory {
             .collect::<Vec<_>>()
             .join(",");
         let moved = self
-            .move_cart(&ck, ",confirming,", to, false, None, &[("bad", &bad_s)])
+            .move_cart(&rec.id, ",confirming,", to, false, None, &[("bad", &bad_s)])
             .await?;
         self.unpend(&rec.id).await;
         if moved.0 {
@@ -755,7 +754,7 @@ impl Inventory {
         let ck = keys::cart(&rec.id);
         let moved = self
             .move_cart(
-                &ck,
+                &rec.id,
                 ",held,",
                 "releasing",
                 false,
@@ -792,7 +791,7 @@ impl Inventory {
             "released"
         };
         let moved = self
-            .move_cart(&keys::cart(&rec.id), ",releasing,", end, false, None, &[])
+            .move_cart(&rec.id, ",releasing,", end, false, None, &[])
             .await?;
         self.unpend(&rec.id).await;
         if moved.0 {
@@ -824,14 +823,7 @@ impl Inventory {
         }
         let exp_s = exp.to_string();
         let moved = self
-            .move_cart(
-                &keys::cart(id),
-                ",held,",
-                "held",
-                false,
-                None,
-                &[("exp", &exp_s)],
-            )
+            .move_cart(id, ",held,", "held", false, None, &[("exp", &exp_s)])
             .await?;
         if !moved.0 {
             return Err(self.state_error(id, &moved.1).await);
@@ -940,7 +932,7 @@ impl Inventory {
             "pending" => {
                 let moved = self
                     .move_cart(
-                        &keys::cart(&id),
+                        &id,
                         ",pending,",
                         "compensating",
                         true,

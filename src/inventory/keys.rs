@@ -26,9 +26,10 @@
 //! | `fg:{SKU#s}:wlopen`       | string | gate: present while the SKU's waitlist has waiters |
 //! | `fg:{SKU#s}:keys`         | set    | idempotency keys of the shard's live and sold holds |
 //! | `fg:{wl:SKU}:…`           | …      | the waitlist: queue, stream, tickets (waitlist.rs) |
-//! | `fg:{cart:<id>}`          | hash   | a cart: status, owner, user, lines, their holds (cart.rs) |
-//! | `fg:{carts~X}:pending`    | zset   | carts in a transitional state → deadline (the sweeper's); |
+//! | `fg:{carts~X}:c:<id>`     | hash   | a cart: status, owner, user, lines, their holds (cart.rs); |
 //! |                           |        | X = the cart id's first hex digit: 16 buckets        |
+//! | `fg:{carts~X}:pending`    | zset   | carts in a transitional state → deadline (the sweeper's) |
+//! | `fg:{carts~X}:events`     | stream | outbox of the bucket's cart state changes (the ledger's) |
 //! | `fg:{wl:SKU}:rate`        | hash   | tickets promoted per second, last 60 s (lib.lua)  |
 
 use crate::domain::{ReservationId, ScopedKey, Sku};
@@ -209,10 +210,18 @@ pub fn idem_global(key: &ScopedKey) -> (String, String) {
     (bucket.to_owned(), record)
 }
 
-/// A cart's record (`lua/cart_begin.lua`), a slot of its own.
+/// A cart's record (`lua/cart_begin.lua`): `fg:{carts~X}:c:<id>`, in the
+/// slot of its bucket ([`cart_bucket`]), so that the script that moves it
+/// also appends the move to the bucket's outbox stream ([`cart_events`]) in
+/// the same atomic step, on one master.
 pub fn cart(id: &crate::domain::CartId) -> String {
-    ["fg:{cart:", id.as_str(), "}"].concat()
+    ["fg:{carts~", CART_HEX[cart_bucket(id)], "}:c:", id.as_str()].concat()
 }
+
+/// The 16 cart buckets' tags' digits.
+const CART_HEX: [&str; 16] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f",
+];
 
 /// The carts in a transitional state, by deadline (`lua/cart_pend.lua`):
 /// 16 buckets `fg:{carts~X}:pending`, X the cart id's first hex digit, so
@@ -237,15 +246,46 @@ pub const CART_LIST_BUCKETS: [&str; 16] = [
     "fg:{carts~f}:pending",
 ];
 
-/// The work-list bucket of cart `id`.
-pub fn cart_list(id: &crate::domain::CartId) -> &'static str {
+/// The outbox streams of the carts' state changes, one per bucket
+/// (`cart_begin.lua`, `cart_move.lua` append; the ledger writer drains a
+/// fixed, known set of 16).
+pub const CART_EVENT_STREAMS: [&str; 16] = [
+    "fg:{carts~0}:events",
+    "fg:{carts~1}:events",
+    "fg:{carts~2}:events",
+    "fg:{carts~3}:events",
+    "fg:{carts~4}:events",
+    "fg:{carts~5}:events",
+    "fg:{carts~6}:events",
+    "fg:{carts~7}:events",
+    "fg:{carts~8}:events",
+    "fg:{carts~9}:events",
+    "fg:{carts~a}:events",
+    "fg:{carts~b}:events",
+    "fg:{carts~c}:events",
+    "fg:{carts~d}:events",
+    "fg:{carts~e}:events",
+    "fg:{carts~f}:events",
+];
+
+/// The bucket (0..16) of cart `id`: its first hex digit.
+pub fn cart_bucket(id: &crate::domain::CartId) -> usize {
     let digit = id.as_str().as_bytes().first().copied().unwrap_or(b'0');
-    let i = match digit {
+    usize::from(match digit {
         b'0'..=b'9' => digit - b'0',
         b'a'..=b'f' => digit - b'a' + 10,
         _ => 0,
-    };
-    CART_LIST_BUCKETS[usize::from(i)]
+    })
+}
+
+/// The work-list bucket of cart `id`.
+pub fn cart_list(id: &crate::domain::CartId) -> &'static str {
+    CART_LIST_BUCKETS[cart_bucket(id)]
+}
+
+/// The outbox stream of cart `id`'s bucket.
+pub fn cart_events(id: &crate::domain::CartId) -> &'static str {
+    CART_EVENT_STREAMS[cart_bucket(id)]
 }
 
 /// The record of [`idem_global`] alone (one Redis server needs no bucket).

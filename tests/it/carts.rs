@@ -606,7 +606,7 @@ async fn the_work_list_is_bounded_pruned_and_cart_records_expire() {
     // key retention)
     let id = a.body["cart_id"].as_str().unwrap();
     let ttl: i64 = redis
-        .cli(&["PTTL", &format!("fg:{{cart:{id}}}")])
+        .cli(&["PTTL", &format!("fg:{{carts~{}}}:c:{id}", &id[..1])])
         .trim()
         .parse()
         .unwrap();
