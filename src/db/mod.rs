@@ -10,9 +10,11 @@
 //! path never wait for it (the ledger writer retries on its own time).
 
 mod audit;
+mod carts;
 mod ledger;
 
 pub use audit::{AuditRow, FixLock, FixScope, FIX_LOCK_SQL};
+pub use carts::{CartEventColumns, LedgerCart};
 pub use ledger::{EventColumns, LedgerBackfill, LedgerRow};
 
 use std::str::FromStr;
@@ -47,6 +49,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         5,
         "retired_skus_one_confirm",
         include_str!("../../migrations/0005_retired_skus_one_confirm.sql"),
+    ),
+    (
+        6,
+        "cart_events",
+        include_str!("../../migrations/0006_cart_events.sql"),
     ),
 ];
 

@@ -72,6 +72,43 @@ pub fn events_of(entry_id: &str, fields: &HashMap<String, String>) -> Vec<Event>
     }
 }
 
+/// One row of `cart_events` from a cart outbox entry (`lua/lib.lua`
+/// `cart_emit`: the cart as one status change left it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CartEvent {
+    pub entry_id: String,
+    pub cart_id: String,
+    pub seq: i64,
+    pub status: String,
+    pub owner: String,
+    pub user: String,
+    /// `<sku>|<qty>|<reservation id or ''>`, one a line.
+    pub lines: String,
+    pub why: String,
+    pub bad: String,
+    /// Milliseconds, the Redis server's clock.
+    pub ts: i64,
+}
+
+/// The row of one cart outbox entry.
+pub fn cart_event_of(entry_id: &str, fields: &HashMap<String, String>) -> CartEvent {
+    let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
+    CartEvent {
+        entry_id: entry_id.to_owned(),
+        cart_id: get("cart"),
+        seq: get("seq").parse().unwrap_or(0),
+        status: get("status"),
+        owner: get("owner"),
+        user: get("user"),
+        lines: get("lines"),
+        why: get("why"),
+        bad: get("bad"),
+        ts: get("ts")
+            .parse::<i64>()
+            .unwrap_or_else(|_| id_ms(entry_id).unwrap_or(0)),
+    }
+}
+
 pub(super) fn items(v: Value) -> Vec<Value> {
     match v {
         Value::Array(a) => a,

@@ -27,6 +27,11 @@
 //! over a million changes per shard cannot exhaust Redis memory; entries lost
 //! that way show up as drift in `flashgate reconcile`.
 //!
+//! **Carts.** The 16 cart streams `fg:{carts~X}:events` (one per work-list
+//! bucket, appended by `cart_begin.lua`/`cart_move.lua` with each change of a
+//! cart's status) are drained the same way into `cart_events`; a stream no
+//! cart has written yet is skipped, not created (docs/carts.md, "Ledger").
+//!
 //! **Where.** `event`: the outbox entry format and its rows on the ledger
 //! (pure); `outbox`: the streams and their consumer group (lag, trimming,
 //! forgotten consumers); `writer`: the writer task. Its SQL is in `db`.
@@ -41,7 +46,7 @@ use crate::config::Config;
 use crate::db::DbError;
 use crate::inventory::InventoryError;
 
-pub use event::{events_of, id_lt, parse_id, Event};
+pub use event::{cart_event_of, events_of, id_lt, parse_id, CartEvent, Event};
 pub use outbox::{ensure_group, group_state, last_id, GroupState, Stream};
 pub use writer::{run, task, PassStats, Writer, MAX_BACKOFF};
 

@@ -20,12 +20,14 @@ const UNDELIVERED_CAP: usize = 100_000;
 /// A consumer idle this long, with nothing pending, belongs to a gone writer.
 const FORGET_IDLE_MS: i64 = 3_600_000;
 
-/// One shard's outbox stream.
+/// One shard's outbox stream, or (`cart`) one bucket's cart stream: then
+/// `sku` is empty and `shard` the bucket.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Stream {
     pub key: String,
     pub sku: String,
     pub shard: u16,
+    pub cart: bool,
 }
 
 /// `XGROUP CREATE … 0 MKSTREAM`: from the stream's first entry, so nothing

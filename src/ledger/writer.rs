@@ -11,11 +11,11 @@ use fred::interfaces::ClientLike;
 use fred::types::{ClusterHash, CustomCommand, Value};
 use tokio::sync::watch;
 
-use super::event::{events_of, items, parse_entries, Entry};
+use super::event::{cart_event_of, events_of, items, parse_entries, Entry};
 use super::outbox::{ensure_group, group_state, GroupState, Stream};
 use super::{LedgerError, LedgerSettings, GROUP};
 use crate::config::Config;
-use crate::db::{Db, DbError, EventColumns};
+use crate::db::{CartEventColumns, Db, DbError, EventColumns};
 use crate::inventory::replies::text;
 use crate::inventory::scripts::classify;
 use crate::inventory::Inventory;
@@ -87,7 +87,7 @@ impl Writer {
         &self.db
     }
 
-    /// Every shard stream of every preloaded SKU.
+    /// Every shard stream of every preloaded SKU, then the 16 cart streams.
     pub async fn streams(&self) -> Result<Vec<Stream>, InventoryError> {
         let mut out = Vec::new();
         for sku in self.inventory.skus().await? {
@@ -99,8 +99,20 @@ impl Writer {
                     key: meta.keys(s).events(),
                     sku: sku.to_string(),
                     shard: s,
+                    cart: false,
                 });
             }
+        }
+        for (b, key) in crate::inventory::keys::CART_EVENT_STREAMS
+            .iter()
+            .enumerate()
+        {
+            out.push(Stream {
+                key: (*key).to_owned(),
+                sku: String::new(),
+                shard: b as u16, // < 16
+                cart: true,
+            });
         }
         Ok(out)
     }
@@ -137,7 +149,7 @@ impl Writer {
             // also while Postgres is down: the lag is what an alert watches;
             // a stream that cannot be measured does not freeze the others'
             let mut lag = 0;
-            for s in &streams {
+            for s in streams.iter().filter(|s| self.known(s)) {
                 let g = match self.group_state(&s.key).await {
                     Ok(g) => g,
                     Err(e) => {
@@ -156,7 +168,7 @@ impl Writer {
                 .is_none_or(|t| t.elapsed() >= FORGET_INTERVAL)
             {
                 self.last_forget = Some(Instant::now());
-                for s in &streams {
+                for s in streams.iter().filter(|s| self.known(s)) {
                     if let Err(e) = self.forget_idle_consumers(&s.key).await {
                         failed.get_or_insert(e.into());
                     }
@@ -175,6 +187,11 @@ impl Writer {
         chores: bool,
         stats: &mut PassStats,
     ) -> Result<(), LedgerError> {
+        if s.cart && !self.grouped.contains(&s.key) && !self.exists(&s.key).await? {
+            // no cart has written to this bucket yet: nothing to drain, and
+            // no empty stream created (the group starts at its first entry)
+            return Ok(());
+        }
         self.ensure_group(&s.key).await?;
         if chores {
             self.claim(s, stats).await?;
@@ -274,6 +291,9 @@ impl Writer {
 
     /// One statement — one transaction — per batch; redelivered entries are no-ops.
     async fn insert(&self, s: &Stream, entries: &[&Entry]) -> Result<u64, DbError> {
+        if s.cart {
+            return self.insert_carts(s, entries).await;
+        }
         let mut c = EventColumns::default();
         for e in entries {
             let Some(f) = &e.fields else { continue };
@@ -290,6 +310,37 @@ impl Writer {
             }
         }
         self.db.insert_events(&c).await
+    }
+
+    /// A cart stream's entries into `cart_events` (unique on the stream entry).
+    async fn insert_carts(&self, s: &Stream, entries: &[&Entry]) -> Result<u64, DbError> {
+        let mut c = CartEventColumns::default();
+        for e in entries {
+            let Some(f) = &e.fields else { continue };
+            let ev = cart_event_of(&e.id, f);
+            c.stream.push(s.key.clone());
+            c.entry_id.push(ev.entry_id);
+            c.cart_id.push(ev.cart_id);
+            c.seq.push(ev.seq);
+            c.status.push(ev.status);
+            c.owner.push(ev.owner);
+            c.user.push(ev.user);
+            c.lines.push(ev.lines);
+            c.why.push(ev.why);
+            c.bad.push(ev.bad);
+            c.ts.push(ev.ts);
+        }
+        self.db.insert_cart_events(&c).await
+    }
+
+    /// A shard stream, or a cart stream this writer has a group on.
+    fn known(&self, s: &Stream) -> bool {
+        !s.cart || self.grouped.contains(&s.key)
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, InventoryError> {
+        let v = self.redis("EXISTS", 0, vec![key.to_owned()]).await?;
+        Ok(crate::inventory::replies::int(&v)? > 0)
     }
 
     pub(super) async fn redis(
