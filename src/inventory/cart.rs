@@ -269,6 +269,16 @@ fn line_token(id: &CartId, line: usize) -> uuid::Uuid {
     uuid::Uuid::from_bytes(b)
 }
 
+/// Every id line `line` of cart `id` can have been held under: one per
+/// shard of its SKU (`<sku>.<s>.<token>`). The compensation releases them
+/// all when the line's hold is not recorded; reconcile looks them up.
+pub fn line_hold_ids(id: &CartId, line: usize, sku: &Sku, shards: u16) -> Vec<String> {
+    let token = line_token(id, line);
+    (0..shards)
+        .map(|s| ReservationId::text_of(sku, s, &token))
+        .collect()
+}
+
 /// The claim body of a cart: `#cart\n<id>\n<fingerprint>` (`#` is no SKU's,
 /// so no reserve's body starts like it, and a key used for one is refused
 /// for the other).

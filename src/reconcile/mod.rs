@@ -41,12 +41,17 @@
 //! books are still moving, and a correction would race buyers. `--force`
 //! overrides that (the per-shard guard above still applies).
 //!
+//! **Carts.** A whole run also judges every cart the ledger has in a final
+//! state against its lines' events (`carts`): a partial cart is reported,
+//! never fixed.
+//!
 //! **Where.** `snapshot` reads a shard (Redis and the ledger) consistently;
 //! `compare` (pure) turns the two readings into findings, the ledger's
 //! books and a repair plan; `repair` applies a plan under the SKU's lock
 //! with its audit; `report` holds the report, its verdict and exit code,
 //! and the human table. This file runs them over every SKU.
 
+mod carts;
 mod compare;
 mod repair;
 mod report;
@@ -65,6 +70,7 @@ use crate::inventory::InventoryError;
 use crate::inventory::{scripts, Inventory};
 use crate::ledger::{LedgerError, LedgerSettings, Writer};
 use crate::metrics::Metrics;
+pub use carts::CartFinding;
 use compare::{balance_transfers, compare};
 pub use compare::{Books, CounterDrift, RecordDrift};
 pub use report::{table, Report, ShardReport, SkuReport, REPORT_VERSION};
@@ -192,6 +198,8 @@ impl Reconciler {
             ledger_lag_at_start: lag_at_start,
             retired,
             skus: Vec::new(),
+            carts_checked: 0,
+            carts: Vec::new(),
         };
         for name in skus {
             let Ok(sku) = Sku::parse(&name) else {
@@ -224,6 +232,12 @@ impl Reconciler {
                     SkuReport::failed(&sku, &e)
                 }
             });
+        }
+        // Carts span SKUs: judged on a whole run only (report-only, carts.rs)
+        if opts.sku.is_none() {
+            let (findings, checked) = self.carts().await?;
+            report.carts = findings;
+            report.carts_checked = checked;
         }
         report.verdict = report.verdict();
         Ok(report)

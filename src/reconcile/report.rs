@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{Books, CounterDrift, ReconcileError, RecordDrift};
+use super::{Books, CartFinding, CounterDrift, ReconcileError, RecordDrift};
 use crate::domain::Sku;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -96,23 +96,31 @@ pub struct Report {
     /// Retired SKUs (`--retire`) the ledger still has, not checked.
     pub retired: Vec<String>,
     pub skus: Vec<SkuReport>,
+    /// Carts in a final state on the ledger judged against their lines (0
+    /// with `--sku`: carts span SKUs).
+    pub carts_checked: u64,
+    /// Their lines that disagree with the cart's state: partial carts.
+    /// Reported, never fixed (reconcile/carts.rs).
+    pub carts: Vec<CartFinding>,
 }
 
 impl Report {
     pub fn drift(&self) -> bool {
-        self.skus.iter().any(SkuReport::drift)
+        self.skus.iter().any(SkuReport::drift) || !self.carts.is_empty()
     }
 
     /// Every shard with drift was fixed in this run.
     pub fn repaired(&self) -> bool {
-        self.skus.iter().all(|s| {
-            !s.missing_in_redis
-                && s.error.is_none()
-                && s.problems.is_empty()
-                && s.per_shard
-                    .iter()
-                    .all(|sh| !sh.drift() || sh.fix.as_deref() == Some("fixed"))
-        })
+        // a partial cart is never fixed
+        self.carts.is_empty()
+            && self.skus.iter().all(|s| {
+                !s.missing_in_redis
+                    && s.error.is_none()
+                    && s.problems.is_empty()
+                    && s.per_shard
+                        .iter()
+                        .all(|sh| !sh.drift() || sh.fix.as_deref() == Some("fixed"))
+            })
     }
 
     /// A SKU could not be checked, or a fix failed.
@@ -254,6 +262,29 @@ pub fn table(report: &Report) -> String {
     }
     for r in &report.retired {
         out.push_str(&format!("\nsku {r}  retired (not checked)\n"));
+    }
+    if report.carts_checked > 0 || !report.carts.is_empty() {
+        out.push_str(&format!(
+            "\ncarts  {}  ({} in a final state checked against their lines)\n",
+            if report.carts.is_empty() {
+                "clean"
+            } else {
+                "PARTIAL"
+            },
+            report.carts_checked
+        ));
+        for c in &report.carts {
+            out.push_str(&format!(
+                "  cart {} {}: line {} {} {}: ledger {}: {} (report only: the storefront decides)\n",
+                c.cart_id,
+                c.status,
+                c.line,
+                c.sku,
+                if c.reservation_id.is_empty() { "(no hold recorded)" } else { &c.reservation_id },
+                c.ledger,
+                c.finding
+            ));
+        }
     }
     out.push_str(&format!(
         "\n{}\n",
