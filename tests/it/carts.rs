@@ -25,9 +25,9 @@ use support::{eventually, free_port, spawn_app, spawn_app_with, RedisServer, Tes
 /// Longest wait for anything polled (never a performance limit).
 const WAIT: Duration = Duration::from_secs(60);
 
-type Lines = Vec<(String, i64)>;
+pub(crate) type Lines = Vec<(String, i64)>;
 
-async fn post_cart(
+pub(crate) async fn post_cart(
     app: &TestApp,
     key: &str,
     user: &str,
@@ -64,7 +64,7 @@ async fn post_cart_as(
     .await
 }
 
-async fn cart_action(
+pub(crate) async fn cart_action(
     app: &TestApp,
     bearer: Option<&str>,
     id: &str,
@@ -83,11 +83,11 @@ async fn cart_action(
     app.request(method, &path, &headers, vec![]).await
 }
 
-fn lines(l: &[(&str, i64)]) -> Lines {
+pub(crate) fn lines(l: &[(&str, i64)]) -> Lines {
     l.iter().map(|(s, q)| (s.to_string(), *q)).collect()
 }
 
-fn rids(a: &support::Answer) -> Vec<String> {
+pub(crate) fn rids(a: &support::Answer) -> Vec<String> {
     a.body["lines"]
         .as_array()
         .unwrap_or_else(|| panic!("no lines in {}", a.body))

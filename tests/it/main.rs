@@ -14,6 +14,7 @@ mod abuse_startup;
 mod abuse_tenancy;
 mod admission;
 mod api;
+mod cart_ledger;
 mod carts;
 mod cli;
 mod cluster;
