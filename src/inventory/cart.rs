@@ -1,11 +1,15 @@
 //! Carts: several lines (SKU, qty) held all or nothing, across shards and
 //! cluster masters, by a saga of ordinary holds (docs/carts.md argues it).
 //!
-//! **The record first.** A cart is a hash `fg:{cart:<id>}` in a slot of its
-//! own, written by `lua/cart_begin.lua` in status `pending` before any line
-//! is reserved, and put on the work list `fg:{carts~X}:pending` with a
-//! deadline (`lua/cart_pend.lua`). Every later change of its state is one
-//! compare-and-set on its status (`lua/cart_move.lua`).
+//! **The record first.** A cart is a hash `fg:{carts~X}:c:<id>` in its
+//! bucket's slot (X: the id's first hex digit), written by
+//! `lua/cart_begin.lua` in status `pending` before any line is reserved, and
+//! put on the work list `fg:{carts~X}:pending` with a deadline
+//! (`lua/cart_pend.lua`). Every later change of its state is one
+//! compare-and-set on its status (`lua/cart_move.lua`); each change of
+//! status is also appended, in the same step, to the bucket's outbox
+//! `fg:{carts~X}:events`, which the ledger writer drains into `cart_events`
+//! (docs/carts.md, "Ledger").
 //!
 //! **Each line through the ordinary walk,** under the key `<owner>
 //! cart:<id>:<i>` (`ScopedKey::cart_line`: two spaces, a form no client key
