@@ -109,9 +109,10 @@ class Sale:
         """One reserve.lua call of `batch` fresh requests. With `apart` (a
         list), each request's claim is not made in the call but appended to
         it as (bucket, claim record, claim body), for claim.lua."""
-        # ARGV: hold_ms idem_ttl_ms record_ttl_ms, then per request: key rid
-        # qty user fingerprint flags claim_record claim_body (lua/reserve.lua)
-        args = ["600000", "86400000", "90000000"]
+        # ARGV: hold_ms idem_ttl_ms record_ttl_ms window ('' = none), then per
+        # request: key rid qty user fingerprint flags claim_record claim_body
+        # (lua/reserve.lua)
+        args = ["600000", "86400000", "90000000", WINDOW[0]]
         if self.old_layout:
             return self.call_old(batch)
         for _ in range(batch):
@@ -446,6 +447,12 @@ def measure(lua_dir, batch, calls, old_layout=False, keep=None, floor=False, wit
         shutil.rmtree(d, ignore_errors=True)
 
 
+# ARGV[4] of every call: '' (no sale window), or with --window one that
+# opened an hour before (every call reads TIME and compares; every request
+# still holds): docs/fair-draw.md
+WINDOW = [""]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lua-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lua"))
@@ -461,7 +468,11 @@ def main():
                    help="also measure one server with the claims made apart (claim.lua), as on a cluster")
     p.add_argument("--keep", metavar="DIR",
                    help="copy each measured dump to DIR/redis-callgrind-b<B>.out, for callgrind_annotate")
+    p.add_argument("--window", action="store_true",
+                   help="a SKU with a sale window, open since an hour (reserve.lua's ARGV[4])")
     a = p.parse_args()
+    if a.window:
+        WINDOW[0] = "%d|" % (int(time.time() * 1000) - 3600 * 1000)
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate", "redis-server"):
         if not shutil.which(tool):
             sys.exit("%s is not on the PATH (make bench-redis-instructions installs valgrind as root)" % tool)

@@ -28,7 +28,14 @@
 --
 -- ARGV[1] hold_ms   ARGV[2] idem_ttl_ms   ARGV[3] record_ttl_ms (garbage
 -- collection of the record, never stock return)
--- then per request i, 8 values from ARGV[4 + 8(i-1)]:
+-- ARGV[4] the SKU's sale window, `<opens_at ms>|<closes_at ms>` (either may be
+--   empty), or '' for none: from the service's cached SKU meta (at most
+--   META_TTL = 2 s old; docs/fair-draw.md). Judged against this server's
+--   TIME, so every instance agrees to the millisecond. Before opens_at a
+--   request that would take units answers 'w' .. ms left, from closes_at on
+--   'x'; a replay of a key's hold is still answered, and a refusal writes
+--   nothing (no walk-on verdict: a retry after the opening may hold).
+-- then per request i, 8 values from ARGV[5 + 8(i-1)]:
 --   idempotency key, rid (`SKU.s.<token>`: the token of the key's claim, the
 --   same in every request with the key, so the record r:<rid> is this shard's
 --   verdict that the key holds a unit here), qty, user,
@@ -65,6 +72,8 @@
 --   'm'                          this key was used with another request body
 --   'd' .. available             not enough stock here
 --   'u'                          the shard has no counters (SKU not preloaded)
+--   'w' .. ms_left               the sale window has not opened (ARGV[4])
+--   'x'                          the sale window has closed (ARGV[4])
 --
 -- Idempotency: the verdict of a shard for a key is sticky (the reservation's
 -- record r:<SKU.s.token>, an `R` verdict for a key without a token, or the
@@ -95,11 +104,13 @@
 -- %.17g, a measurable share of the script's time.
 local stock, books, holds, events, wlopen, reserved = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local hold_ms, idem_ttl, record_ttl = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local window = ARGV[4]
 local prefix = string.sub(stock, 1, #stock - #'stock')
 local idem_prefix, record_prefix = prefix .. 'idem:', prefix .. 'r:'
 
 local ts, exp, ts_s, exp_s -- one clock reading per call, taken at the first hold
 local gate_open                -- EXISTS wlopen, read at most once per call
+local shut, shut_ts            -- the window's verdict and its clock reading, once per call
 local available                -- the shard's stock as this call has left it
 local taken = 0                -- units held by this call: one DECRBY/HINCRBY at the end
 local zadd, won, held, live = {}, {}, {}, {} -- one ZADD, SADD, XADD and HSET at the end
@@ -173,6 +184,21 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   end
 
   if not available then return 'u' end
+  if window ~= '' then
+    if shut == nil then
+      shut = false
+      local bar = string.find(window, '|', 1, true)
+      local opens, closes = tonumber(string.sub(window, 1, bar - 1)), tonumber(string.sub(window, bar + 1))
+      local t = now_ms()
+      shut_ts = t -- (the holds' clock too: one TIME per call)
+      if opens and t < opens then
+        shut = 'w' .. string.format('%d', opens - t)
+      elseif closes and t >= closes then
+        shut = 'x'
+      end
+    end
+    if shut then return shut end
+  end
   local here = available
   if gated then here = 0 end
   if here < qty then
@@ -183,7 +209,7 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   end
 
   if not ts then
-    ts = now_ms()
+    ts = shut_ts or now_ms()
     exp = ts + hold_ms
     ts_s, exp_s = string.format('%d', ts), string.format('%d', exp)
   end
@@ -209,9 +235,9 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
 end
 
 local replies, argv = {0}, ARGV
-local n = (#argv - 3) / 8
+local n = (#argv - 4) / 8
 for i = 1, n do
-  local a = 3 + 8 * (i - 1)
+  local a = 4 + 8 * (i - 1)
   replies[i + 1] = one(argv[a + 1], argv[a + 2], argv[a + 3], argv[a + 4], argv[a + 5],
     argv[a + 6], argv[a + 7], argv[a + 8])
 end

@@ -20,7 +20,8 @@ if t[3] then
   redis.call('XACK', stream, 'promoters', t[3])
   redis.call('XDEL', stream, t[3])
 end
-if t[1] ~= 'waiting' then return {'ended', t[1]} end
+-- (a 'prequeued' ticket, not yet drawn, may be cancelled too: lua/wl_join.lua)
+if t[1] ~= 'waiting' and t[1] ~= 'prequeued' then return {'ended', t[1]} end
 local ts = now_ms()
 redis.call('HSET', tkey, 'status', status, 'ended', ts)
 if status == 'promoted' then

@@ -13,7 +13,7 @@ local n = 0
 for _, ticket in ipairs(due) do
   local tkey = prefix .. ticket
   local t = redis.call('HMGET', tkey, 'status', 'user', 'entry')
-  if t[1] == 'waiting' then
+  if t[1] == 'waiting' or t[1] == 'prequeued' then
     redis.call('HSET', tkey, 'status', 'expired', 'ended', ts)
     if redis.call('HGET', users, t[2]) == ticket then redis.call('HDEL', users, t[2]) end
     if t[3] then

@@ -80,6 +80,23 @@ pub enum ApiError {
     /// (a Redis flashgate must not run on, a stalled background task).
     #[error("{message}")]
     NotReady { code: &'static str, message: String },
+    // The sale window and its pre-queue (docs/fair-draw.md).
+    #[error("{0}")]
+    InvalidSaleWindow(String),
+    /// Carries `opens_at` (RFC 3339) for the body and the seconds left
+    /// (rounded up) for `Retry-After`.
+    #[error("the sale has not opened yet; it opens at {opens_at}")]
+    SaleNotOpen {
+        opens_at: String,
+        retry_after_secs: u64,
+    },
+    #[error("the sale has closed")]
+    SaleClosed,
+    #[error("the pre-queue has closed and its draw is being applied; retry in a second")]
+    DrawPending,
+    /// `GET /v1/skus/{sku}/draw` of a SKU loaded without `opens_at`.
+    #[error("{0} has no opens_at, so no pre-queue draw")]
+    NoDraw(String),
 }
 
 impl ApiError {
@@ -125,6 +142,11 @@ impl ApiError {
         "carts_busy",
         Self::REDIS_UNSUITABLE,
         Self::TASK_STALLED,
+        "invalid_sale_window",
+        "sale_not_open",
+        "sale_closed",
+        "draw_pending",
+        "no_draw",
     ];
     /// [`Self::NotReady`]: Redis is reachable but not one flashgate may run on.
     pub const REDIS_UNSUITABLE: &'static str = "redis_unsuitable";
@@ -136,6 +158,10 @@ impl ApiError {
             ApiError::InvalidRequest(_)
             | ApiError::IdempotencyKeyReused
             | ApiError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidSaleWindow(_) => StatusCode::BAD_REQUEST,
+            ApiError::SaleNotOpen { .. } | ApiError::SaleClosed => StatusCode::CONFLICT,
+            ApiError::DrawPending => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoDraw(_) => StatusCode::NOT_FOUND,
             ApiError::UnknownSku(_)
             | ApiError::ReservationNotFound
             | ApiError::TicketNotFound
@@ -203,6 +229,11 @@ impl ApiError {
             ApiError::CartState(_) => "cart_expired",
             ApiError::CartsBusy => "carts_busy",
             ApiError::NotReady { code, .. } => code,
+            ApiError::InvalidSaleWindow(_) => "invalid_sale_window",
+            ApiError::SaleNotOpen { .. } => "sale_not_open",
+            ApiError::SaleClosed => "sale_closed",
+            ApiError::DrawPending => "draw_pending",
+            ApiError::NoDraw(_) => "no_draw",
         }
     }
 
@@ -260,6 +291,16 @@ impl From<InventoryError> for ApiError {
             InventoryError::CartNotFound => ApiError::CartNotFound,
             InventoryError::CartState(state) => ApiError::CartState(state),
             InventoryError::CartsBusy => ApiError::CartsBusy,
+            InventoryError::InvalidSaleWindow(m) => ApiError::InvalidSaleWindow(m),
+            InventoryError::SaleNotOpen {
+                opens_at_ms,
+                left_ms,
+            } => ApiError::SaleNotOpen {
+                opens_at: crate::inventory::ms_to_rfc3339(opens_at_ms),
+                retry_after_secs: u64::try_from(left_ms).unwrap_or(0).div_ceil(1000).max(1),
+            },
+            InventoryError::SaleClosed => ApiError::SaleClosed,
+            InventoryError::DrawPending => ApiError::DrawPending,
         }
     }
 }
@@ -321,6 +362,14 @@ mod tests {
             ApiError::CartsBusy,
             not_ready(ApiError::REDIS_UNSUITABLE),
             not_ready(ApiError::TASK_STALLED),
+            ApiError::InvalidSaleWindow("x".into()),
+            ApiError::SaleNotOpen {
+                opens_at: "x".into(),
+                retry_after_secs: 1,
+            },
+            ApiError::SaleClosed,
+            ApiError::DrawPending,
+            ApiError::NoDraw("x".into()),
         ]
     }
 
@@ -355,7 +404,12 @@ mod tests {
             | ApiError::CartNotFound
             | ApiError::CartState(_)
             | ApiError::CartsBusy
-            | ApiError::NotReady { .. } => {}
+            | ApiError::NotReady { .. }
+            | ApiError::InvalidSaleWindow(_)
+            | ApiError::SaleNotOpen { .. }
+            | ApiError::SaleClosed
+            | ApiError::DrawPending
+            | ApiError::NoDraw(_) => {}
         }
     }
 

@@ -38,7 +38,7 @@ pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 /// Values of the `route` label of the HTTP metrics: one per route of the
 /// route table (`http::router::Route`, in its order; a test there holds them
 /// together).
-pub const ROUTES: [&str; 21] = [
+pub const ROUTES: [&str; 22] = [
     "reserve",
     "get_reservation",
     "confirm",
@@ -59,13 +59,14 @@ pub const ROUTES: [&str; 21] = [
     "cart_release",
     "cart_extend",
     "jwks",
+    "sku_draw",
     "not_found",
 ];
 
 /// Values of the `script` label: one per Lua script in `lua/` (its file
 /// name; `lib.lua` is the prelude of every script, not one itself). A test
 /// in `inventory::scripts` holds them to `lua/*.lua` and `Scripts::all`.
-pub const SCRIPTS: [&str; 27] = [
+pub const SCRIPTS: [&str; 28] = [
     "claim",
     "reserve",
     "confirm",
@@ -87,6 +88,7 @@ pub const SCRIPTS: [&str; 27] = [
     "wl_gate",
     "wl_bump",
     "wl_wait",
+    "wl_draw",
     "touch",
     "records",
     "meta_upgrade",
@@ -233,6 +235,44 @@ pub struct Metrics {
     sku_refused: IntCounter,
     /// SKUs that own series in the per-SKU gauges; never more than `sku_gauge_cap`.
     tracked_skus: Mutex<HashSet<String>>,
+    /// Sale windows and the fair draw (docs/fair-draw.md).
+    pub sale: SaleMetrics,
+}
+
+/// The sale window's and the fair draw's metrics.
+pub struct SaleMetrics {
+    /// `flashgate_sku_seconds_to_open{sku}` — seconds until the SKU's `opens_at` (Redis
+    /// clock, as last seen by this instance's promoter); 0 once open.
+    pub seconds_to_open: IntGaugeVec,
+    /// `flashgate_sku_prequeue_length{sku}` — tickets pre-queued before `opens_at`, not yet drawn.
+    pub prequeue: IntGaugeVec,
+    /// `flashgate_draw_duration_seconds` — from the pre-queue's close to its draw applied,
+    /// on the instance that applied it.
+    pub draw_duration: prometheus::Histogram,
+}
+
+impl SaleMetrics {
+    fn new(reg: &Registrar<'_>) -> SaleMetrics {
+        let gauge =
+            |name: &str, help: &str| reg.add(IntGaugeVec::new(Opts::new(name, help), &["sku"]));
+        SaleMetrics {
+            seconds_to_open: gauge(
+                "flashgate_sku_seconds_to_open",
+                "Seconds until the SKU's sale opens (0 once open).",
+            ),
+            prequeue: gauge(
+                "flashgate_sku_prequeue_length",
+                "Tickets pre-queued before the SKU's opens_at, not yet drawn.",
+            ),
+            draw_duration: reg.add(prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "flashgate_draw_duration_seconds",
+                    "From a pre-queue's close to its draw applied.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )),
+        }
+    }
 }
 
 impl Metrics {
@@ -396,6 +436,7 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
+        let sale = SaleMetrics::new(&reg);
         let outcome_counters = OUTCOMES.map(|outcome| outcomes.with_label_values(&[outcome]));
         for kind in REDIS_ERROR_KINDS {
             redis_errors.with_label_values(&[kind]);
@@ -431,6 +472,24 @@ impl Metrics {
             sku_gauge_cap,
             sku_refused,
             tracked_skus: Mutex::new(HashSet::new()),
+            sale,
+        }
+    }
+
+    /// One pre-queue drawn and applied by this instance.
+    pub fn draw_done(&self, took: Duration, _tickets: usize) {
+        self.sale.draw_duration.observe(took.as_secs_f64());
+    }
+
+    /// A SKU with `opens_at`: seconds until it (0 once open) and its
+    /// pre-queue's length; under the same cap as [`Metrics::set_sku`].
+    pub fn set_sale(&self, sku: &str, seconds_to_open: i64, prequeue: i64) {
+        if self.track_sku(sku) {
+            self.sale
+                .seconds_to_open
+                .with_label_values(&[sku])
+                .set(seconds_to_open.max(0));
+            self.sale.prequeue.with_label_values(&[sku]).set(prequeue);
         }
     }
 
@@ -644,6 +703,8 @@ mod tests {
         assert!(m.set_sku("sku-1", 90, 7, 3, 0));
         m.set_waitlist("sku-1", 4);
         m.promoted("sku-1");
+        m.set_sale("sku-1", 30, 2);
+        m.draw_done(Duration::from_millis(3), 2);
         m
     }
 
@@ -662,6 +723,9 @@ mod tests {
             ("flashgate_sku_sold_units", "gauge"),
             ("flashgate_sku_waitlist_length", "gauge"),
             ("flashgate_waitlist_promotions_total", "counter"),
+            ("flashgate_sku_seconds_to_open", "gauge"),
+            ("flashgate_sku_prequeue_length", "gauge"),
+            ("flashgate_draw_duration_seconds", "histogram"),
             ("flashgate_books_drift_units", "gauge"),
             ("flashgate_sweeper_runs_total", "counter"),
             ("flashgate_sweeper_expired_holds_total", "counter"),

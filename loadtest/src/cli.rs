@@ -266,6 +266,17 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     pub reshard_stall_seconds: u64,
 
+    /// scheduled: the sale opens this many ms after the preload; every
+    /// buyer pre-queues before it.
+    #[arg(long, default_value_t = 8_000)]
+    pub opens_in_ms: u64,
+
+    /// scheduled: share of buyers who are bots: they all join at once, first,
+    /// the moment the SKU is loaded; the others arrive spread over the
+    /// pre-queue's time.
+    #[arg(long, default_value_t = 0.2)]
+    pub bot_share: f64,
+
     /// Seed for buyer roles (retry, abusive, confirm/release/abandon).
     #[arg(long, default_value_t = 8)]
     pub seed: u64,
@@ -293,6 +304,8 @@ pub enum Scenario {
     Hostile,
     Reshard,
     OpenLoop,
+    /// A sale with `opens_at`: buyers pre-queue, bots first (issue 21).
+    Scheduled,
 }
 
 impl Args {

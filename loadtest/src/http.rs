@@ -271,9 +271,13 @@ impl Api {
 
     /// `GET /v1/skus/{sku}` as JSON.
     pub async fn sku(&self, sku: &str) -> anyhow::Result<Value> {
-        let path = format!("/v1/skus/{sku}");
+        self.get_json(&format!("/v1/skus/{sku}")).await
+    }
+
+    /// A `GET` answered `200` with JSON (`/v1/skus/{sku}/draw`, …).
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
         let (a, bytes) = self
-            .send(Phase::Followup, false, Method::GET, &path, None)
+            .send(Phase::Followup, false, Method::GET, path, None)
             .await;
         let json: Option<Value> = serde_json::from_slice(&bytes).ok();
         match (a.status, json) {

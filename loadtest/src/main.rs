@@ -12,7 +12,9 @@
 //! `reshard` adds shards and stock mid-sale and runs `flashgate reconcile`
 //! on a ledger of its own (issue 24); `open_loop` offers holds and sold-out
 //! answers on a fixed schedule and measures latency from the intended send
-//! time (issue 23).
+//! time (issue 23); `scheduled` pre-queues buyers (bots first) before a
+//! sale's `opens_at` and reports admission order against arrival order
+//! (issue 21).
 
 mod books;
 mod chart;
@@ -27,6 +29,7 @@ mod report;
 mod reshard;
 mod run;
 mod sale;
+mod scheduled;
 mod sql;
 mod stats;
 
@@ -59,6 +62,7 @@ fn main() -> std::process::ExitCode {
                 (None, cli::Scenario::Hostile) => hostile::run(args).await,
                 (None, cli::Scenario::Reshard) => reshard::run(args).await,
                 (None, cli::Scenario::OpenLoop) => open_loop::run(args).await,
+                (None, cli::Scenario::Scheduled) => scheduled::run(args).await,
                 (None, cli::Scenario::Sale) => run::run(args).await,
             }
         };

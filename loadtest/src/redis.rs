@@ -510,7 +510,7 @@ pub fn benchmark_args(t: &BenchTarget, sha: &str, sku: &str) -> Vec<String> {
     let p = t.prefix();
     let [stock, books, holds, events, wlopen, keys] = t.keys();
     // A batch of one request (lua/reserve.lua): KEYS stock books holds
-    // events wlopen keys; ARGV hold_ms idem_ttl_ms record_ttl_ms, then the
+    // events wlopen keys; ARGV hold_ms idem_ttl_ms record_ttl_ms window, then the
     // request's key rid qty user fp flags claim_record claim_body (the
     // script names the request's verdict and record keys from the shard's
     // prefix): the same work as the service's call.
@@ -545,6 +545,7 @@ pub fn benchmark_args(t: &BenchTarget, sha: &str, sku: &str) -> Vec<String> {
         "600000",
         "120000",
         "120000",
+        "", // no sale window
         "bk__rand_int__",
         &format!("{sku}.0.br__rand_int__"),
         "1",

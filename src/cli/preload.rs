@@ -40,6 +40,12 @@ pub struct PreloadArgs {
     /// At most this many units of the SKU per buyer, held and confirmed together (0 = no cap).
     #[arg(long)]
     pub max_per_user: Option<u32>,
+    /// The sale opens at this RFC 3339 instant (Redis clock): reserves before it answer 409 sale_not_open, `"waitlist": true` pre-queues (docs/fair-draw.md).
+    #[arg(long)]
+    pub opens_at: Option<String>,
+    /// The sale closes at this RFC 3339 instant: reserves from then on answer 409 sale_closed.
+    #[arg(long)]
+    pub closes_at: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -47,6 +53,19 @@ pub struct PreloadArgs {
 pub(super) async fn run(args: PreloadArgs) -> Result<(), String> {
     let sku = Sku::parse(args.sku.as_deref().unwrap_or_default())?;
     let stock = args.stock.unwrap_or(0);
+    let instant = |what: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| crate::inventory::Window::parse_instant(what, s))
+            .transpose()
+            .map_err(|e| crate::error::ApiError::from(e).message())
+    };
+    let window = crate::inventory::Window {
+        opens_at_ms: instant("--opens-at", &args.opens_at)?,
+        closes_at_ms: instant("--closes-at", &args.closes_at)?,
+    };
+    window
+        .check()
+        .map_err(|e| crate::error::ApiError::from(e).message())?;
     let inventory = super::inventory_of(&args.common).await?;
     let outcome = inventory
         .preload_with(
@@ -56,6 +75,7 @@ pub(super) async fn run(args: PreloadArgs) -> Result<(), String> {
                 shards: args.shards,
                 force: args.force,
                 max_per_user: args.max_per_user,
+                window,
             },
         )
         .await
@@ -99,11 +119,24 @@ pub(super) async fn from_postgres(args: PreloadArgs) -> Result<(), String> {
             .max_per_user
             .map(|m| u32::try_from(m).map_err(|_| format!("{sku}: bad max_per_user {m}")))
             .transpose()?;
+        let ms = |t: Option<std::time::SystemTime>| -> Result<Option<i64>, String> {
+            t.map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .and_then(|d| i64::try_from(d.as_millis()).ok())
+                    .ok_or_else(|| format!("{sku}: a sale window before 1970"))
+            })
+            .transpose()
+        };
         let spec = crate::inventory::PreloadSpec {
             stock: row.stock,
             shards,
             force: args.force,
             max_per_user,
+            window: crate::inventory::Window {
+                opens_at_ms: ms(row.opens_at)?,
+                closes_at_ms: ms(row.closes_at)?,
+            },
         };
         spec.validate()
             .map_err(|e| format!("{sku}: {e}; nothing was loaded"))?;

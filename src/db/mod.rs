@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "cart_events",
         include_str!("../../migrations/0006_cart_events.sql"),
     ),
+    (
+        7,
+        "skus_sale_window",
+        include_str!("../../migrations/0007_skus_sale_window.sql"),
+    ),
 ];
 
 /// Serialises concurrent migrators (any constant unique to flashgate).
@@ -204,7 +209,7 @@ impl Db {
         let client = self.get().await?;
         let rows = client
             .query(
-                "SELECT sku, stock, shards, max_per_user FROM skus
+                "SELECT sku, stock, shards, max_per_user, opens_at, closes_at FROM skus
                  WHERE $1::text IS NULL OR sku = $1 ORDER BY sku",
                 &[&sku],
             )
@@ -216,6 +221,8 @@ impl Db {
                 stock: r.get(1),
                 shards: r.get(2),
                 max_per_user: r.get(3),
+                opens_at: r.get(4),
+                closes_at: r.get(5),
             })
             .collect())
     }
@@ -277,6 +284,9 @@ pub struct CatalogueRow {
     pub shards: i32,
     /// Purchase cap per buyer; None: no cap (or keep the loaded SKU's).
     pub max_per_user: Option<i32>,
+    /// The sale window (NULL: none, or keep the loaded SKU's).
+    pub opens_at: Option<std::time::SystemTime>,
+    pub closes_at: Option<std::time::SystemTime>,
 }
 
 fn pool_cause(e: &deadpool_postgres::PoolError) -> String {

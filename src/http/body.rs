@@ -242,6 +242,9 @@ struct ErrorDetail<'a> {
     line: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sku: Option<String>,
+    /// `sale_not_open`: when the sale opens (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    opens_at: Option<String>,
 }
 
 fn error_body(e: &ApiError) -> ErrorBody<'static> {
@@ -255,6 +258,10 @@ fn error_body(e: &ApiError) -> ErrorBody<'static> {
             message: e.message(),
             line,
             sku,
+            opens_at: match e {
+                ApiError::SaleNotOpen { opens_at, .. } => Some(opens_at.clone()),
+                _ => None,
+            },
         },
     }
 }
@@ -277,7 +284,10 @@ pub fn error(e: &ApiError) -> Response<Body> {
         _ => json(e.status(), &error_body(e)),
     };
     match e {
-        ApiError::RateLimited { retry_after_secs } => {
+        ApiError::RateLimited { retry_after_secs }
+        | ApiError::SaleNotOpen {
+            retry_after_secs, ..
+        } => {
             if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                 resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
             }

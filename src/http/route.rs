@@ -64,6 +64,8 @@ pub(super) enum Route {
     CartRelease,
     CartExtend,
     Jwks,
+    /// The fair draw of a SKU's pre-queue (docs/fair-draw.md).
+    SkuDraw,
     NotFound,
 }
 
@@ -79,7 +81,7 @@ pub fn table() -> impl Iterator<Item = (&'static str, &'static str)> {
 
 impl Route {
     /// Every variant, in declaration order (a test holds it complete).
-    pub(super) const ALL: [Route; 21] = [
+    pub(super) const ALL: [Route; 22] = [
         Route::Reserve,
         Route::GetReservation,
         Route::Confirm,
@@ -100,6 +102,7 @@ impl Route {
         Route::CartRelease,
         Route::CartExtend,
         Route::Jwks,
+        Route::SkuDraw,
         Route::NotFound,
     ];
 
@@ -126,6 +129,7 @@ impl Route {
             Route::CartRelease => "/v1/carts/{id}/release",
             Route::CartExtend => "/v1/carts/{id}/extend",
             Route::Jwks => "/.well-known/jwks.json",
+            Route::SkuDraw => "/v1/skus/{sku}/draw",
             Route::NotFound => "",
         }
     }
@@ -141,6 +145,7 @@ impl Route {
             ["v1", "reservations", id, "release"] => (Route::Release, id),
             ["v1", "reservations", id, "extend"] => (Route::Extend, id),
             ["v1", "skus", sku] => (Route::Sku, sku),
+            ["v1", "skus", sku, "draw"] => (Route::SkuDraw, sku),
             ["v1", "waitlist", id] => (Route::Waitlist, id),
             ["admin", "v1", "skus", sku] => (Route::AdminSku, sku),
             ["admin", "v1", "skus", sku, "preload"] => (Route::AdminPreload, sku),
@@ -183,6 +188,7 @@ impl Route {
             Route::CartRelease => "cart_release",
             Route::CartExtend => "cart_extend",
             Route::Jwks => "jwks",
+            Route::SkuDraw => "sku_draw",
             Route::NotFound => "not_found",
         }
     }
@@ -228,7 +234,7 @@ mod tests {
 
     /// (the exhaustive `match` below makes a new variant fail to compile
     /// until it is listed in [`Route::ALL`])
-    const ALL: [Route; 21] = Route::ALL;
+    const ALL: [Route; 22] = Route::ALL;
 
     #[test]
     fn the_metrics_route_labels_are_the_route_table() {
@@ -255,7 +261,8 @@ mod tests {
                 Route::CartRelease => 17,
                 Route::CartExtend => 18,
                 Route::Jwks => 19,
-                Route::NotFound => 20,
+                Route::SkuDraw => 20,
+                Route::NotFound => 21,
             };
             assert_eq!(pos, i);
         }

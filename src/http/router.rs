@@ -178,6 +178,13 @@ async fn dispatch(
                 req.headers().get(hyper::header::IF_NONE_MATCH),
             ))
         }
+        (&Method::GET, Route::SkuDraw) => {
+            let sku = parse_sku(part)?;
+            match Box::pin(state.inventory.draw_document(&sku)).await? {
+                Some(doc) => Ok(body::json(StatusCode::OK, &*doc)),
+                None => Err(ApiError::NoDraw(sku.to_string())),
+            }
+        }
         (&Method::GET, Route::Waitlist) => {
             let id = parse_ticket(part)?;
             Ok(body::json(
@@ -420,6 +427,9 @@ struct PreloadBody {
     #[serde(default)]
     force: bool,
     max_per_user: Option<u32>,
+    /// RFC 3339 (docs/fair-draw.md)
+    opens_at: Option<String>,
+    closes_at: Option<String>,
 }
 
 fn default_shards() -> u16 {
@@ -433,11 +443,20 @@ async fn admin_preload(
 ) -> Result<Response<Body>, ApiError> {
     let sku = Sku::parse(sku).map_err(ApiError::InvalidRequest)?;
     let b: PreloadBody = body::read_json(req, state.config.body_limit_bytes).await?;
+    let instant = |what: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| crate::inventory::Window::parse_instant(what, s))
+            .transpose()
+    };
     let spec = crate::inventory::PreloadSpec {
         stock: b.stock,
         shards: b.shards,
         force: b.force,
         max_per_user: b.max_per_user,
+        window: crate::inventory::Window {
+            opens_at_ms: instant("opens_at", &b.opens_at)?,
+            closes_at_ms: instant("closes_at", &b.closes_at)?,
+        },
     };
     match state.inventory.preload_with(&sku, spec).await? {
         crate::inventory::PreloadOutcome::Loaded { per_shard } => {

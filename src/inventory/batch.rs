@@ -176,6 +176,10 @@ pub struct ReserveCall {
     /// The key's claim, made inside this call (one Redis server only; see
     /// `lua/reserve.lua`), or None when it was made apart or earlier.
     pub claim: Option<Claim>,
+    /// The SKU's sale window as `reserve.lua`'s ARGV[4] (`SkuMeta::window_arg`;
+    /// "" for none). One call serves one shard, so one SKU: the call sends
+    /// its first request's.
+    pub window: std::sync::Arc<str>,
 }
 
 /// `reserve.lua` on one shard; the lane is the shard's hash tag.
@@ -206,8 +210,9 @@ impl Batch for ReserveBatch {
             sk.reserved_keys(),
         ];
         // borrowed from the requests: packed once into one buffer by run_with
-        let mut args: Vec<&str> = Vec::with_capacity(3 + 8 * calls.len());
+        let mut args: Vec<&str> = Vec::with_capacity(4 + 8 * calls.len());
         args.extend(self.ttls.iter().map(String::as_str));
+        args.push(calls.first().map_or("", |c| &*c.window));
         for c in &calls {
             let (claim_key, claim_body) = match &c.claim {
                 Some(claim) => (claim.record.as_str(), claim.body.as_str()),

@@ -427,6 +427,15 @@ impl Inventory {
                     let limit = if fresh { i } else { i + 1 };
                     return self.fail(&rec, limit, &format!("purchase_limit:{i}")).await;
                 }
+                // a line whose SKU's sale window is shut (docs/fair-draw.md):
+                // the cart holds nothing, and the buyer hears why
+                Err(e @ (InventoryError::SaleNotOpen { .. } | InventoryError::SaleClosed)) => {
+                    let limit = if fresh { i } else { i + 1 };
+                    return match self.fail(&rec, limit, &format!("sale_window:{i}")).await {
+                        Err(down) if down.is_unavailable() => Err(down),
+                        _ => Err(e),
+                    };
+                }
                 Ok(ReserveOutcome::Waitlisted(_) | ReserveOutcome::WaitlistReplayed(_)) => {
                     return Err(InventoryError::Protocol(
                         "a cart line cannot join a waitlist".into(),

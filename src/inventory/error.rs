@@ -66,6 +66,22 @@ pub enum InventoryError {
     /// The list of carts in progress is full (`max_pending_carts`).
     #[error("too many carts are being made right now; retry shortly")]
     CartsBusy,
+    // The sale window (docs/fair-draw.md).
+    /// A sale window that cannot be: unparseable, or `closes_at` not after
+    /// `opens_at`.
+    #[error("{0}")]
+    InvalidSaleWindow(String),
+    /// The SKU's sale has not opened: it opens at `opens_at_ms`, `left_ms`
+    /// from now (both on the Redis clock).
+    #[error("the sale has not opened yet")]
+    SaleNotOpen { opens_at_ms: i64, left_ms: i64 },
+    /// The SKU's sale window has closed.
+    #[error("the sale has closed")]
+    SaleClosed,
+    /// The pre-queue has closed and its draw is not applied yet: a
+    /// waitlist join is refused for the moment (retry in a second).
+    #[error("the pre-queue's draw is under way")]
+    DrawPending,
 }
 
 impl InventoryError {

@@ -157,6 +157,16 @@ impl WaitKeys {
     pub fn rate(&self) -> String {
         [self.prefix.as_str(), "rate"].concat()
     }
+    /// The fair draw's state (hash: `status` closed|drawn, `tickets`,
+    /// `digest`, `seed` once revealed, `closed_at`, `drawn_at`, `applied`).
+    pub fn draw(&self) -> String {
+        [self.prefix.as_str(), "draw"].concat()
+    }
+    /// The draw's secret seed (64 hex), written once when the SKU is first
+    /// loaded with `opens_at`; read by the draw only, never by an API.
+    pub fn seed(&self) -> String {
+        [self.prefix.as_str(), "seed"].concat()
+    }
     pub fn ticket_prefix(&self) -> String {
         [self.prefix.as_str(), "t:"].concat()
     }
@@ -175,6 +185,13 @@ impl WaitKeys {
 /// `lua/reserve.lua`); a layout-2 instance refuses a layout-3 meta (503). A
 /// meta of a later layout is refused here.
 pub const LAYOUT: &str = "3";
+
+/// The `layout` of a SKU meta with a sale window (`opens_at`/`closes_at`,
+/// docs/fair-draw.md): layout 3 plus the window. An instance of layout 3
+/// does not know windows and would sell before `opens_at`: it refuses a
+/// meta whose layout is not its own (503 for that SKU only), so across a
+/// rolling upgrade only SKUs without a window are served by old instances.
+pub const LAYOUT_WINDOW: &str = "4";
 
 /// Redis's data layout, one string for the whole store: an instance that
 /// finds one it does not know refuses to serve (`/readyz` and reserves

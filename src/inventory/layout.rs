@@ -30,6 +30,96 @@ pub struct SkuMeta {
     pub tags: Vec<String>,
     /// Units one buyer may hold and buy together (0 = no cap).
     pub max_per_user: u32,
+    /// The sale window (ms, Redis clock), if any (docs/fair-draw.md).
+    pub window: Window,
+    /// `reserve.lua`'s ARGV[4]: `<opens>|<closes>`, "" without a window
+    /// (built once per meta read, shared by every reserve call).
+    pub window_arg: Arc<str>,
+    /// hex SHA-256 of the draw's seed (a SKU with `opens_at`).
+    pub commitment: Option<String>,
+}
+
+/// A SKU's sale window: `opens_at` and `closes_at` in ms on the Redis
+/// clock; either may be absent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    pub opens_at_ms: Option<i64>,
+    pub closes_at_ms: Option<i64>,
+}
+
+impl Window {
+    pub fn is_some(&self) -> bool {
+        self.opens_at_ms.is_some() || self.closes_at_ms.is_some()
+    }
+
+    /// The window as `reserve.lua` reads it (ARGV[4]).
+    pub fn arg(&self) -> String {
+        if !self.is_some() {
+            return String::new();
+        }
+        let f = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+        format!("{}|{}", f(self.opens_at_ms), f(self.closes_at_ms))
+    }
+
+    /// `closes_at` after `opens_at`, both after 1970 and before 9999.
+    pub fn check(&self) -> Result<(), InventoryError> {
+        const MAX: i64 = 253_402_300_799_000; // 9999-12-31T23:59:59Z
+        for v in [self.opens_at_ms, self.closes_at_ms].into_iter().flatten() {
+            if !(0..=MAX).contains(&v) {
+                return Err(InventoryError::InvalidSaleWindow(
+                    "opens_at and closes_at must lie between 1970 and 9999".into(),
+                ));
+            }
+        }
+        if let (Some(o), Some(c)) = (self.opens_at_ms, self.closes_at_ms) {
+            if c <= o {
+                return Err(InventoryError::InvalidSaleWindow(
+                    "closes_at must be after opens_at".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parse an RFC 3339 instant (the API's and the CLI's form: `Z` or a
+    /// `±HH:MM` offset, optional fractions of a second) to ms since 1970.
+    pub fn parse_instant(what: &str, s: &str) -> Result<i64, InventoryError> {
+        let bad = || {
+            InventoryError::InvalidSaleWindow(format!(
+                "{what} must be an RFC 3339 instant such as 2026-12-24T18:00:00Z, not {:?}",
+                s.chars().take(64).collect::<String>()
+            ))
+        };
+        // an offset: `+HH:MM` / `-HH:MM` at the end; humantime reads `Z` only
+        let (utc, offset_ms) = match s
+            .len()
+            .checked_sub(6)
+            .and_then(|i| s.get(i..).map(|o| (i, o)))
+        {
+            Some((i, o))
+                if matches!(o.as_bytes()[0], b'+' | b'-')
+                    && o.as_bytes()[3] == b':'
+                    && s.contains('T') =>
+            {
+                let h: i64 = o.get(1..3).and_then(|h| h.parse().ok()).ok_or_else(bad)?;
+                let m: i64 = o.get(4..6).and_then(|m| m.parse().ok()).ok_or_else(bad)?;
+                if h > 23 || m > 59 {
+                    return Err(bad());
+                }
+                let sign = if o.starts_with('-') { -1 } else { 1 };
+                (format!("{}Z", &s[..i]), sign * (h * 60 + m) * 60_000)
+            }
+            _ => (s.to_owned(), 0),
+        };
+        let t = humantime::parse_rfc3339(&utc).map_err(|_| bad())?;
+        let ms = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| InventoryError::InvalidSaleWindow(format!("{what} must lie after 1970")))?
+            .as_millis();
+        i64::try_from(ms)
+            .map_err(|_| InventoryError::InvalidSaleWindow(format!("{what} is out of range")))
+            .map(|ms| ms - offset_ms)
+    }
 }
 
 impl SkuMeta {
@@ -96,7 +186,7 @@ impl Inventory {
             fields
         };
         match fields.get("layout").map(String::as_str) {
-            Some(keys::LAYOUT) => {}
+            Some(keys::LAYOUT) | Some(keys::LAYOUT_WINDOW) => {}
             None if !fields.contains_key("shard_count") => return Ok(None),
             other => {
                 return Err(InventoryError::Unsuitable(format!(
@@ -128,11 +218,19 @@ impl Inventory {
             .get("max_per_user")
             .and_then(|m| m.parse().ok())
             .unwrap_or(0);
+        let ms = |f: &str| fields.get(f).and_then(|v| v.parse::<i64>().ok());
+        let window = Window {
+            opens_at_ms: ms("opens_at"),
+            closes_at_ms: ms("closes_at"),
+        };
         let m = Arc::new(SkuMeta {
             sku: sku.clone(),
             shards,
             tags,
             max_per_user,
+            window_arg: window.arg().into(),
+            window,
+            commitment: fields.get("commitment").cloned(),
         });
         if let Ok(mut cache) = self.meta.write() {
             cache.insert(sku.clone(), (m.clone(), Instant::now()));
@@ -377,5 +475,43 @@ impl Inventory {
             .await?
             .map_err(InventoryError::Unsuitable)?;
         Ok(old)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sale_window_instants_parse_with_z_or_an_offset_and_bad_ones_are_refused() {
+        let p = |s: &str| Window::parse_instant("opens_at", s);
+        assert_eq!(p("1970-01-01T00:00:01Z").unwrap(), 1000);
+        assert_eq!(p("1970-01-01T00:00:01.5Z").unwrap(), 1500);
+        assert_eq!(p("1970-01-01T02:00:01+02:00").unwrap(), 1000);
+        assert_eq!(p("1970-01-01T00:00:01-01:00").unwrap(), 3_601_000);
+        for bad in [
+            "",
+            "tomorrow",
+            "2026-12-24",
+            "2026-12-24T18:00:00+25:00",
+            "2026-13-01T00:00:00Z",
+            "é",
+            "-00:00",
+        ] {
+            assert!(
+                matches!(p(bad), Err(InventoryError::InvalidSaleWindow(_))),
+                "{bad:?}"
+            );
+        }
+        let w = |o, c| Window {
+            opens_at_ms: o,
+            closes_at_ms: c,
+        };
+        assert!(w(Some(10), Some(10)).check().is_err());
+        assert!(w(Some(10), Some(9)).check().is_err());
+        assert!(w(Some(-1), None).check().is_err());
+        assert!(w(Some(10), Some(11)).check().is_ok());
+        assert_eq!(w(Some(10), None).arg(), "10|");
+        assert_eq!(w(None, None).arg(), "");
     }
 }

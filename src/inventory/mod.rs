@@ -92,6 +92,7 @@ pub mod batch;
 mod books;
 mod cap;
 pub mod cart;
+mod draw;
 mod durability;
 mod error;
 pub mod expiry;
@@ -131,7 +132,7 @@ use sold_out::SoldOutMark;
 pub use books::{Books, ShardStatus, SkuStatus};
 pub use cart::{Cart, CartLineRequest, CartOutcome, CartRequest};
 pub use error::InventoryError;
-pub use layout::SkuMeta;
+pub use layout::{SkuMeta, Window};
 pub use preload::{split, PreloadOutcome, PreloadSpec};
 pub use reserve::{ReserveOutcome, ReserveRequest};
 
@@ -196,6 +197,10 @@ pub struct Inventory {
     /// SKUs that answered "sold out": until when, and whether one request is
     /// already re-checking the shards (the sold-out fast path).
     sold_out: std::sync::Mutex<FastMap<Sku, SoldOutMark>>,
+    /// SKUs a walk found not open yet: until when this instance answers
+    /// `sale_not_open` from memory, and when (its clock) the sale opens
+    /// (reserve.rs, `not_open_mark`).
+    not_open: std::sync::Mutex<FastMap<Sku, reserve::NotOpenMark>>,
     /// Bumped whenever this instance sees units come back, so a walk that
     /// ended "sold out" before a return does not mark the SKU after it.
     returns_seen: std::sync::atomic::AtomicU64,
@@ -225,6 +230,9 @@ pub struct Inventory {
     /// read (at start and by `/readyz`); else why not, for every reserve's 503.
     layout_ok: std::sync::atomic::AtomicBool,
     layout_refused: RwLock<Option<String>>,
+    /// SKUs whose pre-queue draw this instance saw applied, with the draw's
+    /// document once read (it never changes after): draw.rs.
+    drawn: RwLock<FastMap<Sku, Option<Arc<crate::fairness::DrawDocument>>>>,
 }
 
 /// The maps every reserve reads (the sold-out marks, the layout cache, the
@@ -443,7 +451,9 @@ impl Inventory {
             },
             meta: RwLock::new(FastMap::default()),
             returned: tokio::sync::Notify::new(),
+            drawn: RwLock::new(FastMap::default()),
             sold_out: std::sync::Mutex::new(FastMap::default()),
+            not_open: std::sync::Mutex::new(FastMap::default()),
             returns_seen: std::sync::atomic::AtomicU64::new(0),
             stock_docs: std::sync::Mutex::new(FastMap::default()),
             absent: std::sync::Mutex::new(FastMap::default()),

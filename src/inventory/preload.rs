@@ -6,6 +6,7 @@
 use fred::interfaces::{HashesInterface, KeysInterface, SetsInterface};
 
 use super::keys::{self, ShardKeys};
+use super::layout::Window;
 use super::replies::{array, at, text};
 use super::InventoryError;
 use super::{now_ms, placement, Inventory, SkuMeta, MAX_SHARDS, MAX_STOCK};
@@ -18,12 +19,15 @@ pub struct PreloadSpec {
     pub shards: u16,
     pub force: bool,
     pub max_per_user: Option<u32>,
+    /// The sale window (none: the SKU's earlier one, if any, is kept).
+    pub window: Window,
 }
 
 impl PreloadSpec {
     /// The bounds of a preload, checked before anything is written: stock
     /// within `0..=MAX_STOCK`, shards within `1..=MAX_SHARDS`.
     pub fn validate(&self) -> Result<(), InventoryError> {
+        self.window.check()?;
         if !(1..=MAX_SHARDS).contains(&self.shards) {
             return Err(InventoryError::InvalidRequest(format!(
                 "shards must be within 1..={MAX_SHARDS}, not {}",
@@ -87,6 +91,7 @@ impl Inventory {
                 shards,
                 force,
                 max_per_user: None,
+                window: Window::default(),
             },
         )
         .await
@@ -115,6 +120,7 @@ impl Inventory {
             shards,
             force,
             max_per_user,
+            window,
         } = spec;
         // read past the cache: preload must see what is there now
         if let Ok(mut cache) = self.meta.write() {
@@ -166,11 +172,27 @@ impl Inventory {
             .hset(&meta_key, [("pending", noted.join(","))])
             .await
             .map_err(|e| self.err(e))?;
+        // the window: the one given, else the SKU's earlier one
+        let window = if window.is_some() {
+            window
+        } else {
+            old.as_ref().map(|m| m.window).unwrap_or_default()
+        };
+        // A SKU with opens_at: its draw's seed, drawn once and never again
+        // (a forced reload keeps it, so the published commitment stands),
+        // before the meta that publishes its commitment.
+        let commitment = match window.opens_at_ms {
+            Some(_) => Some(self.draw_seed(sku).await?.commitment()),
+            None => None,
+        };
         let meta = SkuMeta {
             sku: sku.clone(),
             shards,
             tags,
             max_per_user,
+            window_arg: window.arg().into(),
+            window,
+            commitment: commitment.clone(),
         };
         let per_shard = split(stock, shards);
         for (s, units) in per_shard.iter().enumerate() {
@@ -208,17 +230,31 @@ impl Inventory {
             .map_err(|e| self.err(e))?;
         // last: from here on the SKU exists with this layout
         let now = now_ms().to_string();
+        // a SKU with a window is layout 4: a layout-3 instance, which knows
+        // no window and would sell before opens_at, refuses it (keys.rs)
+        let layout = if window.is_some() {
+            keys::LAYOUT_WINDOW
+        } else {
+            keys::LAYOUT
+        };
+        let mut fields = vec![
+            ("shard_count", shards.to_string()),
+            ("layout", layout.to_owned()),
+            ("tags", meta.tags.join(",")),
+            ("max_per_user", max_per_user.to_string()),
+            ("loaded_at", now),
+        ];
+        if let Some(o) = window.opens_at_ms {
+            fields.push(("opens_at", o.to_string()));
+        }
+        if let Some(c) = window.closes_at_ms {
+            fields.push(("closes_at", c.to_string()));
+        }
+        if let Some(c) = commitment {
+            fields.push(("commitment", c));
+        }
         let _: () = client
-            .hset(
-                &meta_key,
-                [
-                    ("shard_count", shards.to_string()),
-                    ("layout", keys::LAYOUT.to_owned()),
-                    ("tags", meta.tags.join(",")),
-                    ("max_per_user", max_per_user.to_string()),
-                    ("loaded_at", now),
-                ],
-            )
+            .hset(&meta_key, fields)
             .await
             .map_err(|e| self.err(e))?;
         let _: i64 = client
@@ -230,6 +266,7 @@ impl Inventory {
         }
         // new units, maybe on new shards without a gate: open up at once
         self.clear_sold_out(sku);
+        self.forget_not_open(sku);
         self.forget_stock(sku);
         self.returned.notify_one();
         Ok(PreloadOutcome::Loaded { per_shard })

@@ -168,6 +168,10 @@ pub enum ReserveReply {
     Dry(i64),
     /// The shard has no counters.
     Unloaded,
+    /// The SKU's sale window has not opened yet: this many ms left (Redis clock).
+    NotOpen(i64),
+    /// The SKU's sale window has closed.
+    Closed,
 }
 
 /// `reserve.lua`'s flat reply (the calls' shared deadline, then one string
@@ -212,6 +216,8 @@ pub fn decode_reserve(reply: Value) -> Result<Vec<ReserveReply>, InventoryError>
                 b'm' => ReserveReply::Mismatch,
                 b'd' => ReserveReply::Dry(num()?),
                 b'u' => ReserveReply::Unloaded,
+                b'w' => ReserveReply::NotOpen(num()?),
+                b'x' if rest.is_empty() => ReserveReply::Closed,
                 _ => return Err(bad(&format!("{s:?}"))),
             })
         })
@@ -281,6 +287,8 @@ mod tests {
             s("m"),
             s("d0"),
             s("u"),
+            s("w1500"),
+            s("x"),
         ]);
         assert_eq!(
             decode_reserve(reply).unwrap(),
@@ -306,11 +314,15 @@ mod tests {
                 ReserveReply::Mismatch,
                 ReserveReply::Dry(0),
                 ReserveReply::Unloaded,
+                ReserveReply::NotOpen(1500),
+                ReserveReply::Closed,
             ]
         );
         for bad in [
             vec![s("h")],                       // no deadline
-            vec![Value::Integer(0), s("x1")],   // unknown kind
+            vec![Value::Integer(0), s("q1")],   // unknown kind
+            vec![Value::Integer(0), s("x1")],   // "closed" carries nothing
+            vec![Value::Integer(0), s("w")],    // "not open" carries the ms left
             vec![Value::Integer(0), s("dzz")],  // no number
             vec![Value::Integer(0), s("r1|2")], // a short replay
             vec![Value::Integer(0), s("")],

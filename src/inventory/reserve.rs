@@ -69,6 +69,9 @@ pub(super) enum Step {
     Claimed(String),
     Dry(i64),
     Unloaded,
+    /// The sale window has not opened: ms left.
+    NotOpen(i64),
+    Closed,
 }
 
 /// The claim record's body: the request's `<sku>\n<fingerprint>`, the
@@ -200,7 +203,66 @@ pub(super) fn parse_claim(earlier: &str, request: &str) -> Option<ClaimInfo> {
     })
 }
 
+/// A SKU found not open by a walk: `sale_not_open` from memory until
+/// `until`. The walk's call was sent at `sent`, and Redis judged the window
+/// after that, so the opening is no earlier than `sent + left` on this
+/// instance's clock: memory answers only before it, less 0.1 % (clock rate
+/// drift), and for at most [`NOT_OPEN_MEMORY`], so a reload that moves
+/// `opens_at` earlier reaches this instance as soon as its meta does.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct NotOpenMark {
+    until: std::time::Instant,
+    opens: std::time::Instant,
+    opens_at_ms: i64,
+}
+
+/// The longest a "not open" answer is kept in memory: the meta cache's TTL.
+const NOT_OPEN_MEMORY: std::time::Duration = super::layout::META_TTL;
+
 impl Inventory {
+    /// The "not open" answer from memory, if this instance has one for `sku`.
+    fn not_open_answer(&self, sku: &Sku) -> Option<InventoryError> {
+        let now = std::time::Instant::now();
+        let mut marks = self.not_open.lock().ok()?;
+        let m = *marks.get(sku)?;
+        if now >= m.until {
+            marks.remove(sku);
+            return None;
+        }
+        let left = m.opens.saturating_duration_since(now).as_millis();
+        Some(InventoryError::SaleNotOpen {
+            opens_at_ms: m.opens_at_ms,
+            left_ms: i64::try_from(left).unwrap_or(i64::MAX).max(1),
+        })
+    }
+
+    /// A preload through this instance may have moved the window.
+    pub(super) fn forget_not_open(&self, sku: &Sku) {
+        if let Ok(mut marks) = self.not_open.lock() {
+            marks.remove(sku);
+        }
+    }
+
+    /// Keep a walk's "not open" (see [`NotOpenMark`]).
+    fn not_open_mark(&self, sku: &Sku, sent: std::time::Instant, opens_at_ms: i64, left_ms: i64) {
+        let left = std::time::Duration::from_millis(u64::try_from(left_ms).unwrap_or(0));
+        let keep = (left - left / 1000).min(NOT_OPEN_MEMORY);
+        if keep.is_zero() {
+            return;
+        }
+        if let Ok(mut marks) = self.not_open.lock() {
+            // one entry per SKU a walk found loaded: bounded by the catalogue
+            marks.insert(
+                sku.clone(),
+                NotOpenMark {
+                    until: sent + keep,
+                    opens: sent + left,
+                    opens_at_ms,
+                },
+            );
+        }
+    }
+
     pub async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, InventoryError> {
         self.reserve_as(req, None).await
     }
@@ -241,6 +303,13 @@ impl Inventory {
             },
             FastPath::Walk => None,
         };
+        // Before opens_at: a plain reserve is refused from memory once a walk
+        // has seen the window shut (a pre-queue join still walks)
+        if !req.waitlist {
+            if let Some(e) = self.not_open_answer(&req.sku) {
+                return Err(e);
+            }
+        }
         if let Some(full) = waitlist_full {
             if !req.waitlist {
                 return Ok(ReserveOutcome::SoldOut);
@@ -320,9 +389,17 @@ impl Inventory {
             }
         }
         let in_walk = in_walk.map(|c| (mine.as_str(), c));
+        let sent = std::time::Instant::now();
         let mut result = self
             .walk(req, &meta, &fp, true, shards, &left_out, token, in_walk)
             .await;
+        if let Err(InventoryError::SaleNotOpen {
+            opens_at_ms,
+            left_ms,
+        }) = &result
+        {
+            self.not_open_mark(&req.sku, sent, *opens_at_ms, *left_ms);
+        }
         if let Ok(ReserveOutcome::Held(r)) = &result {
             // a probe (or anyone) found stock: the SKU is open again
             self.clear_sold_out(&req.sku);
@@ -343,7 +420,14 @@ impl Inventory {
         // every shard of the key's walk holds its walk-on verdict, so no
         // request with the key can ever hold a unit (until the key expires).
         let capped = meta.max_per_user > 0;
-        if req.waitlist && matches!(result, Ok(ReserveOutcome::SoldOut)) {
+        if req.waitlist && matches!(result, Err(InventoryError::SaleNotOpen { .. })) {
+            // before opens_at: the pre-queue (wl_join.lua decides by the
+            // Redis clock; the cap is counted when the ticket is promoted)
+            if counted_now {
+                Box::pin(self.cap_give(&meta, req.user.as_str(), req.key.as_str())).await?;
+            }
+            result = Box::pin(self.join_waitlist(&meta, req, &fp)).await;
+        } else if req.waitlist && matches!(result, Ok(ReserveOutcome::SoldOut)) {
             if capped {
                 // the cap is counted again when the ticket is promoted
                 Box::pin(self.cap_give(&meta, req.user.as_str(), req.key.as_str())).await?;
@@ -503,6 +587,15 @@ impl Inventory {
                     }
                 }
                 Step::Unloaded => any_unloaded = true,
+                // the window is the SKU's, the same on every shard: no
+                // verdict was written, nothing is marked (not "sold out")
+                Step::NotOpen(left_ms) => {
+                    return Err(InventoryError::SaleNotOpen {
+                        opens_at_ms: meta.window.opens_at_ms.unwrap_or(0),
+                        left_ms,
+                    })
+                }
+                Step::Closed => return Err(InventoryError::SaleClosed),
             }
         }
         if all_unloaded && left_out.is_empty() {
@@ -574,6 +667,7 @@ impl Inventory {
             gate,
             verdict: token.verdicts,
             claim,
+            window: meta.window_arg.clone(),
         };
         let view = |id: String, exp: i64| Reservation {
             reservation_id: id,
@@ -603,6 +697,8 @@ impl Inventory {
             ReserveReply::Claimed(earlier) => Step::Claimed(earlier),
             ReserveReply::Dry(avail) => Step::Dry(avail),
             ReserveReply::Unloaded => Step::Unloaded,
+            ReserveReply::NotOpen(left) => Step::NotOpen(left),
+            ReserveReply::Closed => Step::Closed,
         })
     }
 }

@@ -65,6 +65,8 @@ pub struct Scripts {
     pub wl_bump: Script,
     /// A waiting ticket's position and the SKU's promotion rate.
     pub wl_wait: Script,
+    /// The fair draw of a pre-queue: close, then apply the order.
+    pub wl_draw: Script,
     /// `replica_ack`: the write a batch of acknowledgements waits behind.
     pub touch: Script,
     /// Reservation records, read (their format is `lua/lib.lua`'s).
@@ -109,6 +111,7 @@ impl Scripts {
             wl_gate: Script::new("wl_gate", include_str!("../../lua/wl_gate.lua")),
             wl_bump: Script::new("wl_bump", include_str!("../../lua/wl_bump.lua")),
             wl_wait: Script::new("wl_wait", include_str!("../../lua/wl_wait.lua")),
+            wl_draw: Script::new("wl_draw", include_str!("../../lua/wl_draw.lua")),
             fix: Script::new("fix", include_str!("../../lua/fix.lua")),
             touch: Script::new("touch", include_str!("../../lua/touch.lua")),
             records: Script::new("records", include_str!("../../lua/records.lua")),
@@ -119,7 +122,7 @@ impl Scripts {
         }
     }
 
-    pub fn all(&self) -> [&Script; 27] {
+    pub fn all(&self) -> [&Script; 28] {
         [
             &self.claim,
             &self.reserve,
@@ -142,6 +145,7 @@ impl Scripts {
             &self.wl_gate,
             &self.wl_bump,
             &self.wl_wait,
+            &self.wl_draw,
             &self.touch,
             &self.records,
             &self.meta_upgrade,

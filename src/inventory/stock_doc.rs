@@ -54,24 +54,41 @@ pub struct StockDoc {
 }
 
 /// The counters the document shows.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
 struct Counts {
     available: i64,
     held: i64,
     sold: i64,
     shards: u16,
     waitlist: i64,
+    /// A SKU with a sale window (docs/fair-draw.md).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    sale: Option<Box<Sale>>,
+}
+
+/// The sale window and the fair draw's public values.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+struct Sale {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    opens_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    closes_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fairness_commitment: Option<String>,
+    /// Revealed once the draw is applied (`null` until then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fairness_seed: Option<Option<String>>,
 }
 
 #[derive(Serialize)]
 struct View<'a> {
     sku: &'a str,
     #[serde(flatten)]
-    counts: Counts,
+    counts: &'a Counts,
 }
 
 impl StockDoc {
-    fn of(sku: &Sku, counts: Counts) -> StockDoc {
+    fn of(sku: &Sku, counts: &Counts) -> StockDoc {
         let body = serde_json::to_vec(&View {
             sku: sku.as_str(),
             counts,
@@ -129,7 +146,7 @@ impl Inventory {
     pub async fn stock_document(&self, sku: &Sku) -> Result<Arc<StockDoc>, InventoryError> {
         let period = self.settings.stock_cache;
         if period.is_zero() {
-            return Ok(Arc::new(StockDoc::of(sku, self.read_counts(sku).await?)));
+            return Ok(Arc::new(StockDoc::of(sku, &self.read_counts(sku).await?)));
         }
         let now = Instant::now();
         if let Ok(absent) = self.absent.lock() {
@@ -174,7 +191,7 @@ impl Inventory {
         counts: Counts,
         (generation, changes): (u64, u64),
     ) -> Arc<StockDoc> {
-        let doc = Arc::new(StockDoc::of(sku, counts));
+        let doc = Arc::new(StockDoc::of(sku, &counts));
         let Ok(mut docs) = self.stock_docs.lock() else {
             return doc;
         };
@@ -226,12 +243,27 @@ impl Inventory {
             });
         }
         let waitlist = self.waitlist_len(sku).await?;
+        let sale = if meta.window.is_some() {
+            let fairness_seed = match &meta.commitment {
+                Some(_) => Some(self.revealed_seed(sku).await?),
+                None => None,
+            };
+            Some(Box::new(Sale {
+                opens_at: meta.window.opens_at_ms.map(super::ms_to_rfc3339),
+                closes_at: meta.window.closes_at_ms.map(super::ms_to_rfc3339),
+                fairness_commitment: meta.commitment.clone(),
+                fairness_seed,
+            }))
+        } else {
+            None
+        };
         let mut counts = Counts {
             available: 0,
             held: 0,
             sold: 0,
             shards: meta.shards,
             waitlist,
+            sale,
         };
         while let Some(read) = reads.join_next().await {
             let read = read.map_err(|e| InventoryError::Protocol(format!("stock read: {e}")))?;
@@ -255,7 +287,7 @@ impl Inventory {
             c.available = (c.available + m.available).max(0);
             c.held = (c.held + m.held).max(0);
             c.waitlist = (c.waitlist + m.waitlist).max(0);
-            snap.doc = Arc::new(StockDoc::of(sku, snap.counts));
+            snap.doc = Arc::new(StockDoc::of(sku, &snap.counts));
         }
     }
 
@@ -316,14 +348,21 @@ mod tests {
             sold: 0,
             shards: 4,
             waitlist: 0,
+            sale: None,
         };
-        let a = StockDoc::of(&sku, c);
+        let a = StockDoc::of(&sku, &c);
         assert_eq!(
             a.body.as_ref(),
             br#"{"sku":"tee","available":5,"held":1,"sold":0,"shards":4,"waitlist":0}"#
         );
-        assert_eq!(a, StockDoc::of(&sku, c));
-        let b = StockDoc::of(&sku, Counts { available: 4, ..c });
+        assert_eq!(a, StockDoc::of(&sku, &c));
+        let b = StockDoc::of(
+            &sku,
+            &Counts {
+                available: 4,
+                ..c.clone()
+            },
+        );
         assert_ne!(a.etag, b.etag);
         assert!(a.etag.starts_with('"') && a.etag.ends_with('"') && a.etag.len() == 18);
     }

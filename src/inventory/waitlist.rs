@@ -79,6 +79,7 @@ impl Inventory {
                     wk.ticket(&ticket),
                     wk.exp(),
                     wk.state(),
+                    wk.draw(),
                 ],
                 vec![
                     ticket,
@@ -90,6 +91,10 @@ impl Inventory {
                     self.settings.idem_ttl_ms.to_string(),
                     wk.ticket_prefix(),
                     req.key.owner().to_string(),
+                    meta.window
+                        .opens_at_ms
+                        .map(|o| o.to_string())
+                        .unwrap_or_default(),
                 ],
             )
             .await?,
@@ -136,6 +141,12 @@ impl Inventory {
                 Err(InventoryError::WaitlistFull)
             }
             "already" => Err(InventoryError::AlreadyWaitlisted(text(at(&reply, 1)?)?)),
+            "drawing" => {
+                // opens_at has come and the draw is not applied yet: let
+                // this instance's promoter try it now
+                self.returned.notify_one();
+                Err(InventoryError::DrawPending)
+            }
             other => Err(InventoryError::Protocol(format!(
                 "wl_join replied {other:?}"
             ))),
@@ -203,7 +214,13 @@ impl Inventory {
         let mut status = status.clone();
         let mut position = None;
         let mut estimated_wait_seconds = None;
-        if status == "waiting" {
+        if status == "prequeued" {
+            // no position before the draw: the order is not known yet
+            let now = self.redis_now_ms(&wk.ticket(&key)).await?;
+            if expires.parse::<i64>().unwrap_or(0) <= now {
+                status = "expired".into();
+            }
+        } else if status == "waiting" {
             // one call: the Redis clock (the deadline was stamped by it, so
             // it is judged by it too), the place in the queue, the rate
             let w = array(
@@ -319,6 +336,15 @@ impl Inventory {
         }
     }
 
+    /// Pre-queued tickets of a SKU not yet drawn (score 0, lua/wl_join.lua).
+    pub async fn prequeue_len(&self, sku: &Sku) -> Result<i64, InventoryError> {
+        self.pool
+            .next()
+            .zcount(WaitKeys::new(sku).queue(), 0.0, 0.0)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
     /// Waiting tickets of a SKU.
     pub async fn waitlist_len(&self, sku: &Sku) -> Result<i64, InventoryError> {
         self.pool
@@ -346,6 +372,17 @@ impl Inventory {
         }
         let waiting = self.waitlist_len(&meta.sku).await?;
         let mut promoted = Vec::new();
+        // A SKU with opens_at: its pre-queue is drawn first (from opens_at
+        // on, once, by whichever instance gets there; draw.rs). Before that
+        // nothing is promoted and the pre-queued tickets keep the gates up.
+        if !self.draw_if_due(meta).await? {
+            if waiting > 0 {
+                self.set_gates(meta).await?;
+            } else {
+                self.lift_gates(meta, &wk).await?;
+            }
+            return Ok(promoted);
+        }
         if waiting == 0 {
             self.lift_gates(meta, &wk).await?;
             return Ok(promoted);
@@ -469,10 +506,22 @@ impl Inventory {
         // (no claim: the attempt key walks the SKU's count of the moment,
         // with no token, so its holds write `R` verdicts)
         let token = super::reserve::WalkToken::with_verdicts();
-        match self
+        let walked = match self
             .walk(&req, meta, &fp, false, meta.shards, &[], token, None)
-            .await?
+            .await
         {
+            // outside the sale window (closed, or a reload moved opens_at
+            // later): nothing was held; the tickets wait, and expire
+            Err(InventoryError::SaleClosed | InventoryError::SaleNotOpen { .. }) => {
+                if meta.max_per_user > 0 {
+                    self.cap_give(meta, req.user.as_str(), req.key.as_str())
+                        .await?;
+                }
+                return Ok((Step::NoStock, None));
+            }
+            other => other?,
+        };
+        match walked {
             ReserveOutcome::Held(r) | ReserveOutcome::Replayed(r) => {
                 let exp = humantime::parse_rfc3339(&r.expires_at)
                     .ok()
@@ -668,6 +717,12 @@ pub async fn run(
             }
             if let Ok(n) = inventory.waitlist_len(&sku).await {
                 metrics.set_waitlist(sku.as_str(), n);
+            }
+            if let Some(opens) = meta.window.opens_at_ms {
+                // (this instance's clock: a gauge, not a rule)
+                let left = (opens - super::now_ms() + 999).div_euclid(1000);
+                let pre = inventory.prequeue_len(&sku).await.unwrap_or(0);
+                metrics.set_sale(sku.as_str(), left, pre);
             }
         }
     }

@@ -218,19 +218,36 @@ impl Reconciler {
                     .unwrap_or_else(|| crate::inventory::keys::default_tag(sku, s))
             })
             .collect();
+        // the sale window from the catalogue, if it has one: a restored SKU
+        // must not sell before its opens_at (nor after closes_at)
+        let ms = |t: Option<std::time::SystemTime>| {
+            t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|d| i64::try_from(d.as_millis()).ok())
+        };
+        let opens_at = ms(row.as_ref().and_then(|r| r.opens_at));
+        let closes_at = ms(row.as_ref().and_then(|r| r.closes_at));
+        let layout = if opens_at.is_some() || closes_at.is_some() {
+            crate::inventory::keys::LAYOUT_WINDOW
+        } else {
+            crate::inventory::keys::LAYOUT
+        };
+        let mut fields = vec![
+            ("shard_count", shards.to_string()),
+            ("layout", layout.to_owned()),
+            ("tags", tags.join(",")),
+            ("max_per_user", max_per_user.max(0).to_string()),
+            ("loaded_at", crate::inventory::now_ms().to_string()),
+            ("restored_by", format!("reconcile {run_id}")),
+        ];
+        if let Some(o) = opens_at {
+            fields.push(("opens_at", o.to_string()));
+        }
+        if let Some(c) = closes_at {
+            fields.push(("closes_at", c.to_string()));
+        }
         let redis = self.inventory.pool().next();
         let _: () = redis
-            .hset(
-                crate::inventory::keys::meta(sku),
-                [
-                    ("shard_count", shards.to_string()),
-                    ("layout", crate::inventory::keys::LAYOUT.to_owned()),
-                    ("tags", tags.join(",")),
-                    ("max_per_user", max_per_user.max(0).to_string()),
-                    ("loaded_at", crate::inventory::now_ms().to_string()),
-                    ("restored_by", format!("reconcile {run_id}")),
-                ],
-            )
+            .hset(crate::inventory::keys::meta(sku), fields)
             .await
             .map_err(|e| self.err(e))?;
         let _: () = redis

@@ -211,6 +211,7 @@ async fn purchase_cap_holds_across_concurrent_attempts_and_frees_on_release() {
                 shards: 4,
                 force: false,
                 max_per_user: Some(2),
+                window: Default::default(),
             },
         )
         .await
@@ -288,6 +289,7 @@ async fn expiry_frees_the_purchase_cap() {
                 shards: 2,
                 force: false,
                 max_per_user: Some(1),
+                window: Default::default(),
             },
         )
         .await
@@ -320,6 +322,7 @@ async fn expiry_frees_the_purchase_cap() {
                 shards: 2,
                 force: true,
                 max_per_user: Some(2),
+                window: Default::default(),
             },
         )
         .await

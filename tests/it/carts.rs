@@ -531,6 +531,7 @@ async fn each_skus_purchase_cap_applies_to_its_line() {
                 shards: 2,
                 force: false,
                 max_per_user: Some(1),
+                window: Default::default(),
             },
         )
         .await

@@ -1222,7 +1222,8 @@ async fn a_sweep_meeting_a_half_moved_slot_changes_nothing_until_it_ends_every_h
     .await
     .expect("preload");
     // three holds of 1 ms, one call
-    let mut args: Vec<String> = ["1", "86400000", "90000000"].map(String::from).to_vec();
+    // (the fourth: no sale window)
+    let mut args: Vec<String> = ["1", "86400000", "90000000", ""].map(String::from).to_vec();
     for i in 0..3 {
         let rid = ReservationId::new(&sku, 0, &uuid::Uuid::new_v4());
         args.extend([

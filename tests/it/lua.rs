@@ -135,6 +135,7 @@ impl Fixture {
                     hold_ms.to_string(),
                     "86400000".into(),
                     "90000000".into(),
+                    String::new(), // no sale window
                     key.as_str().into(),
                     rid.to_string(),
                     qty.to_string(),
@@ -445,7 +446,13 @@ async fn reserve_batch_claiming(
     reqs: &[(&str, u32, Option<&str>)],
     rids: &[ReservationId],
 ) -> Vec<Vec<String>> {
-    let mut args: Vec<String> = vec!["60000".into(), "86400000".into(), "90000000".into()];
+    // (the fourth: no sale window)
+    let mut args: Vec<String> = vec![
+        "60000".into(),
+        "86400000".into(),
+        "90000000".into(),
+        String::new(),
+    ];
     for ((key, qty, claim), rid) in reqs.iter().zip(rids) {
         let key = ScopedKey::new(&Tenant::Anonymous, &IdempotencyKey::parse(key).unwrap());
         args.extend([
@@ -493,6 +500,8 @@ fn parts(r: ReserveReply, sent: &ReservationId) -> Vec<String> {
         ReserveReply::Dry(n) => vec!["dry".into(), n.to_string()],
         ReserveReply::Mismatch => vec!["mismatch".into()],
         ReserveReply::Unloaded => vec!["unloaded".into()],
+        ReserveReply::NotOpen(n) => vec!["not_open".into(), n.to_string()],
+        ReserveReply::Closed => vec!["closed".into()],
     }
 }
 
@@ -568,6 +577,7 @@ async fn concurrent_reserves_for_one_shard_share_script_calls() {
                 gate: true,
                 verdict: false,
                 claim: None,
+                window: "".into(),
             };
             parts(reserver.submit(&tag, call).await.unwrap(), &rid)
         }

@@ -26,6 +26,7 @@ mod observability_files;
 mod openapi;
 mod reconcile_safety;
 mod reload;
+mod sale_window;
 mod signed_holds;
 mod stock_corners;
 mod stock_document;

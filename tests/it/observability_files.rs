@@ -50,6 +50,7 @@ fn registered_metrics() -> BTreeMap<String, String> {
     m.redis_error("timeout");
     assert!(m.set_sku("probe", 10, 1, 1, 0));
     m.set_waitlist("probe", 0);
+    m.set_sale("probe", 0, 0);
     let families: BTreeMap<String, String> = m
         .render()
         .lines()
@@ -826,6 +827,25 @@ async fn a_live_scrape_has_every_metric_the_dashboard_and_alerts_use() {
         .await;
     app.get("/v1/skus/scrape").await;
     app.get("/readyz").await;
+    // a SKU with a sale window: its time to open and pre-queue (the promoter's)
+    let soon = flashgate::inventory::now_ms() + 3_600_000;
+    app.state
+        .inventory
+        .preload_with(
+            &flashgate::domain::Sku::parse("scheduled").unwrap(),
+            flashgate::inventory::PreloadSpec {
+                stock: 1,
+                shards: 1,
+                force: false,
+                max_per_user: None,
+                window: flashgate::inventory::Window {
+                    opens_at_ms: Some(soon),
+                    closes_at_ms: None,
+                },
+            },
+        )
+        .await
+        .expect("preload with a window");
     // per-SKU gauges come from the sweeper's chores (once a second)
     assert!(
         support::eventually(Duration::from_secs(10), || async {
@@ -835,6 +855,17 @@ async fn a_live_scrape_has_every_metric_the_dashboard_and_alerts_use() {
                 .as_str()
                 .unwrap_or("")
                 .contains(r#"flashgate_sku_available_units{sku="scrape"}"#)
+        })
+        .await
+    );
+    assert!(
+        support::eventually(Duration::from_secs(10), || async {
+            app.get("/metrics")
+                .await
+                .body
+                .as_str()
+                .unwrap_or("")
+                .contains(r#"flashgate_sku_seconds_to_open{sku="scheduled"}"#)
         })
         .await
     );

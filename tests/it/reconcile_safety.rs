@@ -835,6 +835,7 @@ async fn a_hold_closed_by_fix_gives_the_purchase_cap_back() {
                 shards: 1,
                 force: false,
                 max_per_user: Some(1),
+                window: Default::default(),
             },
         )
         .await

@@ -25,6 +25,7 @@ async fn preload(app: &TestApp, name: &str, stock: i64, shards: u16, force: bool
                 shards,
                 force,
                 max_per_user: Some(cap),
+                window: Default::default(),
             },
         )
         .await

@@ -89,7 +89,9 @@ async fn a_layout_newer_than_this_version_is_refused_and_nothing_is_written() {
     let app = spawn_app_with(&redis, |_| {}).await;
     app.preload("future", 2, 1).await;
     app.stop().await;
-    redis.cli(&["HSET", "fg:{future}:meta", "layout", "4"]);
+    // (4 is a SKU with a sale window, keys::LAYOUT_WINDOW: this test, with
+    // 4, is how layout-3 versions refuse such a SKU — tests/it/sale_window.rs)
+    redis.cli(&["HSET", "fg:{future}:meta", "layout", "5"]);
     let keys_before = redis.cli(&["DBSIZE"]);
 
     let app = spawn_app_with(&redis, |_| {}).await;

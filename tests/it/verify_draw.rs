@@ -438,11 +438,8 @@ async fn hostile_or_broken_servers_get_a_named_error_never_a_panic() {
 /// close; once drawn, `verify-draw --commitment` accepts it, and the same
 /// documents served with the seed or the order tampered are refused. After
 /// the draw's admissions (promotions), the tickets still waiting show a wait
-/// estimate. Needs `GET /v1/skus/{sku}/draw` and the admin preload's
-/// `opens_at` (the sale-window work, issue 21): ignored until they are on
-/// the branch.
+/// estimate.
 #[tokio::test]
-#[ignore = "needs the draw route (GET /v1/skus/{sku}/draw) and preload opens_at"]
 async fn a_real_draw_verifies_and_a_tampered_copy_does_not() {
     use hyper::{Method, StatusCode};
     use std::time::{Duration, UNIX_EPOCH};
