@@ -220,6 +220,23 @@ fn needs_escape(s: &[u8]) -> bool {
         .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
+/// `GET /v1/skus/{sku}/draw`: the bytes encoded once. A drawn document is
+/// final (`immutable`, a CDN may keep it for good); before that it changes
+/// at the close and the reveal, so it is not cached.
+pub fn draw_document(d: &crate::inventory::DrawBody) -> Response<Body> {
+    let mut resp = with_type(StatusCode::OK, d.json.clone(), "application/json");
+    let cache = if d.fin {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
+    resp.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static(cache),
+    );
+    resp
+}
+
 pub fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<Body> {
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;

@@ -181,7 +181,7 @@ async fn dispatch(
         (&Method::GET, Route::SkuDraw) => {
             let sku = parse_sku(part)?;
             match Box::pin(state.inventory.draw_document(&sku)).await? {
-                Some(doc) => Ok(body::json(StatusCode::OK, &*doc)),
+                Some(doc) => Ok(body::draw_document(&doc)),
                 None => Err(ApiError::NoDraw(sku.to_string())),
             }
         }

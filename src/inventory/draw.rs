@@ -36,6 +36,29 @@ use crate::fairness::{self, DrawDocument, Seed};
 /// milliseconds each, never one long script.
 const APPLY_CHUNK: usize = 1_000;
 
+/// A draw document with its JSON, encoded once: a drawn document never
+/// changes, and one of a full pre-queue is ~450 kB (10,000 ids twice), so a
+/// crowd polling `/draw` after the opening costs a copy of an `Arc`, not an
+/// encoding per GET.
+pub struct DrawBody {
+    pub doc: DrawDocument,
+    pub json: bytes::Bytes,
+    /// `drawn`: final, cacheable for good by a CDN or a browser.
+    pub fin: bool,
+}
+
+impl DrawBody {
+    fn new(doc: DrawDocument) -> Result<DrawBody, InventoryError> {
+        let json = serde_json::to_vec(&doc)
+            .map_err(|e| InventoryError::Protocol(format!("draw document: {e}")))?;
+        Ok(DrawBody {
+            fin: doc.status == "drawn",
+            doc,
+            json: bytes::Bytes::from(json),
+        })
+    }
+}
+
 /// `FLASHGATE_FAILPOINT`: abort the process at a named point of the draw
 /// (tests of a crash mid-draw; off unless the variable names the point).
 fn failpoint(name: &str) {
@@ -186,10 +209,7 @@ impl Inventory {
 
     /// `GET /v1/skus/{sku}/draw`: None for a SKU without `opens_at`. Once
     /// drawn the document never changes: kept per instance.
-    pub async fn draw_document(
-        &self,
-        sku: &Sku,
-    ) -> Result<Option<Arc<DrawDocument>>, InventoryError> {
+    pub async fn draw_document(&self, sku: &Sku) -> Result<Option<Arc<DrawBody>>, InventoryError> {
         if let Ok(d) = self.drawn.read() {
             if let Some(Some(doc)) = d.get(sku) {
                 return Ok(Some(doc.clone()));
@@ -234,7 +254,7 @@ impl Inventory {
         // once closed, the opens_at the close was judged by (not this
         // instance's cached meta, which a reload may have moved)
         let opens = field(3).and_then(|o| o.parse().ok()).unwrap_or(opens);
-        let doc = Arc::new(DrawDocument {
+        let doc = Arc::new(DrawBody::new(DrawDocument {
             sku: sku.to_string(),
             status: status.clone(),
             opens_at: ms_to_rfc3339(opens),
@@ -243,8 +263,8 @@ impl Inventory {
             fairness_seed: seed,
             tickets,
             order,
-        });
-        if status == "drawn" {
+        })?);
+        if doc.fin {
             if let Ok(mut d) = self.drawn.write() {
                 d.insert(sku.clone(), Some(doc.clone()));
             }

@@ -131,6 +131,7 @@ use sold_out::SoldOutMark;
 
 pub use books::{Books, ShardStatus, SkuStatus};
 pub use cart::{Cart, CartLineRequest, CartOutcome, CartRequest};
+pub use draw::DrawBody;
 pub use error::InventoryError;
 pub use layout::{SkuMeta, Window};
 pub use preload::{split, PreloadOutcome, PreloadSpec};
@@ -232,7 +233,7 @@ pub struct Inventory {
     layout_refused: RwLock<Option<String>>,
     /// SKUs whose pre-queue draw this instance saw applied, with the draw's
     /// document once read (it never changes after): draw.rs.
-    drawn: RwLock<FastMap<Sku, Option<Arc<crate::fairness::DrawDocument>>>>,
+    drawn: RwLock<FastMap<Sku, Option<Arc<draw::DrawBody>>>>,
 }
 
 /// The maps every reserve reads (the sold-out marks, the layout cache, the

@@ -74,6 +74,19 @@ async fn reserve(
 async fn draw_doc(app: &TestApp, sku: &str) -> DrawDocument {
     let a = app.get(&format!("/v1/skus/{sku}/draw")).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    // final once drawn: a CDN may keep it for good; before, never cached
+    let cache = a.headers.get("cache-control").and_then(|v| v.to_str().ok());
+    let drawn = a.body["status"] == "drawn";
+    assert_eq!(
+        cache,
+        Some(if drawn {
+            "public, max-age=31536000, immutable"
+        } else {
+            "no-cache"
+        }),
+        "{:?}",
+        a.body["status"]
+    );
     serde_json::from_value(a.body).expect("a draw document")
 }
 
