@@ -74,6 +74,10 @@ pub enum ApiError {
     /// The cart's state does not allow the operation (docs/carts.md).
     #[error("the cart is {0}")]
     CartState(&'static str),
+    /// The cart ended `incomplete` (docs/carts.md): some lines are sold, the
+    /// lines in `unsold` (indexes; also in the body) are not.
+    #[error("the cart is incomplete: lines {} are not sold, every other line is sold", list(.unsold))]
+    CartIncomplete { unsold: Vec<usize> },
     #[error("too many carts are being made right now; retry shortly")]
     CartsBusy,
     /// `/readyz`: not ready for a reason other than Redis being unreachable
@@ -176,7 +180,8 @@ impl ApiError {
             | ApiError::AlreadyWaitlisted(_)
             | ApiError::TicketState(_)
             | ApiError::CartLine { .. }
-            | ApiError::CartState(_) => StatusCode::CONFLICT,
+            | ApiError::CartState(_)
+            | ApiError::CartIncomplete { .. } => StatusCode::CONFLICT,
             ApiError::CartNotFound => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
@@ -225,7 +230,9 @@ impl ApiError {
             ApiError::CartState("failed") => "cart_failed",
             ApiError::CartState("confirmed") => "cart_confirmed",
             ApiError::CartState("released") => "cart_released",
-            ApiError::CartState("incomplete") => "cart_incomplete",
+            ApiError::CartState("incomplete") | ApiError::CartIncomplete { .. } => {
+                "cart_incomplete"
+            }
             ApiError::CartState(_) => "cart_expired",
             ApiError::CartsBusy => "carts_busy",
             ApiError::NotReady { code, .. } => code,
@@ -261,6 +268,15 @@ impl ApiError {
     }
 }
 
+/// Line indexes as `1, 2`, for a message.
+fn list(lines: &[usize]) -> String {
+    lines
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The second half of a 503's message when the request may have run.
 const UNKNOWN_OUTCOME: &str = "the outcome of this request is unknown (it may have taken \
      effect); retrying with the same Idempotency-Key is safe and answers with the first \
@@ -290,6 +306,7 @@ impl From<InventoryError> for ApiError {
             InventoryError::CartLine { line, sku, code } => ApiError::CartLine { line, sku, code },
             InventoryError::CartNotFound => ApiError::CartNotFound,
             InventoryError::CartState(state) => ApiError::CartState(state),
+            InventoryError::CartIncomplete { unsold } => ApiError::CartIncomplete { unsold },
             InventoryError::CartsBusy => ApiError::CartsBusy,
             InventoryError::InvalidSaleWindow(m) => ApiError::InvalidSaleWindow(m),
             InventoryError::SaleNotOpen {
@@ -359,6 +376,7 @@ mod tests {
             ApiError::CartState("released"),
             ApiError::CartState("expired"),
             ApiError::CartState("incomplete"),
+            ApiError::CartIncomplete { unsold: vec![1] },
             ApiError::CartsBusy,
             not_ready(ApiError::REDIS_UNSUITABLE),
             not_ready(ApiError::TASK_STALLED),
@@ -403,6 +421,7 @@ mod tests {
             | ApiError::CartLine { .. }
             | ApiError::CartNotFound
             | ApiError::CartState(_)
+            | ApiError::CartIncomplete { .. }
             | ApiError::CartsBusy
             | ApiError::NotReady { .. }
             | ApiError::InvalidSaleWindow(_)

@@ -262,12 +262,19 @@ struct ErrorDetail<'a> {
     /// `sale_not_open`: when the sale opens (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     opens_at: Option<String>,
+    /// An `incomplete` cart's lines that are not sold (every other is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unsold: Option<Vec<usize>>,
 }
 
 fn error_body(e: &ApiError) -> ErrorBody<'static> {
     let (line, sku) = match e {
         ApiError::CartLine { line, sku, .. } => (Some(*line), Some(sku.clone())),
         _ => (None, None),
+    };
+    let unsold = match e {
+        ApiError::CartIncomplete { unsold } => Some(unsold.clone()),
+        _ => None,
     };
     ErrorBody {
         error: ErrorDetail {
@@ -279,6 +286,7 @@ fn error_body(e: &ApiError) -> ErrorBody<'static> {
                 ApiError::SaleNotOpen { opens_at, .. } => Some(opens_at.clone()),
                 _ => None,
             },
+            unsold,
         },
     }
 }

@@ -140,6 +140,8 @@ struct Record {
     why: String,
     /// what a `releasing` cart ends as
     end: String,
+    /// an `incomplete` cart's lines that are not sold (indexes)
+    bad: Vec<usize>,
     lines: Vec<(Sku, u32, Option<String>)>,
 }
 
@@ -201,6 +203,10 @@ impl Record {
             user: f.remove("user").unwrap_or_default(),
             why: f.remove("why").unwrap_or_default(),
             end: f.remove("end").unwrap_or_default(),
+            bad: f
+                .get("bad")
+                .map(|b| b.split(',').filter_map(|i| i.parse().ok()).collect())
+                .unwrap_or_default(),
             lines,
         }))
     }
@@ -754,11 +760,8 @@ impl Inventory {
         done.status = if moved.0 { to } else { state(&moved.1)? };
         match done.status {
             "confirmed" => Ok(done.view(None)),
-            s => Err(InventoryError::CartState(if s == "incomplete" {
-                "incomplete"
-            } else {
-                s
-            })),
+            "incomplete" => Err(InventoryError::CartIncomplete { unsold: bad }),
+            s => Err(InventoryError::CartState(s)),
         }
     }
 
@@ -801,28 +804,53 @@ impl Inventory {
         self.finish_release(&r).await
     }
 
-    /// Release each line of a releasing cart; end it released (or expired).
+    /// Release each line of a releasing cart; end it released (or expired),
+    /// or `incomplete` when a line is sold — confirmed on its own through
+    /// `/v1/reservations`: a sale is never undone, and the cart's state must
+    /// not say "nothing sold" (`bad` names the lines not sold, as a confirm's
+    /// `incomplete` does, so "sold except `bad`" holds for both).
     async fn finish_release(&self, rec: &Record) -> Result<Cart, InventoryError> {
-        for (_, _, rid) in &rec.lines {
+        let mut unsold = Vec::with_capacity(rec.lines.len());
+        let mut sold = false;
+        for (i, (_, _, rid)) in rec.lines.iter().enumerate() {
             if let Some(rid) = rid.as_deref().and_then(|r| ReservationId::parse(r).ok()) {
-                ended(self.release(&rid, &Tenant::Operator).await)?;
+                match self.release(&rid, &Tenant::Operator).await {
+                    Err(InventoryError::ReservationState("confirmed")) => {
+                        sold = true;
+                        continue;
+                    }
+                    r => ended(r)?,
+                }
             }
+            unsold.push(i);
         }
-        let end = if rec.end == "expired" {
+        let end = if sold {
+            "incomplete"
+        } else if rec.end == "expired" {
             "expired"
         } else {
             "released"
         };
+        let bad_s = unsold
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let fields: &[(&str, &str)] = if sold { &[("bad", &bad_s)] } else { &[] };
         let moved = self
-            .move_cart(&rec.id, ",releasing,", end, false, None, &[])
+            .move_cart(&rec.id, ",releasing,", end, false, None, fields)
             .await?;
         self.unpend(&rec.id).await;
         if moved.0 {
             self.metrics.cart(end);
         }
         let mut done = rec.clone();
-        done.status = end;
-        Ok(done.view(None))
+        done.status = if moved.0 { end } else { state(&moved.1)? };
+        match done.status {
+            "incomplete" => Err(InventoryError::CartIncomplete { unsold }),
+            "released" | "expired" => Ok(done.view(None)),
+            s => Err(self.refusal(&done, s)),
+        }
     }
 
     /// Extend every line of a held cart; its expiry becomes the first of theirs.
@@ -863,7 +891,9 @@ impl Inventory {
             "pending" => InventoryError::CartState("pending"),
             "confirming" | "confirmed" => InventoryError::CartState("confirmed"),
             "releasing" | "released" => InventoryError::CartState("released"),
-            "incomplete" => InventoryError::CartState("incomplete"),
+            "incomplete" => InventoryError::CartIncomplete {
+                unsold: rec.bad.clone(),
+            },
             _ => InventoryError::CartState("expired"),
         }
     }
@@ -973,12 +1003,15 @@ impl Inventory {
             }
             "compensating" => self.compensate(&rec, rec.lines.len()).await?,
             "confirming" => match self.finish_confirm(&rec).await {
-                Ok(_) | Err(InventoryError::CartState(_)) => {}
+                Ok(_)
+                | Err(InventoryError::CartState(_) | InventoryError::CartIncomplete { .. }) => {}
                 Err(e) => return Err(e),
             },
-            _ => {
-                self.finish_release(&rec).await?;
-            }
+            _ => match self.finish_release(&rec).await {
+                Ok(_)
+                | Err(InventoryError::CartState(_) | InventoryError::CartIncomplete { .. }) => {}
+                Err(e) => return Err(e),
+            },
         }
         Ok(true)
     }

@@ -63,6 +63,10 @@ pub enum InventoryError {
     /// incomplete) does not allow the operation.
     #[error("the cart is {0}")]
     CartState(&'static str),
+    /// The cart ended `incomplete`: `unsold` are its lines not sold (the
+    /// others are sold; docs/carts.md).
+    #[error("the cart is incomplete")]
+    CartIncomplete { unsold: Vec<usize> },
     /// The list of carts in progress is full (`max_pending_carts`).
     #[error("too many carts are being made right now; retry shortly")]
     CartsBusy,

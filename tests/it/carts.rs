@@ -516,6 +516,106 @@ async fn a_line_released_on_its_own_makes_the_confirm_incomplete_and_the_rest_st
     assert_eq!(pending_carts(|_, a| redis.cli(a)), 0);
 }
 
+/// Issue 22: a line confirmed on its own through `/v1/reservations`, then
+/// the cart released. The release used to skip the sold line and end the
+/// cart `released` — a cart whose state said "nothing sold" with a line sold.
+#[tokio::test]
+async fn a_line_confirmed_on_its_own_makes_the_release_incomplete_and_stays_sold() {
+    let redis = RedisServer::start();
+    let app = spawn_app(support::test_config(&redis)).await;
+    for sku in ["ra", "rb", "rc"] {
+        app.preload(sku, 5, 2).await;
+    }
+    let a = post_cart(&app, "rel", "u", &lines(&[("ra", 1), ("rb", 2), ("rc", 3)])).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let id = a.body["cart_id"].as_str().unwrap().to_string();
+    let line1 = rids(&a)[1].clone();
+    assert_eq!(app.action(&line1, "confirm").await.status, StatusCode::OK);
+    for _ in 0..2 {
+        // and again: the answer does not change
+        let r = cart_action(&app, None, &id, "release").await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::CONFLICT, "cart_incomplete"),
+            "{}",
+            r.body
+        );
+        assert_eq!(
+            r.body["error"]["unsold"],
+            serde_json::json!([0, 2]),
+            "{}",
+            r.body
+        );
+    }
+    let g = cart_action(&app, None, &id, "").await;
+    assert_eq!(g.body["status"], "incomplete", "{}", g.body);
+    let st = app.assert_books("rb").await;
+    assert_eq!((st.held, st.sold), (0, 2), "the sold line stays sold");
+    for sku in ["ra", "rc"] {
+        let st = app.assert_books(sku).await;
+        assert_eq!((st.held, st.sold), (0, 0), "{sku}: released");
+    }
+    let key = flashgate::inventory::keys::cart(&flashgate::domain::CartId::parse(&id).unwrap());
+    let rec = redis.cli(&["HGET", &key, "bad"]);
+    assert_eq!(rec.trim(), "0,2", "bad names the lines not sold");
+    assert_eq!(pending_carts(|_, a| redis.cli(a)), 0);
+    // the cart can be neither confirmed nor extended any more
+    for action in ["confirm", "extend"] {
+        assert_eq!(
+            cart_action(&app, None, &id, action).await.code(),
+            "cart_incomplete"
+        );
+    }
+}
+
+/// The same through a confirm too late: the cart's release (it ends
+/// `expired` when nothing is sold) meets the line sold on its own.
+#[tokio::test]
+async fn a_line_confirmed_on_its_own_makes_a_too_late_confirm_incomplete() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(&redis, |c| {
+        c.hold_seconds = 1;
+        c.cart_saga_ms = 100;
+    })
+    .await;
+    app.preload("ta", 5, 2).await;
+    app.preload("tb", 5, 2).await;
+    let a = post_cart(&app, "late", "u", &lines(&[("ta", 1), ("tb", 2)])).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let id = a.body["cart_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        app.action(&rids(&a)[0], "confirm").await.status,
+        StatusCode::OK
+    );
+    assert!(
+        eventually(WAIT, || async {
+            cart_action(&app, None, &id, "").await.body["status"] == "expired"
+        })
+        .await
+    );
+    let c = cart_action(&app, None, &id, "confirm").await;
+    assert_eq!(
+        (c.status, c.code()),
+        (StatusCode::CONFLICT, "cart_incomplete"),
+        "{}",
+        c.body
+    );
+    assert_eq!(
+        c.body["error"]["unsold"],
+        serde_json::json!([1]),
+        "{}",
+        c.body
+    );
+    assert_eq!(
+        cart_action(&app, None, &id, "").await.body["status"],
+        "incomplete"
+    );
+    let st = app.assert_books("ta").await;
+    assert_eq!((st.held, st.sold), (0, 1));
+    let st = app.assert_books("tb").await;
+    assert_eq!((st.held, st.sold), (0, 0));
+}
+
 #[tokio::test]
 async fn each_skus_purchase_cap_applies_to_its_line() {
     let redis = RedisServer::start();
