@@ -354,6 +354,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_incomplete_cart_names_its_unsold_lines() {
+        let e = ApiError::CartIncomplete { unsold: vec![0, 2] };
+        let v = serde_json::to_value(error_body(&e)).unwrap();
+        assert_eq!(v["error"]["code"], "cart_incomplete");
+        assert_eq!(v["error"]["unsold"], serde_json::json!([0, 2]));
+        assert_eq!(
+            v["error"]["message"],
+            "the cart is incomplete: lines 0, 2 are not sold, every other line is sold"
+        );
+        // other errors carry no such field
+        let v = serde_json::to_value(error_body(&ApiError::CartState("released"))).unwrap();
+        assert!(v["error"].get("unsold").is_none(), "{v}");
+    }
+
+    #[test]
     fn needs_escape_finds_every_escaped_byte_at_every_position() {
         let plain: Vec<u8> = (0x20u8..=0xff)
             .filter(|&b| b != b'"' && b != b'\\')

@@ -2,8 +2,9 @@
 //! cart's status reaches `cart_events` exactly once, across a ledger writer
 //! killed before its commit and one that commits but cannot acknowledge; and
 //! reconcile judges carts against their lines: nothing on a clean sale with
-//! carts, a partial cart named (and left alone by `--fix`) when a storefront
-//! or an operator made one. Real redis-server and PostgreSQL per test.
+//! carts, a partial cart named (and left alone by `--fix`) when an operator
+//! made one, and none where a storefront acted on a line on its own (the
+//! cart ends `incomplete`). Real redis-server and PostgreSQL per test.
 
 use crate::carts::{cart_action, lines, post_cart, rids};
 use crate::support;
