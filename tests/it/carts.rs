@@ -505,6 +505,12 @@ async fn a_line_released_on_its_own_makes_the_confirm_incomplete_and_the_rest_st
         "{}",
         c.body
     );
+    assert_eq!(
+        c.body["error"]["unsold"],
+        serde_json::json!([1]),
+        "{}",
+        c.body
+    );
     let st = app.assert_books("ia").await;
     assert_eq!((st.held, st.sold), (0, 1), "line 0 stays sold");
     let st = app.assert_books("ib").await;
