@@ -27,6 +27,12 @@ pub struct Final {
     /// hold's `expires_at` on the history's clock (else a line's `wall_ms`).
     #[serde(default)]
     pub started_at_unix_ms: Option<f64>,
+    /// Every cart the clients saw, read after the holds ended: cart id →
+    /// `{"status": <GET /v1/carts/{id} code>, "body": <its body>, "lines":
+    /// [{"reservation_id", "status": <the line's reservation status, or
+    /// null>, "code": <GET /v1/reservations/{rid} code>}]}`.
+    #[serde(default)]
+    pub carts: Option<BTreeMap<String, Value>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

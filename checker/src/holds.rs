@@ -94,13 +94,111 @@ fn error_code(body: Option<&Value>) -> Option<&str> {
     body?.get("error")?.get("code")?.as_str()
 }
 
+/// The cart ops (docs/faults-history.md): their bodies name every line's
+/// reservation, so a cart's lines are counted as reservations are.
+pub const CART_OPS: [&str; 5] = [
+    "create_cart",
+    "get_cart",
+    "confirm_cart",
+    "release_cart",
+    "extend_cart",
+];
+
+/// Cart refusals that say the cart's lines ended without a sale.
+const CART_ENDED_CODES: [&str; 4] = [
+    "cart_expired",
+    "cart_released",
+    "cart_failed",
+    "cart_not_found",
+];
+
+/// A cart body's lines that name their hold: (reservation id, sku, qty).
+pub fn cart_lines(body: &Value) -> Vec<(String, String, i64)> {
+    body.get("lines")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+            Some((
+                l.get("reservation_id")?.as_str()?.to_string(),
+                l.get("sku")?.as_str()?.to_string(),
+                l.get("qty")?.as_i64()?,
+            ))
+        })
+        .collect()
+}
+
+/// Every cart's line reservations, from every body that showed them.
+pub fn cart_line_ids(h: &History) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (_, l) in h.completions() {
+        if !CART_OPS.contains(&l.f.as_str()) {
+            continue;
+        }
+        let (Some(body), Some(id)) = (l.body.as_ref(), l.body_str("cart_id")) else {
+            continue;
+        };
+        let rids = out.entry(id.to_string()).or_default();
+        for (rid, _, _) in cart_lines(body) {
+            if !rids.contains(&rid) {
+                rids.push(rid);
+            }
+        }
+    }
+    out
+}
+
+/// What one `ok` body says of one reservation (a reservation's own body,
+/// or a cart line under the cart's status and `expires_at`).
+fn note_ok(
+    f: &mut Facts,
+    status: Option<&str>,
+    expires_at: Option<&str>,
+    proof: (f64, usize),
+    invoke_t: f64,
+) {
+    let expires = expires_at.and_then(rfc3339_ms);
+    let see_expiry = |f: &mut Facts| {
+        if let Some(e) = expires {
+            f.expires_wall_ms = Some(f.expires_wall_ms.map_or(e, |x| x.max(e)));
+        }
+    };
+    if status.is_none() {
+        see_expiry(f);
+    }
+    match status {
+        Some("held") => {
+            f.first_proof.get_or_insert(proof);
+            f.last_held = Some(f.last_held.map_or(proof.0, |t| t.max(proof.0)));
+            see_expiry(f);
+        }
+        Some("confirmed") => {
+            f.first_proof.get_or_insert(proof);
+            f.sold_from.get_or_insert(proof);
+        }
+        Some("released") | Some("expired") | Some("failed") => {
+            f.ended_by = min_opt(f.ended_by, invoke_t);
+        }
+        _ => {}
+    }
+}
+
 /// Every reservation's certain occupancy, reservations the harness listed in
-/// `expected_loss` left out (a fault was allowed to lose them).
+/// `expected_loss` left out (a fault was allowed to lose them). A cart's
+/// lines count as reservations: a `201` cart (or a cart op's `ok` body)
+/// `held` proves each line held until the cart's `expires_at`, `confirmed`
+/// proves each sold; a cart release that did not fail, or a cart seen
+/// `released`/`expired`/`failed`, may have ended every line.
 pub fn spans(h: &History, fin: &Final) -> Vec<Span> {
     let anchor = anchor(h, fin);
     let mut facts: BTreeMap<String, Facts> = BTreeMap::new();
+    let cart_rids = cart_line_ids(h);
     for (i, l) in h.completions() {
         let invoke_t = h.invoke_of(i).map_or(l.time_ms, |v| v.time_ms);
+        if CART_OPS.contains(&l.f.as_str()) {
+            cart_facts(&mut facts, &cart_rids, l, i, invoke_t);
+            continue;
+        }
         let reservation_op = matches!(
             l.f.as_str(),
             "reserve" | "confirm" | "release" | "extend" | "get_reservation"
@@ -133,7 +231,6 @@ pub fn spans(h: &History, fin: &Final) -> Vec<Span> {
                 if let Some(q) = l.body_i64("qty") {
                     f.qty.get_or_insert(q);
                 }
-                let proof = (l.time_ms, i);
                 // a replay (200) answers the first body — "held" and the first
                 // expires_at — whatever the hold became since: no proof of now
                 let status = if l.f == "reserve" && l.status != Some(201) {
@@ -141,28 +238,13 @@ pub fn spans(h: &History, fin: &Final) -> Vec<Span> {
                 } else {
                     l.body_str("status")
                 };
-                if status.is_none() {
-                    if let Some(e) = l.body_str("expires_at").and_then(rfc3339_ms) {
-                        f.expires_wall_ms = Some(f.expires_wall_ms.map_or(e, |x| x.max(e)));
-                    }
-                }
-                match status {
-                    Some("held") => {
-                        f.first_proof.get_or_insert(proof);
-                        f.last_held = Some(f.last_held.map_or(l.time_ms, |t| t.max(l.time_ms)));
-                        if let Some(e) = l.body_str("expires_at").and_then(rfc3339_ms) {
-                            f.expires_wall_ms = Some(f.expires_wall_ms.map_or(e, |x| x.max(e)));
-                        }
-                    }
-                    Some("confirmed") => {
-                        f.first_proof.get_or_insert(proof);
-                        f.sold_from.get_or_insert(proof);
-                    }
-                    Some("released") | Some("expired") => {
-                        f.ended_by = min_opt(f.ended_by, invoke_t);
-                    }
-                    _ => {}
-                }
+                note_ok(
+                    f,
+                    status,
+                    l.body_str("expires_at"),
+                    (l.time_ms, i),
+                    invoke_t,
+                );
             }
             Kind::Fail => {
                 let Some(rid) = l.value_str("reservation_id") else {
@@ -213,4 +295,59 @@ pub fn spans(h: &History, fin: &Final) -> Vec<Span> {
         });
     }
     out
+}
+
+/// What a cart op's completion proves of its lines.
+fn cart_facts(
+    facts: &mut BTreeMap<String, Facts>,
+    cart_rids: &BTreeMap<String, Vec<String>>,
+    l: &crate::history::Line,
+    i: usize,
+    invoke_t: f64,
+) {
+    let cart_id = l.body_str("cart_id").or_else(|| l.value_str("cart_id"));
+    let known = cart_id.and_then(|c| cart_rids.get(c));
+    let end_all = |facts: &mut BTreeMap<String, Facts>| {
+        for rid in known.into_iter().flatten() {
+            let f = facts.entry(rid.clone()).or_default();
+            f.ended_by = min_opt(f.ended_by, invoke_t);
+        }
+    };
+    // a cart release that was not refused may have given every line back
+    if l.f == "release_cart" && l.kind != Kind::Fail {
+        end_all(facts);
+    }
+    match l.kind {
+        Kind::Ok => {
+            let Some(body) = l.body.as_ref() else {
+                return;
+            };
+            // a replay (200) shows the cart as it is now, but the harness
+            // cannot tell it from the first answer's time: no proof
+            let status = if l.f == "create_cart" && l.status != Some(201) {
+                None
+            } else {
+                l.body_str("status")
+            };
+            for (rid, sku, qty) in cart_lines(body) {
+                let f = facts.entry(rid).or_default();
+                f.sku.get_or_insert(sku);
+                f.qty.get_or_insert(qty);
+                note_ok(
+                    f,
+                    status,
+                    l.body_str("expires_at"),
+                    (l.time_ms, i),
+                    invoke_t,
+                );
+            }
+        }
+        Kind::Fail => {
+            let code = error_code(l.body.as_ref()).or(l.error.as_deref());
+            if code.is_some_and(|c| CART_ENDED_CODES.contains(&c)) {
+                end_all(facts);
+            }
+        }
+        _ => {}
+    }
 }

@@ -49,7 +49,9 @@ fn a_valid_run_exits_0_with_a_verdict_and_a_plot() {
             "confirm_durable",
             "books",
             "waitlist",
-            "info_resolved"
+            "info_resolved",
+            "cart_whole",
+            "cart_replay"
         ]
     );
     assert!(

@@ -1,6 +1,7 @@
-//! Every reserve whose outcome is unknown (`info`, or never completed) is
-//! resolved: a later reserve with the same Idempotency-Key (per storefront)
-//! got a definite answer (`ok` or `fail`), so none is left ambiguous.
+//! Every reserve (or cart create) whose outcome is unknown (`info`, or never
+//! completed) is resolved: a later one of the same op with the same
+//! Idempotency-Key (per storefront) got a definite answer (`ok` or `fail`),
+//! so none is left ambiguous.
 
 use std::collections::HashMap;
 
@@ -8,13 +9,16 @@ use super::INFO_RESOLVED;
 use crate::history::{History, Kind};
 use crate::verdict::{Culprit, RuleResult};
 
+/// The ops with an Idempotency-Key whose unknown outcome a retry settles.
+const KEYED: [&str; 2] = ["reserve", "create_cart"];
+
 pub fn check(h: &History) -> RuleResult {
     // (storefront, key) -> line of its last definite answer
-    let mut last_definite: HashMap<(String, String), usize> = HashMap::new();
+    let mut last_definite: HashMap<(String, String, String), usize> = HashMap::new();
     for (i, l) in h.completions() {
-        if l.f == "reserve" && matches!(l.kind, Kind::Ok | Kind::Fail) {
-            if let Some(k) = l.idem_key() {
-                last_definite.insert(k, i);
+        if KEYED.contains(&l.f.as_str()) && matches!(l.kind, Kind::Ok | Kind::Fail) {
+            if let Some((sf, k)) = l.idem_key() {
+                last_definite.insert((l.f.clone(), sf, k), i);
             }
         }
     }
@@ -22,7 +26,7 @@ pub fn check(h: &History) -> RuleResult {
     let mut ops: Vec<_> = h
         .ops
         .iter()
-        .filter(|op| h.lines[op.invoke].f == "reserve" && h.unknown_outcome(op))
+        .filter(|op| KEYED.contains(&h.lines[op.invoke].f.as_str()) && h.unknown_outcome(op))
         .map(|op| (op.complete.unwrap_or(op.invoke), op))
         .collect();
     ops.sort_by_key(|(at, _)| *at);
@@ -34,12 +38,14 @@ pub fn check(h: &History) -> RuleResult {
                 INFO_RESOLVED,
                 Some(Culprit::at(h, at)),
                 format!(
-                    "reserve at index {} has no Idempotency-Key: it cannot be resolved",
-                    h.lines[at].index
+                    "{} at index {} has no Idempotency-Key: it cannot be resolved",
+                    inv.f, h.lines[at].index
                 ),
             );
         };
-        let resolved = last_definite.get(&key).is_some_and(|&d| d > at);
+        let resolved = last_definite
+            .get(&(inv.f.clone(), key.0.clone(), key.1.clone()))
+            .is_some_and(|&d| d > at);
         if !resolved {
             let how = match op.complete {
                 Some(c) => format!(
@@ -52,14 +58,14 @@ pub fn check(h: &History) -> RuleResult {
                 INFO_RESOLVED,
                 Some(Culprit::at(h, at)),
                 format!(
-                    "reserve with Idempotency-Key {:?} (storefront {:?}) at index {} {how} and no later reserve with the key got a definite answer",
-                    key.1, key.0, h.lines[at].index
+                    "{} with Idempotency-Key {:?} (storefront {:?}) at index {} {how} and no later one with the key got a definite answer",
+                    inv.f, key.1, key.0, h.lines[at].index
                 ),
             );
         }
     }
     RuleResult::ok(
         INFO_RESOLVED,
-        format!("{unknown} unknown reserves, each resolved"),
+        format!("{unknown} unknown reserves and cart creates, each resolved"),
     )
 }

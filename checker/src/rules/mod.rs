@@ -2,6 +2,7 @@
 //! docs/faults-checker.md states each rule exactly as checked.
 
 mod books;
+mod carts;
 mod confirms;
 mod idempotency;
 mod info_resolved;
@@ -18,6 +19,8 @@ pub const CONFIRM_DURABLE: &str = "confirm_durable";
 pub const BOOKS: &str = "books";
 pub const WAITLIST: &str = "waitlist";
 pub const INFO_RESOLVED: &str = "info_resolved";
+pub const CART_WHOLE: &str = "cart_whole";
+pub const CART_REPLAY: &str = "cart_replay";
 
 pub fn check_all(h: &History, fin: &Final) -> Vec<RuleResult> {
     vec![
@@ -27,5 +30,7 @@ pub fn check_all(h: &History, fin: &Final) -> Vec<RuleResult> {
         books::check(fin),
         waitlist::check(h, fin),
         info_resolved::check(h),
+        carts::check_whole(h, fin),
+        carts::check_replay(h),
     ]
 }

@@ -141,3 +141,45 @@ pub fn final_json(initial: i64, sold: i64, confirmed: &[&str]) -> Value {
         "started_at_unix_ms": ANCHOR_MS
     })
 }
+
+/// A create_cart's value: lines of (sku, qty).
+pub fn cart_value(key: &str, user: &str, lines: &[(&str, i64)]) -> Value {
+    let lines: Vec<Value> = lines
+        .iter()
+        .map(|(s, q)| json!({"sku": s, "qty": q}))
+        .collect();
+    json!({"user_id": user, "lines": lines, "key": key, "instance": 0, "storefront": "sf1"})
+}
+
+/// A cart body: lines of (sku, qty, reservation id).
+pub fn cart(
+    id: &str,
+    user: &str,
+    status: &str,
+    lines: &[(&str, i64, Option<&str>)],
+    expires_ms: u64,
+) -> Value {
+    let lines: Vec<Value> = lines
+        .iter()
+        .map(|(s, q, r)| json!({"sku": s, "qty": q, "reservation_id": r}))
+        .collect();
+    json!({"cart_id": id, "user_id": user, "status": status, "expires_at": at(expires_ms),
+           "lines": lines})
+}
+
+pub fn cart_id_value(id: &str) -> Value {
+    json!({"cart_id": id, "instance": 0})
+}
+
+/// final.json's `carts` entry of a cart read at the end: the cart's status
+/// and each line's (reservation id, reservation status or None for a 404).
+pub fn final_cart(status: &str, lines: &[(&str, Option<&str>)]) -> Value {
+    let lines: Vec<Value> = lines
+        .iter()
+        .map(|(r, s)| match s {
+            Some(s) => json!({"reservation_id": r, "status": s, "code": 200}),
+            None => json!({"reservation_id": r, "status": null, "code": 404}),
+        })
+        .collect();
+    json!({"status": 200, "body": {"status": status}, "lines": lines})
+}
