@@ -195,6 +195,60 @@ pub fn reserve(
     }
 }
 
+/// `POST /v1/carts`: one line per SKU, `qty` units each (docs/carts.md).
+pub fn create_cart(
+    lines: &[(String, u32)],
+    user: &str,
+    key: &str,
+    instance: usize,
+    storefront: &str,
+) -> Op {
+    let lines: Vec<Value> = lines
+        .iter()
+        .map(|(sku, qty)| json!({"sku": sku, "qty": qty}))
+        .collect();
+    Op {
+        f: "create_cart",
+        method: Method::POST,
+        path: "/v1/carts".into(),
+        body: Some((json!({"user_id": user, "lines": lines}), key.to_owned())),
+        value: json!({"user_id": user, "lines": lines, "key": key,
+                      "instance": instance, "storefront": storefront}),
+        instance,
+        admin: false,
+    }
+}
+
+/// confirm_cart | release_cart | extend_cart (POST) or get_cart (GET) on
+/// the cart `id`.
+pub fn on_cart(f: &'static str, id: &str, instance: usize) -> Op {
+    let (method, path) = match f {
+        "confirm_cart" => (Method::POST, format!("/v1/carts/{id}/confirm")),
+        "release_cart" => (Method::POST, format!("/v1/carts/{id}/release")),
+        "extend_cart" => (Method::POST, format!("/v1/carts/{id}/extend")),
+        _ => (Method::GET, format!("/v1/carts/{id}")),
+    };
+    Op {
+        f,
+        method,
+        path,
+        body: None,
+        value: json!({"cart_id": id, "instance": instance}),
+        instance,
+        admin: false,
+    }
+}
+
+/// The reservation id of each line a cart body names.
+pub fn cart_line_ids(body: &Value) -> Vec<String> {
+    body.get("lines")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.get("reservation_id")?.as_str().map(str::to_owned))
+        .collect()
+}
+
 /// confirm | release | extend (POST) or get_reservation (GET) on `rid`.
 pub fn on_reservation(f: &'static str, rid: &str, instance: usize) -> Op {
     let (method, path) = match f {

@@ -53,6 +53,10 @@ struct Cli {
     /// timeout; the client-timeout fault shortens it).
     #[arg(long, default_value_t = 6000)]
     client_timeout_ms: u64,
+    /// The share of buyers who make a cart of 2–3 SKUs instead of one
+    /// reserve (docs/carts.md).
+    #[arg(long, default_value_t = 0.25)]
+    cart_share: f64,
     /// 0: from the clock.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -139,6 +143,7 @@ async fn main() -> ExitCode {
             run_dir: cli.out_dir.join(&run_id),
             client_timeout_ms: cli.client_timeout_ms,
             hold_seconds: cli.hold_seconds.max(2),
+            cart_share: cli.cart_share.clamp(0.0, 1.0),
         };
         eprintln!(
             "run {run_id}: {fault} for {} s, {} clients, seed {seed}",

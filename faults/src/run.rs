@@ -28,6 +28,8 @@ pub struct Plan {
     pub run_dir: PathBuf,
     pub client_timeout_ms: u64,
     pub hold_seconds: u64,
+    /// The share of buyers who make a cart (2–3 lines) instead of a reserve.
+    pub cart_share: f64,
 }
 
 /// The resolve phase's reads go through this process id (after the clients').
@@ -46,6 +48,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<()> {
         ticket_seconds: plan.hold_seconds + 3,
         redis_timeout_ms: 500,
         request_timeout_ms: 3000,
+        // confirm refuses within 2 x this of a cart's expiry: short enough
+        // that a cart held for a few seconds can still be confirmed
+        cart_saga_ms: 500,
     };
     let cluster = crate::nemesis::on_cluster(&plan.fault);
     let mut stack = Stack::start(&plan.flashgate, &plan.run_dir, timing, cluster)
@@ -58,10 +63,11 @@ pub async fn run(plan: &Plan) -> anyhow::Result<()> {
 
 async fn sale(plan: &Plan, stack: &mut Stack, history: Arc<History>) -> anyhow::Result<()> {
     // S1 sells out at once (waitlist and returns matter); S2 lasts about
-    // the run, so faults land on live sales
+    // the run, so faults land on live sales; S3 is the third SKU carts take
     let skus = [
         ("S1".to_owned(), 40u64, 2u32),
         ("S2".to_owned(), 25 * plan.seconds.max(10), 4),
+        ("S3".to_owned(), 20 * plan.seconds.max(10), 2),
     ];
     for (sku, stock, shards) in &skus {
         stack.preload(sku, *stock, *shards).await?;
@@ -77,6 +83,7 @@ async fn sale(plan: &Plan, stack: &mut Stack, history: Arc<History>) -> anyhow::
     let sale = Arc::new(Sale {
         api: api.clone(),
         skus: skus.iter().map(|s| s.0.clone()).collect(),
+        cart_share: plan.cart_share,
         seen: Mutex::new(Seen::default()),
         stop: AtomicBool::new(false),
     });
@@ -168,8 +175,8 @@ async fn resolve_unknown(sale: &Sale, p: u32) -> Vec<String> {
     lock(&sale.seen).unknown_reserves.keys().cloned().collect()
 }
 
-/// GET every ticket, then every reservation, the clients or the resolve
-/// phase ever saw.
+/// GET every ticket, then every cart (its lines join the reservations),
+/// then every reservation, the clients or the resolve phase ever saw.
 async fn read_all(sale: &Sale, p: u32) {
     let tickets: Vec<String> = lock(&sale.seen).tickets.iter().cloned().collect();
     for t in tickets {
@@ -181,6 +188,15 @@ async fn read_all(sale: &Sale, p: u32) {
             )
             .await;
         lock(&sale.seen).observe(&done);
+    }
+    let carts: Vec<String> = lock(&sale.seen).carts.iter().cloned().collect();
+    for id in carts {
+        let op = client::in_resolve(client::on_cart("get_cart", &id, 0));
+        let done = sale.api.call(p, &op).await;
+        let mut seen = lock(&sale.seen);
+        seen.observe(&done);
+        let status = done.status.filter(|s| *s != 503);
+        seen.cart_reads.insert(id, (status, done.body.clone()));
     }
     let rids: Vec<String> = lock(&sale.seen).reservations.iter().cloned().collect();
     for rid in rids {
@@ -297,9 +313,13 @@ async fn final_state(
         stack.cluster.is_some(),
     )
     .await?;
-    let (loss, lost) = {
+    let (loss, lost, carts) = {
         let seen = lock(&sale.seen);
-        (expected_loss(&seen, starts), acked_then_lost(&seen))
+        (
+            expected_loss(&seen, starts),
+            acked_then_lost(&seen),
+            final_carts(&seen),
+        )
     };
     eprintln!(
         "  {} acknowledged writes allowed to be lost, {} found lost: {:?}",
@@ -330,7 +350,40 @@ async fn final_state(
         "waitlist_promotions": promotions,
         "expected_loss": loss,
         "acked_then_lost": lost,
+        "carts": carts,
     }))
+}
+
+/// final.json's `carts`: every cart the clients saw, its resolve-phase
+/// read, and each line's reservation as its own resolve-phase read found
+/// it (`status` null when the read had no definite answer; `code` 404 when
+/// the hold is gone).
+pub fn final_carts(seen: &Seen) -> Value {
+    let mut out = serde_json::Map::new();
+    for id in &seen.carts {
+        let Some((code, body)) = seen.cart_reads.get(id) else {
+            out.insert(id.clone(), Value::Null);
+            continue;
+        };
+        let lines: Vec<Value> = body
+            .get("lines")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                let rid = l.get("reservation_id").and_then(Value::as_str);
+                let read = rid.and_then(|r| seen.last_read.get(r));
+                json!({"sku": l.get("sku"), "qty": l.get("qty"), "reservation_id": rid,
+                       "code": read.and_then(|r| r.0),
+                       "status": read.and_then(|r| r.1.clone())})
+            })
+            .collect();
+        out.insert(
+            id.clone(),
+            json!({"status": code, "body": body, "lines": lines}),
+        );
+    }
+    Value::Object(out)
 }
 
 /// Acknowledged writes a Redis crash may take with it: AOF `everysec`
@@ -496,5 +549,32 @@ mod tests {
             acked_then_lost(&seen),
             ["gone (reserve -> 404)", "undone (confirm -> expired)"]
         );
+    }
+
+    #[test]
+    fn final_carts_show_each_line_as_its_reservation_was_read() {
+        let mut seen = Seen::default();
+        seen.carts.insert("c1".into());
+        seen.carts.insert("unread".into());
+        seen.cart_reads.insert(
+            "c1".into(),
+            (
+                Some(200),
+                json!({"cart_id": "c1", "status": "confirmed", "lines": [
+                    {"sku": "S1", "qty": 1, "reservation_id": "S1.0.a"},
+                    {"sku": "S2", "qty": 2, "reservation_id": "S2.1.b"}]}),
+            ),
+        );
+        seen.last_read
+            .insert("S1.0.a".into(), (Some(200), Some("confirmed".into())));
+        seen.last_read.insert("S2.1.b".into(), (Some(404), None));
+        let f = final_carts(&seen);
+        assert_eq!(f["unread"], Value::Null);
+        assert_eq!(f["c1"]["status"], 200);
+        assert_eq!(f["c1"]["body"]["status"], "confirmed");
+        assert_eq!(f["c1"]["lines"][0]["status"], "confirmed");
+        assert_eq!(f["c1"]["lines"][1]["code"], 404);
+        assert_eq!(f["c1"]["lines"][1]["status"], Value::Null);
+        assert_eq!(f["c1"]["lines"][1]["qty"], 2);
     }
 }

@@ -26,6 +26,8 @@ pub struct Timing {
     pub ticket_seconds: u64,
     pub redis_timeout_ms: u64,
     pub request_timeout_ms: u64,
+    /// flashgate's `cart_saga_ms` (docs/carts.md), set through a config file.
+    pub cart_saga_ms: u64,
 }
 
 pub struct Stack {
@@ -131,6 +133,19 @@ impl Stack {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
 
+        // cart_saga_ms has no environment variable: the config file flashgate
+        // would read from here (if any) with it added
+        let base = std::fs::read_to_string("config/flashgate.toml").unwrap_or_default();
+        let mut text = format!("cart_saga_ms = {}\n", t.cart_saga_ms);
+        text += &base
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("cart_saga_ms"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>();
+        let conf = dir.join("flashgate.toml");
+        std::fs::write(&conf, text)?;
+        let mut serve_env = serve_env;
+        serve_env.push(("FLASHGATE_CONFIG".into(), conf.display().to_string()));
         let mut ports = Vec::new();
         let mut instances = Vec::new();
         for i in 0..2 {

@@ -3,8 +3,11 @@
 //! retried with the same Idempotency-Key, on either instance; a hold is
 //! then confirmed, released, extended or abandoned (left to expire); some
 //! buyers join the waitlist when sold out, poll their ticket, confirm a
-//! promoted hold or cancel. Everything the clients learn (reservation and
-//! ticket ids, reserves left unknown) is kept for the resolve phase.
+//! promoted hold or cancel. Some buyers make a cart of 2–3 SKUs instead
+//! (docs/carts.md), retried with its key like a reserve, then confirm,
+//! release, extend or abandon it. Everything the clients learn
+//! (reservation, ticket and cart ids, reserves and carts left unknown) is
+//! kept for the resolve phase.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,8 +48,13 @@ impl Rng {
 pub struct Seen {
     pub reservations: BTreeSet<String>,
     pub tickets: BTreeSet<String>,
-    /// Reserves whose last attempt had an unknown outcome, by key.
+    /// Reserves and cart creates whose last attempt had an unknown
+    /// outcome, by key (cart keys start `ck-`, reserve keys `k-`).
     pub unknown_reserves: BTreeMap<String, Op>,
+    /// Every cart id an answer named.
+    pub carts: BTreeSet<String>,
+    /// The resolve phase's read of each cart: status code and body.
+    pub cart_reads: BTreeMap<String, (Option<u16>, serde_json::Value)>,
     /// (completion time, reservation id, operation) of every acknowledged
     /// write: a hold (reserve), confirm, release, extend.
     pub acks: Vec<(f64, String, &'static str)>,
@@ -67,12 +75,18 @@ impl Seen {
         if let Some(t) = done.str_field("ticket_id") {
             self.tickets.insert(t);
         }
+        if let Some(c) = done.str_field("cart_id") {
+            self.carts.insert(c);
+            self.reservations.extend(client::cart_line_ids(&done.body));
+        }
     }
 }
 
 pub struct Sale {
     pub api: Api,
     pub skus: Vec<String>,
+    /// The share of buyers who make a cart instead of a single reserve.
+    pub cart_share: f64,
     pub seen: Mutex<Seen>,
     pub stop: AtomicBool,
 }
@@ -103,9 +117,22 @@ impl Sale {
                 let mut seen = self.seen();
                 seen.observe(&done);
                 if done.kind == Kind::Ok && op.f != "get_reservation" && op.f != "get_ticket" {
+                    let t = self.api.history.now_ms();
                     if let Some(rid) = done.str_field("reservation_id") {
-                        let t = self.api.history.now_ms();
                         seen.acks.push((t, rid, op.f));
+                    }
+                    // a cart's write is a write of each of its lines
+                    let as_line = match op.f {
+                        "create_cart" => Some("reserve"),
+                        "confirm_cart" => Some("confirm"),
+                        "release_cart" => Some("release"),
+                        "extend_cart" => Some("extend"),
+                        _ => None,
+                    };
+                    if let Some(f) = as_line {
+                        for rid in client::cart_line_ids(&done.body) {
+                            seen.acks.push((t, rid, f));
+                        }
                     }
                 }
             }
@@ -128,6 +155,8 @@ impl Sale {
                 let i = rng.below(tickets.len() as u64) as usize;
                 let t = tickets.swap_remove(i);
                 self.ticket(p, &mut rng, t, &mut tickets).await;
+            } else if rng.chance(self.cart_share) {
+                self.cart_buyer(p, n, &mut rng).await;
             } else {
                 self.buyer(p, n, &mut rng, &mut tickets).await;
             }
@@ -193,6 +222,52 @@ impl Sale {
                 client::on_reservation("get_reservation", rid, i)
             })
             .await;
+        }
+    }
+
+    /// A cart buyer: 2–3 distinct SKUs, 1–2 units each, retried with its
+    /// key while the outcome is unknown; then confirm (maybe after an
+    /// extend), release, or walk away (the lines expire together).
+    async fn cart_buyer(&self, p: u32, n: u64, rng: &mut Rng) {
+        let mut skus = self.skus.clone();
+        let want = (2 + rng.below(2) as usize).min(skus.len());
+        let mut lines = Vec::with_capacity(want);
+        while lines.len() < want {
+            let sku = skus.swap_remove(rng.below(skus.len() as u64) as usize);
+            lines.push((sku, 1 + rng.below(2) as u32));
+        }
+        let user = format!("u{p}-{n}");
+        let key = format!("ck-{p}-{n}");
+        let (done, op) = self
+            .with_retries(p, rng, 4, |i| {
+                client::create_cart(&lines, &user, &key, i, STOREFRONT)
+            })
+            .await;
+        if done.kind == Kind::Info {
+            self.seen().unknown_reserves.insert(key, op);
+            return;
+        }
+        let (Kind::Ok, Some(id)) = (done.kind, done.str_field("cart_id")) else {
+            return;
+        };
+        tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
+        let roll = rng.below(100);
+        if roll < 10 {
+            self.with_retries(p, rng, 3, |i| client::on_cart("extend_cart", &id, i))
+                .await;
+        }
+        let last = match roll {
+            0..=44 => Some("confirm_cart"),
+            45..=64 => Some("release_cart"),
+            _ => None,
+        };
+        if let Some(f) = last {
+            self.with_retries(p, rng, 3, |i| client::on_cart(f, &id, i))
+                .await;
+        }
+        if rng.chance(0.2) {
+            self.with_retries(p, rng, 1, |i| client::on_cart("get_cart", &id, i))
+                .await;
         }
     }
 
