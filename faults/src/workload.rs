@@ -250,6 +250,14 @@ impl Sale {
         let (Kind::Ok, Some(id)) = (done.kind, done.str_field("cart_id")) else {
             return;
         };
+        // a client that lost the answer sends the same request again: the
+        // key must replay the same cart
+        if rng.chance(0.15) {
+            self.with_retries(p, rng, 1, |i| {
+                client::create_cart(&lines, &user, &key, i, STOREFRONT)
+            })
+            .await;
+        }
         tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
         let roll = rng.below(100);
         if roll < 10 {

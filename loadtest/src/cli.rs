@@ -196,6 +196,22 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Scenario::Sale)]
     pub scenario: Scenario,
 
+    /// carts: the share of buyers who POST /v1/carts with 2–3 lines (one
+    /// unit of each of 2–3 SKUs) instead of one reserve.
+    #[arg(long, default_value_t = 0.5)]
+    pub cart_mix: f64,
+
+    /// carts: how many SKUs are on sale (each with --stock units on
+    /// --shards shards; a cart takes 2–3 distinct ones).
+    #[arg(long, default_value_t = 3)]
+    pub cart_skus: u32,
+
+    /// carts: flashgate's `cart_saga_ms` for a spawned flashgate (confirm
+    /// refuses within 2 x this of a cart's expiry, so keep it well under
+    /// hold_seconds).
+    #[arg(long, default_value_t = 2_000)]
+    pub cart_saga_ms: u64,
+
     /// open-loop: offer this many requests per second instead of 25/50/75 %
     /// of the measured closed-loop capacity (which is then not measured).
     #[arg(long)]
@@ -306,6 +322,8 @@ pub enum Scenario {
     OpenLoop,
     /// A sale with `opens_at`: buyers pre-queue, bots first (issue 21).
     Scheduled,
+    /// Buyers of several SKUs, a share of them with carts (docs/carts.md).
+    Carts,
 }
 
 impl Args {
@@ -397,6 +415,17 @@ impl Args {
             anyhow::ensure!(
                 r.is_finite() && (1.0..=1_000_000.0).contains(&r),
                 "--rate must be within 1..=1000000 requests/s, got {r}"
+            );
+        }
+        if self.scenario == Scenario::Carts {
+            share("--cart-mix", self.cart_mix)?;
+            anyhow::ensure!(
+                (2..=10).contains(&self.cart_skus),
+                "--cart-skus must be within 2..=10"
+            );
+            anyhow::ensure!(
+                !self.spawn || self.cart_saga_ms * 2 < self.hold_seconds * 1000,
+                "--cart-saga-ms x 2 must be under --hold-seconds (confirm would refuse every cart)"
             );
         }
         if self.scenario == Scenario::OpenLoop {

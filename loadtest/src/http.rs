@@ -269,6 +269,20 @@ impl Api {
         json.get("status")?.as_str().map(str::to_owned)
     }
 
+    /// Any request: the status (0 without an answer), the body as JSON
+    /// (Null if none), and the latency in µs. A POST with `body` sends it as
+    /// JSON with the Idempotency-Key.
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(String, &str)>,
+    ) -> (u16, Value, u64) {
+        let (a, bytes) = self.send(Phase::Followup, false, method, path, body).await;
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (a.status, json, a.sample.latency_us())
+    }
+
     /// `GET /v1/skus/{sku}` as JSON.
     pub async fn sku(&self, sku: &str) -> anyhow::Result<Value> {
         self.get_json(&format!("/v1/skus/{sku}")).await

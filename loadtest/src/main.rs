@@ -14,9 +14,11 @@
 //! answers on a fixed schedule and measures latency from the intended send
 //! time (issue 23); `scheduled` pre-queues buyers (bots first) before a
 //! sale's `opens_at` and reports admission order against arrival order
-//! (issue 21).
+//! (issue 21); `carts` sells several SKUs to buyers of whom a share make
+//! carts of 2–3 lines (issue 22).
 
 mod books;
+mod carts;
 mod chart;
 mod cli;
 mod hostile;
@@ -63,6 +65,7 @@ fn main() -> std::process::ExitCode {
                 (None, cli::Scenario::Reshard) => reshard::run(args).await,
                 (None, cli::Scenario::OpenLoop) => open_loop::run(args).await,
                 (None, cli::Scenario::Scheduled) => scheduled::run(args).await,
+                (None, cli::Scenario::Carts) => carts::run(args).await,
                 (None, cli::Scenario::Sale) => run::run(args).await,
             }
         };
