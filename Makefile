@@ -84,6 +84,17 @@ bench-reshard:
 		--flashgate-bin $(BENCH_TARGET_DIR)/release/flashgate \
 		--lua-dir lua --out-dir bench-results $(RESHARD_ARGS) $(BENCH_ARGS)
 
+# The cart mix (issue 22, bench/README.md): 3 SKUs, half the buyers with carts
+# of 2-3 lines; the books per SKU and every whole cart checked after. ~1 min.
+CARTS_ARGS ?= --buyers 5000 --stock 1000 --shards 4 --cart-skus 3 --cart-mix 0.5 \
+	--hold-seconds 10 --connections 64
+.PHONY: bench-carts
+bench-carts:
+	cargo build --release -p flashgate -p flashgate-loadtest
+	$(BENCH_TARGET_DIR)/release/flashgate-loadtest --spawn --scenario carts \
+		--flashgate-bin $(BENCH_TARGET_DIR)/release/flashgate \
+		--out-dir bench-results $(CARTS_ARGS) $(BENCH_ARGS)
+
 # The fault harness (issue 18, faults/, docs/faults.md): a sale on a
 # single-node Redis (AOF everysec) or a 3-master cluster with replicas, +
 # PostgreSQL + two flashgate instances + a ledger writer. One run per fault,
