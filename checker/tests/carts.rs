@@ -397,3 +397,63 @@ fn without_final_carts_the_end_state_is_not_checked() {
     assert_eq!(w.status, Status::NotChecked, "{w:?}");
     assert!(w.message.contains("no `carts`"), "{}", w.message);
 }
+
+#[test]
+fn an_incomplete_cart_passes_only_after_a_confirm_lost_in_a_fault() {
+    let lines = [("S1", 1, Some("S1.0.a")), ("S2", 1, Some("S2.1.b"))];
+    let base = |fault: bool| {
+        let mut r = Run::default();
+        let made = r.op(
+            1,
+            "create_cart",
+            cart_value("ck1", "u1", &[("S1", 1), ("S2", 1)]),
+            "ok",
+            Some(201),
+            cart(C1, "u1", "held", &lines, 60_000),
+        );
+        if fault {
+            r.nemesis("start", "cluster-failover");
+        }
+        r.op(
+            1,
+            "confirm_cart",
+            cart_id_value(C1),
+            "info",
+            Some(503),
+            error("redis_unavailable"),
+        );
+        if fault {
+            r.nemesis("stop", "cluster-failover");
+        }
+        (r, made)
+    };
+    let carts = json!({C1: final_cart("incomplete", &[("S1.0.a", Some("confirmed")), ("S2.1.b", Some("expired"))])});
+    // S1's line sold, S2's expired while its master was down: said openly
+    let (r, _) = base(true);
+    let v = r.check(&fin((2, 1), (2, 0), &[], carts.clone()));
+    all_ok(&v);
+    assert!(
+        v.rule("cart_whole")
+            .unwrap()
+            .message
+            .contains("1 shown `incomplete`"),
+        "{:?}",
+        v.rule("cart_whole")
+    );
+    // the same without a fault: a partial cart
+    let (r, made) = base(false);
+    let (rule, first, _) = broken(&r.check(&fin((2, 1), (2, 0), &[], carts.clone())));
+    assert_eq!((rule, first), ("cart_whole", Some(made as u64)));
+    // a buyer told `confirmed`, then the cart ends incomplete: never allowed
+    let (mut r, made) = base(true);
+    r.op(
+        1,
+        "confirm_cart",
+        cart_id_value(C1),
+        "ok",
+        Some(200),
+        cart(C1, "u1", "confirmed", &lines, 60_000),
+    );
+    let (rule, first, _) = broken(&r.check(&fin((2, 1), (2, 0), &[], carts)));
+    assert_eq!((rule, first), ("cart_whole", Some(made as u64)));
+}
