@@ -252,11 +252,17 @@ impl Sale {
         };
         // a client that lost the answer sends the same request again: the
         // key must replay the same cart
+        // (retried and resolved like the first: an unknown answer must be
+        // settled by a later one with the key, faults-checker.md)
         if rng.chance(0.15) {
-            self.with_retries(p, rng, 1, |i| {
-                client::create_cart(&lines, &user, &key, i, STOREFRONT)
-            })
-            .await;
+            let (again, op) = self
+                .with_retries(p, rng, 4, |i| {
+                    client::create_cart(&lines, &user, &key, i, STOREFRONT)
+                })
+                .await;
+            if again.kind == Kind::Info {
+                self.seen().unknown_reserves.insert(key.clone(), op);
+            }
         }
         tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
         let roll = rng.below(100);
