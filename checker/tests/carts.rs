@@ -4,30 +4,9 @@
 
 mod support;
 
-use flashgate_checker::{Status, Verdict};
+use flashgate_checker::Status;
 use serde_json::{json, Value};
 use support::*;
-
-fn broken(v: &Verdict) -> (&'static str, Option<u64>, String) {
-    let broken: Vec<_> = v
-        .rules
-        .iter()
-        .filter(|r| r.status == Status::Broken)
-        .collect();
-    assert_eq!(broken.len(), 1, "exactly one rule broken: {:#?}", v.rules);
-    assert!(!v.valid);
-    let r = broken[0];
-    (r.rule, r.first.as_ref().map(|c| c.index), r.message.clone())
-}
-
-fn all_ok(v: &Verdict) {
-    assert!(
-        v.rules.iter().all(|r| r.status == Status::Ok),
-        "every rule ok: {:#?}",
-        v.rules
-    );
-    assert!(v.valid);
-}
 
 /// final.json with S1 and S2 (`initial`, `sold` each), the given confirmed
 /// reservations and `carts`.

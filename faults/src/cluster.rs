@@ -19,15 +19,8 @@ pub struct Cluster {
     pub ports: Vec<u16>,
 }
 
-/// One line of `CLUSTER NODES`.
-#[derive(Debug, Clone)]
-pub struct NodeInfo {
-    pub id: String,
-    pub port: u16,
-    pub master: bool,
-    pub failed: bool,
-    pub slots: Vec<(u16, u16)>,
-}
+/// One line of `CLUSTER NODES`, read by testkit's parser.
+pub use flashgate_testkit::cluster::{parse_nodes, NodeInfo};
 
 /// `redis-cli -p port args…`, stdout trimmed ("" when it cannot answer).
 pub async fn cli(port: u16, args: &[&str]) -> String {
@@ -37,34 +30,6 @@ pub async fn cli(port: u16, args: &[&str]) -> String {
         Ok((_, out, _)) => out.trim().to_owned(),
         Err(_) => String::new(),
     }
-}
-
-pub fn parse_nodes(text: &str) -> Vec<NodeInfo> {
-    text.lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 8 {
-                return None;
-            }
-            let port = f[1].split('@').next()?.rsplit(':').next()?.parse().ok()?;
-            let flags = f[2];
-            let slots = f[8..]
-                .iter()
-                .filter(|s| !s.starts_with('['))
-                .filter_map(|s| match s.split_once('-') {
-                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
-                    None => s.parse().ok().map(|a| (a, a)),
-                })
-                .collect();
-            Some(NodeInfo {
-                id: f[0].to_owned(),
-                port,
-                master: flags.contains("master"),
-                failed: flags.contains("fail") && !flags.contains("fail?"),
-                slots,
-            })
-        })
-        .collect()
 }
 
 impl Cluster {

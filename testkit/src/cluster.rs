@@ -236,6 +236,37 @@ pub struct NodeInfo {
     pub slots: Vec<(u16, u16)>,
 }
 
+/// The nodes of a `CLUSTER NODES` answer (lines it cannot read are left out).
+/// Also used by the fault harness, which runs its own cluster processes.
+pub fn parse_nodes(text: &str) -> Vec<NodeInfo> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 {
+                return None;
+            }
+            let port = f[1].split('@').next()?.rsplit(':').next()?.parse().ok()?;
+            let flags = f[2];
+            let slots = f[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|s| match s.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => s.parse().ok().map(|a| (a, a)),
+                })
+                .collect();
+            Some(NodeInfo {
+                id: f[0].to_string(),
+                port,
+                master: flags.contains("master"),
+                failed: flags.contains("fail") && !flags.contains("fail?"),
+                master_id: (f[3] != "-").then(|| f[3].to_string()),
+                slots,
+            })
+        })
+        .collect()
+}
+
 /// Run one command with redis-cli against `port`; stdout, trimmed.
 pub fn cli(port: u16, args: &[&str]) -> String {
     cli_with(Path::new("redis-cli"), port, args)
@@ -400,33 +431,7 @@ impl Cluster {
 
     /// `CLUSTER NODES` as seen by the node on `port`.
     pub fn nodes_from(&self, port: u16) -> Vec<NodeInfo> {
-        self.cli(port, &["CLUSTER", "NODES"])
-            .lines()
-            .filter_map(|line| {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                if f.len() < 8 {
-                    return None;
-                }
-                let port = f[1].split('@').next()?.rsplit(':').next()?.parse().ok()?;
-                let flags = f[2];
-                let slots = f[8..]
-                    .iter()
-                    .filter(|s| !s.starts_with('['))
-                    .filter_map(|s| match s.split_once('-') {
-                        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
-                        None => s.parse().ok().map(|a| (a, a)),
-                    })
-                    .collect();
-                Some(NodeInfo {
-                    id: f[0].to_string(),
-                    port,
-                    master: flags.contains("master"),
-                    failed: flags.contains("fail") && !flags.contains("fail?"),
-                    master_id: (f[3] != "-").then(|| f[3].to_string()),
-                    slots,
-                })
-            })
-            .collect()
+        parse_nodes(&self.cli(port, &["CLUSTER", "NODES"]))
     }
 
     /// The cluster's layout as a live node sees it.

@@ -2,7 +2,7 @@
 //! completion 1 ms apart, the clock moving 10 ms per op.
 #![allow(dead_code)]
 
-use flashgate_checker::{check, Final, History, Verdict};
+use flashgate_checker::{check, Final, History, Status, Verdict};
 use serde_json::{json, Value};
 
 /// The wall clock at time_ms 0 in these histories (2025-12-04T00:00:00Z).
@@ -182,4 +182,27 @@ pub fn final_cart(status: &str, lines: &[(&str, Option<&str>)]) -> Value {
         })
         .collect();
     json!({"status": 200, "body": {"status": status}, "lines": lines})
+}
+
+/// The one broken rule, with the index of its first line.
+pub fn broken(v: &Verdict) -> (&'static str, Option<u64>, String) {
+    let broken: Vec<_> = v
+        .rules
+        .iter()
+        .filter(|r| r.status == Status::Broken)
+        .collect();
+    assert_eq!(broken.len(), 1, "exactly one rule broken: {:#?}", v.rules);
+    assert!(!v.valid);
+    let r = broken[0];
+    (r.rule, r.first.as_ref().map(|c| c.index), r.message.clone())
+}
+
+/// Every rule ok, and the verdict valid.
+pub fn all_ok(v: &Verdict) {
+    assert!(
+        v.rules.iter().all(|r| r.status == Status::Ok),
+        "every rule ok: {:#?}",
+        v.rules
+    );
+    assert!(v.valid);
 }
