@@ -32,8 +32,10 @@ master (its tag chosen by CRC16 so the master serves it), the requests dealt
 round-robin over the shards. A key's claim cannot ride in reserve.lua there
 (its bucket's slot is another): each request first goes through claim.lua
 (SET NX GET, a call of up to B keys of one bucket `idem~NN`, sent to the
-bucket's master), then reserve.lua with an empty claim, which so reads the
-key's verdict and its record. `--apart` measures that request mix on one
+bucket's master), then reserve.lua with the claim body '!' ("claim.lua has
+just made the key's claim new"), which so writes the hold with NX without
+reading the key's verdicts (data layout 5; before it, an empty claim and
+two GETs per hold). `--apart` measures that request mix on one
 server too (claims apart, no cluster), to tell the claim's separate call
 from the cluster's own cost.
 
@@ -123,7 +125,7 @@ class Sale:
                 args += [key, rid, "1", user, fp, "3", claim, body]
             else:
                 apart.append((self.n % 16, claim, body))
-                args += [key, rid, "1", user, fp, "3", "", ""]
+                args += [key, rid, "1", user, fp, "3", "", "!"]
         return resp(["EVALSHA", self.sha, len(self.keys)] + self.keys + args)
 
     def request(self):

@@ -5,10 +5,13 @@
 -- KEYS[i] fg:{idem~NN}:<key> (NN: the key's bucket; all keys of one call share it)
 -- ARGV[1] ttl_ms   ARGV[1 + i] the body of the request with key i (`<sku>\n<fingerprint>`)
 --
--- Returns one reply per key: nil when this request claimed the key (or the
--- key was claimed with this very body before: a retry), else the earlier body.
+-- Returns one reply per key: nil when this call created the claim (so no
+-- shard can hold a verdict for the key yet: the walk sends reserve.lua the
+-- claim body `!`), else the earlier body (this very body: a retry, or this
+-- call resent; the caller reads it as "same request"; another: refused).
 -- Idempotent: a resent call answers every key with its own body, which the
--- caller reads as "same request".
+-- caller reads as "same request" (and so not as new: its walk reads the
+-- verdicts, src/inventory/reserve.rs).
 local replies = {}
 for i = 1, #KEYS do
   replies[i] = redis.call('SET', KEYS[i], ARGV[1 + i], 'NX', 'GET', 'PX', ARGV[1])

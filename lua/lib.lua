@@ -79,11 +79,15 @@ end
 -- record an earlier version wrote as a hash (GET answers WRONGTYPE) is read
 -- from its fields; the next rec_save turns it into a string, its TTL kept.
 -- (Any other error of the GET, e.g. a key of a half-moved slot, is raised
--- again by the HMGET.)
+-- again by the HMGET.) Since data layout 5 the key may instead hold a walk-on
+-- marker `M|<fp>` (reserve.lua: the shard refused the key of that token):
+-- no reservation, so nil, and the marker as a second value for reserve.lua.
+-- (A status never begins with 'M', byte 77.)
 local function rec_load(rkey)
   local v = redis.pcall('GET', rkey)
   if type(v) ~= 'table' then
     if not v then return nil end
+    if string.byte(v, 1) == 77 then return nil, v end
     return rec_decode(v)
   end
   local h = redis.call('HMGET', rkey, 'status', 'qty', 'created', 'exp', 'first_exp', 'ended',

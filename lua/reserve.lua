@@ -46,7 +46,7 @@
 --   verdict: a key with no token in its claim — the promoter's, which has
 --   no claim, or a claim of data layout 2 — whose rid is fresh per request:
 --   a hold also writes the `R|rid|fp` verdict, which its retries find),
---   claim record fg:{idem~NN}:<key>, claim body
+--   claim record fg:{idem~NN}:<key>, claim body (or '' and '!': see below)
 --
 -- The claim (one Redis server only, where a script may touch keys of any
 -- slot): a non-empty claim body makes this request first do what claim.lua
@@ -56,7 +56,13 @@
 -- the walk's first step (src/inventory/mod.rs). An empty body skips it (the
 -- claim was made apart, as on Redis Cluster, or a later step of the walk).
 -- A claim this request has just created also tells that the key was never
--- seen: no shard can hold a verdict for it, so its verdict is not read. (A
+-- seen: no shard can hold a verdict for it, so its verdict is not read.
+-- The claim body '!' says the same of a claim made apart (Redis Cluster):
+-- claim.lua answered nil, so the claim was new before this call. Here a
+-- duplicate of the request, or this very call resent by the client library,
+-- may have left a verdict since: a hold is written with SET NX (its record
+-- or a walk-on marker at the key fails it, and the verdicts are then read
+-- and answered), and every other answer reads the verdicts first. (A
 -- verdict is written after its key's claim and lives as long, so it can only
 -- outlive the claim by the milliseconds between the two: a key reused after
 -- its claim expired, >= idem_ttl later, is a new request either way.)
@@ -77,10 +83,12 @@
 --
 -- Idempotency: the verdict of a shard for a key is sticky (the reservation's
 -- record r:<SKU.s.token>, an `R` verdict for a key without a token, or the
--- walk-on verdict `M|fp`), written in the same step that decides it. A
--- request whose claim was not new reads `idem:<key>` (M or R) and then the
--- record its rid names. (Data layout 3; an instance of layout 2 reads only
--- `idem:` and is kept off layout-3 data: docs/UPGRADING.md.) Every request
+-- walk-on verdict `M|fp`: at r:<SKU.s.token> for a key with a token, a
+-- marker that lib.lua's rec_load answers as no record, at idem:<key> for
+-- one without), written in the same step that decides it. A request whose
+-- claim was not new reads `idem:<key>` (R, or the M that data layout 3 kept
+-- there) and then the record or marker its rid names. (Data layout 5;
+-- older instances are kept off it by fg:layout: docs/UPGRADING.md.) Every request
 -- with one key visits the shards in one fixed order, so all of them see the
 -- same verdicts and at most one reservation can exist per key. A second run of
 -- this script (a client retry of an in-flight command), or a second request
@@ -127,9 +135,59 @@ local nz, nw = 0, 0            -- entries in zadd, in won (= in held)
 -- look-up less per call, like `argv` below; ~0.2k and ~0.8k per hold)
 local call = redis.call
 
+-- This shard's verdict for a key, if it has one: its reply, or nil. `idem:`
+-- holds the `R` verdict of a key without a token (flags 4) and the walk-on
+-- verdicts data layout 3 wrote; the record key r:<rid> the key's hold, or
+-- since layout 5 its walk-on marker `M|<fp>` (rec_load answers nil and the
+-- marker).
+local function seen(key, rid, rkey, fp, flags, gated)
+  local v = redis.call('GET', idem_prefix .. key)
+  if v then
+    if string.sub(v, 1, 1) == 'M' then
+      if string.sub(v, 3) ~= fp then return 'm' end
+      if gated then return 'v0' end
+      return 'v' .. string.format('%d', available or 0)
+    end
+    -- 'R|<rid>|<fp>' (rids never contain '|'): a walk with the verdict
+    -- switch, or one of data layout 2
+    local bar = string.find(v, '|', 3, true)
+    local old = string.sub(v, 3, bar - 1)
+    if string.sub(v, bar + 1) ~= fp then return 'm' end
+    -- first_exp: written by extend.lua when it first moves the deadline
+    local r = rec_load(record_prefix .. old)
+    if not r then return 'r' .. old .. '|||' end
+    local first = r.first_exp
+    if first == '' then first = r.exp end
+    return 'r' .. old .. '|' .. r.qty .. '|' .. first .. '|' .. r.user
+  end
+  -- the hold or the walk-on marker this key's token names here, if any (a
+  -- key with the verdict switch found its hold by the `R` verdict above)
+  if flags >= '4' then return nil end
+  local r, mark = rec_load(rkey)
+  if r then
+    if r.idem ~= key then return 'm' end
+    local first = r.first_exp
+    if first == '' then first = r.exp end
+    return 'r' .. rid .. '|' .. r.qty .. '|' .. first .. '|' .. r.user
+  end
+  if mark then
+    if string.sub(mark, 3) ~= fp then return 'm' end
+    if gated then return 'v0' end
+    return 'v' .. string.format('%d', available or 0)
+  end
+  return nil
+end
+
 local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
-  local fresh = false
-  if claim ~= '' then
+  -- fresh: the key's claim was new, made in this very call; apart: it was
+  -- new when claim.lua made it, before this call (claim body '!'), so this
+  -- shard has a verdict for the key only if another request with the key
+  -- (a duplicate in flight, or this call resent) came first: its writes
+  -- are made with NX and any other answer reads the verdicts first
+  local fresh, apart = false, false
+  if claim == '!' then
+    apart = true
+  elseif claim ~= '' then
     local earlier = call('SET', ckey, claim, 'NX', 'GET', 'PX', idem_ttl)
     if earlier then
       if earlier ~= claim then return 'c' .. earlier end
@@ -151,40 +209,17 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   -- (the verdict's name, idem_prefix .. key, is built only where it is
   -- used: a new claim with a unit to spare never touches it)
   local rkey = record_prefix .. rid
-  if not fresh then
-    local seen = redis.call('GET', idem_prefix .. key)
-    if seen then
-      local kind = string.sub(seen, 1, 1)
-      if kind == 'M' then
-        if string.sub(seen, 3) ~= fp then return 'm' end
-        if gated then return 'v0' end
-        return 'v' .. string.format('%d', available or 0)
-      end
-      -- 'R|<rid>|<fp>' (rids never contain '|'): a walk with the verdict
-      -- switch, or one of data layout 2
-      local bar = string.find(seen, '|', 3, true)
-      local old = string.sub(seen, 3, bar - 1)
-      if string.sub(seen, bar + 1) ~= fp then return 'm' end
-      -- first_exp: written by extend.lua when it first moves the deadline
-      local r = rec_load(record_prefix .. old)
-      if not r then return 'r' .. old .. '|||' end
-      local first = r.first_exp
-      if first == '' then first = r.exp end
-      return 'r' .. old .. '|' .. r.qty .. '|' .. first .. '|' .. r.user
-    end
-    -- the hold this key's token names here, if any: the record is the verdict
-    -- (a key with the verdict switch found its hold by the `R` verdict above)
-    local r = flags < '4' and rec_load(rkey)
-    if r then
-      if r.idem ~= key then return 'm' end
-      local first = r.first_exp
-      if first == '' then first = r.exp end
-      return 'r' .. rid .. '|' .. r.qty .. '|' .. first .. '|' .. r.user
-    end
+  if not fresh and not apart then
+    local v = seen(key, rid, rkey, fp, flags, gated)
+    if v then return v end
   end
 
-  if not available then return 'u' end
-  if window ~= '' then
+  -- every answer but a new hold reads the verdicts first when the claim was
+  -- made apart (a duplicate may have held here meanwhile)
+  local refusal
+  if not available then
+    refusal = 'u'
+  elseif window ~= '' then
     if shut == nil then
       shut = false
       local bar = string.find(window, '|', 1, true)
@@ -197,13 +232,23 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
         shut = 'x'
       end
     end
-    if shut then return shut end
+    refusal = shut
   end
   local here = available
   if gated then here = 0 end
-  if here < qty then
+  if not refusal and here < qty then refusal = 'd' end
+  if refusal then
+    if apart then
+      local v = seen(key, rid, rkey, fp, flags, gated)
+      if v then return v end
+    end
+    if refusal ~= 'd' then return refusal end
     if flags == '3' or flags == '1' or flags == '7' or flags == '5' then -- mark_walk_on
-      redis.call('SET', idem_prefix .. key, 'M|' .. fp, 'PX', idem_ttl)
+      if flags < '4' then
+        redis.call('SET', rkey, 'M|' .. fp, 'PX', idem_ttl)
+      else
+        redis.call('SET', idem_prefix .. key, 'M|' .. fp, 'PX', idem_ttl)
+      end
     end
     return 'd' .. string.format('%d', here)
   end
@@ -213,15 +258,23 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
     exp = ts + hold_ms
     ts_s, exp_s = string.format('%d', ts), string.format('%d', exp)
   end
-  available = available - qty
-  taken = taken + qty
   -- the record as lib.lua's rec_encode writes it, built in place: a table
   -- for rec_encode costs ~6k instructions more per hold (80.0k vs 74.2k)
-  call('SET', rkey, 'held|' .. qty_s .. '|' .. ts_s .. '|' .. exp_s .. '||||' .. user ..
-    '\n' .. key, 'PX', record_ttl)
+  local rec = 'held|' .. qty_s .. '|' .. ts_s .. '|' .. exp_s .. '||||' .. user .. '\n' .. key
+  if apart then
+    -- NX: a verdict written since claim.lua (a duplicate's hold or
+    -- marker, or this call's own first run, resent) is answered instead
+    if not call('SET', rkey, rec, 'NX', 'PX', record_ttl) then
+      return seen(key, rid, rkey, fp, flags, gated) or 'm'
+    end
+  else
+    call('SET', rkey, rec, 'PX', record_ttl)
+  end
   if flags >= '4' then
     redis.call('SET', idem_prefix .. key, 'R|' .. rid .. '|' .. fp, 'PX', idem_ttl)
   end
+  available = available - qty
+  taken = taken + qty
   nz = nz + 2
   zadd[nz - 1], zadd[nz] = exp_s, rid
   if qty ~= 1 then   -- a hold with no field in `live` held 1 unit (lib.lua)

@@ -20,7 +20,7 @@ pub(super) async fn run(args: MigrateLayoutArgs) -> Result<(), String> {
     let done = inventory.migrate_layout(args.force).await;
     inventory.close().await;
     let converted = done.map_err(|e| crate::error::ApiError::from(e).message())?;
-    let layout = crate::inventory::keys::LAYOUT;
+    let layout = crate::inventory::keys::STORE_LAYOUT;
     if converted.is_empty() {
         println!("Redis's data is in layout {layout}; no SKU needed converting");
     } else {

@@ -176,6 +176,10 @@ pub struct ReserveCall {
     /// The key's claim, made inside this call (one Redis server only; see
     /// `lua/reserve.lua`), or None when it was made apart or earlier.
     pub claim: Option<Claim>,
+    /// With no `claim`: the key's claim was new when `claim.lua` made it
+    /// apart (claim body `!`): the script skips reading the shard's
+    /// verdicts for a new hold, which it writes with NX (data layout 5).
+    pub claimed_apart: bool,
     /// The SKU's sale window as `reserve.lua`'s ARGV[4] (`SkuMeta::window_arg`;
     /// "" for none). One call serves one shard, so one SKU: the call sends
     /// its first request's.
@@ -216,6 +220,7 @@ impl Batch for ReserveBatch {
         for c in &calls {
             let (claim_key, claim_body) = match &c.claim {
                 Some(claim) => (claim.record.as_str(), claim.body.as_str()),
+                None if c.claimed_apart => ("", "!"),
                 None => ("", ""),
             };
             args.extend([

@@ -13,9 +13,10 @@
 //! | `fg:{SKU#s}:holds`        | zset   | reservation id → deadline (ms): the expiry list   |
 //! | `fg:layout`               | string | Redis's data layout (`DATA_LAYOUT`)               |
 //! | `fg:{SKU#s}:r:<rid>`      | string | the reservation (lua/lib.lua); also the key's     |
-//! |                           |        | verdict here: `<rid>` = `SKU.s.<claim's token>`    |
-//! | `fg:{SKU#s}:idem:<key>`   | string | the walk-on verdict `M|<fp>`, or `R|<rid>|<fp>` for a   |
-//! |                           |        | key with no token (promoter; layout 2)             |
+//! |                           |        | verdict here: `<rid>` = `SKU.s.<claim's token>`;   |
+//! |                           |        | or the key's walk-on marker `M|<fp>` (layout 5)   |
+//! | `fg:{SKU#s}:idem:<key>`   | string | `M|<fp>` or `R|<rid>|<fp>` for a key with no token |
+//! |                           |        | (promoter; layout 2); `M` of layout 3, still read  |
 //! |                           |        | (`<key>`: always a `ScopedKey`, domain.rs)         |
 //! | `fg:{SKU#s}:events`       | stream | outbox of every stock change (for the ledger)     |
 //! |                           |        | (a reserve.lua call's holds: one `held` entry)     |
@@ -192,6 +193,21 @@ pub const LAYOUT: &str = "3";
 /// meta whose layout is not its own (503 for that SKU only), so across a
 /// rolling upgrade only SKUs without a window are served by old instances.
 pub const LAYOUT_WINDOW: &str = "4";
+
+/// The data layout this version writes in Redis's [`DATA_LAYOUT`] (the
+/// store's; a SKU's meta keeps [`LAYOUT`] or [`LAYOUT_WINDOW`], the
+/// numbers sharing one sequence). Layout 5: the walk-on verdict of a key
+/// with a token is a marker `M|<fp>` at its record key `r:<SKU.s.token>`,
+/// not at `idem:<key>`, and a hold whose claim `claim.lua` has just made
+/// new is written with NX without reading the verdicts (`lua/reserve.lua`).
+/// A layout-3 instance would misread the marker and, beside a layout-5
+/// one, could hold where that one's walk moved on: it refuses a store of
+/// layout 5; this version reads everything layout 3 wrote and refuses a
+/// store of layout 3 until `flashgate migrate-layout` (docs/UPGRADING.md).
+pub const STORE_LAYOUT: &str = "5";
+
+/// The store layouts `flashgate migrate-layout` upgrades from (none: layout 2).
+pub const STORE_LAYOUTS_BEFORE: [&str; 1] = ["3"];
 
 /// Redis's data layout, one string for the whole store: an instance that
 /// finds one it does not know refuses to serve (`/readyz` and reserves

@@ -315,7 +315,7 @@ impl Inventory {
                 let _: Option<String> = client
                     .set(
                         keys::DATA_LAYOUT,
-                        keys::LAYOUT,
+                        keys::STORE_LAYOUT,
                         None::<Expiration>,
                         Some(SetOptions::NX),
                         false,
@@ -329,19 +329,26 @@ impl Inventory {
             }
         }
         let verdict = match found.as_deref() {
-            Some(keys::LAYOUT) => Ok(()),
+            Some(keys::STORE_LAYOUT) => Ok(()),
             None => Err(format!(
                 "Redis holds data of layout 2 (no {} key) and this version of flashgate writes \
                  layout {}: not serving until `flashgate migrate-layout` has upgraded it \
                  (docs/UPGRADING.md)",
                 keys::DATA_LAYOUT,
-                keys::LAYOUT
+                keys::STORE_LAYOUT
+            )),
+            Some(old) if keys::STORE_LAYOUTS_BEFORE.contains(&old) => Err(format!(
+                "Redis holds data of layout {old} ({}) and this version of flashgate writes \
+                 layout {}: not serving until `flashgate migrate-layout` has upgraded it \
+                 (docs/UPGRADING.md)",
+                keys::DATA_LAYOUT,
+                keys::STORE_LAYOUT
             )),
             Some(other) => Err(format!(
                 "Redis holds data of layout {other:?} ({}) and this version of flashgate reads \
                  layout {} only: not serving; upgrade this instance (docs/UPGRADING.md)",
                 keys::DATA_LAYOUT,
-                keys::LAYOUT
+                keys::STORE_LAYOUT
             )),
         };
         let was_ok = self
@@ -353,7 +360,7 @@ impl Inventory {
                 match &verdict {
                     Err(msg) => tracing::error!("{msg}"),
                     Ok(()) if !was_ok => tracing::info!(
-                        layout = keys::LAYOUT,
+                        layout = keys::STORE_LAYOUT,
                         "Redis's data layout is this version's: serving"
                     ),
                     Ok(()) => {}
@@ -389,14 +396,14 @@ impl Inventory {
             .get(keys::DATA_LAYOUT)
             .await
             .map_err(|e| self.err(e))?;
-        let current = found.as_deref() == Some(keys::LAYOUT);
+        let current = found.as_deref() == Some(keys::STORE_LAYOUT);
         if let Some(v) = found.as_deref() {
-            if v != keys::LAYOUT {
+            if v != keys::STORE_LAYOUT && !keys::STORE_LAYOUTS_BEFORE.contains(&v) {
                 return Err(InventoryError::Unsuitable(format!(
                     "Redis holds data of layout {v:?} ({}); this version writes layout {}: \
                      not migrating",
                     keys::DATA_LAYOUT,
-                    keys::LAYOUT
+                    keys::STORE_LAYOUT
                 )));
             }
         }
@@ -413,8 +420,8 @@ impl Inventory {
             let count = match fields.get("layout").map(String::as_str) {
                 // (a store of this layout: only metas an older instance
                 // wrote since are converted, holds or not)
-                Some(keys::LAYOUT) if current => continue,
-                None | Some("2") | Some(keys::LAYOUT) => fields
+                Some(keys::LAYOUT) | Some(keys::LAYOUT_WINDOW) if current => continue,
+                None | Some("2") | Some(keys::LAYOUT) | Some(keys::LAYOUT_WINDOW) => fields
                     .get("shard_count")
                     .or_else(|| fields.get("shards"))
                     .and_then(|c| c.parse::<u16>().ok())
@@ -450,7 +457,10 @@ impl Inventory {
             if units > 0 && !current {
                 held.push(format!("{sku}: {units} units held"));
             }
-            if fields.get("layout").map(String::as_str) != Some(keys::LAYOUT) {
+            if !matches!(
+                fields.get("layout").map(String::as_str),
+                Some(keys::LAYOUT) | Some(keys::LAYOUT_WINDOW)
+            ) {
                 old.push(sku);
             }
         }
@@ -468,7 +478,7 @@ impl Inventory {
             }
         }
         let _: () = client
-            .set(keys::DATA_LAYOUT, keys::LAYOUT, None, None, false)
+            .set(keys::DATA_LAYOUT, keys::STORE_LAYOUT, None, None, false)
             .await
             .map_err(|e| self.err(e))?;
         self.check_data_layout()

@@ -116,6 +116,12 @@ pub(super) struct WalkToken {
     /// have no claim; a claim of data layout 2): its holds write the `R`
     /// verdict, which every walk of such a key reads.
     verdicts: bool,
+    /// This request's claim was new when `claim.lua` made it, apart from
+    /// the walk (Redis Cluster): no shard had a verdict for the key then,
+    /// so a step that holds need not read them (`lua/reserve.lua`, claim
+    /// body `!`; its hold is written with NX, which a duplicate's or a
+    /// resent step's verdict fails, and every other answer reads first).
+    claimed_apart: bool,
 }
 
 impl WalkToken {
@@ -125,6 +131,15 @@ impl WalkToken {
             id,
             earlier: false,
             verdicts: false,
+            claimed_apart: false,
+        }
+    }
+
+    /// A token of this request's own claim, just made new by `claim.lua`.
+    fn claimed_apart(id: uuid::Uuid) -> WalkToken {
+        WalkToken {
+            claimed_apart: true,
+            ..WalkToken::own(id)
         }
     }
 
@@ -134,6 +149,7 @@ impl WalkToken {
             id: uuid::Uuid::new_v4(),
             earlier: false,
             verdicts: true,
+            claimed_apart: false,
         }
     }
 
@@ -144,6 +160,7 @@ impl WalkToken {
                 id,
                 earlier: true,
                 verdicts: false,
+                claimed_apart: false,
             },
             None => WalkToken::with_verdicts(),
         }
@@ -361,7 +378,7 @@ impl Inventory {
                 let earlier =
                     Box::pin(self.claims.submit(&bucket, batch::Claim { record, body })).await?;
                 let (shards, left_out, token) = match earlier {
-                    Value::Null => (meta.shards, down, WalkToken::own(token)),
+                    Value::Null => (meta.shards, down, WalkToken::claimed_apart(token)),
                     v => match parse_claim(&text(&v)?, &mine) {
                         Some(c) => (
                             c.shards.unwrap_or(meta.shards),
@@ -666,6 +683,7 @@ impl Inventory {
             mark_walk_on,
             gate,
             verdict: token.verdicts,
+            claimed_apart: token.claimed_apart,
             claim,
             window: meta.window_arg.clone(),
         };

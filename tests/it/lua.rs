@@ -125,6 +125,25 @@ impl Fixture {
         hold_ms: u64,
         flags: &str,
     ) -> Vec<String> {
+        self.reserve_claimed(rid, key, qty, user, fp, hold_ms, flags, "")
+            .await
+    }
+
+    /// [`Fixture::reserve_flags`] with the claim body as given: '' (the
+    /// claim was made earlier, or by another request) or '!' (claim.lua has
+    /// just made it new, apart from this call, as on a cluster).
+    #[allow(clippy::too_many_arguments)]
+    async fn reserve_claimed(
+        &self,
+        rid: &ReservationId,
+        key: &str,
+        qty: u32,
+        user: &str,
+        fp: &str,
+        hold_ms: u64,
+        flags: &str,
+        claim: &str,
+    ) -> Vec<String> {
         let key = ScopedKey::new(&Tenant::Anonymous, &IdempotencyKey::parse(key).unwrap());
         // a batch of one (lua/reserve.lua answers one reply per request)
         let replies = self
@@ -143,7 +162,7 @@ impl Fixture {
                     fp.into(),
                     flags.into(),
                     String::new(), // no claim in this call
-                    String::new(),
+                    claim.into(),
                 ],
             )
             .await;
@@ -365,6 +384,23 @@ async fn every_flags_value_switches_what_it_names() {
             v
         }
     };
+    // the walk-on verdict: at `idem:<key>` for a key without a token
+    // (verdict), else the marker at the record key its token names (layout 5)
+    let walk_on = |key: &str, rid: &ReservationId, with_verdict: bool| {
+        let at = if with_verdict {
+            f.k.idem(&ScopedKey::new(
+                &Tenant::Anonymous,
+                &IdempotencyKey::parse(key).unwrap(),
+            ))
+        } else {
+            f.k.record(rid)
+        };
+        let pool = &f.pool;
+        async move {
+            let v: Option<String> = pool.next().get(at).await.unwrap();
+            v
+        }
+    };
     let mut stock = 100;
     for n in 0..8u8 {
         let flags = n.to_string();
@@ -382,7 +418,7 @@ async fn every_flags_value_switches_what_it_names() {
                 "flags {flags}: the open waitlist gates it"
             );
             assert_eq!(
-                seen,
+                walk_on(&key, &rid, with_verdict).await,
                 mark.then(|| "M|1:user-1".to_string()),
                 "flags {flags}: a walk-on verdict iff mark_walk_on"
             );
@@ -396,9 +432,10 @@ async fn every_flags_value_switches_what_it_names() {
             );
             // more than the stock: dry, its walk-on verdict iff mark_walk_on
             let big = format!("g{n}");
+            let big_rid = f.rid();
             let r = f
                 .reserve_flags(
-                    &f.rid(),
+                    &big_rid,
                     &big,
                     1000,
                     "user-1",
@@ -413,7 +450,7 @@ async fn every_flags_value_switches_what_it_names() {
                 "flags {flags}"
             );
             assert_eq!(
-                verdict(&big).await,
+                walk_on(&big, &big_rid, with_verdict).await,
                 mark.then(|| "M|1000:user-1".to_string()),
                 "flags {flags}: a walk-on verdict iff mark_walk_on"
             );
@@ -577,6 +614,7 @@ async fn concurrent_reserves_for_one_shard_share_script_calls() {
                 gate: true,
                 verdict: false,
                 claim: None,
+                claimed_apart: false,
                 window: "".into(),
             };
             parts(reserver.submit(&tag, call).await.unwrap(), &rid)
@@ -783,6 +821,97 @@ async fn a_resent_reserve_returns_the_first_result() {
     assert_eq!(second[0], "replay");
     assert_eq!(second[1], rid.to_string());
     assert_eq!(f.books().await, (4, 1, 0));
+}
+
+/// A step whose claim claim.lua has just made new (claim body '!', Redis
+/// Cluster) holds without reading the shard's verdicts: its record is
+/// written with NX, so this very call resent (the client library resends
+/// after a dropped connection) and a duplicate of the request that held
+/// first are answered with the hold, never a second one.
+#[tokio::test]
+async fn a_hold_claimed_apart_is_written_with_nx_and_its_resend_replays_it() {
+    let f = fixture().await;
+    f.preload(5, false).await;
+    let rid = f.rid();
+    let apart = |rid: ReservationId| {
+        let f = &f;
+        async move {
+            f.reserve_claimed(&rid, "a1", 1, "user-1", "1:user-1", 60_000, "3", "!")
+                .await
+        }
+    };
+    let first = apart(rid.clone()).await;
+    assert_eq!(first[0], "held", "{first:?}");
+    let resent = apart(rid.clone()).await;
+    assert_eq!(resent[0..2], ["replay".to_string(), rid.to_string()]);
+    assert_eq!(f.books().await, (4, 1, 0), "one unit for the key");
+
+    // a duplicate in flight (its claim not new: '') holds first under the
+    // same token; the first request's step, made apart, finds it by NX
+    let rid = f.rid();
+    let dup = f
+        .reserve_claimed(&rid, "a2", 1, "user-1", "1:user-1", 60_000, "3", "")
+        .await;
+    assert_eq!(dup[0], "held", "{dup:?}");
+    let own = f
+        .reserve_claimed(&rid, "a2", 1, "user-1", "1:user-1", 60_000, "3", "!")
+        .await;
+    assert_eq!(own[0..2], ["replay".to_string(), rid.to_string()]);
+    assert_eq!(f.books().await, (3, 2, 0));
+
+    // and with the shard dry by then, the refusal reads the verdicts first:
+    // the hold, not "dry"
+    f.reserve("x", 3, 60_000).await;
+    assert_eq!(f.books().await.0, 0);
+    let late = f
+        .reserve_claimed(&rid, "a2", 1, "user-1", "1:user-1", 60_000, "3", "!")
+        .await;
+    assert_eq!(late[0..2], ["replay".to_string(), rid.to_string()]);
+    assert_eq!(f.books().await, (0, 5, 0));
+}
+
+/// Data layout 5: a key with a token is told to walk on by a marker at its
+/// record key, so a step made apart that meets it by NX walks on too. The
+/// step of a claim made apart refuses ("dry", marker written); the shard
+/// gets a unit back; the step is resent, as the client library does after a
+/// lost reply. The resend must walk on, not hold: the walk it belongs to
+/// has moved on and may hold elsewhere. (With the walk-on verdict at
+/// `idem:<key>`, where layout 3 kept it, the resend's NX write succeeded.)
+#[tokio::test]
+async fn a_resent_step_after_a_walk_on_never_holds_where_the_key_moved_on() {
+    let f = fixture().await;
+    f.preload(1, false).await;
+    let other = f.reserve("x", 1, 60_000).await;
+    assert_eq!(other[0], "held");
+    let rid = f.rid();
+    let step = || f.reserve_claimed(&rid, "b1", 1, "user-1", "1:user-1", 60_000, "3", "!");
+    assert_eq!(step().await, ["dry", "0"]);
+    // the marker is no reservation to anyone who reads records
+    assert!(f.record(&rid.to_string()).await.is_none());
+    let missing = f.end(&f.scripts.confirm, &rid.to_string()).await;
+    let never = f.end(&f.scripts.confirm, &f.rid().to_string()).await;
+    assert_eq!(missing, never, "a marker confirms as no reservation");
+    assert_eq!(
+        f.extend(&rid.to_string(), 1000, 60_000).await[0],
+        f.extend(&f.rid().to_string(), 1000, 60_000).await[0]
+    );
+    // a unit comes back
+    let released = f.end(&f.scripts.release, &other[1]).await;
+    assert_eq!(released[0..2], ["ok", "released"], "{released:?}");
+    assert_eq!(f.books().await, (1, 0, 0));
+    assert_eq!(step().await, ["moved", "1"], "the resend walks on");
+    // and so does a later retry, its claim not new
+    let retry = f
+        .reserve_claimed(&rid, "b1", 1, "user-1", "1:user-1", 60_000, "3", "")
+        .await;
+    assert_eq!(retry, ["moved", "1"]);
+    // another body with the key is told apart by the marker
+    let other_body = f
+        .reserve_claimed(&rid, "b1", 2, "user-1", "2:user-1", 60_000, "3", "")
+        .await;
+    assert_eq!(other_body, ["mismatch"]);
+    assert_eq!(f.books().await, (1, 0, 0), "nothing held");
+    assert_eq!(f.expire().await[0], "0", "the marker is no hold to expire");
 }
 
 #[tokio::test]

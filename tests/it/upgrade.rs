@@ -36,7 +36,7 @@ async fn a_preload_writes_the_layout_an_older_instance_cannot_read() {
     // layout 3: an instance of layout 2 refuses it (503), one of layout 1
     // answers it as unknown
     assert_eq!(redis.cli(&["HGET", meta, "layout"]), "3");
-    assert_eq!(redis.cli(&["GET", "fg:layout"]), "3");
+    assert_eq!(redis.cli(&["GET", "fg:layout"]), "5");
     assert_eq!(redis.cli(&["HGET", meta, "shard_count"]), "2");
     // the one field an earlier version reads the SKU by: absent, so it
     // answers the SKU as unknown rather than serving it
@@ -199,8 +199,15 @@ async fn a_hold_writes_no_verdict_key_and_every_retry_answers_the_first_answer()
         (dry_again.status, dry_again.code()),
         (dry.status, "sold_out")
     );
-    // the sold-out key's tombstones stay where the walk needs them
-    assert_eq!(keys(&redis, "fg:{tee#*}:idem:b").len(), 2);
+    // the sold-out key's walk-on verdicts stay where the walk needs them:
+    // since layout 5, a marker at the record key its token names on each
+    // shard (no `idem:` key), which no reader takes for a reservation
+    assert_eq!(keys(&redis, "fg:{tee#*}:idem:b"), Vec::<String>::new());
+    let markers: Vec<String> = keys(&redis, "fg:{tee#*}:r:*")
+        .into_iter()
+        .filter(|k| redis.cli(&["GET", k]).starts_with("M|"))
+        .collect();
+    assert_eq!(markers.len(), 2, "{markers:?}");
 
     // another body with the key, on this SKU or another: refused
     let other = app.reserve("a", "tee", 1, "eve").await;
@@ -296,7 +303,7 @@ async fn an_unknown_store_layout_is_refused_on_readyz_and_reserve() {
     assert_eq!(redis.cli(&["GET", "fg:layout"]), "9");
 
     // this version's layout again: served
-    redis.cli(&["SET", "fg:layout", "3"]);
+    redis.cli(&["SET", "fg:layout", "5"]);
     assert!(
         eventually(Duration::from_secs(10), || async {
             readyz(&fresh).await.status == StatusCode::OK
@@ -347,7 +354,7 @@ async fn a_layout_2_store_is_refused_until_migrated_and_its_holds_stay_exactly_o
     let (ok, out) = migrate_layout(&redis, true);
     assert!(ok, "{out}");
     assert!(out.contains("two"), "{out}");
-    assert_eq!(redis.cli(&["GET", "fg:layout"]), "3");
+    assert_eq!(redis.cli(&["GET", "fg:layout"]), "5");
     assert_eq!(redis.cli(&["HGET", "fg:{two}:meta", "layout"]), "3");
     let (ok, out) = migrate_layout(&redis, false);
     assert!(ok, "a second run is a no-op: {out}");
@@ -397,6 +404,79 @@ async fn migrate_layout_refuses_while_holds_are_out_and_passes_once_they_ended()
     assert_eq!(released.status, StatusCode::OK, "{:?}", released.body);
     let (ok, out) = migrate_layout(&redis, false);
     assert!(ok, "{out}");
+    assert_eq!(redis.cli(&["GET", "fg:layout"]), "5");
+    app.stop().await;
+}
+
+/// Data layout 5 (issue 23): the walk-on verdict of a key with a token is a
+/// marker at its record key, not `idem:<key>`. A store of layout 3 is
+/// refused until `migrate-layout` (which refuses while holds are out, as
+/// for layout 2), and what layout 3 wrote still holds afterwards: a key it
+/// sent on from every shard is still sold out on retry after a unit came
+/// back (its `idem:` verdicts are read), never held.
+#[tokio::test]
+async fn a_layout_3_store_is_refused_until_migrated_and_its_walk_on_verdicts_still_hold() {
+    let redis = RedisServer::start();
+    let first = spawn_app_with(&redis, |c| c.sold_out_cache_ms = 0).await;
+    first.preload("three", 1, 2).await;
+    let held = first.reserve("a", "three", 1, "ann").await;
+    assert_eq!(held.status, StatusCode::CREATED, "{:?}", held.body);
+    let dry = first.reserve("b", "three", 1, "bob").await;
+    assert_eq!(dry.code(), "sold_out", "{:?}", dry.body);
+    first.stop().await;
+    // as layout 3 wrote it: the walk-on verdicts at `idem:b`, no markers
+    let markers: Vec<String> = keys(&redis, "fg:{three#*}:r:*")
+        .into_iter()
+        .filter(|k| redis.cli(&["GET", k]).starts_with("M|"))
+        .collect();
+    assert_eq!(markers.len(), 2, "{markers:?}");
+    for m in &markers {
+        let shard_prefix = &m[..m.find(":r:").expect("a record key")];
+        redis.cli(&["DEL", m]);
+        redis.cli(&[
+            "SET",
+            &format!("{shard_prefix}:idem:b"),
+            "M|1:bob",
+            "PX",
+            "86400000",
+        ]);
+    }
+    redis.cli(&["SET", "fg:layout", "3"]);
+
+    let app = spawn_app_with(&redis, |c| c.sold_out_cache_ms = 0).await;
+    let ready = readyz(&app).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    let message = ready.body["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("layout 3") && message.contains("migrate-layout"),
+        "{message}"
+    );
+    let r = app.reserve("c", "three", 1, "cat").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    let (ok, out) = migrate_layout(&redis, false);
+    assert!(!ok && out.contains("holds are outstanding"), "{out}");
     assert_eq!(redis.cli(&["GET", "fg:layout"]), "3");
+    let (ok, out) = migrate_layout(&redis, true);
+    assert!(ok, "{out}");
+    assert_eq!(redis.cli(&["GET", "fg:layout"]), "5");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            readyz(&app).await.status == StatusCode::OK
+        })
+        .await
+    );
+    // the unit comes back; b, sent on from both shards, stays sold out
+    let path = format!("/v1/reservations/{}/release", rid(&held));
+    let released = app.request(Method::POST, &path, &[], Vec::new()).await;
+    assert_eq!(released.status, StatusCode::OK, "{:?}", released.body);
+    let again = app.reserve("b", "three", 1, "bob").await;
+    assert_eq!(again.code(), "sold_out", "{:?}", again.body);
+    let other = app.reserve("b", "three", 1, "eve").await;
+    assert_eq!(other.code(), "idempotency_key_reused", "{:?}", other.body);
+    // a new key takes the unit
+    let new = app.reserve("c", "three", 1, "cat").await;
+    assert_eq!(new.status, StatusCode::CREATED, "{:?}", new.body);
+    let books = app.assert_books("three").await;
+    assert_eq!((books.available, books.held), (0, 1));
     app.stop().await;
 }
