@@ -23,8 +23,12 @@
 -- written: a request writes (its hold, its walk-on verdict) only after its
 -- verdict's GET found no verdict, and that GET of a key not here is what
 -- fails — for every request of the call alike, since the slot's state does
--- not change during a script. (A claim made in the call writes first, but
--- claims ride in this script on one Redis server only, never in a cluster.)
+-- not change during a script. A request whose claim was made apart and new
+-- (claim body '!') reads nothing before its hold: its first write is the
+-- SET NX of a record key that is not here, and Redis refuses that command
+-- before running it, so it too fails with nothing written. (A claim made in
+-- the call writes first, but claims ride in this script on one Redis server
+-- only, never in a cluster.)
 --
 -- ARGV[1] hold_ms   ARGV[2] idem_ttl_ms   ARGV[3] record_ttl_ms (garbage
 -- collection of the record, never stock return)
