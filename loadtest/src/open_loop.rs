@@ -355,7 +355,14 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     )
     .await?;
     let epoch = Instant::now();
-    let api = Api::new(&base, args.connections, timeout, epoch).with_api_key(api_key.as_deref())?;
+    // Every connection the schedule opens stays open for the next request:
+    // with an idle pool of only `--connections`, each moment of more than
+    // that in flight opened connections that were closed right after, and
+    // the connects and closes took the 2 cores from the service (a run at
+    // 50 % spent more time in the kernel than in user space, and its p99
+    // went from 3.8 to 96 ms; bench/notes/2026-12-05-open-loop-connections.md)
+    let api = Api::new(&base, MAX_IN_FLIGHT.max(args.connections), timeout, epoch)
+        .with_api_key(api_key.as_deref())?;
     api.wait_healthy(Duration::from_secs(10)).await?;
     // the empty SKU's first walk makes the sold-out mark
     let _ = api
