@@ -480,3 +480,42 @@ async fn a_layout_3_store_is_refused_until_migrated_and_its_walk_on_verdicts_sti
     assert_eq!((books.available, books.held), (0, 1));
     app.stop().await;
 }
+
+/// A store with a windowed SKU (meta layout 4) is this version's to migrate,
+/// not "newer": `migrate-layout` from layout 3 passes and leaves the meta
+/// as it is (it used to refuse, taking meta layout 4 for a newer layout).
+#[tokio::test]
+async fn migrate_layout_takes_a_store_with_a_windowed_sku() {
+    use flashgate::inventory::{PreloadSpec, Window};
+    let redis = RedisServer::start();
+    let app = spawn_app_with(&redis, |_| {}).await;
+    let sku = flashgate::domain::Sku::parse("later").expect("sku");
+    app.state
+        .inventory
+        .preload_with(
+            &sku,
+            PreloadSpec {
+                stock: 5,
+                shards: 2,
+                force: false,
+                max_per_user: None,
+                window: Window {
+                    opens_at_ms: Some(4_102_444_800_000), // 2100-01-01
+                    closes_at_ms: None,
+                },
+            },
+        )
+        .await
+        .expect("preload");
+    app.preload("plain", 3, 1).await;
+    app.stop().await;
+    assert_eq!(redis.cli(&["HGET", "fg:{later}:meta", "layout"]), "4");
+    redis.cli(&["SET", "fg:layout", "3"]);
+    let (ok, out) = migrate_layout(&redis, false);
+    assert!(ok, "{out}");
+    assert_eq!(redis.cli(&["GET", "fg:layout"]), "5");
+    assert_eq!(redis.cli(&["HGET", "fg:{later}:meta", "layout"]), "4");
+    assert_eq!(redis.cli(&["HGET", "fg:{plain}:meta", "layout"]), "3");
+    let (ok, out) = migrate_layout(&redis, false);
+    assert!(ok, "a second run is a no-op: {out}");
+}
