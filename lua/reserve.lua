@@ -144,14 +144,17 @@ local call = redis.call
 -- verdicts data layout 3 wrote; the record key r:<rid> the key's hold, or
 -- since layout 5 its walk-on marker `M|<fp>` (rec_load answers nil and the
 -- marker).
+-- The answer to a walk-on verdict `M|<fp>`, wherever it was found.
+local function walked_on(v, fp, gated)
+  if string.sub(v, 3) ~= fp then return 'm' end
+  if gated then return 'v0' end
+  return 'v' .. string.format('%d', available or 0)
+end
+
 local function seen(key, rid, rkey, fp, flags, gated)
   local v = redis.call('GET', idem_prefix .. key)
   if v then
-    if string.sub(v, 1, 1) == 'M' then
-      if string.sub(v, 3) ~= fp then return 'm' end
-      if gated then return 'v0' end
-      return 'v' .. string.format('%d', available or 0)
-    end
+    if string.sub(v, 1, 1) == 'M' then return walked_on(v, fp, gated) end
     -- 'R|<rid>|<fp>' (rids never contain '|'): a walk with the verdict
     -- switch, or one of data layout 2
     local bar = string.find(v, '|', 3, true)
@@ -174,11 +177,7 @@ local function seen(key, rid, rkey, fp, flags, gated)
     if first == '' then first = r.exp end
     return 'r' .. rid .. '|' .. r.qty .. '|' .. first .. '|' .. r.user
   end
-  if mark then
-    if string.sub(mark, 3) ~= fp then return 'm' end
-    if gated then return 'v0' end
-    return 'v' .. string.format('%d', available or 0)
-  end
+  if mark then return walked_on(mark, fp, gated) end
   return nil
 end
 

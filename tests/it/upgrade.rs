@@ -135,6 +135,15 @@ fn keys(redis: &RedisServer, pattern: &str) -> Vec<String> {
     k
 }
 
+/// The record keys matching `pattern` that hold a walk-on marker (data
+/// layout 5), sorted.
+fn walk_on_markers(redis: &RedisServer, pattern: &str) -> Vec<String> {
+    keys(redis, pattern)
+        .into_iter()
+        .filter(|k| redis.cli(&["GET", k]).starts_with("M|"))
+        .collect()
+}
+
 fn rid(a: &Answer) -> String {
     a.body["reservation_id"].as_str().unwrap_or("").to_owned()
 }
@@ -203,10 +212,7 @@ async fn a_hold_writes_no_verdict_key_and_every_retry_answers_the_first_answer()
     // since layout 5, a marker at the record key its token names on each
     // shard (no `idem:` key), which no reader takes for a reservation
     assert_eq!(keys(&redis, "fg:{tee#*}:idem:b"), Vec::<String>::new());
-    let markers: Vec<String> = keys(&redis, "fg:{tee#*}:r:*")
-        .into_iter()
-        .filter(|k| redis.cli(&["GET", k]).starts_with("M|"))
-        .collect();
+    let markers = walk_on_markers(&redis, "fg:{tee#*}:r:*");
     assert_eq!(markers.len(), 2, "{markers:?}");
 
     // another body with the key, on this SKU or another: refused
@@ -425,10 +431,7 @@ async fn a_layout_3_store_is_refused_until_migrated_and_its_walk_on_verdicts_sti
     assert_eq!(dry.code(), "sold_out", "{:?}", dry.body);
     first.stop().await;
     // as layout 3 wrote it: the walk-on verdicts at `idem:b`, no markers
-    let markers: Vec<String> = keys(&redis, "fg:{three#*}:r:*")
-        .into_iter()
-        .filter(|k| redis.cli(&["GET", k]).starts_with("M|"))
-        .collect();
+    let markers = walk_on_markers(&redis, "fg:{three#*}:r:*");
     assert_eq!(markers.len(), 2, "{markers:?}");
     for m in &markers {
         let shard_prefix = &m[..m.find(":r:").expect("a record key")];
