@@ -139,11 +139,6 @@ local nz, nw = 0, 0            -- entries in zadd, in won (= in held)
 -- look-up less per call, like `argv` below; ~0.2k and ~0.8k per hold)
 local call = redis.call
 
--- This shard's verdict for a key, if it has one: its reply, or nil. `idem:`
--- holds the `R` verdict of a key without a token (flags 4) and the walk-on
--- verdicts data layout 3 wrote; the record key r:<rid> the key's hold, or
--- since layout 5 its walk-on marker `M|<fp>` (rec_load answers nil and the
--- marker).
 -- The answer to a walk-on verdict `M|<fp>`, wherever it was found.
 local function walked_on(v, fp, gated)
   if string.sub(v, 3) ~= fp then return 'm' end
@@ -151,6 +146,19 @@ local function walked_on(v, fp, gated)
   return 'v' .. string.format('%d', available or 0)
 end
 
+-- The replay of the hold `rid` whose record is r: the first answer's
+-- deadline (first_exp, written by extend.lua when it first moves it).
+local function replayed(rid, r)
+  local first = r.first_exp
+  if first == '' then first = r.exp end
+  return 'r' .. rid .. '|' .. r.qty .. '|' .. first .. '|' .. r.user
+end
+
+-- This shard's verdict for a key, if it has one: its reply, or nil. `idem:`
+-- holds the `R` verdict of a key without a token (flags 4) and the walk-on
+-- verdicts data layout 3 wrote; the record key r:<rid> the key's hold, or
+-- since layout 5 its walk-on marker `M|<fp>` (rec_load answers nil and the
+-- marker).
 local function seen(key, rid, rkey, fp, flags, gated)
   local v = redis.call('GET', idem_prefix .. key)
   if v then
@@ -160,12 +168,9 @@ local function seen(key, rid, rkey, fp, flags, gated)
     local bar = string.find(v, '|', 3, true)
     local old = string.sub(v, 3, bar - 1)
     if string.sub(v, bar + 1) ~= fp then return 'm' end
-    -- first_exp: written by extend.lua when it first moves the deadline
     local r = rec_load(record_prefix .. old)
     if not r then return 'r' .. old .. '|||' end
-    local first = r.first_exp
-    if first == '' then first = r.exp end
-    return 'r' .. old .. '|' .. r.qty .. '|' .. first .. '|' .. r.user
+    return replayed(old, r)
   end
   -- the hold or the walk-on marker this key's token names here, if any (a
   -- key with the verdict switch found its hold by the `R` verdict above)
@@ -173,9 +178,7 @@ local function seen(key, rid, rkey, fp, flags, gated)
   local r, mark = rec_load(rkey)
   if r then
     if r.idem ~= key then return 'm' end
-    local first = r.first_exp
-    if first == '' then first = r.exp end
-    return 'r' .. rid .. '|' .. r.qty .. '|' .. first .. '|' .. r.user
+    return replayed(rid, r)
   end
   if mark then return walked_on(mark, fp, gated) end
   return nil

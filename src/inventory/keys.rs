@@ -176,8 +176,8 @@ impl WaitKeys {
     }
 }
 
-/// The data layout this version writes, in a SKU's meta (`layout`, beside
-/// the shard count `shard_count`) and in Redis's [`DATA_LAYOUT`]. Layout 1,
+/// The data layout this version writes in a SKU's meta (`layout`, beside
+/// the shard count `shard_count`; the store's is [`STORE_LAYOUT`]). Layout 1,
 /// every version before 2, kept the count in `shards`, the only field those
 /// versions read: a meta of layout 2 or later has no such field, so such an
 /// instance answers its SKU as unknown instead of misreading what this

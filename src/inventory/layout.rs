@@ -328,22 +328,21 @@ impl Inventory {
                     .map_err(|e| self.err(e))?;
             }
         }
+        // an earlier layout, which migrate-layout upgrades
+        let not_migrated = |which: String| {
+            Err(format!(
+                "Redis holds data of layout {which} and this version of flashgate writes \
+                 layout {}: not serving until `flashgate migrate-layout` has upgraded it \
+                 (docs/UPGRADING.md)",
+                keys::STORE_LAYOUT
+            ))
+        };
         let verdict = match found.as_deref() {
             Some(keys::STORE_LAYOUT) => Ok(()),
-            None => Err(format!(
-                "Redis holds data of layout 2 (no {} key) and this version of flashgate writes \
-                 layout {}: not serving until `flashgate migrate-layout` has upgraded it \
-                 (docs/UPGRADING.md)",
-                keys::DATA_LAYOUT,
-                keys::STORE_LAYOUT
-            )),
-            Some(old) if keys::STORE_LAYOUTS_BEFORE.contains(&old) => Err(format!(
-                "Redis holds data of layout {old} ({}) and this version of flashgate writes \
-                 layout {}: not serving until `flashgate migrate-layout` has upgraded it \
-                 (docs/UPGRADING.md)",
-                keys::DATA_LAYOUT,
-                keys::STORE_LAYOUT
-            )),
+            None => not_migrated(format!("2 (no {} key)", keys::DATA_LAYOUT)),
+            Some(v) if keys::STORE_LAYOUTS_BEFORE.contains(&v) => {
+                not_migrated(format!("{v} ({})", keys::DATA_LAYOUT))
+            }
             Some(other) => Err(format!(
                 "Redis holds data of layout {other:?} ({}) and this version of flashgate reads \
                  layout {} only: not serving; upgrade this instance (docs/UPGRADING.md)",
@@ -387,8 +386,9 @@ impl Inventory {
     /// layout to this version's — every SKU's meta (`lua/meta_upgrade.lua`),
     /// then [`keys::DATA_LAYOUT`]. Between sales: while any SKU has units
     /// held it refuses, unless `force` (the holds stay valid: this version
-    /// reads what layout 2 wrote, claims without a token walk with `R`
-    /// verdicts). Refuses a store of a layout newer than this version's.
+    /// reads what layouts 2 and 3 wrote — claims without a token walk with
+    /// `R` verdicts, layout 3's walk-on verdicts at `idem:` are still read).
+    /// Refuses a store of a layout newer than this version's.
     /// Idempotent. Returns the SKUs whose meta it converted.
     pub async fn migrate_layout(&self, force: bool) -> Result<Vec<Sku>, InventoryError> {
         let client = self.nodes.client_for_key(keys::DATA_LAYOUT);
