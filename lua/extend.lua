@@ -25,9 +25,11 @@ if new_exp > exp then
   r.exp = string.format('%d', new_exp)
   redis.call('ZADD', holds, 'XX', new_exp, rid)
   -- keep the record alive at least as long past its new deadline as before
-  local ttl = redis.call('PTTL', rkey)
+  -- (where it lives: its own key, or its key's claim, lib.lua's rec_load)
+  local at = r.at or rkey
+  local ttl = redis.call('PTTL', at)
   if ttl > 0 then
-    redis.call('SET', rkey, rec_encode(r), 'PX', ttl + (new_exp - exp))
+    redis.call('SET', at, (r.head or '') .. rec_encode(r), 'PX', ttl + (new_exp - exp))
   else
     rec_save(rkey, r)
   end

@@ -75,15 +75,54 @@ local function rec_decode(v)
   return r
 end
 
--- The record at rkey as a table of its fields, or nil when there is none. A
--- record an earlier version wrote as a hash (GET answers WRONGTYPE) is read
--- from its fields; the next rec_save turns it into a string, its TTL kept.
--- (Any other error of the GET, e.g. a key of a half-moved slot, is raised
--- again by the HMGET.) Since data layout 5 the key may instead hold a walk-on
--- marker `M|<fp>` (reserve.lua: the shard refused the key of that token):
--- no reservation, so nil, and the marker as a second value for reserve.lua.
--- (A status never begins with 'M', byte 77.)
+-- Data layout 6, one Redis server (src/inventory/scripts.rs turns this off
+-- on Redis Cluster, where a script may touch its own slot only): the record
+-- of a hold made by its key's first request rides in the key's claim, one
+-- key instead of two (lua/reserve.lua). The claim is named by the first 16
+-- hex digits of the key's token, `fg:{claim~<first digit>}:<16 hex>`
+-- (src/inventory/keys.rs), so the reservation id `SKU.s.<token>` names it
+-- too; the claim then holds `<body>\0<rid>|<record>`. Every other record
+-- (a later step's hold, a cart line's, the promoter's, one written before
+-- layout 6, and every record on a cluster) is at fg:{SKU#s}:r:<rid>.
+local CLAIM_RECORDS = true
+
+-- The claim the token at the end of the record key rkey names, and the rid.
+local function claim_of(rkey)
+  local t = string.sub(rkey, -32)
+  local at = string.find(rkey, '}:r:', 1, true)
+  return 'fg:{claim~' .. string.sub(t, 1, 1) .. '}:' .. string.sub(t, 1, 16),
+    at and string.sub(rkey, at + 4) or ''
+end
+
+-- The record at rkey as a table of its fields, or nil when there is none.
+-- On one server it is first looked for in the claim its token names (above);
+-- a record found there carries where it lives (r.at, the claim, and r.head,
+-- what precedes the record in it), for rec_save. (pcall: a claim key of
+-- another node, should these scripts run on a cluster with the switch on,
+-- is no record, not an error.) A record an earlier version wrote as a hash
+-- (GET answers WRONGTYPE) is read from its fields; the next rec_save turns
+-- it into a string, its TTL kept. (Any other error of the GET, e.g. a key
+-- of a half-moved slot, is raised again by the HMGET.) Since data layout 5
+-- the key may instead hold a walk-on marker `M|<fp>` (reserve.lua: the
+-- shard refused the key of that token): no reservation, so nil, and the
+-- marker as a second value for reserve.lua. (A status never begins with
+-- 'M', byte 77.)
 local function rec_load(rkey)
+  if CLAIM_RECORDS and string.byte(rkey, -33) == 46 then -- '.' <32 hex>
+    local ckey, rid = claim_of(rkey)
+    local v = redis.pcall('GET', ckey)
+    if type(v) == 'string' then
+      local z = string.find(v, '\0', 1, true)
+      if z then
+        local bar = z + #rid + 1
+        if string.byte(v, bar) == 124 and string.sub(v, z + 1, bar - 1) == rid then
+          local r = rec_decode(string.sub(v, bar + 1))
+          r.at, r.head = ckey, string.sub(v, 1, bar)
+          return r
+        end
+      end
+    end
+  end
   local v = redis.pcall('GET', rkey)
   if type(v) ~= 'table' then
     if not v then return nil end
@@ -113,9 +152,13 @@ local function rec_visible(r, scope)
   return owner == '' or owner == scope
 end
 
--- Write back a record read by rec_load, its TTL unchanged.
+-- Write back a record read by rec_load, where it was found, its TTL unchanged.
 local function rec_save(rkey, r)
-  redis.call('SET', rkey, rec_encode(r), 'KEEPTTL')
+  if r.at then
+    redis.call('SET', r.at, r.head .. rec_encode(r), 'KEEPTTL')
+  else
+    redis.call('SET', rkey, rec_encode(r), 'KEEPTTL')
+  end
 end
 
 -- Another key of the same shard, `fg:{SKU#s}:<name>`, named from one of its

@@ -184,48 +184,12 @@ local function seen(key, rid, rkey, fp, flags, gated)
   return nil
 end
 
-local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
-  -- fresh: the key's claim was new, made in this very call; apart: it was
-  -- new when claim.lua made it, before this call (claim body '!'), so this
-  -- shard has a verdict for the key only if another request with the key
-  -- (a duplicate in flight, or this call resent) came first: its writes
-  -- are made with NX and any other answer reads the verdicts first
-  local fresh, apart = false, false
-  if claim == '!' then
-    apart = true
-  elseif claim ~= '' then
-    local earlier = call('SET', ckey, claim, 'NX', 'GET', 'PX', idem_ttl)
-    if earlier then
-      if earlier ~= claim then return 'c' .. earlier end
-    else
-      fresh = true
-    end
-  end
-  -- (Lua's tonumber of a string runs strtod twice, ~1.1k Redis
-  -- instructions per hold; one unit, the common case, is compared instead:
-  -- equal strings are one string in Lua, so == compares two pointers)
-  local qty = qty_s == '1' and 1 or tonumber(qty_s)
-  local gated = false
-  if flags == '3' or flags == '2' or flags == '7' or flags == '6' then -- gate
-    if gate_open == nil then gate_open = redis.call('EXISTS', wlopen) == 1 end
-    gated = gate_open
-  end
-  if available == nil then available = tonumber(redis.call('GET', stock)) or false end
-
-  -- (the verdict's name, idem_prefix .. key, is built only where it is
-  -- used: a new claim with a unit to spare never touches it)
-  local rkey = record_prefix .. rid
-  if not fresh and not apart then
-    local v = seen(key, rid, rkey, fp, flags, gated)
-    if v then return v end
-  end
-
-  -- every answer but a new hold reads the verdicts first when the claim was
-  -- made apart (a duplicate may have held here meanwhile)
-  local refusal
-  if not available then
-    refusal = 'u'
-  elseif window ~= '' then
+-- The refusal this shard gives a request of qty units now, if any: 'u'
+-- (not loaded), the window's 'w'/'x', or 'd' (not enough units here; none
+-- while gated). Reads the stock and the window once per call.
+local function refusal_of(qty, gated)
+  if not available then return 'u' end
+  if window ~= '' then
     if shut == nil then
       shut = false
       local bar = string.find(window, '|', 1, true)
@@ -238,11 +202,97 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
         shut = 'x'
       end
     end
-    refusal = shut
+    if shut then return shut end
   end
-  local here = available
-  if gated then here = 0 end
-  if not refusal and here < qty then refusal = 'd' end
+  if gated or available < qty then return 'd' end
+  return nil
+end
+
+-- The record of a new hold, as lib.lua's rec_encode writes it, built in
+-- place (a table for rec_encode costs ~6k instructions more per hold), and
+-- the call's clock, read at its first hold.
+local function new_record(qty_s, user, key)
+  if not ts then
+    ts = shut_ts or now_ms()
+    exp = ts + hold_ms
+    ts_s, exp_s = string.format('%d', ts), string.format('%d', exp)
+  end
+  return 'held|' .. qty_s .. '|' .. ts_s .. '|' .. exp_s .. '||||' .. user .. '\n' .. key
+end
+
+-- A new hold's share of the call's bookkeeping (one DECRBY, ZADD, SADD,
+-- XADD at the end).
+local function took(key, rid, qty, qty_s, user)
+  available = available - qty
+  taken = taken + qty
+  nz = nz + 2
+  zadd[nz - 1], zadd[nz] = exp_s, rid
+  if qty ~= 1 then   -- a hold with no field in `live` held 1 unit (lib.lua)
+    live[#live + 1] = rid
+    live[#live + 1] = qty_s
+  end
+  nw = nw + 1
+  won[nw] = key
+  held[nw] = rid .. '|' .. qty_s .. '|' .. user
+  return 'h'
+end
+
+local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
+  -- (Lua's tonumber of a string runs strtod twice, ~1.1k Redis
+  -- instructions per hold; one unit, the common case, is compared instead:
+  -- equal strings are one string in Lua, so == compares two pointers)
+  local qty = qty_s == '1' and 1 or tonumber(qty_s)
+  local gated = false
+  if flags == '3' or flags == '2' or flags == '7' or flags == '6' then -- gate
+    if gate_open == nil then gate_open = redis.call('EXISTS', wlopen) == 1 end
+    gated = gate_open
+  end
+  if available == nil then available = tonumber(redis.call('GET', stock)) or false end
+  -- fresh: the key's claim was new, made in this very call; apart: it was
+  -- new when claim.lua made it, before this call (claim body '!'), so this
+  -- shard has a verdict for the key only if another request with the key
+  -- (a duplicate in flight, or this call resent) came first: its writes
+  -- are made with NX and any other answer reads the verdicts first
+  local fresh, apart = false, false
+  local refusal
+  if claim == '!' then
+    apart = true
+  elseif claim ~= '' then
+    -- The claim made here (one server). A request that can hold makes it
+    -- with its hold's record inside (data layout 6, lib.lua's rec_load):
+    -- new, it is the hold, and nothing else is written but the call's
+    -- bookkeeping. (Read first: the refusal reads no verdict either way,
+    -- and a claim that was not new is answered before anything is written.)
+    refusal = refusal_of(qty, gated)
+    local earlier
+    if refusal then
+      earlier = call('SET', ckey, claim, 'NX', 'GET', 'PX', idem_ttl)
+    else
+      earlier = call('SET', ckey, claim .. '\0' .. rid .. '|' .. new_record(qty_s, user, key),
+        'NX', 'GET', 'PX', record_ttl)
+      if not earlier then return took(key, rid, qty, qty_s, user) end
+    end
+    if earlier then
+      -- (the body only: a claim may carry its hold's record after a NUL)
+      local z = string.find(earlier, '\0', 1, true)
+      if z then earlier = string.sub(earlier, 1, z - 1) end
+      if earlier ~= claim then return 'c' .. earlier end
+    else
+      fresh = true
+    end
+  end
+
+  -- (the verdict's name, idem_prefix .. key, is built only where it is
+  -- used: a new claim with a unit to spare never touches it)
+  local rkey = record_prefix .. rid
+  if not fresh and not apart then
+    local v = seen(key, rid, rkey, fp, flags, gated)
+    if v then return v end
+  end
+
+  -- every answer but a new hold reads the verdicts first when the claim was
+  -- made apart (a duplicate may have held here meanwhile)
+  if refusal == nil then refusal = refusal_of(qty, gated) end
   if refusal then
     if apart then
       local v = seen(key, rid, rkey, fp, flags, gated)
@@ -256,17 +306,11 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
         redis.call('SET', idem_prefix .. key, 'M|' .. fp, 'PX', idem_ttl)
       end
     end
-    return 'd' .. string.format('%d', here)
+    if gated then return 'd0' end
+    return 'd' .. string.format('%d', available)
   end
 
-  if not ts then
-    ts = shut_ts or now_ms()
-    exp = ts + hold_ms
-    ts_s, exp_s = string.format('%d', ts), string.format('%d', exp)
-  end
-  -- the record as lib.lua's rec_encode writes it, built in place: a table
-  -- for rec_encode costs ~6k instructions more per hold (80.0k vs 74.2k)
-  local rec = 'held|' .. qty_s .. '|' .. ts_s .. '|' .. exp_s .. '||||' .. user .. '\n' .. key
+  local rec = new_record(qty_s, user, key)
   if apart then
     -- NX: a verdict written since claim.lua (a duplicate's hold or
     -- marker, or this call's own first run, resent) is answered instead
@@ -279,18 +323,7 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
   if flags >= '4' then
     redis.call('SET', idem_prefix .. key, 'R|' .. rid .. '|' .. fp, 'PX', idem_ttl)
   end
-  available = available - qty
-  taken = taken + qty
-  nz = nz + 2
-  zadd[nz - 1], zadd[nz] = exp_s, rid
-  if qty ~= 1 then   -- a hold with no field in `live` held 1 unit (lib.lua)
-    live[#live + 1] = rid
-    live[#live + 1] = qty_s
-  end
-  nw = nw + 1
-  won[nw] = key
-  held[nw] = rid .. '|' .. qty_s .. '|' .. user
-  return 'h'
+  return took(key, rid, qty, qty_s, user)
 end
 
 local replies, argv = {0}, ARGV

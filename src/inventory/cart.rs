@@ -347,10 +347,16 @@ impl Inventory {
             }
         }
         let fp = req.fingerprint();
-        let (bucket, record) = keys::idem_global(&req.key);
+        let claim = self.claim_of(&req.key)?;
         let mine = CartId::random();
         let body = claim_body(&mine, &fp);
-        let id = match Box::pin(self.claims.submit(&bucket, batch::Claim { record, body })).await? {
+        let record = claim.record;
+        let id = match Box::pin(
+            self.claims
+                .submit(claim.bucket, batch::Claim { record, body }),
+        )
+        .await?
+        {
             Value::Null => mine,
             v => parse_claim(&text(&v)?, &fp).ok_or(InventoryError::IdempotencyKeyReused)?,
         };

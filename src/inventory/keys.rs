@@ -22,7 +22,12 @@
 //! |                           |        | (a reserve.lua call's holds: one `held` entry)     |
 //! | `fg:{SKU#s}:xfers`        | hash   | transfers out of this shard not yet applied       |
 //! | `fg:{SKU#s}:xin`          | zset   | transfer ids applied to this shard (a day)        |
-//! | `fg:{idem~NN}:<key>`      | string | `<sku>\n<fp>\nk:..\nt:<token>`: its first request |
+//! | `fg:{claim~H}:<id>`       | string | a key's claim: `<sku>\n<fp>\nk:..\nt:<token>`, its |
+//! |                           |        | first request; on one server then `\0<rid>|<record>`|
+//! |                           |        | (the hold that request made, layout 6); `<id>`: 16 |
+//! |                           |        | hex of SipHash(`fg:claimkey`, key), H its first    |
+//! | `fg:claimkey`             | string | the store's claim hash key (32 hex; [`CLAIM_SECRET`]) |
+//! | `fg:{idem~NN}:<key>`      | string | a claim of layout 5 or before (migrate-layout)     |
 //! | `fg:{cap:SKU:<user>}`     | hash   | purchase cap: total, k:<key> → qty per reservation |
 //! | `fg:{SKU#s}:wlopen`       | string | gate: present while the SKU's waitlist has waiters |
 //! | `fg:{SKU#s}:keys`         | set    | idempotency keys of the shard's live and sold holds |
@@ -204,10 +209,10 @@ pub const LAYOUT_WINDOW: &str = "4";
 /// one, could hold where that one's walk moved on: it refuses a store of
 /// layout 5; this version reads everything layout 3 wrote and refuses a
 /// store of layout 3 until `flashgate migrate-layout` (docs/UPGRADING.md).
-pub const STORE_LAYOUT: &str = "5";
+pub const STORE_LAYOUT: &str = "6";
 
 /// The store layouts `flashgate migrate-layout` upgrades from (none: layout 2).
-pub const STORE_LAYOUTS_BEFORE: [&str; 1] = ["3"];
+pub const STORE_LAYOUTS_BEFORE: [&str; 2] = ["3", "5"];
 
 /// Redis's data layout, one string for the whole store: an instance that
 /// finds one it does not know refuses to serve (`/readyz` and reserves
@@ -319,6 +324,86 @@ pub fn cart_list(id: &crate::domain::CartId) -> &'static str {
 /// The outbox stream of cart `id`'s bucket.
 pub fn cart_events(id: &crate::domain::CartId) -> &'static str {
     CART_EVENT_STREAMS[cart_bucket(id)]
+}
+
+/// The store's claim hash key (32 hex digits, 128 bits: SipHash-1-3's two
+/// keys), made once with the store (`SET NX`, data layout 6) and read by
+/// every instance, so that every instance names a key's claim alike, and a
+/// client, who cannot compute the hash, cannot aim two keys at one claim
+/// (nor a key at another's). Losing it loses every claim's name: an
+/// instance refuses a layout-6 store without it (`check_data_layout`).
+pub const CLAIM_SECRET: &str = "fg:claimkey";
+
+/// Names the claims of idempotency keys from the store's [`CLAIM_SECRET`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClaimHasher {
+    k0: u64,
+    k1: u64,
+}
+
+/// A key's claim: its bucket's hash tag (`claim~H`, 16 buckets: the calls of
+/// `claim.lua` batch per bucket), its record's name and its 64-bit id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyClaim {
+    pub bucket: &'static str,
+    pub record: String,
+    pub id: [u8; 8],
+}
+
+impl KeyClaim {
+    /// A token for the key's holds that names this claim: the claim's id,
+    /// then 64 random bits (so every claim of a key reused after its claim
+    /// expired gets its own reservation ids). A reservation id
+    /// `SKU.s.<token>` so names the claim (`lua/lib.lua`, rec_load).
+    pub fn token(&self) -> uuid::Uuid {
+        let mut b = *uuid::Uuid::new_v4().as_bytes();
+        b[..8].copy_from_slice(&self.id);
+        uuid::Uuid::from_bytes(b)
+    }
+}
+
+impl ClaimHasher {
+    /// A new random key, as stored at [`CLAIM_SECRET`].
+    pub fn random_hex() -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
+    /// The key stored at [`CLAIM_SECRET`]: 32 hex digits.
+    pub fn parse(hex: &str) -> Option<ClaimHasher> {
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(ClaimHasher {
+            k0: u64::from_str_radix(&hex[..16], 16).ok()?,
+            k1: u64::from_str_radix(&hex[16..], 16).ok()?,
+        })
+    }
+
+    /// The claim of `key`: `fg:{claim~H}:<16 hex>`.
+    pub fn claim(&self, key: &ScopedKey) -> KeyClaim {
+        use std::hash::Hasher;
+        const BUCKETS: [&str; 16] = [
+            "claim~0", "claim~1", "claim~2", "claim~3", "claim~4", "claim~5", "claim~6", "claim~7",
+            "claim~8", "claim~9", "claim~a", "claim~b", "claim~c", "claim~d", "claim~e", "claim~f",
+        ];
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write(key.as_str().as_bytes());
+        let id = h.finish().to_be_bytes();
+        let mut hex = [0u8; 16];
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in id.iter().enumerate() {
+            hex[2 * i] = DIGITS[usize::from(b >> 4)];
+            hex[2 * i + 1] = DIGITS[usize::from(b & 15)];
+        }
+        let bucket = BUCKETS[usize::from(id[0] >> 4)];
+        // (the 16 digits are ASCII by construction)
+        let hex = std::str::from_utf8(&hex).unwrap_or_default();
+        KeyClaim {
+            bucket,
+            record: ["fg:{", bucket, "}:", hex].concat(),
+            id,
+        }
+    }
 }
 
 /// The record of [`idem_global`] alone (one Redis server needs no bucket).

@@ -310,8 +310,19 @@ impl Inventory {
                 .await
                 .map_err(|e| self.err(e))?;
             if skus == 0 {
-                // a fresh store: this version's layout (NX: a racing
-                // instance of another version keeps its own, read below)
+                // a fresh store: its claim key, then this version's layout
+                // (NX: a racing instance keeps the first, read below)
+                let secret = self.nodes.client_for_key(keys::CLAIM_SECRET);
+                let _: Option<String> = secret
+                    .set(
+                        keys::CLAIM_SECRET,
+                        keys::ClaimHasher::random_hex(),
+                        None::<Expiration>,
+                        Some(SetOptions::NX),
+                        false,
+                    )
+                    .await
+                    .map_err(|e| self.err(e))?;
                 let _: Option<String> = client
                     .set(
                         keys::DATA_LAYOUT,
@@ -338,7 +349,7 @@ impl Inventory {
             ))
         };
         let verdict = match found.as_deref() {
-            Some(keys::STORE_LAYOUT) => Ok(()),
+            Some(keys::STORE_LAYOUT) => self.read_claim_key().await?,
             None => not_migrated(format!("2 (no {} key)", keys::DATA_LAYOUT)),
             Some(v) if keys::STORE_LAYOUTS_BEFORE.contains(&v) => {
                 not_migrated(format!("{v} ({})", keys::DATA_LAYOUT))
@@ -368,6 +379,51 @@ impl Inventory {
             *m = verdict.as_ref().err().cloned();
         }
         Ok(verdict)
+    }
+
+    /// Read the store's claim hash key (`keys::CLAIM_SECRET`): Err (refuse to
+    /// serve) when a store of this layout has none or a malformed one, which
+    /// only a hand-made edit leaves (every claim's name follows from it).
+    async fn read_claim_key(&self) -> Result<Result<(), String>, InventoryError> {
+        let hex: Option<String> = self
+            .nodes
+            .client_for_key(keys::CLAIM_SECRET)
+            .get(keys::CLAIM_SECRET)
+            .await
+            .map_err(|e| self.err(e))?;
+        let hasher = hex.as_deref().and_then(keys::ClaimHasher::parse);
+        if let Ok(mut h) = self.claim_hasher.write() {
+            *h = hasher;
+        }
+        Ok(match hasher {
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "Redis holds data of layout {} without a valid claim key ({}: {}): not \
+                 serving, as every idempotency claim is named from it; `flashgate \
+                 migrate-layout` makes one (docs/UPGRADING.md)",
+                keys::STORE_LAYOUT,
+                keys::CLAIM_SECRET,
+                if hex.is_some() {
+                    "malformed"
+                } else {
+                    "missing"
+                }
+            )),
+        })
+    }
+
+    /// The claim of idempotency key `key`, named from the store's claim key.
+    pub(super) fn claim_of(
+        &self,
+        key: &crate::domain::ScopedKey,
+    ) -> Result<keys::KeyClaim, InventoryError> {
+        match self.claim_hasher.read().ok().and_then(|h| *h) {
+            Some(h) => Ok(h.claim(key)),
+            None => Err(InventoryError::Unsuitable(
+                self.layout_refusal()
+                    .unwrap_or_else(|| "the store's claim key is not read yet".into()),
+            )),
+        }
     }
 
     /// Why this instance refuses to serve Redis's data layout, if it does

@@ -231,6 +231,9 @@ pub struct Inventory {
     /// read (at start and by `/readyz`); else why not, for every reserve's 503.
     layout_ok: std::sync::atomic::AtomicBool,
     layout_refused: RwLock<Option<String>>,
+    /// The store's claim hash key (`keys::CLAIM_SECRET`), as last read with
+    /// the layout; None until read (every reserve is refused until then).
+    claim_hasher: RwLock<Option<keys::ClaimHasher>>,
     /// SKUs whose pre-queue draw this instance saw applied, with the draw's
     /// document once read (it never changes after): draw.rs.
     drawn: RwLock<FastMap<Sku, Option<Arc<draw::DrawBody>>>>,
@@ -379,9 +382,9 @@ impl Inventory {
         metrics: Arc<Metrics>,
     ) -> Result<Inventory, InventoryError> {
         let pool = connect(config).await?;
-        let scripts = Scripts::new();
-        scripts.load_all(&pool).await?;
         let nodes = nodes::Nodes::new(pool.clone(), config)?;
+        let scripts = Scripts::for_cluster(nodes.per_master());
+        scripts.load_all(&pool).await?;
         for c in preflight::require(&nodes, config.allow_eviction_policy, false).await? {
             tracing::info!(master = %c.node, version = ?c.version, "redis checked");
         }
@@ -463,6 +466,7 @@ impl Inventory {
             preflight: tokio::sync::Mutex::new(Some((Instant::now(), Ok(())))),
             layout_ok: std::sync::atomic::AtomicBool::new(true),
             layout_refused: RwLock::new(None),
+            claim_hasher: RwLock::new(None),
         };
         // an unknown layout does not stop the start (`flashgate
         // migrate-layout` connects too): it is logged and refused per request

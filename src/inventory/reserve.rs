@@ -181,7 +181,10 @@ pub(super) struct ClaimInfo {
 /// The earlier claim's count and left-out shards, or None when the earlier
 /// body is another request's (a reused key).
 pub(super) fn parse_claim(earlier: &str, request: &str) -> Option<ClaimInfo> {
-    let mut rest = earlier.strip_prefix(request)?;
+    // (the body only: on one server a claim may carry its hold's record
+    // after a NUL, lua/lib.lua)
+    let body = earlier.split('\0').next().unwrap_or(earlier);
+    let mut rest = body.strip_prefix(request)?;
     let mut shards = None;
     if let Some(r) = rest.strip_prefix("\nk:") {
         let end = r.find('\n').unwrap_or(r.len());
@@ -354,29 +357,41 @@ impl Inventory {
         // those whose master is known to be down right now (see the module
         // docs: sound because no request with this key ever reaches them).
         let mine = [req.sku.as_str(), "\n", &fp].concat();
-        let token = token.unwrap_or_else(uuid::Uuid::new_v4);
+        let claim = self.claim_of(&req.key)?;
         // On one Redis server no master can be down and a script may touch
         // any slot: the claim rides in the walk's first reserve.lua call
-        // (one round trip instead of two; bench/README.md). Not with a
-        // purchase cap, which is counted between the claim and the walk.
-        // The claim also fixes the shard count the key walks for good (see
-        // `walk`): the SKU's count now, as this instance knows it.
+        // (one round trip instead of two; bench/README.md), and a hold that
+        // call makes rides in the claim (data layout 6, lua/lib.lua): its
+        // token names the claim. Not with a purchase cap, which is counted
+        // between the claim and the walk, nor for a cart's line, whose
+        // token is the line's (cart.rs). The claim also fixes the shard
+        // count the key walks for good (see `walk`): the SKU's count now,
+        // as this instance knows it.
         let (shards, left_out, token, in_walk) =
-            if !self.nodes.per_master() && meta.max_per_user == 0 {
-                let record = keys::idem_record(&req.key);
+            if !self.nodes.per_master() && meta.max_per_user == 0 && token.is_none() {
+                let token = claim.token();
                 let body = claim_body(&mine, meta.shards, &[], &token);
                 (
                     meta.shards,
                     Vec::new(),
                     WalkToken::own(token),
-                    Some(batch::Claim { record, body }),
+                    Some(batch::Claim {
+                        record: claim.record,
+                        body,
+                    }),
                 )
             } else {
-                let (bucket, record) = keys::idem_global(&req.key);
+                let token = token.unwrap_or_else(uuid::Uuid::new_v4);
                 let down = self.shards_known_down(&meta, 0..meta.shards);
                 let body = claim_body(&mine, meta.shards, &down, &token);
-                let earlier =
-                    Box::pin(self.claims.submit(&bucket, batch::Claim { record, body })).await?;
+                let earlier = Box::pin(self.claims.submit(
+                    claim.bucket,
+                    batch::Claim {
+                        record: claim.record,
+                        body,
+                    },
+                ))
+                .await?;
                 let (shards, left_out, token) = match earlier {
                     Value::Null => (meta.shards, down, WalkToken::claimed_apart(token)),
                     v => match parse_claim(&text(&v)?, &mine) {

@@ -32,9 +32,17 @@ pub struct Script {
     pub sha: String,
 }
 
+/// lib.lua's switch of records riding in claims (one Redis server only).
+const CLAIM_RECORDS_ON: &str = "local CLAIM_RECORDS = true";
+
 impl Script {
-    fn new(name: &'static str, body: &str) -> Script {
-        let source = format!("{PRELUDE}\n{body}");
+    fn new(name: &'static str, body: &str, cluster: bool) -> Script {
+        let source = if cluster {
+            let prelude = PRELUDE.replacen(CLAIM_RECORDS_ON, "local CLAIM_RECORDS = false", 1);
+            format!("{prelude}\n{body}")
+        } else {
+            format!("{PRELUDE}\n{body}")
+        };
         let sha = sha1_hash(&source);
         Script { name, source, sha }
     }
@@ -86,39 +94,56 @@ impl Default for Scripts {
 }
 
 impl Scripts {
+    /// The scripts for one Redis server (records ride in claims, lib.lua).
     pub fn new() -> Scripts {
+        Scripts::for_cluster(false)
+    }
+
+    /// The scripts for Redis Cluster (`cluster`: a script touches its own
+    /// slot only, so no record rides in a claim) or for one server.
+    pub fn for_cluster(cluster: bool) -> Scripts {
+        let c = cluster;
         Scripts {
-            claim: Script::new("claim", include_str!("../../lua/claim.lua")),
-            reserve: Script::new("reserve", include_str!("../../lua/reserve.lua")),
-            confirm: Script::new("confirm", include_str!("../../lua/confirm.lua")),
-            release: Script::new("release", include_str!("../../lua/release.lua")),
-            extend: Script::new("extend", include_str!("../../lua/extend.lua")),
-            expire: Script::new("expire", include_str!("../../lua/expire.lua")),
-            preload: Script::new("preload", include_str!("../../lua/preload.lua")),
-            transfer_out: Script::new("transfer_out", include_str!("../../lua/transfer_out.lua")),
-            transfer_in: Script::new("transfer_in", include_str!("../../lua/transfer_in.lua")),
+            claim: Script::new("claim", include_str!("../../lua/claim.lua"), c),
+            reserve: Script::new("reserve", include_str!("../../lua/reserve.lua"), c),
+            confirm: Script::new("confirm", include_str!("../../lua/confirm.lua"), c),
+            release: Script::new("release", include_str!("../../lua/release.lua"), c),
+            extend: Script::new("extend", include_str!("../../lua/extend.lua"), c),
+            expire: Script::new("expire", include_str!("../../lua/expire.lua"), c),
+            preload: Script::new("preload", include_str!("../../lua/preload.lua"), c),
+            transfer_out: Script::new(
+                "transfer_out",
+                include_str!("../../lua/transfer_out.lua"),
+                c,
+            ),
+            transfer_in: Script::new("transfer_in", include_str!("../../lua/transfer_in.lua"), c),
             transfer_done: Script::new(
                 "transfer_done",
                 include_str!("../../lua/transfer_done.lua"),
+                c,
             ),
-            cap_take: Script::new("cap_take", include_str!("../../lua/cap_take.lua")),
-            cap_give: Script::new("cap_give", include_str!("../../lua/cap_give.lua")),
-            wl_join: Script::new("wl_join", include_str!("../../lua/wl_join.lua")),
-            wl_end: Script::new("wl_end", include_str!("../../lua/wl_end.lua")),
-            wl_expire: Script::new("wl_expire", include_str!("../../lua/wl_expire.lua")),
-            wl_next: Script::new("wl_next", include_str!("../../lua/wl_next.lua")),
-            wl_lease: Script::new("wl_lease", include_str!("../../lua/wl_lease.lua")),
-            wl_gate: Script::new("wl_gate", include_str!("../../lua/wl_gate.lua")),
-            wl_bump: Script::new("wl_bump", include_str!("../../lua/wl_bump.lua")),
-            wl_wait: Script::new("wl_wait", include_str!("../../lua/wl_wait.lua")),
-            wl_draw: Script::new("wl_draw", include_str!("../../lua/wl_draw.lua")),
-            fix: Script::new("fix", include_str!("../../lua/fix.lua")),
-            touch: Script::new("touch", include_str!("../../lua/touch.lua")),
-            records: Script::new("records", include_str!("../../lua/records.lua")),
-            meta_upgrade: Script::new("meta_upgrade", include_str!("../../lua/meta_upgrade.lua")),
-            cart_begin: Script::new("cart_begin", include_str!("../../lua/cart_begin.lua")),
-            cart_move: Script::new("cart_move", include_str!("../../lua/cart_move.lua")),
-            cart_pend: Script::new("cart_pend", include_str!("../../lua/cart_pend.lua")),
+            cap_take: Script::new("cap_take", include_str!("../../lua/cap_take.lua"), c),
+            cap_give: Script::new("cap_give", include_str!("../../lua/cap_give.lua"), c),
+            wl_join: Script::new("wl_join", include_str!("../../lua/wl_join.lua"), c),
+            wl_end: Script::new("wl_end", include_str!("../../lua/wl_end.lua"), c),
+            wl_expire: Script::new("wl_expire", include_str!("../../lua/wl_expire.lua"), c),
+            wl_next: Script::new("wl_next", include_str!("../../lua/wl_next.lua"), c),
+            wl_lease: Script::new("wl_lease", include_str!("../../lua/wl_lease.lua"), c),
+            wl_gate: Script::new("wl_gate", include_str!("../../lua/wl_gate.lua"), c),
+            wl_bump: Script::new("wl_bump", include_str!("../../lua/wl_bump.lua"), c),
+            wl_wait: Script::new("wl_wait", include_str!("../../lua/wl_wait.lua"), c),
+            wl_draw: Script::new("wl_draw", include_str!("../../lua/wl_draw.lua"), c),
+            fix: Script::new("fix", include_str!("../../lua/fix.lua"), c),
+            touch: Script::new("touch", include_str!("../../lua/touch.lua"), c),
+            records: Script::new("records", include_str!("../../lua/records.lua"), c),
+            meta_upgrade: Script::new(
+                "meta_upgrade",
+                include_str!("../../lua/meta_upgrade.lua"),
+                c,
+            ),
+            cart_begin: Script::new("cart_begin", include_str!("../../lua/cart_begin.lua"), c),
+            cart_move: Script::new("cart_move", include_str!("../../lua/cart_move.lua"), c),
+            cart_pend: Script::new("cart_pend", include_str!("../../lua/cart_pend.lua"), c),
         }
     }
 
