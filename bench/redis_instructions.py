@@ -31,7 +31,7 @@ the 16384 slots split evenly (CLUSTER ADDSLOTSRANGE, MEET), one shard per
 master (its tag chosen by CRC16 so the master serves it), the requests dealt
 round-robin over the shards. A key's claim cannot ride in reserve.lua there
 (its bucket's slot is another): each request first goes through claim.lua
-(SET NX GET, a call of up to B keys of one bucket `idem~NN`, sent to the
+(SET NX GET, a call of up to B keys of one bucket `claim~H`, sent to the
 bucket's master), then reserve.lua with the claim body '!' ("claim.lua has
 just made the key's claim new"), which so writes the hold with NX without
 reading the key's verdicts (data layout 5; before it, an empty claim and
@@ -136,7 +136,7 @@ class Sale:
             if apart is None:
                 args += [key, rid, "1", user, fp, "3", claim, body]
             else:
-                apart.append((self.n % 16, claim, body))
+                apart.append((int(rid[-32], 16), claim, body))
                 args += [key, rid, "1", user, fp, "3", "", "!"]
         return resp(["EVALSHA", self.sha, len(self.keys)] + self.keys + args)
 
@@ -145,9 +145,12 @@ class Sale:
         self.n += 1
         i = self.n
         key = "k-%016x-%08d" % (i * 2654435761 % 2**64, i)
-        rid = "%s.0.%032x" % (self.sku, i * 0x9E3779B97F4A7C15 % 2**128)
+        rid = "%s.0.%016x%016x" % (self.sku, i * 0x9E3779B97F4A7C15 % 2**64, i)
         user = "user-%07d" % i
-        return key, rid, user, "1:" + user, "fg:{idem~%02d}:%s" % (i % 16, key)
+        # the claim the token names (data layout 6): its first 16 hex digits,
+        # in the bucket of the first (src/inventory/keys.rs, ClaimHasher)
+        tok = rid[-32:]
+        return key, rid, user, "1:" + user, "fg:{claim~%s}:%s" % (tok[0], tok[:16])
 
     def call_old(self, batch):
         # reserve.lua before 1d3c1e8 (for comparison): KEYS the shard's six,
@@ -262,7 +265,9 @@ def measure_apart(lua_dir, batch, calls, masters, keep=None, per_master=False):
     """Instructions per hold summed over every server, each request's claim
     made apart by claim.lua (as flashgate does on a cluster). masters == 0:
     one plain server; else a cluster of that many masters."""
-    lib = open(os.path.join(lua_dir, "lib.lua")).read() + "\n"
+    # (on a cluster no record rides in a claim: src/inventory/scripts.rs)
+    lib = open(os.path.join(lua_dir, "lib.lua")).read().replace(
+        "local CLAIM_RECORDS = true", "local CLAIM_RECORDS = false", 1) + "\n"
     reserve_src = lib + open(os.path.join(lua_dir, "reserve.lua")).read()
     claim_src = lib + open(os.path.join(lua_dir, "claim.lua")).read()
     n = max(masters, 1)
@@ -326,7 +331,7 @@ def measure_apart(lua_dir, batch, calls, masters, keep=None, per_master=False):
                     buckets.setdefault(bucket, []).append((record, body))
                 per_node = {}
                 for bucket, claims in sorted(buckets.items()):
-                    o = owner("idem~%02d" % bucket)
+                    o = owner("claim~%x" % bucket)
                     if per_master:
                         per_node.setdefault(o, []).extend(claims)
                         continue

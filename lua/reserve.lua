@@ -208,16 +208,11 @@ local function refusal_of(qty, gated)
   return nil
 end
 
--- The record of a new hold, as lib.lua's rec_encode writes it, built in
--- place (a table for rec_encode costs ~6k instructions more per hold), and
--- the call's clock, read at its first hold.
-local function new_record(qty_s, user, key)
-  if not ts then
-    ts = shut_ts or now_ms()
-    exp = ts + hold_ms
-    ts_s, exp_s = string.format('%d', ts), string.format('%d', exp)
-  end
-  return 'held|' .. qty_s .. '|' .. ts_s .. '|' .. exp_s .. '||||' .. user .. '\n' .. key
+-- The call's clock, read at its first hold (or the window's reading).
+local function stamp()
+  ts = shut_ts or now_ms()
+  exp = ts + hold_ms
+  ts_s, exp_s = string.format('%d', ts), string.format('%d', exp)
 end
 
 -- A new hold's share of the call's bookkeeping (one DECRBY, ZADD, SADD,
@@ -263,20 +258,34 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
     -- new, it is the hold, and nothing else is written but the call's
     -- bookkeeping. (Read first: the refusal reads no verdict either way,
     -- and a claim that was not new is answered before anything is written.)
-    refusal = refusal_of(qty, gated)
+    -- (the common case, units to spare and no window, is tested inline)
+    if not available or gated or available < qty or window ~= '' then
+      refusal = refusal_of(qty, gated)
+    end
     local earlier
     if refusal then
       earlier = call('SET', ckey, claim, 'NX', 'GET', 'PX', idem_ttl)
     else
-      earlier = call('SET', ckey, claim .. '\0' .. rid .. '|' .. new_record(qty_s, user, key),
-        'NX', 'GET', 'PX', record_ttl)
+      if not ts then stamp() end
+      -- the record as lib.lua's rec_encode writes it, built in place (one
+      -- concatenation: a table for rec_encode costs ~6k instructions more
+      -- per hold, a second string ~1k)
+      earlier = call('SET', ckey, claim .. '\0' .. rid .. '|held|' .. qty_s .. '|' .. ts_s .. '|' ..
+        exp_s .. '||||' .. user .. '\n' .. key, 'NX', 'GET', 'PX', record_ttl)
       if not earlier then return took(key, rid, qty, qty_s, user) end
     end
     if earlier then
-      -- (the body only: a claim may carry its hold's record after a NUL)
+      -- the body, and the hold that rides in the claim, if any (after a NUL)
       local z = string.find(earlier, '\0', 1, true)
-      if z then earlier = string.sub(earlier, 1, z - 1) end
-      if earlier ~= claim then return 'c' .. earlier end
+      local body = z and string.sub(earlier, 1, z - 1) or earlier
+      if body ~= claim then return 'c' .. body end
+      -- the same body, so the same token: this call resent by the client
+      -- library, or a duplicate sent with it (the claim's hold is this
+      -- very step's if it is this shard's)
+      if z and string.sub(earlier, z + 1, z + #rid) == rid
+          and string.byte(earlier, z + #rid + 1) == 124 then
+        return replayed(rid, rec_decode(string.sub(earlier, z + #rid + 2)))
+      end
     else
       fresh = true
     end
@@ -310,7 +319,8 @@ local function one(key, rid, qty_s, user, fp, flags, ckey, claim)
     return 'd' .. string.format('%d', available)
   end
 
-  local rec = new_record(qty_s, user, key)
+  if not ts then stamp() end
+  local rec = 'held|' .. qty_s .. '|' .. ts_s .. '|' .. exp_s .. '||||' .. user .. '\n' .. key
   if apart then
     -- NX: a verdict written since claim.lua (a duplicate's hold or
     -- marker, or this call's own first run, resent) is answered instead

@@ -382,13 +382,26 @@ impl ClaimHasher {
     /// The claim of `key`: `fg:{claim~H}:<16 hex>`.
     pub fn claim(&self, key: &ScopedKey) -> KeyClaim {
         use std::hash::Hasher;
-        const BUCKETS: [&str; 16] = [
-            "claim~0", "claim~1", "claim~2", "claim~3", "claim~4", "claim~5", "claim~6", "claim~7",
-            "claim~8", "claim~9", "claim~a", "claim~b", "claim~c", "claim~d", "claim~e", "claim~f",
-        ];
         let mut h = siphasher::sip::SipHasher13::new_with_keys(self.k0, self.k1);
         h.write(key.as_str().as_bytes());
-        let id = h.finish().to_be_bytes();
+        claim_of_id(h.finish().to_be_bytes())
+    }
+}
+
+/// The claim a token names: the one whose id is the token's first 8 bytes
+/// (`KeyClaim::token`; `lua/lib.lua`'s claim_of, which reads a record's).
+pub fn claim_of_token(token: &uuid::Uuid) -> KeyClaim {
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&token.as_bytes()[..8]);
+    claim_of_id(id)
+}
+
+fn claim_of_id(id: [u8; 8]) -> KeyClaim {
+    const BUCKETS: [&str; 16] = [
+        "claim~0", "claim~1", "claim~2", "claim~3", "claim~4", "claim~5", "claim~6", "claim~7",
+        "claim~8", "claim~9", "claim~a", "claim~b", "claim~c", "claim~d", "claim~e", "claim~f",
+    ];
+    {
         let mut hex = [0u8; 16];
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         for (i, b) in id.iter().enumerate() {

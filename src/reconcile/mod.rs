@@ -57,7 +57,7 @@ mod repair;
 mod report;
 mod snapshot;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -118,6 +118,9 @@ pub struct Reconciler {
     db: Db,
     metrics: Arc<Metrics>,
     writer: Writer,
+    /// On one Redis server, the ids of the records that ride in claims (data
+    /// layout 6), by shard (`SKU.s`): snapshot.rs's `claim_records`.
+    claim_rids: Option<HashMap<String, Vec<String>>>,
 }
 
 impl Reconciler {
@@ -133,6 +136,7 @@ impl Reconciler {
             db,
             metrics,
             writer,
+            claim_rids: None,
         }
     }
 

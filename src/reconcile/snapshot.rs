@@ -263,7 +263,16 @@ impl Reconciler {
         // expiry list name: a reservation whose outbox entries were all lost
         // (the stream capped while the ledger was down) is known to neither,
         // and its record is the only proof of the sale.
-        let scanned = self.scan_records(&sk).await?;
+        let mut scanned = self.scan_records(&sk).await?;
+        let shard_of = [meta.sku.as_str(), ".", itoa::Buffer::new().format(shard)].concat();
+        scanned.extend(
+            self.claim_records()
+                .await?
+                .get(&shard_of)
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
         let rids: Vec<&String> = ledger
             .rids
             .keys()
@@ -302,7 +311,77 @@ impl Reconciler {
             }
         }
         let l3 = ledger::last_id(&self.inventory, &self.metrics, &sk.events()).await?;
+        if l3 != snap.last_id {
+            // the shard moved: its retry reads the claims' records again
+            self.claim_rids = None;
+        }
         Ok((l3 == snap.last_id).then_some(snap))
+    }
+
+    /// On one Redis server (data layout 6), the ids of the records that ride
+    /// in claims (`fg:{claim~H}:<id>` = `<body>\0<rid>|<record>`, lua/lib.lua),
+    /// by shard (`SKU.s`): one `SCAN` of the claims and an `MGET` per
+    /// [`RECORD_CHUNK`] of them, kept for the run and read again when a
+    /// shard's snapshot is retried (its stock moved meanwhile). A record
+    /// made after the read is known by the shard's expiry list or its
+    /// outbox, whose entries the snapshot's window covers; only one whose
+    /// outbox entry is also lost (the stream capped while the ledger was
+    /// down) within the run itself would be missed. None on Redis Cluster,
+    /// where every record is at `r:` (scan_records).
+    async fn claim_records(&mut self) -> Result<&HashMap<String, Vec<String>>, ReconcileError> {
+        if self.claim_rids.is_none() {
+            let mut by_shard: HashMap<String, Vec<String>> = HashMap::new();
+            if !self.inventory.nodes().per_master() {
+                let client = self.inventory.pool().next();
+                let mut cursor = "0".to_string();
+                loop {
+                    let v: Value = client
+                        .custom(
+                            CustomCommand::new_static("SCAN", ClusterHash::Random, false),
+                            vec![
+                                cursor.clone(),
+                                "MATCH".into(),
+                                "fg:{claim~*}:*".into(),
+                                "COUNT".into(),
+                                SCAN_COUNT.to_string(),
+                            ],
+                        )
+                        .await
+                        .map_err(|e| self.err(e))?;
+                    let parts = array(v)?;
+                    cursor = text(at(&parts, 0)?)?;
+                    let keys = match parts.into_iter().nth(1) {
+                        Some(v) => array(v)?,
+                        None => Vec::new(),
+                    };
+                    for chunk in keys.chunks(RECORD_CHUNK) {
+                        let names: Vec<String> =
+                            chunk.iter().map(text).collect::<Result<_, _>>()?;
+                        let values: Vec<Option<String>> =
+                            client.mget(names).await.map_err(|e| self.err(e))?;
+                        for v in values.into_iter().flatten() {
+                            let Some((_, rec)) = v.split_once('\0') else {
+                                continue;
+                            };
+                            let Some((rid, _)) = rec.split_once('|') else {
+                                continue;
+                            };
+                            if let Some((shard, _)) = rid.rsplit_once('.') {
+                                by_shard
+                                    .entry(shard.to_owned())
+                                    .or_default()
+                                    .push(rid.to_owned());
+                            }
+                        }
+                    }
+                    if cursor == "0" {
+                        break;
+                    }
+                }
+            }
+            self.claim_rids = Some(by_shard);
+        }
+        Ok(self.claim_rids.get_or_insert_with(HashMap::new))
     }
 
     /// The ids of every reservation record of one shard: `SCAN … MATCH

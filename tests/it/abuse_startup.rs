@@ -192,11 +192,13 @@ async fn fail_midway(redis: &RedisServer, sku: &Sku, bad: u16, shards: u16) -> s
     let allowed: Vec<String> = (0..shards)
         .filter(|s| *s != bad)
         .map(|s| format!("~fg:{{{sku}#{s}}}:*"))
-        // (fg:layout: the store's data layout, read at start)
+        // (fg:layout and fg:claimkey: the store's data layout and claim
+        // key, read at start)
         .chain([
             format!("~fg:{{{sku}}}:*"),
             "~fg:skus".into(),
             "~fg:layout".into(),
+            "~fg:claimkey".into(),
         ])
         .collect();
     acl.extend(allowed.iter().map(String::as_str));

@@ -411,7 +411,7 @@ async fn what_was_stored_unscoped_still_serves_after_keys_are_configured() {
         redis.cli(&["EXISTS", "fg:{tee#0}:idem:order-1"]).trim(),
         "0"
     );
-    let record = redis.cli(&["GET", &format!("fg:{{tee#0}}:r:{}", rid(&held))]);
+    let (_, record) = support::record_at(&redis, &rid(&held)).expect("its record");
     assert!(record.trim_end().ends_with("ann\norder-1"), "{record:?}");
     let other = reserve(&open, None, "order-2", "tee", "bob", false).await;
     assert_eq!(other.status, StatusCode::CREATED);

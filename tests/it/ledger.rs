@@ -511,7 +511,8 @@ async fn induced_drift_is_found_fixed_audited_and_then_clean() {
         .and_then(|s| s.parse().ok())
         .expect("shard");
     let tag = format!("fg:{{drift#{lost_shard}}}");
-    redis.cli(&["DEL", &format!("{tag}:r:{lost}")]);
+    let (lost_at, _) = support::record_at(&redis, &lost).expect("its record");
+    redis.cli(&["DEL", &lost_at]);
     redis.cli(&["ZREM", &format!("{tag}:holds"), &lost]);
     redis.cli(&["HINCRBY", &format!("{tag}:books"), "held", "-1"]);
     redis.cli(&["INCRBY", &format!("{tag}:stock"), "1"]);
@@ -546,12 +547,11 @@ async fn induced_drift_is_found_fixed_audited_and_then_clean() {
         .and_then(|s| s.parse().ok())
         .expect("shard");
     let tag = format!("fg:{{drift#{unpaid_shard}}}");
-    let record = format!("{tag}:r:{unpaid}");
-    let stored = redis.cli(&["GET", &record]);
+    let (_, stored) = support::record_at(&redis, &unpaid).expect("its record");
     let back = stored
         .strip_prefix("confirmed|")
         .expect("a confirmed record");
-    redis.cli(&["SET", &record, &format!("held|{back}"), "KEEPTTL"]);
+    support::set_record(&redis, &unpaid, &format!("held|{back}"));
     redis.cli(&["HINCRBY", &format!("{tag}:books"), "sold", "-1"]);
     redis.cli(&["HINCRBY", &format!("{tag}:books"), "held", "1"]);
     redis.cli(&["ZADD", &format!("{tag}:holds"), "99999999999999", &unpaid]);

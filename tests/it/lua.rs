@@ -81,6 +81,13 @@ impl Fixture {
         ReservationId::new(&self.sku, 0, &uuid::Uuid::new_v4())
     }
 
+    /// A rid for a request with `key` as the service makes one on one
+    /// server (data layout 6): its token starts with the id of the key's
+    /// claim, so the hold rides in the claim ([`test_hasher`]).
+    fn rid_of(&self, key: &str) -> ReservationId {
+        ReservationId::new(&self.sku, 0, &test_hasher().claim(&anon(key)).token())
+    }
+
     async fn reserve_with(
         &self,
         rid: &ReservationId,
@@ -466,6 +473,17 @@ async fn every_flags_value_switches_what_it_names() {
     assert_eq!(f.books().await, (stock - 12, 100 - stock + 12, 0));
 }
 
+/// The claim key of the tests (the store's `fg:claimkey` in the service).
+fn test_hasher() -> keys::ClaimHasher {
+    keys::ClaimHasher::parse("00112233445566778899aabbccddeeff").expect("32 hex")
+}
+
+/// The token of a reservation id (its last 32 hex digits).
+fn token_of(rid: &ReservationId) -> uuid::Uuid {
+    let s = rid.to_string();
+    uuid::Uuid::try_parse(&s[s.len() - 32..]).expect("a token")
+}
+
 /// One `reserve.lua` call deciding `reqs` (key, qty) in order; every reply.
 async fn reserve_batch(
     f: &Fixture,
@@ -502,7 +520,7 @@ async fn reserve_batch_claiming(
             // one with the key and another rid finds the hold by it
             if claim.is_some() { "3" } else { "7" }.into(),
             match claim {
-                Some(_) => keys::idem_global(&key).1,
+                Some(_) => keys::claim_of_token(&token_of(rid)).record,
                 None => String::new(),
             },
             claim.unwrap_or_default().to_string(),
@@ -731,7 +749,7 @@ async fn a_claim_inside_reserve_stops_a_reused_key_before_the_shard_changes() {
     let f = fixture().await;
     f.preload(3, false).await;
     // "x1" was first used for another request (another SKU, say)
-    let x1 = keys::idem_global(&anon("x1")).1;
+    let x1 = test_hasher().claim(&anon("x1")).record;
     let _: Value = f
         .run(
             &f.scripts.claim,
@@ -747,7 +765,7 @@ async fn a_claim_inside_reserve_stops_a_reused_key_before_the_shard_changes() {
         ("a2", 1, None), // a later step of a walk: claimed apart
         ("a3", 1, Some(body.as_str())),
     ];
-    let rids: Vec<ReservationId> = reqs.iter().map(|_| f.rid()).collect();
+    let rids: Vec<ReservationId> = reqs.iter().map(|r| f.rid_of(r.0)).collect();
     let first = reserve_batch_claiming(&f, &reqs, &rids).await;
     let kinds: Vec<&str> = first.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(kinds, ["held", "claimed", "claimed", "held", "held"]);
@@ -760,10 +778,14 @@ async fn a_claim_inside_reserve_stops_a_reused_key_before_the_shard_changes() {
     let a1: String = f
         .pool
         .next()
-        .get(keys::idem_global(&anon("a1")).1)
+        .get(test_hasher().claim(&anon("a1")).record)
         .await
         .unwrap();
-    assert_eq!(a1, body, "the first request's body is the key's claim");
+    assert_eq!(
+        a1.split_once('\0').map(|(b, _)| b),
+        Some(body.as_str()),
+        "the first request's body is the key's claim, then its hold: {a1:?}"
+    );
     // the client library resends the whole call after a lost reply
     let again = reserve_batch_claiming(&f, &reqs, &rids).await;
     let kinds: Vec<&str> = again.iter().map(|r| r[0].as_str()).collect();
@@ -782,7 +804,7 @@ async fn a_claim_inside_reserve_stops_a_reused_key_before_the_shard_changes() {
 #[tokio::test]
 async fn a_claim_fixes_the_first_body_of_each_key_and_a_resend_changes_nothing() {
     let f = fixture().await;
-    let rec = |k: &str| keys::idem_global(&anon(k)).1;
+    let rec = |k: &str| test_hasher().claim(&anon(k)).record;
     let claim = |pairs: Vec<(&str, &str)>| {
         let keys: Vec<String> = pairs.iter().map(|(k, _)| rec(k)).collect();
         let mut args = vec!["60000".to_string()];

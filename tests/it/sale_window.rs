@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use flashgate::domain::{IdempotencyKey, ScopedKey, Sku, Tenant};
 use flashgate::fairness::{self, DrawDocument, Seed};
-use flashgate::inventory::{keys, keys::WaitKeys, PreloadSpec, Window};
+use flashgate::inventory::{keys::WaitKeys, PreloadSpec, Window};
 use fred::interfaces::{HashesInterface, KeysInterface, StreamsInterface};
 use hyper::{Method, StatusCode};
 use support::{eventually, free_port, spawn_app_with, RedisServer, TestApp};
@@ -145,7 +145,7 @@ async fn a_reserve_before_opens_at_is_refused_with_retry_after_and_never_marked_
     // (a refusal from memory writes no claim; the walk's refusal did)
     let claim = |k: &str| {
         let key = ScopedKey::new(&Tenant::Anonymous, &IdempotencyKey::parse(k).unwrap());
-        redis.cli(&["EXISTS", &keys::idem_global(&key).1])
+        redis.cli(&["EXISTS", &support::claim_name(&redis, &key)])
     };
     assert_eq!(claim("e-1"), "1");
     assert_eq!(claim("crowd-7"), "0");

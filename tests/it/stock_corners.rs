@@ -292,17 +292,12 @@ async fn a_due_hold_whose_record_vanished_still_returns_its_units() {
     let kept = app.reserve("k2", "capped", 1, "v").await;
     assert_eq!(kept.status, StatusCode::CREATED);
     let rid = gone.body["reservation_id"].as_str().unwrap().to_string();
-    let meta = app
-        .state
-        .inventory
-        .meta(&sku("capped"))
-        .await
-        .unwrap()
-        .unwrap();
-    let k = meta.keys(0);
     // evicted, or expired by its TTL while the sweeper stalled
     assert_eq!(
-        redis.cli(&["DEL", &format!("{}{rid}", k.record_prefix())]),
+        redis.cli(&[
+            "DEL",
+            &support::record_at(&redis, &rid).expect("its record").0
+        ]),
         "1"
     );
     wait_past_deadline(&gone).await;
@@ -332,7 +327,10 @@ async fn a_due_hold_whose_record_vanished_still_returns_its_units() {
         .unwrap()
         .keys(0);
     assert_eq!(
-        redis.cli(&["DEL", &format!("{}{rid}", k.record_prefix())]),
+        redis.cli(&[
+            "DEL",
+            &support::record_at(&redis, &rid).expect("its record").0
+        ]),
         "1"
     );
     wait_past_deadline(&gone).await;

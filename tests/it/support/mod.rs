@@ -241,3 +241,49 @@ pub fn commands_since(
         .map(|(name, n)| n - before.get(name).copied().unwrap_or(0))
         .sum()
 }
+
+/// Where the record of reservation `rid` lives on one Redis server
+/// (lua/lib.lua): the claim its token names, `<body>\0<rid>|<record>` (data
+/// layout 6: a hold made by its key's first request), else
+/// `fg:{SKU#s}:r:<rid>` (default shard tags). The key and the record's text,
+/// or None when neither holds it.
+pub fn record_at(redis: &RedisServer, rid: &str) -> Option<(String, String)> {
+    let token = rid.get(rid.len().saturating_sub(32)..)?;
+    let claim = flashgate::inventory::keys::claim_of_token(&uuid::Uuid::try_parse(token).ok()?);
+    let v = redis.cli(&["GET", &claim.record]);
+    let head = format!("\0{rid}|");
+    if let Some(at) = v.find(&head) {
+        return Some((claim.record, v[at + head.len()..].to_string()));
+    }
+    let (sku_shard, _) = rid.rsplit_once('.')?;
+    let (sku, shard) = sku_shard.rsplit_once('.')?;
+    let key = format!("fg:{{{sku}#{shard}}}:r:{rid}");
+    let v = redis.cli(&["GET", &key]);
+    (!v.is_empty()).then_some((key, v))
+}
+
+/// Rewrite the record of `rid` where it lives ([`record_at`]), its TTL kept
+/// (a test's hand-made damage). Panics when there is none.
+pub fn set_record(redis: &RedisServer, rid: &str, record: &str) {
+    let (key, _) = record_at(redis, rid).unwrap_or_else(|| panic!("no record of {rid}"));
+    // (in a script: a claim holds a NUL, which no command-line argument can)
+    let script = "local v = redis.call('GET', KEYS[1]) \
+        local z = string.find(v, '\\0', 1, true) \
+        if z then v = string.sub(v, 1, z) .. ARGV[1] .. '|' .. ARGV[2] else v = ARGV[2] end \
+        return redis.call('SET', KEYS[1], v, 'KEEPTTL')";
+    assert_eq!(
+        redis.cli(&["EVAL", script, "1", &key, rid, record]),
+        "OK",
+        "rewrote the record of {rid}"
+    );
+}
+
+/// The name of `key`'s claim in this store (keys.rs, `ClaimHasher`: from
+/// the store's `fg:claimkey`, which the service made at its start).
+pub fn claim_name(redis: &RedisServer, key: &flashgate::domain::ScopedKey) -> String {
+    let hex = redis.cli(&["GET", flashgate::inventory::keys::CLAIM_SECRET]);
+    flashgate::inventory::keys::ClaimHasher::parse(&hex)
+        .unwrap_or_else(|| panic!("no claim key in the store: {hex:?}"))
+        .claim(key)
+        .record
+}
