@@ -413,7 +413,7 @@ impl Inventory {
     }
 
     /// The claim of idempotency key `key`, named from the store's claim key.
-    pub(super) fn claim_of(
+    pub fn claim_of(
         &self,
         key: &crate::domain::ScopedKey,
     ) -> Result<keys::KeyClaim, InventoryError> {

@@ -595,7 +595,7 @@ async fn a_master_killed_mid_sale_fails_over_without_a_wrong_answer() {
     let on_victim = |shard: u16| victim_has(&format!("{{{}}}", meta.tags[usize::from(shard)]));
     let bucket_on_victim = |key: &str| {
         let ik = anon(key);
-        victim_has(&flashgate::inventory::keys::idem_global(&ik).1)
+        victim_has(&app.state.inventory.claim_of(&ik).expect("claim key").record)
     };
     let first_shard = |key: &str| {
         let ik = anon(key);
@@ -1422,8 +1422,15 @@ async fn a_key_that_left_a_dead_masters_shards_out_gets_a_definite_answer_after_
         dead.len() < usize::from(meta.shards),
         "some shards elsewhere"
     );
-    let bucket_on_victim =
-        |key: &str| victim_has(&flashgate::inventory::keys::idem_global(&anon(key)).1);
+    let bucket_on_victim = |key: &str| {
+        victim_has(
+            &app.state
+                .inventory
+                .claim_of(&anon(key))
+                .expect("claim key")
+                .record,
+        )
+    };
     let first_shard = |key: &str| (anon(key).stable_hash() % u64::from(meta.shards)) as u16;
     // keys whose claim lives on a live master and whose walk starts on a
     // dead shard (they teach the instance the master is down) or a live one
