@@ -16,6 +16,7 @@ mod admission;
 mod api;
 mod cart_ledger;
 mod carts;
+mod claim_records;
 mod cli;
 mod cluster;
 mod deploy;
