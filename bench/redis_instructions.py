@@ -134,10 +134,10 @@ class Sale:
             # the claim body as the service writes it: <sku>\n<fp>\nk:<shards>\nt:<token>
             body = "%s\n%s\nk:1\nt:%s" % (self.sku, fp, rid[-32:])
             if apart is None:
-                args += [key, rid, "1", user, fp, "3", claim, body]
+                args += [key, rid, "1", user, "3", claim, body]
             else:
                 apart.append((int(rid[-32], 16), claim, body))
-                args += [key, rid, "1", user, fp, "3", "", "!"]
+                args += [key, rid, "1", user, "3", "", "!"]
         return resp(["EVALSHA", self.sha, len(self.keys)] + self.keys + args)
 
     def request(self):

@@ -166,9 +166,11 @@ pub struct ReserveCall {
     /// The idempotency key.
     pub key: String,
     pub rid: String,
+    /// The units, `;<units>` for a waitlist join (`reserve.lua` builds the
+    /// request's fingerprint from qty and user: `<qty>:<user>`, or
+    /// `<qty>;w:<user>` for a join, as `ReserveRequest::fingerprint`).
     pub qty: String,
     pub user: String,
-    pub fingerprint: String,
     pub mark_walk_on: bool,
     pub gate: bool,
     /// Write the `R` verdict with a hold (a key whose claim has no token).
@@ -214,7 +216,7 @@ impl Batch for ReserveBatch {
             sk.reserved_keys(),
         ];
         // borrowed from the requests: packed once into one buffer by run_with
-        let mut args: Vec<&str> = Vec::with_capacity(4 + 8 * calls.len());
+        let mut args: Vec<&str> = Vec::with_capacity(4 + 7 * calls.len());
         args.extend(self.ttls.iter().map(String::as_str));
         args.push(calls.first().map_or("", |c| &*c.window));
         for c in &calls {
@@ -228,7 +230,6 @@ impl Batch for ReserveBatch {
                 c.rid.as_str(),
                 c.qty.as_str(),
                 c.user.as_str(),
-                c.fingerprint.as_str(),
                 flags(c.mark_walk_on, c.gate, c.verdict),
                 claim_key,
                 claim_body,

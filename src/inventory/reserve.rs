@@ -423,7 +423,7 @@ impl Inventory {
         let in_walk = in_walk.map(|c| (mine.as_str(), c));
         let sent = std::time::Instant::now();
         let mut result = self
-            .walk(req, &meta, &fp, true, shards, &left_out, token, in_walk)
+            .walk(req, &meta, true, shards, &left_out, token, in_walk)
             .await;
         if let Err(InventoryError::SaleNotOpen {
             opens_at_ms,
@@ -540,7 +540,6 @@ impl Inventory {
         &self,
         req: &ReserveRequest,
         meta: &SkuMeta,
-        fp: &str,
         gate: bool,
         shards: u16,
         left_out: &[u16],
@@ -584,14 +583,13 @@ impl Inventory {
             let last = i + 1 == order.len();
             let mark = !last || donors.is_empty();
             let mut step = self
-                .reserve_on(req, meta, fp, s, token, mark, gate, claim.take())
+                .reserve_on(req, meta, s, token, mark, gate, claim.take())
                 .await?;
             if last && !mark {
                 if let Step::Dry(have) = step {
                     let need = i64::from(req.qty.get()) - have;
                     Box::pin(self.pull(meta, s, need, &donors)).await?;
-                    step = Box::pin(self.reserve_on(req, meta, fp, s, token, true, gate, None))
-                        .await?;
+                    step = Box::pin(self.reserve_on(req, meta, s, token, true, gate, None)).await?;
                 }
             }
             match step {
@@ -607,8 +605,7 @@ impl Inventory {
                         Some(c) => {
                             let k = c.shards.unwrap_or(meta.shards);
                             let token = WalkToken::of_claim(&c);
-                            Box::pin(self.walk(req, meta, fp, gate, k, &c.left_out, token, None))
-                                .await
+                            Box::pin(self.walk(req, meta, gate, k, &c.left_out, token, None)).await
                         }
                     };
                 }
@@ -650,7 +647,7 @@ impl Inventory {
                     .shards_known_down(meta, left_out.iter().copied())
                     .is_empty()
             {
-                return Box::pin(self.walk(req, meta, fp, gate, k, &[], token, None)).await;
+                return Box::pin(self.walk(req, meta, gate, k, &[], token, None)).await;
             }
             // the left-out shards may hold units: no "sold out" (nor a mark)
             return Err(InventoryError::Unavailable(format!(
@@ -677,7 +674,6 @@ impl Inventory {
         &self,
         req: &ReserveRequest,
         meta: &SkuMeta,
-        fp: &str,
         shard: u16,
         token: WalkToken,
         mark_walk_on: bool,
@@ -692,9 +688,12 @@ impl Inventory {
         let call = batch::ReserveCall {
             key: req.key.as_str().to_owned(),
             rid: rid_s.clone(),
-            qty: itoa::Buffer::new().format(req.qty.get()).to_owned(),
+            qty: if req.waitlist {
+                [";", itoa::Buffer::new().format(req.qty.get())].concat()
+            } else {
+                itoa::Buffer::new().format(req.qty.get()).to_owned()
+            },
             user: req.user.as_str().to_owned(),
-            fingerprint: fp.to_owned(),
             mark_walk_on,
             gate,
             verdict: token.verdicts,

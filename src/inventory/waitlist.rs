@@ -502,12 +502,11 @@ impl Inventory {
                 .await?;
             return Ok((Step::Done, None));
         }
-        let fp = req.fingerprint();
         // (no claim: the attempt key walks the SKU's count of the moment,
         // with no token, so its holds write `R` verdicts)
         let token = super::reserve::WalkToken::with_verdicts();
         let walked = match self
-            .walk(&req, meta, &fp, false, meta.shards, &[], token, None)
+            .walk(&req, meta, false, meta.shards, &[], token, None)
             .await
         {
             // outside the sale window (closed, or a reload moved opens_at

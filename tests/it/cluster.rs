@@ -1292,7 +1292,6 @@ async fn a_sweep_meeting_a_half_moved_slot_changes_nothing_until_it_ends_every_h
             rid.to_string(),
             "1".into(),
             format!("buyer-{i}"),
-            format!("fp-{i}"),
             "1".into(),
             String::new(),
             String::new(),

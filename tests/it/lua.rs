@@ -93,11 +93,10 @@ impl Fixture {
         rid: &ReservationId,
         key: &str,
         qty: u32,
-        fp: &str,
         hold_ms: u64,
         mark: bool,
     ) -> Vec<String> {
-        self.reserve_as(rid, key, qty, "user-1", fp, hold_ms, mark)
+        self.reserve_as(rid, key, qty, "user-1", hold_ms, mark)
             .await
     }
 
@@ -108,7 +107,6 @@ impl Fixture {
         key: &str,
         qty: u32,
         user: &str,
-        fp: &str,
         hold_ms: u64,
         mark: bool,
     ) -> Vec<String> {
@@ -116,7 +114,7 @@ impl Fixture {
         // request with the key) finds the hold by it, as the promoter's walks
         // and layout-2 keys do; a key with a claim token is tests/upgrade.rs's
         let flags = if mark { "7" } else { "6" };
-        self.reserve_flags(rid, key, qty, user, fp, hold_ms, flags)
+        self.reserve_flags(rid, key, qty, user, hold_ms, flags)
             .await
     }
 
@@ -128,11 +126,10 @@ impl Fixture {
         key: &str,
         qty: u32,
         user: &str,
-        fp: &str,
         hold_ms: u64,
         flags: &str,
     ) -> Vec<String> {
-        self.reserve_claimed(rid, key, qty, user, fp, hold_ms, flags, "")
+        self.reserve_claimed(rid, key, qty, user, hold_ms, flags, "")
             .await
     }
 
@@ -146,7 +143,6 @@ impl Fixture {
         key: &str,
         qty: u32,
         user: &str,
-        fp: &str,
         hold_ms: u64,
         flags: &str,
         claim: &str,
@@ -166,7 +162,6 @@ impl Fixture {
                     rid.to_string(),
                     qty.to_string(),
                     user.into(),
-                    fp.into(),
                     flags.into(),
                     String::new(), // no claim in this call
                     claim.into(),
@@ -191,15 +186,8 @@ impl Fixture {
     }
 
     async fn reserve(&self, key: &str, qty: u32, hold_ms: u64) -> Vec<String> {
-        self.reserve_with(
-            &self.rid(),
-            key,
-            qty,
-            &format!("{qty}:user-1"),
-            hold_ms,
-            true,
-        )
-        .await
+        self.reserve_with(&self.rid(), key, qty, hold_ms, true)
+            .await
     }
 
     async fn end(&self, s: &Script, rid: &str) -> Vec<String> {
@@ -344,19 +332,16 @@ async fn reserve_checks_and_decrements_atomically() {
     );
     // same key, other body
     assert_eq!(
-        f.reserve_with(&f.rid(), "k1", 1, "1:user-1", 60_000, true)
-            .await,
+        f.reserve_with(&f.rid(), "k1", 1, 60_000, true).await,
         vec!["mismatch"]
     );
     assert_eq!(
-        f.reserve_with(&f.rid(), "big", 1, "1:user-1", 60_000, true)
-            .await,
+        f.reserve_with(&f.rid(), "big", 1, 60_000, true).await,
         vec!["mismatch"]
     );
     // dry without the tombstone leaves no trace: the key can still reserve here later
     assert_eq!(
-        f.reserve_with(&f.rid(), "k2", 2, "2:user-1", 60_000, false)
-            .await,
+        f.reserve_with(&f.rid(), "k2", 2, 60_000, false).await,
         vec!["dry", "1"]
     );
     assert_eq!(f.reserve("k2", 1, 60_000).await[0], "held");
@@ -415,7 +400,7 @@ async fn every_flags_value_switches_what_it_names() {
         let key = format!("f{n}");
         let rid = f.rid();
         let r = f
-            .reserve_flags(&rid, &key, 1, "user-1", "1:user-1", 60_000, &flags)
+            .reserve_flags(&rid, &key, 1, "user-1", 60_000, &flags)
             .await;
         let seen = verdict(&key).await;
         if gate {
@@ -441,15 +426,7 @@ async fn every_flags_value_switches_what_it_names() {
             let big = format!("g{n}");
             let big_rid = f.rid();
             let r = f
-                .reserve_flags(
-                    &big_rid,
-                    &big,
-                    1000,
-                    "user-1",
-                    "1000:user-1",
-                    60_000,
-                    &flags,
-                )
+                .reserve_flags(&big_rid, &big, 1000, "user-1", 60_000, &flags)
                 .await;
             assert_eq!(
                 r,
@@ -467,7 +444,7 @@ async fn every_flags_value_switches_what_it_names() {
     // and a quantity other than one (tonumber, not the one-unit shortcut)
     let _: () = f.pool.next().del(f.k.wlopen()).await.unwrap();
     let r = f
-        .reserve_flags(&f.rid(), "q12", 12, "user-1", "12:user-1", 60_000, "1")
+        .reserve_flags(&f.rid(), "q12", 12, "user-1", 60_000, "1")
         .await;
     assert_eq!(r[0], "held");
     assert_eq!(f.books().await, (stock - 12, 100 - stock + 12, 0));
@@ -515,7 +492,6 @@ async fn reserve_batch_claiming(
             rid.to_string(),
             qty.to_string(),
             "user-1".into(),
-            format!("{qty}:user-1"),
             // + 4 (the `R` verdict) for a request without its claim: a later
             // one with the key and another rid finds the hold by it
             if claim.is_some() { "3" } else { "7" }.into(),
@@ -627,7 +603,6 @@ async fn concurrent_reserves_for_one_shard_share_script_calls() {
                 rid: rid.to_string(),
                 qty: "1".into(),
                 user: format!("u{i}"),
-                fingerprint: format!("1:u{i}"),
                 mark_walk_on: true,
                 gate: true,
                 verdict: false,
@@ -837,8 +812,8 @@ async fn a_resent_reserve_returns_the_first_result() {
     let f = fixture().await;
     f.preload(5, false).await;
     let rid = f.rid();
-    let first = f.reserve_with(&rid, "k", 1, "1:user-1", 60_000, true).await;
-    let second = f.reserve_with(&rid, "k", 1, "1:user-1", 60_000, true).await;
+    let first = f.reserve_with(&rid, "k", 1, 60_000, true).await;
+    let second = f.reserve_with(&rid, "k", 1, 60_000, true).await;
     assert_eq!(first[0], "held");
     assert_eq!(second[0], "replay");
     assert_eq!(second[1], rid.to_string());
@@ -858,7 +833,7 @@ async fn a_hold_claimed_apart_is_written_with_nx_and_its_resend_replays_it() {
     let apart = |rid: ReservationId| {
         let f = &f;
         async move {
-            f.reserve_claimed(&rid, "a1", 1, "user-1", "1:user-1", 60_000, "3", "!")
+            f.reserve_claimed(&rid, "a1", 1, "user-1", 60_000, "3", "!")
                 .await
         }
     };
@@ -872,11 +847,11 @@ async fn a_hold_claimed_apart_is_written_with_nx_and_its_resend_replays_it() {
     // same token; the first request's step, made apart, finds it by NX
     let rid = f.rid();
     let dup = f
-        .reserve_claimed(&rid, "a2", 1, "user-1", "1:user-1", 60_000, "3", "")
+        .reserve_claimed(&rid, "a2", 1, "user-1", 60_000, "3", "")
         .await;
     assert_eq!(dup[0], "held", "{dup:?}");
     let own = f
-        .reserve_claimed(&rid, "a2", 1, "user-1", "1:user-1", 60_000, "3", "!")
+        .reserve_claimed(&rid, "a2", 1, "user-1", 60_000, "3", "!")
         .await;
     assert_eq!(own[0..2], ["replay".to_string(), rid.to_string()]);
     assert_eq!(f.books().await, (3, 2, 0));
@@ -886,7 +861,7 @@ async fn a_hold_claimed_apart_is_written_with_nx_and_its_resend_replays_it() {
     f.reserve("x", 3, 60_000).await;
     assert_eq!(f.books().await.0, 0);
     let late = f
-        .reserve_claimed(&rid, "a2", 1, "user-1", "1:user-1", 60_000, "3", "!")
+        .reserve_claimed(&rid, "a2", 1, "user-1", 60_000, "3", "!")
         .await;
     assert_eq!(late[0..2], ["replay".to_string(), rid.to_string()]);
     assert_eq!(f.books().await, (0, 5, 0));
@@ -906,7 +881,7 @@ async fn a_resent_step_after_a_walk_on_never_holds_where_the_key_moved_on() {
     let other = f.reserve("x", 1, 60_000).await;
     assert_eq!(other[0], "held");
     let rid = f.rid();
-    let step = || f.reserve_claimed(&rid, "b1", 1, "user-1", "1:user-1", 60_000, "3", "!");
+    let step = || f.reserve_claimed(&rid, "b1", 1, "user-1", 60_000, "3", "!");
     assert_eq!(step().await, ["dry", "0"]);
     // the marker is no reservation to anyone who reads records
     assert!(f.record(&rid.to_string()).await.is_none());
@@ -924,12 +899,12 @@ async fn a_resent_step_after_a_walk_on_never_holds_where_the_key_moved_on() {
     assert_eq!(step().await, ["moved", "1"], "the resend walks on");
     // and so does a later retry, its claim not new
     let retry = f
-        .reserve_claimed(&rid, "b1", 1, "user-1", "1:user-1", 60_000, "3", "")
+        .reserve_claimed(&rid, "b1", 1, "user-1", 60_000, "3", "")
         .await;
     assert_eq!(retry, ["moved", "1"]);
     // another body with the key is told apart by the marker
     let other_body = f
-        .reserve_claimed(&rid, "b1", 2, "user-1", "2:user-1", 60_000, "3", "")
+        .reserve_claimed(&rid, "b1", 2, "user-1", 60_000, "3", "")
         .await;
     assert_eq!(other_body, ["mismatch"]);
     assert_eq!(f.books().await, (1, 0, 0), "nothing held");
@@ -977,7 +952,7 @@ async fn a_record_keeps_free_text_users_and_keys_through_extend_replay_and_confi
     // it ends, so '|' in the user or the key cannot shift a field
     let (user, key) = ("ann|o'neil \"7\" \u{fc}|", "k|1|2");
     let rid = f.rid();
-    let held = f.reserve_as(&rid, key, 2, user, "fp", 60_000, true).await;
+    let held = f.reserve_as(&rid, key, 2, user, 60_000, true).await;
     assert_eq!(held[0], "held");
     let exp0: i64 = held[2].parse().unwrap();
     let r = f.record(&held[1]).await.expect("the record");
@@ -1006,9 +981,7 @@ async fn a_record_keeps_free_text_users_and_keys_through_extend_replay_and_confi
     assert_eq!((r.exp, r.first_exp), (exp1, Some(exp0)));
     assert_eq!((r.user.as_str(), r.idem.as_str()), (user, key));
 
-    let again = f
-        .reserve_as(&f.rid(), key, 2, user, "fp", 60_000, true)
-        .await;
+    let again = f.reserve_as(&f.rid(), key, 2, user, 60_000, true).await;
     assert_eq!(again, ["replay", &held[1], "2", user, &held[2]]);
 
     let c = f.end(&f.scripts.confirm, &held[1]).await;
