@@ -64,6 +64,13 @@
 -- claim was made apart, as on Redis Cluster, or a later step of the walk).
 -- A claim this request has just created also tells that the key was never
 -- seen: no shard can hold a verdict for it, so its verdict is not read.
+-- And since data layout 6 a request that can hold (units to spare, the
+-- window open) creates the claim with its hold's record inside:
+-- `<body>\0<rid>|<record>`, with the record's TTL, one key instead of two
+-- (lib.lua's rec_load finds it from the rid, whose token names the claim:
+-- src/inventory/keys.rs). The claim is then the hold's verdict here too: a
+-- resent call meets its own body and answers the hold that rides in it. A
+-- hold made by any other step is written at r:<rid> as before.
 -- The claim body '!' says the same of a claim made apart (Redis Cluster):
 -- claim.lua answered nil, so the claim was new before this call. Here a
 -- duplicate of the request, or this very call resent by the client library,
@@ -111,7 +118,9 @@
 -- its record (one string, lib.lua) — no verdict key (75.3k -> 64.4k per hold
 -- at B = 25, bench/notes/2026-12-04-hold-keys.md; 62.4k -> 59.0k without a
 -- tonumber and a concatenation per hold and with ARGV and redis.call in
--- locals, bench/notes/2026-12-05-perf-round2.md);
+-- locals, bench/notes/2026-12-05-perf-round2.md); on one server a new
+-- hold's record rides in its claim, and the fingerprint is no argument
+-- (58.4k -> 45.0k, bench/notes/2026-12-05-layout-6.md);
 -- the stock, books, expiry list,
 -- live holds (only holds of more than one unit), key set and outbox change
 -- once per call. Numbers go to Redis as the strings they came in (or

@@ -302,10 +302,14 @@ impl ScopedKey {
     }
 }
 
-/// A reservation id: `<sku>.<shard>.<32 hex digits>` — 122 random bits (UUID
-/// v4), so ids are unguessable; it carries its SKU and shard so confirm,
-/// release and extend go straight to the right shard without a lookup.
-/// Clients treat it as opaque.
+/// A reservation id: `<sku>.<shard>.<32 hex digits>`, the token of its
+/// key's walk: on one Redis server (data layout 6) the first 16 digits are
+/// the id of the key's claim, a keyed hash no client can compute, and the
+/// last 16 random (62 bits of a UUID v4), so a hold's record is found in its
+/// claim; elsewhere a UUID v4 (122 random bits). Either way ids are
+/// unguessable. It carries its SKU and shard so confirm, release and extend
+/// go straight to the right shard without a lookup. Clients treat it as
+/// opaque.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ReservationId {
     sku: Sku,
