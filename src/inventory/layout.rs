@@ -625,7 +625,8 @@ impl Inventory {
 
     /// The store's claim key, made first when `stored` (what was read) is
     /// none (`SET NX`: a racing run's key wins) or malformed (replaced), and
-    /// read back; and whether this call wrote it.
+    /// read back; and whether this call wrote it. (A claim key is made by
+    /// the first start on an empty store too: `check_data_layout`.)
     async fn make_claim_key(
         &self,
         stored: Option<&str>,
@@ -636,7 +637,8 @@ impl Inventory {
         let client = self.nodes.client_for_key(keys::CLAIM_SECRET);
         // (a malformed key names no claim: nothing is lost by replacing it)
         let only_if_missing = stored.is_none().then_some(SetOptions::NX);
-        let _: Option<String> = client
+        // (None: a racing run made it first)
+        let wrote: Option<String> = client
             .set(
                 keys::CLAIM_SECRET,
                 keys::ClaimHasher::random_hex(),
@@ -648,7 +650,7 @@ impl Inventory {
             .map_err(|e| self.err(e))?;
         let hex = self.stored_claim_key().await?;
         match hex.as_deref().and_then(keys::ClaimHasher::parse) {
-            Some(h) => Ok((h, true)),
+            Some(h) => Ok((h, wrote.is_some())),
             None => Err(InventoryError::Protocol(format!(
                 "{} is not 32 hex digits right after it was written",
                 keys::CLAIM_SECRET
