@@ -260,6 +260,17 @@ impl ScopedKey {
         ))
     }
 
+    /// The key whose stored form (as [`ScopedKey::as_str`] gave it, e.g.
+    /// in the name of a claim of data layout 5 or earlier) is `stored`; None
+    /// for "". For `flashgate migrate-layout` only, which renames the claims
+    /// it finds in Redis (`Inventory::migrate_layout`): it checks no form,
+    /// as the text was one of these keys when it was written. A request's
+    /// key is always built with [`ScopedKey::new`] (or the promoter's and
+    /// the cart's constructors), never from text.
+    pub fn from_stored(stored: &str) -> Option<ScopedKey> {
+        (!stored.is_empty()).then(|| ScopedKey(stored.to_owned()))
+    }
+
     /// The owner scope of a stored key: "" when unscoped.
     pub fn owner_of(stored: &str) -> &str {
         stored.split_once(' ').map_or("", |(scope, _)| scope)

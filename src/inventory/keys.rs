@@ -27,7 +27,8 @@
 //! |                           |        | (the hold that request made, layout 6); `<id>`: 16 |
 //! |                           |        | hex of SipHash(`fg:claimkey`, key), H its first    |
 //! | `fg:claimkey`             | string | the store's claim hash key (32 hex; [`CLAIM_SECRET`]) |
-//! | `fg:{idem~NN}:<key>`      | string | a claim of layout 5 or before (migrate-layout)     |
+//! | `fg:{idem~NN}:<key>`      | string | a claim of layout 5 or before (migrate-layout      |
+//! |                           |        | moves it to `fg:{claim~H}:<id>`; none read it)     |
 //! | `fg:{cap:SKU:<user>}`     | hash   | purchase cap: total, k:<key> → qty per reservation |
 //! | `fg:{SKU#s}:wlopen`       | string | gate: present while the SKU's waitlist has waiters |
 //! | `fg:{SKU#s}:keys`         | set    | idempotency keys of the shard's live and sold holds |
@@ -207,8 +208,20 @@ pub const LAYOUT_WINDOW: &str = "4";
 /// new is written with NX without reading the verdicts (`lua/reserve.lua`).
 /// A layout-3 instance would misread the marker and, beside a layout-5
 /// one, could hold where that one's walk moved on: it refuses a store of
-/// layout 5; this version reads everything layout 3 wrote and refuses a
-/// store of layout 3 until `flashgate migrate-layout` (docs/UPGRADING.md).
+/// layout 5; a layout-5 instance reads everything layout 3 wrote.
+/// Layout 6: a key's claim is named by a keyed hash of the key,
+/// `fg:{claim~H}:<16 hex>` ([`ClaimHasher::claim`], the store's
+/// [`CLAIM_SECRET`]), not `fg:{idem~NN}:<key>` ([`idem_global`]), and on one
+/// Redis server the record of the hold its first request made rides in the
+/// claim after a NUL (`lua/lib.lua`; a later step's record, a cart line's,
+/// and every record on a cluster stay at `r:<rid>`). A layout-5 instance
+/// would look for claims under the old names and hold a retried key a
+/// second time: it refuses a store of layout 6. This version reads every
+/// record and verdict layouts 2 to 5 wrote (records at `r:<rid>`, a claim's
+/// old token), but finds their claims only at their new names: it refuses
+/// a store of layout 2, 3 or 5 until `flashgate migrate-layout` has renamed
+/// them (`Inventory::migrate_layout`), and a store of layout 6 without a
+/// valid claim key (docs/UPGRADING.md).
 pub const STORE_LAYOUT: &str = "6";
 
 /// The store layouts `flashgate migrate-layout` upgrades from (none: layout 2).
@@ -238,7 +251,9 @@ pub fn cap(sku: &Sku, user: &str) -> String {
 /// 0.32 calls and 32-34 µs (bench/README.md).
 pub const IDEM_BUCKETS: u64 = 16;
 
-/// The cross-SKU idempotency record of `key` and its bucket's hash tag. The
+/// The cross-SKU idempotency record of `key` and its bucket's hash tag, as
+/// data layout 5 and earlier named it (since layout 6: [`ClaimHasher::claim`];
+/// `flashgate migrate-layout` moves the old ones). The
 /// records are spread over [`IDEM_BUCKETS`] hash tags — enough slots to spread
 /// over a cluster's masters — so that the claims of one bucket that arrive
 /// together go to Redis as one `claim.lua` call.

@@ -9,14 +9,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fred::interfaces::{HashesInterface, KeysInterface, SetsInterface};
-use fred::types::{Expiration, SetOptions};
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SetsInterface};
+use fred::types::{ClusterHash, CustomCommand, Expiration, SetOptions, Value};
 
 use super::keys::{self, ShardKeys};
-use super::replies::{array, text};
+use super::replies::{array, at, text};
 use super::InventoryError;
 use super::{Inventory, MAX_SHARDS};
-use crate::domain::Sku;
+use crate::domain::{ScopedKey, Sku};
 
 /// How long SKU metadata (shard count) is cached before it is read again.
 pub(super) const META_TTL: Duration = Duration::from_secs(2);
@@ -439,14 +439,35 @@ impl Inventory {
     }
 
     /// `flashgate migrate-layout`: upgrade a store of an earlier data
-    /// layout to this version's — every SKU's meta (`lua/meta_upgrade.lua`),
-    /// then [`keys::DATA_LAYOUT`]. Between sales: while any SKU has units
-    /// held it refuses, unless `force` (the holds stay valid: this version
-    /// reads what layouts 2 and 3 wrote — claims without a token walk with
-    /// `R` verdicts, layout 3's walk-on verdicts at `idem:` are still read).
-    /// Refuses a store of a layout newer than this version's.
-    /// Idempotent. Returns the SKUs whose meta it converted.
-    pub async fn migrate_layout(&self, force: bool) -> Result<Vec<Sku>, InventoryError> {
+    /// layout (2, 3 or 5) to this version's (6), in this order, each step
+    /// idempotent, so that a run cut short is simply run again:
+    ///
+    /// 1. the store's claim key ([`keys::CLAIM_SECRET`]): made if missing
+    ///    (`SET NX`: a key an interrupted run made is kept, and with it the
+    ///    names it gave), then read;
+    /// 2. every SKU's meta written before layout 3 (`lua/meta_upgrade.lua`);
+    /// 3. every claim of layout 5 or earlier, `fg:{idem~NN}:<key>`
+    ///    ([`keys::idem_global`]), found with `SCAN` on every master, moved
+    ///    to its layout-6 name ([`keys::ClaimHasher::claim`]) with its value
+    ///    and remaining TTL ([`Inventory::rename_old_claims`]);
+    /// 4. [`keys::DATA_LAYOUT`] = [`keys::STORE_LAYOUT`], last: until then
+    ///    every instance of this version refuses the store, so none reads a
+    ///    claim at its new name before every claim is there.
+    ///
+    /// Between sales: while any SKU has units held it refuses, unless
+    /// `force`. The holds stay valid either way: this version reads what
+    /// layouts 2 to 5 wrote — records at `r:<rid>`, claims without a token
+    /// (walked with `R` verdicts), layout 3's walk-on verdicts at `idem:` —
+    /// and a retry whose renamed claim carries an old token walks with it.
+    ///
+    /// On a store already of layout 6, step 3 renames what an old instance
+    /// may have written in the seconds before it noticed the new layout (and
+    /// nothing else), and step 1 makes a new claim key if the store lost its
+    /// own (deleted by hand) or holds a malformed one: the claims named from
+    /// the lost key are then found no more, so a retry of a request made
+    /// before could hold a second time; with units held that too needs
+    /// `force`. Refuses a store of a layout newer than this version's.
+    pub async fn migrate_layout(&self, force: bool) -> Result<LayoutMigration, InventoryError> {
         let client = self.nodes.client_for_key(keys::DATA_LAYOUT);
         let found: Option<String> = client
             .get(keys::DATA_LAYOUT)
@@ -463,6 +484,16 @@ impl Inventory {
                 )));
             }
         }
+        let stored_key = self.stored_claim_key().await?;
+        // a store of this layout without a valid claim key: a new one loses
+        // the name of every claim made so far
+        let key_lost = current
+            && stored_key
+                .as_deref()
+                .and_then(keys::ClaimHasher::parse)
+                .is_none();
+        // the holds matter only when the store changes under them
+        let count_held = !current || key_lost;
         let mut old = Vec::new();
         let mut held = Vec::new();
         for sku in self.skus().await? {
@@ -476,7 +507,7 @@ impl Inventory {
             let count = match fields.get("layout").map(String::as_str) {
                 // (a store of this layout: only metas an older instance
                 // wrote since are converted, holds or not)
-                Some(keys::LAYOUT) | Some(keys::LAYOUT_WINDOW) if current => continue,
+                Some(keys::LAYOUT) | Some(keys::LAYOUT_WINDOW) if !count_held => continue,
                 None | Some("2") | Some(keys::LAYOUT) | Some(keys::LAYOUT_WINDOW) => fields
                     .get("shard_count")
                     .or_else(|| fields.get("shards"))
@@ -495,23 +526,25 @@ impl Inventory {
                 .get("tags")
                 .map(|t| t.split(',').map(str::to_owned).collect())
                 .unwrap_or_default();
-            let mut units = 0i64;
-            for s in 0..count {
-                let sk = match tags.get(usize::from(s)) {
-                    Some(t) => ShardKeys::new(t),
-                    None => ShardKeys::new(&keys::default_tag(&sku, s)),
-                };
-                let books = sk.books();
-                let h: Option<String> = self
-                    .nodes
-                    .client_for_key(&books)
-                    .hget(&books, "held")
-                    .await
-                    .map_err(|e| self.err(e))?;
-                units += h.and_then(|h| h.parse::<i64>().ok()).unwrap_or(0);
-            }
-            if units > 0 && !current {
-                held.push(format!("{sku}: {units} units held"));
+            if count_held {
+                let mut units = 0i64;
+                for s in 0..count {
+                    let sk = match tags.get(usize::from(s)) {
+                        Some(t) => ShardKeys::new(t),
+                        None => ShardKeys::new(&keys::default_tag(&sku, s)),
+                    };
+                    let books = sk.books();
+                    let h: Option<String> = self
+                        .nodes
+                        .client_for_key(&books)
+                        .hget(&books, "held")
+                        .await
+                        .map_err(|e| self.err(e))?;
+                    units += h.and_then(|h| h.parse::<i64>().ok()).unwrap_or(0);
+                }
+                if units > 0 {
+                    held.push(format!("{sku}: {units} units held"));
+                }
             }
             if !matches!(
                 fields.get("layout").map(String::as_str),
@@ -521,18 +554,52 @@ impl Inventory {
             }
         }
         if !held.is_empty() && !force {
-            return Err(InventoryError::Unsuitable(format!(
-                "holds are outstanding ({}): migrate between sales, once they have ended, \
-                 or with --force",
-                held.join(", ")
-            )));
+            return Err(InventoryError::Unsuitable(if key_lost {
+                format!(
+                    "the store's claim key ({}) is {} and holds are outstanding ({}): a new key \
+                     names every claim anew, so the claims made so far are found no more and a \
+                     retry of a request made before could hold a second time; make it between \
+                     sales, once the holds have ended, or with --force",
+                    keys::CLAIM_SECRET,
+                    if stored_key.is_some() {
+                        "malformed"
+                    } else {
+                        "missing"
+                    },
+                    held.join(", ")
+                )
+            } else {
+                format!(
+                    "holds are outstanding ({}): migrate between sales, once they have ended, \
+                     or with --force",
+                    held.join(", ")
+                )
+            }));
         }
+        // 1. the claim key
+        let (hasher, made) = self.make_claim_key(stored_key.as_deref()).await?;
+        let claim_key = match (made, current) {
+            (false, _) => ClaimKeyChange::Kept,
+            (true, false) => ClaimKeyChange::New,
+            (true, true) => {
+                tracing::warn!(
+                    key = keys::CLAIM_SECRET,
+                    "the store's claim key was lost: made a new one; the claims named from the \
+                     lost one are found no more (a retry of a request made before is a new request)"
+                );
+                ClaimKeyChange::Replaced
+            }
+        };
+        // 2. the metas
         for sku in &old {
             self.upgrade_meta(sku).await?;
             if let Ok(mut cache) = self.meta.write() {
                 cache.remove(sku);
             }
         }
+        // 3. the claims
+        let claims = self.rename_old_claims(hasher).await?;
+        // 4. the layout
         let _: () = client
             .set(keys::DATA_LAYOUT, keys::STORE_LAYOUT, None, None, false)
             .await
@@ -540,13 +607,318 @@ impl Inventory {
         self.check_data_layout()
             .await?
             .map_err(InventoryError::Unsuitable)?;
-        Ok(old)
+        Ok(LayoutMigration {
+            converted: old,
+            claim_key,
+            claims,
+        })
     }
+
+    /// The text at [`keys::CLAIM_SECRET`], if any.
+    async fn stored_claim_key(&self) -> Result<Option<String>, InventoryError> {
+        self.nodes
+            .client_for_key(keys::CLAIM_SECRET)
+            .get(keys::CLAIM_SECRET)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// The store's claim key, made first when `stored` (what was read) is
+    /// none (`SET NX`: a racing run's key wins) or malformed (replaced), and
+    /// read back; and whether this call wrote it. (A claim key is made by
+    /// the first start on an empty store too: `check_data_layout`.)
+    async fn make_claim_key(
+        &self,
+        stored: Option<&str>,
+    ) -> Result<(keys::ClaimHasher, bool), InventoryError> {
+        if let Some(h) = stored.and_then(keys::ClaimHasher::parse) {
+            return Ok((h, false));
+        }
+        let client = self.nodes.client_for_key(keys::CLAIM_SECRET);
+        // (a malformed key names no claim: nothing is lost by replacing it)
+        let only_if_missing = stored.is_none().then_some(SetOptions::NX);
+        // (None: a racing run made it first)
+        let wrote: Option<String> = client
+            .set(
+                keys::CLAIM_SECRET,
+                keys::ClaimHasher::random_hex(),
+                None::<Expiration>,
+                only_if_missing,
+                false,
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let hex = self.stored_claim_key().await?;
+        match hex.as_deref().and_then(keys::ClaimHasher::parse) {
+            Some(h) => Ok((h, wrote.is_some())),
+            None => Err(InventoryError::Protocol(format!(
+                "{} is not 32 hex digits right after it was written",
+                keys::CLAIM_SECRET
+            ))),
+        }
+    }
+
+    /// Move every claim of data layout 5 or earlier ([`keys::idem_global`],
+    /// `fg:{idem~NN}:<key>`) to its layout-6 name `hasher` gives: `SCAN MATCH
+    /// fg:{idem~*}:*` on every master (SCAN walks one node's keys: on Redis
+    /// Cluster each master's in turn), then for each claim found its value
+    /// and remaining TTL (GET, PTTL), `SET <new name> <value> PX <ttl> NX`
+    /// on the new name's master (a cluster puts the two names in different
+    /// slots: no RENAME), and DEL of the old name. Idempotent: a claim a
+    /// run cut short had copied is found again, its copy's NX fails, and
+    /// the old name goes. Costs a walk of every master's keyspace.
+    async fn rename_old_claims(
+        &self,
+        hasher: keys::ClaimHasher,
+    ) -> Result<ClaimRenames, InventoryError> {
+        let mut masters = self.nodes.masters();
+        if masters.is_empty() {
+            // a cluster whose slot map was not known yet
+            self.nodes.refresh().await;
+            masters = self.nodes.masters();
+        }
+        if masters.is_empty() {
+            return Err(InventoryError::Unavailable(
+                "no redis master known to look for the claims of the earlier layout on".into(),
+            ));
+        }
+        let mut done = ClaimRenames::default();
+        for (node, client) in masters {
+            let before = done;
+            let mut cursor = "0".to_string();
+            loop {
+                let reply: Value = client
+                    .custom(
+                        CustomCommand::new_static("SCAN", ClusterHash::Random, false),
+                        vec![
+                            cursor.clone(),
+                            "MATCH".into(),
+                            OLD_CLAIMS.into(),
+                            "COUNT".into(),
+                            SCAN_COUNT.into(),
+                        ],
+                    )
+                    .await
+                    .map_err(|e| self.err(e))?;
+                let parts = array(reply)?;
+                cursor = text(at(&parts, 0)?)?;
+                let names = match parts.into_iter().nth(1) {
+                    Some(v) => array(v)?,
+                    None => Vec::new(),
+                };
+                self.rename_claims(&client, hasher, names, &mut done)
+                    .await?;
+                if cursor == "0" {
+                    break;
+                }
+            }
+            tracing::info!(
+                master = %node,
+                renamed = done.renamed - before.renamed,
+                superseded = done.superseded - before.superseded,
+                skipped = done.skipped - before.skipped,
+                "claims of the earlier layout moved to their new names"
+            );
+        }
+        Ok(done)
+    }
+
+    /// [`Inventory::rename_old_claims`] for the names one SCAN page found on
+    /// the master `source` reaches: their values and TTLs in one pipeline,
+    /// then every copy and DEL at once.
+    async fn rename_claims(
+        &self,
+        source: &fred::clients::Client,
+        hasher: keys::ClaimHasher,
+        names: Vec<Value>,
+        done: &mut ClaimRenames,
+    ) -> Result<(), InventoryError> {
+        let mut claims = Vec::with_capacity(names.len());
+        for name in names {
+            let name = name
+                .as_bytes()
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .map(str::to_owned);
+            match name.as_deref().and_then(old_claim_key) {
+                Some(key) => claims.push((name.unwrap_or_default(), key)),
+                None => {
+                    tracing::warn!(name = ?name, "a key among the claims of the earlier layout that is none: left as it is");
+                    done.skipped += 1;
+                }
+            }
+        }
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let pipe = source.pipeline();
+        for (name, _) in &claims {
+            let _: () = pipe.get(name.as_str()).await.map_err(|e| self.err(e))?;
+            let _: () = pipe.pttl(name.as_str()).await.map_err(|e| self.err(e))?;
+        }
+        let read = pipe
+            .try_all::<Value>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<Value>, _>>()
+            .map_err(|e| self.err(e))?;
+        if read.len() != 2 * claims.len() {
+            return Err(InventoryError::Protocol(format!(
+                "GET and PTTL of {} claims answered {} replies",
+                claims.len(),
+                read.len()
+            )));
+        }
+        let mut moves = tokio::task::JoinSet::new();
+        for ((name, key), found) in claims.into_iter().zip(read.chunks_exact(2)) {
+            let [value, ttl] = found else { continue };
+            // (gone since the SCAN: expired, nothing to move)
+            let Some(value) = value.clone().into_bytes() else {
+                continue;
+            };
+            let ttl = match ttl {
+                Value::Integer(-2) => continue,
+                Value::Integer(t) if *t > 0 => Some(Expiration::PX(*t)),
+                // (-1: no expiry, which no version wrote; kept so)
+                Value::Integer(_) => None,
+                other => return Err(InventoryError::Protocol(format!("PTTL answered {other:?}"))),
+            };
+            let new = hasher.claim(&key).record;
+            let target = self.nodes.client_for_key(&new);
+            let source = source.clone();
+            moves.spawn(async move {
+                let set: Value = target
+                    .set(
+                        new.as_str(),
+                        value.clone(),
+                        ttl,
+                        Some(SetOptions::NX),
+                        false,
+                    )
+                    .await?;
+                let moved = if set.is_null() {
+                    // the new name holds a claim already: this one's copy
+                    // (a run cut short before its DEL), or a claim a
+                    // layout-6 instance made since, which stands
+                    let there: Option<bytes::Bytes> = target.get(new.as_str()).await?;
+                    there.as_ref() == Some(&value)
+                } else {
+                    true
+                };
+                let _: i64 = source.del(name.as_str()).await?;
+                Ok::<_, fred::error::Error>((moved, key))
+            });
+        }
+        let mut failed = None;
+        while let Some(joined) = moves.join_next().await {
+            match joined {
+                Ok(Ok((true, _))) => done.renamed += 1,
+                Ok(Ok((false, key))) => {
+                    tracing::warn!(key = %key.redacted(), "a claim of the earlier layout whose new name holds another claim: the new one stands, the old one is deleted");
+                    done.superseded += 1;
+                }
+                // (the other moves go on: each is idempotent, a second run
+                // finishes what is left)
+                Ok(Err(e)) => failed = Some(self.err(e)),
+                Err(e) => failed = Some(InventoryError::Protocol(format!("claim move: {e}"))),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The names of the claims of data layout 5 and earlier
+/// ([`keys::idem_global`]), for `SCAN MATCH` (Redis's glob takes braces
+/// literally).
+const OLD_CLAIMS: &str = "fg:{idem~*}:*";
+
+/// Keys asked for per SCAN call when looking for old claims.
+const SCAN_COUNT: &str = "1000";
+
+/// The idempotency key of an old claim's name `fg:{idem~NN}:<key>` (the
+/// text after the first `}:`), if the name is exactly the one
+/// [`keys::idem_global`] gives that key (the glob matches more).
+fn old_claim_key(name: &str) -> Option<ScopedKey> {
+    let (_, stored) = name.split_once("}:")?;
+    let key = ScopedKey::from_stored(stored)?;
+    (keys::idem_record(&key) == name).then_some(key)
+}
+
+/// What [`Inventory::migrate_layout`] did.
+#[derive(Clone, Debug)]
+pub struct LayoutMigration {
+    /// The SKUs whose meta it converted (`lua/meta_upgrade.lua`).
+    pub converted: Vec<Sku>,
+    /// The store's claim key ([`keys::CLAIM_SECRET`]).
+    pub claim_key: ClaimKeyChange,
+    /// The claims of the earlier layout it moved to their new names.
+    pub claims: ClaimRenames,
+}
+
+/// What [`Inventory::migrate_layout`] did to the store's claim key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimKeyChange {
+    /// It was there: kept (and every claim's name with it).
+    Kept,
+    /// A store of an earlier layout had none: made.
+    New,
+    /// A store of layout 6 had lost its key (or held a malformed one): a new
+    /// one made, and the claims named from the lost one are found no more.
+    Replaced,
+}
+
+/// The claims of data layout 5 and earlier [`Inventory::migrate_layout`]
+/// found (`fg:{idem~NN}:<key>`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClaimRenames {
+    /// Moved to their layout-6 names, value and TTL kept.
+    pub renamed: u64,
+    /// Deleted, their new name holding another claim already (one a
+    /// layout-6 instance made since: an old instance had written the old
+    /// one after the store was migrated).
+    pub superseded: u64,
+    /// Keys the pattern matched that are no claim's name: left alone.
+    pub skipped: u64,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_old_claim_name_gives_back_its_key_and_nothing_else_does() {
+        use crate::domain::{CartId, IdempotencyKey, StorefrontId, Tenant};
+        let client = IdempotencyKey::parse("k-1}:x").expect("key");
+        let shop = Tenant::Storefront(StorefrontId::parse("shop").expect("id"));
+        let cart = CartId::random();
+        for key in [
+            ScopedKey::new(&Tenant::Anonymous, &client),
+            ScopedKey::new(&shop, &client),
+            ScopedKey::promotion("shop", "t1", "2").expect("promotion"),
+            ScopedKey::cart_line("", &cart, 3).expect("cart line"),
+        ] {
+            let (_, old) = keys::idem_global(&key);
+            assert_eq!(old_claim_key(&old), Some(key.clone()), "{old}");
+        }
+        let key = ScopedKey::new(&Tenant::Anonymous, &client);
+        let (bucket, _) = keys::idem_global(&key);
+        let other = if bucket == "idem~00" {
+            "idem~01"
+        } else {
+            "idem~00"
+        };
+        for name in [
+            format!("fg:{{{other}}}:{}", key.as_str()),
+            "fg:{idem~99}:k".to_owned(),
+            format!("fg:{{{bucket}}}:"),
+            "fg:{idem~00}".to_owned(),
+        ] {
+            assert_eq!(old_claim_key(&name), None, "{name}");
+        }
+        assert_eq!(ScopedKey::from_stored(""), None);
+    }
 
     #[test]
     fn sale_window_instants_parse_with_z_or_an_offset_and_bad_ones_are_refused() {

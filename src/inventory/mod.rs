@@ -133,7 +133,7 @@ pub use books::{Books, ShardStatus, SkuStatus};
 pub use cart::{Cart, CartLineRequest, CartOutcome, CartRequest};
 pub use draw::DrawBody;
 pub use error::InventoryError;
-pub use layout::{SkuMeta, Window};
+pub use layout::{ClaimKeyChange, ClaimRenames, LayoutMigration, SkuMeta, Window};
 pub use preload::{split, PreloadOutcome, PreloadSpec};
 pub use reserve::{ReserveOutcome, ReserveRequest};
 
