@@ -2,7 +2,8 @@
 -- body, across SKUs too — SET NX GET — for a batch of keys of one bucket
 -- (src/inventory/batch.rs), one after the other in arrival order.
 --
--- KEYS[i] fg:{idem~NN}:<key> (NN: the key's bucket; all keys of one call share it)
+-- KEYS[i] fg:{claim~H}:<16 hex> (the key's claim, named by a keyed hash of the
+--   key, src/inventory/keys.rs; H: its bucket, which all keys of one call share)
 -- ARGV[1] ttl_ms   ARGV[1 + i] the body of the request with key i (`<sku>\n<fingerprint>`)
 --
 -- Returns one reply per key: nil when this call created the claim (so no

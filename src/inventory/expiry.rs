@@ -42,6 +42,15 @@ pub async fn run(
         if chores {
             last_chores = Instant::now();
         }
+        // Redis's data layout and claim key, read again once a second
+        // even where nothing probes `/readyz`: an instance never names
+        // claims for long from a claim key the store no longer has
+        // (keys.rs, CLAIM_SECRET). A failure is the sweep's to report.
+        if chores {
+            if let Err(e) = inventory.check_data_layout().await {
+                tracing::debug!(error = %e, "data layout re-check failed");
+            }
+        }
         if let Err(e) = sweep(&inventory, &metrics, chores).await {
             tracing::warn!(error = %e, "expiry sweep failed; retrying next tick");
         }

@@ -180,3 +180,37 @@ async fn a_key_reused_after_its_claim_is_gone_gets_a_new_reservation_id() {
     let st = app.assert_books("again").await;
     assert_eq!((st.available, st.held, st.sold), (2, 1, 1), "{st:?}");
 }
+
+#[tokio::test]
+async fn an_instance_nothing_probes_stops_naming_claims_once_the_claim_key_is_gone() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(&redis, |c| c.sweep_interval_ms = 100).await;
+    app.preload("lost", 3, 1).await;
+    assert_eq!(
+        app.reserve("k-1", "lost", 1, "u").await.status,
+        StatusCode::CREATED
+    );
+    // someone deletes the claim key (never to be done: docs/UPGRADING.md);
+    // no `/readyz` is asked, yet the instance stops within seconds rather
+    // than go on naming claims from a key a new one would replace
+    assert_eq!(
+        redis.cli(&["DEL", flashgate::inventory::keys::CLAIM_SECRET]),
+        "1"
+    );
+    let refused = support::eventually(Duration::from_secs(5), || async {
+        app.reserve("k-2", "lost", 1, "u").await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(
+        refused,
+        "the instance still reserves without the store's claim key"
+    );
+    // (k-2 may have held before the re-check; the books still add up: the
+    // status document is refused too, so they are read from Redis)
+    let stock: i64 = redis.cli(&["GET", "fg:{lost#0}:stock"]).parse().unwrap();
+    let held: i64 = redis
+        .cli(&["HGET", "fg:{lost#0}:books", "held"])
+        .parse()
+        .unwrap();
+    assert_eq!(stock + held, 3, "stock {stock} held {held}");
+}
