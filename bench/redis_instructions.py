@@ -269,7 +269,8 @@ def measure_apart(lua_dir, batch, calls, masters, keep=None, per_master=False):
     lib = open(os.path.join(lua_dir, "lib.lua")).read().replace(
         "local CLAIM_RECORDS = true", "local CLAIM_RECORDS = false", 1) + "\n"
     reserve_src = lib + open(os.path.join(lua_dir, "reserve.lua")).read()
-    claim_src = lib + open(os.path.join(lua_dir, "claim.lua")).read()
+    # (claim.lua without the prelude, as the service loads it)
+    claim_src = open(os.path.join(lua_dir, "claim.lua")).read()
     n = max(masters, 1)
     nodes = []
     try:

@@ -10,6 +10,8 @@
 -- shard can hold a verdict for the key yet: the walk sends reserve.lua the
 -- claim body `!`), else the earlier body (this very body: a retry, or this
 -- call resent; the caller reads it as "same request"; another: refused).
+-- Loaded without lua/lib.lua's prelude (src/inventory/scripts.rs): it uses
+-- none of it.
 -- Idempotent: a resent call answers every key with its own body, which the
 -- caller reads as "same request" (and so not as new: its walk reads the
 -- verdicts, src/inventory/reserve.rs).
