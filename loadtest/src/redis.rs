@@ -511,9 +511,11 @@ pub fn benchmark_args(t: &BenchTarget, sha: &str, sku: &str) -> Vec<String> {
     let [stock, books, holds, events, wlopen, keys] = t.keys();
     // A batch of one request (lua/reserve.lua): KEYS stock books holds
     // events wlopen keys; ARGV hold_ms idem_ttl_ms record_ttl_ms window, then the
-    // request's key rid qty user fp flags claim_record claim_body (the
-    // script names the request's verdict and record keys from the shard's
-    // prefix): the same work as the service's call.
+    // request's key rid qty user flags claim_record claim_body (the script
+    // builds the fingerprint from qty and user, and names the request's
+    // verdict and record keys from the shard's prefix; with a claim, the
+    // hold's record rides in it, data layout 6): the same work as the
+    // service's call.
     let (claim_key, claim_body) = if t.claim {
         // (the service's body is `<sku>\n<fingerprint>`; a newline would
         // break redis-benchmark's CSV line, which repeats the command)
@@ -550,7 +552,6 @@ pub fn benchmark_args(t: &BenchTarget, sha: &str, sku: &str) -> Vec<String> {
         &format!("{sku}.0.br__rand_int__"),
         "1",
         "bench-user",
-        "fp",
         "3",
         &claim_key,
         &claim_body,
