@@ -241,7 +241,8 @@ impl Batch for ReserveBatch {
     }
 }
 
-/// One key's claim: its record (`fg:{idem~NN}:<key>`) and the request's body.
+/// One key's claim: its record (`fg:{claim~H}:<id>`, keys.rs's `ClaimHasher`)
+/// and the request's body.
 pub struct Claim {
     pub record: String,
     pub body: String,

@@ -434,7 +434,8 @@ fn claim_of_id(id: [u8; 8]) -> KeyClaim {
     }
 }
 
-/// The record of [`idem_global`] alone (one Redis server needs no bucket).
+/// The record of [`idem_global`] alone: a claim's name before data layout 6
+/// (`flashgate migrate-layout` finds the old claims by it).
 pub fn idem_record(key: &ScopedKey) -> String {
     ["fg:{", idem_bucket(key), "}:", key.as_str()].concat()
 }

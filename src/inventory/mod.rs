@@ -28,7 +28,7 @@
 //! request ever sent there — and that is decided at the key's *first*
 //! request: the shards whose master is known down right then (its client has
 //! no connection, `nodes.rs`) are written into the key's claim record
-//! (`fg:{idem~NN}:<key>`, the same `SET NX` that fixes the request body), and
+//! (`fg:{claim~H}:<id>`, the same `SET NX` that fixes the request body), and
 //! every request with the key — the first one, retries, duplicates in flight,
 //! which all read the stored record — walks without them; the sticky-verdict
 //! argument holds for the shorter walk. Such a key never hears "sold out"
