@@ -335,25 +335,10 @@ impl Reconciler {
                 let client = self.inventory.pool().next();
                 let mut cursor = "0".to_string();
                 loop {
-                    let v: Value = client
-                        .custom(
-                            CustomCommand::new_static("SCAN", ClusterHash::Random, false),
-                            vec![
-                                cursor.clone(),
-                                "MATCH".into(),
-                                "fg:{claim~*}:*".into(),
-                                "COUNT".into(),
-                                SCAN_COUNT.to_string(),
-                            ],
-                        )
-                        .await
-                        .map_err(|e| self.err(e))?;
-                    let parts = array(v)?;
-                    cursor = text(at(&parts, 0)?)?;
-                    let keys = match parts.into_iter().nth(1) {
-                        Some(v) => array(v)?,
-                        None => Vec::new(),
-                    };
+                    let keys;
+                    (cursor, keys) = self
+                        .scan_page(client, ClusterHash::Random, &cursor, "fg:{claim~*}:*")
+                        .await?;
                     for chunk in keys.chunks(RECORD_CHUNK) {
                         let names: Vec<String> =
                             chunk.iter().map(text).collect::<Result<_, _>>()?;
@@ -399,25 +384,10 @@ impl Reconciler {
         let mut cursor = "0".to_string();
         let mut out = Vec::new();
         loop {
-            let v: Value = client
-                .custom(
-                    CustomCommand::new_static("SCAN", ClusterHash::Custom(slot), false),
-                    vec![
-                        cursor.clone(),
-                        "MATCH".into(),
-                        pattern.clone(),
-                        "COUNT".into(),
-                        SCAN_COUNT.to_string(),
-                    ],
-                )
-                .await
-                .map_err(|e| self.err(e))?;
-            let parts = array(v)?;
-            cursor = text(at(&parts, 0)?)?;
-            let keys = match parts.into_iter().nth(1) {
-                Some(v) => array(v)?,
-                None => Vec::new(),
-            };
+            let keys;
+            (cursor, keys) = self
+                .scan_page(client, ClusterHash::Custom(slot), &cursor, &pattern)
+                .await?;
             for k in &keys {
                 if let Some(rid) = text(k)?.strip_prefix(prefix.as_str()) {
                     out.push(rid.to_string());
@@ -427,6 +397,37 @@ impl Reconciler {
                 return Ok(out);
             }
         }
+    }
+
+    /// One `SCAN <cursor> MATCH <pattern> COUNT SCAN_COUNT` on the node
+    /// `hash` routes to: the next cursor ("0" when done) and the names found.
+    async fn scan_page(
+        &self,
+        client: &fred::clients::Client,
+        hash: ClusterHash,
+        cursor: &str,
+        pattern: &str,
+    ) -> Result<(String, Vec<Value>), ReconcileError> {
+        let v: Value = client
+            .custom(
+                CustomCommand::new_static("SCAN", hash, false),
+                vec![
+                    cursor.to_owned(),
+                    "MATCH".into(),
+                    pattern.to_owned(),
+                    "COUNT".into(),
+                    SCAN_COUNT.to_string(),
+                ],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let parts = array(v)?;
+        let next = text(at(&parts, 0)?)?;
+        let keys = match parts.into_iter().nth(1) {
+            Some(v) => array(v)?,
+            None => Vec::new(),
+        };
+        Ok((next, keys))
     }
 
     /// Every entry of `stream` up to `id` is committed to the ledger: the group

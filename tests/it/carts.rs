@@ -846,18 +846,9 @@ async fn a_thousand_concurrent_three_line_carts_on_scarce_stock_are_each_whole_o
 
 fn cluster_config(cluster: &Cluster) -> Config {
     Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        redis_url: cluster.url(),
-        redis_timeout_ms: 3000,
         request_timeout_ms: 120_000,
-        sweep_interval_ms: 50,
-        drain_seconds: 1,
-        insecure_no_auth: true,
-        user_rate_per_second: 0,
-        client_rate_per_second: 0,
-        global_rate_per_second: 0,
         sold_out_cache_ms: 0,
-        ..Config::default()
+        ..support::cluster::test_config(cluster)
     }
 }
 

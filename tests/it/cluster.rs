@@ -9,33 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flashgate::config::Config;
 use futures::future::join_all;
 use hyper::StatusCode;
-use support::cluster::{keyslot, Cluster};
+use support::cluster::{keyslot, test_config as cluster_config, Cluster};
 use support::{spawn_app, TestApp};
 
 /// Longest wait for anything a test polls for (never a performance limit).
 const WAIT: Duration = Duration::from_secs(60);
-
-fn cluster_config(cluster: &Cluster) -> Config {
-    Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        redis_url: cluster.url(),
-        // a debug build with six redis-servers on two cores queues commands
-        // for longer than the single-node tests' 300 ms under 2,000 buyers
-        redis_timeout_ms: 3000,
-        sweep_interval_ms: 50,
-        drain_seconds: 1,
-        insecure_no_auth: true,
-        // as tests/support's test_config: no token bucket (the 2,000-buyer
-        // sales and the ignored throughput measurement go past the defaults)
-        user_rate_per_second: 0,
-        client_rate_per_second: 0,
-        global_rate_per_second: 0,
-        ..Config::default()
-    }
-}
 
 /// The core concurrency test, unchanged but for the Redis it runs against.
 async fn two_thousand_buyers(app: &Arc<TestApp>, sku: &str) {

@@ -882,20 +882,7 @@ async fn migrate_layout_moves_the_claims_of_every_cluster_master() {
     use std::collections::BTreeSet;
     use support::cluster::{cli, keyslot, Cluster};
     let cluster = Cluster::start(3, 0);
-    // (tests/it/cluster.rs's settings: a debug build with three
-    // redis-servers on two cores queues commands longer)
-    let config = || flashgate::config::Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        redis_url: cluster.url(),
-        redis_timeout_ms: 3000,
-        sweep_interval_ms: 50,
-        drain_seconds: 1,
-        insecure_no_auth: true,
-        user_rate_per_second: 0,
-        client_rate_per_second: 0,
-        global_rate_per_second: 0,
-        ..flashgate::config::Config::default()
-    };
+    let config = || support::cluster::test_config(&cluster);
     let app = support::spawn_app(config()).await;
     app.preload("spread", 24, 3).await;
     let mut held = Vec::new();
