@@ -38,7 +38,7 @@ fn main() {
     let base = rss_kib();
     let started = Instant::now();
     for n in &names {
-        let _ = limiter.check_user(n);
+        let _ = limiter.check_user("", n);
     }
     let fill = started.elapsed();
     let full = rss_kib();
@@ -66,7 +66,7 @@ fn main() {
     let names2: Vec<String> = (0..USERS).map(|i| format!("wave2-{i:08}")).collect();
     let after_names = rss_kib();
     for n in &names2 {
-        let _ = limiter.check_user(n);
+        let _ = limiter.check_user("", n);
     }
     std::thread::sleep(Duration::from_millis(150));
     limiter.prune();

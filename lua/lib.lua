@@ -201,6 +201,16 @@ local function end_hold(rkey, r, stock, books, holds, events, reserved, rid, sta
   emit(events, status, rid, qty, r.user, ts)
 end
 
+-- A buyer's field in a waitlist's `users` hash (one live ticket per buyer):
+-- a buyer is its storefront's, so the user id of a storefront's key scope
+-- `owner` is `<owner>\n<user>` (no user id holds a control character, so
+-- no unscoped one, kept as the bare user id, takes this form), and another
+-- storefront naming a buyer alike neither blocks nor learns his ticket.
+local function wl_buyer(owner, user)
+  if not owner or owner == '' then return user end
+  return owner .. '\n' .. user
+end
+
 -- A waitlist's promotion rate, for wait estimates: fg:{wl:SKU}:rate, a hash
 -- of WL_RATE_BUCKETS one-second buckets, field = unix second mod the window,
 -- value '<unix second>:<tickets promoted in that second>'. A bucket whose

@@ -14,7 +14,7 @@
 -- Returns {'ok', status} | {'ended', status it had} | {'missing'}
 local queue, expz, users, tkey, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ticket, status = ARGV[1], ARGV[2]
-local t = redis.call('HMGET', tkey, 'status', 'user', 'entry')
+local t = redis.call('HMGET', tkey, 'status', 'user', 'entry', 'owner')
 if not t[1] then return {'missing'} end
 if t[3] then
   redis.call('XACK', stream, 'promoters', t[3])
@@ -31,5 +31,6 @@ end
 if ARGV[5] and ARGV[5] ~= '' then redis.call('HSET', tkey, 'reason', ARGV[5]) end
 redis.call('ZREM', queue, ticket)
 redis.call('ZREM', expz, ticket)
-if redis.call('HGET', users, t[2]) == ticket then redis.call('HDEL', users, t[2]) end
+local buyer = wl_buyer(t[4], t[2])
+if redis.call('HGET', users, buyer) == ticket then redis.call('HDEL', users, buyer) end
 return {'ok', status}

@@ -12,10 +12,11 @@ local due = redis.call('ZRANGEBYSCORE', expz, '-inf', ts, 'LIMIT', 0, limit)
 local n = 0
 for _, ticket in ipairs(due) do
   local tkey = prefix .. ticket
-  local t = redis.call('HMGET', tkey, 'status', 'user', 'entry')
+  local t = redis.call('HMGET', tkey, 'status', 'user', 'entry', 'owner')
   if t[1] == 'waiting' or t[1] == 'prequeued' then
     redis.call('HSET', tkey, 'status', 'expired', 'ended', ts)
-    if redis.call('HGET', users, t[2]) == ticket then redis.call('HDEL', users, t[2]) end
+    local buyer = wl_buyer(t[4], t[2])
+    if redis.call('HGET', users, buyer) == ticket then redis.call('HDEL', users, buyer) end
     if t[3] then
       redis.call('XACK', stream, 'promoters', t[3])
       redis.call('XDEL', stream, t[3])

@@ -3,7 +3,8 @@
 --
 -- KEYS[1] fg:{wl:SKU}:queue  zset ticket -> arrival number (the waiting tickets, in order)
 -- KEYS[2] fg:{wl:SKU}:stream stream of ticket ids, read by the promoters' consumer group
--- KEYS[3] fg:{wl:SKU}:users  hash user -> live ticket (one live ticket per buyer)
+-- KEYS[3] fg:{wl:SKU}:users  hash buyer -> live ticket (one live ticket per buyer;
+--   lib.lua's wl_buyer: a storefront's buyers are its own)
 -- KEYS[4] fg:{wl:SKU}:idem:<key>   KEYS[5] fg:{wl:SKU}:seq   KEYS[6] fg:{wl:SKU}:t:<ticket>
 -- KEYS[7] fg:{wl:SKU}:exp    zset ticket -> ticket deadline (ms)
 -- KEYS[8] fg:{wl:SKU}:state  'open' while the shards' gates may be set
@@ -48,11 +49,12 @@ if opens and drawk then
     pre = true
   end
 end
-local live = redis.call('HGET', users, user)
+local buyer = wl_buyer(owner, user)
+local live = redis.call('HGET', users, buyer)
 if live then
   local t = redis.call('HMGET', prefix .. live, 'status', 'expires')
   if (t[1] == 'waiting' or t[1] == 'prequeued') and tonumber(t[2]) > ts then return {'already', live} end
-  redis.call('HDEL', users, user)
+  redis.call('HDEL', users, buyer)
 end
 if redis.call('ZCARD', queue) >= capacity then return {'full'} end
 
@@ -65,7 +67,7 @@ if pre then
   redis.call('PEXPIRE', tkey, deadline - ts + idem_ttl)
   redis.call('ZADD', queue, 0, ticket)
   redis.call('ZADD', expz, deadline, ticket)
-  redis.call('HSET', users, user, ticket)
+  redis.call('HSET', users, buyer, ticket)
   redis.call('SET', idem, ticket .. '|' .. fp, 'PX', deadline - ts + idem_ttl)
   redis.call('SET', state, 'open')
   return {'joined', ticket, redis.call('ZCARD', queue)}
@@ -80,7 +82,7 @@ if owner ~= '' then redis.call('HSET', tkey, 'owner', owner) end
 redis.call('PEXPIRE', tkey, ttl + idem_ttl)
 redis.call('ZADD', queue, seq, ticket)
 redis.call('ZADD', expz, ts + ttl, ticket)
-redis.call('HSET', users, user, ticket)
+redis.call('HSET', users, buyer, ticket)
 redis.call('SET', idem, ticket .. '|' .. fp, 'PX', idem_ttl)
 redis.call('SET', state, 'open')
 return {'joined', ticket, redis.call('ZRANK', queue, ticket) + 1}

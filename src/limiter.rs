@@ -13,8 +13,9 @@
 //! Buckets are per instance: N flashgate instances admit N× the configured
 //! rate. (The purchase cap is global: it lives in Redis.)
 //!
-//! A buyer's bucket is keyed by a 64-bit keyed hash of the `user_id`
-//! (SipHash with this process's random key), not by the string: no
+//! A buyer's bucket is keyed by a 64-bit keyed hash of its storefront's
+//! scope and its `user_id` (each storefront's buyers are its own; SipHash
+//! with this process's random key), not by the string: no
 //! allocation per check and a smaller bucket map. Two buyers share a bucket
 //! only if their hashes collide — for a million buyers the chance that any
 //! two do is about 3e-8 — and a client cannot aim for it without the key.
@@ -258,10 +259,13 @@ impl<C: Clock + Clone> Limiter<C> {
         Ok(())
     }
 
-    /// The buyer's bucket (reserve requests).
-    pub fn check_user(&self, user: &str) -> Result<(), Limited> {
+    /// The bucket of buyer `user` of the storefront whose scope is `scope`
+    /// (`Tenant::scope`; reserve requests). A buyer is its storefront's:
+    /// another storefront that names a buyer alike, by chance or to use up
+    /// that buyer's bucket, has a bucket of its own.
+    pub fn check_user(&self, scope: &str, user: &str) -> Result<(), Limited> {
         if let Some(l) = &self.user {
-            l.check_key(&self.user_hash.hash_one(user))
+            l.check_key(&self.user_hash.hash_one((scope, user)))
                 .map_err(|n| self.refusal(Scope::User, n))?;
         }
         Ok(())
@@ -319,9 +323,9 @@ mod tests {
     fn burst_then_refusal_with_the_time_to_wait() {
         let (l, clock) = users(2, 3);
         for _ in 0..3 {
-            assert!(l.check_user("alice").is_ok());
+            assert!(l.check_user("", "alice").is_ok());
         }
-        let refused = l.check_user("alice").unwrap_err();
+        let refused = l.check_user("", "alice").unwrap_err();
         assert_eq!(refused.scope, Scope::User);
         assert_eq!(
             refused.wait,
@@ -330,11 +334,24 @@ mod tests {
         );
         assert_eq!(refused.retry_after_secs(), 1);
         // other users are not affected
-        assert!(l.check_user("bob").is_ok());
+        assert!(l.check_user("", "bob").is_ok());
         // after the wait, exactly one more passes
         clock.advance(Duration::from_millis(500));
-        assert!(l.check_user("alice").is_ok());
-        assert!(l.check_user("alice").is_err());
+        assert!(l.check_user("", "alice").is_ok());
+        assert!(l.check_user("", "alice").is_err());
+    }
+
+    #[test]
+    fn each_storefronts_buyers_have_buckets_of_their_own() {
+        let (l, _clock) = users(1, 1);
+        assert!(l.check_user("shop-a", "bob").is_ok());
+        assert!(l.check_user("shop-a", "bob").is_err());
+        // another storefront's "bob" is another buyer; so is the unscoped one
+        assert!(l.check_user("shop-b", "bob").is_ok());
+        assert!(l.check_user("", "bob").is_ok());
+        // (and the split between scope and user is not the text's)
+        assert!(l.check_user("shop-a", "bobx").is_ok());
+        assert!(l.check_user("shop-ab", "ob").is_ok());
     }
 
     #[test]
@@ -353,7 +370,7 @@ mod tests {
     fn pruning_keeps_the_map_bounded() {
         let (l, clock) = users(10, 1);
         for i in 0..10_000 {
-            assert!(l.check_user(&format!("user-{i}")).is_ok());
+            assert!(l.check_user("", &format!("user-{i}")).is_ok());
         }
         assert_eq!(l.len(), 10_000);
         // still refilling: nothing may be forgotten yet (it would hand out a fresh burst)
@@ -374,9 +391,9 @@ mod tests {
         };
         let l = Limiter::with_clock(b(100, 100), b(1, 1), b(1, 1), clock.clone());
         assert!(l.check_client(Some(7)).is_ok());
-        assert!(l.check_user("alice").is_ok());
+        assert!(l.check_user("", "alice").is_ok());
         assert!(l.check_client(Some(7)).is_err());
-        assert!(l.check_user("alice").is_err());
+        assert!(l.check_user("", "alice").is_err());
         // the user layer's quota changes, the client's does not
         let r = l.reconfigured(b(100, 100), b(1, 1), b(1, 2));
         assert_eq!(
@@ -385,11 +402,11 @@ mod tests {
             "an unchanged layer keeps its buckets: no second burst"
         );
         assert!(
-            r.check_user("alice").is_ok(),
+            r.check_user("", "alice").is_ok(),
             "a changed layer starts fresh"
         );
-        assert!(r.check_user("alice").is_ok(), "with the new burst of 2");
-        assert!(r.check_user("alice").is_err());
+        assert!(r.check_user("", "alice").is_ok(), "with the new burst of 2");
+        assert!(r.check_user("", "alice").is_err());
         // a layer turned off and on again starts fresh too
         let off = r.reconfigured(b(100, 100), OFF, b(1, 2));
         assert!(off.check_client(Some(7)).is_ok());
@@ -416,6 +433,6 @@ mod tests {
         assert_eq!(l.check_client(Some(1)).unwrap_err().scope, Scope::Instance);
         clock.advance(Duration::from_secs(1));
         assert!(l.check_client(Some(1)).is_ok());
-        assert!(l.check_user("anyone").is_ok(), "the user layer is off");
+        assert!(l.check_user("", "anyone").is_ok(), "the user layer is off");
     }
 }

@@ -296,7 +296,7 @@ mod carts {
         state
             .live()
             .limiter
-            .check_user(user.as_str())
+            .check_user(tenant.scope(), user.as_str())
             .map_err(|l| limited(state, l))?;
         let request = CartRequest { key, user, lines };
         let (status, mut cart) = match state.inventory.cart_create(request).await? {
@@ -605,7 +605,7 @@ async fn reserve(
     state
         .live()
         .limiter
-        .check_user(request.user.as_str())
+        .check_user(tenant.scope(), request.user.as_str())
         .map_err(|l| limited(state, l))?;
     let outcome = match state.inventory.reserve(&request).await {
         Err(crate::inventory::InventoryError::PurchaseCap) => {

@@ -8,6 +8,7 @@
 use super::replies::int;
 use super::InventoryError;
 use super::{keys, Inventory, ReserveRequest, SkuMeta};
+use crate::domain::ScopedKey;
 
 impl Inventory {
     pub(super) async fn cap_take(
@@ -18,7 +19,7 @@ impl Inventory {
         int(&self
             .run(
                 &self.scripts.cap_take,
-                vec![keys::cap(&meta.sku, req.user.as_str())],
+                vec![keys::cap(&meta.sku, req.key.owner(), req.user.as_str())],
                 vec![
                     req.key.as_str().to_string(),
                     req.qty.get().to_string(),
@@ -29,7 +30,8 @@ impl Inventory {
             .await?)
     }
 
-    /// Uncount the reservation made with `key` from `user`'s cap (idempotent).
+    /// Uncount the reservation made with `key` (as stored: its scope first)
+    /// from `user`'s cap (idempotent).
     pub async fn cap_give(
         &self,
         meta: &SkuMeta,
@@ -39,7 +41,7 @@ impl Inventory {
         int(&self
             .run(
                 &self.scripts.cap_give,
-                vec![keys::cap(&meta.sku, user)],
+                vec![keys::cap(&meta.sku, ScopedKey::owner_of(key), user)],
                 vec![key.to_string()],
             )
             .await?)

@@ -29,7 +29,8 @@
 //! | `fg:claimkey`             | string | the store's claim hash key (32 hex; [`CLAIM_SECRET`]) |
 //! | `fg:{idem~NN}:<key>`      | string | a claim of layout 5 or before (migrate-layout      |
 //! |                           |        | moves it to `fg:{claim~H}:<id>`; none read it)     |
-//! | `fg:{cap:SKU:<user>}`     | hash   | purchase cap: total, k:<key> → qty per reservation |
+//! | `fg:{cap@S:SKU:<user>}`   | hash   | purchase cap: total, k:<key> → qty per reservation; |
+//! |                           |        | S the storefront (`fg:{cap:SKU:<user>}` without one) |
 //! | `fg:{SKU#s}:wlopen`       | string | gate: present while the SKU's waitlist has waiters |
 //! | `fg:{SKU#s}:keys`         | set    | idempotency keys of the shard's live and sold holds |
 //! | `fg:{wl:SKU}:…`           | …      | the waitlist: queue, stream, tickets (waitlist.rs) |
@@ -240,9 +241,19 @@ pub fn meta(sku: &Sku) -> String {
 pub const SKUS: &str = "fg:skus";
 
 /// A buyer's purchase-cap counter for one SKU: a slot of its own, so the cap
-/// holds across the SKU's shards.
-pub fn cap(sku: &Sku, user: &str) -> String {
-    format!("fg:{{cap:{sku}:{user}}}")
+/// holds across the SKU's shards. A buyer is its storefront's: the user ids
+/// of storefront `scope` (its keys' scope, `ScopedKey::owner`) are counted
+/// at `fg:{cap@<scope>:SKU:<user>}`, so another storefront that names a
+/// buyer alike (by chance, or to use up the cap of that storefront's buyer)
+/// counts apart. Without a scope (no keys configured) `fg:{cap:SKU:<user>}`,
+/// as every version wrote before; the two forms never meet (`cap@` against
+/// `cap:`).
+pub fn cap(sku: &Sku, scope: &str, user: &str) -> String {
+    if scope.is_empty() {
+        format!("fg:{{cap:{sku}:{user}}}")
+    } else {
+        format!("fg:{{cap@{scope}:{sku}:{user}}}")
+    }
 }
 
 /// Buckets of cross-SKU idempotency records (see [`idem_global`]). 16: at

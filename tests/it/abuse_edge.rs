@@ -353,7 +353,7 @@ fn the_shipped_defaults_limit_a_storefront_that_invents_buyer_ids() {
     for n in 0..(client.burst.max(client.rate_per_second) + 1) {
         let admitted = l
             .check_client(Some(0))
-            .and_then(|()| l.check_user(&format!("invented-{n}")));
+            .and_then(|()| l.check_user("", &format!("invented-{n}")));
         if let Err(e) = admitted {
             refused = Some(e);
             break;

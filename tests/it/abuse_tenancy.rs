@@ -504,3 +504,94 @@ async fn what_was_stored_unscoped_still_serves_after_keys_are_configured() {
     let st = app.assert_books("tee").await;
     assert_eq!((st.held, st.sold), (0, 2));
 }
+
+// ------------------------------------------- buyers are their storefront's
+
+/// A storefront names its own buyers: another storefront that sends the
+/// same user id (by chance, or to use up that buyer's purchase cap or
+/// admission bucket) is another buyer. Before, both storefronts' "bob" were
+/// one counter in Redis and one bucket in memory.
+#[tokio::test]
+async fn a_storefront_cannot_use_up_another_storefronts_buyer() {
+    let redis = RedisServer::start();
+    let app = app_with(&redis, |c| {
+        c.insecure_no_auth = false;
+        c.api_keys = vec![SHOP_A.into(), SHOP_B.into()];
+        c.admin_keys = vec![ADMIN.into()];
+        c.user_rate_per_second = 1;
+        c.user_burst = 2;
+    })
+    .await;
+    app.state
+        .inventory
+        .preload_with(
+            &flashgate::domain::Sku::parse("capped").unwrap(),
+            flashgate::inventory::PreloadSpec {
+                stock: 10,
+                shards: 2,
+                force: false,
+                max_per_user: Some(1),
+                window: Default::default(),
+            },
+        )
+        .await
+        .expect("preload");
+
+    // storefront A's bob reaches his cap of 1, then his bucket of 2
+    let mine = reserve(&app, Some(SHOP_A), "a-1", "capped", "bob", false).await;
+    assert_eq!(mine.status, StatusCode::CREATED, "{:?}", mine.body);
+    let more = reserve(&app, Some(SHOP_A), "a-2", "capped", "bob", false).await;
+    assert_eq!(more.code(), "purchase_limit", "{:?}", more.body);
+    let flood = reserve(&app, Some(SHOP_A), "a-3", "capped", "bob", false).await;
+    assert_eq!(
+        flood.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{:?}",
+        flood.body
+    );
+
+    // storefront B's bob is someone else: his own cap and his own bucket
+    let theirs = reserve(&app, Some(SHOP_B), "b-1", "capped", "bob", false).await;
+    assert_eq!(theirs.status, StatusCode::CREATED, "{:?}", theirs.body);
+    let st = app.assert_books("capped").await;
+    assert_eq!((st.available, st.held), (8, 2), "{st:?}");
+
+    // and B's release gives back B's bob's count only
+    let rid = theirs.body["reservation_id"].as_str().expect("rid");
+    let path = format!("/v1/reservations/{rid}/release");
+    let gone = call(&app, Some(SHOP_B), Method::POST, &path, None, None).await;
+    assert_eq!(gone.status, StatusCode::OK, "{:?}", gone.body);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let again = reserve(&app, Some(SHOP_B), "b-2", "capped", "bob", false).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{:?}", again.body);
+    let still = reserve(&app, Some(SHOP_A), "a-4", "capped", "bob", false).await;
+    assert_eq!(still.code(), "purchase_limit", "{:?}", still.body);
+}
+
+/// One live waitlist ticket per buyer, and a buyer is its storefront's:
+/// another storefront's "bob" neither blocks this one's from joining nor is
+/// told his ticket.
+#[tokio::test]
+async fn a_storefronts_waitlist_buyer_is_not_another_storefronts() {
+    let redis = RedisServer::start();
+    let app = two_storefronts(&redis).await;
+    app.preload("queue", 1, 1).await;
+    let sold = reserve(&app, Some(SHOP_A), "first", "queue", "cy", false).await;
+    assert_eq!(sold.status, StatusCode::CREATED, "{:?}", sold.body);
+    let a = reserve(&app, Some(SHOP_A), "a-w1", "queue", "bob", true).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+    // the same storefront's bob again: his live ticket, as before
+    let again = reserve(&app, Some(SHOP_A), "a-w2", "queue", "bob", true).await;
+    assert_ne!(again.status, StatusCode::ACCEPTED, "{:?}", again.body);
+    // storefront B's bob is another buyer: a ticket of his own
+    let b = reserve(&app, Some(SHOP_B), "b-w1", "queue", "bob", true).await;
+    assert_eq!(b.status, StatusCode::ACCEPTED, "{:?}", b.body);
+    assert_ne!(b.body["ticket_id"], a.body["ticket_id"]);
+    assert!(
+        !b.body
+            .to_string()
+            .contains(a.body["ticket_id"].as_str().expect("ticket")),
+        "{:?}",
+        b.body
+    );
+}

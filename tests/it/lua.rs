@@ -1211,7 +1211,7 @@ async fn transfers_move_units_once_and_keep_the_books() {
 #[tokio::test]
 async fn the_purchase_cap_counts_each_reservation_once() {
     let f = fixture().await;
-    let cap = keys::cap(&f.sku, "buyer");
+    let cap = keys::cap(&f.sku, "", "buyer");
     let take = |key: &str, qty: u32| {
         f.run(
             &f.scripts.cap_take,
