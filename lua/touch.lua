@@ -10,7 +10,8 @@
 -- lib.lua's rec_load finds it) is touched there.
 local out = {}
 for i, key in ipairs(KEYS) do
-  local r = rec_load(key)
+  -- (on Redis Cluster nothing rides: the record is the key, touched unread)
+  local r = CLAIM_RECORDS and rec_load(key)
   if r and r.at then
     out[i] = redis.call('PEXPIRE', r.at, ARGV[1])
   else

@@ -427,21 +427,19 @@ fn claim_of_id(id: [u8; 8]) -> KeyClaim {
         "claim~0", "claim~1", "claim~2", "claim~3", "claim~4", "claim~5", "claim~6", "claim~7",
         "claim~8", "claim~9", "claim~a", "claim~b", "claim~c", "claim~d", "claim~e", "claim~f",
     ];
-    {
-        let mut hex = [0u8; 16];
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        for (i, b) in id.iter().enumerate() {
-            hex[2 * i] = DIGITS[usize::from(b >> 4)];
-            hex[2 * i + 1] = DIGITS[usize::from(b & 15)];
-        }
-        let bucket = BUCKETS[usize::from(id[0] >> 4)];
-        // (the 16 digits are ASCII by construction)
-        let hex = std::str::from_utf8(&hex).unwrap_or_default();
-        KeyClaim {
-            bucket,
-            record: ["fg:{", bucket, "}:", hex].concat(),
-            id,
-        }
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 16];
+    for (i, b) in id.iter().enumerate() {
+        hex[2 * i] = DIGITS[usize::from(b >> 4)];
+        hex[2 * i + 1] = DIGITS[usize::from(b & 15)];
+    }
+    let bucket = BUCKETS[usize::from(id[0] >> 4)];
+    // (the 16 digits are ASCII by construction)
+    let hex = std::str::from_utf8(&hex).unwrap_or_default();
+    KeyClaim {
+        bucket,
+        record: ["fg:{", bucket, "}:", hex].concat(),
+        id,
     }
 }
 

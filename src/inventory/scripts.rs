@@ -33,26 +33,24 @@ pub struct Script {
     pub sha: String,
 }
 
-impl Script {
-    /// A script that needs nothing of the prelude: its own text alone.
-    fn bare(name: &'static str, body: &str) -> Script {
-        let source = body.to_owned();
-        let sha = sha1_hash(&source);
-        Script { name, source, sha }
-    }
-}
-
 /// lib.lua's switch of records riding in claims (one Redis server only).
 const CLAIM_RECORDS_ON: &str = "local CLAIM_RECORDS = true";
 
 impl Script {
+    /// lib.lua's prelude, then `body`; on Redis Cluster (`cluster`) with
+    /// the prelude's switch of records riding in claims off.
     fn new(name: &'static str, body: &str, cluster: bool) -> Script {
-        let source = if cluster {
+        if cluster {
             let prelude = PRELUDE.replacen(CLAIM_RECORDS_ON, "local CLAIM_RECORDS = false", 1);
-            format!("{prelude}\n{body}")
+            Script::bare(name, &format!("{prelude}\n{body}"))
         } else {
-            format!("{PRELUDE}\n{body}")
-        };
+            Script::bare(name, &format!("{PRELUDE}\n{body}"))
+        }
+    }
+
+    /// A script of `source` alone (one that needs nothing of the prelude).
+    fn bare(name: &'static str, source: &str) -> Script {
+        let source = source.to_owned();
         let sha = sha1_hash(&source);
         Script { name, source, sha }
     }

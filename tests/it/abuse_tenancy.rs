@@ -522,20 +522,7 @@ async fn a_storefront_cannot_use_up_another_storefronts_buyer() {
         c.user_burst = 2;
     })
     .await;
-    app.state
-        .inventory
-        .preload_with(
-            &flashgate::domain::Sku::parse("capped").unwrap(),
-            flashgate::inventory::PreloadSpec {
-                stock: 10,
-                shards: 2,
-                force: false,
-                max_per_user: Some(1),
-                window: Default::default(),
-            },
-        )
-        .await
-        .expect("preload");
+    app.preload_capped("capped", 10, 2, 1).await;
 
     // storefront A's bob reaches his cap of 1, then his bucket of 2
     let mine = reserve(&app, Some(SHOP_A), "a-1", "capped", "bob", false).await;

@@ -202,20 +202,7 @@ async fn purchase_cap_holds_across_concurrent_attempts_and_frees_on_release() {
     let redis = RedisServer::start();
     let app = Arc::new(app_with(&redis, |_| {}).await);
     let sku = flashgate::domain::Sku::parse("capped").unwrap();
-    app.state
-        .inventory
-        .preload_with(
-            &sku,
-            flashgate::inventory::PreloadSpec {
-                stock: 100,
-                shards: 4,
-                force: false,
-                max_per_user: Some(2),
-                window: Default::default(),
-            },
-        )
-        .await
-        .unwrap();
+    app.preload_capped(sku.as_str(), 100, 4, 2).await;
     let answers = join_all((0..40).map(|i| {
         let app = app.clone();
         tokio::spawn(async move {
@@ -280,20 +267,7 @@ async fn expiry_frees_the_purchase_cap() {
     })
     .await;
     let sku = flashgate::domain::Sku::parse("capped").unwrap();
-    app.state
-        .inventory
-        .preload_with(
-            &sku,
-            flashgate::inventory::PreloadSpec {
-                stock: 10,
-                shards: 2,
-                force: false,
-                max_per_user: Some(1),
-                window: Default::default(),
-            },
-        )
-        .await
-        .unwrap();
+    app.preload_capped(sku.as_str(), 10, 2, 1).await;
     assert_eq!(
         app.reserve("e1", "capped", 1, "u").await.status,
         StatusCode::CREATED

@@ -628,20 +628,7 @@ async fn each_skus_purchase_cap_applies_to_its_line() {
     let app = spawn_app(support::test_config(&redis)).await;
     app.preload("pa", 10, 2).await;
     let capped = flashgate::domain::Sku::parse("pc").unwrap();
-    app.state
-        .inventory
-        .preload_with(
-            &capped,
-            flashgate::inventory::PreloadSpec {
-                stock: 10,
-                shards: 2,
-                force: false,
-                max_per_user: Some(1),
-                window: Default::default(),
-            },
-        )
-        .await
-        .unwrap();
+    app.preload_capped(capped.as_str(), 10, 2, 1).await;
     let over = post_cart(&app, "cap-1", "buyer", &lines(&[("pa", 1), ("pc", 2)])).await;
     assert_eq!(over.code(), "purchase_limit", "{}", over.body);
     assert_eq!(

@@ -826,20 +826,7 @@ async fn a_hold_closed_by_fix_gives_the_purchase_cap_back() {
     let pg = PostgresServer::start();
     let app = spawn(config(&redis, None)).await;
     let sku = flashgate::domain::Sku::parse("capped").expect("sku");
-    app.state
-        .inventory
-        .preload_with(
-            &sku,
-            flashgate::inventory::PreloadSpec {
-                stock: 4,
-                shards: 1,
-                force: false,
-                max_per_user: Some(1),
-                window: Default::default(),
-            },
-        )
-        .await
-        .expect("preload");
+    app.preload_capped(sku.as_str(), 4, 1, 1).await;
     let a = app.reserve("k-1", "capped", 1, "buyer").await;
     assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
     let rid = rid_of(&a);

@@ -33,9 +33,15 @@ pub struct TestApp {
 }
 
 pub fn test_config(redis: &RedisServer) -> Config {
+    config_for(redis.url())
+}
+
+/// The tests' config for the Redis at `redis_url` (one server; the cluster
+/// tests' starts from it: `support::cluster::test_config`).
+pub fn config_for(redis_url: String) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
-        redis_url: redis.url(),
+        redis_url,
         redis_timeout_ms: 2000,
         sweep_interval_ms: 50,
         drain_seconds: 1,
@@ -160,6 +166,25 @@ impl TestApp {
         self.state
             .inventory
             .preload(&sku, stock, shards, false)
+            .await
+            .expect("preload");
+    }
+
+    /// [`TestApp::preload`] with a purchase cap of `cap` units per buyer.
+    pub async fn preload_capped(&self, sku: &str, stock: i64, shards: u16, cap: u32) {
+        let sku = flashgate::domain::Sku::parse(sku).expect("sku");
+        self.state
+            .inventory
+            .preload_with(
+                &sku,
+                flashgate::inventory::PreloadSpec {
+                    stock,
+                    shards,
+                    force: false,
+                    max_per_user: Some(cap),
+                    window: Default::default(),
+                },
+            )
             .await
             .expect("preload");
     }
