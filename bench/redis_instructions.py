@@ -41,6 +41,15 @@ from the cluster's own cost.
 
     python3 bench/redis_instructions.py --batch 25 --cluster 3 --apart
 
+Two options for the cluster, measured but not what flashgate does:
+`--claims-per-master` (one claim.lua call per master and round instead of one
+per bucket) and `--colocated` (every claim in the slot of the shard its
+request goes to first, made inside reserve.lua with the hold's record riding
+in it, as on one server; what a layout whose claims share their first shard's
+slot, or master, would cost).
+
+    python3 bench/redis_instructions.py --batch 25 --no-floor --cluster 3 --claims-per-master --colocated
+
 Needs valgrind (callgrind_control, callgrind_annotate) and redis-server.
 """
 import argparse
@@ -111,10 +120,12 @@ def free_port():
 class Sale:
     """One shard with stock to spare; calls of `batch` fresh requests."""
 
-    def __init__(self, conn, sha, sku, old_layout, tag=None, start=0):
+    def __init__(self, conn, sha, sku, old_layout, tag=None, start=0, claims_in_tag=False):
         self.conn, self.sha, self.sku, self.n = conn, sha, sku, start
         self.old_layout = old_layout
         tag = tag or "%s#0" % sku
+        # (the co-located option: the claim in the shard's own slot)
+        self.claim_tag = tag if claims_in_tag else None
         self.keys = ["fg:{%s}:%s" % (tag, k) for k in ("stock", "books", "holds", "events", "wlopen", "keys")]
         conn.call("SET", self.keys[0], 10**9)
         conn.call("HSET", self.keys[1], "initial", 10**9, "held", 0, "sold", 0)
@@ -150,6 +161,8 @@ class Sale:
         # the claim the token names (data layout 6): its first 16 hex digits,
         # in the bucket of the first (src/inventory/keys.rs, ClaimHasher)
         tok = rid[-32:]
+        if self.claim_tag:
+            return key, rid, user, "1:" + user, "fg:{%s}:c:%s" % (self.claim_tag, tok[:16])
         return key, rid, user, "1:" + user, "fg:{claim~%s}:%s" % (tok[0], tok[:16])
 
     def call_old(self, batch):
@@ -261,13 +274,19 @@ def last_dump(d):
     return os.path.join(d, dumps[-1])
 
 
-def measure_apart(lua_dir, batch, calls, masters, keep=None, per_master=False):
+def measure_apart(lua_dir, batch, calls, masters, keep=None, per_master=False, colocated=False):
     """Instructions per hold summed over every server, each request's claim
     made apart by claim.lua (as flashgate does on a cluster). masters == 0:
-    one plain server; else a cluster of that many masters."""
-    # (on a cluster no record rides in a claim: src/inventory/scripts.rs)
-    lib = open(os.path.join(lua_dir, "lib.lua")).read().replace(
-        "local CLAIM_RECORDS = true", "local CLAIM_RECORDS = false", 1) + "\n"
+    one plain server; else a cluster of that many masters. `colocated` (an
+    option measured, not what flashgate does): every claim in its shard's own
+    slot, so it is made inside reserve.lua with the hold's record riding in
+    it, as on one server: the cost of a layout whose claims share a slot
+    with the shard the request is sent to first."""
+    lib = open(os.path.join(lua_dir, "lib.lua")).read()
+    if not colocated:
+        # (on a cluster no record rides in a claim: src/inventory/scripts.rs)
+        lib = lib.replace("local CLAIM_RECORDS = true", "local CLAIM_RECORDS = false", 1)
+    lib += "\n"
     reserve_src = lib + open(os.path.join(lua_dir, "reserve.lua")).read()
     # (claim.lua without the prelude, as the service loads it)
     claim_src = open(os.path.join(lua_dir, "claim.lua")).read()
@@ -313,7 +332,8 @@ def measure_apart(lua_dir, batch, calls, masters, keep=None, per_master=False):
             while owner("LT1-cg#%d" % j) != i:
                 j += 1
             tag = "LT1-cg#%d" % j
-            sales.append((i, Sale(nodes[i][3], shas[i][0], "LT1-cg", False, tag=tag, start=10**7 * i)))
+            sales.append((i, Sale(nodes[i][3], shas[i][0], "LT1-cg", False, tag=tag, start=10**7 * i,
+                                  claims_in_tag=colocated)))
 
         def round_payloads(count):
             """`count` reserve calls per shard and the claim calls before them:
@@ -326,7 +346,7 @@ def measure_apart(lua_dir, batch, calls, masters, keep=None, per_master=False):
                 # lanes would batch them: ~N*B/16 keys per call)
                 apart, calls = [], []
                 for i, sale in sales:
-                    calls.append((i, sale.call(batch, apart), True))
+                    calls.append((i, sale.call(batch, None if colocated else apart), True))
                 buckets = {}
                 for bucket, record, body in apart:
                     buckets.setdefault(bucket, []).append((record, body))
@@ -501,6 +521,9 @@ def main():
                    help="copy each measured dump to DIR/redis-callgrind-b<B>.out, for callgrind_annotate")
     p.add_argument("--claims-per-master", action="store_true",
                    help="with --cluster: also one claim call per master (an option measured, not what flashgate does)")
+    p.add_argument("--colocated", action="store_true",
+                   help="with --cluster: also every claim in its shard's slot, riding as on one server "
+                        "(an option measured, not what flashgate does)")
     p.add_argument("--window", action="store_true",
                    help="a SKU with a sale window, open since an hour (reserve.lua's ARGV[4])")
     a = p.parse_args()
@@ -540,6 +563,11 @@ def main():
                 per_m, cron = measure_apart(a.lua_dir, b, max(1, calls // a.cluster), a.cluster, a.keep, per_master=True)
                 print("            %8.0f per hold over %d cluster masters, one claim call per master; "
                       "%.0f without serverCron (%.2fx one server)" % (per_m, a.cluster, per_m - cron, (per_m - cron) / net),
+                      flush=True)
+            if a.colocated:
+                per_o, cron = measure_apart(a.lua_dir, b, max(1, calls // a.cluster), a.cluster, a.keep, colocated=True)
+                print("            %8.0f per hold over %d cluster masters, claims in the shard's slot (riding); "
+                      "%.0f without serverCron (%.2fx one server)" % (per_o, a.cluster, per_o - cron, (per_o - cron) / net),
                       flush=True)
 
 
