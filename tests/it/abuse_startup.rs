@@ -527,14 +527,30 @@ async fn a_sweeper_that_panics_is_restarted_counted_and_named_by_readyz() {
     let held = app.reserve("k1", "sup", 1, "u1").await;
     assert_eq!(held.status, StatusCode::CREATED, "{:?}", held.body);
 
-    let stalled = poll_readyz(&app, StatusCode::SERVICE_UNAVAILABLE).await;
-    assert_eq!(stalled.code(), "task_stalled", "{:?}", stalled.body);
-    let msg = stalled.body["error"]["message"].as_str().unwrap_or("");
-    assert!(msg.contains("sweeper"), "{msg}");
-    assert!(
-        !msg.contains("promoter") && !msg.contains("ledger"),
-        "only the sweeper is stalled: {msg}"
-    );
+    // Stalled, and named: the sweeper alone. (On a machine loaded by other
+    // test processes another task can miss its 200 ms bound for a moment
+    // too, seen once: so the answers are read until one names the sweeper
+    // alone, which must come while it is down, ~1.5 s.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        let stalled = poll_readyz(&app, StatusCode::SERVICE_UNAVAILABLE).await;
+        assert_eq!(stalled.code(), "task_stalled", "{:?}", stalled.body);
+        let msg = stalled.body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        assert!(msg.contains("sweeper"), "{msg}");
+        if !msg.contains("promoter") && !msg.contains("ledger") {
+            break;
+        }
+        seen.push(msg);
+        assert!(
+            std::time::Instant::now() < deadline && seen.len() < 40,
+            "never the sweeper alone: {seen:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
 
     // restarted until the fault is spent, then ready again
     poll_readyz(&app, StatusCode::OK).await;
