@@ -136,6 +136,8 @@ bench-stock-doc:
 # capacity of holds and of sold-out answers, then each offered on a fixed
 # schedule at 25/50/75 % of it; p50/p99/p99.9 from the intended send time.
 # One rate instead: make bench-open OPEN_ARGS="--rate 2000". ~1 min.
+# The generator on a CPU of its own, the service on the others (taskset; the
+# nearest to a generator on another machine): make bench-open OPEN_ARGS=--pin
 OPEN_ARGS ?=
 .PHONY: bench-open
 bench-open:

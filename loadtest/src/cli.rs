@@ -221,6 +221,14 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub open_seconds: u64,
 
+    /// open-loop with --spawn (Linux, `taskset`): the generator on a CPU of
+    /// its own (the last), redis-server and flashgate (one tokio worker per
+    /// CPU left) on the others. On one machine, the nearest to a generator
+    /// on another: its threads no longer take turns with the service's
+    /// (bench/notes/2026-12-05-round3-limits.md).
+    #[arg(long)]
+    pub pin: bool,
+
     /// hostile: refused fresh-key requests the Redis-bytes figure averages
     /// over, half with `"waitlist": false`, half with `true` (the official
     /// figure needs 100000).
@@ -352,6 +360,12 @@ impl Args {
         );
         anyhow::ensure!(self.bucket_ms > 0, "--bucket-ms must be > 0");
         anyhow::ensure!(self.threads > 0, "--threads must be > 0");
+        if self.pin {
+            anyhow::ensure!(
+                self.spawn && self.scenario == Scenario::OpenLoop,
+                "--pin needs --spawn and --scenario open-loop (it pins the processes it starts)"
+            );
+        }
         if self.scenario == Scenario::Hostile {
             anyhow::ensure!(
                 self.spawn,
@@ -471,6 +485,19 @@ mod tests {
         assert_eq!(a.cluster_masters, Some(3));
         assert_eq!(a.redis_cli_bin, PathBuf::from("redis-cli"));
         assert!(a.validate().is_ok());
+    }
+
+    #[test]
+    fn pinning_is_for_a_spawned_open_loop_only() {
+        let ok = parse(&["--scenario", "open-loop", "--spawn", "--pin"]).unwrap();
+        assert!(ok.pin && ok.validate().is_ok());
+        for args in [
+            &["--scenario", "open-loop", "--pin"][..],
+            &["--spawn", "--pin"][..],
+        ] {
+            let err = parse(args).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains("--pin needs"), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -259,6 +259,64 @@ pub struct OpenReport {
     pub runs: Vec<OpenRun>,
     pub seconds_per_run: u64,
     pub target_p99_ms: f64,
+    /// `--pin`: which CPUs ran what.
+    pub pinned: Option<String>,
+}
+
+/// `--pin`: the last CPU for the generator, the others for the service.
+struct Pins {
+    generator: String,
+    service: String,
+    service_cpus: usize,
+}
+
+impl Pins {
+    fn plan() -> anyhow::Result<Pins> {
+        let cpus = std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1);
+        anyhow::ensure!(cpus >= 2, "--pin needs 2 CPUs or more (found {cpus})");
+        let which = std::process::Command::new("taskset").arg("-V").output();
+        anyhow::ensure!(
+            which.is_ok_and(|o| o.status.success()),
+            "--pin needs taskset (Debian: apt-get install util-linux)"
+        );
+        let last = cpus - 1;
+        Ok(Pins {
+            generator: last.to_string(),
+            service: if last == 1 {
+                "0".to_string()
+            } else {
+                format!("0-{}", last - 1)
+            },
+            service_cpus: last,
+        })
+    }
+
+    /// Every thread of process `pid` onto `cpus` (threads it starts later
+    /// inherit it).
+    fn pin(&self, pid: u32, cpus: &str) -> anyhow::Result<()> {
+        let out = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+            .output()
+            .context("running taskset")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "taskset -a -p -c {cpus} {pid}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "pinned: the generator on CPU {}, redis-server and flashgate ({} tokio worker{}) on CPU {}",
+            self.generator,
+            self.service_cpus,
+            if self.service_cpus == 1 { "" } else { "s" },
+            self.service
+        )
+    }
 }
 
 /// The target of issue 23: p99 ≤ 5 ms at 50 % of capacity.
@@ -266,6 +324,10 @@ pub const TARGET_P99_MS: f64 = 5.0;
 
 pub fn render(r: &OpenReport) -> String {
     let mut s = String::new();
+    if let Some(p) = &r.pinned {
+        s.push_str(p);
+        s.push('\n');
+    }
     s.push_str("closed-loop capacity (the 100 % below):\n");
     for c in &r.capacity {
         s.push_str(&format!(
@@ -350,11 +412,25 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         args.api_key.clone()
     };
     let mut owned = Vec::new();
+    let pins = if args.pin { Some(Pins::plan()?) } else { None };
     let (base, redis_url) = if args.spawn {
         let (r, url) = procs::spawn_redis(&args.redis_server_bin, &run_dir).await?;
+        if let (Some(p), Some(pid)) = (&pins, r.pid()) {
+            p.pin(pid, &p.service)?;
+        }
         owned.push(r);
         // holds outlive the run: none comes back to stock while it measures
-        let (fg, base) = procs::spawn_flashgate(
+        let (wrapper, env) = match &pins {
+            Some(p) => (
+                vec!["taskset".to_string(), "-c".to_string(), p.service.clone()],
+                vec![("TOKIO_WORKER_THREADS", p.service_cpus.to_string())],
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (fg, base) = procs::spawn_flashgate_under(
+            &wrapper,
+            &env,
             &args.flashgate_bin,
             &url,
             args.hold_seconds,
@@ -363,6 +439,10 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         )
         .await?;
         owned.push(fg);
+        if let Some(p) = &pins {
+            p.pin(std::process::id(), &p.generator)?;
+            log(p.describe());
+        }
         log(format!("redis-server at {url}, flashgate at {base}"));
         (base, url)
     } else {
@@ -475,6 +555,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         runs,
         seconds_per_run: secs,
         target_p99_ms: TARGET_P99_MS,
+        pinned: pins.as_ref().map(Pins::describe),
     };
     std::fs::write(
         run_dir.join("open_loop.json"),
