@@ -224,8 +224,9 @@ pub struct Args {
     /// open-loop with --spawn (Linux, `taskset`): the generator on a CPU of
     /// its own (the last), redis-server and flashgate (one tokio worker per
     /// CPU left) on the others. On one machine, the nearest to a generator
-    /// on another: its threads no longer take turns with the service's
-    /// (bench/notes/2026-12-05-round3-limits.md).
+    /// on another: its threads no longer take turns with the service's. The
+    /// schedule is then kept by a task that spins on its CPU, not by a
+    /// sleeping thread (no thread switches: bench/notes/2026-12-05-round3-limits.md).
     #[arg(long)]
     pub pin: bool,
 
