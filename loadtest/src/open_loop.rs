@@ -720,6 +720,45 @@ mod tests {
     }
 
     #[test]
+    fn the_verdict_at_half_capacity_names_a_backlog() {
+        let run = |answered: f64, p99: f64| OpenRun {
+            kind: "sold_out",
+            share: Some(0.5),
+            offered_per_sec: 50_000.0,
+            answered_per_sec: answered,
+            requests: 0,
+            expected: 0,
+            outcomes: BTreeMap::new(),
+            latency: Tail {
+                p99_ms: p99,
+                ..Tail::default()
+            },
+            service: Tail::default(),
+            send_lag_p99_ms: 0.0,
+            send_lag_max_ms: 0.0,
+        };
+        let report = |r: OpenRun| OpenReport {
+            capacity: vec![],
+            runs: vec![r],
+            seconds_per_run: 5,
+            target_p99_ms: TARGET_P99_MS,
+            pinned: Some("pinned: test".into()),
+        };
+        let met = render(&report(run(50_000.0, 3.0)));
+        assert!(met.contains("p99 <= 5 ms: met") && met.starts_with("pinned: test"));
+        let late = render(&report(run(50_000.0, 9.0)));
+        assert!(
+            late.contains("NOT met") && !late.contains("backlog"),
+            "{late}"
+        );
+        let backlog = render(&report(run(45_000.0, 900.0)));
+        assert!(
+            backlog.contains("NOT met (a backlog: 90.0 % answered"),
+            "{backlog}"
+        );
+    }
+
+    #[test]
     fn latency_counts_from_the_intended_send_not_the_actual_one() {
         let answer = |sent_us, recv_us| Answer {
             sample: crate::stats::Sample {
