@@ -169,7 +169,7 @@ pub struct ReserveCall {
     /// The units, `;<units>` for a waitlist join (`reserve.lua` builds the
     /// request's fingerprint from qty and user: `<qty>:<user>`, or
     /// `<qty>;w:<user>` for a join, as `ReserveRequest::fingerprint`).
-    pub qty: String,
+    pub qty: std::borrow::Cow<'static, str>,
     pub user: String,
     pub mark_walk_on: bool,
     pub gate: bool,
@@ -228,7 +228,7 @@ impl Batch for ReserveBatch {
             args.extend([
                 c.key.as_str(),
                 c.rid.as_str(),
-                c.qty.as_str(),
+                &*c.qty,
                 c.user.as_str(),
                 flags(c.mark_walk_on, c.gate, c.verdict),
                 claim_key,

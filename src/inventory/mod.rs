@@ -293,8 +293,9 @@ pub fn ms_to_rfc3339(ms: i64) -> String {
     ] {
         out[at] = c;
     }
-    // (ASCII digits and separators only)
-    String::from_utf8_lossy(&out).into_owned()
+    // (ASCII digits and separators only: the check cannot fail; lossy
+    // decoding was ≈ 190 instructions of it)
+    std::str::from_utf8(&out).unwrap_or_default().to_owned()
 }
 
 /// (year, month, day) of `days` since 1970-01-01, proleptic Gregorian
