@@ -114,42 +114,24 @@ where
     Fut: std::future::Future<Output = Answer> + Send + 'static,
 {
     let n = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let start = Instant::now() + Duration::from_millis(5);
+    let sends = Sends::new(start, rate, n, epoch);
     if let Pacing::Spin = pacing {
-        let task = tokio::spawn(spin(start, rate, n, epoch, slots, make));
+        let task = tokio::spawn(spin(sends, make));
         let out = task.await.unwrap_or_default();
         return (out, start.elapsed().as_secs_f64());
     }
-    let mut running = tokio::task::JoinSet::new();
-    let mut out = Vec::with_capacity(n as usize);
+    let mut sends = sends;
     let (due, mut due_rx) = tokio::sync::mpsc::unbounded_channel();
     let pacer = std::thread::spawn(move || pace(start, rate, n, &due));
     while let Some(i) = due_rx.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        if !sends.send(i, make(i)).await {
             break;
-        };
-        let at = intended(start, rate, i);
-        let at_us = at.saturating_duration_since(epoch).as_micros() as u64;
-        let fut = make(i);
-        running.spawn(async move {
-            let a = fut.await;
-            drop(slot);
-            (at_us, a)
-        });
-        while let Some(done) = running.try_join_next() {
-            if let Ok(r) = done {
-                out.push(r);
-            }
         }
+        sends.collect();
     }
     let _ = pacer.join();
-    while let Some(done) = running.join_next().await {
-        if let Ok(r) = done {
-            out.push(r);
-        }
-    }
-    (out, start.elapsed().as_secs_f64())
+    (sends.finish().await, start.elapsed().as_secs_f64())
 }
 
 /// How [`schedule`] keeps time.
@@ -166,55 +148,93 @@ pub enum Pacing {
     Spin,
 }
 
-/// [`Pacing::Spin`]: requests `0..n` sent at their [`intended`] times by
-/// this task, which yields between looks at the clock (the answers are
-/// read in between, on the same thread); each answer with its intended send
-/// time in µs since `epoch`.
-async fn spin<F, Fut>(
+/// The requests of one [`schedule`] in flight and answered: each sent as its
+/// own task, at most [`MAX_IN_FLIGHT`] at once, and each answer kept with
+/// its intended send time (µs since `epoch`).
+struct Sends {
     start: Instant,
     rate: f64,
     n: u64,
     epoch: Instant,
     slots: Arc<tokio::sync::Semaphore>,
-    make: F,
-) -> Vec<(u64, Answer)>
+    running: tokio::task::JoinSet<(u64, Answer)>,
+    out: Vec<(u64, Answer)>,
+}
+
+impl Sends {
+    fn new(start: Instant, rate: f64, n: u64, epoch: Instant) -> Sends {
+        Sends {
+            start,
+            rate,
+            n,
+            epoch,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            running: tokio::task::JoinSet::new(),
+            out: Vec::with_capacity(n as usize),
+        }
+    }
+
+    /// Send request `i`, `fut` (once a place in flight is free); false when
+    /// no more can be sent.
+    async fn send<Fut>(&mut self, i: u64, fut: Fut) -> bool
+    where
+        Fut: std::future::Future<Output = Answer> + Send + 'static,
+    {
+        let Ok(slot) = self.slots.clone().acquire_owned().await else {
+            return false;
+        };
+        let at_us = intended(self.start, self.rate, i)
+            .saturating_duration_since(self.epoch)
+            .as_micros() as u64;
+        self.running.spawn(async move {
+            let a = fut.await;
+            drop(slot);
+            (at_us, a)
+        });
+        true
+    }
+
+    /// Keep the answers that have come.
+    fn collect(&mut self) {
+        while let Some(done) = self.running.try_join_next() {
+            if let Ok(r) = done {
+                self.out.push(r);
+            }
+        }
+    }
+
+    /// Every answer, once the last has come.
+    async fn finish(mut self) -> Vec<(u64, Answer)> {
+        while let Some(done) = self.running.join_next().await {
+            if let Ok(r) = done {
+                self.out.push(r);
+            }
+        }
+        self.out
+    }
+}
+
+/// [`Pacing::Spin`]: every request of `sends` sent at its [`intended`] time
+/// by this task, which yields between looks at the clock (the answers are
+/// read in between, on the same thread).
+async fn spin<F, Fut>(mut sends: Sends, make: F) -> Vec<(u64, Answer)>
 where
     F: Fn(u64) -> Fut,
     Fut: std::future::Future<Output = Answer> + Send + 'static,
 {
-    let mut running = tokio::task::JoinSet::new();
-    let mut out = Vec::with_capacity(n as usize);
     let mut i = 0;
-    while i < n {
+    while i < sends.n {
         let now = Instant::now();
-        while i < n && intended(start, rate, i) <= now {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return out;
-            };
-            let at_us = intended(start, rate, i)
-                .saturating_duration_since(epoch)
-                .as_micros() as u64;
-            let fut = make(i);
-            running.spawn(async move {
-                let a = fut.await;
-                drop(slot);
-                (at_us, a)
-            });
+        while i < sends.n && intended(sends.start, sends.rate, i) <= now {
+            if !sends.send(i, make(i)).await {
+                return sends.finish().await;
+            }
             i += 1;
         }
-        while let Some(done) = running.try_join_next() {
-            if let Ok(r) = done {
-                out.push(r);
-            }
-        }
+        sends.collect();
         tokio::task::yield_now().await;
     }
-    while let Some(done) = running.join_next().await {
-        if let Ok(r) = done {
-            out.push(r);
-        }
-    }
-    out
+    sends.finish().await
 }
 
 /// Hand the requests `0..n` to `due` at their [`intended`] times: sleep
@@ -336,6 +356,25 @@ pub struct OpenReport {
     pub pinned: Option<String>,
 }
 
+/// A CPU list as Linux writes it (`0-3,8,10-11`), in order; None when
+/// malformed.
+fn cpu_list(s: &str) -> Option<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+                if a > b || b - a > 4096 {
+                    return None;
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    Some(out)
+}
+
 /// `--pin`: the last CPU for the generator, the others for the service.
 struct Pins {
     generator: String,
@@ -344,25 +383,32 @@ struct Pins {
 }
 
 impl Pins {
+    /// The CPUs this process may run on (`Cpus_allowed_list` of
+    /// /proc/self/status): the last for the generator, the rest for the
+    /// service.
     fn plan() -> anyhow::Result<Pins> {
-        let cpus = std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(1);
-        anyhow::ensure!(cpus >= 2, "--pin needs 2 CPUs or more (found {cpus})");
+        let status = std::fs::read_to_string("/proc/self/status")
+            .context("--pin reads /proc/self/status (Linux only)")?;
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .and_then(|l| cpu_list(l.trim()))
+            .context("no Cpus_allowed_list in /proc/self/status")?;
+        anyhow::ensure!(
+            cpus.len() >= 2,
+            "--pin needs 2 CPUs or more (this process may use {cpus:?})"
+        );
         let which = std::process::Command::new("taskset").arg("-V").output();
         anyhow::ensure!(
             which.is_ok_and(|o| o.status.success()),
             "--pin needs taskset (Debian: apt-get install util-linux)"
         );
-        let last = cpus - 1;
+        let (last, rest) = cpus.split_last().context("no CPU")?;
+        let service: Vec<String> = rest.iter().map(usize::to_string).collect();
         Ok(Pins {
             generator: last.to_string(),
-            service: if last == 1 {
-                "0".to_string()
-            } else {
-                format!("0-{}", last - 1)
-            },
-            service_cpus: last,
+            service: service.join(","),
+            service_cpus: rest.len(),
         })
     }
 
@@ -716,6 +762,16 @@ mod tests {
         assert_eq!(seen, (0..400).collect::<Vec<u64>>());
         for (at_us, a) in &answers {
             assert!(a.sample.sent_us >= *at_us, "sent before its time");
+        }
+    }
+
+    #[test]
+    fn cpu_lists_read_as_linux_writes_them() {
+        assert_eq!(cpu_list("0-1"), Some(vec![0, 1]));
+        assert_eq!(cpu_list("0-2,5,7-8"), Some(vec![0, 1, 2, 5, 7, 8]));
+        assert_eq!(cpu_list("3"), Some(vec![3]));
+        for bad in ["", "a", "2-1", "0-", "0,,1"] {
+            assert_eq!(cpu_list(bad), None, "{bad:?}");
         }
     }
 
