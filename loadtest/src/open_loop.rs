@@ -115,13 +115,12 @@ where
 {
     let n = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
     let start = Instant::now() + Duration::from_millis(5);
-    let sends = Sends::new(start, rate, n, epoch);
+    let mut sends = Sends::new(start, rate, n, epoch);
     if let Pacing::Spin = pacing {
         let task = tokio::spawn(spin(sends, make));
         let out = task.await.unwrap_or_default();
         return (out, start.elapsed().as_secs_f64());
     }
-    let mut sends = sends;
     let (due, mut due_rx) = tokio::sync::mpsc::unbounded_channel();
     let pacer = std::thread::spawn(move || pace(start, rate, n, &due));
     while let Some(i) = due_rx.recv().await {
@@ -548,14 +547,14 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         }
         owned.push(r);
         // holds outlive the run: none comes back to stock while it measures
-        let (wrapper, env) = match &pins {
-            Some(p) => (
-                vec!["taskset".to_string(), "-c".to_string(), p.service.clone()],
-                vec![("TOKIO_WORKER_THREADS", p.service_cpus.to_string())],
-            ),
-            None => (Vec::new(), Vec::new()),
-        };
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let wrapper = pins.as_ref().map_or(Vec::new(), |p| {
+            vec!["taskset".to_string(), "-c".to_string(), p.service.clone()]
+        });
+        let workers = pins.as_ref().map(|p| p.service_cpus.to_string());
+        let env: Vec<(&str, &str)> = workers
+            .iter()
+            .map(|w| ("TOKIO_WORKER_THREADS", w.as_str()))
+            .collect();
         let (fg, base) = procs::spawn_flashgate_under(
             &wrapper,
             &env,

@@ -531,7 +531,6 @@ async fn a_sweeper_that_panics_is_restarted_counted_and_named_by_readyz() {
     // test processes another task can miss its 200 ms bound for a moment
     // too, seen once: so the answers are read until one names the sweeper
     // alone, which must come while it is down, ~1.5 s.)
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut seen = Vec::new();
     loop {
         let stalled = poll_readyz(&app, StatusCode::SERVICE_UNAVAILABLE).await;
@@ -545,10 +544,8 @@ async fn a_sweeper_that_panics_is_restarted_counted_and_named_by_readyz() {
             break;
         }
         seen.push(msg);
-        assert!(
-            std::time::Instant::now() < deadline && seen.len() < 40,
-            "never the sweeper alone: {seen:?}"
-        );
+        // (each read waits at most poll_readyz's 20 s; 40 answers are 1 s)
+        assert!(seen.len() < 40, "never the sweeper alone: {seen:?}");
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 
